@@ -1,0 +1,345 @@
+//! Prometheus metrics, through the `metrics` facade.
+//!
+//! [`install`] puts a Prometheus recorder in place once per process and
+//! returns the handle that renders the text format (the admin listener's
+//! `/metrics`). Until it is called every update below is a no-op, so the
+//! layers can always call them.
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `latchkey_requests_total` | counter | `route`, `status_class`, `reason` |
+//! | `latchkey_request_duration_seconds` | histogram | `route` |
+//! | `latchkey_upstream_responses_total` | counter | `route`, `credential`, `status` |
+//! | `latchkey_retry401_total` | counter | `route`, `outcome` |
+//! | `latchkey_credential_refreshes_total` | counter | `credential`, `trigger`, `result` |
+//! | `latchkey_credential_refresh_duration_seconds` | histogram | `credential` |
+//! | `latchkey_credential_expiration_timestamp_seconds` | gauge | `credential` |
+//! | `latchkey_credential_last_refresh_success_timestamp_seconds` | gauge | `credential` |
+//! | `latchkey_config_reloads_total` | counter | `result` |
+//! | `latchkey_build_info` | gauge (1) | `version` |
+//!
+//! Labels come only from config ids (routes, credentials) and closed sets:
+//! `route` is `none` when no route matched, `reason` is `none` when the
+//! record's reason is null, `credential` is `none` for routes without one,
+//! `status` is the upstream's status code. A caller that went away counts
+//! as `status_class="4xx", reason="none"` (status 499, no reason), the only
+//! 4xx without a reason. Durations are the time to the response headers.
+
+use crate::record::{RefreshRecord, RequestRecord};
+use crate::sink::AuditSink;
+use metrics::{SharedString, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use proxy_core::facts::{RefreshEvent, RefreshObserver, RequestFacts};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+/// `latchkey_requests_total{route,status_class,reason}`
+pub const REQUESTS_TOTAL: &str = "latchkey_requests_total";
+/// `latchkey_request_duration_seconds{route}`
+pub const REQUEST_DURATION: &str = "latchkey_request_duration_seconds";
+/// `latchkey_upstream_responses_total{route,credential,status}`
+pub const UPSTREAM_RESPONSES_TOTAL: &str = "latchkey_upstream_responses_total";
+/// `latchkey_retry401_total{route,outcome}`
+pub const RETRY401_TOTAL: &str = "latchkey_retry401_total";
+/// `latchkey_credential_refreshes_total{credential,trigger,result}`
+pub const REFRESHES_TOTAL: &str = "latchkey_credential_refreshes_total";
+/// `latchkey_credential_refresh_duration_seconds{credential}`
+pub const REFRESH_DURATION: &str = "latchkey_credential_refresh_duration_seconds";
+/// `latchkey_credential_expiration_timestamp_seconds{credential}`
+pub const EXPIRATION_TIMESTAMP: &str = "latchkey_credential_expiration_timestamp_seconds";
+/// `latchkey_credential_last_refresh_success_timestamp_seconds{credential}`
+pub const LAST_REFRESH_SUCCESS: &str = "latchkey_credential_last_refresh_success_timestamp_seconds";
+/// `latchkey_config_reloads_total{result}`
+pub const CONFIG_RELOADS_TOTAL: &str = "latchkey_config_reloads_total";
+/// `latchkey_build_info{version}`
+pub const BUILD_INFO: &str = "latchkey_build_info";
+/// Gauge: 1 when a shared credential store (file, redis) answered its last
+/// operation, 0 when it did not.
+pub const STORE_UP: &str = "latchkey_store_up";
+
+/// Histogram buckets, seconds: 1 ms to 30 s (the default route timeout).
+pub const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// How often histogram samples are folded into buckets when nobody
+/// scrapes (bounds their memory).
+const UPKEEP: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder (first call only; later calls return
+/// the same handle), describes every metric and sets `latchkey_build_info`.
+///
+/// If another recorder was installed first, the handle renders only the
+/// descriptions; this is logged.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = [REQUEST_DURATION, REFRESH_DURATION]
+                .into_iter()
+                .try_fold(PrometheusBuilder::new(), |b, name| {
+                    b.set_buckets_for_metric(Matcher::Full(name.to_owned()), BUCKETS)
+                })
+                // Only fails for empty buckets, which BUCKETS is not.
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics stays empty");
+            }
+            describe();
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            let upkeep = handle.clone();
+            let spawned = std::thread::Builder::new()
+                .name("latchkey-metrics".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP);
+                        upkeep.run_upkeep();
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start the metrics upkeep thread; histograms are folded at scrape time only");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// The handle, if [`install`] ran.
+pub fn handle() -> Option<PrometheusHandle> {
+    HANDLE.get().cloned()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        REQUESTS_TOTAL,
+        Unit::Count,
+        "Requests by route, status class (1xx..5xx) and audit reason (none when the request succeeded)."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from a request's arrival to its response headers, by route."
+    );
+    describe_counter!(
+        UPSTREAM_RESPONSES_TOTAL,
+        Unit::Count,
+        "Responses received from upstreams (last attempt per request), by route, credential and status."
+    );
+    describe_counter!(
+        RETRY401_TOTAL,
+        Unit::Count,
+        "Upstream credential rejections handled by the 401 retry, by route and outcome."
+    );
+    describe_counter!(
+        REFRESHES_TOTAL,
+        Unit::Count,
+        "Credential refresh attempts by credential, trigger (proactive, expired, forced, manual) and result (ok, error)."
+    );
+    describe_histogram!(
+        REFRESH_DURATION,
+        Unit::Seconds,
+        "Time taken by credential refresh attempts."
+    );
+    describe_gauge!(
+        EXPIRATION_TIMESTAMP,
+        Unit::Seconds,
+        "Unix time at which the credential value now served expires."
+    );
+    describe_gauge!(
+        LAST_REFRESH_SUCCESS,
+        Unit::Seconds,
+        "Unix time of the credential's last successful refresh."
+    );
+    describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        Unit::Count,
+        "Config reloads by result (ok, error)."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label says which latchkey is running."
+    );
+    describe_gauge!(
+        STORE_UP,
+        "1 when the shared credential store answered its last operation, 0 when it did not (by store)."
+    );
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+fn label(v: Option<&Arc<str>>) -> SharedString {
+    v.map_or(SharedString::const_str("none"), |v| {
+        SharedString::from(v.clone())
+    })
+}
+
+/// Counts one finished request. `facts` and `record` describe the same
+/// request; `duration` is the time to its response headers.
+///
+/// Handles are cached per thread by label values: building a metric key and
+/// looking it up in the global registry costs far more than the atomic add
+/// itself, and the label sets are small and closed (config ids, status
+/// classes, reasons). Keys hold the label text, never a pointer, so a reload
+/// that renames a route cannot reuse a stale handle.
+pub fn record_request(facts: &RequestFacts, record: &RequestRecord<'_>, duration: Duration) {
+    let route = label(facts.route.as_ref());
+    let class = status_class(record.audit.status_code);
+    let reason = record.reason.map_or("none", |r| r.as_str());
+    HANDLES.with(|h| {
+        let mut h = h.borrow_mut();
+        h.bound();
+        h.requests
+            .entry((route.clone(), class, reason))
+            .or_insert_with(|| {
+                metrics::counter!(
+                    REQUESTS_TOTAL,
+                    "route" => route.clone(),
+                    "status_class" => class,
+                    "reason" => reason,
+                )
+            })
+            .increment(1);
+        h.durations
+            .entry(route.clone())
+            .or_insert_with(|| metrics::histogram!(REQUEST_DURATION, "route" => route.clone()))
+            .record(duration.as_secs_f64());
+        if let Some(status) = facts.upstream_status {
+            let credential = label(
+                facts
+                    .credential
+                    .as_ref()
+                    .map(|c| &c.id)
+                    .or(facts.route_credential.as_ref()),
+            );
+            h.upstream
+                .entry((route.clone(), credential.clone(), status))
+                .or_insert_with(|| {
+                    metrics::counter!(
+                        UPSTREAM_RESPONSES_TOTAL,
+                        "route" => route.clone(),
+                        "credential" => credential,
+                        "status" => status.to_string(),
+                    )
+                })
+                .increment(1);
+        }
+    });
+    if let Some(outcome) = facts.retry {
+        metrics::counter!(RETRY401_TOTAL, "route" => route, "outcome" => outcome).increment(1);
+    }
+}
+
+/// Per-thread metric handles; see [`record_request`].
+#[derive(Default)]
+struct Handles {
+    requests: HashMap<(SharedString, &'static str, &'static str), metrics::Counter>,
+    durations: HashMap<SharedString, metrics::Histogram>,
+    upstream: HashMap<(SharedString, SharedString, u16), metrics::Counter>,
+}
+
+impl Handles {
+    /// Label sets are closed, but reloads can rename routes: a cache that
+    /// outgrew any sane config is simply started over.
+    fn bound(&mut self) {
+        if self.requests.len() + self.durations.len() + self.upstream.len() > 50_000 {
+            *self = Self::default();
+        }
+    }
+}
+
+thread_local! {
+    static HANDLES: RefCell<Handles> = RefCell::new(Handles::default());
+}
+
+/// Counts one refresh attempt that ended at `now`.
+pub fn record_refresh(event: &RefreshEvent, now: SystemTime) {
+    let credential = SharedString::from(event.credential.clone());
+    metrics::counter!(
+        REFRESHES_TOTAL,
+        "credential" => credential.clone(),
+        "trigger" => event.trigger,
+        "result" => if event.ok { "ok" } else { "error" },
+    )
+    .increment(1);
+    metrics::histogram!(REFRESH_DURATION, "credential" => credential.clone())
+        .record(event.duration.as_secs_f64());
+    if event.ok {
+        if let Some(exp) = event.expires_at {
+            metrics::gauge!(EXPIRATION_TIMESTAMP, "credential" => credential.clone())
+                .set(unix_seconds(exp));
+        }
+        metrics::gauge!(LAST_REFRESH_SUCCESS, "credential" => credential).set(unix_seconds(now));
+    }
+}
+
+/// Counts one config reload.
+pub fn record_config_reload(ok: bool) {
+    metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => if ok { "ok" } else { "error" })
+        .increment(1);
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
+/// Turns refresh events into refresh records and metrics: hand it to every
+/// refreshing credential source.
+#[derive(Clone, Debug)]
+pub struct AuditObserver {
+    sink: Option<Arc<dyn AuditSink>>,
+    metrics: bool,
+}
+
+impl AuditObserver {
+    /// Writes records to `sink` (none: no records) and updates the refresh
+    /// metrics if `metrics`.
+    pub fn new(sink: Option<Arc<dyn AuditSink>>, metrics: bool) -> Self {
+        Self { sink, metrics }
+    }
+}
+
+impl RefreshObserver for AuditObserver {
+    fn on_refresh(&self, event: &RefreshEvent) {
+        let now = SystemTime::now();
+        if let Some(sink) = &self.sink {
+            sink.refresh(&RefreshRecord::from_event(event, now));
+        }
+        if self.metrics {
+            record_refresh(event, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Sets `latchkey_store_up{store}` from the stores' last known health (the
+/// admin listener calls this before rendering, so the gauge is as fresh as
+/// the last store operation).
+pub fn record_store_health<'a>(stores: impl IntoIterator<Item = (&'a str, bool)>) {
+    let mut seen: HashMap<&str, bool> = HashMap::new();
+    for (store, up) in stores {
+        let e = seen.entry(store).or_insert(true);
+        *e &= up;
+    }
+    for (store, up) in seen {
+        metrics::gauge!(STORE_UP, "store" => store.to_string()).set(if up { 1.0 } else { 0.0 });
+    }
+}

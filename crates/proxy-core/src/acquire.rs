@@ -1,0 +1,135 @@
+//! Credential acquisition: asks the route's [`CredentialSource`] for the
+//! current credential and attaches it to the request.
+//!
+//! Sits inside the 401 retry (so a replay acquires the refreshed value) and
+//! outside [`inject`](crate::inject) (which writes the value into the request).
+//! On success the request carries `Arc<Credential>` (consumed by inject) and a
+//! [`CredentialUsed`] record (read by retry and audit), and the response
+//! carries the same [`CredentialUsed`]. A source that cannot produce a value
+//! fails the request with [`CredentialUnavailable`] (503): a request is never
+//! forwarded without the credential its route requires.
+
+use crate::credential::{CredentialSource, CredentialUsed};
+use crate::error::{BoxError, CredentialUnavailable};
+use futures_util::future::BoxFuture;
+use http::{Request, Response};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
+
+/// Attaches the current credential of one source; see the module docs.
+#[derive(Clone, Debug)]
+pub struct AcquireLayer {
+    source: Arc<dyn CredentialSource>,
+}
+
+impl AcquireLayer {
+    /// A layer drawing from `source`.
+    pub fn new(source: Arc<dyn CredentialSource>) -> Self {
+        Self { source }
+    }
+}
+
+impl<S> Layer<S> for AcquireLayer {
+    type Service = Acquire<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Acquire {
+            inner,
+            source: self.source.clone(),
+            id: Arc::from(self.source.id()),
+        }
+    }
+}
+
+/// The service built by [`AcquireLayer`].
+#[derive(Clone, Debug)]
+pub struct Acquire<S> {
+    inner: S,
+    source: Arc<dyn CredentialSource>,
+    id: Arc<str>,
+}
+
+impl<S> Acquire<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B, RB> Service<Request<B>> for Acquire<S>
+where
+    S: Service<Request<B>, Response = Response<RB>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<RB>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // Keep the instance that was polled ready (tower-service docs).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let get = self.source.get();
+        let waited = matches!(get, futures_util::future::Either::Right(_));
+        let id = self.id.clone();
+        Box::pin(async move {
+            let started = tokio::time::Instant::now();
+            let got = get.await;
+            if waited {
+                // No valid token was held: this request waited for a refresh.
+                let fact = crate::facts::RefreshFact {
+                    trigger: "expired",
+                    ok: got.is_ok(),
+                    duration: started.elapsed(),
+                    oauth_error: got.as_ref().err().and_then(|e| e.oauth_error.clone()),
+                };
+                crate::facts::record(&req, |f| f.refresh = Some(fact));
+            }
+            let cred = match got {
+                Ok(c) => c,
+                Err(e) => {
+                    crate::facts::record(&req, |f| {
+                        f.rejected_by = Some("credential");
+                        f.credential = Some(crate::facts::CredentialFact {
+                            id: id.clone(),
+                            generation: None,
+                            outcome: crate::facts::CredentialOutcome::Unavailable,
+                            obtained_at: None,
+                            expires_at: None,
+                        });
+                    });
+                    return Err(CredentialUnavailable {
+                        id: id.to_string(),
+                        reason: e.reason,
+                    }
+                    .into());
+                }
+            };
+            let used = CredentialUsed {
+                id,
+                generation: cred.generation,
+                obtained_at: cred.obtained_at,
+                expires_at: cred.expires_at,
+            };
+            req.extensions_mut().insert(used.clone());
+            req.extensions_mut().insert(cred);
+            let mut resp = inner.call(req).await?;
+            resp.extensions_mut().insert(used);
+            Ok(resp)
+        })
+    }
+}

@@ -1,0 +1,273 @@
+//! The credential side of the config: `credentials[]` with its providers
+//! (`static`, `oauth2`, `exec`, `file`), refresh policy and store, and the
+//! top-level `file_store:` and `redis:` sections those stores use.
+//!
+//! Re-exported from [`crate::config`]; the top-level [`Config`](super::Config)
+//! and the route and listener sections live in `types.rs`.
+
+use super::serde_util::{
+    de_duration, de_opt_duration, default_backoff_max, default_backoff_min, default_buffer,
+    default_key_prefix, default_lease, default_redis_timeout, default_refresh_timeout,
+    ser_duration, ser_opt_duration,
+};
+use crate::secret::SecretRef;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `credentials[]`: exactly one provider must be set.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// Unique id, referenced by routes.
+    pub id: String,
+    /// A long-lived secret that never expires (re-read if it is a file).
+    #[serde(default, rename = "static")]
+    pub static_: Option<SecretRef>,
+    /// An OAuth2 access token from a token endpoint.
+    #[serde(default)]
+    pub oauth2: Option<OAuth2Config>,
+    /// A token printed by a command (Kubernetes `ExecCredential` or
+    /// `{access_token, expires_in}`).
+    #[serde(default)]
+    pub exec: Option<ExecConfig>,
+    /// A token file written by something else, with an optional expiry.
+    #[serde(default)]
+    pub file: Option<TokenFileConfig>,
+    /// Where the credential's state is kept (default `memory`).
+    #[serde(default)]
+    pub store: StoreKind,
+    /// When and how the credential is refreshed.
+    #[serde(default)]
+    pub refresh: RefreshConfig,
+}
+
+impl CredentialConfig {
+    /// The provider's name, for summaries and status.
+    pub fn kind(&self) -> &'static str {
+        if self.static_.is_some() {
+            "static"
+        } else if self.oauth2.is_some() {
+            "oauth2"
+        } else if self.exec.is_some() {
+            "exec"
+        } else if self.file.is_some() {
+            "file"
+        } else {
+            "none"
+        }
+    }
+
+    /// How many providers are set (exactly one is valid).
+    pub fn provider_count(&self) -> usize {
+        [
+            self.static_.is_some(),
+            self.oauth2.is_some(),
+            self.exec.is_some(),
+            self.file.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count()
+    }
+}
+
+/// `credentials[].store`
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In this process only; lost on restart.
+    #[default]
+    Memory,
+    /// One JSON file per credential under `file_store.dir`, shared by the
+    /// processes on one host under an advisory lock.
+    File,
+    /// Shared by replicas through Redis, encrypted, with a distributed lock.
+    Redis,
+}
+
+impl StoreKind {
+    /// The name as written in config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::File => "file",
+            Self::Redis => "redis",
+        }
+    }
+}
+
+/// `credentials[].refresh`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshConfig {
+    /// Refresh this long before expiry (default `60s`). A token that lives
+    /// less than twice this is refreshed at half its life.
+    #[serde(
+        default = "default_buffer",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub buffer: Duration,
+    /// How long a request waits for a refresh when there is no valid token
+    /// (default `10s`); then 503 `credential_unavailable`.
+    #[serde(
+        default = "default_refresh_timeout",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub timeout: Duration,
+    /// Refresh tokens that carry no expiry after this long (default: only
+    /// when invalidated).
+    #[serde(
+        default,
+        deserialize_with = "de_opt_duration",
+        serialize_with = "ser_opt_duration"
+    )]
+    pub max_age: Option<Duration>,
+    /// First retry delay after a failure (default `1s`), doubled per failure.
+    #[serde(
+        default = "default_backoff_min",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub backoff_min: Duration,
+    /// Longest retry delay (default `5m`).
+    #[serde(
+        default = "default_backoff_max",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub backoff_max: Duration,
+}
+
+impl Default for RefreshConfig {
+    fn default() -> Self {
+        Self {
+            buffer: default_buffer(),
+            timeout: default_refresh_timeout(),
+            max_age: None,
+            backoff_min: default_backoff_min(),
+            backoff_max: default_backoff_max(),
+        }
+    }
+}
+
+/// `credentials[].oauth2`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Config {
+    /// `refresh_token` or `client_credentials`.
+    pub grant: Grant,
+    /// The token endpoint: https, or http on loopback only.
+    pub token_url: String,
+    /// The OAuth2 client id.
+    pub client_id: String,
+    /// The client secret, if the client has one.
+    #[serde(default)]
+    pub client_secret: Option<SecretRef>,
+    /// How the client authenticates (default `basic`).
+    #[serde(default)]
+    pub client_auth: ClientAuthMethod,
+    /// The refresh token that seeds the credential (`refresh_token` grant).
+    #[serde(default)]
+    pub refresh_token: Option<SecretRef>,
+    /// Scopes to request.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Extra form parameters (e.g. `audience`).
+    #[serde(default)]
+    pub params: std::collections::BTreeMap<String, String>,
+}
+
+/// OAuth2 grant types latchkey can run.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Grant {
+    /// RFC 6749 section 6, with refresh-token rotation.
+    RefreshToken,
+    /// RFC 6749 section 4.4.
+    ClientCredentials,
+}
+
+/// How an OAuth2 client sends its secret.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    /// HTTP basic (`client_secret_basic`).
+    #[default]
+    Basic,
+    /// Form fields (`client_secret_post`).
+    Post,
+}
+
+/// `credentials[].exec`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExecConfig {
+    /// Program and arguments (no shell).
+    pub command: Vec<String>,
+    /// Extra environment variables for the command.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Limit for the command to finish (default `10s`).
+    #[serde(
+        default = "default_refresh_timeout",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub timeout: Duration,
+}
+
+/// `credentials[].file`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenFileConfig {
+    /// The token file.
+    pub path: PathBuf,
+    /// For a JSON file, the field holding the token (plain text when unset).
+    #[serde(default)]
+    pub token_field: Option<String>,
+    /// For a JSON file, the field holding the expiry (RFC 3339 or Unix
+    /// seconds).
+    #[serde(default)]
+    pub expiry_field: Option<String>,
+}
+
+/// `file_store:`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileStoreSettings {
+    /// Directory holding one JSON file per credential (created 0700 if missing).
+    pub dir: PathBuf,
+}
+
+/// `redis:`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://[:password@]host:port[/db]` or `rediss://` for TLS.
+    pub url: SecretRef,
+    /// Prefix of every key, so several deployments can share one Redis
+    /// (default `latchkey`).
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// AES-256-GCM keys (base64 of 32 random bytes). The first encrypts;
+    /// any decrypts, so a key can be rotated by prepending the new one.
+    pub encryption_keys: Vec<SecretRef>,
+    /// Lease of the refresh lock, renewed while a refresh runs (default
+    /// `10s`). A replica that dies mid-refresh blocks others this long.
+    #[serde(
+        default = "default_lease",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub lock_lease: Duration,
+    /// Limit for each Redis command (default `2s`).
+    #[serde(
+        default = "default_redis_timeout",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub timeout: Duration,
+}

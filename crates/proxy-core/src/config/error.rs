@@ -1,0 +1,142 @@
+//! Config errors: file, field path, what is wrong.
+
+use std::fmt;
+
+/// Separates the field path from the message while the error travels
+/// through serde-saphyr's error type.
+pub(super) const PATH_MARK: &str = "@@latchkey-path@@";
+
+/// One problem in a config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted field path such as `routes[1].inject.header`; empty for the
+    /// whole document.
+    pub path: String,
+    /// What is wrong, and where helpful how to fix it. Never a secret value.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A problem at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Everything wrong with one config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, as given on the command line.
+    pub file: String,
+    /// The problems found, in document order where known.
+    pub errors: Vec<FieldError>,
+}
+
+impl ConfigError {
+    /// Several problems in `file`.
+    pub fn new(file: &str, errors: Vec<FieldError>) -> Self {
+        Self {
+            file: file.to_string(),
+            errors,
+        }
+    }
+
+    /// One problem in `file`.
+    pub fn single(file: &str, path: &str, message: impl Into<String>) -> Self {
+        Self::new(file, vec![FieldError::new(path, message)])
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            if e.path.is_empty() {
+                write!(f, "{}: {}", self.file, e.message)?;
+            } else {
+                write!(f, "{}: {}: {}", self.file, e.path, e.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Turns a serde-saphyr error into a [`ConfigError`].
+///
+/// serde-saphyr renders a snippet of the offending YAML line, which may hold
+/// a literal secret; only the message and the line/column are kept.
+pub(super) fn from_parse_error(file: &str, err: &serde_saphyr::Error) -> ConfigError {
+    let full = err.to_string();
+    let (path, message) = match full.split_once(PATH_MARK) {
+        Some((_, rest)) => match rest.split_once(PATH_MARK) {
+            Some((path, msg)) => (path.to_string(), first_line(msg)),
+            None => (String::new(), first_line(rest)),
+        },
+        None => (String::new(), first_line(&full)),
+    };
+    let path = if path == "." { String::new() } else { path };
+    ConfigError::single(file, &path, redact_found_values(&message))
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").trim().to_string()
+}
+
+/// serde messages quote the unexpected value (`invalid type: string "abc"`,
+/// ``unknown variant `abc` ``); the value may be a misplaced secret, so the
+/// quoted part is dropped.
+fn redact_found_values(msg: &str) -> String {
+    let msg = match msg.strip_prefix("unknown variant `") {
+        Some(rest) => match rest.split_once('`') {
+            Some((_, tail)) => format!("unknown variant (value hidden){tail}"),
+            None => "unknown variant".to_string(),
+        },
+        None => msg.to_string(),
+    };
+    let mut out = String::with_capacity(msg.len());
+    let mut in_quote = false;
+    let mut chars = msg.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if !in_quote && out.ends_with("string ") => {
+                in_quote = true;
+                out.push_str("\"…\"");
+            }
+            '"' if in_quote => in_quote = false,
+            '\\' if in_quote => {
+                chars.next();
+            }
+            _ if in_quote => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn found_string_values_are_redacted() {
+        assert_eq!(
+            redact_found_values(r#"invalid type: string "s3cr3t", expected a map"#),
+            r#"invalid type: string "…", expected a map"#
+        );
+        assert_eq!(
+            redact_found_values("unknown variant `s3cr3t`, expected one of env, file"),
+            "unknown variant (value hidden), expected one of env, file"
+        );
+        assert_eq!(
+            redact_found_values("unknown field `foo`, expected one of `id`"),
+            "unknown field `foo`, expected one of `id`"
+        );
+    }
+}

@@ -1,0 +1,417 @@
+//! Checks that types cannot express: ids, references, ambiguity.
+
+use super::{ClientAuthMethod, Config, CredentialConfig, FieldError, Grant, StoreKind};
+use crate::inject::InjectSpec;
+use std::collections::{HashMap, HashSet};
+
+/// Validates a parsed config, returning every problem found.
+pub fn validate(config: &Config) -> Result<(), Vec<FieldError>> {
+    let mut errs = Vec::new();
+
+    check_ids(
+        "clients",
+        config.clients.iter().map(|c| c.id.as_str()),
+        &mut errs,
+    );
+    let cred_ids = check_ids(
+        "credentials",
+        config.credentials.iter().map(|c| c.id.as_str()),
+        &mut errs,
+    );
+    let route_ids = check_ids(
+        "routes",
+        config.routes.iter().map(|r| r.id.as_str()),
+        &mut errs,
+    );
+
+    for (i, c) in config.clients.iter().enumerate() {
+        if c.routes.is_empty() {
+            errs.push(FieldError::new(
+                format!("clients[{i}].routes"),
+                "must list at least one route id (or \"*\" for all routes)",
+            ));
+        }
+        for (j, r) in c.routes.iter().enumerate() {
+            if r != "*" && !route_ids.contains(r.as_str()) {
+                errs.push(FieldError::new(
+                    format!("clients[{i}].routes[{j}]"),
+                    format!("no route has id {r:?}"),
+                ));
+            }
+        }
+    }
+
+    check_client_identities(config, &mut errs);
+    if let Some(tls) = &config.proxy.tls
+        && tls.client_cert.is_some()
+        && tls.client_ca_file.is_none()
+    {
+        errs.push(FieldError::new(
+            "proxy.tls.client_cert",
+            "needs proxy.tls.client_ca_file (the CA that client certificates must chain to)",
+        ));
+    }
+
+    for (i, c) in config.credentials.iter().enumerate() {
+        check_credential(i, c, config, &mut errs);
+    }
+    if config.proxy.max_concurrent_requests == 0 {
+        errs.push(FieldError::new(
+            "proxy.max_concurrent_requests",
+            "must be greater than zero",
+        ));
+    }
+    if !(8 << 10..=16 << 20).contains(&config.proxy.max_header_bytes) {
+        errs.push(FieldError::new(
+            "proxy.max_header_bytes",
+            "must be between 8KiB and 16MiB",
+        ));
+    }
+    if let Some(r) = &config.redis {
+        if r.encryption_keys.is_empty() {
+            errs.push(FieldError::new(
+                "redis.encryption_keys",
+                "at least one key is required (base64 of 32 random bytes: `openssl rand -base64 32`)",
+            ));
+        }
+        if r.key_prefix.is_empty() || r.key_prefix.contains(char::is_whitespace) {
+            errs.push(FieldError::new(
+                "redis.key_prefix",
+                "must be non-empty without spaces",
+            ));
+        }
+    }
+
+    // (host, prefix) -> first route index, to report ambiguous routes.
+    let mut seen: HashMap<(Option<String>, String), usize> = HashMap::new();
+    for (i, r) in config.routes.iter().enumerate() {
+        let at = |f: &str| format!("routes[{i}].{f}");
+        let m = &r.matcher;
+        if m.host.is_none() && m.path_prefix.is_none() {
+            errs.push(FieldError::new(
+                at("match"),
+                "set host, path_prefix or both",
+            ));
+        }
+        if let Some(p) = &m.path_prefix
+            && !p.starts_with('/')
+        {
+            errs.push(FieldError::new(
+                at("match.path_prefix"),
+                format!("{p:?} must start with /"),
+            ));
+        }
+        if let Some(h) = &m.host
+            && (h.is_empty() || h.contains('/') || h.contains(char::is_whitespace))
+        {
+            errs.push(FieldError::new(
+                at("match.host"),
+                format!("{h:?} is not a host name"),
+            ));
+        }
+        if r.strip_prefix && m.path_prefix.is_none() {
+            errs.push(FieldError::new(
+                at("strip_prefix"),
+                "needs match.path_prefix",
+            ));
+        }
+        let key = (
+            m.host.as_deref().map(crate::router::normalize_host),
+            m.path_prefix.clone().unwrap_or_else(|| "/".to_string()),
+        );
+        if let Some(first) = seen.get(&key) {
+            errs.push(FieldError::new(
+                at("match"),
+                format!(
+                    "same host and path_prefix as routes[{first}] ({:?}); the match would be ambiguous",
+                    config.routes[*first].id
+                ),
+            ));
+        } else {
+            seen.insert(key, i);
+        }
+
+        match &r.credential {
+            Some(c) if !cred_ids.contains(c.as_str()) => errs.push(FieldError::new(
+                at("credential"),
+                format!("no credential has id {c:?}"),
+            )),
+            None if r.inject.is_some() => errs.push(FieldError::new(
+                at("inject"),
+                "inject needs a credential to inject; set routes[].credential",
+            )),
+            _ => {}
+        }
+        if let Err(e) = InjectSpec::parse(r.inject.as_ref()) {
+            errs.push(FieldError::new(
+                format!("routes[{i}].inject{}", e.path),
+                e.message,
+            ));
+        }
+        for (j, status) in r.retry.statuses.iter().enumerate() {
+            if !(400..=599).contains(status) {
+                errs.push(FieldError::new(
+                    format!("routes[{i}].retry.statuses[{j}]"),
+                    format!("{status} is not an error status (400-599)"),
+                ));
+            }
+        }
+        check_posture(i, r, config, &mut errs);
+        if r.max_request_body == Some(0) {
+            errs.push(FieldError::new(
+                at("max_request_body"),
+                "must be greater than zero",
+            ));
+        }
+    }
+
+    if errs.is_empty() { Ok(()) } else { Err(errs) }
+}
+
+/// Every client needs a way to be identified: a token, certificate SANs or
+/// both. SANs are only trusted from a certificate verified against
+/// `proxy.tls.client_ca_file`, and one SAN names one client.
+fn check_client_identities(config: &Config, errs: &mut Vec<FieldError>) {
+    let has_client_ca = config
+        .proxy
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.client_ca_file.is_some());
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, c) in config.clients.iter().enumerate() {
+        if c.token.is_none() && c.tls_san.is_empty() {
+            errs.push(FieldError::new(
+                format!("clients[{i}]"),
+                "set token, tls_san or both",
+            ));
+        }
+        if !c.tls_san.is_empty() && !has_client_ca {
+            errs.push(FieldError::new(
+                format!("clients[{i}].tls_san"),
+                "needs proxy.tls.client_ca_file: client certificates are only asked for \
+                 (and verified) when the proxy listener has a client CA",
+            ));
+        }
+        for (j, san) in c.tls_san.iter().enumerate() {
+            let at = format!("clients[{i}].tls_san[{j}]");
+            if !is_uri_like(san) {
+                errs.push(FieldError::new(
+                    at,
+                    format!(
+                        "{san:?} is not a URI SAN such as spiffe://cluster.local/ns/billing/sa/billing"
+                    ),
+                ));
+            } else if let Some(first) = seen.get(san.as_str()) {
+                errs.push(FieldError::new(
+                    at,
+                    format!(
+                        "{san:?} already identifies clients[{first}] ({:?}); a SAN names one client",
+                        config.clients[*first].id
+                    ),
+                ));
+            } else {
+                seen.insert(san, i);
+            }
+        }
+    }
+}
+
+/// `scheme:rest` with an RFC 3986 scheme and no whitespace: enough to catch
+/// a DNS name or a typo where a URI SAN was meant.
+pub(super) fn is_uri_like(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once(':') else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        && !rest.is_empty()
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// Ids must be unique and made of `[A-Za-z0-9_.-]`: they become log fields
+/// and metric labels.
+fn check_ids<'a>(
+    section: &str,
+    ids: impl Iterator<Item = &'a str>,
+    errs: &mut Vec<FieldError>,
+) -> HashSet<&'a str> {
+    let mut seen = HashSet::new();
+    for (i, id) in ids.enumerate() {
+        let path = format!("{section}[{i}].id");
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            errs.push(FieldError::new(
+                path,
+                format!("{id:?}: ids use only letters, digits, '_', '-' and '.'"),
+            ));
+        } else if !seen.insert(id) {
+            errs.push(FieldError::new(path, format!("duplicate id {id:?}")));
+        }
+    }
+    seen
+}
+
+/// Things that are allowed but worth a warning at startup.
+pub fn warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, r) in config.routes.iter().enumerate() {
+        if r.public {
+            out.push(format!(
+                "routes[{i}] ({}) is public: any caller that can reach the proxy uses its credential",
+                r.id
+            ));
+        }
+    }
+    for (i, c) in config.clients.iter().enumerate() {
+        if c.token.as_ref().is_some_and(|t| t.is_literal()) {
+            out.push(format!(
+                "clients[{i}].token is a literal value in the config file; prefer env or file"
+            ));
+        }
+    }
+    for (i, c) in config.credentials.iter().enumerate() {
+        if c.static_.as_ref().is_some_and(|s| s.is_literal()) {
+            out.push(format!(
+                "credentials[{i}].static is a literal value in the config file; prefer env or file"
+            ));
+        }
+    }
+    out
+}
+
+fn check_credential(i: usize, c: &CredentialConfig, config: &Config, errs: &mut Vec<FieldError>) {
+    let at = |f: &str| format!("credentials[{i}].{f}");
+    if c.provider_count() != 1 {
+        errs.push(FieldError::new(
+            format!("credentials[{i}]"),
+            "exactly one provider must be set (static, oauth2, exec or file)",
+        ));
+    }
+    if c.store == StoreKind::File && config.file_store.is_none() {
+        errs.push(FieldError::new(
+            at("store"),
+            "store: file needs a top-level file_store: { dir: ... }",
+        ));
+    }
+    if c.store == StoreKind::Redis && config.redis.is_none() {
+        errs.push(FieldError::new(
+            at("store"),
+            "store: redis needs a top-level redis: { url, encryption_keys }",
+        ));
+    }
+    if c.static_.is_some() && c.store != StoreKind::Memory {
+        errs.push(FieldError::new(
+            at("store"),
+            "a static credential has nothing to store; remove store",
+        ));
+    }
+    let r = &c.refresh;
+    if r.backoff_min > r.backoff_max {
+        errs.push(FieldError::new(
+            at("refresh.backoff_min"),
+            "must not exceed refresh.backoff_max",
+        ));
+    }
+    if let Some(o) = &c.oauth2 {
+        if let Err(e) = check_token_url(&o.token_url) {
+            errs.push(FieldError::new(at("oauth2.token_url"), e));
+        }
+        if o.client_id.is_empty() {
+            errs.push(FieldError::new(at("oauth2.client_id"), "cannot be empty"));
+        }
+        match (o.grant, &o.refresh_token) {
+            (Grant::RefreshToken, None) => errs.push(FieldError::new(
+                at("oauth2.refresh_token"),
+                "grant refresh_token needs a refresh_token to start from",
+            )),
+            (Grant::ClientCredentials, Some(_)) => errs.push(FieldError::new(
+                at("oauth2.refresh_token"),
+                "grant client_credentials does not use a refresh_token",
+            )),
+            _ => {}
+        }
+        if o.client_auth == ClientAuthMethod::Post && o.client_secret.is_none() {
+            errs.push(FieldError::new(
+                at("oauth2.client_auth"),
+                "post sends client_secret as a form field; set oauth2.client_secret",
+            ));
+        }
+    }
+    if let Some(e) = &c.exec
+        && e.command.first().is_none_or(|p| p.is_empty())
+    {
+        errs.push(FieldError::new(
+            at("exec.command"),
+            "needs at least the program to run",
+        ));
+    }
+    if let Some(f) = &c.file
+        && f.expiry_field.is_some()
+        && f.token_field.is_none()
+    {
+        errs.push(FieldError::new(
+            at("file.expiry_field"),
+            "needs file.token_field (the file must be JSON to carry an expiry)",
+        ));
+    }
+}
+
+/// Token endpoints must use https, except on loopback (tests and dev).
+pub fn check_token_url(url: &str) -> Result<(), String> {
+    let u = super::UpstreamUrl::parse(url)?;
+    if u.scheme == http::uri::Scheme::HTTPS || u.is_loopback() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{url:?} must use https (plain http is allowed only on loopback)"
+        ))
+    }
+}
+
+/// The default posture: refuse configs that would hand a credential to
+/// anyone who can reach the proxy, or send it in clear over the network.
+fn check_posture(i: usize, r: &super::RouteConfig, config: &Config, errs: &mut Vec<FieldError>) {
+    if r.public && !config.proxy.is_loopback() && !config.proxy.allow_public_routes {
+        errs.push(FieldError::new(
+            format!("routes[{i}].public"),
+            format!(
+                "route {:?} is public on non-loopback listener {}: anyone who can reach the port uses its credential; \
+                 list it in a client's routes instead, or set proxy.allow_public_routes: true",
+                r.id, config.proxy.listen
+            ),
+        ));
+    }
+    if !r.public
+        && !config
+            .clients
+            .iter()
+            .any(|c| c.routes.iter().any(|x| x == "*" || *x == r.id))
+    {
+        errs.push(FieldError::new(
+            format!("routes[{i}]"),
+            format!(
+                "route {:?} is not public and no client lists it, so every request would get 403; \
+                 add it to a client's routes, or set public: true (loopback listeners only)",
+                r.id
+            ),
+        ));
+    }
+    if r.credential.is_some()
+        && r.upstream.scheme == http::uri::Scheme::HTTP
+        && !r.upstream.is_loopback()
+        && !r.allow_insecure_upstream
+    {
+        errs.push(FieldError::new(
+            format!("routes[{i}].upstream"),
+            format!(
+                "{} is plain http and not on loopback: the credential would cross the network in clear; \
+                 use https, or set routes[{i}].allow_insecure_upstream: true",
+                r.upstream
+            ),
+        ));
+    }
+}

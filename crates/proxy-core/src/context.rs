@@ -1,0 +1,85 @@
+//! Per-request facts shared between layers through request extensions.
+//!
+//! The listener inserts [`ConnInfo`], [`RequestId`] and, on a TLS connection
+//! whose caller presented a verified certificate, [`PeerIdentity`]; client
+//! auth inserts
+//! [`ClientIdentity`]. Later layers read them
+//! instead of re-deriving them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The connection a request arrived on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// The peer's address.
+    pub remote_addr: SocketAddr,
+    /// The listener's address.
+    pub local_addr: SocketAddr,
+    /// Whether the caller spoke TLS to the proxy.
+    pub tls: bool,
+}
+
+/// The verified client certificate of a TLS connection (mTLS), as far as
+/// client auth needs it. Present only when the caller sent a certificate that
+/// chained to `proxy.tls.client_ca_file`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The leaf certificate's URI SANs (SPIFFE ids), in certificate order.
+    pub uri_sans: Arc<[String]>,
+}
+
+/// The request id: the caller's `x-request-id` if it sent a sane one, else a
+/// fresh UUID. Echoed on the response and forwarded upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestId(pub http::HeaderValue);
+
+impl RequestId {
+    /// The header carrying it.
+    pub const HEADER: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+    /// Takes the caller's id if it is short printable ASCII, else makes one.
+    pub fn from_headers(headers: &http::HeaderMap) -> Self {
+        match headers.get(Self::HEADER) {
+            Some(v)
+                if !v.is_empty()
+                    && v.len() <= 128
+                    && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) =>
+            {
+                Self(v.clone())
+            }
+            _ => Self::generate(),
+        }
+    }
+
+    /// A new random id.
+    pub fn generate() -> Self {
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+        Self(http::HeaderValue::from_str(s).unwrap_or(http::HeaderValue::from_static("invalid")))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or("")
+    }
+}
+
+/// Who the caller is, once client auth ran. `None` inside: no token presented.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientIdentity(pub Option<Arc<str>>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_is_kept_or_generated() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-request-id", http::HeaderValue::from_static("abc-123"));
+        assert_eq!(RequestId::from_headers(&h).as_str(), "abc-123");
+        h.insert("x-request-id", http::HeaderValue::from_static("has space"));
+        assert_eq!(RequestId::from_headers(&h).as_str().len(), 36);
+        assert_ne!(RequestId::generate(), RequestId::generate());
+    }
+}

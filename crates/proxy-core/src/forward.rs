@@ -1,0 +1,326 @@
+//! The innermost service: sends the request to the route's upstream.
+//!
+//! Rewrites the request for the upstream (URI from the upstream base URL plus
+//! the optionally prefix-stripped path and the untouched query; `Host` set to
+//! the upstream's; hop-by-hop headers removed; `X-Forwarded-*` and
+//! `x-request-id` added) and streams both bodies without buffering. The route
+//! `timeout` bounds the wait for the response headers only, so long-lived
+//! streams (SSE) are not cut. `Upgrade` requests (WebSocket) are bridged byte
+//! for byte after the upstream answers 101.
+
+use crate::config::UpstreamUrl;
+use crate::context::{ConnInfo, RequestId};
+use crate::error::{BodyTooLarge, BoxError, UpstreamTimeout, UpstreamUnreachable, is_caused_by};
+use crate::headers::{add_forwarded, is_upgrade, remove_hop_by_hop};
+use crate::upstream::HttpClient;
+use crate::{ProxyBody, boxed};
+use futures_util::future::BoxFuture;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower::Service;
+
+/// Where and how a route forwards.
+#[derive(Clone, Debug)]
+pub struct ForwardTarget {
+    /// The upstream base URL.
+    pub upstream: UpstreamUrl,
+    /// Prefix to remove from the request path, if `strip_prefix` is on.
+    pub strip_prefix: Option<String>,
+    /// Limit for the response headers to arrive.
+    pub timeout: Duration,
+    /// Limit for the TCP connect (enforced by the client's connector; kept
+    /// here to name it in errors).
+    pub connect_timeout: Duration,
+    /// Largest request body accepted.
+    pub max_request_body: Option<u64>,
+}
+
+/// Forwards requests to one upstream; see the module docs.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    client: HttpClient,
+    target: Arc<ForwardTarget>,
+    host: HeaderValue,
+    origin: Arc<str>,
+}
+
+impl Forward {
+    /// A forwarder for `target` using `client`.
+    pub fn new(
+        client: HttpClient,
+        target: ForwardTarget,
+    ) -> Result<Self, http::header::InvalidHeaderValue> {
+        let host = HeaderValue::from_str(target.upstream.authority.as_str())?;
+        let origin = Arc::from(target.upstream.origin());
+        Ok(Self {
+            client,
+            target: Arc::new(target),
+            host,
+            origin,
+        })
+    }
+
+    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, http::Error> {
+        let t = &self.target;
+        let path = uri.path();
+        let rest = match &t.strip_prefix {
+            Some(p) => path.strip_prefix(p.as_str()).unwrap_or(path),
+            None => path,
+        };
+        let base = &t.upstream.base_path;
+        let query = uri.query();
+        let mut pq = String::with_capacity(base.len() + rest.len() + 2 + query.map_or(0, str::len));
+        pq.push_str(base);
+        if !rest.starts_with('/') {
+            pq.push('/');
+        }
+        pq.push_str(rest);
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        Uri::builder()
+            .scheme(t.upstream.scheme.clone())
+            .authority(t.upstream.authority.clone())
+            .path_and_query(pq)
+            .build()
+    }
+}
+
+impl Service<Request<ProxyBody>> for Forward {
+    type Response = Response<ProxyBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<ProxyBody>, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The pooled client has no backpressure of its own; connection limits
+        // are applied by the listener.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        let uri = match self.upstream_uri(&parts.uri) {
+            Ok(u) => u,
+            Err(e) => {
+                let e = crate::error::BadRequest(format!("cannot build the upstream URI: {e}"));
+                return Box::pin(async move { Err(e.into()) });
+            }
+        };
+        let limit = self.target.max_request_body;
+        if let Some(limit) = limit
+            && parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .is_some_and(|len| len > limit)
+        {
+            if let Some(f) = parts.extensions.get::<Arc<crate::facts::Facts>>() {
+                f.update(|f| f.rejected_by = Some("limits"));
+            }
+            return Box::pin(async move { Err(BodyTooLarge { limit }.into()) });
+        }
+
+        let upgrade = parts.version == Version::HTTP_11 && is_upgrade(&parts.headers);
+        let client_upgrade = if upgrade {
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        } else {
+            None
+        };
+        let conn = parts.extensions.get::<ConnInfo>().copied();
+        let caller_host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+        remove_hop_by_hop(&mut parts.headers, upgrade);
+        add_forwarded(
+            &mut parts.headers,
+            conn.map(|c| c.remote_addr.ip()),
+            conn.is_some_and(|c| c.tls),
+            caller_host.as_deref(),
+        );
+        if let Some(id) = parts.extensions.get::<RequestId>() {
+            parts.headers.insert(RequestId::HEADER, id.0.clone());
+        }
+        parts.headers.insert(header::HOST, self.host.clone());
+        parts.uri = uri;
+        // The pooled client picks h1 or h2 per connection (ALPN); the caller's
+        // version must not force one.
+        parts.version = Version::HTTP_11;
+        let body = match limit {
+            Some(l) => boxed(http_body_util::Limited::new(
+                body,
+                usize::try_from(l).unwrap_or(usize::MAX),
+            )),
+            None => body,
+        };
+        let facts = parts.extensions.get::<Arc<crate::facts::Facts>>().cloned();
+        let req = Request::from_parts(parts, body);
+
+        let client = self.client.clone();
+        let timeout = self.target.timeout;
+        let connect_timeout = self.target.connect_timeout;
+        let origin = self.origin.clone();
+        Box::pin(async move {
+            let started = tokio::time::Instant::now();
+            let result = tokio::time::timeout(timeout, client.request(req)).await;
+            if let Some(f) = &facts {
+                f.update(|f| {
+                    f.upstream_attempts = f.upstream_attempts.saturating_add(1);
+                    f.upstream_time = Some(started.elapsed());
+                    f.upstream_status = match &result {
+                        Ok(Ok(r)) => Some(r.status().as_u16()),
+                        _ => None,
+                    };
+                });
+            }
+            let resp = match result {
+                Err(_) => {
+                    return Err(UpstreamTimeout {
+                        upstream: origin.to_string(),
+                        what: "respond",
+                        after: timeout,
+                    }
+                    .into());
+                }
+                Ok(Err(e)) => {
+                    let e = map_client_error(e, &origin, limit, connect_timeout);
+                    if let Some(f) = facts.as_ref().filter(|_| e.is::<BodyTooLarge>()) {
+                        f.update(|f| f.rejected_by = Some("limits"));
+                    }
+                    return Err(e);
+                }
+                Ok(Ok(resp)) => resp,
+            };
+            let (mut parts, body) = resp.into_parts();
+            let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+            if switching {
+                match client_upgrade {
+                    Some(client_side) => bridge(client_side, &mut parts),
+                    None => {
+                        return Err(UpstreamUnreachable {
+                            upstream: origin.to_string(),
+                            source: "upstream switched protocols without an upgrade request".into(),
+                        }
+                        .into());
+                    }
+                }
+            }
+            remove_hop_by_hop(&mut parts.headers, switching);
+            Ok(Response::from_parts(parts, boxed(body)))
+        })
+    }
+}
+
+fn map_client_error(
+    e: hyper_util::client::legacy::Error,
+    origin: &str,
+    limit: Option<u64>,
+    connect_timeout: Duration,
+) -> BoxError {
+    if let Some(limit) = limit
+        && is_caused_by::<http_body_util::LengthLimitError>(&e)
+    {
+        return BodyTooLarge { limit }.into();
+    }
+    let timed_out = e.is_connect()
+        && crate::error::find_cause::<std::io::Error>(&e)
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+    if timed_out {
+        return UpstreamTimeout {
+            upstream: origin.to_string(),
+            what: "connect",
+            after: connect_timeout,
+        }
+        .into();
+    }
+    UpstreamUnreachable {
+        upstream: origin.to_string(),
+        source: Box::new(e),
+    }
+    .into()
+}
+
+/// Joins the caller's and the upstream's upgraded connections once both
+/// sides have switched protocols.
+fn bridge(client_side: hyper::upgrade::OnUpgrade, upstream: &mut http::response::Parts) {
+    let Some(upstream_side) = upstream.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        return;
+    };
+    tokio::spawn(async move {
+        match tokio::try_join!(client_side, upstream_side) {
+            Ok((c, u)) => {
+                let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                    tracing::debug!(error = %e, "upgraded connection closed with an error");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "protocol upgrade failed"),
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fwd(upstream: &str, strip: Option<&str>) -> Forward {
+        let client = crate::upstream::build_client(None, Duration::from_secs(1)).unwrap();
+        Forward::new(
+            client,
+            ForwardTarget {
+                upstream: UpstreamUrl::parse(upstream).unwrap(),
+                strip_prefix: strip.map(str::to_owned),
+                timeout: Duration::from_secs(1),
+                connect_timeout: Duration::from_secs(1),
+                max_request_body: None,
+            },
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn joins_base_path_strip_and_query() {
+        let cases = [
+            (
+                "https://api.example.com",
+                Some("/payments/"),
+                "/payments/charges?a=1&b=%20",
+                "https://api.example.com/charges?a=1&b=%20",
+            ),
+            (
+                "https://api.example.com",
+                Some("/payments/"),
+                "/payments/",
+                "https://api.example.com/",
+            ),
+            (
+                "https://search.example.com/v2",
+                None,
+                "/q?x=1",
+                "https://search.example.com/v2/q?x=1",
+            ),
+            (
+                "https://search.example.com/v2/",
+                None,
+                "/",
+                "https://search.example.com/v2/",
+            ),
+            (
+                "http://127.0.0.1:9/base",
+                Some("/svc"),
+                "/svc/a/b",
+                "http://127.0.0.1:9/base/a/b",
+            ),
+        ];
+        for (up, strip, path, want) in cases {
+            let got = fwd(up, strip).upstream_uri(&path.parse().unwrap()).unwrap();
+            assert_eq!(got.to_string(), want, "{up} {strip:?} {path}");
+        }
+    }
+}

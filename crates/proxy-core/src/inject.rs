@@ -1,0 +1,544 @@
+//! Credential injection: header, query parameter or HTTP basic.
+//!
+//! Sits directly outside the forwarder, inside credential acquisition: it
+//! takes the [`Credential`] the acquire layer put in the request extensions and
+//! writes it where the upstream expects it. Like tower-http's
+//! `AddAuthorization` it does no I/O and returns the inner future unchanged on
+//! the normal path. A caller-supplied header or query parameter of the same
+//! name is replaced, never merged. Injected headers are marked sensitive so
+//! HTTP/2 never indexes them and debug output hides them.
+//!
+//! The rendered header value is cached per credential value, so the steady
+//! state costs an atomic load and a pointer comparison, not a `format!`.
+
+use crate::config::{InjectConfig, Username};
+use crate::credential::Credential;
+use crate::error::{BoxError, CredentialUnavailable};
+use crate::secret::SecretSource;
+use arc_swap::ArcSwapOption;
+use base64::Engine;
+use futures_util::future::{Either, Ready, ready};
+use http::{HeaderName, HeaderValue, Request, Uri, header};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
+
+const TOKEN: &str = "{token}";
+
+/// A parsed `inject:` block (no secrets resolved yet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InjectSpec {
+    /// `header: NAME` with `format` split around `{token}`.
+    Header {
+        /// Header to set.
+        name: HeaderName,
+        /// Text before the token.
+        prefix: String,
+        /// Text after the token.
+        suffix: String,
+    },
+    /// `query: PARAM`.
+    Query {
+        /// Parameter name.
+        param: String,
+    },
+    /// `basic: { username }`; the credential is the password.
+    Basic {
+        /// The user name as configured.
+        username: UsernameSpec,
+    },
+}
+
+/// A basic-auth user name as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UsernameSpec {
+    /// Inline.
+    Plain(String),
+    /// From a secret reference, described without its value.
+    Secret(String),
+}
+
+/// A config problem inside `inject`, with a path relative to it.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("inject{path}: {message}")]
+pub struct SpecError {
+    /// Relative path such as `.header`.
+    pub path: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn spec_err(path: &'static str, message: impl Into<String>) -> SpecError {
+    SpecError {
+        path,
+        message: message.into(),
+    }
+}
+
+/// Headers that cannot carry a credential: they describe the connection or
+/// message framing, or are rewritten by the forwarder.
+const FORBIDDEN_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+impl InjectSpec {
+    /// Parses an `inject:` block; `None` means the default
+    /// `Authorization: Bearer {token}`.
+    pub fn parse(cfg: Option<&InjectConfig>) -> Result<Self, SpecError> {
+        let Some(cfg) = cfg else {
+            return Ok(Self::Header {
+                name: header::AUTHORIZATION,
+                prefix: "Bearer ".into(),
+                suffix: String::new(),
+            });
+        };
+        let set = [
+            cfg.header.is_some(),
+            cfg.query.is_some(),
+            cfg.basic.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if set != 1 {
+            return Err(spec_err("", "set exactly one of header, query or basic"));
+        }
+        if cfg.format.is_some() && cfg.header.is_none() {
+            return Err(spec_err(
+                ".format",
+                "format applies only to header injection",
+            ));
+        }
+        if let Some(h) = &cfg.header {
+            let name = HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| spec_err(".header", format!("{h:?} is not a valid header name")))?;
+            if FORBIDDEN_HEADERS.contains(&name.as_str()) {
+                return Err(spec_err(
+                    ".header",
+                    format!("{h:?} cannot carry a credential (connection or framing header)"),
+                ));
+            }
+            let default = if name == header::AUTHORIZATION {
+                "Bearer {token}"
+            } else {
+                TOKEN
+            };
+            let format = cfg.format.as_deref().unwrap_or(default);
+            let (prefix, suffix) = format
+                .split_once(TOKEN)
+                .ok_or_else(|| spec_err(".format", format!("{format:?} must contain {TOKEN}")))?;
+            if suffix.contains(TOKEN) {
+                return Err(spec_err(
+                    ".format",
+                    format!("{format:?} must contain {TOKEN} once"),
+                ));
+            }
+            if HeaderValue::from_str(prefix).is_err() || HeaderValue::from_str(suffix).is_err() {
+                return Err(spec_err(
+                    ".format",
+                    format!("{format:?} has characters not allowed in a header value"),
+                ));
+            }
+            return Ok(Self::Header {
+                name,
+                prefix: prefix.to_string(),
+                suffix: suffix.to_string(),
+            });
+        }
+        if let Some(q) = &cfg.query {
+            if q.is_empty() {
+                return Err(spec_err(".query", "parameter name cannot be empty"));
+            }
+            return Ok(Self::Query { param: q.clone() });
+        }
+        match &cfg.basic {
+            Some(b) => Ok(Self::Basic {
+                username: match &b.username {
+                    Username::Plain(u) if u.contains(':') => {
+                        return Err(spec_err(
+                            ".basic.username",
+                            "a basic-auth user name cannot contain ':'",
+                        ));
+                    }
+                    Username::Plain(u) => UsernameSpec::Plain(u.clone()),
+                    Username::Secret(r) => UsernameSpec::Secret(r.describe()),
+                },
+            }),
+            None => Err(spec_err("", "set exactly one of header, query or basic")),
+        }
+    }
+}
+
+/// A ready-to-run injection (secrets resolved).
+#[derive(Clone, Debug)]
+pub enum Injection {
+    /// Set `name: prefix + token + suffix`.
+    Header {
+        /// Header to set.
+        name: HeaderName,
+        /// Text before the token.
+        prefix: String,
+        /// Text after the token.
+        suffix: String,
+    },
+    /// Set query parameter `param` to the token.
+    Query {
+        /// Parameter name.
+        param: String,
+    },
+    /// `Authorization: Basic base64(username:token)`.
+    Basic {
+        /// The user name.
+        username: SecretSource,
+    },
+}
+
+impl Injection {
+    /// Builds an injection from a parsed spec and the route's config.
+    pub fn from_spec(
+        spec: InjectSpec,
+        cfg: Option<&InjectConfig>,
+        poll: std::time::Duration,
+    ) -> Self {
+        match spec {
+            InjectSpec::Header {
+                name,
+                prefix,
+                suffix,
+            } => Self::Header {
+                name,
+                prefix,
+                suffix,
+            },
+            InjectSpec::Query { param } => Self::Query { param },
+            InjectSpec::Basic { .. } => {
+                let username = match cfg.and_then(|c| c.basic.as_ref()).map(|b| &b.username) {
+                    Some(Username::Secret(r)) => SecretSource::resolve(r, poll),
+                    Some(Username::Plain(u)) => SecretSource::fixed(u.clone()),
+                    None => SecretSource::fixed(String::new()),
+                };
+                Self::Basic { username }
+            }
+        }
+    }
+
+    /// The header this injection sets, if any.
+    pub fn header_name(&self) -> Option<&HeaderName> {
+        match self {
+            Self::Header { name, .. } => Some(name),
+            Self::Basic { .. } => Some(&header::AUTHORIZATION),
+            Self::Query { .. } => None,
+        }
+    }
+
+    /// Renders the header value for `cred` (not for query injection).
+    pub fn render_header(&self, cred: &Credential) -> Result<HeaderValue, String> {
+        let text = match self {
+            Self::Header { prefix, suffix, .. } => {
+                let mut s =
+                    String::with_capacity(prefix.len() + cred.expose().len() + suffix.len());
+                s.push_str(prefix);
+                s.push_str(cred.expose());
+                s.push_str(suffix);
+                s
+            }
+            Self::Basic { username } => {
+                let user = username
+                    .load()
+                    .map_err(|e| format!("basic-auth user name: {e}"))?;
+                let pair = format!("{}:{}", user.expose(), cred.expose());
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                )
+            }
+            Self::Query { .. } => return Err("query injection has no header".into()),
+        };
+        let mut v = HeaderValue::from_str(&text).map_err(|_| {
+            "the credential holds characters not allowed in a header value".to_string()
+        })?;
+        v.set_sensitive(true);
+        Ok(v)
+    }
+}
+
+/// Sets `param=value` in `uri`'s query, dropping any `param` the caller sent
+/// and leaving every other byte of the query as it was.
+pub fn set_query_param(uri: &Uri, param: &str, value: &str) -> Result<Uri, http::Error> {
+    let mut query = String::new();
+    if let Some(q) = uri.query() {
+        for pair in q.split('&').filter(|p| !p.is_empty()) {
+            let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+            let decoded: String = form_urlencoded::parse(key.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default();
+            if decoded != param {
+                query.push_str(pair);
+                query.push('&');
+            }
+        }
+    }
+    query.push_str(
+        &form_urlencoded::Serializer::new(String::new())
+            .append_pair(param, value)
+            .finish(),
+    );
+    let pq = format!("{}?{}", uri.path(), query);
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pq.parse()?);
+    Ok(Uri::from_parts(parts)?)
+}
+
+/// Injects the request's credential; see the module docs.
+#[derive(Clone, Debug)]
+pub struct InjectLayer {
+    injection: Arc<Injection>,
+}
+
+impl InjectLayer {
+    /// A layer applying `injection`.
+    pub fn new(injection: Injection) -> Self {
+        Self {
+            injection: Arc::new(injection),
+        }
+    }
+}
+
+impl<S> Layer<S> for InjectLayer {
+    type Service = Inject<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Inject {
+            inner,
+            injection: self.injection.clone(),
+            cache: Arc::new(ArcSwapOption::empty()),
+        }
+    }
+}
+
+/// The service built by [`InjectLayer`].
+#[derive(Clone, Debug)]
+pub struct Inject<S> {
+    inner: S,
+    injection: Arc<Injection>,
+    cache: Arc<ArcSwapOption<(Arc<Credential>, HeaderValue)>>,
+}
+
+impl<S> Inject<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    fn header_for(&self, cred: &Arc<Credential>) -> Result<HeaderValue, String> {
+        if let Some(hit) = self.cache.load().as_ref()
+            && Arc::ptr_eq(&hit.0, cred)
+        {
+            return Ok(hit.1.clone());
+        }
+        let v = self.injection.render_header(cred)?;
+        self.cache.store(Some(Arc::new((cred.clone(), v.clone()))));
+        Ok(v)
+    }
+
+    /// Writes `cred` into `req`.
+    pub fn apply<B>(&self, req: &mut Request<B>, cred: &Arc<Credential>) -> Result<(), String> {
+        match &*self.injection {
+            Injection::Query { param } => {
+                let uri = set_query_param(req.uri(), param, cred.expose())
+                    .map_err(|_| "the credential cannot be written into the query".to_string())?;
+                *req.uri_mut() = uri;
+            }
+            inj => {
+                let v = self.header_for(cred)?;
+                if let Some(name) = inj.header_name() {
+                    req.headers_mut().insert(name.clone(), v);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<S, B> Service<Request<B>> for Inject<S>
+where
+    S: Service<Request<B>, Error = BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Either<S::Future, Ready<Result<S::Response, BoxError>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if let Some(cred) = req.extensions_mut().remove::<Arc<Credential>>() {
+            if let Err(reason) = self.apply(&mut req, &cred) {
+                let id = req
+                    .extensions()
+                    .get::<crate::credential::CredentialUsed>()
+                    .map(|u| u.id.to_string())
+                    .unwrap_or_default();
+                crate::facts::record(&req, |f| f.rejected_by = Some("credential"));
+                return Either::Right(ready(Err(CredentialUnavailable { id, reason }.into())));
+            }
+            // Recorded only now that the value is really in the request: the
+            // audit record never claims a credential that was not sent.
+            let used = req.extensions().get::<crate::credential::CredentialUsed>();
+            let fact = used.map(|u| crate::facts::CredentialFact {
+                id: u.id.clone(),
+                generation: Some(u.generation),
+                outcome: crate::facts::CredentialOutcome::Injected,
+                obtained_at: Some(u.obtained_at),
+                expires_at: u.expires_at,
+            });
+            crate::facts::record(&req, |f| f.credential = fact);
+        }
+        Either::Left(self.inner.call(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BasicConfig;
+    use secrecy::SecretString;
+    use std::time::SystemTime;
+
+    fn cred(v: &str) -> Arc<Credential> {
+        Arc::new(Credential::new(
+            SecretString::from(v.to_string()),
+            1,
+            SystemTime::now(),
+            None,
+        ))
+    }
+
+    fn inject(cfg: InjectConfig) -> Inject<()> {
+        let spec = InjectSpec::parse(Some(&cfg)).unwrap();
+        InjectLayer::new(Injection::from_spec(
+            spec,
+            Some(&cfg),
+            std::time::Duration::from_secs(1),
+        ))
+        .layer(())
+    }
+
+    #[test]
+    fn header_default_and_custom() {
+        let mut req = Request::new(());
+        let i = InjectLayer::new(Injection::from_spec(
+            InjectSpec::parse(None).unwrap(),
+            None,
+            std::time::Duration::from_secs(1),
+        ))
+        .layer(());
+        i.apply(&mut req, &cred("abc")).unwrap();
+        assert_eq!(req.headers()["authorization"], "Bearer abc");
+        assert!(req.headers()["authorization"].is_sensitive());
+
+        let mut req = Request::new(());
+        req.headers_mut()
+            .insert("x-api-key", HeaderValue::from_static("callers"));
+        inject(InjectConfig {
+            header: Some("x-api-key".into()),
+            ..Default::default()
+        })
+        .apply(&mut req, &cred("k1"))
+        .unwrap();
+        assert_eq!(req.headers().get_all("x-api-key").iter().count(), 1);
+        assert_eq!(req.headers()["x-api-key"], "k1");
+    }
+
+    #[test]
+    fn cached_value_follows_new_credential() {
+        let i = inject(InjectConfig {
+            header: Some("x-k".into()),
+            format: Some("K={token};".into()),
+            ..Default::default()
+        });
+        let (a, b) = (cred("one"), cred("two"));
+        for (c, want) in [(&a, "K=one;"), (&a, "K=one;"), (&b, "K=two;")] {
+            let mut req = Request::new(());
+            i.apply(&mut req, c).unwrap();
+            assert_eq!(req.headers()["x-k"], want);
+        }
+    }
+
+    #[test]
+    fn query_replaces_callers_param_and_keeps_the_rest() {
+        let uri: Uri = "/v1/search?q=a%20b&api_key=evil&x=1".parse().unwrap();
+        let out = set_query_param(&uri, "api_key", "s3cr&t").unwrap();
+        assert_eq!(out.to_string(), "/v1/search?q=a%20b&x=1&api_key=s3cr%26t");
+        let out = set_query_param(&"/p".parse().unwrap(), "k", "v").unwrap();
+        assert_eq!(out.to_string(), "/p?k=v");
+    }
+
+    #[test]
+    fn basic_auth() {
+        let i = inject(InjectConfig {
+            basic: Some(BasicConfig {
+                username: Username::Plain("svc".into()),
+            }),
+            ..Default::default()
+        });
+        let mut req = Request::new(());
+        i.apply(&mut req, &cred("pw")).unwrap();
+        assert_eq!(req.headers()["authorization"], "Basic c3ZjOnB3");
+    }
+
+    #[test]
+    fn spec_errors_name_the_field() {
+        let e = InjectSpec::parse(Some(&InjectConfig {
+            header: Some("x y".into()),
+            ..Default::default()
+        }))
+        .unwrap_err();
+        assert_eq!(e.path, ".header");
+        let e = InjectSpec::parse(Some(&InjectConfig {
+            header: Some("x-k".into()),
+            format: Some("Bearer".into()),
+            ..Default::default()
+        }))
+        .unwrap_err();
+        assert_eq!(e.path, ".format");
+        let e = InjectSpec::parse(Some(&InjectConfig {
+            header: Some("Host".into()),
+            ..Default::default()
+        }))
+        .unwrap_err();
+        assert_eq!(e.path, ".header");
+        let e = InjectSpec::parse(Some(&InjectConfig::default())).unwrap_err();
+        assert_eq!(e.path, "");
+    }
+
+    #[test]
+    fn bad_credential_bytes_are_an_error_without_the_value() {
+        let i = inject(InjectConfig {
+            header: Some("x-k".into()),
+            ..Default::default()
+        });
+        let mut req = Request::new(());
+        let err = i.apply(&mut req, &cred("bad\nvalue")).unwrap_err();
+        assert!(!err.contains("bad"));
+    }
+}

@@ -1,0 +1,72 @@
+//! latchkey's core: everything a request touches between the listener and the
+//! upstream, except the credential lifecycle (refresh), the 401 replay and the
+//! audit trail, which live in their own crates.
+//!
+//! The request path, outermost first (see `DESIGN.md`):
+//!
+//! ```text
+//! listener -> [audit] -> edge errors -> client auth -> router
+//!          -> authorize -> [retry401] -> acquire credential -> inject -> forward
+//! ```
+//!
+//! - [`config`]: the YAML config, its validation and field-path errors.
+//! - [`secret`]: secret references (`env`, `file`, `value`) and their values.
+//! - [`credential`]: the [`Credential`] value and the [`CredentialSource`] trait.
+//! - [`acquire`]: the layer that obtains a credential for a request.
+//! - [`inject`]: header / query / basic injection.
+//! - [`forward`]: the pooled hyper + rustls client to the upstream.
+//! - [`client_auth`]: who may use which route (proxy tokens).
+//! - [`limit`]: load shedding past the concurrency limit.
+//! - [`router`]: host + path prefix to route.
+//! - [`edge`]: the one place errors become HTTP responses.
+//! - [`stack`]: builds per-route stacks and the whole proxy service.
+//! - [`facts`]: what each layer learned about a request, for the audit.
+//!
+//! Each layer is usable on its own around any tower HTTP service.
+
+pub mod acquire;
+pub mod client_auth;
+pub mod config;
+pub mod context;
+pub mod credential;
+pub mod edge;
+pub mod error;
+pub mod facts;
+pub mod forward;
+pub mod headers;
+pub mod inject;
+pub mod limit;
+pub mod router;
+pub mod secret;
+pub mod stack;
+pub mod upstream;
+
+pub use credential::{Credential, CredentialSource};
+pub use error::{BoxError, ErrorCode};
+
+/// The body type every layer works with: a boxed, streaming body.
+///
+/// Requests and responses are never buffered by the proxy path itself; the
+/// box lets an inbound hyper body, a replay buffer or an error page share one
+/// type across layers.
+pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
+
+/// Wraps any body into a [`ProxyBody`].
+pub fn boxed<B>(body: B) -> ProxyBody
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    use http_body_util::BodyExt;
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// An empty [`ProxyBody`].
+pub fn empty() -> ProxyBody {
+    boxed(http_body_util::Empty::new())
+}
+
+/// A [`ProxyBody`] holding `bytes`.
+pub fn full(bytes: impl Into<bytes::Bytes>) -> ProxyBody {
+    boxed(http_body_util::Full::new(bytes.into()))
+}

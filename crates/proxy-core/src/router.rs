@@ -1,0 +1,216 @@
+//! Host + path-prefix routing.
+//!
+//! Sits after client authentication and before the per-route stacks. A route
+//! matches on an exact host (case-insensitive, port ignored), a path prefix, or
+//! both. Routes that name the request's host are tried first, then routes with
+//! no host; within each set the longest matching prefix wins (a host-only route
+//! is the prefix `/`). Prefixes are raw string prefixes, as in nginx `location`
+//! and Envoy `prefix`: write `/payments/` to avoid matching `/paymentsfoo`.
+//!
+//! Lookup does not scan the routes: each set keeps a hash map from prefix to
+//! route plus the distinct prefix lengths, longest first, so a lookup costs one
+//! hash probe per distinct length (a handful in practice), whatever the number
+//! of routes.
+
+use std::collections::HashMap;
+
+/// A routing table from (host, path) to `T`.
+#[derive(Clone, Debug)]
+pub struct Router<T> {
+    hosts: HashMap<String, PrefixTable<T>>,
+    any_host: PrefixTable<T>,
+}
+
+#[derive(Clone, Debug)]
+struct PrefixTable<T> {
+    by_prefix: HashMap<String, T>,
+    /// Distinct prefix lengths, longest first.
+    lengths: Vec<usize>,
+}
+
+impl<T> Default for PrefixTable<T> {
+    fn default() -> Self {
+        Self {
+            by_prefix: HashMap::new(),
+            lengths: Vec::new(),
+        }
+    }
+}
+
+impl<T> PrefixTable<T> {
+    fn insert(&mut self, prefix: String, value: T) -> Result<(), T> {
+        if self.by_prefix.contains_key(&prefix) {
+            return Err(value);
+        }
+        if let Err(pos) = self.lengths.binary_search_by(|l| prefix.len().cmp(l)) {
+            self.lengths.insert(pos, prefix.len());
+        }
+        self.by_prefix.insert(prefix, value);
+        Ok(())
+    }
+
+    fn lookup(&self, path: &str) -> Option<&T> {
+        for &len in &self.lengths {
+            if let Some(candidate) = path.get(..len)
+                && let Some(v) = self.by_prefix.get(candidate)
+            {
+                return Some(v);
+            }
+        }
+        None
+    }
+}
+
+impl<T> Default for Router<T> {
+    fn default() -> Self {
+        Self {
+            hosts: HashMap::new(),
+            any_host: PrefixTable::default(),
+        }
+    }
+}
+
+impl<T> Router<T> {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a route. Returns the value back if the same host and prefix are
+    /// already taken (config validation reports that as an ambiguity).
+    pub fn insert(&mut self, host: Option<&str>, prefix: Option<&str>, value: T) -> Result<(), T> {
+        let prefix = prefix.unwrap_or("/").to_string();
+        match host {
+            Some(h) => self
+                .hosts
+                .entry(normalize_host(h))
+                .or_default()
+                .insert(prefix, value),
+            None => self.any_host.insert(prefix, value),
+        }
+    }
+
+    /// Finds the route for a request. `host` may carry a port and any case.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&T> {
+        if !self.hosts.is_empty()
+            && let Some(h) = host
+        {
+            let h = host_without_port(h);
+            let table = if h.bytes().any(|b| b.is_ascii_uppercase()) || h.ends_with('.') {
+                self.hosts.get(&normalize_host(h))
+            } else {
+                self.hosts.get(h)
+            };
+            if let Some(v) = table.and_then(|t| t.lookup(path)) {
+                return Some(v);
+            }
+        }
+        self.any_host.lookup(path)
+    }
+
+    /// Number of routes.
+    pub fn len(&self) -> usize {
+        self.any_host.by_prefix.len()
+            + self
+                .hosts
+                .values()
+                .map(|t| t.by_prefix.len())
+                .sum::<usize>()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Lower-cases a host and drops its port and any trailing dot.
+pub fn normalize_host(h: &str) -> String {
+    host_without_port(h)
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+}
+
+fn host_without_port(h: &str) -> &str {
+    if let Some(rest) = h.strip_prefix('[') {
+        // [v6]:port
+        return match rest.find(']') {
+            Some(end) => &h[..end + 2],
+            None => h,
+        };
+    }
+    match h.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => h,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Router<&'static str> {
+        let mut r = Router::new();
+        r.insert(None, Some("/payments/"), "payments").unwrap();
+        r.insert(None, Some("/payments/v2/"), "payments-v2")
+            .unwrap();
+        r.insert(None, Some("/"), "fallback").unwrap();
+        r.insert(Some("search.internal.example.com"), None, "search")
+            .unwrap();
+        r.insert(
+            Some("Search.Internal.Example.com"),
+            Some("/admin/"),
+            "search-admin",
+        )
+        .unwrap();
+        r
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let r = table();
+        assert_eq!(r.route(None, "/payments/charges"), Some(&"payments"));
+        assert_eq!(r.route(None, "/payments/v2/x"), Some(&"payments-v2"));
+        assert_eq!(r.route(None, "/other"), Some(&"fallback"));
+        assert_eq!(
+            r.route(Some("unknown.example"), "/payments/"),
+            Some(&"payments")
+        );
+    }
+
+    #[test]
+    fn host_routes_first_then_hostless() {
+        let r = table();
+        assert_eq!(
+            r.route(Some("search.internal.example.com"), "/q"),
+            Some(&"search")
+        );
+        assert_eq!(
+            r.route(Some("SEARCH.internal.example.com:8080"), "/admin/x"),
+            Some(&"search-admin")
+        );
+        assert_eq!(
+            r.route(Some("search.internal.example.com."), "/q"),
+            Some(&"search")
+        );
+    }
+
+    #[test]
+    fn no_match_and_duplicates() {
+        let mut r: Router<u8> = Router::new();
+        r.insert(Some("a.example"), Some("/x/"), 1).unwrap();
+        assert_eq!(r.route(Some("a.example"), "/y"), None);
+        assert_eq!(r.route(None, "/x/"), None);
+        assert_eq!(r.insert(Some("A.example"), Some("/x/"), 2), Err(2));
+        // Multi-byte paths never split a character.
+        assert_eq!(r.route(Some("a.example"), "/é"), None);
+    }
+
+    #[test]
+    fn ports_and_ipv6() {
+        assert_eq!(host_without_port("example.com:443"), "example.com");
+        assert_eq!(host_without_port("[::1]:8080"), "[::1]");
+        assert_eq!(host_without_port("[::1]"), "[::1]");
+        assert_eq!(normalize_host("EXAMPLE.com."), "example.com");
+    }
+}

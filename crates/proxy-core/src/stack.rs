@@ -1,0 +1,280 @@
+//! Builds the proxy service from a validated config.
+//!
+//! [`build`] turns a [`Config`] plus one [`CredentialSource`] per credential
+//! into a [`Proxy`]: the outer stack (edge errors -> client auth -> router)
+//! and, per route, `authorize -> acquire -> inject -> forward`. Everything is
+//! built once per config load; a request only clones `Arc`s. The caller (the
+//! `latchkey` crate) holds the [`Proxy`] in an `ArcSwap` so a reload swaps
+//! the whole thing atomically while in-flight requests finish on the old one.
+//!
+//! [`RouteLayers`] lets the caller wrap each route's credential stack with
+//! layers from crates that depend on this one (the 401 retry, audit hooks).
+
+use crate::ProxyBody;
+use crate::acquire::AcquireLayer;
+use crate::client_auth::{AuthorizeLayer, Client, ClientAuthLayer};
+use crate::config::{Config, ConfigError, FieldError, RouteConfig};
+use crate::credential::CredentialSource;
+use crate::edge::EdgeLayer;
+use crate::error::{BoxError, NoRoute};
+use crate::forward::{Forward, ForwardTarget};
+use crate::inject::{InjectLayer, InjectSpec, Injection};
+use crate::router::Router;
+use crate::secret::SecretSource;
+use crate::upstream::UpstreamClients;
+use futures_util::future::{Either, Ready, ready};
+use http::{Request, Response, header};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::util::{BoxCloneSyncService, Oneshot};
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+/// A route's service: request in, response or error out.
+pub type RouteService = BoxCloneSyncService<Request<ProxyBody>, Response<ProxyBody>, BoxError>;
+
+/// The whole proxy as one service that never fails (errors are responses).
+pub type ProxyService = BoxCloneSyncService<Request<ProxyBody>, Response<ProxyBody>, Infallible>;
+
+/// Hook to wrap each route's credential-bearing stack (acquire -> inject ->
+/// forward) with layers defined outside this crate.
+pub trait RouteLayers: Send + Sync {
+    /// Wraps `inner` for `route`, whose credential is `source` (if any).
+    fn wrap(
+        &self,
+        route: &RouteConfig,
+        source: Option<&Arc<dyn CredentialSource>>,
+        inner: RouteService,
+    ) -> RouteService;
+}
+
+/// No extra layers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoLayers;
+
+impl RouteLayers for NoLayers {
+    fn wrap(
+        &self,
+        _: &RouteConfig,
+        _: Option<&Arc<dyn CredentialSource>>,
+        inner: RouteService,
+    ) -> RouteService {
+        inner
+    }
+}
+
+/// One built route.
+#[derive(Debug)]
+pub struct Route {
+    /// The route's id.
+    pub id: Arc<str>,
+    /// Its stack.
+    pub service: RouteService,
+}
+
+/// A proxy built from one config.
+#[derive(Clone)]
+pub struct Proxy {
+    /// The service to call for every request.
+    pub service: ProxyService,
+    /// The config it was built from.
+    pub config: Arc<Config>,
+    /// Credential sources by id, in config order.
+    pub credentials: Vec<Arc<dyn CredentialSource>>,
+    /// The clients and their tokens.
+    pub clients: Vec<Client>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("routes", &self.config.routes.len())
+            .field("credentials", &self.credentials)
+            .field("clients", &self.clients)
+            .finish()
+    }
+}
+
+/// Builds the [`Proxy`] for `config`.
+///
+/// `sources` maps every credential id in the config to its source. `file`
+/// is the config's name for errors (CA files that cannot be read, say).
+pub fn build(
+    config: Arc<Config>,
+    file: &str,
+    sources: &HashMap<String, Arc<dyn CredentialSource>>,
+    upstreams: &UpstreamClients,
+    extra: &dyn RouteLayers,
+) -> Result<Proxy, ConfigError> {
+    let poll = config.secrets.file_poll_interval;
+    let mut errs = Vec::new();
+    let clients: Vec<Client> = config
+        .clients
+        .iter()
+        .map(|c| Client {
+            id: Arc::from(c.id.as_str()),
+            token: c.token.as_ref().map(|t| SecretSource::resolve(t, poll)),
+            tls_san: c.tls_san.clone(),
+        })
+        .collect();
+
+    let mut router = Router::new();
+    for (i, rc) in config.routes.iter().enumerate() {
+        let allowed = config
+            .clients
+            .iter()
+            .filter(|c| c.routes.iter().any(|r| r == "*" || *r == rc.id))
+            .map(|c| Arc::from(c.id.as_str()));
+        let source = rc.credential.as_ref().and_then(|id| sources.get(id));
+        if rc.credential.is_some() && source.is_none() {
+            errs.push(FieldError::new(
+                format!("routes[{i}].credential"),
+                "credential source missing",
+            ));
+            continue;
+        }
+        let client = match upstreams.get(rc.ca_file.as_deref(), rc.connect_timeout) {
+            Ok(c) => c,
+            Err(e) => {
+                errs.push(FieldError::new(format!("routes[{i}].ca_file"), e.0));
+                continue;
+            }
+        };
+        let forward = match Forward::new(
+            client,
+            ForwardTarget {
+                upstream: rc.upstream.clone(),
+                strip_prefix: rc
+                    .strip_prefix
+                    .then(|| rc.matcher.path_prefix.clone())
+                    .flatten(),
+                timeout: rc.timeout,
+                connect_timeout: rc.connect_timeout,
+                max_request_body: rc.max_request_body,
+            },
+        ) {
+            Ok(f) => f,
+            Err(_) => {
+                errs.push(FieldError::new(
+                    format!("routes[{i}].upstream"),
+                    "host is not a valid Host header",
+                ));
+                continue;
+            }
+        };
+        let inner: RouteService = match source {
+            Some(src) => {
+                let spec = match InjectSpec::parse(rc.inject.as_ref()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        errs.push(FieldError::new(
+                            format!("routes[{i}].inject{}", e.path),
+                            e.message,
+                        ));
+                        continue;
+                    }
+                };
+                let injection = Injection::from_spec(spec, rc.inject.as_ref(), poll);
+                BoxCloneSyncService::new(
+                    ServiceBuilder::new()
+                        .layer(AcquireLayer::new(src.clone()))
+                        .layer(InjectLayer::new(injection))
+                        .service(forward),
+                )
+            }
+            None => BoxCloneSyncService::new(forward),
+        };
+        let inner = extra.wrap(rc, source, inner);
+        let service = BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .layer(
+                    AuthorizeLayer::new(Arc::from(rc.id.as_str()), rc.public, allowed)
+                        .with_credential(rc.credential.as_deref().map(Arc::from)),
+                )
+                .service(inner),
+        );
+        let route = Arc::new(Route {
+            id: Arc::from(rc.id.as_str()),
+            service,
+        });
+        if router
+            .insert(
+                rc.matcher.host.as_deref(),
+                rc.matcher.path_prefix.as_deref(),
+                route,
+            )
+            .is_err()
+        {
+            errs.push(FieldError::new(
+                format!("routes[{i}].match"),
+                "duplicate host and path_prefix",
+            ));
+        }
+    }
+    if !errs.is_empty() {
+        return Err(ConfigError::new(file, errs));
+    }
+
+    let credentials = config
+        .credentials
+        .iter()
+        .filter_map(|c| sources.get(&c.id).cloned())
+        .collect();
+    let service = BoxCloneSyncService::new(
+        ServiceBuilder::new()
+            .layer(EdgeLayer::new())
+            .layer(crate::limit::ShedLayer::new(
+                config.proxy.max_concurrent_requests,
+            ))
+            .layer(ClientAuthLayer::new(clients.clone()))
+            .service(Dispatch {
+                router: Arc::new(router),
+            }),
+    );
+    Ok(Proxy {
+        service,
+        config,
+        credentials,
+        clients,
+    })
+}
+
+/// Routes each request to its route's stack.
+#[derive(Clone, Debug)]
+pub struct Dispatch {
+    router: Arc<Router<Arc<Route>>>,
+}
+
+impl Service<Request<ProxyBody>> for Dispatch {
+    type Response = Response<ProxyBody>;
+    type Error = BoxError;
+    type Future = Either<
+        Oneshot<RouteService, Request<ProxyBody>>,
+        Ready<Result<Response<ProxyBody>, BoxError>>,
+    >;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness is per route and driven by `oneshot` below.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        match self.router.route(host, req.uri().path()) {
+            Some(route) => Either::Left(route.service.clone().oneshot(req)),
+            None => {
+                crate::facts::record(&req, |f| f.rejected_by = Some("router"));
+                let e = NoRoute {
+                    host: host.map(crate::router::normalize_host).unwrap_or_default(),
+                    path: req.uri().path().to_string(),
+                };
+                Either::Right(ready(Err(e.into())))
+            }
+        }
+    }
+}

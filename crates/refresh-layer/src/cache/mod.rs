@@ -1,0 +1,533 @@
+//! The refresh-ahead credential cache: [`RefreshingSource`].
+//!
+//! States of one credential:
+//!
+//! | state | requests | refresh |
+//! |---|---|---|
+//! | fresh | served the current token (one atomic load) | scheduled `buffer` before expiry |
+//! | refresh-ahead | still served the current token, never wait | exactly one background refresh |
+//! | expired / empty | wait for the single in-flight refresh, at most `refresh.timeout`, then 503 | started by the first caller or the scheduler |
+//! | failing | served the current token while it is valid; after expiry get the last error at once | retried with exponential backoff and jitter (1 s to 5 min) |
+//!
+//! Every refresh runs in its own task, so a caller that goes away does not
+//! cancel it, and all callers share its result (single-flight). A background
+//! driver task wakes at the scheduled time even when no request arrives.
+//!
+//! [`invalidate`](CredentialSource::invalidate) takes the generation a request
+//! used: if it is still current, requests stop using it and one forced refresh
+//! runs (100 concurrent calls cause one refresh); if it was already replaced,
+//! nothing happens. A failed refresh never deletes or overwrites anything: the
+//! old value stays in memory and in the store.
+
+mod driver;
+mod refresh;
+mod schedule;
+mod status;
+#[cfg(test)]
+mod tests;
+
+pub use schedule::{backoff, refresh_at};
+
+use driver::DriverGuard;
+
+use crate::provider::{ProviderError, TokenProvider};
+use crate::store::{Store, StoreError};
+use crate::token::StoredCredential;
+use arc_swap::ArcSwapOption;
+use futures_util::future::{BoxFuture, Either, FutureExt, Shared, ready};
+use proxy_core::Credential;
+use proxy_core::config::RefreshConfig;
+use proxy_core::credential::{CredentialError, CredentialSource, CredentialStatus, GetCredential};
+use proxy_core::facts::{RefreshEvent, RefreshObserver};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Timing settings of one credential.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefreshSettings {
+    /// Refresh this long before expiry.
+    pub buffer: Duration,
+    /// How long a request waits for a refresh when no valid token exists.
+    pub timeout: Duration,
+    /// Refresh tokens without expiry after this long.
+    pub max_age: Option<Duration>,
+    /// First backoff delay.
+    pub backoff_min: Duration,
+    /// Backoff cap.
+    pub backoff_max: Duration,
+}
+
+impl Default for RefreshSettings {
+    fn default() -> Self {
+        Self::from(&RefreshConfig::default())
+    }
+}
+
+impl From<&RefreshConfig> for RefreshSettings {
+    fn from(c: &RefreshConfig) -> Self {
+        Self {
+            buffer: c.buffer,
+            timeout: c.timeout,
+            max_age: c.max_age,
+            backoff_min: c.backoff_min,
+            backoff_max: c.backoff_max,
+        }
+    }
+}
+
+/// Why a refresh ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Trigger {
+    /// Ahead of expiry, in the background.
+    Proactive,
+    /// No valid token (first use, or expired).
+    Expired,
+    /// A generation was invalidated (an upstream 401).
+    Forced,
+    /// An operator asked for it.
+    Manual,
+}
+
+impl Trigger {
+    /// The name used in logs, metrics and audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Proactive => "proactive",
+            Self::Expired => "expired",
+            Self::Forced => "forced",
+            Self::Manual => "manual",
+        }
+    }
+}
+
+/// Why a refresh did not produce a token. Never contains a secret.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RefreshError {
+    /// The provider failed.
+    #[error("{0}")]
+    Provider(ProviderError),
+    /// The store failed.
+    #[error("{0}")]
+    Store(StoreError),
+    /// The refresh task ended without a result (it panicked or was aborted).
+    #[error("the refresh task ended without a result")]
+    Aborted,
+    /// Earlier attempts failed and the next is not due yet.
+    #[error("refresh failing ({attempts} attempt(s)); next attempt in {}s; last error: {last}", .retry_in.as_secs())]
+    BackingOff {
+        /// Failed attempts so far.
+        attempts: u32,
+        /// Until the next attempt.
+        retry_in: Duration,
+        /// The last error.
+        last: String,
+    },
+    /// The refresh did not finish within `refresh.timeout`.
+    #[error("refresh did not finish within {0:?}")]
+    Timeout(Duration),
+}
+
+impl From<RefreshError> for CredentialError {
+    fn from(e: RefreshError) -> Self {
+        Self {
+            oauth_error: e.oauth_error().map(str::to_owned),
+            reason: e.to_string(),
+        }
+    }
+}
+
+impl RefreshError {
+    /// The token endpoint's `error` code, if that is what failed.
+    pub fn oauth_error(&self) -> Option<&str> {
+        match self {
+            Self::Provider(p) => p.oauth_error(),
+            _ => None,
+        }
+    }
+}
+
+/// What is served: the credential plus its schedule.
+struct Entry {
+    cred: Arc<Credential>,
+    state: StoredCredential,
+    expires: Option<Instant>,
+    refresh_at: Option<Instant>,
+}
+
+impl Entry {
+    fn valid_at(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|e| now < e)
+    }
+}
+
+type Inflight = Shared<BoxFuture<'static, Result<Arc<Credential>, RefreshError>>>;
+
+#[derive(Default)]
+struct Ctrl {
+    inflight: Option<Inflight>,
+    failures: u32,
+    next_attempt: Option<Instant>,
+    last_error: Option<(String, SystemTime)>,
+    last_refresh: Option<(SystemTime, bool, Trigger)>,
+}
+
+struct Inner {
+    id: Arc<str>,
+    observer: Option<Arc<dyn RefreshObserver>>,
+    provider: Arc<dyn TokenProvider>,
+    store: Arc<dyn Store>,
+    settings: RefreshSettings,
+    current: ArcSwapOption<Entry>,
+    /// Generation invalidated and being replaced (0: none). Requests wait
+    /// for the refresh instead of sending a token the upstream refused.
+    invalid_gen: AtomicU64,
+    refreshing: AtomicBool,
+    ctrl: Mutex<Ctrl>,
+    wake: Notify,
+}
+
+/// A credential that refreshes itself; see the module docs.
+#[derive(Clone)]
+pub struct RefreshingSource {
+    inner: Arc<Inner>,
+    _driver: Arc<DriverGuard>,
+}
+
+impl fmt::Debug for RefreshingSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshingSource")
+            .field("id", &self.inner.id)
+            .field("provider", &self.inner.provider.kind())
+            .field("store", &self.inner.store.kind())
+            .field("settings", &self.inner.settings)
+            .finish()
+    }
+}
+
+impl RefreshingSource {
+    /// Creates the source and starts its scheduler, which loads the stored
+    /// state (or fetches the first token) at once. Must be called inside a
+    /// tokio runtime.
+    pub fn new(
+        id: impl Into<Arc<str>>,
+        provider: Arc<dyn TokenProvider>,
+        store: Arc<dyn Store>,
+        settings: RefreshSettings,
+    ) -> Self {
+        Self::with_observer(id, provider, store, settings, None)
+    }
+
+    /// Like [`new`](Self::new), reporting every refresh attempt to
+    /// `observer` (audit records, metrics).
+    pub fn with_observer(
+        id: impl Into<Arc<str>>,
+        provider: Arc<dyn TokenProvider>,
+        store: Arc<dyn Store>,
+        settings: RefreshSettings,
+        observer: Option<Arc<dyn RefreshObserver>>,
+    ) -> Self {
+        let inner = Arc::new(Inner {
+            observer,
+            id: id.into(),
+            provider,
+            store,
+            settings,
+            current: ArcSwapOption::empty(),
+            invalid_gen: AtomicU64::new(0),
+            refreshing: AtomicBool::new(false),
+            ctrl: Mutex::new(Ctrl::default()),
+            wake: Notify::new(),
+        });
+        let driver = driver::spawn(inner.clone());
+        Self {
+            inner,
+            _driver: Arc::new(driver),
+        }
+    }
+
+    /// Forces a refresh now (operator action): joins a running refresh or
+    /// starts one, ignoring backoff, and waits for it.
+    pub async fn refresh_now(&self) -> Result<CredentialStatus, RefreshError> {
+        let fut = {
+            let mut ctrl = self.inner.lock();
+            match self.inner.running(&mut ctrl) {
+                Some(f) => f,
+                None => self.inner.start(&mut ctrl, Trigger::Manual, None),
+            }
+        };
+        self.inner.wait(fut).await?;
+        Ok(self.status())
+    }
+
+    /// The current status.
+    pub fn status(&self) -> CredentialStatus {
+        self.inner.status()
+    }
+
+    /// The credential's id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+}
+
+impl CredentialSource for RefreshingSource {
+    fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    fn kind(&self) -> &'static str {
+        self.inner.provider.kind()
+    }
+
+    fn get(&self) -> GetCredential {
+        let now = Instant::now();
+        if let Some(e) = self.inner.current.load().as_ref()
+            && e.valid_at(now)
+            && e.cred.generation != self.inner.invalid_gen.load(Ordering::Acquire)
+        {
+            if e.refresh_at.is_some_and(|r| now >= r)
+                && !self.inner.refreshing.load(Ordering::Acquire)
+            {
+                self.inner.kick(Trigger::Proactive);
+            }
+            return Either::Left(ready(Ok(e.cred.clone())));
+        }
+        let inner = self.inner.clone();
+        Either::Right(
+            async move { inner.wait_for_valid().await.map_err(CredentialError::from) }.boxed(),
+        )
+    }
+
+    /// Marks and starts at once (not when the future is first polled), so
+    /// requests that begin after this call already wait for the new value.
+    fn status(&self) -> CredentialStatus {
+        self.inner.status()
+    }
+
+    fn generation(&self) -> Option<u64> {
+        self.inner
+            .current
+            .load()
+            .as_ref()
+            .map(|e| e.cred.generation)
+    }
+
+    fn refresh_now(&self) -> BoxFuture<'static, Result<CredentialStatus, CredentialError>> {
+        let me = self.clone();
+        async move {
+            RefreshingSource::refresh_now(&me)
+                .await
+                .map_err(CredentialError::from)
+        }
+        .boxed()
+    }
+
+    fn invalidate(&self, generation: u64) -> BoxFuture<'static, Result<(), CredentialError>> {
+        let inner = &self.inner;
+        let fut = {
+            let mut ctrl = inner.lock();
+            let current = inner.current.load().as_ref().map(|e| e.cred.generation);
+            if current != Some(generation) {
+                // Already replaced (or never served): nothing to do.
+                return ready(Ok(())).boxed();
+            }
+            inner.invalid_gen.store(generation, Ordering::Release);
+            match inner.running(&mut ctrl) {
+                Some(f) => f,
+                None => match inner.backing_off(&ctrl, Instant::now()) {
+                    Some(err) => {
+                        inner.invalid_gen.store(0, Ordering::Release);
+                        return ready(Err(CredentialError::from(err))).boxed();
+                    }
+                    None => inner.start(&mut ctrl, Trigger::Forced, Some(generation)),
+                },
+            }
+        };
+        let inner = inner.clone();
+        async move {
+            inner
+                .wait(fut)
+                .await
+                .map(|_| ())
+                .map_err(CredentialError::from)
+        }
+        .boxed()
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Ctrl> {
+        // A panic while holding this lock leaves plain data behind; keep going.
+        self.ctrl.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn valid(&self, now: Instant) -> Option<Arc<Credential>> {
+        let e = self.current.load_full()?;
+        (e.valid_at(now) && e.cred.generation != self.invalid_gen.load(Ordering::Acquire))
+            .then(|| e.cred.clone())
+    }
+
+    /// The running refresh, if any (a finished one is cleared).
+    fn running(&self, ctrl: &mut Ctrl) -> Option<Inflight> {
+        match &ctrl.inflight {
+            Some(f) if f.peek().is_none() => Some(f.clone()),
+            Some(_) => {
+                ctrl.inflight = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn backing_off(&self, ctrl: &Ctrl, now: Instant) -> Option<RefreshError> {
+        let next = ctrl.next_attempt?;
+        (now < next).then(|| RefreshError::BackingOff {
+            attempts: ctrl.failures,
+            retry_in: next - now,
+            last: ctrl
+                .last_error
+                .as_ref()
+                .map(|e| e.0.clone())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Starts a background refresh unless one runs or backoff forbids it.
+    fn kick(self: &Arc<Self>, trigger: Trigger) {
+        let mut ctrl = self.lock();
+        if self.running(&mut ctrl).is_none() && self.backing_off(&ctrl, Instant::now()).is_none() {
+            // Background: nobody waits on this one.
+            drop(self.start(&mut ctrl, trigger, None));
+        }
+    }
+
+    fn start(
+        self: &Arc<Self>,
+        ctrl: &mut Ctrl,
+        trigger: Trigger,
+        invalidated: Option<u64>,
+    ) -> Inflight {
+        let me = self.clone();
+        self.refreshing.store(true, Ordering::Release);
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let result = refresh::run(&me, trigger, invalidated).await;
+            let adopted = matches!(result, Ok((_, true)));
+            let result = result.map(|(c, _)| c);
+            me.finish(trigger, &result, adopted, started.elapsed());
+            result
+        });
+        let fut = async move { task.await.unwrap_or(Err(RefreshError::Aborted)) }
+            .boxed()
+            .shared();
+        ctrl.inflight = Some(fut.clone());
+        fut
+    }
+
+    fn finish(
+        &self,
+        trigger: Trigger,
+        result: &Result<Arc<Credential>, RefreshError>,
+        adopted: bool,
+        took: Duration,
+    ) {
+        let now = SystemTime::now();
+        let mut ctrl = self.lock();
+        ctrl.inflight = None;
+        self.refreshing.store(false, Ordering::Release);
+        match result {
+            Ok(c) => {
+                ctrl.failures = 0;
+                ctrl.next_attempt = None;
+                ctrl.last_refresh = Some((now, true, trigger));
+                tracing::info!(
+                    credential = %self.id, trigger = trigger.as_str(), generation = c.generation,
+                    took_ms = took.as_millis() as u64, "credential refreshed"
+                );
+            }
+            Err(e) => {
+                ctrl.failures = ctrl.failures.saturating_add(1);
+                let delay = backoff(
+                    ctrl.failures,
+                    self.settings.backoff_min,
+                    self.settings.backoff_max,
+                    fastrand::f64(),
+                );
+                ctrl.next_attempt = Some(Instant::now() + delay);
+                ctrl.last_error = Some((e.to_string(), now));
+                ctrl.last_refresh = Some((now, false, trigger));
+                // Serve the old value again: the upstream decides whether it
+                // still works; dropping it would turn a refresh outage into
+                // an outage of every request.
+                self.invalid_gen.store(0, Ordering::Release);
+                tracing::warn!(
+                    credential = %self.id, trigger = trigger.as_str(), error = %e,
+                    attempts = ctrl.failures, retry_in_s = delay.as_secs_f64(), "credential refresh failed"
+                );
+            }
+        }
+        drop(ctrl);
+        self.wake.notify_one();
+        if let Some(obs) = &self.observer {
+            let (generation, expires_at) = match result {
+                Ok(c) => (c.generation, c.expires_at),
+                Err(_) => self
+                    .current
+                    .load()
+                    .as_ref()
+                    .map_or((0, None), |e| (e.cred.generation, e.cred.expires_at)),
+            };
+            obs.on_refresh(&RefreshEvent {
+                credential: self.id.clone(),
+                trigger: trigger.as_str(),
+                ok: result.is_ok(),
+                adopted,
+                duration: took,
+                error: result.as_ref().err().map(ToString::to_string),
+                oauth_error: result
+                    .as_ref()
+                    .err()
+                    .and_then(|e| e.oauth_error().map(str::to_owned)),
+                generation,
+                expires_at,
+            });
+        }
+    }
+
+    async fn wait(&self, fut: Inflight) -> Result<Arc<Credential>, RefreshError> {
+        match tokio::time::timeout(self.settings.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(RefreshError::Timeout(self.settings.timeout)),
+        }
+    }
+
+    async fn wait_for_valid(self: &Arc<Self>) -> Result<Arc<Credential>, RefreshError> {
+        let fut = {
+            let mut ctrl = self.lock();
+            let now = Instant::now();
+            if let Some(c) = self.valid(now) {
+                return Ok(c);
+            }
+            match self.running(&mut ctrl) {
+                Some(f) => f,
+                None => {
+                    if let Some(err) = self.backing_off(&ctrl, now) {
+                        return Err(err);
+                    }
+                    self.start(&mut ctrl, Trigger::Expired, None)
+                }
+            }
+        };
+        match self.wait(fut).await {
+            Ok(c) => Ok(c),
+            // A forced refresh (after a 401) failed while this request waited:
+            // the old token is served again, as everywhere else a refresh
+            // fails; the upstream decides whether it still works.
+            Err(e) => self.valid(Instant::now()).ok_or(e),
+        }
+    }
+}

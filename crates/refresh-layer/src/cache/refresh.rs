@@ -1,0 +1,174 @@
+//! One refresh, start to finish, under the store's lock.
+//!
+//! 1. Take the store lock (across processes for shared stores).
+//! 2. Re-read the stored state. If another process already refreshed (a
+//!    newer generation that is still good), adopt it: no token call.
+//! 3. Otherwise fetch from the provider with the newest refresh token known.
+//! 4. Persist the new state (a rotated refresh token is saved before the new
+//!    access token is used), then publish it.
+//! 5. On `invalid_grant`, re-read once more before calling it a failure:
+//!    another holder may have rotated between our read and our call.
+//! 6. If a shared store refuses the write because a newer generation is
+//!    already there (this holder lost its lease), adopt the stored one.
+//!
+//! When a shared store is unreachable, a non-rotating grant refreshes
+//! locally (and tries to save); a rotating one fails and backs off, keeping
+//! the credential it holds until expiry, so replicas never fork a refresh
+//! token.
+//!
+//! A failure writes nothing.
+
+use super::{Entry, Inner, RefreshError, Trigger, refresh_at};
+use crate::store::StoreError;
+use crate::token::StoredCredential;
+use proxy_core::Credential;
+use secrecy::SecretString;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
+
+/// Returns the credential now served and whether it was adopted from the
+/// store (another process refreshed) rather than fetched.
+pub(super) async fn run(
+    inner: &Arc<Inner>,
+    trigger: Trigger,
+    invalidated: Option<u64>,
+) -> Result<(Arc<Credential>, bool), RefreshError> {
+    let _lock = match inner.store.lock(&inner.id).await {
+        Ok(l) => Some(l),
+        // A shared store that is down must not stop a grant that can be
+        // repeated safely; a rotating refresh token must never be used
+        // outside the lock (two replicas would fork it).
+        Err(StoreError::Unavailable(e)) if !inner.provider.rotates() => {
+            tracing::warn!(credential = %inner.id, error = %e, "store unavailable; refreshing this non-rotating credential locally");
+            None
+        }
+        Err(e) => return Err(RefreshError::Store(e)),
+    };
+    let ours = inner.current.load_full();
+    let our_gen = ours.as_ref().map_or(0, |e| e.cred.generation);
+    let stored = match inner.store.load(&inner.id).await {
+        Ok(s) => s,
+        Err(e @ StoreError::Corrupt { .. }) => {
+            tracing::error!(credential = %inner.id, error = %e, "stored credential unreadable; refreshing from what this process holds");
+            None
+        }
+        Err(StoreError::Unavailable(_)) if _lock.is_none() => None,
+        Err(e) => return Err(RefreshError::Store(e)),
+    };
+    if let Some(s) = &stored
+        && s.generation > our_gen
+        && invalidated.is_none_or(|g| s.generation > g)
+        && adoptable(s, inner, trigger)
+    {
+        tracing::info!(credential = %inner.id, generation = s.generation, "adopting a credential refreshed by another process");
+        return Ok((publish(inner, s.clone(), remaining(s)), true));
+    }
+
+    let base = match (stored, ours.as_ref().map(|e| &e.state)) {
+        (Some(s), Some(o)) if o.generation > s.generation => Some(o.clone()),
+        (Some(s), _) => Some(s),
+        (None, o) => o.cloned(),
+    };
+    let base_gen = base.as_ref().map_or(0, |b| b.generation);
+    match inner.provider.fetch(base.as_ref()).await {
+        Ok(token) => {
+            let prior = base
+                .as_ref()
+                .and_then(StoredCredential::refresh_token)
+                .or_else(|| inner.provider.seed_refresh_token());
+            let state = StoredCredential::from_token(
+                &token,
+                prior.as_ref(),
+                base_gen.max(our_gen) + 1,
+                SystemTime::now(),
+            );
+            match inner.store.save(&inner.id, &state).await {
+                Ok(()) => {}
+                // Someone wrote a newer generation while we refreshed (we
+                // lost the lease): theirs wins, ours is dropped.
+                Err(StoreError::Conflict { stored }) => {
+                    if let Ok(Some(s)) = inner.store.load(&inner.id).await
+                        && s.generation >= stored
+                    {
+                        tracing::warn!(credential = %inner.id, generation = s.generation, "a newer credential was stored while refreshing; adopting it");
+                        return Ok((publish(inner, s.clone(), remaining(&s)), true));
+                    }
+                }
+                // The endpoint already consumed the old refresh token, so the
+                // new one must be used even though it is only in memory now;
+                // the next refresh saves again.
+                Err(e) => {
+                    tracing::error!(credential = %inner.id, error = %e, "could not persist the refreshed credential; keeping it in memory");
+                }
+            }
+            Ok((publish(inner, state, token.expires_in), false))
+        }
+        Err(e) if e.is_invalid_grant() => {
+            if let Ok(Some(s)) = inner.store.load(&inner.id).await
+                && s.generation > base_gen
+                && !expired(&s)
+            {
+                tracing::info!(credential = %inner.id, generation = s.generation, "invalid_grant after another process rotated; adopting its credential");
+                return Ok((publish(inner, s.clone(), remaining(&s)), true));
+            }
+            Err(RefreshError::Provider(e))
+        }
+        Err(e) => Err(RefreshError::Provider(e)),
+    }
+}
+
+/// Makes `state` the served credential.
+fn publish(inner: &Inner, state: StoredCredential, lifetime: Option<Duration>) -> Arc<Credential> {
+    let now = Instant::now();
+    let cred = Arc::new(Credential::new(
+        SecretString::from(state.access_token.clone()),
+        state.generation,
+        state.obtained_at(),
+        state.expires_at(),
+    ));
+    let s = &inner.settings;
+    inner.current.store(Some(Arc::new(Entry {
+        cred: cred.clone(),
+        expires: lifetime.map(|l| now + l),
+        refresh_at: refresh_at(now, lifetime, s.buffer, s.max_age, fastrand::f64()),
+        state,
+    })));
+    cred
+}
+
+fn remaining(s: &StoredCredential) -> Option<Duration> {
+    s.expires_at().map(|e| {
+        e.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    })
+}
+
+fn expired(s: &StoredCredential) -> bool {
+    remaining(s).is_some_and(|r| r.is_zero())
+}
+
+/// A state written by someone else is worth adopting if it is still good
+/// for a while: not inside its own refresh lead (else we would adopt and
+/// immediately refresh again), except for forced refreshes, where any newer
+/// valid token beats the rejected one.
+fn adoptable(s: &StoredCredential, inner: &Inner, trigger: Trigger) -> bool {
+    let Some(left) = remaining(s) else {
+        return true;
+    };
+    match trigger {
+        Trigger::Forced | Trigger::Manual => !left.is_zero(),
+        Trigger::Proactive | Trigger::Expired => {
+            let lifetime = s
+                .expires_at()
+                .and_then(|e| e.duration_since(s.obtained_at()).ok())
+                .unwrap_or(left);
+            let lead = if lifetime < inner.settings.buffer * 2 {
+                lifetime / 2
+            } else {
+                inner.settings.buffer
+            };
+            left > lead
+        }
+    }
+}

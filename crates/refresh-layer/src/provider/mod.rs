@@ -1,0 +1,125 @@
+//! Token providers: where a credential's value comes from.
+//!
+//! A [`TokenProvider`] fetches a new token; it knows nothing about caching,
+//! timing or stores (the [`cache`](crate::cache) does that). Providers:
+//! [`oauth2`] (`refresh_token` with rotation, `client_credentials`), [`exec`]
+//! (a command printing an `ExecCredential` or `{access_token, expires_in}`),
+//! and [`file`] (a token file with an optional expiry). `static` credentials
+//! need no lifecycle and use `proxy_core::credential::StaticSource`, which
+//! implements the same `CredentialSource` trait as the refreshing cache.
+
+pub mod exec;
+pub mod file;
+pub mod oauth2;
+
+use crate::token::{StoredCredential, Token};
+use futures_util::future::BoxFuture;
+use std::fmt;
+
+/// Why a fetch failed. `Display` never includes a secret that was sent.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProviderError {
+    /// The endpoint answered with an OAuth2 error body (RFC 6749 5.2).
+    #[error("token endpoint answered {status} {error}{}", describe(.description))]
+    OAuth {
+        /// HTTP status.
+        status: u16,
+        /// The `error` field (`invalid_grant`, `invalid_client`, ...).
+        error: String,
+        /// The `error_description` field, if any.
+        description: Option<String>,
+    },
+    /// The endpoint answered an HTTP error without an OAuth2 error body.
+    #[error("token endpoint answered HTTP {status}")]
+    Http {
+        /// HTTP status.
+        status: u16,
+    },
+    /// The response body is not JSON.
+    #[error("token endpoint answered {status} with a body that is not JSON")]
+    NotJson {
+        /// HTTP status.
+        status: u16,
+    },
+    /// The JSON has no usable `access_token`.
+    #[error("token response has no access_token")]
+    MissingAccessToken,
+    /// A field has the wrong type or value.
+    #[error("token response field {field}: {problem}")]
+    BadField {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The endpoint could not be reached or the exchange broke off.
+    #[error("token endpoint unreachable: {0}")]
+    Transport(String),
+    /// The provider did not finish in time.
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The exec command failed.
+    #[error("command {command:?} {problem}")]
+    Exec {
+        /// The program.
+        command: String,
+        /// What went wrong (exit status, unparsable output).
+        problem: String,
+    },
+    /// The token file could not be read or parsed.
+    #[error("token file {path}: {problem}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        problem: String,
+    },
+    /// Missing input (e.g. no refresh token) or a local setup problem.
+    #[error("{0}")]
+    Config(String),
+}
+
+fn describe(d: &Option<String>) -> String {
+    d.as_ref().map(|d| format!(": {d}")).unwrap_or_default()
+}
+
+impl ProviderError {
+    /// The endpoint's `error` code, when it sent one.
+    pub fn oauth_error(&self) -> Option<&str> {
+        match self {
+            Self::OAuth { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    /// Whether the grant itself was refused (revoked or already-used refresh
+    /// token): retrying the same request cannot succeed.
+    pub fn is_invalid_grant(&self) -> bool {
+        self.oauth_error() == Some("invalid_grant")
+    }
+}
+
+/// Obtains tokens for one credential.
+pub trait TokenProvider: fmt::Debug + Send + Sync + 'static {
+    /// `oauth2`, `exec`, `file`.
+    fn kind(&self) -> &'static str;
+
+    /// Whether a refresh consumes the previous refresh token (rotation):
+    /// such a credential must never be refreshed by two holders at once.
+    fn rotates(&self) -> bool {
+        false
+    }
+
+    /// The refresh token to start from when the store holds none.
+    fn seed_refresh_token(&self) -> Option<secrecy::SecretString> {
+        None
+    }
+
+    /// Fetches a new token. `current` is the stored state, whose refresh
+    /// token a rotating provider must use (never the seed once a state
+    /// exists).
+    fn fetch<'a>(
+        &'a self,
+        current: Option<&'a StoredCredential>,
+    ) -> BoxFuture<'a, Result<Token, ProviderError>>;
+}

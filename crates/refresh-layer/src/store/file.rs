@@ -1,0 +1,244 @@
+//! One JSON file per credential, shared by processes on one host.
+//!
+//! - `<dir>/<id>.json`: the state, mode 0600. Written to a temp file in the
+//!   same directory, fsynced, renamed over the old file, then the directory
+//!   is fsynced, so readers and crashes see the old or the new state whole.
+//! - `<dir>/<id>.lock`: an advisory lock (`flock`, via `File::lock`) held for
+//!   the whole refresh, so two processes never send the same refresh token.
+//!
+//! Blocking file work runs on tokio's blocking pool.
+
+use super::{Store, StoreError, StoreLock};
+use crate::token::StoredCredential;
+use futures_util::future::{BoxFuture, FutureExt};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Stores credentials as files under one directory.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    dir: PathBuf,
+}
+
+impl FileStore {
+    /// A store under `dir`, created (mode 0700) if missing.
+    pub fn new(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let dir = dir.into();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| io("create", &dir, &e))?;
+        Ok(Self { dir })
+    }
+
+    /// The state file of `id`.
+    pub fn path_of(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+}
+
+fn io(op: &'static str, path: &Path, e: &std::io::Error) -> StoreError {
+    StoreError::Io {
+        op,
+        problem: format!("{}: {e}", path.display()),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    op: &'static str,
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Io {
+            op,
+            problem: e.to_string(),
+        })?
+}
+
+fn read_state(path: &Path) -> Result<Option<StoredCredential>, StoreError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io("load", path, &e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt {
+            path: path.display().to_string(),
+            // serde_json's message names line/column and the kind of problem,
+            // never the content.
+            problem: e.classify_message(),
+        })
+}
+
+trait ClassifyMessage {
+    fn classify_message(&self) -> String;
+}
+
+impl ClassifyMessage for serde_json::Error {
+    fn classify_message(&self) -> String {
+        let kind = match self.classify() {
+            serde_json::error::Category::Io => "I/O error",
+            serde_json::error::Category::Syntax => "not valid JSON",
+            serde_json::error::Category::Data => "JSON of the wrong shape",
+            serde_json::error::Category::Eof => "truncated JSON",
+        };
+        format!("{kind} at line {} column {}", self.line(), self.column())
+    }
+}
+
+fn write_state(dir: &Path, path: &Path, state: &StoredCredential) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec_pretty(state).map_err(|e| StoreError::Io {
+        op: "save",
+        problem: e.classify_message(),
+    })?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io("save", path, &e));
+    }
+    Ok(())
+}
+
+impl Store for FileStore {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    fn load<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredCredential>, StoreError>> {
+        let path = self.path_of(id);
+        blocking("load", move || read_state(&path)).boxed()
+    }
+
+    fn lock<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoreLock, StoreError>> {
+        let path = self.dir.join(format!("{id}.lock"));
+        blocking("lock", move || {
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| io("lock", &path, &e))?;
+            f.lock().map_err(|e| io("lock", &path, &e))?;
+            // Closing the descriptor (dropping the File) releases the lock.
+            Ok(StoreLock::new(f))
+        })
+        .boxed()
+    }
+
+    fn save<'a>(
+        &'a self,
+        id: &'a str,
+        state: &'a StoredCredential,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let path = self.path_of(id);
+        let dir = self.dir.clone();
+        let state = state.clone();
+        blocking("save", move || write_state(&dir, &path, &state)).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn state(generation: u64) -> StoredCredential {
+        StoredCredential {
+            access_token: format!("at-{generation}"),
+            expires_at_ms: Some(1_000),
+            refresh_token: Some(format!("rt-{generation}")),
+            generation,
+            obtained_at_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn round_trip_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path().join("creds")).unwrap();
+        assert_eq!(store.load("crm").await.unwrap(), None);
+        store.save("crm", &state(3)).await.unwrap();
+        assert_eq!(store.load("crm").await.unwrap(), Some(state(3)));
+        let mode = std::fs::metadata(store.path_of("crm"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let dir_mode = std::fs::metadata(dir.path().join("creds"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+        // No temp files left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("creds"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[tokio::test]
+    async fn corrupt_file_is_reported_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(dir.path()).unwrap();
+        std::fs::write(
+            store.path_of("crm"),
+            "{\"access_token\": \"secret-canary\", oops",
+        )
+        .unwrap();
+        let err = store.load("crm").await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }));
+        assert!(!err.to_string().contains("secret-canary"));
+        assert!(
+            std::fs::read_to_string(store.path_of("crm"))
+                .unwrap()
+                .contains("oops")
+        );
+    }
+
+    #[tokio::test]
+    async fn lock_excludes_a_second_holder_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = FileStore::new(dir.path()).unwrap();
+        let b = FileStore::new(dir.path()).unwrap();
+        let guard = a.lock("crm").await.unwrap();
+        let mut second = Box::pin(b.lock("crm"));
+        // The second lock cannot be taken while the first is held.
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(100), &mut second)
+                .await
+                .is_err()
+        );
+        drop(guard);
+        tokio::time::timeout(std::time::Duration::from_secs(5), second)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

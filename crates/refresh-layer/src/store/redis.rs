@@ -1,0 +1,407 @@
+//! Redis: credential state shared by replicas, with a distributed
+//! single-flight refresh.
+//!
+//! Keys (under a configurable prefix so deployments can share a Redis):
+//!
+//! | key | holds |
+//! |---|---|
+//! | `{prefix}:credential:{id}` | hash: `gen` (the generation, plain) and `val` (the state, AES-256-GCM) |
+//! | `{prefix}:lock:{id}` | the refresh lock: `SET NX PX` with a random owner id |
+//! | `{prefix}:events:{id}` | pub/sub channel: a new generation was written, or the lock was released |
+//!
+//! - Lock: taken with `SET NX PX lease`; renewed every third of the lease
+//!   while held (only if still the owner); released by compare-and-delete in
+//!   Lua. A holder that dies stops renewing and loses the lock when the lease
+//!   runs out; another replica then takes over.
+//! - A replica that finds the lock taken does not refresh: it waits for the
+//!   holder's event (with a bounded poll as fallback, in case a message is
+//!   missed), retakes the lock, re-reads, and adopts the new generation.
+//! - Writes are compare-and-set on the generation in Lua: a replica that lost
+//!   its lease mid-refresh can never overwrite a newer credential.
+//! - Redis down: operations fail fast with [`StoreError::Unavailable`]
+//!   (`timeout` per command); replicas keep serving what they hold, and
+//!   reconnect by themselves.
+
+use super::crypto::Keyring;
+use super::{Store, StoreError, StoreLock};
+use crate::token::StoredCredential;
+use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, FutureExt};
+use redis::aio::ConnectionManager;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How to reach and use Redis.
+#[derive(Clone)]
+pub struct RedisStoreSettings {
+    /// `redis://` or `rediss://` URL (may hold a password: never printed).
+    pub url: String,
+    /// Key prefix.
+    pub key_prefix: String,
+    /// Encryption keys.
+    pub keys: Keyring,
+    /// Refresh-lock lease.
+    pub lease: Duration,
+    /// Per-command timeout.
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for RedisStoreSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStoreSettings")
+            .field("url", &"***")
+            .field("key_prefix", &self.key_prefix)
+            .field("lease", &self.lease)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// See the module docs.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    conn: ConnectionManager,
+    prefix: String,
+    keys: Keyring,
+    lease: Duration,
+    timeout: Duration,
+    /// Identifies this process in lock values.
+    owner: String,
+    health: Mutex<Result<(), String>>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.inner.prefix)
+            .field("lease", &self.inner.lease)
+            .finish()
+    }
+}
+
+const LOCK_RENEW: &str = r"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
+const LOCK_RELEASE: &str = r"if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]); redis.call('publish', KEYS[2], 'released'); return 1 else return 0 end";
+const SAVE_CAS: &str = r"local g = tonumber(redis.call('hget', KEYS[1], 'gen') or '0')
+if tonumber(ARGV[1]) <= g then return g end
+redis.call('hset', KEYS[1], 'gen', ARGV[1], 'val', ARGV[2])
+redis.call('publish', KEYS[2], ARGV[1])
+return -1";
+
+impl RedisStore {
+    /// Connects lazily (startup does not wait for Redis, and a Redis that
+    /// is down at startup is picked up when it comes back).
+    pub fn new(settings: RedisStoreSettings) -> Result<Self, StoreError> {
+        let client = redis::Client::open(settings.url.as_str()).map_err(|e| StoreError::Io {
+            op: "connect",
+            // The URL may carry a password: report the kind of error only.
+            problem: format!("invalid Redis URL ({:?})", e.kind()),
+        })?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.timeout))
+            .set_response_timeout(Some(settings.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let conn =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|e| {
+                StoreError::Io {
+                    op: "connect",
+                    problem: format!("{:?}", e.kind()),
+                }
+            })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                conn,
+                prefix: settings.key_prefix,
+                keys: settings.keys,
+                lease: settings.lease,
+                timeout: settings.timeout,
+                owner: format!("{}-{:016x}", std::process::id(), fastrand::u64(..)),
+                health: Mutex::new(Ok(())),
+            }),
+        })
+    }
+
+    /// The Redis key holding credential `id`.
+    pub fn credential_key(&self, id: &str) -> String {
+        format!("{}:credential:{id}", self.inner.prefix)
+    }
+
+    fn lock_key(&self, id: &str) -> String {
+        format!("{}:lock:{id}", self.inner.prefix)
+    }
+
+    fn channel(&self, id: &str) -> String {
+        format!("{}:events:{id}", self.inner.prefix)
+    }
+}
+
+impl Inner {
+    /// Runs one command, bounded by the timeout, recording health.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        cmd: impl FnOnce(&mut ConnectionManager) -> BoxFuture<'_, redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        let result = match tokio::time::timeout(self.timeout, cmd(&mut conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e))
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout() =>
+            {
+                Err(StoreError::Unavailable(format!(
+                    "redis {op}: {:?}",
+                    e.kind()
+                )))
+            }
+            Ok(Err(e)) => Err(StoreError::Io {
+                op,
+                problem: format!("redis error {:?}", e.kind()),
+            }),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "redis {op}: no answer within {:?}",
+                self.timeout
+            ))),
+        };
+        let health = match &result {
+            Err(StoreError::Unavailable(e)) => Err(e.clone()),
+            _ => Ok(()),
+        };
+        if let Ok(mut h) = self.health.lock() {
+            *h = health;
+        }
+        result
+    }
+}
+
+/// Holds the Redis lock; renews it; releases it on drop.
+struct RedisLockGuard {
+    renew: tokio::task::AbortHandle,
+    store: RedisStore,
+    lock_key: String,
+    channel: String,
+    token: String,
+}
+
+impl Drop for RedisLockGuard {
+    fn drop(&mut self) {
+        self.renew.abort();
+        let (inner, lock_key, channel, token) = (
+            self.store.inner.clone(),
+            self.lock_key.clone(),
+            self.channel.clone(),
+            self.token.clone(),
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let script = redis::Script::new(LOCK_RELEASE);
+                let released = inner
+                    .run::<i64>("unlock", |c| {
+                        async move { script.key(&lock_key).key(&channel).arg(&token).invoke_async(c).await }.boxed()
+                    })
+                    .await;
+                if let Err(e) = released {
+                    // The lease expires by itself; others wait at most that long.
+                    tracing::warn!(error = %e, "could not release the refresh lock; it expires with its lease");
+                }
+            });
+        }
+    }
+}
+
+impl Store for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn load<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredCredential>, StoreError>> {
+        async move {
+            let key = self.credential_key(id);
+            let sealed: Option<Vec<u8>> = self
+                .inner
+                .run("load", |c| {
+                    let key = key.clone();
+                    async move { redis::cmd("HGET").arg(key).arg("val").query_async(c).await }
+                        .boxed()
+                })
+                .await?;
+            let Some(sealed) = sealed else {
+                return Ok(None);
+            };
+            let plain = self
+                .inner
+                .keys
+                .open(id, &sealed)
+                .map_err(|e| StoreError::Corrupt {
+                    path: key.clone(),
+                    problem: e.to_string(),
+                })?;
+            serde_json::from_slice(&plain)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    path: key,
+                    problem: format!(
+                        "decrypted state is not a credential (line {} column {})",
+                        e.line(),
+                        e.column()
+                    ),
+                })
+        }
+        .boxed()
+    }
+
+    fn lock<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoreLock, StoreError>> {
+        async move {
+            let (lock_key, channel) = (self.lock_key(id), self.channel(id));
+            let token = format!("{}-{:016x}", self.inner.owner, fastrand::u64(..));
+            let lease_ms = u64::try_from(self.inner.lease.as_millis()).unwrap_or(u64::MAX);
+            // Subscribe before the first attempt so the holder's "done"
+            // cannot slip between a failed attempt and the wait.
+            let mut events = match self.inner.client.get_async_pubsub().await {
+                Ok(mut ps) => match ps.subscribe(&channel).await {
+                    Ok(()) => Some(ps),
+                    Err(_) => None,
+                },
+                Err(_) => None,
+            };
+            let poll =
+                (self.inner.lease / 4).clamp(Duration::from_millis(20), Duration::from_millis(500));
+            let mut waited = false;
+            loop {
+                let taken: Option<String> = self
+                    .inner
+                    .run("lock", |c| {
+                        let (k, t) = (lock_key.clone(), token.clone());
+                        async move {
+                            redis::cmd("SET")
+                                .arg(k)
+                                .arg(t)
+                                .arg("NX")
+                                .arg("PX")
+                                .arg(lease_ms)
+                                .query_async(c)
+                                .await
+                        }
+                        .boxed()
+                    })
+                    .await?;
+                if taken.is_some() {
+                    if waited {
+                        tracing::debug!(
+                            credential = id,
+                            "refresh lock acquired after waiting for another replica"
+                        );
+                    }
+                    let renew = tokio::spawn(renew_lease(
+                        self.clone(),
+                        lock_key.clone(),
+                        token.clone(),
+                        lease_ms,
+                    ))
+                    .abort_handle();
+                    return Ok(StoreLock::new(RedisLockGuard {
+                        renew,
+                        store: self.clone(),
+                        lock_key,
+                        channel,
+                        token,
+                    }));
+                }
+                waited = true;
+                match events.as_mut() {
+                    Some(ps) => {
+                        let _ = tokio::time::timeout(poll, ps.on_message().next()).await;
+                    }
+                    None => tokio::time::sleep(poll).await,
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn save<'a>(
+        &'a self,
+        id: &'a str,
+        state: &'a StoredCredential,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let plain = serde_json::to_vec(state).map_err(|e| StoreError::Io {
+                op: "save",
+                problem: e.to_string(),
+            })?;
+            let sealed = self
+                .inner
+                .keys
+                .seal(id, &plain)
+                .map_err(|e| StoreError::Io {
+                    op: "save",
+                    problem: e.to_string(),
+                })?;
+            let (key, channel, generation) =
+                (self.credential_key(id), self.channel(id), state.generation);
+            let stored: i64 = self
+                .inner
+                .run("save", |c| {
+                    async move {
+                        redis::Script::new(SAVE_CAS)
+                            .key(key)
+                            .key(channel)
+                            .arg(generation)
+                            .arg(sealed)
+                            .invoke_async(c)
+                            .await
+                    }
+                    .boxed()
+                })
+                .await?;
+            match u64::try_from(stored) {
+                Ok(stored) => Err(StoreError::Conflict { stored }),
+                Err(_) => Ok(()),
+            }
+        }
+        .boxed()
+    }
+
+    fn health(&self) -> Result<(), String> {
+        self.inner.health.lock().map_or(Ok(()), |h| h.clone())
+    }
+}
+
+/// Extends the lease every third of it while the lock is held. Stops when
+/// the lock is no longer ours (the write that follows is fenced anyway).
+async fn renew_lease(store: RedisStore, lock_key: String, token: String, lease_ms: u64) {
+    let every = Duration::from_millis(lease_ms / 3).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(every).await;
+        let script = redis::Script::new(LOCK_RENEW);
+        let renewed = store
+            .inner
+            .run::<i64>("renew", |c| {
+                let (k, t) = (lock_key.clone(), token.clone());
+                async move { script.key(k).arg(t).arg(lease_ms).invoke_async(c).await }.boxed()
+            })
+            .await;
+        match renewed {
+            Ok(1) => {}
+            Ok(_) => {
+                tracing::warn!(lock = %lock_key, "refresh lock lost (lease expired); the refresh's write is fenced by generation");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(lock = %lock_key, error = %e, "could not renew the refresh lock")
+            }
+        }
+    }
+}

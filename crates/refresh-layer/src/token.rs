@@ -1,0 +1,113 @@
+//! What providers return and stores keep.
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A token as a provider obtained it.
+pub struct Token {
+    /// The access token to inject.
+    pub access_token: SecretString,
+    /// Lifetime from the moment the response arrived; `None` if the provider
+    /// gave no expiry.
+    pub expires_in: Option<Duration>,
+    /// A new refresh token, when the endpoint rotated it.
+    pub refresh_token: Option<SecretString>,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("access_token", &"***")
+            .field("expires_in", &self.expires_in)
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// The persisted state of one credential: what a store reads and writes.
+///
+/// Times are Unix milliseconds so files and Redis values are portable across
+/// processes and hosts.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StoredCredential {
+    /// The access token.
+    pub access_token: String,
+    /// Expiry, Unix ms.
+    #[serde(default)]
+    pub expires_at_ms: Option<u64>,
+    /// The current refresh token (rotating grants).
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+    /// Grows by one on every successful refresh, across every process that
+    /// shares the store.
+    pub generation: u64,
+    /// When the access token was obtained, Unix ms.
+    pub obtained_at_ms: u64,
+}
+
+impl fmt::Debug for StoredCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredCredential")
+            .field("access_token", &"***")
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "***"))
+            .field("generation", &self.generation)
+            .field("obtained_at_ms", &self.obtained_at_ms)
+            .finish()
+    }
+}
+
+impl StoredCredential {
+    /// The refresh token, wrapped.
+    pub fn refresh_token(&self) -> Option<SecretString> {
+        self.refresh_token
+            .as_ref()
+            .map(|t| SecretString::from(t.clone()))
+    }
+
+    /// Builds the state after a successful fetch. A rotated refresh token
+    /// replaces the old one; otherwise the old one is kept.
+    pub fn from_token(
+        token: &Token,
+        prior_refresh: Option<&SecretString>,
+        generation: u64,
+        now: SystemTime,
+    ) -> Self {
+        Self {
+            access_token: token.access_token.expose_secret().to_string(),
+            expires_at_ms: token.expires_in.map(|d| to_ms(now + d)),
+            refresh_token: token
+                .refresh_token
+                .as_ref()
+                .or(prior_refresh)
+                .map(|t| t.expose_secret().to_string()),
+            generation,
+            obtained_at_ms: to_ms(now),
+        }
+    }
+
+    /// Expiry as a `SystemTime`.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.expires_at_ms.map(from_ms)
+    }
+
+    /// When the token was obtained.
+    pub fn obtained_at(&self) -> SystemTime {
+        from_ms(self.obtained_at_ms)
+    }
+}
+
+/// `SystemTime` to Unix milliseconds (0 before the epoch).
+pub fn to_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Unix milliseconds to `SystemTime`.
+pub fn from_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}

@@ -1,0 +1,267 @@
+//! The Redis store against a real `redis-server` (started per test on a
+//! free port) and a real OAuth2 token endpoint with rotating refresh tokens.
+//!
+//! These run in real time: the lock lease lives in Redis's clock, which
+//! tokio's paused clock cannot drive. Token lifetimes are fractions of a
+//! second so 50 expiries take a few seconds.
+#![expect(clippy::unwrap_used, reason = "tests")]
+
+#[path = "../../../tests/support/redis_server.rs"]
+mod redis_server;
+#[path = "../../../tests/support/token_endpoint.rs"]
+mod token_endpoint;
+
+use proxy_core::CredentialSource;
+use redis_server::RedisServer;
+use refresh_layer::provider::oauth2::OAuth2Provider;
+use refresh_layer::store::crypto::Keyring;
+use refresh_layer::store::{RedisStore, RedisStoreSettings, Store, StoreError};
+use refresh_layer::token::StoredCredential;
+use refresh_layer::{RefreshSettings, RefreshingSource};
+use std::sync::Arc;
+use std::time::Duration;
+use token_endpoint::{EndpointOptions, TokenEndpoint};
+
+const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+const OTHER_KEY: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
+
+fn store(redis: &RedisServer, key: &str) -> RedisStore {
+    RedisStore::new(RedisStoreSettings {
+        url: redis.url(),
+        key_prefix: "lk-test".into(),
+        keys: Keyring::from_base64([key]).unwrap(),
+        lease: Duration::from_secs(2),
+        timeout: Duration::from_millis(500),
+    })
+    .unwrap()
+}
+
+async fn endpoint() -> TokenEndpoint {
+    token_endpoint::start(EndpointOptions {
+        expires_in: 3600,
+        rotate: true,
+        initial_refresh_token: "rt-seed-canary".into(),
+        client_id: Some("latchkey".into()),
+        client_secret: Some("cs-canary".into()),
+    })
+    .await
+}
+
+fn replica(ep: &TokenEndpoint, store: RedisStore) -> RefreshingSource {
+    let cfg = serde_json::from_value(serde_json::json!({
+        "grant": "refresh_token", "token_url": ep.url, "client_id": "latchkey",
+        "client_secret": {"value": "cs-canary"}, "refresh_token": {"value": "rt-seed-canary"}
+    }))
+    .unwrap();
+    let provider = OAuth2Provider::new(&cfg, Duration::from_secs(1)).unwrap();
+    RefreshingSource::new(
+        "crm",
+        Arc::new(provider),
+        Arc::new(store),
+        RefreshSettings::default(),
+    )
+}
+
+fn state(generation: u64, token: &str) -> StoredCredential {
+    StoredCredential {
+        access_token: token.into(),
+        expires_at_ms: Some(u64::MAX / 2),
+        refresh_token: Some(format!("rt-{generation}")),
+        generation,
+        obtained_at_ms: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_fifty_rotations_one_token_call_each() {
+    let redis = RedisServer::start().await;
+    let ep = endpoint().await;
+    ep.set_expires_in_f64(0.2);
+    let replicas: Vec<_> = (0..3).map(|_| replica(&ep, store(&redis, KEY))).collect();
+    let mut tasks = Vec::new();
+    for r in &replicas {
+        let r = r.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut errors = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while tokio::time::Instant::now() < deadline {
+                if let Err(e) = r.get().await {
+                    errors.push(e.reason);
+                }
+                if r.status().generation >= 51 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            errors
+        }));
+    }
+    for t in tasks {
+        let errors = t.await.unwrap();
+        assert!(errors.is_empty(), "requests failed: {errors:?}");
+    }
+    let stored = store(&redis, KEY).load("crm").await.unwrap().unwrap();
+    assert_eq!(ep.invalid_grants(), 0, "a rotated refresh token was reused");
+    assert!(
+        stored.generation >= 51,
+        "only {} generations",
+        stored.generation
+    );
+    // One token call per generation across all three replicas.
+    assert_eq!(ep.calls() as u64, stored.generation);
+    assert_eq!(stored.refresh_token, ep.current_refresh_token());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_redis_loses_no_credential() {
+    let mut redis = RedisServer::start().await;
+    let ep = endpoint().await;
+    ep.set_expires_in_f64(2.0);
+    let a = replica(&ep, store(&redis, KEY));
+    let first = a.get().await.unwrap();
+    redis.stop();
+    // Redis is down: the held token is still served, from memory.
+    for _ in 0..20 {
+        assert_eq!(a.get().await.unwrap().expose(), first.expose());
+    }
+    // Past the refresh point (1 s): the rotating grant is not refreshed
+    // locally (that would fork the token); the error is visible in status.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(a.get().await.unwrap().expose(), first.expose());
+    let st = a.status();
+    assert!(
+        st.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("unavailable"),
+        "{st:?}"
+    );
+    assert_eq!(ep.calls(), 1);
+    // Redis comes back empty; the replica still holds the latest refresh
+    // token and refreshes as soon as its backoff allows.
+    redis.restart().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while a.status().generation < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never refreshed after Redis came back: {:?}",
+            a.status()
+        );
+        let _ = a.get().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ep.invalid_grants(), 0);
+    assert_eq!(
+        store(&redis, KEY)
+            .load("crm")
+            .await
+            .unwrap()
+            .unwrap()
+            .generation,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_generation_cannot_overwrite_a_newer_one() {
+    let redis = RedisServer::start().await;
+    let s = store(&redis, KEY);
+    s.save("crm", &state(5, "at-5")).await.unwrap();
+    assert_eq!(
+        s.save("crm", &state(4, "at-4")).await,
+        Err(StoreError::Conflict { stored: 5 })
+    );
+    assert_eq!(
+        s.save("crm", &state(5, "at-5b")).await,
+        Err(StoreError::Conflict { stored: 5 })
+    );
+    assert_eq!(s.load("crm").await.unwrap().unwrap().access_token, "at-5");
+    s.save("crm", &state(6, "at-6")).await.unwrap();
+    assert_eq!(s.load("crm").await.unwrap().unwrap().generation, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_are_ciphertext_and_a_wrong_key_is_a_clear_error() {
+    let redis = RedisServer::start().await;
+    let s = store(&redis, KEY);
+    s.save("crm", &state(1, "at-plaintext-canary"))
+        .await
+        .unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let raw: Vec<u8> = redis::cmd("HGET")
+        .arg(s.credential_key("crm"))
+        .arg("val")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        !raw.windows(9).any(|w| w == b"plaintext"),
+        "state is stored in clear"
+    );
+    assert!(!raw.windows(5).any(|w| w == b"rt-1\""));
+    let err = store(&redis, OTHER_KEY).load("crm").await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("no configured encryption key decrypts it"),
+        "{err}"
+    );
+    // Key rotation: new key first, old key still decrypts.
+    let rotated = RedisStore::new(RedisStoreSettings {
+        url: redis.url(),
+        key_prefix: "lk-test".into(),
+        keys: Keyring::from_base64([OTHER_KEY, KEY]).unwrap(),
+        lease: Duration::from_secs(2),
+        timeout: Duration::from_millis(500),
+    })
+    .unwrap();
+    assert_eq!(
+        rotated.load("crm").await.unwrap().unwrap().access_token,
+        "at-plaintext-canary"
+    );
+    assert!(!format!("{s:?} {err:?}").contains("canary"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_replica_adopts_instead_of_refreshing() {
+    let redis = RedisServer::start().await;
+    let ep = endpoint().await;
+    let s1 = store(&redis, KEY);
+    // Another replica holds the lock while it "refreshes".
+    let guard = s1.lock("crm").await.unwrap();
+    let b = replica(&ep, store(&redis, KEY));
+    let waiting = tokio::spawn({
+        let b = b.clone();
+        async move { b.get().await.map(|c| c.expose().to_string()) }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        ep.calls(),
+        0,
+        "refreshed while another replica held the lock"
+    );
+    // The holder finishes: writes generation 1 and releases.
+    s1.save(
+        "crm",
+        &StoredCredential {
+            access_token: "at-from-a".into(),
+            expires_at_ms: Some(refresh_layer::token::to_ms(
+                std::time::SystemTime::now() + Duration::from_secs(3600),
+            )),
+            refresh_token: Some("rt-from-a".into()),
+            generation: 1,
+            obtained_at_ms: refresh_layer::token::to_ms(std::time::SystemTime::now()),
+        },
+    )
+    .await
+    .unwrap();
+    drop(guard);
+    let got = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, "at-from-a");
+    assert_eq!(ep.calls(), 0);
+}

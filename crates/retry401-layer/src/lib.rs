@@ -1,0 +1,376 @@
+//! Recover from upstream 401s caused by revoked or stale credentials: one
+//! forced refresh of the generation that was rejected, one replay.
+//!
+//! Tokens are revoked server-side before their local expiry all the time
+//! (session limits, security resets, a second login elsewhere). When the
+//! upstream answers a retry status (default `401`) to a request that carried
+//! an injected credential, [`Retry401`]:
+//!
+//! 1. takes the generation that request used (the `CredentialUsed` record the
+//!    acquire layer leaves on the response),
+//! 2. calls `invalidate(generation)` on the route's credential source, which
+//!    refreshes only if that generation is still current (so 100 concurrent
+//!    401s on one stale token cause one refresh, and a 401 on an already
+//!    replaced token causes none),
+//! 3. replays the request exactly once, byte-identical apart from the
+//!    credential.
+//!
+//! | what happened | the caller gets | `x-latchkey-retry` |
+//! |---|---|---|
+//! | replay succeeded | the replay's response | `recovered` |
+//! | forced refresh failed | the upstream's first 401 | `refresh_failed` |
+//! | replay also rejected | the replay's 401 | `still_unauthorized` |
+//! | body over the replay cap | the upstream's 401, the body streamed untouched | `not_replayable` |
+//! | no credential was injected | the upstream's response | (none) |
+//! | the source has no other credential (a static key) | the upstream's response | (none) |
+//!
+//! It never loops: one replay at most, and never for a request that carried
+//! no injected credential. The outcome is also left in the response
+//! extensions as a [`RetryOutcome`] for the audit layer.
+//!
+//! # Layer placement
+//!
+//! ```text
+//! ... -> authorize -> Retry401 -> acquire (refresh) -> inject -> forward
+//! ```
+//!
+//! It must sit **outside** credential acquisition and injection: the replay
+//! has to go through them again to pick up the refreshed credential, and the
+//! request it keeps for the replay must be the one *before* injection, so the
+//! rejected credential is never resent. It sits **inside** routing and client
+//! authorization so only authorized requests are buffered and replayed, and
+//! it needs the route's credential source to invalidate.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # fn demo(source: std::sync::Arc<dyn proxy_core::CredentialSource>, inner: proxy_core::stack::RouteService) {
+//! use retry401_layer::{Retry401Layer, RetryPolicy};
+//! use tower::ServiceBuilder;
+//! let svc = ServiceBuilder::new()
+//!     .layer(Retry401Layer::new(source.clone(), RetryPolicy::default()))
+//!     .service(inner); // acquire -> inject -> forward
+//! # let _ = svc; }
+//! ```
+
+mod replay;
+
+pub use replay::{Replay, capture};
+
+use futures_util::future::BoxFuture;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use proxy_core::credential::CredentialUsed;
+use proxy_core::facts::{Facts, RefreshFact};
+use proxy_core::headers::is_upgrade;
+use proxy_core::{BoxError, CredentialSource, ProxyBody};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
+
+/// `x-latchkey-retry`
+pub const X_LATCHKEY_RETRY: HeaderName = HeaderName::from_static("x-latchkey-retry");
+
+/// When to replay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Upstream statuses that mean "credential rejected".
+    pub statuses: Vec<StatusCode>,
+    /// Largest body buffered for a replay.
+    pub max_replay_body: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            statuses: vec![StatusCode::UNAUTHORIZED],
+            max_replay_body: 1 << 20,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// From a route's `retry:` config.
+    pub fn from_config(c: &proxy_core::config::RetryConfig) -> Self {
+        Self {
+            statuses: c
+                .statuses
+                .iter()
+                .filter_map(|s| StatusCode::from_u16(*s).ok())
+                .collect(),
+            max_replay_body: c.max_replay_body,
+        }
+    }
+}
+
+/// How a rejected request was handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The replay was accepted.
+    Recovered,
+    /// The forced refresh failed; the first response was returned.
+    RefreshFailed,
+    /// The replay was rejected too.
+    StillUnauthorized,
+    /// The body was too large to replay.
+    NotReplayable,
+}
+
+impl Outcome {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Recovered => "recovered",
+            Self::RefreshFailed => "refresh_failed",
+            Self::StillUnauthorized => "still_unauthorized",
+            Self::NotReplayable => "not_replayable",
+        }
+    }
+}
+
+/// Left in the response extensions when a retry status was seen on a
+/// request that carried a credential.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryOutcome {
+    /// What happened.
+    pub outcome: Outcome,
+    /// The credential and generation the upstream rejected.
+    pub rejected: CredentialUsed,
+    /// The generation the replay carried, if there was one.
+    pub replay_generation: Option<u64>,
+    /// The upstream's status on the first attempt.
+    pub first_status: StatusCode,
+    /// Why the forced refresh failed, if it did.
+    pub refresh_error: Option<String>,
+}
+
+/// Builds [`Retry401`]; see the crate docs.
+#[derive(Clone, Debug)]
+pub struct Retry401Layer {
+    source: Arc<dyn CredentialSource>,
+    policy: Arc<RetryPolicy>,
+}
+
+impl Retry401Layer {
+    /// Replays with credentials from `source` under `policy`.
+    pub fn new(source: Arc<dyn CredentialSource>, policy: RetryPolicy) -> Self {
+        Self {
+            source,
+            policy: Arc::new(policy),
+        }
+    }
+}
+
+impl<S> Layer<S> for Retry401Layer {
+    type Service = Retry401<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Retry401 {
+            inner,
+            source: self.source.clone(),
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// The service; see the crate docs.
+#[derive(Clone, Debug)]
+pub struct Retry401<S> {
+    inner: S,
+    source: Arc<dyn CredentialSource>,
+    policy: Arc<RetryPolicy>,
+}
+
+impl<S> Retry401<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+fn mark(resp: &mut Response<ProxyBody>, facts: Option<&Arc<Facts>>, outcome: RetryOutcome) {
+    if let Some(f) = facts {
+        f.update(|f| f.retry = Some(outcome.outcome.as_str()));
+    }
+    resp.headers_mut().insert(
+        X_LATCHKEY_RETRY,
+        HeaderValue::from_static(outcome.outcome.as_str()),
+    );
+    resp.extensions_mut().insert(outcome);
+}
+
+impl<S> Service<Request<ProxyBody>> for Retry401<S>
+where
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<ProxyBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<ProxyBody>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
+        // Keep the instance that was polled ready for the first attempt.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let source = self.source.clone();
+        let policy = self.policy.clone();
+        Box::pin(retry(inner, source, policy, req))
+    }
+}
+
+type Call = BoxFuture<'static, Result<Response<ProxyBody>, BoxError>>;
+
+/// Calls `inner` outside the async block below: naming `S::Future` inside a
+/// generator trips rustc's higher-ranked `Send` check (rust-lang/rust#110338),
+/// a boxed future does not.
+fn call<S>(inner: &mut S, req: Request<ProxyBody>) -> Call
+where
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    Box::pin(inner.call(req))
+}
+
+fn ready<S>(inner: &mut S) -> BoxFuture<'_, Result<(), BoxError>>
+where
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError> + Send,
+{
+    Box::pin(futures_util::future::poll_fn(move |cx| {
+        inner.poll_ready(cx)
+    }))
+}
+
+async fn retry<S>(
+    mut inner: S,
+    source: Arc<dyn CredentialSource>,
+    policy: Arc<RetryPolicy>,
+    req: Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, BoxError>
+where
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError> + Send,
+    S::Future: Send + 'static,
+{
+    let (parts, body) = req.into_parts();
+    let facts = parts.extensions.get::<Arc<Facts>>().cloned();
+    let (body, replay) = if is_upgrade(&parts.headers) {
+        (body, None)
+    } else {
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        capture(body, declared, policy.max_replay_body).await?
+    };
+    let again = replay.as_ref().map(|r| {
+        let mut b = Request::builder()
+            .method(parts.method.clone())
+            .uri(parts.uri.clone())
+            .version(parts.version);
+        if let Some(h) = b.headers_mut() {
+            h.clone_from(&parts.headers);
+        }
+        if let Some(x) = b.extensions_mut() {
+            x.clone_from(&parts.extensions);
+        }
+        b.body(r.body())
+    });
+    let mut resp = call(&mut inner, Request::from_parts(parts, body)).await?;
+    if !policy.statuses.contains(&resp.status()) {
+        return Ok(resp);
+    }
+    // Only requests that carried an injected credential are ours to
+    // retry; anything else is the upstream's answer to the caller.
+    let Some(rejected) = resp.extensions().get::<CredentialUsed>().cloned() else {
+        return Ok(resp);
+    };
+    let first_status = resp.status();
+    let Some(Ok(again)) = again else {
+        tracing::info!(credential = %rejected.id, generation = rejected.generation, "credential rejected; body too large to replay");
+        mark(
+            &mut resp,
+            facts.as_ref(),
+            RetryOutcome {
+                outcome: Outcome::NotReplayable,
+                rejected,
+                replay_generation: None,
+                first_status,
+                refresh_error: None,
+            },
+        );
+        return Ok(resp);
+    };
+    let started = tokio::time::Instant::now();
+    let refreshed = source.invalidate(rejected.generation).await;
+    if refreshed.is_ok() && source.generation() == Some(rejected.generation) {
+        // Nothing new to send (a static key the upstream refuses): no
+        // refresh ran, and a replay would repeat the rejected request, so
+        // the upstream's answer stands.
+        return Ok(resp);
+    }
+    if let Some(f) = &facts {
+        let fact = RefreshFact {
+            trigger: "forced",
+            ok: refreshed.is_ok(),
+            duration: started.elapsed(),
+            oauth_error: refreshed.as_ref().err().and_then(|e| e.oauth_error.clone()),
+        };
+        f.update(|f| f.refresh = Some(fact));
+    }
+    if let Err(e) = refreshed {
+        tracing::warn!(credential = %rejected.id, generation = rejected.generation, error = %e, "credential rejected and the forced refresh failed");
+        mark(
+            &mut resp,
+            facts.as_ref(),
+            RetryOutcome {
+                outcome: Outcome::RefreshFailed,
+                rejected,
+                replay_generation: None,
+                first_status,
+                refresh_error: Some(e.reason),
+            },
+        );
+        return Ok(resp);
+    }
+    drop(resp);
+    ready(&mut inner).await?;
+    let mut second = call(&mut inner, again).await?;
+    let replay_generation = second
+        .extensions()
+        .get::<CredentialUsed>()
+        .map(|u| u.generation);
+    let outcome = if policy.statuses.contains(&second.status()) {
+        tracing::warn!(credential = %rejected.id, generation = ?replay_generation, status = second.status().as_u16(), "replay with a refreshed credential was rejected too");
+        Outcome::StillUnauthorized
+    } else {
+        tracing::info!(credential = %rejected.id, rejected = rejected.generation, generation = ?replay_generation, "recovered from a rejected credential by one refresh and one replay");
+        Outcome::Recovered
+    };
+    mark(
+        &mut second,
+        facts.as_ref(),
+        RetryOutcome {
+            outcome,
+            rejected,
+            replay_generation,
+            first_status,
+            refresh_error: None,
+        },
+    );
+    Ok(second)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,207 @@
+//! Replayable request bodies, buffered up to a cap.
+//!
+//! A request can be replayed only if its whole body is still at hand. Bodies
+//! up to the cap are read into memory before the first attempt (linkerd's
+//! `replay.rs` keeps a copy while streaming; reading first is simpler and
+//! costs only the upload latency of bodies that are small by definition).
+//! A body that turns out to be larger than the cap is not an error: what was
+//! read is sent first, the rest streams behind it untouched, and the request
+//! is simply not replayable. A declared `Content-Length` over the cap skips
+//! reading altogether.
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use pin_project_lite::pin_project;
+use proxy_core::error::BadRequest;
+use proxy_core::{BoxError, ProxyBody, boxed};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// A complete copy of a request body.
+#[derive(Clone, Debug, Default)]
+pub struct Replay {
+    data: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+impl Replay {
+    /// A fresh body with the same bytes (and trailers).
+    pub fn body(&self) -> ProxyBody {
+        let mut frames = Vec::with_capacity(2);
+        if !self.data.is_empty() {
+            frames.push(Ok::<_, BoxError>(Frame::data(self.data.clone())));
+        }
+        if let Some(t) = &self.trailers {
+            frames.push(Ok(Frame::trailers(t.clone())));
+        }
+        if frames.len() == 1 && self.trailers.is_none() {
+            return boxed(http_body_util::Full::new(self.data.clone()));
+        }
+        boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )))
+    }
+
+    /// Number of body bytes.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Whether the body is empty.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+/// Reads `body` up to `cap` bytes. Returns the body to send now and, if the
+/// whole body fit, a [`Replay`] for a second attempt.
+/// `declared` is the request's `Content-Length`, if it has one.
+pub async fn capture(
+    body: ProxyBody,
+    declared: Option<u64>,
+    cap: u64,
+) -> Result<(ProxyBody, Option<Replay>), BoxError> {
+    if body.is_end_stream() {
+        return Ok((proxy_core::empty(), Some(Replay::default())));
+    }
+    if declared.is_some_and(|len| len > cap) || body.size_hint().lower() > cap {
+        return Ok((body, None));
+    }
+    let mut body = body;
+    let mut buf = BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| BadRequest(format!("the request body could not be read: {e}")))?;
+        match frame.into_data() {
+            Ok(data) => {
+                if (buf.len() + data.len()) as u64 > cap {
+                    buf.extend_from_slice(&data);
+                    let prefix = buf.freeze();
+                    return Ok((
+                        boxed(Prefixed {
+                            prefix: Some(prefix),
+                            rest: body,
+                        }),
+                        None,
+                    ));
+                }
+                buf.extend_from_slice(&data);
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers = Some(t);
+                }
+            }
+        }
+    }
+    let replay = Replay {
+        data: buf.freeze(),
+        trailers,
+    };
+    Ok((replay.body(), Some(replay)))
+}
+
+pin_project! {
+    /// Bytes already read, then the rest of the original body.
+    struct Prefixed {
+        prefix: Option<Bytes>,
+        #[pin]
+        rest: ProxyBody,
+    }
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if let Some(p) = this.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(p))));
+        }
+        this.rest.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut h = self.rest.size_hint();
+        let p = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        h.set_lower(h.lower() + p);
+        if let Some(u) = h.upper() {
+            h.set_upper(u + p);
+        }
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::stream;
+
+    fn chunked(chunks: &[&'static str]) -> ProxyBody {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
+            .collect();
+        boxed(http_body_util::StreamBody::new(stream::iter(frames)))
+    }
+
+    async fn collect(b: ProxyBody) -> Bytes {
+        b.collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn small_bodies_are_captured_and_replayed_identically() {
+        let (first, replay) = capture(chunked(&["{\"a\":", "1}"]), None, 1024)
+            .await
+            .unwrap();
+        let replay = replay.unwrap();
+        assert_eq!(collect(first).await, "{\"a\":1}");
+        assert_eq!(collect(replay.body()).await, "{\"a\":1}");
+        assert_eq!(collect(replay.body()).await, "{\"a\":1}");
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_cap_stream_through_whole_and_are_not_replayable() {
+        let (first, replay) = capture(chunked(&["aaaa", "bbbb", "cccc"]), None, 6)
+            .await
+            .unwrap();
+        assert!(replay.is_none());
+        assert_eq!(collect(first).await, "aaaabbbbcccc");
+    }
+
+    #[tokio::test]
+    async fn declared_length_over_the_cap_is_not_read() {
+        let (first, replay) = capture(chunked(&["aaaa", "bbbb", "cccc"]), Some(12), 6)
+            .await
+            .unwrap();
+        assert!(replay.is_none());
+        assert_eq!(collect(first).await, "aaaabbbbcccc");
+    }
+
+    #[tokio::test]
+    async fn empty_and_trailers() {
+        let (_, replay) = capture(proxy_core::empty(), None, 0).await.unwrap();
+        assert!(replay.unwrap().is_empty());
+        let mut t = HeaderMap::new();
+        t.insert("x-checksum", "abc".parse().unwrap());
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"x"))),
+            Ok(Frame::trailers(t)),
+        ];
+        let body = boxed(http_body_util::StreamBody::new(stream::iter(frames)));
+        let (_, replay) = capture(body, None, 10).await.unwrap();
+        let collected = replay.unwrap().body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-checksum"], "abc");
+    }
+}

@@ -1,0 +1,242 @@
+//! The retry contract against a scripted inner service and source.
+
+use super::*;
+use futures_util::FutureExt;
+use futures_util::future::ready;
+use http_body_util::BodyExt;
+use proxy_core::credential::{CredentialError, CredentialStatus, GetCredential};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::SystemTime;
+use tower::ServiceExt;
+
+/// A source whose generation moves on invalidate (unless told to fail).
+#[derive(Debug, Default)]
+struct Source {
+    generation: AtomicU64,
+    invalidations: AtomicUsize,
+    refreshes: AtomicUsize,
+    fail: AtomicBool,
+}
+
+impl CredentialSource for Source {
+    fn id(&self) -> &str {
+        "crm"
+    }
+    fn kind(&self) -> &'static str {
+        "test"
+    }
+    fn get(&self) -> GetCredential {
+        unreachable!("the retry layer never reads credentials itself")
+    }
+    fn status(&self) -> CredentialStatus {
+        unreachable!("the retry layer never reads status")
+    }
+    fn generation(&self) -> Option<u64> {
+        Some(self.generation.load(Ordering::SeqCst))
+    }
+    fn invalidate(&self, generation: u64) -> BoxFuture<'static, Result<(), CredentialError>> {
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
+        if self.fail.load(Ordering::SeqCst) {
+            return ready(Err(CredentialError::new(
+                "token endpoint answered 400 invalid_grant",
+            )))
+            .boxed();
+        }
+        if self
+            .generation
+            .compare_exchange(
+                generation,
+                generation + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
+        {
+            self.refreshes.fetch_add(1, Ordering::SeqCst);
+        }
+        ready(Ok(())).boxed()
+    }
+}
+
+type Inner = tower::util::BoxCloneSyncService<Request<ProxyBody>, Response<ProxyBody>, BoxError>;
+
+/// The inner stack: "injects" the source's generation and answers per a
+/// script of statuses; records the bodies it saw.
+fn inner(
+    source: Arc<Source>,
+    statuses: Vec<u16>,
+    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
+    inject: bool,
+) -> Inner {
+    let calls = Arc::new(AtomicUsize::new(0));
+    Inner::new(tower::service_fn(move |req: Request<ProxyBody>| {
+        let n = calls.fetch_add(1, Ordering::SeqCst);
+        let status = statuses[n.min(statuses.len() - 1)];
+        let (source, bodies) = (source.clone(), bodies.clone());
+        async move {
+            let body = req.into_body().collect().await?.to_bytes();
+            bodies.lock().unwrap().push(body.to_vec());
+            let mut resp = Response::new(proxy_core::full("upstream"));
+            *resp.status_mut() = StatusCode::from_u16(status)?;
+            if inject {
+                resp.extensions_mut().insert(CredentialUsed {
+                    id: "crm".into(),
+                    generation: source.generation.load(Ordering::SeqCst),
+                    obtained_at: SystemTime::now(),
+                    expires_at: None,
+                });
+            }
+            Ok::<_, BoxError>(resp)
+        }
+    }))
+}
+
+async fn run(
+    statuses: Vec<u16>,
+    body: &'static str,
+    policy: RetryPolicy,
+    inject: bool,
+    fail: bool,
+) -> (Response<ProxyBody>, Arc<Source>, Vec<Vec<u8>>) {
+    let source = Arc::new(Source {
+        generation: AtomicU64::new(7),
+        ..Default::default()
+    });
+    source.fail.store(fail, Ordering::SeqCst);
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let svc = Retry401Layer::new(source.clone(), policy).layer(inner(
+        source.clone(),
+        statuses,
+        bodies.clone(),
+        inject,
+    ));
+    let req = Request::post("/x").body(proxy_core::full(body)).unwrap();
+    let resp = svc.oneshot(req).await.unwrap();
+    let seen = bodies.lock().unwrap().clone();
+    (resp, source, seen)
+}
+
+#[tokio::test]
+async fn recovers_with_one_refresh_and_an_identical_replay() {
+    let (resp, source, bodies) = run(
+        vec![401, 200],
+        "{\"id\":1}",
+        RetryPolicy::default(),
+        true,
+        false,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()[X_LATCHKEY_RETRY], "recovered");
+    let o = resp.extensions().get::<RetryOutcome>().unwrap();
+    assert_eq!((o.rejected.generation, o.replay_generation), (7, Some(8)));
+    assert_eq!(source.refreshes.load(Ordering::SeqCst), 1);
+    assert_eq!(bodies, vec![b"{\"id\":1}".to_vec(), b"{\"id\":1}".to_vec()]);
+}
+
+#[tokio::test]
+async fn replays_once_only_and_says_still_unauthorized() {
+    let (resp, _, bodies) = run(vec![401, 401, 401], "", RetryPolicy::default(), true, false).await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()[X_LATCHKEY_RETRY], "still_unauthorized");
+    assert_eq!(bodies.len(), 2);
+}
+
+#[tokio::test]
+async fn refresh_failure_returns_the_first_401() {
+    let (resp, source, bodies) = run(vec![401, 200], "x", RetryPolicy::default(), true, true).await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()[X_LATCHKEY_RETRY], "refresh_failed");
+    assert_eq!(bodies.len(), 1);
+    assert_eq!(source.invalidations.load(Ordering::SeqCst), 1);
+    let o = resp.extensions().get::<RetryOutcome>().unwrap();
+    assert!(
+        o.refresh_error
+            .as_deref()
+            .unwrap()
+            .contains("invalid_grant")
+    );
+}
+
+#[tokio::test]
+async fn no_injected_credential_no_retry() {
+    let (resp, source, bodies) =
+        run(vec![401, 200], "x", RetryPolicy::default(), false, false).await;
+    assert_eq!(resp.status(), 401);
+    assert!(resp.headers().get(X_LATCHKEY_RETRY).is_none());
+    assert_eq!(
+        (bodies.len(), source.invalidations.load(Ordering::SeqCst)),
+        (1, 0)
+    );
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_not_replayed() {
+    let policy = RetryPolicy {
+        max_replay_body: 4,
+        ..RetryPolicy::default()
+    };
+    let (resp, source, bodies) = run(vec![401, 200], "longer than four", policy, true, false).await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()[X_LATCHKEY_RETRY], "not_replayable");
+    assert_eq!(bodies, vec![b"longer than four".to_vec()]);
+    assert_eq!(source.invalidations.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn configurable_statuses() {
+    let policy = RetryPolicy {
+        statuses: vec![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN],
+        ..RetryPolicy::default()
+    };
+    let (resp, _, _) = run(vec![403, 200], "", policy, true, false).await;
+    assert_eq!(resp.headers()[X_LATCHKEY_RETRY], "recovered");
+    let (resp, _, bodies) = run(vec![403, 200], "", RetryPolicy::default(), true, false).await;
+    assert_eq!((resp.status().as_u16(), bodies.len()), (403, 1));
+}
+
+#[tokio::test]
+async fn a_source_with_nothing_new_is_not_replayed() {
+    // A static key: invalidate succeeds but the generation stays.
+    #[derive(Debug)]
+    struct Static;
+    impl CredentialSource for Static {
+        fn id(&self) -> &str {
+            "key"
+        }
+        fn kind(&self) -> &'static str {
+            "static"
+        }
+        fn get(&self) -> GetCredential {
+            unreachable!("not read by the retry layer")
+        }
+        fn status(&self) -> CredentialStatus {
+            unreachable!("not read by the retry layer")
+        }
+        fn generation(&self) -> Option<u64> {
+            Some(7)
+        }
+    }
+    let probe = Arc::new(Source {
+        generation: AtomicU64::new(7),
+        ..Default::default()
+    });
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let svc = Retry401Layer::new(Arc::new(Static), RetryPolicy::default()).layer(inner(
+        probe,
+        vec![401, 200],
+        bodies.clone(),
+        true,
+    ));
+    let facts = proxy_core::facts::Facts::new();
+    let mut req = Request::get("/").body(proxy_core::empty()).unwrap();
+    req.extensions_mut().insert(facts.clone());
+    let resp = svc.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.headers().get(X_LATCHKEY_RETRY).is_none());
+    assert_eq!(bodies.lock().unwrap().len(), 1);
+    // The audit record must not claim a refresh or a retry that never ran.
+    let seen = facts.snapshot();
+    assert_eq!((seen.refresh, seen.retry), (None, None));
+}

@@ -1,0 +1,251 @@
+//! Per-address lockout for the management API's key check.
+//!
+//! After [`MAX_FAILURES`] wrong keys from one IP address, that address is
+//! refused for [`LOCKOUT`] without its key even being compared, so guessing
+//! the key from one host costs 30 minutes per 5 guesses. A success resets the
+//! address's count; failures older than [`LOCKOUT`] are forgotten.
+//!
+//! The check, the key comparison and the bookkeeping run under one lock
+//! ([`Lockout::attempt`]), so concurrent guesses cannot slip past the limit.
+//! Nothing is awaited while it is held.
+//!
+//! Memory is bounded: expired entries are pruned whenever the map is full,
+//! and if it is still full the entry closest to expiry makes room (a flood
+//! from many addresses can then shorten someone's lockout, never grow memory).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Wrong keys from one address before it is locked out.
+pub const MAX_FAILURES: u32 = 5;
+/// How long an address stays locked out (and how long failures are counted).
+pub const LOCKOUT: Duration = Duration::from_secs(30 * 60);
+/// Addresses tracked at most.
+pub const CAPACITY: usize = 10_000;
+
+/// The outcome of one authentication attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// The key matched.
+    Accepted,
+    /// The key did not match (the failure was counted).
+    Rejected,
+    /// The address is locked out; the key was not compared.
+    Locked {
+        /// Until the lockout ends.
+        retry_after: Duration,
+    },
+}
+
+/// Failure counts and lockouts by IP address.
+#[derive(Debug)]
+pub struct Lockout {
+    entries: Mutex<HashMap<IpAddr, Entry>>,
+    max_failures: u32,
+    window: Duration,
+    capacity: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    failures: u32,
+    /// Locked until then when `failures >= max_failures`; otherwise the
+    /// count is forgotten then.
+    until: Instant,
+}
+
+// === impl Lockout ===
+
+impl Default for Lockout {
+    fn default() -> Self {
+        Self::new(MAX_FAILURES, LOCKOUT, CAPACITY)
+    }
+}
+
+impl Lockout {
+    /// `max_failures` wrong keys lock an address out for `window`; at most
+    /// `capacity` addresses are tracked.
+    pub fn new(max_failures: u32, window: Duration, capacity: usize) -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            max_failures: max_failures.max(1),
+            window,
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Runs `authenticate` for `ip` unless `ip` is locked out, and records
+    /// the result: a failure counts towards the lockout, a success clears
+    /// the address's count.
+    pub fn attempt(
+        &self,
+        ip: IpAddr,
+        now: Instant,
+        authenticate: impl FnOnce() -> bool,
+    ) -> Attempt {
+        let ip = ip.to_canonical();
+        // A panic while holding this lock leaves plain counters behind.
+        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let live = map.get(&ip).copied().filter(|e| e.until > now);
+        if let Some(e) = live
+            && e.failures >= self.max_failures
+        {
+            return Attempt::Locked {
+                retry_after: e.until - now,
+            };
+        }
+        if authenticate() {
+            map.remove(&ip);
+            return Attempt::Accepted;
+        }
+        let failures = live.map_or(0, |e| e.failures) + 1;
+        if live.is_none() && !map.contains_key(&ip) && map.len() >= self.capacity {
+            self.make_room(&mut map, now);
+        }
+        map.insert(
+            ip,
+            Entry {
+                failures,
+                until: now + self.window,
+            },
+        );
+        Attempt::Rejected
+    }
+
+    /// Addresses tracked now (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no address is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn make_room(&self, map: &mut HashMap<IpAddr, Entry>, now: Instant) {
+        map.retain(|_, e| e.until > now);
+        while map.len() >= self.capacity {
+            let Some(oldest) = map.iter().min_by_key(|(_, e)| e.until).map(|(ip, _)| *ip) else {
+                return;
+            };
+            map.remove(&oldest);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn fail(l: &Lockout, a: IpAddr) -> Attempt {
+        l.attempt(a, Instant::now(), || false)
+    }
+
+    fn ok(l: &Lockout, a: IpAddr) -> Attempt {
+        l.attempt(a, Instant::now(), || true)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn five_failures_lock_for_thirty_minutes() {
+        let l = Lockout::default();
+        let a = ip("10.0.0.1");
+        for _ in 0..5 {
+            assert_eq!(fail(&l, a), Attempt::Rejected);
+        }
+        // Locked: even the right key is not compared.
+        let mut compared = false;
+        let got = l.attempt(a, Instant::now(), || {
+            compared = true;
+            true
+        });
+        assert_eq!(
+            got,
+            Attempt::Locked {
+                retry_after: LOCKOUT
+            }
+        );
+        assert!(!compared);
+
+        tokio::time::advance(29 * MIN).await;
+        assert_eq!(ok(&l, a), Attempt::Locked { retry_after: MIN });
+
+        tokio::time::advance(MIN).await;
+        assert_eq!(ok(&l, a), Attempt::Accepted);
+        assert!(l.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn addresses_are_independent_and_success_resets() {
+        let l = Lockout::default();
+        let (a, b) = (ip("10.0.0.1"), ip("10.0.0.2"));
+        for _ in 0..5 {
+            fail(&l, a);
+        }
+        assert!(matches!(fail(&l, a), Attempt::Locked { .. }));
+        assert_eq!(ok(&l, b), Attempt::Accepted);
+
+        for _ in 0..4 {
+            assert_eq!(fail(&l, b), Attempt::Rejected);
+        }
+        assert_eq!(ok(&l, b), Attempt::Accepted);
+        for _ in 0..4 {
+            assert_eq!(fail(&l, b), Attempt::Rejected);
+        }
+        assert_eq!(
+            ok(&l, b),
+            Attempt::Accepted,
+            "the count restarted after the success"
+        );
+        // IPv4-mapped IPv6 is the same address.
+        assert!(matches!(
+            fail(&l, ip("::ffff:10.0.0.1")),
+            Attempt::Locked { .. }
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn old_failures_are_forgotten() {
+        let l = Lockout::default();
+        let a = ip("10.0.0.1");
+        for _ in 0..4 {
+            fail(&l, a);
+        }
+        tokio::time::advance(LOCKOUT).await;
+        for _ in 0..4 {
+            assert_eq!(fail(&l, a), Attempt::Rejected);
+        }
+        assert_eq!(ok(&l, a), Attempt::Accepted);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn memory_is_bounded() {
+        let l = Lockout::new(5, LOCKOUT, 100);
+        for i in 0..1000u32 {
+            fail(&l, IpAddr::from(i.to_be_bytes()));
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        assert_eq!(l.len(), 100);
+        // Expired entries are pruned first, before anything live is evicted.
+        tokio::time::advance(LOCKOUT).await;
+        let locked = ip("10.9.9.9");
+        for _ in 0..5 {
+            fail(&l, locked);
+        }
+        assert_eq!(l.len(), 1);
+        // The default map holds at most CAPACITY addresses.
+        let l = Lockout::default();
+        for i in 0..(CAPACITY as u32 + 500) {
+            fail(&l, IpAddr::from(i.to_be_bytes()));
+        }
+        assert_eq!(l.len(), CAPACITY);
+    }
+}

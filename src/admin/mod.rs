@@ -1,0 +1,203 @@
+//! The admin listener: `/healthz`, `/readyz` and the management API, on
+//! their own port so probes and operator actions never share a port with
+//! proxied traffic.
+//!
+//! - `/healthz`: 200 while the process runs.
+//! - `/readyz`: 200 when the config is loaded, the listeners are bound, the
+//!   process is not draining, and every credential and client token resolves;
+//!   503 otherwise, with a JSON body saying which check failed (never a value).
+//! - `/v0/management/...`: see [`management`]; 404 unless a management key
+//!   is configured.
+//! - `/metrics`: Prometheus text format; 404 when `metrics.enabled` is
+//!   false.
+
+pub mod lockout;
+pub mod management;
+mod metrics;
+
+use arc_swap::ArcSwap;
+use futures_util::FutureExt;
+use http::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use management::Management;
+use proxy_core::stack::Proxy;
+use proxy_core::{ProxyBody, full};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// What the admin endpoints read.
+#[derive(Debug)]
+pub struct AdminState {
+    /// The running proxy.
+    pub proxy: Arc<ArcSwap<Proxy>>,
+    /// False once shutdown began.
+    pub serving: AtomicBool,
+    /// The management API's key, loopback rule and lockout.
+    pub management: Management,
+    /// Reloads the config file (`POST /v0/management/reload`); `None` when
+    /// started without a file.
+    pub reloader: Option<Arc<crate::reload::Reloader>>,
+}
+
+impl AdminState {
+    /// State for serving `proxy`, with the management settings of its
+    /// config. Call inside a tokio runtime, so a `file` key is watched.
+    pub fn new(proxy: Arc<ArcSwap<Proxy>>) -> Self {
+        let config = proxy.load().config.clone();
+        Self {
+            management: Management::from_config(
+                config.admin.as_ref(),
+                config.secrets.file_poll_interval,
+            ),
+            proxy,
+            serving: AtomicBool::new(true),
+            reloader: None,
+        }
+    }
+
+    /// With `reloader` behind `POST /v0/management/reload`.
+    pub fn with_reloader(mut self, reloader: Option<Arc<crate::reload::Reloader>>) -> Self {
+        self.reloader = reloader;
+        self
+    }
+}
+
+/// Serves the admin endpoints until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: watch::Receiver<bool>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let stop = crate::app::stopped(shutdown);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, peer)) = accepted else { continue };
+                let state = state.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handle(&state, req, peer).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = &mut stop => return,
+        }
+    }
+}
+
+/// Answers one admin request from `peer`. Generic over the body (no
+/// endpoint reads one), so tests can call it with any peer address.
+pub async fn handle<B>(
+    state: &AdminState,
+    req: Request<B>,
+    peer: std::net::SocketAddr,
+) -> Response<ProxyBody> {
+    let (parts, body) = req.into_parts();
+    drop(body);
+    if management::is_management_path(parts.uri.path()) {
+        return management::handle(state, &parts, peer).await;
+    }
+    if parts.method != Method::GET && parts.method != Method::HEAD {
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": {"code": "method_not_allowed", "message": "use GET"}}),
+        );
+    }
+    match parts.uri.path() {
+        "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        "/metrics" => metrics::response(state),
+        "/readyz" => {
+            let (ready, body) = readiness(state);
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json_response(status, &body)
+        }
+        other => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": {"code": "not_found", "message": format!("no admin endpoint {other}")}}),
+        ),
+    }
+}
+
+/// Computes readiness and its explanation.
+pub fn readiness(state: &AdminState) -> (bool, Value) {
+    let proxy = state.proxy.load();
+    let serving = state.serving.load(Ordering::Acquire);
+    let mut ready = serving;
+    let mut creds = serde_json::Map::new();
+    for src in &proxy.credentials {
+        let status = match src.get().now_or_never() {
+            Some(Ok(_)) => "ok".to_string(),
+            Some(Err(e)) => {
+                ready = false;
+                e.reason
+            }
+            None => {
+                ready = false;
+                "waiting for the first value".to_string()
+            }
+        };
+        creds.insert(src.id().to_string(), Value::String(status));
+    }
+    // Shared stores are reported but do not decide readiness: replicas keep
+    // serving the credentials they hold while Redis is down, and taking every
+    // replica out of the Service at once would turn a Redis outage into a
+    // full outage.
+    let mut stores = serde_json::Map::new();
+    for src in &proxy.credentials {
+        let st = src.status();
+        if matches!(st.store, "none" | "memory") {
+            continue;
+        }
+        let health = match st.store_error {
+            Some(e) => format!("down: {e}"),
+            None => "up".to_string(),
+        };
+        let entry = stores
+            .entry(st.store.to_string())
+            .or_insert(Value::String(health.clone()));
+        if health != "up" {
+            *entry = Value::String(health);
+        }
+    }
+    let mut clients = serde_json::Map::new();
+    for c in &proxy.clients {
+        // A certificate-only client has nothing to load: its identity is
+        // checked by the TLS handshake.
+        let status = match c.token.as_ref().map(|t| t.load()) {
+            None | Some(Ok(_)) => "ok".to_string(),
+            Some(Err(e)) => {
+                ready = false;
+                e.to_string()
+            }
+        };
+        clients.insert(c.id.to_string(), Value::String(status));
+    }
+    let body = json!({
+        "ready": ready,
+        "serving": serving,
+        "routes": proxy.config.routes.len(),
+        "credentials": creds,
+        "stores": stores,
+        "clients": clients,
+    });
+    (ready, body)
+}
+
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(body.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}

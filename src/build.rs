@@ -1,0 +1,272 @@
+//! Building a [`Proxy`] from a config: credential sources (static, or
+//! refreshing with their store), the route stacks with the 401 retry, and the
+//! audit layer around everything.
+//!
+//! On a reload the previous proxy is passed in: a credential whose config
+//! (and store settings) did not change keeps its source, and so its token,
+//! generation, schedule and single-flight state. A reload therefore never
+//! causes a refresh storm, and removed credentials stop refreshing once the
+//! old proxy's last in-flight request finishes.
+
+use audit::{AuditLayer, AuditObserver, AuditSink, TracingSink};
+use proxy_core::config::{
+    Config, ConfigError, CredentialConfig, FieldError, RedisSettings, RouteConfig, StoreKind,
+};
+use proxy_core::credential::{CredentialSource, StaticSource};
+use proxy_core::facts::RefreshObserver;
+use proxy_core::secret::SecretSource;
+use proxy_core::stack::{self, Proxy, ProxyService, RouteLayers, RouteService};
+use proxy_core::upstream::UpstreamClients;
+use refresh_layer::provider::TokenProvider;
+use refresh_layer::provider::exec::ExecProvider;
+use refresh_layer::provider::file::FileTokenProvider;
+use refresh_layer::provider::oauth2::OAuth2Provider;
+use refresh_layer::store::crypto::Keyring;
+use refresh_layer::store::{FileStore, MemoryStore, RedisStore, RedisStoreSettings, Store};
+use refresh_layer::{RefreshSettings, RefreshingSource};
+use retry401_layer::{Retry401Layer, RetryPolicy};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tower::Layer;
+
+/// Builds one [`CredentialSource`] per configured credential: static
+/// secrets directly, everything that expires behind a
+/// [`RefreshingSource`] with its store.
+pub fn credential_sources(
+    config: &Config,
+    file: &str,
+) -> Result<HashMap<String, Arc<dyn CredentialSource>>, ConfigError> {
+    credential_sources_with(config, file, None, None)
+}
+
+/// Like [`credential_sources`], reporting every refresh attempt to
+/// `observer` (audit records and metrics), and reusing the sources of
+/// `previous` for credentials whose config did not change.
+pub fn credential_sources_with(
+    config: &Config,
+    file: &str,
+    observer: Option<Arc<dyn RefreshObserver>>,
+    previous: Option<&Proxy>,
+) -> Result<HashMap<String, Arc<dyn CredentialSource>>, ConfigError> {
+    let poll = config.secrets.file_poll_interval;
+    let mut errs = Vec::new();
+    let file_store = match (
+        &config.file_store,
+        config
+            .credentials
+            .iter()
+            .any(|c| c.store == StoreKind::File),
+    ) {
+        (Some(fs), true) => match FileStore::new(&fs.dir) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => {
+                errs.push(FieldError::new("file_store.dir", e.to_string()));
+                None
+            }
+        },
+        _ => None,
+    };
+    let redis_store = if config
+        .credentials
+        .iter()
+        .any(|c| c.store == StoreKind::Redis)
+    {
+        config
+            .redis
+            .as_ref()
+            .and_then(|r| match redis_store(r, poll) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) => {
+                    errs.push(e);
+                    None
+                }
+            })
+    } else {
+        None
+    };
+    let mut out = HashMap::new();
+    for (i, c) in config.credentials.iter().enumerate() {
+        if let Some(src) = previous.and_then(|p| unchanged_source(p, config, c)) {
+            out.insert(c.id.clone(), src);
+            continue;
+        }
+        let source: Arc<dyn CredentialSource> = if let Some(secret) = &c.static_ {
+            Arc::new(StaticSource::new(
+                c.id.clone(),
+                SecretSource::resolve(secret, poll),
+            ))
+        } else {
+            let provider: Arc<dyn TokenProvider> = match (&c.oauth2, &c.exec, &c.file) {
+                (Some(o), _, _) => match OAuth2Provider::new(o, poll) {
+                    Ok(p) => Arc::new(p),
+                    Err(e) => {
+                        errs.push(FieldError::new(format!("credentials[{i}].oauth2"), e));
+                        continue;
+                    }
+                },
+                (_, Some(e), _) => Arc::new(ExecProvider::new(e)),
+                (_, _, Some(f)) => Arc::new(FileTokenProvider::new(f)),
+                _ => continue,
+            };
+            let store: Arc<dyn Store> = match (c.store, &file_store, &redis_store) {
+                (StoreKind::File, Some(fs), _) => fs.clone(),
+                (StoreKind::Redis, _, Some(rs)) => rs.clone(),
+                (StoreKind::File | StoreKind::Redis, ..) => continue,
+                (StoreKind::Memory, ..) => Arc::new(MemoryStore::new()),
+            };
+            Arc::new(RefreshingSource::with_observer(
+                c.id.as_str(),
+                provider,
+                store,
+                RefreshSettings::from(&c.refresh),
+                observer.clone(),
+            ))
+        };
+        out.insert(c.id.clone(), source);
+    }
+    if errs.is_empty() {
+        Ok(out)
+    } else {
+        Err(ConfigError::new(file, errs))
+    }
+}
+
+/// The previous source of `c` if nothing that shapes it changed: its own
+/// config, and the store section it uses.
+fn unchanged_source(
+    previous: &Proxy,
+    config: &Config,
+    c: &CredentialConfig,
+) -> Option<Arc<dyn CredentialSource>> {
+    let old = &previous.config;
+    let old_c = old.credentials.iter().find(|o| o.id == c.id)?;
+    let same_store = match c.store {
+        StoreKind::Memory => true,
+        StoreKind::File => old.file_store == config.file_store,
+        StoreKind::Redis => old.redis == config.redis,
+    };
+    let same = old_c == c && same_store && old.secrets == config.secrets;
+    same.then(|| {
+        previous
+            .credentials
+            .iter()
+            .find(|s| s.id() == c.id)
+            .cloned()
+    })?
+}
+
+/// Builds the shared Redis store: URL and keys from their secret
+/// references, resolved now (a reference that does not resolve, or a key
+/// that is not 32 base64 bytes, is a config error naming the field).
+fn redis_store(r: &RedisSettings, poll: std::time::Duration) -> Result<RedisStore, FieldError> {
+    let url = SecretSource::resolve(&r.url, poll)
+        .load()
+        .map_err(|e| FieldError::new("redis.url", e.to_string()))?;
+    let mut keys = Vec::new();
+    for (i, k) in r.encryption_keys.iter().enumerate() {
+        let v = SecretSource::resolve(k, poll)
+            .load()
+            .map_err(|e| FieldError::new(format!("redis.encryption_keys[{i}]"), e.to_string()))?;
+        keys.push(v);
+    }
+    let keyring = Keyring::from_base64(keys.iter().map(|k| k.expose()))
+        .map_err(|e| FieldError::new("redis.encryption_keys", e.to_string()))?;
+    RedisStore::new(RedisStoreSettings {
+        url: url.expose().to_string(),
+        key_prefix: r.key_prefix.clone(),
+        keys: keyring,
+        lease: r.lock_lease,
+        timeout: r.timeout,
+    })
+    .map_err(|e| FieldError::new("redis.url", e.to_string()))
+}
+
+/// The layers the `latchkey` crate adds to every route's credential stack:
+/// the 401 retry (outside acquire and inject, see `retry401_layer`).
+#[derive(Debug, Default)]
+pub struct LatchkeyLayers;
+
+impl RouteLayers for LatchkeyLayers {
+    fn wrap(
+        &self,
+        route: &RouteConfig,
+        source: Option<&Arc<dyn CredentialSource>>,
+        inner: RouteService,
+    ) -> RouteService {
+        match source {
+            Some(src) if route.retry.enabled => RouteService::new(
+                Retry401Layer::new(src.clone(), RetryPolicy::from_config(&route.retry))
+                    .layer(inner),
+            ),
+            _ => inner,
+        }
+    }
+}
+
+/// How [`start_with`](crate::app::start_with) wires the audit trail and
+/// config reloads.
+#[derive(Clone, Debug, Default)]
+pub struct StartOptions {
+    /// Where audit records go instead of the `latchkey::audit` tracing
+    /// target (tests, embedding). `audit.enabled: false` still turns
+    /// records off.
+    pub audit_sink: Option<Arc<dyn AuditSink>>,
+    /// The config file, for reloads (SIGHUP, the management API, and
+    /// watching the file when `watch_config` is set).
+    pub config_path: Option<PathBuf>,
+    /// Reload by itself when the config file changes.
+    pub watch_config: bool,
+}
+
+/// Builds the proxy service for `config` (no listeners), with the audit
+/// trail going to the `latchkey::audit` tracing target.
+pub fn build_proxy(config: Config, file: &str) -> Result<Proxy, ConfigError> {
+    build_proxy_with(
+        config,
+        file,
+        &StartOptions::default(),
+        None,
+        &UpstreamClients::new(),
+    )
+}
+
+/// Builds the proxy service for `config` (no listeners): the stack from
+/// `proxy_core::stack`, wrapped in the audit layer (outermost), with
+/// refreshing credentials reporting to the audit trail. Installs the
+/// Prometheus recorder when `metrics.enabled`.
+///
+/// With `previous` (a reload), unchanged credentials keep their sources;
+/// `upstreams` is shared across reloads so connection pools stay warm.
+pub fn build_proxy_with(
+    config: Config,
+    file: &str,
+    options: &StartOptions,
+    previous: Option<&Proxy>,
+    upstreams: &UpstreamClients,
+) -> Result<Proxy, ConfigError> {
+    let config = Arc::new(config);
+    let sink: Option<Arc<dyn AuditSink>> = config.audit.enabled.then(|| {
+        options
+            .audit_sink
+            .clone()
+            .unwrap_or_else(|| Arc::new(TracingSink))
+    });
+    let metrics = config.metrics.enabled;
+    if metrics {
+        audit::metrics::install();
+    }
+    let observer: Option<Arc<dyn RefreshObserver>> = (sink.is_some() || metrics)
+        .then(|| Arc::new(AuditObserver::new(sink.clone(), metrics)) as Arc<dyn RefreshObserver>);
+    let sources = credential_sources_with(&config, file, observer, previous)?;
+    let mut proxy = stack::build(config, file, &sources, upstreams, &LatchkeyLayers)?;
+    let audit = match (sink, metrics) {
+        (Some(sink), metrics) => Some(AuditLayer::new(sink, metrics)),
+        (None, true) => Some(AuditLayer::metrics_only()),
+        (None, false) => None,
+    };
+    if let Some(layer) = audit {
+        proxy.service = ProxyService::new(layer.layer(proxy.service));
+    }
+    Ok(proxy)
+}

@@ -1,0 +1,461 @@
+//! The command line: `latchkey run | check | demo | ctl`.
+
+use clap::{Parser, Subcommand};
+use proxy_core::config::{Config, warnings};
+use proxy_core::inject::InjectSpec;
+use proxy_core::secret::SecretSource;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// latchkey: a reverse proxy that injects fresh credentials into upstream
+/// requests, so workloads never hold them.
+#[derive(Debug, Parser)]
+#[command(name = "latchkey", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format: `text` for people, `json` for log pipelines.
+    #[arg(
+        long,
+        global = true,
+        default_value = "text",
+        env = "LATCHKEY_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the proxy and admin listeners until SIGTERM/SIGINT.
+    Run {
+        /// Config file (YAML).
+        #[arg(long, short, env = "LATCHKEY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file and print a summary; exits non-zero on errors.
+    Check {
+        /// Config file (YAML).
+        #[arg(long, short, env = "LATCHKEY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Start a demo upstream and the proxy on loopback, send a few requests,
+    /// and show what latchkey did.
+    Demo,
+    /// Talk to a running latchkey's management API: credential status,
+    /// forced refresh, invalidation.
+    Ctl(CtlArgs),
+    /// Summarise an audit log: 401/403/5xx by route, credential, reason and
+    /// time, and whether failures are upstream denials or local credential
+    /// failures.
+    Triage(TriageCli),
+}
+
+/// `latchkey triage`'s options.
+#[derive(Debug, clap::Args)]
+pub struct TriageCli {
+    /// Audit log (JSON lines); `-` or nothing reads stdin, e.g.
+    /// `kubectl logs deploy/latchkey | latchkey triage`.
+    pub file: Option<PathBuf>,
+    /// Only records from the last DURATION (`6h`, `30m`, `2days`).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only this route.
+    #[arg(long)]
+    pub route: Option<String>,
+    /// Only this credential.
+    #[arg(long)]
+    pub credential: Option<String>,
+    /// Print the report as JSON (shape documented in `audit::triage`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl From<TriageCli> for audit::triage::TriageArgs {
+    fn from(t: TriageCli) -> Self {
+        Self {
+            input: t.file,
+            since: t.since,
+            route: t.route,
+            credential: t.credential,
+            json: t.json,
+        }
+    }
+}
+
+/// `latchkey ctl`'s options.
+#[derive(Debug, clap::Args)]
+pub struct CtlArgs {
+    /// The admin listener's base URL (plain http).
+    #[arg(
+        long,
+        global = true,
+        env = "LATCHKEY_ADMIN_URL",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    pub admin_url: String,
+    /// The management key. Prefer the environment variable: a command-line
+    /// argument is visible to other users in the process list.
+    #[arg(
+        long,
+        global = true,
+        env = "LATCHKEY_MANAGEMENT_KEY",
+        hide_env_values = true
+    )]
+    pub key: Option<String>,
+    /// Print the server's JSON as is instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: CtlAction,
+}
+
+/// `latchkey ctl` actions.
+#[derive(Debug, Subcommand)]
+pub enum CtlAction {
+    /// List every credential's status.
+    Credentials,
+    /// Force a refresh of one credential now (single-flight with any
+    /// refresh already running).
+    Refresh {
+        /// The credential id.
+        id: String,
+    },
+    /// Mark the credential's current value as rejected and refresh it once.
+    Invalidate {
+        /// The credential id.
+        id: String,
+    },
+}
+
+/// Where the audit records (the `latchkey::audit` tracing target) go.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum AuditOutput {
+    /// Standard output, one JSON object per line.
+    #[default]
+    Stdout,
+    /// Appended to this file (created mode 0640).
+    File(PathBuf),
+    /// Nowhere.
+    Off,
+}
+
+impl AuditOutput {
+    /// The destination `audit:` asks for.
+    pub fn from_config(audit: &proxy_core::config::AuditSettings) -> Self {
+        match (&audit.file, audit.enabled) {
+            (_, false) => Self::Off,
+            (Some(f), true) => Self::File(f.clone()),
+            (None, true) => Self::Stdout,
+        }
+    }
+}
+
+/// Sets up logging without an audit destination (audit records are
+/// dropped). `RUST_LOG` overrides the default filter.
+pub fn init_tracing(format: LogFormat, default: &str) {
+    // Opening nothing cannot fail, and there is no audit writer to keep.
+    let _ = init_tracing_with(format, default, &AuditOutput::Off);
+}
+
+/// Keeps the audit writer's background thread; dropping it flushes every
+/// pending record (keep it until the process exits).
+pub type AuditGuard = Option<tracing_appender::non_blocking::WorkerGuard>;
+
+/// Audit lines leave the request path through a channel to one writer
+/// thread, which drains the channel into a buffer and flushes whenever the
+/// channel is empty: one `write(2)` per batch instead of one per request,
+/// yet a quiet proxy's records still reach the file at once. Not lossy: a
+/// full channel makes requests wait rather than drop an audit record.
+fn audit_writer<W: std::io::Write + Send + 'static>(
+    w: W,
+) -> (
+    tracing_subscriber::fmt::writer::BoxMakeWriter,
+    tracing_appender::non_blocking::WorkerGuard,
+) {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("latchkey-audit")
+        .finish(std::io::BufWriter::with_capacity(64 << 10, w));
+    (
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(writer),
+        guard,
+    )
+}
+
+/// Sets up two independent outputs: debug logs on standard error (`format`,
+/// filtered by `RUST_LOG` or `default`, never containing audit records),
+/// and the audit records as pure JSON lines on `audit`, unaffected by
+/// `RUST_LOG`. Fails only if the audit file cannot be opened.
+pub fn init_tracing_with(
+    format: LogFormat,
+    default: &str,
+    audit: &AuditOutput,
+) -> std::io::Result<AuditGuard> {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let (audit, guard) = match audit {
+        AuditOutput::Off => (None, None),
+        AuditOutput::Stdout => {
+            let (w, g) = audit_writer(std::io::stdout());
+            (Some(w), Some(g))
+        }
+        AuditOutput::File(path) => {
+            let file = open_audit_file(path)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            let (w, g) = audit_writer(file);
+            (Some(w), Some(g))
+        }
+    };
+    let layers = log_layers(format, filter, BoxMakeWriter::new(std::io::stderr), audit);
+    let _ = tracing_subscriber::registry().with(layers).try_init();
+    Ok(guard)
+}
+
+/// A `tracing` layer over the registry, as built by [`log_layers`].
+pub type LogLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+/// The layers [`init_tracing_with`] installs: `logs` gets the debug logs
+/// (`format`, `filter`, everything but the `latchkey::audit` target), and
+/// `audit`, if any, gets the audit records as pure JSON lines. Public so
+/// tests can capture both.
+pub fn log_layers(
+    format: LogFormat,
+    filter: tracing_subscriber::EnvFilter,
+    logs: tracing_subscriber::fmt::writer::BoxMakeWriter,
+    audit: Option<tracing_subscriber::fmt::writer::BoxMakeWriter>,
+) -> Vec<LogLayer> {
+    use tracing_subscriber::Layer as _;
+    let logs = tracing_subscriber::fmt::layer().with_writer(logs);
+    let logs: LogLayer = match format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs.json().boxed(),
+    };
+    let not_audit = tracing_subscriber::filter::filter_fn(|m| m.target() != audit::sink::TARGET);
+    let mut layers = vec![logs.with_filter(filter).with_filter(not_audit).boxed()];
+    if let Some(w) = audit {
+        layers.push(audit::sink::audit_layer(w).boxed());
+    }
+    layers
+}
+
+fn open_audit_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o640);
+    }
+    opts.open(path)
+}
+
+/// `latchkey check`: validates and prints a summary.
+pub fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            print!("{}", summary(&config, &path.display().to_string()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("config invalid: {} problem(s)", e.errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A human summary of a valid config. Shows where secrets come from and
+/// whether they resolve here, never their values.
+pub fn summary(config: &Config, file: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "config ok: {file}");
+    let _ = writeln!(
+        out,
+        "proxy: listen {}, drain {:?}",
+        config.proxy.listen, config.proxy.drain_timeout
+    );
+    if let Some(t) = &config.proxy.tls {
+        let clients = match (t.client_cert_mode(), &t.client_ca_file) {
+            (Some(mode), Some(ca)) => format!(
+                "client certificate {} (CA {})",
+                match mode {
+                    proxy_core::config::ClientCertMode::Required => "required",
+                    proxy_core::config::ClientCertMode::Optional => "optional",
+                },
+                ca.display()
+            ),
+            _ => "no client certificates".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "proxy tls: cert {}, key {} (re-read every {:?}); {clients}",
+            t.cert_file.display(),
+            t.key_file.display(),
+            t.reload_interval
+        );
+    }
+    match &config.admin {
+        Some(a) => {
+            let _ = writeln!(out, "admin: listen {}", a.listen);
+        }
+        None => {
+            let _ = writeln!(out, "admin: none (no /healthz or /readyz)");
+        }
+    }
+    let poll = config.secrets.file_poll_interval;
+    let _ = writeln!(out, "credentials ({}):", config.credentials.len());
+    for c in &config.credentials {
+        let detail = match (&c.static_, &c.oauth2, &c.exec, &c.file) {
+            (Some(r), ..) => format!(
+                "{} ({})",
+                r.describe(),
+                resolve_state(&SecretSource::resolve(r, poll))
+            ),
+            (_, Some(o), ..) => {
+                let mut d = format!(
+                    "grant {} at {} as client {}",
+                    grant_name(o.grant),
+                    o.token_url,
+                    o.client_id
+                );
+                if let Some(rt) = &o.refresh_token {
+                    let _ = write!(
+                        d,
+                        ", refresh token from {} ({})",
+                        rt.describe(),
+                        resolve_state(&SecretSource::resolve(rt, poll))
+                    );
+                }
+                d
+            }
+            (_, _, Some(e), _) => format!(
+                "command {:?} (timeout {:?})",
+                e.command.first().map(String::as_str).unwrap_or(""),
+                e.timeout
+            ),
+            (_, _, _, Some(f)) => format!("token file {}", f.path.display()),
+            _ => String::new(),
+        };
+        let lifecycle = if c.static_.is_some() {
+            String::new()
+        } else {
+            format!(
+                "; store {}, refresh {:?} before expiry",
+                c.store.as_str(),
+                c.refresh.buffer
+            )
+        };
+        let _ = writeln!(out, "  {:<20} {:<8} {detail}{lifecycle}", c.id, c.kind());
+    }
+    let _ = writeln!(out, "routes ({}):", config.routes.len());
+    for r in &config.routes {
+        let mut m = Vec::new();
+        if let Some(h) = &r.matcher.host {
+            m.push(format!("host {h}"));
+        }
+        if let Some(p) = &r.matcher.path_prefix {
+            m.push(format!(
+                "prefix {p}{}",
+                if r.strip_prefix { " (stripped)" } else { "" }
+            ));
+        }
+        let inject = match (&r.credential, InjectSpec::parse(r.inject.as_ref())) {
+            (None, _) => "no credential".to_string(),
+            (Some(c), Ok(InjectSpec::Header { name, .. })) => format!("{c} -> header {name}"),
+            (Some(c), Ok(InjectSpec::Query { param })) => format!("{c} -> query {param}"),
+            (Some(c), Ok(InjectSpec::Basic { .. })) => format!("{c} -> basic auth"),
+            (Some(c), Err(_)) => c.clone(),
+        };
+        let who = if r.public {
+            "public".to_string()
+        } else {
+            let ids: Vec<&str> = config
+                .clients
+                .iter()
+                .filter(|c| c.routes.iter().any(|x| x == "*" || *x == r.id))
+                .map(|c| c.id.as_str())
+                .collect();
+            format!("clients [{}]", ids.join(", "))
+        };
+        let _ = writeln!(
+            out,
+            "  {:<20} {} -> {}  [{inject}; {who}; timeout {:?}]",
+            r.id,
+            m.join(", "),
+            r.upstream,
+            r.timeout
+        );
+    }
+    let _ = writeln!(out, "clients ({}):", config.clients.len());
+    for c in &config.clients {
+        let mut how = Vec::new();
+        if let Some(token) = &c.token {
+            let state = resolve_state(&SecretSource::resolve(token, poll));
+            how.push(format!("token {} ({state})", token.describe()));
+        }
+        if !c.tls_san.is_empty() {
+            how.push(format!("certificate SAN {}", c.tls_san.join(", ")));
+        }
+        let _ = writeln!(
+            out,
+            "  {:<20} {}; routes [{}]",
+            c.id,
+            how.join("; "),
+            c.routes.join(", ")
+        );
+    }
+    let mut w = warnings(config);
+    for (i, r) in config.routes.iter().enumerate() {
+        if let Some(ca) = &r.ca_file
+            && let Err(e) = proxy_core::upstream::build_client(Some(ca), r.connect_timeout)
+        {
+            w.push(format!("routes[{i}].ca_file does not load here ({e}); `latchkey run` refuses to start without it"));
+        }
+    }
+    if let Some(t) = &config.proxy.tls {
+        for e in crate::tls::check(t) {
+            w.push(format!(
+                "{}: {} (does not load here; `latchkey run` refuses to start without it)",
+                e.path, e.message
+            ));
+        }
+    }
+    if !w.is_empty() {
+        let _ = writeln!(out, "warnings ({}):", w.len());
+        for w in w {
+            let _ = writeln!(out, "  - {w}");
+        }
+    }
+    out
+}
+
+fn resolve_state(s: &SecretSource) -> String {
+    match s.load() {
+        Ok(_) => "resolves here".to_string(),
+        Err(e) => format!("does not resolve here: {e}"),
+    }
+}
+
+fn grant_name(g: proxy_core::config::Grant) -> &'static str {
+    match g {
+        proxy_core::config::Grant::RefreshToken => "refresh_token",
+        proxy_core::config::Grant::ClientCredentials => "client_credentials",
+    }
+}

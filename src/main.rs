@@ -1,0 +1,72 @@
+//! The `latchkey` binary: parse the command line, set up logging, run.
+
+use clap::Parser;
+use latchkey::cli::{self, Cli, Command};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => cli::check(&config),
+        Command::Run { config: path } => {
+            // The config says where audit records go, so it is read before
+            // logging starts; its errors go to stderr either way.
+            let config = match latchkey::Config::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let audit = cli::AuditOutput::from_config(&config.audit);
+            // Held until after shutdown: dropping it flushes the audit trail.
+            let _audit_guard = match cli::init_tracing_with(cli.log_format, "info", &audit) {
+                Ok(g) => g,
+                Err(e) => {
+                    eprintln!("cannot open the audit log {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime().map_or(ExitCode::FAILURE, |rt| rt.block_on(run(config, path)))
+        }
+        Command::Ctl(args) => latchkey::ctl::run(args),
+        Command::Triage(args) => audit::triage::run(args.into()),
+        Command::Demo => {
+            cli::init_tracing(cli.log_format, "error");
+            runtime().map_or(ExitCode::FAILURE, |rt| rt.block_on(latchkey::demo::run()))
+        }
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+async fn run(config: latchkey::Config, path: std::path::PathBuf) -> ExitCode {
+    let file = path.display().to_string();
+    // Reload on file change and SIGHUP (and via the management API).
+    let options = latchkey::StartOptions {
+        config_path: Some(path),
+        watch_config: true,
+        ..Default::default()
+    };
+    let running = match latchkey::start_with(config, &file, options).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    latchkey::app::shutdown_signal().await;
+    running.shutdown().await;
+    ExitCode::SUCCESS
+}

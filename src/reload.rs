@@ -1,0 +1,290 @@
+//! Config reload: on file change, SIGHUP, or `POST /v0/management/reload`.
+//!
+//! The new file is parsed and fully validated, and the whole new [`Proxy`]
+//! (routes, stacks, credential sources) is built, before anything changes;
+//! any problem leaves the running config serving and is returned and logged
+//! with its field path, and `latchkey_config_reloads_total{result="error"}`
+//! moves. The swap is one atomic store into the `ArcSwap` the listener reads
+//! per request: in-flight requests finish on the config they started with,
+//! new ones use the new one.
+//!
+//! Credentials whose config did not change keep their sources (token,
+//! generation, schedule), so a reload causes no refresh; removed credentials
+//! stop refreshing once the old config's last request finishes. Listener
+//! addresses, TLS settings and the admin section are bound at startup: a
+//! change to them is reported as needing a restart, and the rest applies.
+//!
+//! The watcher follows the file's directory, not the file: Kubernetes updates
+//! a mounted ConfigMap by swapping a `..data` symlink in that directory, which
+//! a watch on the file itself never sees.
+
+use crate::build::{StartOptions, build_proxy_with};
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+use proxy_core::config::{Config, ConfigError};
+use proxy_core::stack::Proxy;
+use proxy_core::upstream::UpstreamClients;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a reload did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReloadOutcome {
+    /// False when the file had not changed (watcher-triggered reloads skip
+    /// identical content).
+    pub changed: bool,
+    /// Routes now served.
+    pub routes: usize,
+    /// Credentials that kept their state.
+    pub credentials_kept: Vec<String>,
+    /// Credentials built anew (added, or their config changed).
+    pub credentials_new: Vec<String>,
+    /// Credentials no longer configured.
+    pub credentials_removed: Vec<String>,
+    /// Changes that need a restart to apply.
+    pub restart_required: Vec<String>,
+}
+
+/// Why a reload was refused; the old config keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new config is invalid (every problem, with field paths).
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// latchkey was started without a config file.
+    #[error("reload is not available: latchkey was started without a config file")]
+    NoFile,
+}
+
+/// Reloads one config file into a running proxy.
+#[derive(Debug)]
+pub struct Reloader {
+    path: PathBuf,
+    file: String,
+    proxy: Arc<ArcSwap<Proxy>>,
+    options: StartOptions,
+    upstreams: Arc<UpstreamClients>,
+    /// How many times the file was read (observability for tests and
+    /// debugging: a busy directory must not make this climb).
+    reads: std::sync::atomic::AtomicU64,
+    /// Serialises reloads; holds the bytes last read (applied or refused),
+    /// so a watcher woken by unrelated files in the directory neither
+    /// re-applies nor re-refuses the same content.
+    last: tokio::sync::Mutex<Option<Vec<u8>>>,
+}
+
+impl Reloader {
+    /// A reloader for `path`, swapping into `proxy`.
+    pub fn new(
+        path: PathBuf,
+        proxy: Arc<ArcSwap<Proxy>>,
+        options: StartOptions,
+        upstreams: Arc<UpstreamClients>,
+    ) -> Self {
+        let initial = std::fs::read(&path).ok();
+        Self {
+            file: path.display().to_string(),
+            path,
+            proxy,
+            options,
+            upstreams,
+            reads: std::sync::atomic::AtomicU64::new(0),
+            last: tokio::sync::Mutex::new(initial),
+        }
+    }
+
+    /// The watched file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How many times a reload has read the file.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Reloads now. With `only_if_changed`, identical file content is a
+    /// no-op (the watcher sees many events per update).
+    pub async fn reload(
+        &self,
+        trigger: &'static str,
+        only_if_changed: bool,
+    ) -> Result<ReloadOutcome, ReloadError> {
+        let mut last = self.last.lock().await;
+        let result = self.apply(&mut last, only_if_changed).await;
+        match &result {
+            Ok(o) if !o.changed => {}
+            Ok(o) => {
+                audit::metrics::record_config_reload(true);
+                tracing::info!(
+                    trigger, file = %self.file, routes = o.routes,
+                    kept = ?o.credentials_kept, new = ?o.credentials_new, removed = ?o.credentials_removed,
+                    "config reloaded"
+                );
+                for r in &o.restart_required {
+                    tracing::warn!(trigger, file = %self.file, "{r}");
+                }
+            }
+            Err(e) => {
+                audit::metrics::record_config_reload(false);
+                tracing::error!(trigger, file = %self.file, error = %e, "config reload refused; the running config keeps serving");
+            }
+        }
+        result
+    }
+
+    async fn apply(
+        &self,
+        last: &mut Option<Vec<u8>>,
+        only_if_changed: bool,
+    ) -> Result<ReloadOutcome, ReloadError> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let bytes = tokio::fs::read(&self.path).await.map_err(|e| {
+            ConfigError::single(&self.file, "", format!("cannot read the config file: {e}"))
+        })?;
+        let old = self.proxy.load_full();
+        if only_if_changed && last.as_deref() == Some(bytes.as_slice()) {
+            return Ok(ReloadOutcome {
+                changed: false,
+                routes: old.config.routes.len(),
+                credentials_kept: Vec::new(),
+                credentials_new: Vec::new(),
+                credentials_removed: Vec::new(),
+                restart_required: Vec::new(),
+            });
+        }
+        // Remember what was read whatever the outcome: refused content is
+        // reported once, not again on every event in the directory.
+        *last = Some(bytes.clone());
+        let text = String::from_utf8(bytes)
+            .map_err(|_| ConfigError::single(&self.file, "", "the config file is not UTF-8"))?;
+        let config = Config::from_yaml(&text, &self.file)?;
+        let restart_required = startup_bound_changes(&old.config, &config);
+        let new = build_proxy_with(
+            config,
+            &self.file,
+            &self.options,
+            Some(&old),
+            &self.upstreams,
+        )?;
+
+        let (mut kept, mut added) = (Vec::new(), Vec::new());
+        for src in &new.credentials {
+            let same = old
+                .credentials
+                .iter()
+                .any(|o| o.id() == src.id() && Arc::ptr_eq(o, src));
+            if same {
+                kept.push(src.id().to_string())
+            } else {
+                added.push(src.id().to_string())
+            }
+        }
+        let removed = old
+            .credentials
+            .iter()
+            .filter(|o| !new.credentials.iter().any(|n| n.id() == o.id()))
+            .map(|o| o.id().to_string())
+            .collect();
+        let routes = new.config.routes.len();
+        self.proxy.store(Arc::new(new));
+        Ok(ReloadOutcome {
+            changed: true,
+            routes,
+            credentials_kept: kept,
+            credentials_new: added,
+            credentials_removed: removed,
+            restart_required,
+        })
+    }
+}
+
+/// Settings read once at startup: reported, not applied, on reload.
+fn startup_bound_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let (o, n) = (&old.proxy, &new.proxy);
+    if o.listen != n.listen {
+        out.push(format!(
+            "proxy.listen changed ({} -> {}); restart to move the listener",
+            o.listen, n.listen
+        ));
+    }
+    if o.tls != n.tls {
+        out.push("proxy.tls changed; the listener's TLS settings apply after a restart (certificate files themselves are reloaded as they change)".to_string());
+    }
+    if o.drain_timeout != n.drain_timeout || o.max_header_bytes != n.max_header_bytes {
+        out.push(
+            "proxy.drain_timeout / proxy.max_header_bytes changed; they apply after a restart"
+                .to_string(),
+        );
+    }
+    if old.admin != new.admin {
+        out.push(
+            "admin changed (listener, management key or remote access); it applies after a restart"
+                .to_string(),
+        );
+    }
+    if old.audit != new.audit {
+        out.push("audit output changed; the destination applies after a restart".to_string());
+    }
+    out
+}
+
+/// Watches the config file's directory and reloads when the file's content
+/// changes. Runs until the returned task is aborted.
+pub fn watch(reloader: Arc<Reloader>) -> Result<tokio::task::JoinHandle<()>, notify::Error> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let name = reloader
+        .path()
+        .file_name()
+        .map(std::ffi::OsStr::to_os_string);
+    // Only events that can change the file count: the file itself (written,
+    // or renamed into place by an editor) and Kubernetes' `..data` /
+    // `..<timestamp>` entries. A busy log file in the same directory would
+    // otherwise wake the watcher thousands of times a second.
+    let handler = move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        let relevant = event.paths.iter().any(|p| {
+            p.file_name().is_some_and(|f| {
+                Some(f) == name.as_deref() || f.to_string_lossy().starts_with("..")
+            })
+        });
+        if relevant {
+            let _ = tx.send(());
+        }
+    };
+    let dir = reloader
+        .path()
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let mut watcher = notify::recommended_watcher(handler)?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    Ok(tokio::spawn(async move {
+        // The watcher stops when dropped: keep it in the task.
+        let _watcher = watcher;
+        while rx.recv().await.is_some() {
+            // One update is many events (write, chmod, rename, symlink
+            // swap): let them settle, then read once.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while rx.try_recv().is_ok() {}
+            let _ = reloader.reload("file", true).await;
+        }
+    }))
+}
+
+/// Reloads on every SIGHUP until the task is aborted.
+#[cfg(unix)]
+pub fn on_sighup(reloader: Arc<Reloader>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let _ = reloader.reload("sighup", false).await;
+        }
+    }))
+}

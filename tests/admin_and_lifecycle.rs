@@ -1,0 +1,301 @@
+//! End-to-end tests of the admin endpoints (healthz, readyz, unknown paths)
+//! and of graceful stop: closed ports, draining in-flight requests, the
+//! drain timeout.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers fail the test by panicking"
+)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+use support::harness::{TestProxy, start_proxy};
+use support::proxy_helpers::*;
+use support::*;
+
+/// Like [`get`], but reports connection failures instead of panicking.
+async fn try_get(url: &str) -> Result<Resp, String> {
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let req = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+    with_timeout(async move {
+        let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("{e:?}"))?
+            .to_bytes();
+        Ok((parts.status, parts.headers, body))
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// Admin
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn healthz_is_200() {
+    let p = start_proxy(&config("")).await;
+    let (status, headers, body) = get(&format!("{}/healthz", p.admin), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(header(&headers, "content-type"), Some("application/json"));
+    assert_eq!(json(&body), json!({ "status": "ok" }));
+}
+
+#[tokio::test]
+async fn readyz_is_200_when_every_credential_resolves() {
+    let up = echo_upstream().await;
+    let p = start_proxy(&billing_config(
+        "[api]",
+        &format!(
+            "  - id: api
+    match: {{ path_prefix: /api/ }}
+    upstream: {}
+    credential: upstream-key
+",
+            up.url()
+        ),
+    ))
+    .await;
+    let (status, _, body) = get(&format!("{}/readyz", p.admin), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        json(&body),
+        json!({
+            "ready": true,
+            "serving": true,
+            "routes": 1,
+            "credentials": { "upstream-key": "ok" },
+            "stores": {},
+            "clients": { "billing": "ok" },
+        })
+    );
+}
+
+#[tokio::test]
+async fn readyz_is_503_naming_an_unset_credential_without_values() {
+    assert!(
+        std::env::var_os(UNSET_VAR).is_none(),
+        "{UNSET_VAR} must not be set"
+    );
+    let p = start_proxy(&config(&format!(
+        "clients:
+  - id: billing
+    token: {{ value: \"{CLIENT_TOKEN}\" }}
+    routes: [\"*\"]
+credentials:
+  - id: upstream-key
+    static: {{ value: \"{UPSTREAM_KEY}\" }}
+  - id: missing-key
+    static: {{ env: {UNSET_VAR} }}
+"
+    )))
+    .await;
+    let (status, headers, body) = get(&format!("{}/readyz", p.admin), &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header(&headers, "content-type"), Some("application/json"));
+    assert_eq!(
+        json(&body),
+        json!({
+            "ready": false,
+            "serving": true,
+            "routes": 0,
+            "credentials": {
+                "upstream-key": "ok",
+                "missing-key": format!("environment variable {UNSET_VAR} is not set"),
+            },
+            "stores": {},
+            "clients": { "billing": "ok" },
+        })
+    );
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("missing-key") && text.contains("is not set"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(UPSTREAM_KEY) && !text.contains(CLIENT_TOKEN),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_admin_path_is_404_json() {
+    let p = start_proxy(&config("")).await;
+    let (status, headers, body) = get(&format!("{}/nope", p.admin), &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(header(&headers, "content-type"), Some("application/json"));
+    assert_eq!(
+        json(&body),
+        json!({ "error": { "code": "not_found", "message": "no admin endpoint /nope" } })
+    );
+}
+// ---------------------------------------------------------------------------
+// Graceful stop
+// ---------------------------------------------------------------------------
+
+fn addrs(p: &TestProxy) -> (SocketAddr, SocketAddr) {
+    let r = p.running.as_ref().unwrap();
+    (
+        r.proxy_addr,
+        r.admin_addr.expect("admin listener configured"),
+    )
+}
+
+#[tokio::test]
+async fn stop_returns_true_and_closes_the_ports() {
+    let up = echo_upstream().await;
+    let p = start_proxy(&billing_config(
+        "[api]",
+        &format!(
+            "  - id: api
+    match: {{ path_prefix: /api/ }}
+    upstream: {}
+    credential: upstream-key
+",
+            up.url()
+        ),
+    ))
+    .await;
+    let (proxy_addr, admin_addr) = addrs(&p);
+    echoed(&get_as_billing(&p, "/api/x", &[]).await);
+    assert!(with_timeout(p.stop()).await, "a clean stop returns true");
+    for (what, addr) in [("proxy", proxy_addr), ("admin", admin_addr)] {
+        let conn = with_timeout(tokio::net::TcpStream::connect(addr)).await;
+        assert!(
+            conn.is_err(),
+            "the {what} port {addr} still accepts connections after stop"
+        );
+    }
+}
+
+/// A proxy with one route to an SSE upstream whose second event waits for
+/// the returned gate, plus a request to it that is in flight (headers and
+/// first event received, body still open).
+async fn proxy_with_request_in_flight(
+    drain_timeout: &str,
+) -> (
+    TestProxy,
+    Upstream,
+    tokio::sync::oneshot::Sender<()>,
+    hyper::body::Incoming,
+) {
+    let (gate, rx) = tokio::sync::oneshot::channel();
+    let up = sse_upstream(rx).await;
+    let p = start_proxy(&format!(
+        "proxy: {{ listen: 127.0.0.1:0, drain_timeout: {drain_timeout} }}
+admin: {{ listen: 127.0.0.1:0 }}
+routes:
+  - id: events
+    match: {{ path_prefix: /events }}
+    upstream: {}
+    public: true
+",
+        up.url()
+    ))
+    .await;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let req = Request::get(p.url("/events"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = with_timeout(client.request(req)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let first = with_timeout(body.frame()).await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "data: first\n\n");
+    (p, up, gate, body)
+}
+
+/// Polls `fut` exactly once and checks it is still pending.
+async fn poll_once_pending<F: std::future::Future + Unpin>(fut: &mut F) {
+    tokio::select! {
+        biased;
+        _ = fut => panic!("finished while a request was still in flight"),
+        () = std::future::ready(()) => {}
+    }
+}
+
+#[tokio::test]
+async fn stop_lets_an_in_flight_request_finish() {
+    let (p, _up, gate, body) = proxy_with_request_in_flight("5s").await;
+    let (proxy_addr, _) = addrs(&p);
+    let stop = p.stop();
+    tokio::pin!(stop);
+    poll_once_pending(&mut stop).await;
+
+    gate.send(()).unwrap();
+    let rest = with_timeout(body.collect()).await.unwrap().to_bytes();
+    assert_eq!(rest, "data: second\n\n");
+    assert!(with_timeout(stop).await, "the drain finished in time");
+    assert!(
+        with_timeout(tokio::net::TcpStream::connect(proxy_addr))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn admin_reports_not_ready_while_draining() {
+    let (p, _up, gate, body) = proxy_with_request_in_flight("5s").await;
+    let admin = p.admin.clone();
+    let stop = p.stop();
+    tokio::pin!(stop);
+    poll_once_pending(&mut stop).await;
+
+    // Shutdown has begun and a request is still in flight: probes must still
+    // get answers, readiness saying "draining", liveness saying "alive".
+    for _ in 0..2 {
+        let readyz = try_get(&format!("{admin}/readyz"))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("the admin listener must keep answering while the proxy drains: {e}")
+            });
+        assert_eq!(readyz.0, StatusCode::SERVICE_UNAVAILABLE);
+        let v = json(&readyz.2);
+        assert_eq!(
+            (&v["ready"], &v["serving"]),
+            (&json!(false), &json!(false)),
+            "{v}"
+        );
+        let healthz = try_get(&format!("{admin}/healthz"))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("the admin listener must keep answering while the proxy drains: {e}")
+            });
+        assert_eq!(healthz.0, StatusCode::OK);
+    }
+
+    gate.send(()).unwrap();
+    with_timeout(body.collect()).await.unwrap();
+    assert!(with_timeout(stop).await);
+}
+
+#[tokio::test]
+async fn stop_after_the_drain_timeout_returns_false_and_closes_what_is_left() {
+    let (p, _up, gate, mut body) = proxy_with_request_in_flight("100ms").await;
+    let started = tokio::time::Instant::now();
+    assert!(
+        !with_timeout(p.stop()).await,
+        "a request outlived the drain timeout: stop must report an unclean stop"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(100));
+
+    // The connection still open at the deadline is closed: whatever the
+    // upstream sends now never reaches the caller.
+    gate.send(()).unwrap();
+    if let Some(Ok(frame)) = with_timeout(body.frame()).await {
+        panic!("the connection survived stop(): the caller still received {frame:?}");
+    }
+}

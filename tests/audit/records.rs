@@ -1,0 +1,423 @@
+//! One end-to-end test per `reason`, plus allow, client cancel and a
+//! proactive refresh: each compares the whole record.
+
+use super::*;
+
+#[tokio::test]
+async fn allow_with_an_oauth2_credential_records_generation_age_and_ttl() {
+    let ep = endpoint(3600).await;
+    let up = echo_upstream().await;
+    let (p, sink) = start(&setup(
+        "al",
+        "[al]",
+        &oauth("al-cred", &ep, ""),
+        &route("al", &up.url(), "    credential: al-cred\n"),
+    ))
+    .await;
+    assert_eq!(get_as(&p, CLIENT_TOKEN, "/al/x?token=q-canary").await, 200);
+    assert_eq!(get_as(&p, CLIENT_TOKEN, "/al/y").await, 200);
+    let recs = sink.requests();
+    assert_eq!(recs.len(), 2, "{recs:#?}");
+    let cred = json!({"id": "al-cred", "generation": 1, "outcome": "injected", "token_age_s": 0, "token_ttl_s": "<ttl>"});
+    let norm_ttl = |v: Value| {
+        let mut v = norm(v);
+        set(&mut v, &["credential", "token_ttl_s"], "<ttl>", |t| {
+            assert!(
+                t.as_i64().is_some_and(|t| (3590..=3600).contains(&t)),
+                "ttl {t}"
+            );
+        });
+        v
+    };
+    // The first request waited for the first token.
+    assert_eq!(
+        norm_ttl(recs[0].clone()),
+        expected(
+            "GET",
+            "/al/x",
+            "allow",
+            200,
+            json!({
+                "client": "billing", "route": "al", "upstream_status": 200, "upstream_ms": "<ms>",
+                "credential": cred,
+                "refresh": {"ran": true, "trigger": "expired", "result": "ok", "duration_ms": "<ms>", "error_code": null},
+            })
+        )
+    );
+    assert_eq!(
+        norm_ttl(recs[1].clone()),
+        expected(
+            "GET",
+            "/al/y",
+            "allow",
+            200,
+            json!({
+                "client": "billing", "route": "al", "upstream_status": 200, "upstream_ms": "<ms>",
+                "credential": cred,
+            })
+        )
+    );
+    // The fetch of that token left a refresh record.
+    let refreshes = sink.refreshes();
+    assert_eq!(refreshes.len(), 1, "{refreshes:#?}");
+    assert_eq!(
+        norm(refreshes[0].clone()),
+        json!({"kind": "refresh", "ts": "<ts>", "credential": "al-cred", "trigger": "expired",
+               "result": "ok", "adopted": false, "duration_ms": "<ms>", "error": null,
+               "error_code": null, "generation": 1, "expires_at": "<ts>"})
+    );
+}
+
+#[tokio::test]
+async fn upstream_denied() {
+    let up = status_upstream(401).await;
+    let (p, sink) = start(&setup(
+        "ud",
+        "[ud]",
+        "",
+        &route(
+            "ud",
+            &up.url(),
+            "    credential: ud-key\n    retry: { enabled: false }\n",
+        ),
+    ))
+    .await;
+    assert_eq!(get_as(&p, CLIENT_TOKEN, "/ud/x").await, 401);
+    assert_eq!(
+        norm_age(only_request(&sink)),
+        expected(
+            "GET",
+            "/ud/x",
+            "allow",
+            401,
+            json!({
+                "client": "billing", "route": "ud", "upstream_status": 401, "upstream_ms": "<ms>",
+                "denial_source": "upstream", "credential": static_injected("ud-key"),
+                "reason": "upstream_denied",
+            })
+        )
+    );
+}
+
+#[tokio::test]
+async fn credential_unavailable() {
+    let up = echo_upstream().await;
+    let creds = format!("  - id: cu-missing\n    static: {{ env: {UNSET_VAR} }}\n");
+    let (p, sink) = start(&setup(
+        "cu",
+        "[cu]",
+        &creds,
+        &route("cu", &up.url(), "    credential: cu-missing\n"),
+    ))
+    .await;
+    assert_eq!(get_as(&p, CLIENT_TOKEN, "/cu/x").await, 503);
+    assert_eq!(
+        norm(only_request(&sink)),
+        expected(
+            "GET",
+            "/cu/x",
+            "error",
+            503,
+            json!({
+                "client": "billing", "route": "cu", "rejected_by": "credential",
+                "denial_source": "local", "reason": "credential_unavailable",
+                "credential": {"id": "cu-missing", "generation": null, "outcome": "unavailable", "token_age_s": null, "token_ttl_s": null},
+            })
+        )
+    );
+    assert_eq!(up.hit_count(), 0);
+}
+
+#[tokio::test]
+async fn refresh_failed() {
+    let ep = endpoint(3600).await;
+    ep.set_failure(Some(Failure::InvalidGrant));
+    let up = echo_upstream().await;
+    let (p, sink) = start(&setup(
+        "rf",
+        "[rf]",
+        &oauth("rf-cred", &ep, ""),
+        &route("rf", &up.url(), "    credential: rf-cred\n"),
+    ))
+    .await;
+    assert_eq!(get_as(&p, CLIENT_TOKEN, "/rf/x").await, 503);
+    assert_eq!(
+        norm(only_request(&sink)),
+        expected(
+            "GET",
+            "/rf/x",
+            "error",
+            503,
+            json!({
+                "client": "billing", "route": "rf", "rejected_by": "credential",
+                "denial_source": "local", "reason": "refresh_failed",
+                "credential": {"id": "rf-cred", "generation": null, "outcome": "unavailable", "token_age_s": null, "token_ttl_s": null},
+                "refresh": {"ran": true, "trigger": "expired", "result": "error", "duration_ms": "<ms>", "error_code": "invalid_grant"},
+            })
+        )
+    );
+    let r = wait_for(&sink, |r| {
+        r.iter().find(|v| v["kind"] == "refresh").cloned()
+    })
+    .await;
+    let mut r = norm(r);
+    set(&mut r, &["error"], "<error>", |e| {
+        assert!(
+            e.as_str().is_some_and(|e| e.contains("invalid_grant")),
+            "{e}"
+        );
+    });
+    assert_eq!(
+        r,
+        json!({"kind": "refresh", "ts": "<ts>", "credential": "rf-cred", "trigger": "expired",
+               "result": "error", "adopted": false, "duration_ms": "<ms>", "error": "<error>",
+               "error_code": "invalid_grant", "generation": 0, "expires_at": null})
+    );
+    assert_eq!(up.hit_count(), 0);
+}
+
+#[tokio::test]
+async fn upstream_unreachable() {
+    let (p, sink) = start(&setup(
+        "uu",
+        "[uu]",
+        "",
+        &route("uu", &closed_port_url().await, "    credential: uu-key\n"),
+    ))
+    .await;
+    assert_eq!(get_as(&p, CLIENT_TOKEN, "/uu/x").await, 502);
+    assert_eq!(
+        norm_age(only_request(&sink)),
+        expected(
+            "GET",
+            "/uu/x",
+            "error",
+            502,
+            json!({
+                "client": "billing", "route": "uu", "upstream_ms": "<ms>",
+                "denial_source": "local", "reason": "upstream_unreachable",
+                "credential": static_injected("uu-key"),
+            })
+        )
+    );
+}
+
+#[tokio::test]
+async fn upstream_timeout() {
+    let up = slow_upstream(Duration::from_secs(3)).await;
+    let (p, sink) = start(&setup(
+        "ut",
+        "[ut]",
+        "",
+        &route(
+            "ut",
+            &up.url(),
+            "    credential: ut-key\n    timeout: 200ms\n",
+        ),
+    ))
+    .await;
+    assert_eq!(get_as(&p, CLIENT_TOKEN, "/ut/x").await, 504);
+    assert_eq!(
+        norm_age(only_request(&sink)),
+        expected(
+            "GET",
+            "/ut/x",
+            "error",
+            504,
+            json!({
+                "client": "billing", "route": "ut", "upstream_ms": "<ms>",
+                "denial_source": "local", "reason": "upstream_timeout",
+                "credential": static_injected("ut-key"),
+            })
+        )
+    );
+}
+
+#[tokio::test]
+async fn client_unauthenticated() {
+    let up = echo_upstream().await;
+    let (p, sink) = start(&setup(
+        "cn",
+        "[cn]",
+        "",
+        &route("cn", &up.url(), "    credential: cn-key\n"),
+    ))
+    .await;
+    assert_eq!(get(&p.url("/cn/x"), &[]).await.0, 401);
+    assert_eq!(
+        norm(only_request(&sink)),
+        expected(
+            "GET",
+            "/cn/x",
+            "reject",
+            401,
+            json!({
+                "route": "cn", "rejected_by": "authorize", "denial_source": "local",
+                "reason": "client_unauthenticated",
+                "credential": {"id": "cn-key", "generation": null, "outcome": "none", "token_age_s": null, "token_ttl_s": null},
+            })
+        )
+    );
+}
+
+#[tokio::test]
+async fn client_forbidden() {
+    let up = echo_upstream().await;
+    let (p, sink) = start(&setup(
+        "cf",
+        "[cf]",
+        "",
+        &route("cf", &up.url(), "    credential: cf-key\n"),
+    ))
+    .await;
+    assert_eq!(get_as(&p, OTHER_TOKEN, "/cf/x").await, 403);
+    assert_eq!(
+        norm(only_request(&sink)),
+        expected(
+            "GET",
+            "/cf/x",
+            "reject",
+            403,
+            json!({
+                "client": "search", "route": "cf", "rejected_by": "authorize",
+                "denial_source": "local", "reason": "client_forbidden",
+                "credential": {"id": "cf-key", "generation": null, "outcome": "none", "token_age_s": null, "token_ttl_s": null},
+            })
+        )
+    );
+}
+
+#[tokio::test]
+async fn no_route() {
+    let up = echo_upstream().await;
+    let (p, sink) = start(&setup("nr", "[nr]", "", &route("nr", &up.url(), ""))).await;
+    assert_eq!(get_as(&p, CLIENT_TOKEN, "/elsewhere/x?q=1").await, 404);
+    assert_eq!(
+        norm(only_request(&sink)),
+        expected(
+            "GET",
+            "/elsewhere/x",
+            "reject",
+            404,
+            json!({
+                "client": "billing", "rejected_by": "router", "denial_source": "local",
+                "reason": "no_route",
+            })
+        )
+    );
+}
+
+#[tokio::test]
+async fn body_too_large() {
+    let up = echo_upstream().await;
+    let (p, sink) = start(&setup(
+        "bt",
+        "[bt]",
+        "",
+        &route(
+            "bt",
+            &up.url(),
+            "    credential: bt-key\n    max_request_body: 16\n",
+        ),
+    ))
+    .await;
+    let req = Request::post(p.url("/bt/upload"))
+        .header("authorization", bearer(CLIENT_TOKEN))
+        .body(Full::new(Bytes::from(vec![b'x'; 100])))
+        .unwrap();
+    assert_eq!(send(req).await.0, 413);
+    assert_eq!(
+        norm_age(only_request(&sink)),
+        expected(
+            "POST",
+            "/bt/upload",
+            "reject",
+            413,
+            json!({
+                "client": "billing", "route": "bt", "rejected_by": "limits",
+                "denial_source": "local", "reason": "body_too_large",
+                "credential": static_injected("bt-key"),
+            })
+        )
+    );
+    assert_eq!(up.hit_count(), 0);
+}
+
+#[tokio::test]
+async fn a_caller_that_hangs_up_is_recorded_as_client_cancel() {
+    use tokio::io::AsyncWriteExt as _;
+    let up = slow_upstream(Duration::from_secs(5)).await;
+    let (p, sink) = start(&setup(
+        "cc",
+        "[cc]",
+        "",
+        &route("cc", &up.url(), "    credential: cc-key\n"),
+    ))
+    .await;
+    let addr = p.running.as_ref().map(|r| r.proxy_addr).unwrap();
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /cc/slow HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {CLIENT_TOKEN}\r\n\r\n"
+    );
+    conn.write_all(req.as_bytes()).await.unwrap();
+    // Hang up once the request is at the upstream.
+    with_timeout(async {
+        while up.hit_count() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    drop(conn);
+    let v = wait_for(&sink, |r| {
+        r.iter().find(|v| v["kind"] == "request").cloned()
+    })
+    .await;
+    assert_eq!(
+        norm_age(v),
+        expected(
+            "GET",
+            "/cc/slow",
+            "client_cancel",
+            499,
+            json!({
+                "client": "billing", "route": "cc", "credential": static_injected("cc-key"),
+            })
+        )
+    );
+    assert!(
+        sink.requests()[0]["audit"]["duration_ms"].as_f64().unwrap() < 4000.0,
+        "recorded when the caller left, not when the upstream answered"
+    );
+}
+
+#[tokio::test]
+async fn a_proactive_refresh_leaves_a_refresh_record() {
+    let ep = endpoint(2).await;
+    let up = echo_upstream().await;
+    let (p, sink) = start(&setup(
+        "pr",
+        "[pr]",
+        &oauth("pr-cred", &ep, ""),
+        &route("pr", &up.url(), "    credential: pr-cred\n"),
+    ))
+    .await;
+    assert_eq!(get_as(&p, CLIENT_TOKEN, "/pr/x").await, 200);
+    // A 2 s token is refreshed at half its life, in the background.
+    let r = wait_for(&sink, |r| {
+        r.iter()
+            .find(|v| v["kind"] == "refresh" && v["trigger"] == "proactive")
+            .cloned()
+    })
+    .await;
+    assert_eq!(
+        norm(r),
+        json!({"kind": "refresh", "ts": "<ts>", "credential": "pr-cred", "trigger": "proactive",
+               "result": "ok", "adopted": false, "duration_ms": "<ms>", "error": null,
+               "error_code": null, "generation": 2, "expires_at": "<ts>"})
+    );
+    // Requests after it use the new generation without waiting.
+    assert_eq!(get_as(&p, CLIENT_TOKEN, "/pr/y").await, 200);
+    let last = sink.requests().pop().unwrap_or_default();
+    assert_eq!(last["credential"]["generation"], 2);
+    assert_eq!(last["refresh"]["ran"], false);
+}

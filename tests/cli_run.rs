@@ -1,0 +1,224 @@
+//! End-to-end tests of `latchkey run` and `latchkey demo`, the built binary
+//! as a process: startup failures exit non-zero before binding anything,
+//! a good config serves (readiness, health, the proxy listener) until
+//! SIGTERM and then exits zero with its ports closed, and the demo passes its
+//! own checks. No secret reaches the output.
+//!
+//! The command helpers and the README example config are in
+//! `support/cli.rs`.
+
+mod support;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+
+use support::cli::{
+    BILLING_CANARY, EXAMPLE, PAYMENTS_CANARY, POLL, PROCESS_LIMIT, SEARCH_CANARY, SEARCH_KEY_FILE,
+    http_get, latchkey, listening, loopback, run_to_end, spawn, text, write_file,
+};
+use support::free_port;
+
+/// The example config with fixed listen ports and the file credential at
+/// `search_key`.
+fn example_with(proxy_port: u16, admin_port: u16, search_key: &Path) -> String {
+    EXAMPLE
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{proxy_port}"))
+        .replace("127.0.0.1:9090", &format!("127.0.0.1:{admin_port}"))
+        .replace(SEARCH_KEY_FILE, &search_key.display().to_string())
+}
+
+/// `latchkey run` with `config` must exit non-zero, saying `want` on stderr,
+/// without ever listening on `port`.
+#[expect(
+    clippy::expect_used,
+    reason = "test helper outside #[test], where clippy's test allowance doesn't reach"
+)]
+fn assert_run_refuses(config: &Path, port: u16, want: &str) {
+    let mut child = spawn(
+        latchkey()
+            .env("PAYMENTS_API_KEY", PAYMENTS_CANARY)
+            .env("BILLING_PROXY_TOKEN", BILLING_CANARY)
+            .arg("run")
+            .arg("--config")
+            .arg(config),
+    );
+    let status = child.wait_for_exit(PROCESS_LIMIT);
+    let out = child.output();
+    let stderr = text(&out.stderr);
+    let status = status.expect("run with a bad config did not exit");
+    assert!(!status.success(), "run accepted a bad config:\n{stderr}");
+    assert!(stderr.contains(want), "want {want:?} on stderr:\n{stderr}");
+    assert!(!stderr.contains(PAYMENTS_CANARY) && !stderr.contains(BILLING_CANARY));
+    assert!(!listening(loopback(port)), "something listens on {port}");
+}
+
+#[test]
+fn run_with_a_bad_config_exits_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = write_file(dir.path(), "search-key", SEARCH_CANARY);
+
+    // Invalid config: fails validation.
+    let port = free_port();
+    let bad =
+        example_with(port, free_port(), &key).replace("routes: [payments]", "routes: [payment]");
+    let path = write_file(dir.path(), "invalid.yaml", &bad);
+    assert_run_refuses(
+        &path,
+        port,
+        &format!(
+            "{}: clients[0].routes[0]: no route has id \"payment\"",
+            path.display()
+        ),
+    );
+
+    // Valid YAML, but the CA file a route names cannot be read: the proxy
+    // cannot be built, so nothing may be bound.
+    let port = free_port();
+    let missing_ca = dir.path().join("no-such-ca.pem");
+    let bad = example_with(port, free_port(), &key).replace(
+        "    strip_prefix: true\n",
+        &format!(
+            "    strip_prefix: true\n    ca_file: {}\n",
+            missing_ca.display()
+        ),
+    );
+    let path = write_file(dir.path(), "bad-ca.yaml", &bad);
+    assert_run_refuses(
+        &path,
+        port,
+        &format!("{}: routes[0].ca_file: cannot read CA file", path.display()),
+    );
+
+    // The proxy's TLS certificate cannot be read: refused before binding.
+    let port = free_port();
+    let missing_cert = dir.path().join("no-such-tls.crt");
+    let bad = example_with(port, free_port(), &key).replace(
+        &format!("  listen: 127.0.0.1:{port}\n"),
+        &format!(
+            "  listen: 127.0.0.1:{port}\n  tls: {{ cert_file: {}, key_file: {} }}\n",
+            missing_cert.display(),
+            missing_cert.display()
+        ),
+    );
+    let path = write_file(dir.path(), "bad-tls.yaml", &bad);
+    assert_run_refuses(
+        &path,
+        port,
+        &format!("{}: proxy.tls.cert_file: cannot read", path.display()),
+    );
+
+    // The proxy port is taken: a clear bind error, and a non-zero exit.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let path = write_file(
+        dir.path(),
+        "taken.yaml",
+        &example_with(taken_port, free_port(), &key),
+    );
+    let mut child = spawn(
+        latchkey()
+            .env("PAYMENTS_API_KEY", PAYMENTS_CANARY)
+            .env("BILLING_PROXY_TOKEN", BILLING_CANARY)
+            .arg("run")
+            .arg("--config")
+            .arg(&path),
+    );
+    let status = child.wait_for_exit(PROCESS_LIMIT);
+    let stderr = text(&child.output().stderr);
+    assert!(!status.expect("run did not exit").success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{taken_port} (proxy)")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_serves_until_sigterm_then_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = write_file(dir.path(), "search-key", SEARCH_CANARY);
+    let (proxy_port, admin_port) = (free_port(), free_port());
+    let path = write_file(
+        dir.path(),
+        "latchkey.yaml",
+        &example_with(proxy_port, admin_port, &key),
+    );
+    let mut child = spawn(
+        latchkey()
+            .env("PAYMENTS_API_KEY", PAYMENTS_CANARY)
+            .env("BILLING_PROXY_TOKEN", BILLING_CANARY)
+            .arg("run")
+            .arg("--config")
+            .arg(&path),
+    );
+    let (proxy, admin) = (loopback(proxy_port), loopback(admin_port));
+
+    let mut ready = None;
+    for _ in 0..200 {
+        if let Some(exited) = child.child().try_wait().expect("try_wait") {
+            let out = child.output();
+            panic!(
+                "latchkey run exited early ({exited:?}):\n{}",
+                text(&out.stderr)
+            );
+        }
+        match http_get(admin, "/readyz") {
+            Some((200, body)) => {
+                ready = Some(body);
+                break;
+            }
+            _ => std::thread::sleep(POLL),
+        }
+    }
+    let Some(body) = ready else {
+        let _ = child.child().kill();
+        let out = child.output();
+        panic!("/readyz never answered 200:\n{}", text(&out.stderr));
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).expect("readyz JSON");
+    assert_eq!(v["ready"], true, "{body}");
+    assert_eq!(v["credentials"]["payments-key"], "ok", "{body}");
+    assert_eq!(v["credentials"]["search-key"], "ok", "{body}");
+    assert_eq!(v["clients"]["billing"], "ok", "{body}");
+    assert!(!body.contains(PAYMENTS_CANARY) && !body.contains(SEARCH_CANARY));
+    assert_eq!(http_get(admin, "/healthz").map(|r| r.0), Some(200));
+
+    // The proxy listener answers too: a protected route without a token is
+    // refused by latchkey itself.
+    let (status, body) = http_get(proxy, "/payments/charges").expect("proxy answers");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("client_unauthenticated"), "{body}");
+
+    let pid = child.child().id().to_string();
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(kill.success());
+    let status = child.wait_for_exit(PROCESS_LIMIT);
+    let out = child.output();
+    let stderr = text(&out.stderr);
+    let status =
+        status.unwrap_or_else(|| panic!("no exit within {PROCESS_LIMIT:?} of SIGTERM:\n{stderr}"));
+    assert_eq!(status.code(), Some(0), "exit after SIGTERM:\n{stderr}");
+    assert!(!listening(proxy), "proxy port still open after exit");
+    assert!(!listening(admin), "admin port still open after exit");
+    for canary in [PAYMENTS_CANARY, BILLING_CANARY, SEARCH_CANARY] {
+        assert!(!stderr.contains(canary), "secret in the logs:\n{stderr}");
+        assert!(!text(&out.stdout).contains(canary));
+    }
+}
+
+#[test]
+fn demo_passes_its_own_checks() {
+    let out = run_to_end(latchkey().arg("demo"));
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed ({:?})\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}

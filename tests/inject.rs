@@ -1,0 +1,234 @@
+//! End-to-end tests of credential injection (bearer, custom header and
+//! format, query parameter, basic auth) and of the caller's proxy token never
+//! being forwarded upstream.
+
+mod support;
+
+use support::harness::start_proxy;
+use support::proxy_helpers::*;
+use support::*;
+
+// ---------------------------------------------------------------------------
+// Injection
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn inject_default_is_authorization_bearer() {
+    let up = echo_upstream().await;
+    let p = start_proxy(&billing_config(
+        "[api]",
+        &format!(
+            "  - id: api
+    match: {{ path_prefix: /api/ }}
+    upstream: {}
+    credential: upstream-key
+",
+            up.url()
+        ),
+    ))
+    .await;
+    let v = echoed(&get_as_billing(&p, "/api/x", &[]).await);
+    assert_eq!(
+        echoed_header_all(&v, "authorization"),
+        [format!("Bearer {UPSTREAM_KEY}")]
+    );
+    assert_eq!(up.hit_count(), 1);
+}
+
+#[tokio::test]
+async fn inject_custom_header_carries_the_raw_key_and_replaces_the_callers() {
+    let up = echo_upstream().await;
+    let p = start_proxy(&billing_config(
+        "[api]",
+        &format!(
+            "  - id: api
+    match: {{ path_prefix: /api/ }}
+    upstream: {}
+    credential: upstream-key
+    inject: {{ header: x-api-key }}
+",
+            up.url()
+        ),
+    ))
+    .await;
+    let v = echoed(
+        &get_as_billing(
+            &p,
+            "/api/x",
+            &[("x-api-key", "callers-own-key"), ("x-api-key", "another")],
+        )
+        .await,
+    );
+    assert_eq!(echoed_header_all(&v, "x-api-key"), [UPSTREAM_KEY]);
+    assert_eq!(echoed_header(&v, "authorization"), None);
+}
+
+#[tokio::test]
+async fn inject_custom_format() {
+    let up = echo_upstream().await;
+    let p = start_proxy(&billing_config(
+        "[api]",
+        &format!(
+            "  - id: api
+    match: {{ path_prefix: /api/ }}
+    upstream: {}
+    credential: upstream-key
+    inject: {{ header: authorization, format: \"Token {{token}}\" }}
+",
+            up.url()
+        ),
+    ))
+    .await;
+    let v = echoed(&get_as_billing(&p, "/api/x", &[]).await);
+    assert_eq!(
+        echoed_header_all(&v, "authorization"),
+        [format!("Token {UPSTREAM_KEY}")]
+    );
+}
+
+#[tokio::test]
+async fn inject_query_replaces_callers_param_and_keeps_the_rest_byte_for_byte() {
+    let up = echo_upstream().await;
+    let yaml = config(&format!(
+        "clients:
+  - id: billing
+    token: {{ value: \"{CLIENT_TOKEN}\" }}
+    routes: [\"*\"]
+credentials:
+  - id: upstream-key
+    static: {{ value: \"{UPSTREAM_KEY}\" }}
+  - id: odd-key
+    static: {{ value: \"k&y=1 2\" }}
+routes:
+  - id: search
+    match: {{ path_prefix: /s/ }}
+    strip_prefix: true
+    upstream: {url}
+    credential: upstream-key
+    inject: {{ query: api_key }}
+  - id: odd
+    match: {{ path_prefix: /odd/ }}
+    strip_prefix: true
+    upstream: {url}
+    credential: odd-key
+    inject: {{ query: api_key }}
+",
+        url = up.url()
+    ));
+    let p = start_proxy(&yaml).await;
+
+    let v = echoed(
+        &get_as_billing(
+            &p,
+            "/s/search?q=a%20b&api_key=evil&x=1&y=%2F+z&api_key2=keep&API_KEY=keep&api%5Fkey=evil2&api_key&w=caf%C3%A9",
+            &[],
+        )
+        .await,
+    );
+    assert_eq!(
+        v["uri"],
+        format!(
+            "/search?q=a%20b&x=1&y=%2F+z&api_key2=keep&API_KEY=keep&w=caf%C3%A9&api_key={UPSTREAM_KEY}"
+        )
+    );
+    // Query injection sets no header.
+    assert_eq!(echoed_header(&v, "authorization"), None);
+
+    // No query at all: the parameter is added.
+    let v = echoed(&get_as_billing(&p, "/s/plain", &[]).await);
+    assert_eq!(v["uri"], format!("/plain?api_key={UPSTREAM_KEY}"));
+
+    // A key with query syntax in it is encoded, so it cannot add parameters.
+    let v = echoed(&get_as_billing(&p, "/odd/x?a=1", &[]).await);
+    assert_eq!(v["uri"], "/x?a=1&api_key=k%26y%3D1+2");
+}
+
+#[tokio::test]
+async fn inject_basic_with_plain_username() {
+    let up = echo_upstream().await;
+    let p = start_proxy(&billing_config(
+        "[api]",
+        &format!(
+            "  - id: api
+    match: {{ path_prefix: /api/ }}
+    upstream: {}
+    credential: upstream-key
+    inject: {{ basic: {{ username: svc }} }}
+",
+            up.url()
+        ),
+    ))
+    .await;
+    let v = echoed(&get_as_billing(&p, "/api/x", &[]).await);
+    // base64("svc:canary-upstream-key-1")
+    assert_eq!(
+        echoed_header_all(&v, "authorization"),
+        ["Basic c3ZjOmNhbmFyeS11cHN0cmVhbS1rZXktMQ=="]
+    );
+}
+
+#[tokio::test]
+async fn inject_basic_with_username_from_a_secret() {
+    let up = echo_upstream().await;
+    let p = start_proxy(&billing_config(
+        "[api]",
+        &format!(
+            "  - id: api
+    match: {{ path_prefix: /api/ }}
+    upstream: {}
+    credential: upstream-key
+    inject: {{ basic: {{ username: {{ value: \"u\" }} }} }}
+",
+            up.url()
+        ),
+    ))
+    .await;
+    let v = echoed(&get_as_billing(&p, "/api/x", &[]).await);
+    // base64("u:canary-upstream-key-1")
+    assert_eq!(
+        echoed_header_all(&v, "authorization"),
+        ["Basic dTpjYW5hcnktdXBzdHJlYW0ta2V5LTE="]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The caller's proxy token
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn callers_proxy_token_never_reaches_the_upstream() {
+    let up = echo_upstream().await;
+    let p = start_proxy(&billing_config(
+        "[api]",
+        &format!(
+            "  - id: api
+    match: {{ path_prefix: /api/ }}
+    upstream: {}
+    credential: upstream-key
+    inject: {{ header: x-api-key }}
+",
+            up.url()
+        ),
+    ))
+    .await;
+    let token = bearer(CLIENT_TOKEN);
+    for name in ["authorization", "proxy-authorization"] {
+        let v = echoed(&get(&p.url("/api/x"), &[(name, token.as_str())]).await);
+        let headers = v["headers"].as_object().unwrap();
+        assert!(
+            !headers.contains_key("authorization") && !headers.contains_key("proxy-authorization"),
+            "token sent as {name}: upstream saw {headers:?}"
+        );
+        for (h, values) in headers {
+            for value in values.as_array().unwrap() {
+                assert!(
+                    !value.as_str().unwrap().contains(CLIENT_TOKEN),
+                    "token sent as {name} reached the upstream in {h}: {value}"
+                );
+            }
+        }
+        assert!(!v.to_string().contains(CLIENT_TOKEN), "{v}");
+        assert_eq!(echoed_header_all(&v, "x-api-key"), [UPSTREAM_KEY]);
+    }
+    assert_eq!(up.hit_count(), 2);
+}

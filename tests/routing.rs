@@ -1,0 +1,337 @@
+//! End-to-end tests of routing (prefixes, strip_prefix, hosts) and
+//! forwarding: forwarded headers, request ids, hop-by-hop headers and
+//! request bodies arriving byte for byte.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
+)]
+
+mod support;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use support::harness::start_proxy;
+use support::proxy_helpers::*;
+use support::*;
+
+async fn post_json(url: &str, headers: &[(&str, &str)], body: &'static str) -> Resp {
+    let mut builder = Request::post(url).header("content-type", "application/json");
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    send(
+        builder
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn strip_prefix_joins_the_upstream_base_path() {
+    let up = echo_upstream().await;
+    let p = start_proxy(&billing_config(
+        "[payments]",
+        &format!(
+            "  - id: payments
+    match: {{ path_prefix: /payments/ }}
+    strip_prefix: true
+    upstream: http://127.0.0.1:{}/v2
+    credential: upstream-key
+",
+            up.addr.port()
+        ),
+    ))
+    .await;
+    let v = echoed(&get_as_billing(&p, "/payments/charges?x=1", &[]).await);
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["uri"], "/v2/charges?x=1");
+    let v = echoed(&get_as_billing(&p, "/payments/", &[]).await);
+    assert_eq!(v["uri"], "/v2/");
+}
+
+#[tokio::test]
+async fn without_strip_prefix_the_full_path_is_forwarded() {
+    let up = echo_upstream().await;
+    let p = start_proxy(&billing_config(
+        "[\"*\"]",
+        &format!(
+            "  - id: plain
+    match: {{ path_prefix: /payments/ }}
+    upstream: {url}
+    credential: upstream-key
+  - id: based
+    match: {{ path_prefix: /based/ }}
+    upstream: {url}/base/
+    credential: upstream-key
+",
+            url = up.url()
+        ),
+    ))
+    .await;
+    let v = echoed(&get_as_billing(&p, "/payments/charges?x=1&y=%20", &[]).await);
+    assert_eq!(v["uri"], "/payments/charges?x=1&y=%20");
+    let v = echoed(&get_as_billing(&p, "/based/a/b?c", &[]).await);
+    assert_eq!(v["uri"], "/base/based/a/b?c");
+}
+
+#[tokio::test]
+async fn longest_prefix_wins() {
+    let up = echo_upstream().await;
+    let p = start_proxy(&billing_config(
+        "[\"*\"]",
+        &format!(
+            "  - id: api-v2
+    match: {{ path_prefix: /api/v2/ }}
+    upstream: {url}/two
+    credential: upstream-key
+  - id: api
+    match: {{ path_prefix: /api/ }}
+    upstream: {url}/one
+    credential: upstream-key
+",
+            url = up.url()
+        ),
+    ))
+    .await;
+    let v = echoed(&get_as_billing(&p, "/api/v2/items", &[]).await);
+    assert_eq!(v["uri"], "/two/api/v2/items");
+    let v = echoed(&get_as_billing(&p, "/api/v1/items", &[]).await);
+    assert_eq!(v["uri"], "/one/api/v1/items");
+    let v = echoed(&get_as_billing(&p, "/api/v2", &[]).await);
+    assert_eq!(v["uri"], "/one/api/v2");
+}
+
+#[tokio::test]
+async fn host_routing_ignores_case_and_port_and_combines_with_prefixes() {
+    let search = echo_upstream().await;
+    let admin = echo_upstream().await;
+    let fallback = echo_upstream().await;
+    let p = start_proxy(&billing_config(
+        "[\"*\"]",
+        &format!(
+            "  - id: search
+    match: {{ host: search.internal.example.com }}
+    upstream: {}
+    credential: upstream-key
+  - id: search-admin
+    match: {{ host: search.internal.example.com, path_prefix: /admin/ }}
+    upstream: {}
+    credential: upstream-key
+  - id: fallback
+    match: {{ path_prefix: /fallback/ }}
+    upstream: {}
+    credential: upstream-key
+",
+            search.url(),
+            admin.url(),
+            fallback.url()
+        ),
+    ))
+    .await;
+    let host = ("host", "Search.Internal.Example.com:8080");
+
+    let v = echoed(&get_as_billing(&p, "/q?term=x", &[host]).await);
+    assert_eq!(v["uri"], "/q?term=x");
+    assert_eq!(
+        echoed_header(&v, "host"),
+        Some(format!("127.0.0.1:{}", search.addr.port()))
+    );
+    assert_eq!(
+        echoed_header(&v, "x-forwarded-host").as_deref(),
+        Some("Search.Internal.Example.com:8080")
+    );
+
+    let v = echoed(&get_as_billing(&p, "/admin/users", &[host]).await);
+    assert_eq!(v["uri"], "/admin/users");
+    assert_eq!(
+        echoed_header(&v, "host"),
+        Some(format!("127.0.0.1:{}", admin.addr.port()))
+    );
+
+    // Routes naming the host are tried first: the host-only route (prefix
+    // `/`) takes every other path of that host, even one a host-less route has.
+    let v = echoed(
+        &get_as_billing(
+            &p,
+            "/fallback/x",
+            &[("host", "search.internal.example.com.")],
+        )
+        .await,
+    );
+    assert_eq!(v["uri"], "/fallback/x");
+    assert_eq!(
+        echoed_header(&v, "host"),
+        Some(format!("127.0.0.1:{}", search.addr.port()))
+    );
+
+    // Another host only reaches host-less routes.
+    let v = echoed(&get_as_billing(&p, "/fallback/x", &[("host", "other.example.com")]).await);
+    assert_eq!(v["uri"], "/fallback/x");
+    assert_eq!(
+        echoed_header(&v, "host"),
+        Some(format!("127.0.0.1:{}", fallback.addr.port()))
+    );
+    let resp = get_as_billing(&p, "/q", &[("host", "other.example.com")]).await;
+    assert_proxy_error(&resp, 404, "no_route");
+
+    assert_eq!(
+        (search.hit_count(), admin.hit_count(), fallback.hit_count()),
+        (2, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn forwarded_headers_and_upstream_host() {
+    let up = echo_upstream().await;
+    let p = start_proxy(&billing_config(
+        "[api]",
+        &format!(
+            "  - id: api
+    match: {{ path_prefix: /api/ }}
+    upstream: {}
+    credential: upstream-key
+",
+            up.url()
+        ),
+    ))
+    .await;
+    let caller_host = p.base.trim_start_matches("http://").to_owned();
+    let v = echoed(&get_as_billing(&p, "/api/x", &[("x-custom", "kept")]).await);
+    assert_eq!(
+        echoed_header_all(&v, "host"),
+        [format!("127.0.0.1:{}", up.addr.port())]
+    );
+    assert_eq!(echoed_header_all(&v, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(echoed_header_all(&v, "x-forwarded-proto"), ["http"]);
+    assert_eq!(echoed_header_all(&v, "x-forwarded-host"), [caller_host]);
+    assert_eq!(echoed_header_all(&v, "x-custom"), ["kept"]);
+}
+
+#[tokio::test]
+async fn request_id_sent_by_the_caller_is_propagated() {
+    let up = echo_upstream().await;
+    let p = start_proxy(&billing_config(
+        "[api]",
+        &format!(
+            "  - id: api
+    match: {{ path_prefix: /api/ }}
+    upstream: {}
+    credential: upstream-key
+",
+            up.url()
+        ),
+    ))
+    .await;
+    let resp = get_as_billing(&p, "/api/x", &[("x-request-id", "req-abc-123")]).await;
+    assert_eq!(header(&resp.1, "x-request-id"), Some("req-abc-123"));
+    let v = echoed(&resp);
+    assert_eq!(echoed_header_all(&v, "x-request-id"), ["req-abc-123"]);
+}
+
+#[tokio::test]
+async fn request_id_is_generated_when_absent() {
+    let up = echo_upstream().await;
+    let p = start_proxy(&billing_config(
+        "[api]",
+        &format!(
+            "  - id: api
+    match: {{ path_prefix: /api/ }}
+    upstream: {}
+    credential: upstream-key
+",
+            up.url()
+        ),
+    ))
+    .await;
+    let first = get_as_billing(&p, "/api/x", &[]).await;
+    let id = header(&first.1, "x-request-id")
+        .expect("x-request-id on the response")
+        .to_owned();
+    assert_uuid(&id);
+    let v = echoed(&first);
+    assert_eq!(echoed_header_all(&v, "x-request-id"), [id.as_str()]);
+
+    // An id that is not short printable ASCII is replaced.
+    let odd = get_as_billing(&p, "/api/x", &[("x-request-id", "has space")]).await;
+    let odd_id = header(&odd.1, "x-request-id").unwrap();
+    assert_uuid(odd_id);
+    assert_eq!(echoed_header_all(&echoed(&odd), "x-request-id"), [odd_id]);
+
+    let second = get_as_billing(&p, "/api/x", &[]).await;
+    let id2 = header(&second.1, "x-request-id").unwrap();
+    assert_uuid(id2);
+    assert_ne!(id, id2, "each request gets its own id");
+    assert_eq!(echoed_header_all(&echoed(&second), "x-request-id"), [id2]);
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_not_forwarded() {
+    let up = echo_upstream().await;
+    let p = start_proxy(&billing_config(
+        "[api]",
+        &format!(
+            "  - id: api
+    match: {{ path_prefix: /api/ }}
+    upstream: {}
+    credential: upstream-key
+",
+            up.url()
+        ),
+    ))
+    .await;
+    let v = echoed(
+        &get_as_billing(
+            &p,
+            "/api/x",
+            &[
+                ("connection", "x-hop"),
+                ("x-hop", "1"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-connection", "keep-alive"),
+                ("x-end-to-end", "2"),
+            ],
+        )
+        .await,
+    );
+    for h in ["connection", "x-hop", "keep-alive", "proxy-connection"] {
+        assert_eq!(echoed_header(&v, h), None, "{h} was forwarded: {v}");
+    }
+    assert_eq!(echoed_header_all(&v, "x-end-to-end"), ["2"]);
+}
+
+#[tokio::test]
+async fn post_body_arrives_byte_identical() {
+    let up = echo_upstream().await;
+    let p = start_proxy(&billing_config(
+        "[api]",
+        &format!(
+            "  - id: api
+    match: {{ path_prefix: /api/ }}
+    upstream: {}
+    credential: upstream-key
+",
+            up.url()
+        ),
+    ))
+    .await;
+    let body = r#"{"amount": 1250, "currency":"EUR", "note":"caf\u00e9 \"quoted\"\n", "tags":[1,2.5,null,true]}"#;
+    let auth = bearer(CLIENT_TOKEN);
+    let resp = post_json(
+        &p.url("/api/charges?idempotent=1"),
+        &[("authorization", &auth)],
+        body,
+    )
+    .await;
+    let v = echoed(&resp);
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["uri"], "/api/charges?idempotent=1");
+    assert_eq!(v["body"], body);
+    assert_eq!(echoed_header_all(&v, "content-type"), ["application/json"]);
+    assert_eq!(
+        echoed_header_all(&v, "content-length"),
+        [body.len().to_string()]
+    );
+}
