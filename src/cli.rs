@@ -170,29 +170,30 @@ pub fn init_tracing(format: LogFormat, default: &str) {
     let _ = init_tracing_with(format, default, &AuditOutput::Off);
 }
 
-/// Keeps the audit writer's background thread; dropping it flushes every
+/// Keeps the audit writer's background thread; dropping it writes every
 /// pending record (keep it until the process exits).
-pub type AuditGuard = Option<tracing_appender::non_blocking::WorkerGuard>;
+pub type AuditGuard = Option<audit::writer::BatchGuard>;
 
-/// Audit lines leave the request path through a channel to one writer
-/// thread, which drains the channel into a buffer and flushes whenever the
-/// channel is empty: one `write(2)` per batch instead of one per request,
-/// yet a quiet proxy's records still reach the file at once. Not lossy: a
-/// full channel makes requests wait rather than drop an audit record.
+/// Audit lines leave the request path through [`audit::writer`]: appended
+/// to a shared buffer that one writer thread writes in batches (one
+/// `write(2)` per batch, no per-request wake-up), at once when the proxy
+/// was quiet. Not lossy: a stuck output makes requests wait rather than
+/// drop an audit record.
 fn audit_writer<W: std::io::Write + Send + 'static>(
     w: W,
-) -> (
+) -> std::io::Result<(
     tracing_subscriber::fmt::writer::BoxMakeWriter,
-    tracing_appender::non_blocking::WorkerGuard,
-) {
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("latchkey-audit")
-        .finish(std::io::BufWriter::with_capacity(64 << 10, w));
-    (
+    audit::writer::BatchGuard,
+)> {
+    let (writer, guard) = audit::writer::BatchWriter::spawn(
+        w,
+        "latchkey-audit",
+        audit::writer::BatchOptions::default(),
+    )?;
+    Ok((
         tracing_subscriber::fmt::writer::BoxMakeWriter::new(writer),
         guard,
-    )
+    ))
 }
 
 /// Sets up two independent outputs: debug logs on standard error (`format`,
@@ -213,13 +214,13 @@ pub fn init_tracing_with(
     let (audit, guard) = match audit {
         AuditOutput::Off => (None, None),
         AuditOutput::Stdout => {
-            let (w, g) = audit_writer(std::io::stdout());
+            let (w, g) = audit_writer(std::io::stdout())?;
             (Some(w), Some(g))
         }
         AuditOutput::File(path) => {
             let file = open_audit_file(path)
                 .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-            let (w, g) = audit_writer(file);
+            let (w, g) = audit_writer(file)?;
             (Some(w), Some(g))
         }
     };

@@ -11,6 +11,7 @@
 //! - [`metrics`]: the Prometheus metrics, and [`AuditObserver`], which
 //!   turns credential refreshes into records and metrics.
 //! - [`triage`]: the reader behind `latchkey triage`.
+//! - [`writer`]: the batching, non-lossy writer behind the audit output.
 //!
 //! ```
 //! use audit::{AuditLayer, MemorySink};
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod record;
 pub mod sink;
 pub mod triage;
+pub mod writer;
 
 pub use layer::AuditLayer;
 pub use metrics::AuditObserver;
