@@ -209,7 +209,7 @@ impl RouteLayers for LatchkeyLayers {
 #[derive(Clone, Debug, Default)]
 pub struct StartOptions {
     /// Where audit records go instead of the `latchkey::audit` tracing
-    /// target (tests, embedding). `audit.enabled: false` still turns
+    /// target (`latchkey run`'s batching writer, tests, embedding). `audit.enabled: false` still turns
     /// records off.
     pub audit_sink: Option<Arc<dyn AuditSink>>,
     /// The config file, for reloads (SIGHUP, the management API, and

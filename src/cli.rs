@@ -7,6 +7,7 @@ use proxy_core::secret::SecretSource;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// latchkey: a reverse proxy that injects fresh credentials into upstream
 /// requests, so workloads never hold them.
@@ -140,7 +141,7 @@ pub enum CtlAction {
     },
 }
 
-/// Where the audit records (the `latchkey::audit` tracing target) go.
+/// Where `latchkey run` writes the audit records.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum AuditOutput {
     /// Standard output, one JSON object per line.
@@ -170,36 +171,43 @@ pub fn init_tracing(format: LogFormat, default: &str) {
     let _ = init_tracing_with(format, default, &AuditOutput::Off);
 }
 
-/// Keeps the audit writer's background thread; dropping it writes every
-/// pending record (keep it until the process exits).
-pub type AuditGuard = Option<audit::writer::BatchGuard>;
+/// The audit output `latchkey run` writes to: the sink to hand to
+/// [`StartOptions::audit_sink`](crate::StartOptions), and the writer
+/// thread behind it. Dropping it writes every pending record; keep it until
+/// the process exits.
+#[derive(Debug, Default)]
+pub struct AuditGuard {
+    sink: Option<Arc<dyn audit::AuditSink>>,
+    _writer: Option<audit::writer::BatchGuard>,
+}
 
-/// Audit lines leave the request path through [`audit::writer`]: appended
-/// to a shared buffer that one writer thread writes in batches (one
-/// `write(2)` per batch, no per-request wake-up), at once when the proxy
-/// was quiet. Not lossy: a stuck output makes requests wait rather than
-/// drop an audit record.
-fn audit_writer<W: std::io::Write + Send + 'static>(
-    w: W,
-) -> std::io::Result<(
-    tracing_subscriber::fmt::writer::BoxMakeWriter,
-    audit::writer::BatchGuard,
-)> {
-    let (writer, guard) = audit::writer::BatchWriter::spawn(
-        w,
-        "latchkey-audit",
-        audit::writer::BatchOptions::default(),
-    )?;
-    Ok((
-        tracing_subscriber::fmt::writer::BoxMakeWriter::new(writer),
-        guard,
-    ))
+impl AuditGuard {
+    /// Where audit records go (`None` when audit output is off).
+    pub fn sink(&self) -> Option<Arc<dyn audit::AuditSink>> {
+        self.sink.clone()
+    }
+}
+
+/// Audit lines leave the request path through [`audit::writer`]: each
+/// record is serialised on the request's thread and appended to a shared
+/// buffer, which one writer thread writes in batches (one `write(2)` per
+/// batch, no per-request wake-up or `tracing` dispatch), at once when the
+/// proxy was quiet. Not lossy: a stuck output makes requests wait rather
+/// than drop an audit record.
+fn audit_writer<W: std::io::Write + Send + 'static>(w: W) -> std::io::Result<AuditGuard> {
+    use audit::writer::{BatchOptions, BatchWriter};
+    let (writer, guard) = BatchWriter::spawn(w, "latchkey-audit", BatchOptions::default())?;
+    Ok(AuditGuard {
+        sink: Some(Arc::new(audit::WriterSink::new(writer))),
+        _writer: Some(guard),
+    })
 }
 
 /// Sets up two independent outputs: debug logs on standard error (`format`,
 /// filtered by `RUST_LOG` or `default`, never containing audit records),
 /// and the audit records as pure JSON lines on `audit`, unaffected by
-/// `RUST_LOG`. Fails only if the audit file cannot be opened.
+/// `RUST_LOG` (through the returned guard's [`AuditGuard::sink`]). Fails
+/// only if the audit file cannot be opened.
 pub fn init_tracing_with(
     format: LogFormat,
     default: &str,
@@ -211,20 +219,16 @@ pub fn init_tracing_with(
 
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let (audit, guard) = match audit {
-        AuditOutput::Off => (None, None),
-        AuditOutput::Stdout => {
-            let (w, g) = audit_writer(std::io::stdout())?;
-            (Some(w), Some(g))
-        }
+    let guard = match audit {
+        AuditOutput::Off => AuditGuard::default(),
+        AuditOutput::Stdout => audit_writer(std::io::stdout())?,
         AuditOutput::File(path) => {
             let file = open_audit_file(path)
                 .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-            let (w, g) = audit_writer(file)?;
-            (Some(w), Some(g))
+            audit_writer(file)?
         }
     };
-    let layers = log_layers(format, filter, BoxMakeWriter::new(std::io::stderr), audit);
+    let layers = log_layers(format, filter, BoxMakeWriter::new(std::io::stderr), None);
     let _ = tracing_subscriber::registry().with(layers).try_init();
     Ok(guard)
 }
@@ -232,9 +236,11 @@ pub fn init_tracing_with(
 /// A `tracing` layer over the registry, as built by [`log_layers`].
 pub type LogLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
 
-/// The layers [`init_tracing_with`] installs: `logs` gets the debug logs
-/// (`format`, `filter`, everything but the `latchkey::audit` target), and
-/// `audit`, if any, gets the audit records as pure JSON lines. Public so
+/// The logging layers: `logs` gets the debug logs (`format`, `filter`,
+/// everything but the `latchkey::audit` target), and `audit`, if any, gets
+/// the audit records emitted by [`audit::TracingSink`] as pure JSON lines
+/// (for embedders that keep audit records on `tracing`; `latchkey run`
+/// passes `None` and writes them through [`AuditGuard::sink`]). Public so
 /// tests can capture both.
 pub fn log_layers(
     format: LogFormat,

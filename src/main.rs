@@ -27,7 +27,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime().map_or(ExitCode::FAILURE, |rt| rt.block_on(run(config, path)))
+            let sink = _audit_guard.sink();
+            runtime().map_or(ExitCode::FAILURE, |rt| rt.block_on(run(config, path, sink)))
         }
         Command::Ctl(args) => latchkey::ctl::run(args),
         Command::Triage(args) => audit::triage::run(args.into()),
@@ -51,13 +52,17 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
-async fn run(config: latchkey::Config, path: std::path::PathBuf) -> ExitCode {
+async fn run(
+    config: latchkey::Config,
+    path: std::path::PathBuf,
+    audit_sink: Option<std::sync::Arc<dyn audit::AuditSink>>,
+) -> ExitCode {
     let file = path.display().to_string();
     // Reload on file change and SIGHUP (and via the management API).
     let options = latchkey::StartOptions {
         config_path: Some(path),
         watch_config: true,
-        ..Default::default()
+        audit_sink,
     };
     let running = match latchkey::start_with(config, &file, options).await {
         Ok(r) => r,

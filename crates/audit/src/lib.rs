@@ -6,8 +6,8 @@
 //! - [`layer`]: [`AuditLayer`], the outermost layer, which opens the facts
 //!   slot, times the request and writes the record and the metrics whatever
 //!   happened below (including a caller that went away).
-//! - [`sink`]: where records go (the `latchkey::audit` tracing target, or
-//!   memory for tests).
+//! - [`sink`]: where records go (a batching writer, the `latchkey::audit`
+//!   tracing target, or memory for tests).
 //! - [`metrics`]: the Prometheus metrics, and [`AuditObserver`], which
 //!   turns credential refreshes into records and metrics.
 //! - [`triage`]: the reader behind `latchkey triage`.
@@ -42,4 +42,4 @@ pub mod writer;
 pub use layer::AuditLayer;
 pub use metrics::AuditObserver;
 pub use record::{RefreshRecord, RequestMeta, RequestRecord};
-pub use sink::{AuditSink, MemorySink, TracingSink};
+pub use sink::{AuditSink, MemorySink, TracingSink, WriterSink};

@@ -1,9 +1,12 @@
 //! Where audit records go.
 //!
-//! - [`TracingSink`] (what `latchkey run` uses): one `tracing` event per
+//! - [`WriterSink`] (what `latchkey run` uses): the same JSON lines,
+//!   appended straight to a [`BatchWriter`] (no `tracing` dispatch on the
+//!   request path).
+//! - [`TracingSink`] (the library default): one `tracing` event per
 //!   record on the [`TARGET`] target, with the record's JSON in the
 //!   `record` field, at a level that says how bad it is (see
-//!   [`request_level`]). Operators route that target on its own;
+//!   [`request_level`]), for embedders that route logs themselves;
 //!   [`audit_layer`] is the `tracing-subscriber` layer that writes exactly
 //!   those events as pure JSON lines.
 //! - [`MemorySink`]: keeps parsed records, for tests and for embedding.
@@ -13,6 +16,7 @@
 //! the subscriber was given.
 
 use crate::record::{Action, RefreshRecord, RequestRecord};
+use crate::writer::BatchWriter;
 use std::fmt;
 use std::sync::Mutex;
 use tracing::Level;
@@ -35,6 +39,12 @@ pub trait AuditSink: Send + Sync + fmt::Debug {
 /// Emits records as `tracing` events on [`TARGET`]; see the module docs.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TracingSink;
+
+/// Appends every record as one JSON line to a [`BatchWriter`].
+#[derive(Clone, Debug)]
+pub struct WriterSink {
+    writer: BatchWriter,
+}
 
 /// Keeps every record as parsed JSON (for tests and embedding).
 #[derive(Debug, Default)]
@@ -97,6 +107,25 @@ impl AuditSink for TracingSink {
 
     fn refresh(&self, record: &RefreshRecord<'_>) {
         emit_refresh(record);
+    }
+}
+
+// === impl WriterSink ===
+
+impl WriterSink {
+    /// Writes to `writer` (see [`BatchWriter::spawn`]).
+    pub fn new(writer: BatchWriter) -> Self {
+        Self { writer }
+    }
+}
+
+impl AuditSink for WriterSink {
+    fn request(&self, record: &RequestRecord<'_>) {
+        record.with_json(|line| self.writer.append_line(line.as_bytes()));
+    }
+
+    fn refresh(&self, record: &RefreshRecord<'_>) {
+        record.with_json(|line| self.writer.append_line(line.as_bytes()));
     }
 }
 

@@ -107,16 +107,25 @@ impl BatchWriter {
 
     /// Appends `bytes` to the batch (waiting for room past `max_pending`).
     pub fn append(&self, bytes: &[u8]) {
+        self.append_parts(bytes, b"");
+    }
+
+    /// Appends `line` and a newline, as one unit.
+    pub fn append_line(&self, line: &[u8]) {
+        self.append_parts(line, b"\n");
+    }
+
+    fn append_parts(&self, a: &[u8], b: &[u8]) {
         let shared = &*self.shared;
         let mut state = shared.lock();
         while state.pending.len() >= shared.opts.max_pending && !state.closed {
             state = shared.room.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         let before = state.pending.len();
-        state.pending.extend_from_slice(bytes);
-        let wake = state.idle
-            || (before < shared.opts.flush_at && state.pending.len() >= shared.opts.flush_at);
-        if wake {
+        state.pending.extend_from_slice(a);
+        state.pending.extend_from_slice(b);
+        let filled = before < shared.opts.flush_at && state.pending.len() >= shared.opts.flush_at;
+        if state.idle || filled {
             state.idle = false;
             drop(state);
             shared.writer.notify_one();
