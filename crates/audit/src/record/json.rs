@@ -10,6 +10,22 @@ thread_local! {
 }
 
 pub(super) fn with_json<T: Serialize, R>(value: &T, f: impl FnOnce(&str) -> R) -> R {
+    with_buf(
+        |buf| {
+            if serde_json::to_writer(&mut *buf, value).is_err() {
+                // Not reachable with these types (no maps, no fallible
+                // Serialize impls); still say that something happened.
+                buf.clear();
+                buf.extend_from_slice(br#"{"kind":"unserialisable"}"#);
+            }
+        },
+        f,
+    )
+}
+
+/// Calls `f` with what `fill` wrote (valid UTF-8 JSON) into a reused
+/// per-thread buffer.
+pub(super) fn with_buf<R>(fill: impl FnOnce(&mut Vec<u8>), f: impl FnOnce(&str) -> R) -> R {
     // Borrow the buffer by taking it out, so a sink that writes another
     // record from inside `f` (or a thread-local being torn down) only costs
     // a fresh allocation, never a panic.
@@ -19,13 +35,9 @@ pub(super) fn with_json<T: Serialize, R>(value: &T, f: impl FnOnce(&str) -> R) -
         .and_then(Result::ok)
         .unwrap_or_default();
     buf.clear();
-    let out = match serde_json::to_writer(&mut buf, value) {
-        // serde_json writes valid UTF-8.
-        Ok(()) => f(std::str::from_utf8(&buf).unwrap_or("{}")),
-        // Not reachable with these types (no maps, no fallible Serialize
-        // impls); still say that something happened.
-        Err(_) => f(r#"{"kind":"unserialisable"}"#),
-    };
+    fill(&mut buf);
+    // Both writers only write valid UTF-8.
+    let out = f(std::str::from_utf8(&buf).unwrap_or("{}"));
     // Do not hold on to the memory of one huge record forever.
     if buf.capacity() <= 64 * 1024 {
         let _ = BUF.try_with(|c| {

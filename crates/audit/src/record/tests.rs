@@ -376,3 +376,114 @@ fn secs_between_and_millis() {
     assert_eq!(secs_between(t + Duration::from_secs(3), t), -3);
     assert!((millis(Duration::from_nanos(1_234_567)) - 1.234).abs() < 1e-9);
 }
+
+/// The hand-written request JSON (record/write.rs) is byte for byte what
+/// serde_json makes of the derived impl, over every optional field set and
+/// unset, every action, and strings that need escaping.
+#[test]
+fn hand_written_json_is_exactly_serde_jsons() {
+    let odd = "we\"ird\\ \u{1} \n é ✓ </script>";
+    /// Facts, URI, status, the proxy's error code, cancelled, duration.
+    type Case = (
+        RequestFacts,
+        &'static str,
+        u16,
+        Option<ErrorCode>,
+        bool,
+        Duration,
+    );
+    let mut cases: Vec<Case> = vec![
+        (
+            injected(),
+            "/payments/x?secret=1",
+            200,
+            None,
+            false,
+            Duration::from_micros(12_345),
+        ),
+        (
+            RequestFacts::default(),
+            "/",
+            404,
+            Some(ErrorCode::NoRoute),
+            false,
+            Duration::ZERO,
+        ),
+        (
+            RequestFacts::default(),
+            "/x",
+            200,
+            None,
+            true,
+            Duration::from_secs(3),
+        ),
+        (injected(), "/a", 401, None, false, Duration::from_nanos(1)),
+        (
+            injected(),
+            "/a",
+            503,
+            Some(ErrorCode::CredentialUnavailable),
+            false,
+            Duration::MAX,
+        ),
+    ];
+    let mut full = injected();
+    full.client = Some(Arc::from(odd));
+    full.route = Some(Arc::from(odd));
+    full.rejected_by = Some("credential");
+    full.retry = Some("recovered");
+    full.refresh = Some(RefreshFact {
+        trigger: "forced",
+        ok: false,
+        duration: Duration::from_micros(1_234_567),
+        oauth_error: Some(odd.into()),
+    });
+    if let Some(c) = &mut full.credential {
+        c.expires_at = Some(now() - Duration::from_secs(5));
+        c.generation = Some(u64::MAX);
+    }
+    cases.push((
+        full,
+        "/p%22ath/%5C",
+        500,
+        None,
+        false,
+        Duration::from_micros(999),
+    ));
+    let no_cred = RequestFacts {
+        route_credential: Some(Arc::from("k")),
+        upstream_status: Some(502),
+        upstream_time: Some(Duration::from_micros(1)),
+        ..RequestFacts::default()
+    };
+    cases.push((
+        no_cred,
+        "/z",
+        502,
+        Some(ErrorCode::UpstreamUnreachable),
+        false,
+        Duration::ZERO,
+    ));
+
+    for (facts, uri, status, error, cancelled, duration) in &cases {
+        for with_context in [true, false] {
+            // Without the listener's context: no host, address or id.
+            let m = if with_context {
+                meta(uri)
+            } else {
+                RequestMeta::from_request(&Request::get(*uri).body(()).unwrap())
+            };
+            let r = RequestRecord::from_parts(
+                &m,
+                facts,
+                StatusCode::from_u16(*status).unwrap(),
+                *error,
+                *duration,
+                *cancelled,
+                now(),
+            );
+            let expected = serde_json::to_string(&r).unwrap();
+            r.with_json(|s| assert_eq!(s, expected));
+        }
+    }
+}
