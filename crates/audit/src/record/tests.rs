@@ -487,3 +487,40 @@ fn hand_written_json_is_exactly_serde_jsons() {
         }
     }
 }
+
+/// The hand-written time stamps (cached per second) and addresses match
+/// serde_json's output of the derived impl too.
+#[test]
+fn hand_written_ts_and_addresses_are_exactly_serde_jsons() {
+    let facts = injected();
+    let times = [
+        now(),
+        now() + Duration::from_millis(1),
+        now() + Duration::from_millis(999),
+        now() + Duration::from_millis(1007),
+        now() + Duration::from_micros(1_999_999),
+        now(),
+        SystemTime::UNIX_EPOCH,
+        SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799),
+    ];
+    let addrs = [
+        "0.0.0.0:0",
+        "255.255.255.255:65535",
+        "10.1.20.3:80",
+        "[::1]:8080",
+        "[2001:db8::ff00:42:8329%3]:443",
+    ];
+    for (i, t) in times.into_iter().enumerate() {
+        let mut req = Request::get("/x").body(()).unwrap();
+        req.extensions_mut().insert(ConnInfo {
+            remote_addr: addrs[i % addrs.len()].parse().unwrap(),
+            local_addr: "127.0.0.1:8080".parse().unwrap(),
+            tls: false,
+        });
+        let m = RequestMeta::from_request(&req);
+        let r =
+            RequestRecord::from_parts(&m, &facts, StatusCode::OK, None, Duration::ZERO, false, t);
+        let expected = serde_json::to_string(&r).unwrap();
+        r.with_json(|s| assert_eq!(s, expected));
+    }
+}

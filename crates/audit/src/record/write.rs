@@ -10,8 +10,10 @@
 use super::{
     AuditFields, CredentialFields, RefreshFields, RequestRecord, Retry401Fields, Serialize,
 };
+use std::cell::Cell;
 use std::io::Write as _;
-use std::time::SystemTime;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
 
 /// Appends `record` as one line of JSON (no newline) to `out`.
 pub(super) fn request(out: &mut Vec<u8>, r: &RequestRecord<'_>) {
@@ -55,10 +57,7 @@ fn audit(out: &mut Vec<u8>, a: &AuditFields<'_>) {
     string(out, a.path);
     out.extend_from_slice(b",\"remote_addr\":");
     match a.remote_addr {
-        // An address never needs escaping.
-        Some(addr) => {
-            let _ = write!(out, "\"{addr}\"");
-        }
+        Some(addr) => socket_addr(out, addr),
         None => null(out),
     }
     out.extend_from_slice(b",\"action\":");
@@ -168,7 +167,66 @@ fn opt_float(out: &mut Vec<u8>, f: Option<f64>) {
     }
 }
 
+/// As `SocketAddr`'s `Display` (which is slow for IPv4: it formats into a
+/// scratch buffer to support padding). Never needs escaping.
+fn socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(v4) => {
+            out.push(b'"');
+            let mut itoa = itoa::Buffer::new();
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(itoa.format(octet).as_bytes());
+            }
+            out.push(b':');
+            out.extend_from_slice(itoa.format(v4.port()).as_bytes());
+            out.push(b'"');
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(out, "\"{addr}\"");
+        }
+    }
+}
+
+thread_local! {
+    /// The last whole second formatted, and its `YYYY-MM-DDTHH:MM:SS`.
+    static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
+}
+
+/// As `humantime::format_rfc3339_millis` (`2026-11-23T01:02:03.456Z`),
+/// formatting the date and time only when the second changes.
 fn ts(out: &mut Vec<u8>, t: SystemTime) {
-    // RFC 3339 never needs escaping.
-    let _ = write!(out, "\"{}\"", humantime::format_rfc3339_millis(t));
+    let Ok(since) = t.duration_since(SystemTime::UNIX_EPOCH) else {
+        let _ = write!(out, "\"{}\"", humantime::format_rfc3339_millis(t));
+        return;
+    };
+    let secs = since.as_secs();
+    let (cached, mut prefix) = SECOND.with(Cell::get);
+    if cached != secs {
+        let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let s = humantime::format_rfc3339_seconds(whole).to_string();
+        match <[u8; 19]>::try_from(s.strip_suffix('Z').unwrap_or(&s).as_bytes()) {
+            Ok(p) => prefix = p,
+            // Years past 9999: not worth caching.
+            Err(_) => {
+                let _ = write!(out, "\"{}\"", humantime::format_rfc3339_millis(t));
+                return;
+            }
+        }
+        SECOND.with(|c| c.set((secs, prefix)));
+    }
+    let millis = since.subsec_millis();
+    out.push(b'"');
+    out.extend_from_slice(&prefix);
+    // Three digits, zero-padded (millis < 1000); ASCII digits from u32s < 10.
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (millis / 100) as u8,
+        b'0' + (millis / 10 % 10) as u8,
+        b'0' + (millis % 10) as u8,
+        b'Z',
+        b'"',
+    ]);
 }
