@@ -121,7 +121,7 @@ impl WriterSink {
 
 impl AuditSink for WriterSink {
     fn request(&self, record: &RequestRecord<'_>) {
-        record.with_json(|line| self.writer.append_line(line.as_bytes()));
+        record.with_json_bytes(|line| self.writer.append_line(line));
     }
 
     fn refresh(&self, record: &RefreshRecord<'_>) {

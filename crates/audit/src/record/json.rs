@@ -19,13 +19,13 @@ pub(super) fn with_json<T: Serialize, R>(value: &T, f: impl FnOnce(&str) -> R) -
                 buf.extend_from_slice(br#"{"kind":"unserialisable"}"#);
             }
         },
-        f,
+        // serde_json writes valid UTF-8.
+        |b| f(std::str::from_utf8(b).unwrap_or("{}")),
     )
 }
 
-/// Calls `f` with what `fill` wrote (valid UTF-8 JSON) into a reused
-/// per-thread buffer.
-pub(super) fn with_buf<R>(fill: impl FnOnce(&mut Vec<u8>), f: impl FnOnce(&str) -> R) -> R {
+/// Calls `f` with what `fill` wrote into a reused per-thread buffer.
+pub(super) fn with_buf<R>(fill: impl FnOnce(&mut Vec<u8>), f: impl FnOnce(&[u8]) -> R) -> R {
     // Borrow the buffer by taking it out, so a sink that writes another
     // record from inside `f` (or a thread-local being torn down) only costs
     // a fresh allocation, never a panic.
@@ -36,8 +36,7 @@ pub(super) fn with_buf<R>(fill: impl FnOnce(&mut Vec<u8>), f: impl FnOnce(&str) 
         .unwrap_or_default();
     buf.clear();
     fill(&mut buf);
-    // Both writers only write valid UTF-8.
-    let out = f(std::str::from_utf8(&buf).unwrap_or("{}"));
+    let out = f(&buf);
     // Do not hold on to the memory of one huge record forever.
     if buf.capacity() <= 64 * 1024 {
         let _ = BUF.try_with(|c| {

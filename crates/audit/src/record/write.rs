@@ -118,7 +118,11 @@ fn boolean(out: &mut Vec<u8>, b: bool) {
 /// A JSON string. Escaping is serde_json's, for the rare value that needs
 /// it: a control character, `"` or `\`.
 fn string(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // No early exit: the compiler vectorises the whole scan.
+    let needs_escape = s
+        .bytes()
+        .fold(false, |acc, b| acc | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if !needs_escape {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
