@@ -4,13 +4,6 @@ use clap::Parser;
 use latchkey::cli::{self, Cli, Command};
 use std::process::ExitCode;
 
-/// mimalloc rather than glibc's malloc: a proxy allocates and frees small
-/// objects on every request (headers, futures, buffers), and glibc spent
-/// about a sixth of latchkey's user-space instructions doing it (callgrind,
-/// README "Performance").
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
