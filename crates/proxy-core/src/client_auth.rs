@@ -29,11 +29,15 @@ use crate::error::{BoxError, ClientForbidden, ClientUnauthenticated};
 use crate::secret::SecretSource;
 use futures_util::future::{Either, Ready, ready};
 use http::{HeaderMap, Request, header};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap as StdHashMap, HashSet as StdHashSet};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
+
+// Looked up per request with config strings as keys: foldhash, not SipHash.
+type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = StdHashSet<K, foldhash::fast::RandomState>;
 
 /// One client: its proxy token, the certificate SANs that name it, or both.
 #[derive(Clone, Debug)]
@@ -64,7 +68,7 @@ struct Clients {
 impl ClientAuthLayer {
     /// A layer identifying callers as one of `clients`.
     pub fn new(clients: Vec<Client>) -> Self {
-        let mut by_san = HashMap::new();
+        let mut by_san = HashMap::default();
         for c in &clients {
             for san in &c.tls_san {
                 by_san.entry(san.clone()).or_insert_with(|| c.id.clone());

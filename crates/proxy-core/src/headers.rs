@@ -45,6 +45,11 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// WebSocket handshake reaches the upstream. `TE: trailers` survives because
 /// gRPC over HTTP/2 needs it.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most requests carry none: one pass over the names (standard names
+    // compare as enums) instead of a hash probe per hop-by-hop name.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -70,6 +75,26 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Writes `ip` as its `Display` does; IPv4 by hand (`Ipv4Addr`'s `Display`
+/// formats into a scratch buffer for padding, and this runs per request).
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(digits.format(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// Appends the caller to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` (the host the caller asked for).
 pub fn add_forwarded(
@@ -79,10 +104,11 @@ pub fn add_forwarded(
     host: Option<&str>,
 ) {
     if let Some(ip) = remote {
-        let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prior) if !prior.is_empty() => format!("{prior}, {ip}"),
-            _ => ip.to_string(),
+        let mut value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prior) if !prior.is_empty() => format!("{prior}, "),
+            _ => String::with_capacity(15),
         };
+        push_ip(&mut value, ip);
         if let Ok(v) = HeaderValue::from_str(&value) {
             headers.insert(X_FORWARDED_FOR, v);
         }
@@ -140,5 +166,44 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.local");
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_removed_and_others_untouched() {
+        for name in &HOP_BY_HOP {
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), "x".parse().unwrap());
+            h.insert("x-stays", "1".parse().unwrap());
+            remove_hop_by_hop(&mut h, false);
+            assert!(h.get(name).is_none(), "{name}");
+            assert_eq!(h.len(), 1);
+        }
+        let mut h = HeaderMap::new();
+        h.insert("x-stays", "1".parse().unwrap());
+        h.insert("authorization", "Bearer t".parse().unwrap());
+        let before = h.clone();
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn ip_addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.20.3",
+            "127.0.0.1",
+            "::1",
+            "2001:db8::ff00:42:8329",
+            "::ffff:10.0.0.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = String::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string());
+            let mut h = HeaderMap::new();
+            add_forwarded(&mut h, Some(ip), true, None);
+            assert_eq!(h["x-forwarded-for"], ip.to_string().as_str());
+        }
     }
 }
