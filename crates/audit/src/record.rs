@@ -429,10 +429,13 @@ impl<'a> RequestRecord<'a> {
     /// `serde_json` makes of its `Serialize` impl, written faster (see
     /// `record/write.rs`).
     pub fn with_json<R>(&self, f: impl FnOnce(&str) -> R) -> R {
-        with_buf(|buf| write::request(buf, self), |b| {
-            // Only valid UTF-8 is written.
-            f(std::str::from_utf8(b).unwrap_or("{}"))
-        })
+        with_buf(
+            |buf| write::request(buf, self),
+            |b| {
+                // Only valid UTF-8 is written.
+                f(std::str::from_utf8(b).unwrap_or("{}"))
+            },
+        )
     }
 
     /// As [`with_json`](Self::with_json), as bytes (UTF-8), for a sink

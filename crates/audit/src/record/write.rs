@@ -119,9 +119,9 @@ fn boolean(out: &mut Vec<u8>, b: bool) {
 /// it: a control character, `"` or `\`.
 fn string(out: &mut Vec<u8>, s: &str) {
     // No early exit: the compiler vectorises the whole scan.
-    let needs_escape = s
-        .bytes()
-        .fold(false, |acc, b| acc | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    let needs_escape = s.bytes().fold(false, |acc, b| {
+        acc | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
     if !needs_escape {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, counted by valgrind's
+# callgrind: repeatable on a noisy or shared machine, where wall-clock
+# comparisons (benches/compare.sh) move by +-10% between runs.
+#
+# Builds the release proxy and the `upstream` example, then for each config
+# (default: audit + metrics on, then both off) runs latchkey under callgrind,
+# warms it up, zeroes the counters, drives DURATION of wrk load (CONNS
+# connections), dumps the counters and divides by the requests wrk completed.
+# Kernel time (the loopback TCP path) is not counted: this measures the code
+# latchkey runs, not the machine. Prints one line per config and the
+# on/off ratio; exits non-zero on any non-2xx response.
+#
+# Knobs: CONNS=8, DURATION=10s, SKIP_BUILD=1, KEEP_TMP=1, BUILD_TIMEOUT=1800.
+# Needs valgrind, wrk, curl (installed from Debian if missing and root).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+CONNS=${CONNS:-8}
+DURATION=${DURATION:-10s}
+BUILD_TIMEOUT=${BUILD_TIMEOUT:-1800}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+
+die() {
+    echo "instructions.sh: $*" >&2
+    exit 1
+}
+
+missing=()
+for tool in valgrind wrk curl; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+    [[ $(id -u) == 0 ]] || die "missing ${missing[*]}; install them (apt-get install valgrind wrk curl)"
+    apt-get install -y -q "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
+fi
+
+if [[ -z ${SKIP_BUILD:-} ]]; then
+    timeout "$BUILD_TIMEOUT" cargo build --release --bin latchkey --example upstream >&2
+fi
+LATCHKEY=$TARGET_DIR/release/latchkey
+UPSTREAM=$TARGET_DIR/release/examples/upstream
+[[ -x $LATCHKEY && -x $UPSTREAM ]] || die "build the release binary and the upstream example first"
+
+TMP=$(mktemp -d /tmp/latchkey-instr.XXXXXX)
+PIDS=()
+cleanup() {
+    local rc=$?
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [[ -n ${KEEP_TMP:-} ]] && echo "kept $TMP" >&2 || rm -rf -- "$TMP"
+    exit "$rc"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+UPSTREAM_PORT=$(free_port)
+"$UPSTREAM" --listen "127.0.0.1:$UPSTREAM_PORT" --expect-value 'Bearer bench-token' >"$TMP/upstream.log" 2>&1 &
+PIDS+=($!)
+for ((i = 0; i < 100; i++)); do
+    grep -q '^listening on ' "$TMP/upstream.log" && break
+    sleep 0.1
+done
+
+config() { # name audit_and_metrics(true|false)
+    local port admin
+    port=$(free_port)
+    admin=$(free_port)
+    cat >"$TMP/$1.yaml" <<EOF
+proxy:
+  listen: 127.0.0.1:$port
+admin:
+  listen: 127.0.0.1:$admin
+audit:
+  enabled: $2
+metrics:
+  enabled: $2
+clients:
+  - id: bench
+    token: { env: BENCH_PROXY_TOKEN }
+    routes: ["*"]
+credentials:
+  - id: bench-key
+    static: { env: BENCH_API_KEY }
+routes:
+  - id: bench
+    match: { path_prefix: /bench/ }
+    upstream: http://127.0.0.1:$UPSTREAM_PORT
+    credential: bench-key
+    inject: { header: Authorization, format: "Bearer {token}" }
+EOF
+    echo "$port"
+}
+
+measure() { # name audit_and_metrics
+    local name=$1 port pid url file ir requests non2xx
+    port=$(config "$name" "$2")
+    url=http://127.0.0.1:$port/bench/x
+    BENCH_API_KEY=bench-token BENCH_PROXY_TOKEN=client-token RUST_LOG=warn \
+        valgrind --tool=callgrind --callgrind-out-file="$TMP/cg.$name.%p" \
+        "$LATCHKEY" run --config "$TMP/$name.yaml" >/dev/null 2>"$TMP/$name.err" &
+    pid=$!
+    PIDS+=("$pid")
+    for ((i = 0; i < 300; i++)); do
+        curl -sf -o /dev/null -H 'Authorization: Bearer client-token' "$url" && break
+        sleep 0.1
+    done
+    wrk -t1 -c"$CONNS" -d3s -H 'Authorization: Bearer client-token' "$url" >/dev/null
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    wrk -t1 -c"$CONNS" -d"$DURATION" -H 'Authorization: Bearer client-token' "$url" >"$TMP/wrk.$name.txt"
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    kill -INT "$pid"
+    wait "$pid" 2>/dev/null || true
+    non2xx=$(grep -oP 'Non-2xx or 3xx responses: \K[0-9]+' "$TMP/wrk.$name.txt" || echo 0)
+    ((non2xx == 0)) || die "$name: $non2xx non-2xx responses"
+    requests=$(grep -oP '^\s*\K[0-9]+(?= requests in)' "$TMP/wrk.$name.txt")
+    file=$(ls -t "$TMP"/cg."$name".*.1 | head -1)
+    ir=$(grep -m1 -oP '^(summary|totals): \K[0-9]+' "$file")
+    echo $((ir / requests))
+    printf '%-22s %8d requests  %8d instructions/request\n' "$name" "$requests" $((ir / requests)) >&2
+}
+
+echo "==> callgrind, $CONNS connections, $DURATION per config" >&2
+on=$(measure audit-and-metrics-on true)
+off=$(measure audit-and-metrics-off false)
+python3 -c "print(f'audit + metrics cost: {($on - $off)} instructions/request, {100 * ($on - $off) / $off:.1f}% of the proxy without them')"
