@@ -20,14 +20,14 @@ fn main() -> ExitCode {
             };
             let audit = cli::AuditOutput::from_config(&config.audit);
             // Held until after shutdown: dropping it flushes the audit trail.
-            let _audit_guard = match cli::init_tracing_with(cli.log_format, "info", &audit) {
+            let audit_guard = match cli::init_tracing_with(cli.log_format, "info", &audit) {
                 Ok(g) => g,
                 Err(e) => {
                     eprintln!("cannot open the audit log {e}");
                     return ExitCode::FAILURE;
                 }
             };
-            let sink = _audit_guard.sink();
+            let sink = audit_guard.sink();
             runtime().map_or(ExitCode::FAILURE, |rt| rt.block_on(run(config, path, sink)))
         }
         Command::Ctl(args) => latchkey::ctl::run(args),

@@ -44,8 +44,7 @@ impl Default for BatchOptions {
     }
 }
 
-/// The writing end: cheap to clone, one per `tracing` event (it is a
-/// `MakeWriter`). Each `write` call appends whole bytes to the batch.
+/// The writing end: cheap to clone; see [`BatchWriter::append_line`].
 #[derive(Clone, Debug)]
 pub struct BatchWriter {
     shared: Arc<Shared>,
@@ -105,51 +104,23 @@ impl BatchWriter {
         Ok((BatchWriter { shared }, guard))
     }
 
-    /// Appends `bytes` to the batch (waiting for room past `max_pending`).
-    pub fn append(&self, bytes: &[u8]) {
-        self.append_parts(bytes, b"");
-    }
-
-    /// Appends `line` and a newline, as one unit.
+    /// Appends `line` and a newline, as one unit (waiting for room past
+    /// `max_pending`).
     pub fn append_line(&self, line: &[u8]) {
-        self.append_parts(line, b"\n");
-    }
-
-    fn append_parts(&self, a: &[u8], b: &[u8]) {
         let shared = &*self.shared;
         let mut state = shared.lock();
         while state.pending.len() >= shared.opts.max_pending && !state.closed {
             state = shared.room.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         let before = state.pending.len();
-        state.pending.extend_from_slice(a);
-        state.pending.extend_from_slice(b);
+        state.pending.extend_from_slice(line);
+        state.pending.push(b'\n');
         let filled = before < shared.opts.flush_at && state.pending.len() >= shared.opts.flush_at;
         if state.idle || filled {
             state.idle = false;
             drop(state);
             shared.writer.notify_one();
         }
-    }
-}
-
-impl Write for BatchWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.append(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        // Batches are written by the writer thread; the guard flushes at exit.
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BatchWriter {
-    type Writer = BatchWriter;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
     }
 }
 
@@ -231,15 +202,23 @@ impl Drop for BatchGuard {
 mod tests {
     use super::*;
 
-    /// An output the test can read while the writer owns it.
+    /// An output the test can read (and wait on) while the writer owns it:
+    /// the bytes written and the number of `write` calls.
     #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<(Vec<u8>, usize)>>);
+    struct Output(Arc<Written>);
 
-    impl Write for Shared {
+    #[derive(Default)]
+    struct Written {
+        bytes_and_writes: Mutex<(Vec<u8>, usize)>,
+        changed: Condvar,
+    }
+
+    impl Write for Output {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            let mut g = self.0.lock().unwrap();
+            let mut g = self.0.bytes_and_writes.lock().unwrap();
             g.0.extend_from_slice(buf);
             g.1 += 1;
+            self.0.changed.notify_all();
             Ok(buf.len())
         }
         fn flush(&mut self) -> io::Result<()> {
@@ -247,43 +226,49 @@ mod tests {
         }
     }
 
-    impl Shared {
+    impl Output {
         fn text(&self) -> String {
-            String::from_utf8(self.0.lock().unwrap().0.clone()).unwrap()
+            String::from_utf8(self.0.bytes_and_writes.lock().unwrap().0.clone()).unwrap()
         }
         fn writes(&self) -> usize {
-            self.0.lock().unwrap().1
+            self.0.bytes_and_writes.lock().unwrap().1
         }
-    }
-
-    fn wait_for(out: &Shared, f: impl Fn(&str) -> bool) {
-        // Bounded by iterations, not by wall-clock speed.
-        for _ in 0..2000 {
-            if f(&out.text()) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        /// Waits for the writer's next writes until `f` holds. The deadline
+        /// only turns a hang into a failure; nothing depends on speed.
+        fn wait_for(&self, f: impl Fn(&str) -> bool) {
+            let g = self.0.bytes_and_writes.lock().unwrap();
+            let (g, _) = self
+                .0
+                .changed
+                .wait_timeout_while(g, Duration::from_secs(30), |g| {
+                    !f(std::str::from_utf8(&g.0).unwrap())
+                })
+                .unwrap();
+            assert!(
+                f(std::str::from_utf8(&g.0).unwrap()),
+                "output never matched: {:?}",
+                g.0
+            );
         }
-        panic!("output never matched: {:?}", out.text());
     }
 
     #[test]
     fn a_quiet_writers_first_record_is_written_at_once() {
-        let out = Shared::default();
+        let out = Output::default();
         let opts = BatchOptions {
             // A record must not wait for this.
             interval: Duration::from_secs(3600),
             ..BatchOptions::default()
         };
         let (w, guard) = BatchWriter::spawn(out.clone(), "t", opts).unwrap();
-        w.append(b"one\n");
-        wait_for(&out, |t| t == "one\n");
+        w.append_line(b"one");
+        out.wait_for(|t| t == "one\n");
         drop(guard);
     }
 
     #[test]
     fn dropping_the_guard_writes_everything_in_order() {
-        let out = Shared::default();
+        let out = Output::default();
         let opts = BatchOptions {
             interval: Duration::from_secs(3600),
             flush_at: 1 << 30,
@@ -292,9 +277,10 @@ mod tests {
         let (w, guard) = BatchWriter::spawn(out.clone(), "t", opts).unwrap();
         let mut expected = String::new();
         for i in 0..10_000 {
-            let line = format!("{i}\n");
-            w.append(line.as_bytes());
+            let line = i.to_string();
+            w.append_line(line.as_bytes());
             expected.push_str(&line);
+            expected.push('\n');
         }
         drop(guard);
         assert_eq!(out.text(), expected);
@@ -304,7 +290,7 @@ mod tests {
 
     #[test]
     fn many_threads_lose_nothing_even_past_max_pending() {
-        let out = Shared::default();
+        let out = Output::default();
         let opts = BatchOptions {
             interval: Duration::from_millis(1),
             flush_at: 64,
@@ -317,7 +303,7 @@ mod tests {
                 let w = w.clone();
                 std::thread::spawn(move || {
                     for i in 0..2000 {
-                        w.append(format!("{t}-{i}\n").as_bytes());
+                        w.append_line(format!("{t}-{i}").as_bytes());
                     }
                 })
             })
@@ -356,7 +342,7 @@ mod tests {
         }
         let (w, guard) = BatchWriter::spawn(Failing, "t", BatchOptions::default()).unwrap();
         for _ in 0..100 {
-            w.append(b"x\n");
+            w.append_line(b"x");
         }
         // Returns: the writer kept going and exits on close.
         drop(guard);
