@@ -15,7 +15,7 @@ use proxy_core::config::{
 use proxy_core::credential::{CredentialSource, StaticSource};
 use proxy_core::facts::RefreshObserver;
 use proxy_core::secret::SecretSource;
-use proxy_core::stack::{self, Proxy, ProxyService, RouteLayers, RouteService};
+use proxy_core::stack::{self, Proxy, RouteLayers, RouteService};
 use proxy_core::upstream::UpstreamClients;
 use refresh_layer::provider::TokenProvider;
 use refresh_layer::provider::exec::ExecProvider;
@@ -259,14 +259,16 @@ pub fn build_proxy_with(
     let observer: Option<Arc<dyn RefreshObserver>> = (sink.is_some() || metrics)
         .then(|| Arc::new(AuditObserver::new(sink.clone(), metrics)) as Arc<dyn RefreshObserver>);
     let sources = credential_sources_with(&config, file, observer, previous)?;
-    let mut proxy = stack::build(config, file, &sources, upstreams, &LatchkeyLayers)?;
     let audit = match (sink, metrics) {
         (Some(sink), metrics) => Some(AuditLayer::new(sink, metrics)),
         (None, true) => Some(AuditLayer::metrics_only()),
         (None, false) => None,
     };
-    if let Some(layer) = audit {
-        proxy.service = ProxyService::new(layer.layer(proxy.service));
+    // The audit layer goes inside the one boxed service (not around a
+    // boxed stack): a boxed service clone and a boxed future less per
+    // request.
+    match audit {
+        Some(layer) => stack::build_with(config, file, &sources, upstreams, &LatchkeyLayers, layer),
+        None => stack::build(config, file, &sources, upstreams, &LatchkeyLayers),
     }
-    Ok(proxy)
 }

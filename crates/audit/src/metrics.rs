@@ -190,78 +190,158 @@ fn label(v: Option<&Arc<str>>) -> SharedString {
 /// Counts one finished request. `facts` and `record` describe the same
 /// request; `duration` is the time to its response headers.
 ///
-/// Handles are cached per thread by label values: building a metric key and
+/// Handles are cached per thread, per route: building a metric key and
 /// looking it up in the global registry costs far more than the atomic add
 /// itself, and the label sets are small and closed (config ids, status
-/// classes, reasons). Keys hold the label text, never a pointer, so a reload
-/// that renames a route cannot reuse a stale handle.
+/// classes, reasons). A route's handles are found by the address of its id
+/// (the `Arc<str>` the router hands out), which the cache entry keeps
+/// alive, so the address cannot be reused by another id while it is
+/// cached; a reload makes new ids and so new entries, never stale ones.
 pub fn record_request(facts: &RequestFacts, record: &RequestRecord<'_>, duration: Duration) {
-    let route = label(facts.route.as_ref());
     let class = status_class(record.audit.status_code);
     let reason = record.reason.map_or("none", |r| r.as_str());
     HANDLES.with(|h| {
         let mut h = h.borrow_mut();
         h.bound();
-        h.requests
-            .entry((route.clone(), class, reason))
-            .or_insert_with(|| {
-                metrics::counter!(
-                    REQUESTS_TOTAL,
-                    "route" => route.clone(),
-                    "status_class" => class,
-                    "reason" => reason,
-                )
-            })
-            .increment(1);
-        h.durations
-            .entry(route.clone())
-            .or_insert_with(|| metrics::histogram!(REQUEST_DURATION, "route" => route.clone()))
-            .record(duration.as_secs_f64());
+        let (route, len) = h.route(facts.route.as_ref());
+        route.request(class, reason, len).increment(1);
+        route.duration.record(duration.as_secs_f64());
         if let Some(status) = facts.upstream_status {
-            let credential = label(
-                facts
-                    .credential
-                    .as_ref()
-                    .map(|c| &c.id)
-                    .or(facts.route_credential.as_ref()),
-            );
-            h.upstream
-                .entry((route.clone(), credential.clone(), status))
-                .or_insert_with(|| {
-                    metrics::counter!(
-                        UPSTREAM_RESPONSES_TOTAL,
-                        "route" => route.clone(),
-                        "credential" => credential,
-                        "status" => status.to_string(),
-                    )
-                })
+            let credential = facts
+                .credential
+                .as_ref()
+                .map(|c| &c.id)
+                .or(facts.route_credential.as_ref());
+            route.upstream(credential, status, len).increment(1);
+        }
+        if let Some(outcome) = facts.retry {
+            metrics::counter!(RETRY401_TOTAL, "route" => route.label.clone(), "outcome" => outcome)
                 .increment(1);
         }
     });
-    if let Some(outcome) = facts.retry {
-        metrics::counter!(RETRY401_TOTAL, "route" => route, "outcome" => outcome).increment(1);
-    }
 }
 
-/// Keys are label values from the config and status codes, looked up on
-/// every request: foldhash, not SipHash (a third of the metrics cost).
+/// Keys are addresses; foldhash, not SipHash.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Per-thread metric handles; see [`record_request`].
 #[derive(Default)]
 struct Handles {
-    requests: FastMap<(SharedString, &'static str, &'static str), metrics::Counter>,
-    durations: FastMap<SharedString, metrics::Histogram>,
-    upstream: FastMap<(SharedString, SharedString, u16), metrics::Counter>,
+    /// By the address of the route id.
+    routes: FastMap<usize, RouteHandles>,
+    /// Requests that matched no route.
+    unrouted: Option<RouteHandles>,
+    /// Handles cached, over all routes.
+    len: usize,
+}
+
+/// One route's handles.
+struct RouteHandles {
+    /// Keeps the id (and so the cache key's address) alive.
+    label: SharedString,
+    duration: metrics::Histogram,
+    /// By status class and reason; a handful per route.
+    requests: Vec<(&'static str, &'static str, metrics::Counter)>,
+    /// By credential (kept alive, compared by address) and upstream status.
+    upstream: Vec<(Option<Arc<str>>, u16, metrics::Counter)>,
 }
 
 impl Handles {
-    /// Label sets are closed, but reloads can rename routes: a cache that
+    /// Label sets are closed, but reloads make new ids: a cache that
     /// outgrew any sane config is simply started over.
     fn bound(&mut self) {
-        if self.requests.len() + self.durations.len() + self.upstream.len() > 50_000 {
+        if self.len > 50_000 {
             *self = Self::default();
         }
+    }
+
+    /// The route's handles, and the count to bump for every handle added.
+    fn route(&mut self, route: Option<&Arc<str>>) -> (&mut RouteHandles, &mut usize) {
+        let len = &mut self.len;
+        let handles = match route {
+            Some(id) => self
+                .routes
+                .entry(Arc::as_ptr(id).cast::<u8>() as usize)
+                .or_insert_with(|| {
+                    *len += 1;
+                    RouteHandles::new(label(Some(id)))
+                }),
+            None => self.unrouted.get_or_insert_with(|| {
+                *len += 1;
+                RouteHandles::new(label(None))
+            }),
+        };
+        (handles, len)
+    }
+}
+
+impl RouteHandles {
+    fn new(label: SharedString) -> Self {
+        Self {
+            duration: metrics::histogram!(REQUEST_DURATION, "route" => label.clone()),
+            label,
+            requests: Vec::new(),
+            upstream: Vec::new(),
+        }
+    }
+
+    fn request(
+        &mut self,
+        class: &'static str,
+        reason: &'static str,
+        len: &mut usize,
+    ) -> &metrics::Counter {
+        let i = match self
+            .requests
+            .iter()
+            .position(|(c, r, _)| *c == class && *r == reason)
+        {
+            Some(i) => i,
+            None => {
+                let counter = metrics::counter!(
+                    REQUESTS_TOTAL,
+                    "route" => self.label.clone(),
+                    "status_class" => class,
+                    "reason" => reason,
+                );
+                self.requests.push((class, reason, counter));
+                *len += 1;
+                self.requests.len() - 1
+            }
+        };
+        &self.requests[i].2
+    }
+
+    fn upstream(
+        &mut self,
+        credential: Option<&Arc<str>>,
+        status: u16,
+        len: &mut usize,
+    ) -> &metrics::Counter {
+        let same = |c: &Option<Arc<str>>| match (c, credential) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        let i = match self
+            .upstream
+            .iter()
+            .position(|(c, s, _)| *s == status && same(c))
+        {
+            Some(i) => i,
+            None => {
+                let counter = metrics::counter!(
+                    UPSTREAM_RESPONSES_TOTAL,
+                    "route" => self.label.clone(),
+                    "credential" => label(credential),
+                    "status" => status.to_string(),
+                );
+                self.upstream.push((credential.cloned(), status, counter));
+                *len += 1;
+                self.upstream.len() - 1
+            }
+        };
+        &self.upstream[i].2
     }
 }
 

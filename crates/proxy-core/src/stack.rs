@@ -12,13 +12,14 @@
 
 use crate::ProxyBody;
 use crate::acquire::AcquireLayer;
-use crate::client_auth::{AuthorizeLayer, Client, ClientAuthLayer};
+use crate::client_auth::{AuthorizeLayer, Client, ClientAuth, ClientAuthLayer};
 use crate::config::{Config, ConfigError, FieldError, RouteConfig};
 use crate::credential::CredentialSource;
-use crate::edge::EdgeLayer;
+use crate::edge::{Edge, EdgeLayer};
 use crate::error::{BoxError, NoRoute};
 use crate::forward::{Forward, ForwardTarget};
 use crate::inject::{InjectLayer, InjectSpec, Injection};
+use crate::limit::Shed;
 use crate::router::Router;
 use crate::secret::SecretSource;
 use crate::upstream::UpstreamClients;
@@ -28,8 +29,9 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use tower::layer::util::Identity;
 use tower::util::{BoxCloneSyncService, Oneshot};
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 /// A route's service: request in, response or error out.
 pub type RouteService = BoxCloneSyncService<Request<ProxyBody>, Response<ProxyBody>, BoxError>;
@@ -96,6 +98,10 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
+/// The proxy's stack below any outer layer: edge errors -> load shedding ->
+/// client auth -> routing to the per-route stacks.
+pub type EdgeStack = Edge<Shed<ClientAuth<Dispatch>>>;
+
 /// Builds the [`Proxy`] for `config`.
 ///
 /// `sources` maps every credential id in the config to its source. `file`
@@ -107,6 +113,30 @@ pub fn build(
     upstreams: &UpstreamClients,
     extra: &dyn RouteLayers,
 ) -> Result<Proxy, ConfigError> {
+    build_with(config, file, sources, upstreams, extra, Identity::new())
+}
+
+/// As [`build`], with `outer` wrapped around the whole stack (the audit
+/// layer, which must see every request and every response) before the
+/// stack is boxed: one boxed service and one boxed future per request,
+/// not two.
+pub fn build_with<L>(
+    config: Arc<Config>,
+    file: &str,
+    sources: &HashMap<String, Arc<dyn CredentialSource>>,
+    upstreams: &UpstreamClients,
+    extra: &dyn RouteLayers,
+    outer: L,
+) -> Result<Proxy, ConfigError>
+where
+    L: Layer<EdgeStack>,
+    L::Service: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    <L::Service as Service<Request<ProxyBody>>>::Future: Send + 'static,
+{
     let poll = config.secrets.file_poll_interval;
     let mut errs = Vec::new();
     let clients: Vec<Client> = config
@@ -223,6 +253,7 @@ pub fn build(
         .collect();
     let service = BoxCloneSyncService::new(
         ServiceBuilder::new()
+            .layer(outer)
             .layer(EdgeLayer::new())
             .layer(crate::limit::ShedLayer::new(
                 config.proxy.max_concurrent_requests,

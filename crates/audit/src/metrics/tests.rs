@@ -213,3 +213,83 @@ fn reloads_are_counted() {
     );
     assert_eq!(after, Some(before.unwrap_or(0.0) + 1.0));
 }
+
+/// Handles are cached per route id `Arc` (by address): a reload that
+/// builds a new `Arc` with the same text counts into the same series, one
+/// route's statuses and credentials never mix, and neither does another
+/// route whose id was dropped and whose address could be reused.
+#[test]
+fn cached_handles_follow_labels_not_addresses() {
+    let handle = install();
+    let req = Request::get("/x").body(()).unwrap();
+    let meta = RequestMeta::from_request(&req);
+    let count = |route: &Arc<str>, cred: Option<&str>, status: u16, n: usize| {
+        let facts = RequestFacts {
+            route: Some(route.clone()),
+            route_credential: cred.map(Arc::from),
+            upstream_status: Some(status),
+            ..RequestFacts::default()
+        };
+        for _ in 0..n {
+            let r = RequestRecord::from_parts(
+                &meta,
+                &facts,
+                StatusCode::from_u16(status).unwrap(),
+                None,
+                Duration::from_millis(1),
+                false,
+                SystemTime::now(),
+            );
+            record_request(&facts, &r, Duration::from_millis(1));
+        }
+    };
+    let before_reload: Arc<str> = Arc::from("unit-cache-route");
+    count(&before_reload, Some("unit-cache-cred"), 200, 3);
+    count(&before_reload, Some("unit-cache-cred"), 503, 1);
+    count(&before_reload, None, 200, 2);
+    // Dropped by a reload; a new id may land at the same address.
+    drop(before_reload);
+    let after_reload: Arc<str> = Arc::from("unit-cache-route");
+    count(&after_reload, Some("unit-cache-cred"), 200, 4);
+    let other: Arc<str> = Arc::from("unit-cache-other");
+    count(&other, Some("unit-cache-cred"), 200, 5);
+
+    let text = handle.render();
+    let upstream = |route: &str, cred: &str, status: &str| {
+        sample(
+            &text,
+            UPSTREAM_RESPONSES_TOTAL,
+            &[("route", route), ("credential", cred), ("status", status)],
+        )
+    };
+    assert_eq!(
+        upstream("unit-cache-route", "unit-cache-cred", "200"),
+        Some(7.0)
+    );
+    assert_eq!(
+        upstream("unit-cache-route", "unit-cache-cred", "503"),
+        Some(1.0)
+    );
+    assert_eq!(upstream("unit-cache-route", "none", "200"), Some(2.0));
+    assert_eq!(
+        upstream("unit-cache-other", "unit-cache-cred", "200"),
+        Some(5.0)
+    );
+    let requests = |route: &str, class: &str, reason: &str| {
+        sample(
+            &text,
+            REQUESTS_TOTAL,
+            &[
+                ("route", route),
+                ("status_class", class),
+                ("reason", reason),
+            ],
+        )
+    };
+    assert_eq!(requests("unit-cache-route", "2xx", "none"), Some(9.0));
+    assert_eq!(
+        requests("unit-cache-route", "5xx", "upstream_error"),
+        Some(1.0)
+    );
+    assert_eq!(requests("unit-cache-other", "2xx", "none"), Some(5.0));
+}

@@ -16,7 +16,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 /// Appends `record` as one line of JSON (no newline) to `out`.
+///
+/// Runs of literal text are written in one piece where a value is `null`
+/// or a whole object is at its default (no refresh, no retry): the common
+/// request is mostly those.
 pub(super) fn request(out: &mut Vec<u8>, r: &RequestRecord<'_>) {
+    // One record is ~600 bytes; the buffer is reused, so this rarely grows.
+    out.reserve(768);
     out.extend_from_slice(b"{\"kind\":");
     string(out, r.kind);
     out.extend_from_slice(b",\"ts\":");
@@ -29,23 +35,43 @@ pub(super) fn request(out: &mut Vec<u8>, r: &RequestRecord<'_>) {
     opt_string(out, r.route);
     out.extend_from_slice(b",\"audit\":");
     audit(out, &r.audit);
-    out.extend_from_slice(b",\"rejected_by\":");
-    opt_string(out, r.rejected_by);
-    out.extend_from_slice(b",\"upstream_status\":");
-    opt_int(out, r.upstream_status.map(u64::from));
+    match r.rejected_by {
+        Some(s) => {
+            out.extend_from_slice(b",\"rejected_by\":");
+            string(out, s);
+        }
+        None => out.extend_from_slice(b",\"rejected_by\":null"),
+    }
+    match r.upstream_status {
+        Some(s) => {
+            out.extend_from_slice(b",\"upstream_status\":");
+            int(out, u64::from(s));
+        }
+        None => out.extend_from_slice(b",\"upstream_status\":null"),
+    }
     out.extend_from_slice(b",\"upstream_ms\":");
     opt_float(out, r.upstream_ms);
-    out.extend_from_slice(b",\"denial_source\":");
-    opt_string(out, r.denial_source.map(|d| d.as_str()));
+    match r.denial_source {
+        // Closed set: never needs escaping.
+        Some(d) => {
+            out.extend_from_slice(b",\"denial_source\":\"");
+            out.extend_from_slice(d.as_str().as_bytes());
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b",\"denial_source\":null"),
+    }
     out.extend_from_slice(b",\"credential\":");
     credential(out, &r.credential);
-    out.extend_from_slice(b",\"refresh\":");
     refresh(out, &r.refresh);
-    out.extend_from_slice(b",\"retry401\":");
     retry401(out, &r.retry401);
-    out.extend_from_slice(b",\"reason\":");
-    opt_string(out, r.reason.map(|r| r.as_str()));
-    out.push(b'}');
+    match r.reason {
+        Some(reason) => {
+            out.extend_from_slice(b",\"reason\":\"");
+            out.extend_from_slice(reason.as_str().as_bytes());
+            out.extend_from_slice(b"\"}");
+        }
+        None => out.extend_from_slice(b",\"reason\":null}"),
+    }
 }
 
 fn audit(out: &mut Vec<u8>, a: &AuditFields<'_>) {
@@ -60,9 +86,10 @@ fn audit(out: &mut Vec<u8>, a: &AuditFields<'_>) {
         Some(addr) => socket_addr(out, addr),
         None => null(out),
     }
-    out.extend_from_slice(b",\"action\":");
-    string(out, a.action.as_str());
-    out.extend_from_slice(b",\"status_code\":");
+    // Closed set: never needs escaping.
+    out.extend_from_slice(b",\"action\":\"");
+    out.extend_from_slice(a.action.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"status_code\":");
     int(out, u64::from(a.status_code));
     out.extend_from_slice(b",\"duration_ms\":");
     float(out, a.duration_ms);
@@ -83,8 +110,22 @@ fn credential(out: &mut Vec<u8>, c: &CredentialFields<'_>) {
     out.push(b'}');
 }
 
+/// `,"refresh":{...}`.
 fn refresh(out: &mut Vec<u8>, r: &RefreshFields<'_>) {
-    out.extend_from_slice(b"{\"ran\":");
+    if let RefreshFields {
+        ran: false,
+        trigger: None,
+        result: None,
+        duration_ms: None,
+        error_code: None,
+    } = r
+    {
+        out.extend_from_slice(
+            b",\"refresh\":{\"ran\":false,\"trigger\":null,\"result\":null,\"duration_ms\":null,\"error_code\":null}",
+        );
+        return;
+    }
+    out.extend_from_slice(b",\"refresh\":{\"ran\":");
     boolean(out, r.ran);
     out.extend_from_slice(b",\"trigger\":");
     opt_string(out, r.trigger);
@@ -97,8 +138,17 @@ fn refresh(out: &mut Vec<u8>, r: &RefreshFields<'_>) {
     out.push(b'}');
 }
 
+/// `,"retry401":{...}`.
 fn retry401(out: &mut Vec<u8>, r: &Retry401Fields) {
-    out.extend_from_slice(b"{\"attempted\":");
+    if let Retry401Fields {
+        attempted: false,
+        outcome: None,
+    } = r
+    {
+        out.extend_from_slice(b",\"retry401\":{\"attempted\":false,\"outcome\":null}");
+        return;
+    }
+    out.extend_from_slice(b",\"retry401\":{\"attempted\":");
     boolean(out, r.attempted);
     out.extend_from_slice(b",\"outcome\":");
     opt_string(out, r.outcome);
@@ -157,9 +207,38 @@ fn opt_signed(out: &mut Vec<u8>, n: Option<i64>) {
     }
 }
 
-/// serde_json's own float format (shortest round-trip form, `null` if not
-/// finite); only strings are worth writing by hand.
+/// serde_json's float format (shortest round-trip form, `null` if not
+/// finite). Durations are whole microseconds in milliseconds (`n / 1000`),
+/// whose shortest form is the decimal `n / 1000` itself with trailing
+/// zeros dropped (any shorter decimal is at least 0.001 away, far more than
+/// half the float spacing below 10^12): those are written with integer
+/// arithmetic, anything else by serde_json.
 fn float(out: &mut Vec<u8>, f: f64) {
+    // Not -0.0, which serde_json writes as `-0.0`.
+    if f.is_sign_positive() && f < 1e12 {
+        // 0 <= micros < 10^15: the cast is exact.
+        let n = (f * 1000.0).round() as u64;
+        if n as f64 / 1000.0 == f {
+            let mut itoa = itoa::Buffer::new();
+            out.extend_from_slice(itoa.format(n / 1000).as_bytes());
+            let frac = n % 1000;
+            // ASCII digits from values < 10.
+            let digits = [
+                b'.',
+                b'0' + (frac / 100) as u8,
+                b'0' + (frac / 10 % 10) as u8,
+                b'0' + (frac % 10) as u8,
+            ];
+            let len = match frac {
+                0 => 2,
+                f if f % 100 == 0 => 2,
+                f if f % 10 == 0 => 3,
+                _ => 4,
+            };
+            out.extend_from_slice(&digits[..len]);
+            return;
+        }
+    }
     // Writing into a Vec cannot fail.
     let _ = f.serialize(&mut serde_json::Serializer::new(&mut *out));
 }
@@ -233,4 +312,59 @@ fn ts(out: &mut Vec<u8>, t: SystemTime) {
         b'Z',
         b'"',
     ]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serde(f: f64) -> String {
+        serde_json::to_string(&f).unwrap()
+    }
+
+    fn ours(f: f64) -> String {
+        let mut out = Vec::new();
+        float(&mut out, f);
+        String::from_utf8(out).unwrap()
+    }
+
+    /// The integer fast path writes exactly what serde_json writes, for
+    /// every kind of millisecond value the records hold and the edges of
+    /// the fast path.
+    #[test]
+    fn floats_are_exactly_serde_jsons() {
+        let mut micros: Vec<u64> = (0..=20_000).collect();
+        micros.extend((0..2_000).map(|i| i * 999_983 + 7));
+        micros.extend([
+            999_999,
+            1_000_000,
+            1_234_567,
+            86_400_000_000,
+            999_999_999_999_999,
+            1_000_000_000_000_000,
+            (1 << 53) - 1,
+            1 << 53,
+        ]);
+        for n in micros {
+            let f = n as f64 / 1000.0;
+            assert_eq!(ours(f), serde(f), "{n} us");
+        }
+        for f in [
+            -0.0,
+            -1.5,
+            0.1,
+            1e-7,
+            1.0 / 3.0,
+            1e12,
+            1e12 - 0.001,
+            1e16,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            f64::NAN,
+            f64::INFINITY,
+            crate::record::millis(std::time::Duration::MAX),
+        ] {
+            assert_eq!(ours(f), serde(f), "{f:?}");
+        }
+    }
 }
