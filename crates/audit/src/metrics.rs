@@ -237,7 +237,8 @@ struct Handles {
 
 /// One route's handles.
 struct RouteHandles {
-    /// Keeps the id (and so the cache key's address) alive.
+    /// Keeps the id, and so the cache key's address, alive.
+    _id: Option<Arc<str>>,
     label: SharedString,
     duration: metrics::Histogram,
     /// By status class and reason; a handful per route.
@@ -264,11 +265,11 @@ impl Handles {
                 .entry(Arc::as_ptr(id).cast::<u8>() as usize)
                 .or_insert_with(|| {
                     *len += 1;
-                    RouteHandles::new(label(Some(id)))
+                    RouteHandles::new(Some(id))
                 }),
             None => self.unrouted.get_or_insert_with(|| {
                 *len += 1;
-                RouteHandles::new(label(None))
+                RouteHandles::new(None)
             }),
         };
         (handles, len)
@@ -276,8 +277,10 @@ impl Handles {
 }
 
 impl RouteHandles {
-    fn new(label: SharedString) -> Self {
+    fn new(id: Option<&Arc<str>>) -> Self {
+        let label = label(id);
         Self {
+            _id: id.cloned(),
             duration: metrics::histogram!(REQUEST_DURATION, "route" => label.clone()),
             label,
             requests: Vec::new(),
