@@ -11,7 +11,8 @@
 # latchkey runs, not the machine. Prints one line per config and the
 # on/off ratio; exits non-zero on any non-2xx response.
 #
-# Knobs: CONNS=8, DURATION=10s, SKIP_BUILD=1, KEEP_TMP=1, BUILD_TIMEOUT=1800.
+# Knobs: CONNS=8, DURATION=10s, SKIP_BUILD=1, KEEP_TMP=1, BUILD_TIMEOUT=1800,
+# LATCHKEY=path (another build of the binary, e.g. target/profiling/latchkey).
 # Needs valgrind, wrk, curl (installed from Debian if missing and root).
 set -euo pipefail
 
@@ -39,7 +40,7 @@ fi
 if [[ -z ${SKIP_BUILD:-} ]]; then
     timeout "$BUILD_TIMEOUT" cargo build --release --bin latchkey --example upstream >&2
 fi
-LATCHKEY=$TARGET_DIR/release/latchkey
+LATCHKEY=${LATCHKEY:-$TARGET_DIR/release/latchkey}
 UPSTREAM=$TARGET_DIR/release/examples/upstream
 [[ -x $LATCHKEY && -x $UPSTREAM ]] || die "build the release binary and the upstream example first"
 

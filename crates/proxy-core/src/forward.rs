@@ -39,10 +39,19 @@ pub struct ForwardTarget {
 }
 
 /// Forwards requests to one upstream; see the module docs.
+///
+/// Cloned for every request (tower services are), so everything sits
+/// behind one `Arc`: a clone is one reference count, not a copy of the
+/// pooled client's handles.
 #[derive(Clone, Debug)]
 pub struct Forward {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
     client: HttpClient,
-    target: Arc<ForwardTarget>,
+    target: ForwardTarget,
     host: HeaderValue,
     origin: Arc<str>,
 }
@@ -56,15 +65,17 @@ impl Forward {
         let host = HeaderValue::from_str(target.upstream.authority.as_str())?;
         let origin = Arc::from(target.upstream.origin());
         Ok(Self {
-            client,
-            target: Arc::new(target),
-            host,
-            origin,
+            shared: Arc::new(Shared {
+                client,
+                target,
+                host,
+                origin,
+            }),
         })
     }
 
     fn upstream_uri(&self, uri: &Uri) -> Result<Uri, http::Error> {
-        let t = &self.target;
+        let t = &self.shared.target;
         let path = uri.path();
         let rest = match &t.strip_prefix {
             Some(p) => path.strip_prefix(p.as_str()).unwrap_or(path),
@@ -110,7 +121,7 @@ impl Service<Request<ProxyBody>> for Forward {
                 return Box::pin(async move { Err(e.into()) });
             }
         };
-        let limit = self.target.max_request_body;
+        let limit = self.shared.target.max_request_body;
         if let Some(limit) = limit
             && parts
                 .headers
@@ -134,20 +145,23 @@ impl Service<Request<ProxyBody>> for Forward {
         let caller_host = parts
             .headers
             .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+            .filter(|h| h.to_str().is_ok())
+            .cloned()
+            .or_else(|| {
+                let a = parts.uri.authority()?;
+                HeaderValue::from_str(a.as_str()).ok()
+            });
         remove_hop_by_hop(&mut parts.headers, upgrade);
         add_forwarded(
             &mut parts.headers,
             conn.map(|c| c.remote_addr.ip()),
             conn.is_some_and(|c| c.tls),
-            caller_host.as_deref(),
+            caller_host,
         );
         if let Some(id) = parts.extensions.get::<RequestId>() {
             parts.headers.insert(RequestId::HEADER, id.0.clone());
         }
-        parts.headers.insert(header::HOST, self.host.clone());
+        parts.headers.insert(header::HOST, self.shared.host.clone());
         parts.uri = uri;
         // The pooled client picks h1 or h2 per connection (ALPN); the caller's
         // version must not force one.
@@ -162,13 +176,14 @@ impl Service<Request<ProxyBody>> for Forward {
         let facts = parts.extensions.get::<Arc<crate::facts::Facts>>().cloned();
         let req = Request::from_parts(parts, body);
 
-        let client = self.client.clone();
-        let timeout = self.target.timeout;
-        let connect_timeout = self.target.connect_timeout;
-        let origin = self.origin.clone();
+        // The client's future owns what it needs: no client clone here.
+        let sent = self.shared.client.request(req);
+        let shared = self.shared.clone();
         Box::pin(async move {
+            let (timeout, connect_timeout) = (shared.target.timeout, shared.target.connect_timeout);
+            let origin = &shared.origin;
             let started = tokio::time::Instant::now();
-            let result = tokio::time::timeout(timeout, client.request(req)).await;
+            let result = tokio::time::timeout(timeout, sent).await;
             if let Some(f) = &facts {
                 f.update(|f| {
                     f.upstream_attempts = f.upstream_attempts.saturating_add(1);
@@ -189,7 +204,7 @@ impl Service<Request<ProxyBody>> for Forward {
                     .into());
                 }
                 Ok(Err(e)) => {
-                    let e = map_client_error(e, &origin, limit, connect_timeout);
+                    let e = map_client_error(e, origin, limit, connect_timeout);
                     if let Some(f) = facts.as_ref().filter(|_| e.is::<BodyTooLarge>()) {
                         f.update(|f| f.rejected_by = Some("limits"));
                     }

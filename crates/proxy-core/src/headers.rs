@@ -96,12 +96,13 @@ fn push_ip(out: &mut String, ip: IpAddr) {
 }
 
 /// Appends the caller to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
-/// `X-Forwarded-Host` (the host the caller asked for).
+/// `X-Forwarded-Host` (the host the caller asked for, shared with the
+/// caller's `Host` value, not copied).
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     remote: Option<IpAddr>,
     tls: bool,
-    host: Option<&str>,
+    host: Option<HeaderValue>,
 ) {
     if let Some(ip) = remote {
         let mut value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -109,7 +110,8 @@ pub fn add_forwarded(
             _ => String::with_capacity(15),
         };
         push_ip(&mut value, ip);
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        // The string's own buffer becomes the value: no second copy.
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value.into_bytes())) {
             headers.insert(X_FORWARDED_FOR, v);
         }
     }
@@ -117,7 +119,7 @@ pub fn add_forwarded(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
-    if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+    if let Some(h) = host {
         headers.insert(X_FORWARDED_HOST, h);
     }
 }
@@ -161,7 +163,7 @@ mod tests {
             &mut h,
             Some("127.0.0.1".parse().unwrap()),
             false,
-            Some("api.local"),
+            Some(HeaderValue::from_static("api.local")),
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");

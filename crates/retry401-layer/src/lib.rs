@@ -53,8 +53,10 @@
 //! # let _ = svc; }
 //! ```
 
+mod again;
 mod replay;
 
+use again::Again;
 pub use replay::{Replay, capture};
 
 use futures_util::future::BoxFuture;
@@ -160,10 +162,11 @@ impl Retry401Layer {
     }
 }
 
-impl<S> Layer<S> for Retry401Layer {
+impl<S: Clone> Layer<S> for Retry401Layer {
     type Service = Retry401<S>;
     fn layer(&self, inner: S) -> Self::Service {
         Retry401 {
+            pristine: Arc::new(inner.clone()),
             inner,
             source: self.source.clone(),
             policy: self.policy.clone(),
@@ -175,6 +178,10 @@ impl<S> Layer<S> for Retry401Layer {
 #[derive(Clone, Debug)]
 pub struct Retry401<S> {
     inner: S,
+    /// Cloned for a replay when the request's first attempt went to
+    /// `inner` directly (no body to read first), so a request that is
+    /// never replayed costs no service clone.
+    pristine: Arc<S>,
     source: Arc<dyn CredentialSource>,
     policy: Arc<RetryPolicy>,
 }
@@ -210,6 +217,7 @@ where
     S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError>
         + Clone
         + Send
+        + Sync
         + 'static,
     S::Future: Send,
 {
@@ -222,12 +230,55 @@ where
     }
 
     fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
-        // Keep the instance that was polled ready for the first attempt.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
         let source = self.source.clone();
         let policy = self.policy.clone();
-        Box::pin(retry(inner, source, policy, req))
+        let (parts, body) = req.into_parts();
+        let facts = parts.extensions.get::<Arc<Facts>>().cloned();
+        let upgrade = is_upgrade(&parts.headers);
+        if upgrade || http_body::Body::is_end_stream(&body) {
+            // Nothing to read before the first attempt: send it now, on the
+            // instance that was polled ready. An upgrade is never replayed.
+            let (body, again) = if upgrade {
+                (body, None)
+            } else {
+                let again = Again::capture(&parts, Replay::default());
+                (proxy_core::empty(), Some(again))
+            };
+            let first = call(&mut self.inner, Request::from_parts(parts, body));
+            let replayer = Replayer::Pristine(self.pristine.clone());
+            return Box::pin(settle(first, again, replayer, source, policy, facts));
+        }
+        // The body is read first: keep the instance that was polled ready
+        // for the first attempt.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let declared = parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let (body, replay) = capture(body, declared, policy.max_replay_body).await?;
+            let again = replay.map(|r| Again::capture(&parts, r));
+            let first = call(&mut inner, Request::from_parts(parts, body));
+            settle(first, again, Replayer::Owned(inner), source, policy, facts).await
+        })
+    }
+}
+
+/// The service a replay goes to.
+enum Replayer<S> {
+    /// The one the first attempt used (polled ready again before the replay).
+    Owned(S),
+    /// A clone of this, made only if a replay is sent.
+    Pristine(Arc<S>),
+}
+
+impl<S: Clone> Replayer<S> {
+    fn into_service(self) -> S {
+        match self {
+            Self::Owned(s) => s,
+            Self::Pristine(s) => S::clone(&s),
+        }
     }
 }
 
@@ -253,41 +304,20 @@ where
     }))
 }
 
-async fn retry<S>(
-    mut inner: S,
+/// After the first attempt: return its response, or refresh and replay once.
+async fn settle<S>(
+    first: Call,
+    again: Option<Again>,
+    replayer: Replayer<S>,
     source: Arc<dyn CredentialSource>,
     policy: Arc<RetryPolicy>,
-    req: Request<ProxyBody>,
+    facts: Option<Arc<Facts>>,
 ) -> Result<Response<ProxyBody>, BoxError>
 where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError> + Send,
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError> + Clone + Send,
     S::Future: Send + 'static,
 {
-    let (parts, body) = req.into_parts();
-    let facts = parts.extensions.get::<Arc<Facts>>().cloned();
-    let (body, replay) = if is_upgrade(&parts.headers) {
-        (body, None)
-    } else {
-        let declared = parts
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        capture(body, declared, policy.max_replay_body).await?
-    };
-    let again = replay.as_ref().map(|r| {
-        let mut b = Request::builder()
-            .method(parts.method.clone())
-            .uri(parts.uri.clone())
-            .version(parts.version);
-        if let Some(h) = b.headers_mut() {
-            h.clone_from(&parts.headers);
-        }
-        if let Some(x) = b.extensions_mut() {
-            x.clone_from(&parts.extensions);
-        }
-        b.body(r.body())
-    });
-    let mut resp = call(&mut inner, Request::from_parts(parts, body)).await?;
+    let mut resp = first.await?;
     if !policy.statuses.contains(&resp.status()) {
         return Ok(resp);
     }
@@ -297,7 +327,7 @@ where
         return Ok(resp);
     };
     let first_status = resp.status();
-    let Some(Ok(again)) = again else {
+    let Some(again) = again else {
         tracing::info!(credential = %rejected.id, generation = rejected.generation, "credential rejected; body too large to replay");
         mark(
             &mut resp,
@@ -345,8 +375,9 @@ where
         return Ok(resp);
     }
     drop(resp);
+    let mut inner = replayer.into_service();
     ready(&mut inner).await?;
-    let mut second = call(&mut inner, again).await?;
+    let mut second = call(&mut inner, again.into_request()).await?;
     let replay_generation = second
         .extensions()
         .get::<CredentialUsed>()

@@ -29,19 +29,20 @@ pub struct Replay {
 impl Replay {
     /// A fresh body with the same bytes (and trailers).
     pub fn body(&self) -> ProxyBody {
-        let mut frames = Vec::with_capacity(2);
-        if !self.data.is_empty() {
-            frames.push(Ok::<_, BoxError>(Frame::data(self.data.clone())));
+        match &self.trailers {
+            None if self.data.is_empty() => proxy_core::empty(),
+            None => boxed(http_body_util::Full::new(self.data.clone())),
+            Some(t) => {
+                let mut frames = Vec::with_capacity(2);
+                if !self.data.is_empty() {
+                    frames.push(Ok::<_, BoxError>(Frame::data(self.data.clone())));
+                }
+                frames.push(Ok(Frame::trailers(t.clone())));
+                boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+                    frames,
+                )))
+            }
         }
-        if let Some(t) = &self.trailers {
-            frames.push(Ok(Frame::trailers(t.clone())));
-        }
-        if frames.len() == 1 && self.trailers.is_none() {
-            return boxed(http_body_util::Full::new(self.data.clone()));
-        }
-        boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
-            frames,
-        )))
     }
 
     /// Number of body bytes.

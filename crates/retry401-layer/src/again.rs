@@ -1,0 +1,184 @@
+//! The copy of a request kept for its replay.
+//!
+//! The copy is made before the first attempt (the layers inside consume and
+//! change the request: injection adds the credential, forwarding rewrites
+//! the target and the hop-by-hop headers), for every replayable request,
+//! although almost none is ever replayed. So it is kept cheap: method,
+//! target, version and headers are cloned (the header values share their
+//! bytes), the body is the buffered [`Replay`] and becomes a body only when
+//! a replay is sent, and the extensions are kept as typed values when they
+//! are only the ones latchkey's own outer layers put there (the
+//! connection, the request id, the facts slot, the client identity, the
+//! peer certificate): no type-erased map and no boxed copy of each value
+//! per request. A request carrying any other extension keeps a clone of
+//! all of them, so a replay always carries exactly what the first attempt
+//! did.
+
+use crate::Replay;
+use http::request::Parts;
+use http::{Extensions, HeaderMap, Method, Request, Uri, Version};
+use proxy_core::ProxyBody;
+use proxy_core::context::{ClientIdentity, ConnInfo, PeerIdentity, RequestId};
+use proxy_core::facts::Facts;
+use std::sync::Arc;
+
+/// Everything needed to send the request again.
+pub(crate) struct Again {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: Carried,
+    body: Replay,
+}
+
+enum Carried {
+    /// Only the types in [`Known`] were present.
+    Known(Known),
+    /// Something else too: a clone of them all.
+    All(Extensions),
+}
+
+#[derive(Default)]
+struct Known {
+    facts: Option<Arc<Facts>>,
+    conn: Option<ConnInfo>,
+    id: Option<RequestId>,
+    client: Option<ClientIdentity>,
+    peer: Option<PeerIdentity>,
+}
+
+impl Again {
+    /// Copies what a replay of the request `parts` with body `body` needs.
+    pub(crate) fn capture(parts: &Parts, body: Replay) -> Self {
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            extensions: Carried::capture(&parts.extensions),
+            body,
+        }
+    }
+
+    /// The request to replay.
+    pub(crate) fn into_request(self) -> Request<ProxyBody> {
+        let mut req = Request::new(self.body.body());
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        *req.extensions_mut() = self.extensions.into_extensions();
+        req
+    }
+}
+
+impl Carried {
+    fn capture(ext: &Extensions) -> Self {
+        let known = Known {
+            facts: ext.get().cloned(),
+            conn: ext.get().copied(),
+            id: ext.get().cloned(),
+            client: ext.get().cloned(),
+            peer: ext.get().cloned(),
+        };
+        let present = usize::from(known.facts.is_some())
+            + usize::from(known.conn.is_some())
+            + usize::from(known.id.is_some())
+            + usize::from(known.client.is_some())
+            + usize::from(known.peer.is_some());
+        if present == ext.len() {
+            Self::Known(known)
+        } else {
+            Self::All(ext.clone())
+        }
+    }
+
+    fn into_extensions(self) -> Extensions {
+        match self {
+            Self::All(ext) => ext,
+            Self::Known(k) => {
+                let mut ext = Extensions::new();
+                if let Some(v) = k.facts {
+                    ext.insert(v);
+                }
+                if let Some(v) = k.conn {
+                    ext.insert(v);
+                }
+                if let Some(v) = k.id {
+                    ext.insert(v);
+                }
+                if let Some(v) = k.client {
+                    ext.insert(v);
+                }
+                if let Some(v) = k.peer {
+                    ext.insert(v);
+                }
+                ext
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn parts(extra: bool) -> Parts {
+        let mut req = Request::post("http://h/p?q=1")
+            .header("x-a", "1")
+            .header("x-a", "2")
+            .body(())
+            .unwrap();
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let ext = req.extensions_mut();
+        ext.insert(ConnInfo {
+            remote_addr: addr,
+            local_addr: addr,
+            tls: false,
+        });
+        ext.insert(RequestId::generate());
+        ext.insert(Facts::new());
+        ext.insert(ClientIdentity(Some("c".into())));
+        if extra {
+            ext.insert(7u32);
+        }
+        req.into_parts().0
+    }
+
+    fn check(extra: bool) {
+        let p = parts(extra);
+        let again = Again::capture(&p, Replay::default());
+        assert_eq!(
+            matches!(again.extensions, Carried::Known(_)),
+            !extra,
+            "typed copy exactly when only known types are present"
+        );
+        let r = again.into_request();
+        assert_eq!(r.method(), p.method);
+        assert_eq!(r.uri(), &p.uri);
+        assert_eq!(r.version(), p.version);
+        assert_eq!(r.headers(), &p.headers);
+        let (a, b) = (r.extensions(), &p.extensions);
+        assert_eq!(a.len(), b.len());
+        assert_eq!(a.get::<ConnInfo>(), b.get::<ConnInfo>());
+        assert_eq!(a.get::<RequestId>(), b.get::<RequestId>());
+        assert_eq!(a.get::<ClientIdentity>(), b.get::<ClientIdentity>());
+        assert!(Arc::ptr_eq(
+            a.get::<Arc<Facts>>().unwrap(),
+            b.get::<Arc<Facts>>().unwrap()
+        ));
+        assert_eq!(a.get::<u32>(), b.get::<u32>());
+    }
+
+    #[test]
+    fn known_extensions_are_carried_typed() {
+        check(false);
+    }
+
+    #[test]
+    fn any_other_extension_carries_them_all() {
+        check(true);
+    }
+}
