@@ -254,7 +254,16 @@ pub fn log_layers(
         LogFormat::Text => logs.boxed(),
         LogFormat::Json => logs.json().boxed(),
     };
-    let not_audit = tracing_subscriber::filter::filter_fn(|m| m.target() != audit::sink::TARGET);
+    // The outer filter's level hint is the whole layer's: without one,
+    // every disabled `trace!` in the dependencies (hyper-util's pool logs
+    // several per request) would be checked against the filters at run
+    // time instead of skipped by the global level check.
+    let hint = filter.max_level_hint();
+    let mut not_audit =
+        tracing_subscriber::filter::filter_fn(|m| m.target() != audit::sink::TARGET);
+    if let Some(h) = hint {
+        not_audit = not_audit.with_max_level_hint(h);
+    }
     let mut layers = vec![logs.with_filter(filter).with_filter(not_audit).boxed()];
     if let Some(w) = audit {
         layers.push(audit::sink::audit_layer(w).boxed());
@@ -464,5 +473,32 @@ fn grant_name(g: proxy_core::config::Grant) -> &'static str {
     match g {
         proxy_core::config::Grant::RefreshToken => "refresh_token",
         proxy_core::config::Grant::ClientCredentials => "client_credentials",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+
+    /// The debug-log layer reports `RUST_LOG`'s level, so disabled events
+    /// are skipped by tracing's global level check (see `log_layers`).
+    #[test]
+    fn log_layer_carries_the_filter_level() {
+        for (directive, level) in [
+            ("warn", LevelFilter::WARN),
+            ("info,latchkey=debug", LevelFilter::DEBUG),
+        ] {
+            let filter = tracing_subscriber::EnvFilter::new(directive);
+            let layers = log_layers(
+                LogFormat::Text,
+                filter,
+                BoxMakeWriter::new(std::io::sink),
+                None,
+            );
+            assert_eq!(layers[0].max_level_hint(), Some(level), "{directive}");
+        }
     }
 }
