@@ -176,7 +176,8 @@ impl Service<Request<ProxyBody>> for Forward {
         let facts = parts.extensions.get::<Arc<crate::facts::Facts>>().cloned();
         let req = Request::from_parts(parts, body);
 
-        // The client's future owns what it needs: no client clone here.
+        // The client's future owns what it needs (hyper-util clones the
+        // client into it): no second clone here.
         let sent = self.shared.client.request(req);
         let shared = self.shared.clone();
         Box::pin(async move {
