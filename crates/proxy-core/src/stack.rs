@@ -12,7 +12,7 @@
 
 use crate::ProxyBody;
 use crate::acquire::AcquireLayer;
-use crate::client_auth::{AuthorizeLayer, Client, ClientAuth, ClientAuthLayer};
+use crate::client_auth::{Authorize, AuthorizeLayer, Client, ClientAuth, ClientAuthLayer};
 use crate::config::{Config, ConfigError, FieldError, RouteConfig};
 use crate::credential::CredentialSource;
 use crate::edge::{Edge, EdgeLayer};
@@ -66,13 +66,18 @@ impl RouteLayers for NoLayers {
     }
 }
 
+/// A route's whole stack: client authorization around the (boxed)
+/// credential stack. Not boxed again: [`Dispatch`] clones it per request,
+/// and every box level is one more allocation per clone and per future.
+pub type RouteStack = Authorize<RouteService>;
+
 /// One built route.
 #[derive(Debug)]
 pub struct Route {
     /// The route's id.
     pub id: Arc<str>,
     /// Its stack.
-    pub service: RouteService,
+    pub service: RouteStack,
 }
 
 /// A proxy built from one config.
@@ -216,14 +221,9 @@ where
             None => BoxCloneSyncService::new(forward),
         };
         let inner = extra.wrap(rc, source, inner);
-        let service = BoxCloneSyncService::new(
-            ServiceBuilder::new()
-                .layer(
-                    AuthorizeLayer::new(Arc::from(rc.id.as_str()), rc.public, allowed)
-                        .with_credential(rc.credential.as_deref().map(Arc::from)),
-                )
-                .service(inner),
-        );
+        let service = AuthorizeLayer::new(Arc::from(rc.id.as_str()), rc.public, allowed)
+            .with_credential(rc.credential.as_deref().map(Arc::from))
+            .layer(inner);
         let route = Arc::new(Route {
             id: Arc::from(rc.id.as_str()),
             service,
@@ -281,7 +281,7 @@ impl Service<Request<ProxyBody>> for Dispatch {
     type Response = Response<ProxyBody>;
     type Error = BoxError;
     type Future = Either<
-        Oneshot<RouteService, Request<ProxyBody>>,
+        Oneshot<RouteStack, Request<ProxyBody>>,
         Ready<Result<Response<ProxyBody>, BoxError>>,
     >;
 
