@@ -178,9 +178,8 @@ impl<S: Clone> Layer<S> for Retry401Layer {
 #[derive(Clone, Debug)]
 pub struct Retry401<S> {
     inner: S,
-    /// Cloned for a replay when the request's first attempt went to
-    /// `inner` directly (no body to read first), so a request that is
-    /// never replayed costs no service clone.
+    /// Cloned for a replay, only when one is sent: a request that is
+    /// never replayed costs no service clone for it.
     pristine: Arc<S>,
     source: Arc<dyn CredentialSource>,
     policy: Arc<RetryPolicy>,
@@ -232,6 +231,7 @@ where
     fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
         let source = self.source.clone();
         let policy = self.policy.clone();
+        let replayer = self.pristine.clone();
         let (parts, body) = req.into_parts();
         let facts = parts.extensions.get::<Arc<Facts>>().cloned();
         let upgrade = is_upgrade(&parts.headers);
@@ -245,7 +245,6 @@ where
                 (proxy_core::empty(), Some(again))
             };
             let first = call(&mut self.inner, Request::from_parts(parts, body));
-            let replayer = Replayer::Pristine(self.pristine.clone());
             return Box::pin(settle(first, again, replayer, source, policy, facts));
         }
         // The body is read first: keep the instance that was polled ready
@@ -260,25 +259,8 @@ where
             let (body, replay) = capture(body, declared, policy.max_replay_body).await?;
             let again = replay.map(|r| Again::capture(&parts, r));
             let first = call(&mut inner, Request::from_parts(parts, body));
-            settle(first, again, Replayer::Owned(inner), source, policy, facts).await
+            settle(first, again, replayer, source, policy, facts).await
         })
-    }
-}
-
-/// The service a replay goes to.
-enum Replayer<S> {
-    /// The one the first attempt used (polled ready again before the replay).
-    Owned(S),
-    /// A clone of this, made only if a replay is sent.
-    Pristine(Arc<S>),
-}
-
-impl<S: Clone> Replayer<S> {
-    fn into_service(self) -> S {
-        match self {
-            Self::Owned(s) => s,
-            Self::Pristine(s) => S::clone(&s),
-        }
     }
 }
 
@@ -308,7 +290,7 @@ where
 async fn settle<S>(
     first: Call,
     again: Option<Again>,
-    replayer: Replayer<S>,
+    replayer: Arc<S>,
     source: Arc<dyn CredentialSource>,
     policy: Arc<RetryPolicy>,
     facts: Option<Arc<Facts>>,
@@ -375,7 +357,7 @@ where
         return Ok(resp);
     }
     drop(resp);
-    let mut inner = replayer.into_service();
+    let mut inner = S::clone(&replayer);
     ready(&mut inner).await?;
     let mut second = call(&mut inner, again.into_request()).await?;
     let replay_generation = second
