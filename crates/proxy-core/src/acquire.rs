@@ -86,10 +86,11 @@ where
         let get = self.source.get();
         let waited = matches!(get, futures_util::future::Either::Right(_));
         let id = self.id.clone();
+        // Timed only when it waits: a clock read per request otherwise.
+        let started = waited.then(tokio::time::Instant::now);
         Box::pin(async move {
-            let started = tokio::time::Instant::now();
             let got = get.await;
-            if waited {
+            if let Some(started) = started {
                 // No valid token was held: this request waited for a refresh.
                 let fact = crate::facts::RefreshFact {
                     trigger: "expired",

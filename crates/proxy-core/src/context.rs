@@ -59,9 +59,12 @@ impl RequestId {
         Self(http::HeaderValue::from_str(s).unwrap_or(http::HeaderValue::from_static("invalid")))
     }
 
-    /// The id as text.
+    /// The id as text (empty if it is not UTF-8, which neither
+    /// constructor makes).
     pub fn as_str(&self) -> &str {
-        self.0.to_str().unwrap_or("")
+        // Not `to_str` (visible ASCII, checked byte by byte): the ids made
+        // here are ASCII already, and `from_utf8` is word at a time.
+        std::str::from_utf8(self.0.as_bytes()).unwrap_or("")
     }
 }
 

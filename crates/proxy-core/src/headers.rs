@@ -45,9 +45,9 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// WebSocket handshake reaches the upstream. `TE: trailers` survives because
 /// gRPC over HTTP/2 needs it.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most requests carry none: one pass over the names (standard names
-    // compare as enums) instead of a hash probe per hop-by-hop name.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // Most requests carry none: one pass over the names instead of a hash
+    // probe per hop-by-hop name.
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -73,6 +73,13 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// Whether `name` is hop-by-hop by itself (names listed in `Connection`
+/// aside). The length test first: few common names have one of these
+/// lengths, and it spares comparing each name with all nine.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(name.as_str().len(), 2 | 7 | 10 | 16..=19) && HOP_BY_HOP.contains(name)
 }
 
 /// Writes `ip` as its `Display` does; IPv4 by hand (`Ipv4Addr`'s `Display`

@@ -27,8 +27,9 @@ use futures_util::future::{Either, Ready, ready};
 use http::{Request, Response, header};
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use tower::layer::util::Identity;
 use tower::util::{BoxCloneSyncService, Oneshot};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
@@ -70,6 +71,9 @@ impl RouteLayers for NoLayers {
 /// credential stack. Not boxed again: [`Dispatch`] clones it per request,
 /// and every box level is one more allocation per clone and per future.
 pub type RouteStack = Authorize<RouteService>;
+
+/// The future of a [`RouteStack`].
+pub type RouteFuture = <RouteStack as Service<Request<ProxyBody>>>::Future;
 
 /// One built route.
 #[derive(Debug)]
@@ -281,7 +285,7 @@ impl Service<Request<ProxyBody>> for Dispatch {
     type Response = Response<ProxyBody>;
     type Error = BoxError;
     type Future = Either<
-        Oneshot<RouteStack, Request<ProxyBody>>,
+        Either<RouteFuture, Pin<Box<Oneshot<RouteStack, Request<ProxyBody>>>>>,
         Ready<Result<Response<ProxyBody>, BoxError>>,
     >;
 
@@ -297,7 +301,23 @@ impl Service<Request<ProxyBody>> for Dispatch {
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri().authority().map(|a| a.as_str()));
         match self.router.route(host, req.uri().path()) {
-            Some(route) => Either::Left(route.service.clone().oneshot(req)),
+            Some(route) => {
+                let mut service = route.service.clone();
+                // A route's stack is ready at once unless a layer limits it:
+                // then it is called here, and the request future holds only
+                // the route's future. A `Oneshot` (which waits for readiness
+                // with the request inside it) would make every request's
+                // future larger, and it is moved several times as the
+                // layers above wrap it; it is boxed for the rare wait. A
+                // `Pending` here registered a waker that does nothing; the
+                // `Oneshot` polls again with the task's.
+                let mut cx = Context::from_waker(Waker::noop());
+                match service.poll_ready(&mut cx) {
+                    Poll::Ready(Ok(())) => Either::Left(Either::Left(service.call(req))),
+                    Poll::Ready(Err(e)) => Either::Right(ready(Err(e))),
+                    Poll::Pending => Either::Left(Either::Right(Box::pin(service.oneshot(req)))),
+                }
+            }
             None => {
                 crate::facts::record(&req, |f| f.rejected_by = Some("router"));
                 let e = NoRoute {
@@ -309,3 +329,6 @@ impl Service<Request<ProxyBody>> for Dispatch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -299,6 +299,33 @@ fn host_falls_back_to_the_uri_authority_and_missing_context_is_null() {
     assert_eq!(v["credential"]["outcome"], "none");
 }
 
+/// A `Host` header or request id with bytes JSON must escape is written
+/// escaped (the line still parses, the value is what the caller sent); a
+/// `Host` that is not UTF-8 falls back to the URI's authority.
+#[test]
+fn host_and_request_id_are_escaped_and_non_utf8_host_falls_back() {
+    let mut req = Request::get("http://api.example.com/v1/x")
+        .header("host", HeaderValue::from_bytes(b"a\"b\\c\td:1").unwrap())
+        .body(())
+        .unwrap();
+    req.extensions_mut()
+        .insert(RequestId(HeaderValue::from_static("id-\"quoted\"-\\")));
+    let m = RequestMeta::from_request(&req);
+    let f = RequestFacts::default();
+    let r = RequestRecord::from_parts(&m, &f, StatusCode::OK, None, Duration::ZERO, false, now());
+    let line = r.with_json(str::to_owned);
+    assert_eq!(line, serde_json::to_string(&r).unwrap());
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["audit"]["host"], "a\"b\\c\td:1");
+    assert_eq!(v["request_id"], "id-\"quoted\"-\\");
+
+    let req = Request::get("http://api.example.com/v1/x")
+        .header("host", HeaderValue::from_bytes(b"caf\xe9.example").unwrap())
+        .body(())
+        .unwrap();
+    assert_eq!(RequestMeta::from_request(&req).host(), "api.example.com");
+}
+
 #[test]
 fn every_key_is_present_on_every_record() {
     let expected = [
