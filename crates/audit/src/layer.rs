@@ -15,7 +15,8 @@
 //! status 499 (nginx's "client closed request"), with `reason` null: the
 //! action already says what happened, and no failure of the proxy or the
 //! upstream is implied. A panic below is recorded as a local 500
-//! (`internal_error`), as is an inner error (the proxy's stack never
+//! (`internal_error`), whether it happens in the inner service's `call` or
+//! in its future, as is an inner error (the proxy's stack never
 //! returns one: the edge layer turns errors into responses).
 //!
 //! The record is written when the response headers are ready; a streaming
@@ -171,14 +172,18 @@ where
         let facts = Facts::new();
         req.extensions_mut().insert(facts.clone());
         let meta = RequestMeta::from_request(&req);
+        // The guard exists before the inner `call` runs: layers below may do
+        // work in `call` itself (a ready route stack is called there), and a
+        // panic in it is recorded like one in the future.
+        let guard = Guard(Some(Pending {
+            shared: self.shared.clone(),
+            facts,
+            meta,
+            started,
+        }));
         ResponseFuture {
             inner: self.inner.call(req),
-            guard: Guard(Some(Pending {
-                shared: self.shared.clone(),
-                facts,
-                meta,
-                started,
-            })),
+            guard,
         }
     }
 }

@@ -253,14 +253,12 @@ impl RequestMeta {
     }
 
     /// The host as the caller addressed it: the `Host` header (if it is
-    /// UTF-8; the record escapes what JSON needs), else the URI's
+    /// visible ASCII, as the router also requires), else the URI's
     /// authority, else empty.
     pub fn host(&self) -> &str {
         self.host_header
             .as_ref()
-            // Not `to_str`, which checks byte by byte for visible ASCII:
-            // `from_utf8` is word at a time for ASCII.
-            .and_then(|h| std::str::from_utf8(h.as_bytes()).ok())
+            .and_then(|h| h.to_str().ok())
             .or_else(|| self.uri.authority().map(|a| a.as_str()))
             .unwrap_or("")
     }

@@ -62,8 +62,9 @@ impl RequestId {
     /// The id as text (empty if it is not UTF-8, which neither
     /// constructor makes).
     pub fn as_str(&self) -> &str {
-        // Not `to_str` (visible ASCII, checked byte by byte): the ids made
-        // here are ASCII already, and `from_utf8` is word at a time.
+        // Not `to_str` (which checks every byte for visible ASCII): both
+        // constructors make printable ASCII, so UTF-8 is all there is to
+        // check, and `from_utf8` does that a word at a time where it can.
         std::str::from_utf8(self.0.as_bytes()).unwrap_or("")
     }
 }

@@ -290,7 +290,7 @@ impl Service<Request<ProxyBody>> for Dispatch {
     >;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Readiness is per route and driven by `oneshot` below.
+        // Readiness is per route: checked in `call` (see there).
         Poll::Ready(Ok(()))
     }
 

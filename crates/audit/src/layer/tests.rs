@@ -125,6 +125,37 @@ async fn a_panic_below_is_a_local_500_not_a_cancel() {
     assert_eq!(v["reason"], "internal_error");
 }
 
+/// A service that panics in `call` itself, not in its future.
+#[derive(Clone)]
+struct PanicsInCall;
+
+impl Service<Request<()>> for PanicsInCall {
+    type Response = Response<()>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<()>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Request<()>) -> Self::Future {
+        panic!("bug in a layer's call below the audit layer");
+    }
+}
+
+#[tokio::test]
+async fn a_panic_in_a_call_below_is_a_local_500_too() {
+    let (layer, sink) = layer();
+    let svc = layer.layer(PanicsInCall);
+    let handle = tokio::spawn(svc.oneshot(request("/p")));
+    assert!(handle.await.is_err());
+    let v = only(&sink);
+    assert_eq!(v["audit"]["action"], "error");
+    assert_eq!(v["audit"]["status_code"], 500);
+    assert_eq!(v["audit"]["path"], "/p");
+    assert_eq!(v["reason"], "internal_error");
+}
+
 #[tokio::test]
 async fn every_request_gets_its_own_record_and_accessors_work() {
     let (layer, sink) = layer();

@@ -104,3 +104,41 @@ async fn no_route_is_an_error_without_calling_any_stack() {
     assert!(err.is_some_and(|e| e.is::<NoRoute>()));
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
+
+/// A route stack whose readiness fails.
+#[derive(Clone)]
+struct Broken;
+
+impl Service<Request<ProxyBody>> for Broken {
+    type Response = Response<ProxyBody>;
+    type Error = BoxError;
+    type Future = Ready<Result<Response<ProxyBody>, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Err("route stack failed".into()))
+    }
+
+    fn call(&mut self, _req: Request<ProxyBody>) -> Self::Future {
+        panic!("called although not ready");
+    }
+}
+
+#[tokio::test]
+async fn a_route_whose_readiness_fails_answers_with_that_error() {
+    let service = AuthorizeLayer::new(Arc::from("r"), true, Vec::<Arc<str>>::new())
+        .layer(RouteService::new(Broken));
+    let mut router = Router::new();
+    let route = Arc::new(Route {
+        id: Arc::from("r"),
+        service,
+    });
+    assert!(router.insert(None, Some("/r/"), route).is_ok());
+    let mut d = Dispatch {
+        router: Arc::new(router),
+    };
+    let err = d.call(get("/r/x")).await.err();
+    assert_eq!(
+        err.map(|e| e.to_string()).as_deref(),
+        Some("route stack failed")
+    );
+}
