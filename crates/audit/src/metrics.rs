@@ -65,8 +65,11 @@ pub const BUCKETS: &[f64] = &[
 ];
 
 /// How often histogram samples are folded into buckets when nobody
-/// scrapes (bounds their memory).
-const UPKEEP: Duration = Duration::from_secs(5);
+/// scrapes. The exporter keeps every sample until then (8 bytes each, in
+/// blocks): at 15,000 requests/s, one second of them is ~120 KB, five
+/// seconds were ~0.6 MB of peak RSS. Folding is per sample, so doing it
+/// more often costs no more CPU.
+const UPKEEP: Duration = Duration::from_secs(1);
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
