@@ -26,7 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use proxy_core::context::{ConnInfo, PeerIdentity, RequestId};
-use proxy_core::stack::{Proxy, ProxyService};
+use proxy_core::stack::{CallNowOrWait, Proxy, ProxyService, call_now_or_wait};
 use proxy_core::{ProxyBody, boxed};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -35,8 +35,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
-use tower::util::Oneshot;
 
 /// Longest a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -182,7 +180,7 @@ struct ConnService {
 impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = Oneshot<ProxyService, Request<ProxyBody>>;
+    type Future = CallNowOrWait<ProxyService, Request<ProxyBody>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let mut req = req.map(boxed);
@@ -193,6 +191,6 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             ext.insert(peer.clone());
         }
         ext.insert(id);
-        self.proxy.load().service.clone().oneshot(req)
+        call_now_or_wait(self.proxy.load().service.clone(), req)
     }
 }

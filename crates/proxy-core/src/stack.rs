@@ -72,8 +72,30 @@ impl RouteLayers for NoLayers {
 /// and every box level is one more allocation per clone and per future.
 pub type RouteStack = Authorize<RouteService>;
 
-/// The future of a [`RouteStack`].
-pub type RouteFuture = <RouteStack as Service<Request<ProxyBody>>>::Future;
+/// The future of [`call_now_or_wait`].
+pub type CallNowOrWait<S, R> = Either<
+    Either<<S as Service<R>>::Future, Pin<Box<Oneshot<S, R>>>>,
+    Ready<Result<<S as Service<R>>::Response, <S as Service<R>>::Error>>,
+>;
+
+/// Calls `service` with `req` at once if it is ready, else waits for it
+/// in a boxed [`Oneshot`] (which polls readiness again, with the task's
+/// waker); a readiness error is the result.
+///
+/// The proxy's stacks are ready at once unless a layer limits them. A
+/// plain `Oneshot` holds the request while it waits, which makes every
+/// request's future larger (and it is moved as each layer above wraps
+/// it): here the future is the service's own, and only the rare wait is
+/// boxed. Readiness is first checked with a waker that does nothing; a
+/// `Pending` from that check is answered by the `Oneshot`'s own check.
+pub fn call_now_or_wait<S: Service<R>, R>(mut service: S, req: R) -> CallNowOrWait<S, R> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match service.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => Either::Left(Either::Left(service.call(req))),
+        Poll::Ready(Err(e)) => Either::Right(ready(Err(e))),
+        Poll::Pending => Either::Left(Either::Right(Box::pin(service.oneshot(req)))),
+    }
+}
 
 /// One built route.
 #[derive(Debug)]
@@ -285,12 +307,12 @@ impl Service<Request<ProxyBody>> for Dispatch {
     type Response = Response<ProxyBody>;
     type Error = BoxError;
     type Future = Either<
-        Either<RouteFuture, Pin<Box<Oneshot<RouteStack, Request<ProxyBody>>>>>,
+        CallNowOrWait<RouteStack, Request<ProxyBody>>,
         Ready<Result<Response<ProxyBody>, BoxError>>,
     >;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Readiness is per route: checked in `call` (see there).
+        // Readiness is per route: checked in `call`.
         Poll::Ready(Ok(()))
     }
 
@@ -301,23 +323,7 @@ impl Service<Request<ProxyBody>> for Dispatch {
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri().authority().map(|a| a.as_str()));
         match self.router.route(host, req.uri().path()) {
-            Some(route) => {
-                let mut service = route.service.clone();
-                // A route's stack is ready at once unless a layer limits it:
-                // then it is called here, and the request future holds only
-                // the route's future. A `Oneshot` (which waits for readiness
-                // with the request inside it) would make every request's
-                // future larger, and it is moved several times as the
-                // layers above wrap it; it is boxed for the rare wait. A
-                // `Pending` here registered a waker that does nothing; the
-                // `Oneshot` polls again with the task's.
-                let mut cx = Context::from_waker(Waker::noop());
-                match service.poll_ready(&mut cx) {
-                    Poll::Ready(Ok(())) => Either::Left(Either::Left(service.call(req))),
-                    Poll::Ready(Err(e)) => Either::Right(ready(Err(e))),
-                    Poll::Pending => Either::Left(Either::Right(Box::pin(service.oneshot(req)))),
-                }
-            }
+            Some(route) => Either::Left(call_now_or_wait(route.service.clone(), req)),
             None => {
                 crate::facts::record(&req, |f| f.rejected_by = Some("router"));
                 let e = NoRoute {
