@@ -283,6 +283,52 @@ async fn h2_upstream_via_alpn_and_h2c_callers() {
     );
 }
 
+/// Upstream connections are pooled: sequential requests over HTTP/1.1 use
+/// one connection, two routes to one upstream share it, and an h2
+/// upstream carries concurrent requests on one connection.
+#[tokio::test]
+async fn upstream_connections_are_reused_and_shared_between_routes() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = ca.write_ca(dir.path());
+    let tls_up = tls_echo_upstream(&ca, true).await;
+    let plain_up = echo_upstream().await;
+    let proxy = start_proxy(&config(
+        "",
+        &format!(
+            "  - {{ id: h2, match: {{ path_prefix: /h2/ }}, strip_prefix: true, upstream: \"{tls}\", ca_file: \"{ca}\", credential: key, inject: {{ header: x-api-key }} }}\n  - {{ id: a, match: {{ path_prefix: /a/ }}, strip_prefix: true, upstream: \"{plain}\", credential: key, inject: {{ header: x-api-key }} }}\n  - {{ id: b, match: {{ path_prefix: /b/ }}, strip_prefix: true, upstream: \"{plain}/base\", credential: key, inject: {{ header: x-api-key }} }}",
+            tls = tls_up.https_url(),
+            ca = ca_path.display(),
+            plain = plain_up.url()
+        ),
+    ))
+    .await;
+    let auth = bearer();
+
+    for path in ["/a/1", "/b/2", "/a/3", "/b/4"] {
+        let (status, _, body) = get(&proxy.url(path), &[("authorization", &auth)]).await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    }
+    assert_eq!(plain_up.hit_count(), 4);
+    assert_eq!(
+        plain_up.conn_count(),
+        1,
+        "one pooled connection for both routes"
+    );
+
+    let (status, _, _) = get(&proxy.url("/h2/first"), &[("authorization", &auth)]).await;
+    assert_eq!(status, StatusCode::OK);
+    let url = proxy.url("/h2/many");
+    let headers = [("authorization", auth.as_str())];
+    let many = (0..4).map(|_| get(&url, &headers));
+    for (status, _, body) in futures_util::future::join_all(many).await {
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(json(&body)["version"], "HTTP/2.0");
+    }
+    assert_eq!(tls_up.hit_count(), 5);
+    assert_eq!(tls_up.conn_count(), 1, "h2 multiplexes one connection");
+}
+
 /// Config for a route to `upstream` injecting the file credential at `path`,
 /// re-read every 50ms.
 fn file_credential_config(upstream: &str, path: &std::path::Path) -> String {

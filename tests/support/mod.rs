@@ -75,6 +75,8 @@ pub struct Upstream {
     /// Handshake request headers seen by [`ws_echo_upstream`], lowercased
     /// names, in arrival order across all handshakes. Empty for other servers.
     pub ws_headers: Arc<Mutex<Vec<(String, String)>>>,
+    /// Connections accepted (TCP; for TLS servers, before the handshake).
+    pub conns: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -97,6 +99,11 @@ impl Upstream {
     /// Requests served so far.
     pub fn hit_count(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn conn_count(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
     }
 
     /// First value of a recorded WebSocket handshake header (name is case-insensitive).
@@ -246,7 +253,10 @@ where
     let (listener, addr) = bind();
     let hits = Arc::new(AtomicUsize::new(0));
     let conn_hits = Arc::clone(&hits);
+    let conns = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::clone(&conns);
     let task = spawn_accept_loop(listener, move |stream| {
+        accepted.fetch_add(1, Ordering::SeqCst);
         let handler = handler.clone();
         let hits = Arc::clone(&conn_hits);
         let tls = tls.clone();
@@ -267,6 +277,7 @@ where
         addr,
         hits,
         ws_headers: Arc::default(),
+        conns,
         task,
     }
 }
@@ -374,6 +385,7 @@ pub async fn ws_echo_upstream() -> Upstream {
         addr,
         hits,
         ws_headers,
+        conns: Arc::default(),
         task,
     }
 }

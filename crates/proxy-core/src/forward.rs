@@ -12,7 +12,7 @@ use crate::config::UpstreamUrl;
 use crate::context::{ConnInfo, RequestId};
 use crate::error::{BodyTooLarge, BoxError, UpstreamTimeout, UpstreamUnreachable, is_caused_by};
 use crate::headers::{add_forwarded, is_upgrade, remove_hop_by_hop};
-use crate::upstream::HttpClient;
+use crate::upstream::{OriginPool, SendError};
 use crate::{ProxyBody, boxed};
 use futures_util::future::BoxFuture;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
@@ -31,7 +31,7 @@ pub struct ForwardTarget {
     pub strip_prefix: Option<String>,
     /// Limit for the response headers to arrive.
     pub timeout: Duration,
-    /// Limit for the TCP connect (enforced by the client's connector; kept
+    /// Limit for the TCP connect (enforced by the pool's connector; kept
     /// here to name it in errors).
     pub connect_timeout: Duration,
     /// Largest request body accepted.
@@ -41,8 +41,7 @@ pub struct ForwardTarget {
 /// Forwards requests to one upstream; see the module docs.
 ///
 /// Cloned for every request (tower services are), so everything sits
-/// behind one `Arc`: a clone is one reference count, not a copy of the
-/// pooled client's handles.
+/// behind one `Arc`: a clone is one reference count.
 #[derive(Clone, Debug)]
 pub struct Forward {
     shared: Arc<Shared>,
@@ -50,23 +49,24 @@ pub struct Forward {
 
 #[derive(Debug)]
 struct Shared {
-    client: HttpClient,
+    pool: Arc<OriginPool>,
     target: ForwardTarget,
     host: HeaderValue,
     origin: Arc<str>,
 }
 
 impl Forward {
-    /// A forwarder for `target` using `client`.
+    /// A forwarder for `target` over `pool` (the pool for the target's
+    /// origin).
     pub fn new(
-        client: HttpClient,
+        pool: Arc<OriginPool>,
         target: ForwardTarget,
     ) -> Result<Self, http::header::InvalidHeaderValue> {
         let host = HeaderValue::from_str(target.upstream.authority.as_str())?;
         let origin = Arc::from(target.upstream.origin());
         Ok(Self {
             shared: Arc::new(Shared {
-                client,
+                pool,
                 target,
                 host,
                 origin,
@@ -74,7 +74,9 @@ impl Forward {
         })
     }
 
-    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, http::Error> {
+    /// The upstream request's URI in origin form (`/base/rest?query`): what
+    /// HTTP/1.1 sends; the pool adds scheme and authority for h2.
+    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, http::uri::InvalidUri> {
         let t = &self.shared.target;
         let path = uri.path();
         let rest = match &t.strip_prefix {
@@ -93,11 +95,7 @@ impl Forward {
             pq.push('?');
             pq.push_str(q);
         }
-        Uri::builder()
-            .scheme(t.upstream.scheme.clone())
-            .authority(t.upstream.authority.clone())
-            .path_and_query(pq)
-            .build()
+        Uri::try_from(pq)
     }
 }
 
@@ -107,8 +105,8 @@ impl Service<Request<ProxyBody>> for Forward {
     type Future = BoxFuture<'static, Result<Response<ProxyBody>, BoxError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // The pooled client has no backpressure of its own; connection limits
-        // are applied by the listener.
+        // The pool has no backpressure of its own; connection limits are
+        // applied by the listener.
         Poll::Ready(Ok(()))
     }
 
@@ -163,8 +161,8 @@ impl Service<Request<ProxyBody>> for Forward {
         }
         parts.headers.insert(header::HOST, self.shared.host.clone());
         parts.uri = uri;
-        // The pooled client picks h1 or h2 per connection (ALPN); the caller's
-        // version must not force one.
+        // The pool picks h1 or h2 per connection (ALPN); the caller's version
+        // must not force one.
         parts.version = Version::HTTP_11;
         let body = match limit {
             Some(l) => boxed(http_body_util::Limited::new(
@@ -176,15 +174,14 @@ impl Service<Request<ProxyBody>> for Forward {
         let facts = parts.extensions.get::<Arc<crate::facts::Facts>>().cloned();
         let req = Request::from_parts(parts, body);
 
-        // The client's future owns what it needs (hyper-util clones the
-        // client into it): no second clone here.
-        let sent = self.shared.client.request(req);
         let shared = self.shared.clone();
         Box::pin(async move {
             let (timeout, connect_timeout) = (shared.target.timeout, shared.target.connect_timeout);
             let origin = &shared.origin;
             let started = tokio::time::Instant::now();
-            let result = tokio::time::timeout(timeout, sent).await;
+            // The pool's future is made here, inside the boxed one, not
+            // before it: made outside, it would be copied into the box.
+            let result = tokio::time::timeout(timeout, shared.pool.clone().send(req)).await;
             if let Some(f) = &facts {
                 f.update(|f| {
                     f.upstream_attempts = f.upstream_attempts.saturating_add(1);
@@ -234,7 +231,7 @@ impl Service<Request<ProxyBody>> for Forward {
 }
 
 fn map_client_error(
-    e: hyper_util::client::legacy::Error,
+    e: SendError,
     origin: &str,
     limit: Option<u64>,
     connect_timeout: Duration,
@@ -244,7 +241,7 @@ fn map_client_error(
     {
         return BodyTooLarge { limit }.into();
     }
-    let timed_out = e.is_connect()
+    let timed_out = matches!(e, SendError::Connect(_))
         && crate::error::find_cause::<std::io::Error>(&e)
             .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
     if timed_out {
@@ -286,11 +283,14 @@ mod tests {
     use super::*;
 
     fn fwd(upstream: &str, strip: Option<&str>) -> Forward {
-        let client = crate::upstream::build_client(None, Duration::from_secs(1)).unwrap();
+        let upstream = UpstreamUrl::parse(upstream).unwrap();
+        let pool = crate::upstream::UpstreamClients::new()
+            .pool(None, Duration::from_secs(1), &upstream)
+            .unwrap();
         Forward::new(
-            client,
+            pool,
             ForwardTarget {
-                upstream: UpstreamUrl::parse(upstream).unwrap(),
+                upstream,
                 strip_prefix: strip.map(str::to_owned),
                 timeout: Duration::from_secs(1),
                 connect_timeout: Duration::from_secs(1),
@@ -307,31 +307,21 @@ mod tests {
                 "https://api.example.com",
                 Some("/payments/"),
                 "/payments/charges?a=1&b=%20",
-                "https://api.example.com/charges?a=1&b=%20",
+                "/charges?a=1&b=%20",
             ),
             (
                 "https://api.example.com",
                 Some("/payments/"),
                 "/payments/",
-                "https://api.example.com/",
-            ),
-            (
-                "https://search.example.com/v2",
-                None,
-                "/q?x=1",
-                "https://search.example.com/v2/q?x=1",
-            ),
-            (
-                "https://search.example.com/v2/",
-                None,
                 "/",
-                "https://search.example.com/v2/",
             ),
+            ("https://search.example.com/v2", None, "/q?x=1", "/v2/q?x=1"),
+            ("https://search.example.com/v2/", None, "/", "/v2/"),
             (
                 "http://127.0.0.1:9/base",
                 Some("/svc"),
                 "/svc/a/b",
-                "http://127.0.0.1:9/base/a/b",
+                "/base/a/b",
             ),
         ];
         for (up, strip, path, want) in cases {

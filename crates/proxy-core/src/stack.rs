@@ -195,7 +195,7 @@ where
             ));
             continue;
         }
-        let client = match upstreams.get(rc.ca_file.as_deref(), rc.connect_timeout) {
+        let pool = match upstreams.pool(rc.ca_file.as_deref(), rc.connect_timeout, &rc.upstream) {
             Ok(c) => c,
             Err(e) => {
                 errs.push(FieldError::new(format!("routes[{i}].ca_file"), e.0));
@@ -203,7 +203,7 @@ where
             }
         };
         let forward = match Forward::new(
-            client,
+            pool,
             ForwardTarget {
                 upstream: rc.upstream.clone(),
                 strip_prefix: rc

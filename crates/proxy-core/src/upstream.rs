@@ -1,12 +1,21 @@
-//! HTTP clients for upstreams: pooled hyper-util clients over rustls.
+//! Connections to upstreams: one [`OriginPool`] per origin, TLS by rustls.
 //!
-//! One client (and so one connection pool) per distinct TLS trust and connect
-//! timeout, shared by every route that needs the same, so routes to one
+//! Routes get their pool when the config is built: one per distinct TLS
+//! trust, connect timeout and origin (scheme + authority), shared by every
+//! route that needs the same (and kept across reloads), so routes to one
 //! upstream share warm connections. TLS trusts the web PKI roots plus an
-//! optional per-route CA bundle; ALPN offers h2 and http/1.1, so upstreams that
-//! speak h2 get it.
+//! optional per-route CA bundle; ALPN offers h2 and http/1.1, so upstreams
+//! that speak h2 get it. [`pool`] has the connection handling.
+//!
+//! [`HttpClient`] (hyper-util's pooled client over the same connector) is
+//! for latchkey's own calls off the request path: token endpoints.
+
+pub mod pool;
+
+pub use pool::{OriginPool, PoolSettings, PooledBody, SendError};
 
 use crate::ProxyBody;
+use crate::config::UpstreamUrl;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -26,54 +35,97 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 #[error("{0}")]
 pub struct ClientBuildError(pub String);
 
-/// Builds and shares upstream clients.
+/// The connector settings a pool is built with.
+type ConnectorKey = (Option<PathBuf>, Duration);
+
+/// Builds and shares upstream connection pools.
 #[derive(Debug, Default)]
 pub struct UpstreamClients {
-    cache: Mutex<HashMap<(Option<PathBuf>, Duration), HttpClient>>,
+    cache: Mutex<Cache>,
+    settings: PoolSettings,
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    connectors: HashMap<ConnectorKey, HttpsConnector<HttpConnector>>,
+    pools: HashMap<(ConnectorKey, String), Arc<OriginPool>>,
 }
 
 impl UpstreamClients {
-    /// An empty cache.
+    /// An empty cache; pools get the default [`PoolSettings`].
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The client for this trust and connect timeout, built on first use.
-    pub fn get(
+    /// An empty cache whose pools use `settings`.
+    pub fn with_settings(settings: PoolSettings) -> Self {
+        Self {
+            cache: Mutex::default(),
+            settings,
+        }
+    }
+
+    /// The pool for `upstream`'s origin with this trust and connect
+    /// timeout, built on first use.
+    pub fn pool(
         &self,
         ca_file: Option<&Path>,
         connect_timeout: Duration,
-    ) -> Result<HttpClient, ClientBuildError> {
+        upstream: &UpstreamUrl,
+    ) -> Result<Arc<OriginPool>, ClientBuildError> {
         let key = (ca_file.map(Path::to_path_buf), connect_timeout);
         let mut cache = self
             .cache
             .lock()
             .map_err(|_| ClientBuildError("client cache poisoned".into()))?;
-        if let Some(c) = cache.get(&key) {
-            return Ok(c.clone());
+        let origin = upstream.origin();
+        if let Some(p) = cache.pools.get(&(key.clone(), origin.clone())) {
+            return Ok(p.clone());
         }
-        let client = build_client(ca_file, connect_timeout)?;
-        cache.insert(key, client.clone());
-        Ok(client)
+        let connector = match cache.connectors.get(&key) {
+            Some(c) => c.clone(),
+            None => {
+                let c = build_connector(ca_file, connect_timeout)?;
+                cache.connectors.insert(key.clone(), c.clone());
+                c
+            }
+        };
+        let pool = Arc::new(OriginPool::new(
+            connector,
+            upstream.scheme.clone(),
+            upstream.authority.clone(),
+            self.settings,
+        ));
+        cache.pools.insert((key, origin), pool.clone());
+        Ok(pool)
     }
 }
 
-/// Builds one pooled client.
-pub fn build_client(
+/// The TCP + TLS connector: `TCP_NODELAY`, TCP keepalive, the connect
+/// timeout, rustls with ALPN h2 and http/1.1.
+pub fn build_connector(
     ca_file: Option<&Path>,
     connect_timeout: Duration,
-) -> Result<HttpClient, ClientBuildError> {
+) -> Result<HttpsConnector<HttpConnector>, ClientBuildError> {
     let tls = tls_config(ca_file)?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_all_versions()
-        .wrap_connector(http);
+        .wrap_connector(http))
+}
+
+/// Builds one hyper-util pooled client (for token endpoints).
+pub fn build_client(
+    ca_file: Option<&Path>,
+    connect_timeout: Duration,
+) -> Result<HttpClient, ClientBuildError> {
+    let https = build_connector(ca_file, connect_timeout)?;
     Ok(Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())

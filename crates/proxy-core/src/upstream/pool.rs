@@ -1,0 +1,441 @@
+//! The connection pool for one upstream origin (scheme + authority).
+//!
+//! Built for a proxy's request path, where hyper-util's general-purpose
+//! pooled client costs more than the proxying around it: one pool per
+//! origin is resolved when the config is built, so a request does no
+//! pool-key hashing, takes no client clone, and a finished HTTP/1.1
+//! connection goes back to the pool from the response body itself rather
+//! than from a task spawned per request.
+//!
+//! - **HTTP/1.1**: idle connections are kept last-in first-out (the warmest
+//!   first; the coldest age out), at most [`PoolSettings::max_idle`] of them.
+//!   A connection returns to the pool when its response body has been read
+//!   to the end (or was empty); a body dropped half-read, a `101 Switching
+//!   Protocols` and a connection hyper marks closed are never reused.
+//! - **h2**: when ALPN picks h2 the connection is shared by every request
+//!   to the origin (one stream each) until it closes or refuses a request.
+//!   Requests that started connecting before the first h2 connection was up
+//!   use their own and drop it afterwards.
+//! - **Stale connections**: a request sent on a reused connection that the
+//!   upstream had already closed, and that hyper hands back unsent, is sent
+//!   again on another connection (what hyper-util's `retry_canceled_requests`
+//!   does). A request that reached the wire is never resent. After eight
+//!   dead pooled connections (an upstream that restarted leaves all of them
+//!   dead) a request connects afresh, and a fresh connection's failure is
+//!   final.
+//! - **Idle timeout**: a reaper task, started with the first idle
+//!   connection, closes connections idle for longer than
+//!   [`PoolSettings::idle_timeout`] (checked every third of it: a connection
+//!   is closed after between that and 4/3 of it idle).
+//!
+//! Errors keep connect failures (DNS, TCP, TLS; [`SendError::Connect`])
+//! apart from failures on an established connection
+//! ([`SendError::Http`]), which the forwarder maps to `upstream_timeout`
+//! and `upstream_unreachable`.
+
+use crate::{BoxError, ProxyBody};
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower::Service as _;
+
+/// How long connections stay open and how many are kept.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolSettings {
+    /// Idle HTTP/1.1 connections kept per origin.
+    pub max_idle: usize,
+    /// How long an idle connection is kept.
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    /// 256 idle connections, closed after 90 s idle (hyper-util's and
+    /// Envoy's idle timeouts are in the same range; nginx's upstream
+    /// `keepalive_timeout` is 60 s).
+    fn default() -> Self {
+        Self {
+            max_idle: 256,
+            idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// Why a request could not be sent or answered.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be made (DNS, TCP connect, TLS handshake).
+    #[error("cannot connect")]
+    Connect(#[source] BoxError),
+    /// The connection failed or closed before the response headers came.
+    #[error("connection failed")]
+    Http(#[source] hyper::Error),
+}
+
+/// Connections to one upstream origin; see the module docs.
+pub struct OriginPool {
+    connector: HttpsConnector<HttpConnector>,
+    scheme: Scheme,
+    authority: Authority,
+    settings: PoolSettings,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    /// Reaper ticks so far: idle connections are stamped with it instead of
+    /// reading the clock on every return.
+    tick: AtomicU64,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for OriginPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (idle, h2) = {
+            let s = self.lock();
+            (s.idle.len(), s.h2.is_some())
+        };
+        f.debug_struct("OriginPool")
+            .field(
+                "origin",
+                &format_args!("{}://{}", self.scheme, self.authority),
+            )
+            .field("idle", &idle)
+            .field("h2", &h2)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Idle HTTP/1.1 connections, the most recently used last.
+    idle: Vec<Idle>,
+    /// The shared h2 connection, once there is one.
+    h2: Option<http2::SendRequest<ProxyBody>>,
+    /// Whether the reaper task runs.
+    reaping: bool,
+}
+
+struct Idle {
+    tx: http1::SendRequest<ProxyBody>,
+    since: u64,
+}
+
+enum Conn {
+    H1(http1::SendRequest<ProxyBody>),
+    H2(http2::SendRequest<ProxyBody>),
+}
+
+/// Dead pooled connections a request skips before it connects instead.
+const MAX_DEAD_CHECKOUTS: u32 = 8;
+
+/// Reaper ticks per idle timeout.
+const TICKS_PER_TIMEOUT: u64 = 3;
+
+impl OriginPool {
+    /// A pool for `scheme://authority`, connecting with `connector`.
+    pub fn new(
+        connector: HttpsConnector<HttpConnector>,
+        scheme: Scheme,
+        authority: Authority,
+        settings: PoolSettings,
+    ) -> Self {
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new());
+        Self {
+            connector,
+            scheme,
+            authority,
+            settings,
+            h1: http1::Builder::new(),
+            h2,
+            tick: AtomicU64::new(0),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Idle HTTP/1.1 connections held now (for tests and debugging).
+    pub fn idle_count(&self) -> usize {
+        self.lock().idle.len()
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) and waits for the response
+    /// headers. The body streams afterwards; reading it to the end returns
+    /// the connection to the pool.
+    pub async fn send(
+        self: Arc<Self>,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        // Pooled connections found dead so far: past a few (an upstream
+        // that restarted leaves every idle connection dead), connect.
+        let mut dead = 0;
+        loop {
+            let pooled = if dead < MAX_DEAD_CHECKOUTS {
+                self.checkout()
+            } else {
+                None
+            };
+            let (conn, reused) = match pooled {
+                Some(conn) => (conn, true),
+                // Boxed: connecting (TCP, TLS, an h2 handshake) takes several
+                // KiB of future state, which would otherwise make every
+                // request's future that large, and every move of it a copy.
+                None => (Box::pin(self.connect()).await?, false),
+            };
+            let unsent = match conn {
+                Conn::H1(mut tx) => {
+                    // A returned connection is ready at once unless hyper has
+                    // not yet seen the previous response end; a closed one
+                    // errs.
+                    if reused && tx.ready().await.is_err() {
+                        dead += 1;
+                        continue;
+                    }
+                    match tx.try_send_request(req).await {
+                        Ok(resp) => return Ok(self.h1_response(resp, tx)),
+                        Err(e) => e,
+                    }
+                }
+                Conn::H2(mut tx) => {
+                    absolute_form(&mut req, &self.scheme, &self.authority);
+                    match tx.try_send_request(req).await {
+                        Ok(resp) => return Ok(resp.map(PooledBody::unpooled)),
+                        Err(e) => {
+                            // A refused request means the connection is going
+                            // away: stop sharing it.
+                            self.lock().h2 = None;
+                            e
+                        }
+                    }
+                }
+            };
+            let mut unsent = unsent;
+            match unsent.take_message() {
+                // Never written: the connection had closed under us. Only a
+                // reused connection can be stale; a fresh one failing is a
+                // real failure.
+                Some(r) if reused => {
+                    dead += 1;
+                    tracing::debug!(upstream = %self.authority, "pooled connection was closed; sending on another");
+                    req = r;
+                }
+                _ => return Err(SendError::Http(unsent.into_error())),
+            }
+        }
+    }
+
+    fn h1_response(
+        self: Arc<Self>,
+        resp: Response<Incoming>,
+        tx: http1::SendRequest<ProxyBody>,
+    ) -> Response<PooledBody> {
+        // After a protocol switch the connection belongs to the upgrade.
+        let reusable = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
+        resp.map(|inner| {
+            let mut body = PooledBody {
+                inner,
+                slot: reusable.then_some(Slot { tx, pool: self }),
+            };
+            if body.inner.is_end_stream() {
+                body.release();
+            }
+            body
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state is a list and an option: a panic elsewhere cannot
+        // leave it half-changed.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A live h2 connection or the most recently used idle HTTP/1.1 one.
+    fn checkout(&self) -> Option<Conn> {
+        let mut state = self.lock();
+        if let Some(h2) = &state.h2 {
+            if !h2.is_closed() {
+                return Some(Conn::H2(h2.clone()));
+            }
+            state.h2 = None;
+        }
+        while let Some(idle) = state.idle.pop() {
+            if !idle.tx.is_closed() {
+                return Some(Conn::H1(idle.tx));
+            }
+        }
+        None
+    }
+
+    /// Puts a connection whose response has ended back in the pool.
+    fn put(self: Arc<Self>, tx: http1::SendRequest<ProxyBody>) {
+        if tx.is_closed() {
+            return;
+        }
+        let since = self.tick.load(Ordering::Relaxed);
+        let mut state = self.lock();
+        if state.idle.len() >= self.settings.max_idle {
+            // Full: this one closes (dropping its sender ends it).
+            return;
+        }
+        state.idle.push(Idle { tx, since });
+        if !state.reaping && tokio::runtime::Handle::try_current().is_ok() {
+            state.reaping = true;
+            drop(state);
+            tokio::spawn(reap(Arc::downgrade(&self), self.settings.idle_timeout));
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, SendError> {
+        let uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| SendError::Connect(e.into()))?;
+        let io = self
+            .connector
+            .clone()
+            .call(uri)
+            .await
+            .map_err(SendError::Connect)?;
+        if io.connected().is_negotiated_h2() {
+            let (mut tx, conn) = self.h2.handshake(io).await.map_err(SendError::Http)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream h2 connection ended with an error");
+                }
+            });
+            tx.ready().await.map_err(SendError::Http)?;
+            self.lock().h2 = Some(tx.clone());
+            Ok(Conn::H2(tx))
+        } else {
+            let (tx, conn) = self.h1.handshake(io).await.map_err(SendError::Http)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream connection ended with an error");
+                }
+            });
+            Ok(Conn::H1(tx))
+        }
+    }
+
+    /// One reaper tick: closes connections idle for a whole timeout.
+    fn reap_once(&self) {
+        let now = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut state = self.lock();
+        state
+            .idle
+            .retain(|i| now - i.since <= TICKS_PER_TIMEOUT && !i.tx.is_closed());
+    }
+}
+
+async fn reap(pool: Weak<OriginPool>, timeout: Duration) {
+    let period =
+        (timeout / u32::try_from(TICKS_PER_TIMEOUT).unwrap_or(1)).max(Duration::from_millis(1));
+    // Ticks missed while the runtime was stalled are caught up on (the
+    // default `Burst`), so ticks keep counting time.
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        ticks.tick().await;
+        match pool.upgrade() {
+            Some(pool) => pool.reap_once(),
+            None => return,
+        }
+    }
+}
+
+/// h2 carries the scheme and authority in the request; HTTP/1.1 sends
+/// only the path (origin form), which is what the forwarder builds.
+fn absolute_form<B>(req: &mut Request<B>, scheme: &Scheme, authority: &Authority) {
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(scheme.clone());
+    parts.authority = Some(authority.clone());
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    // Scheme, authority and path are each valid: the parts make a URI.
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+}
+
+/// A response body from the pool: hyper's body, plus the HTTP/1.1
+/// connection it came on, returned to the pool when the body ends.
+#[derive(Debug)]
+pub struct PooledBody {
+    inner: Incoming,
+    slot: Option<Slot>,
+}
+
+struct Slot {
+    tx: http1::SendRequest<ProxyBody>,
+    pool: Arc<OriginPool>,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").finish_non_exhaustive()
+    }
+}
+
+impl PooledBody {
+    fn unpooled(inner: Incoming) -> Self {
+        Self { inner, slot: None }
+    }
+
+    fn release(&mut self) {
+        if let Some(Slot { tx, pool }) = self.slot.take() {
+            pool.put(tx);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            // A broken body means a broken connection.
+            Poll::Ready(Some(Err(_))) => this.slot = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // Dropped after its end (a server that stops polling once
+        // `is_end_stream` says so): the connection is clean. Dropped
+        // half-read: hyper closes it, and the sender goes with the slot.
+        if self.inner.is_end_stream() {
+            self.release();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
