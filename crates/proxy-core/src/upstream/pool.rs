@@ -23,8 +23,8 @@
 //!   dead pooled connections (an upstream that restarted leaves all of them
 //!   dead) a request connects afresh, and a fresh connection's failure is
 //!   final.
-//! - **Idle timeout**: a reaper task, started with the first idle
-//!   connection, closes connections idle for longer than
+//! - **Idle timeout**: a reaper task, running while there are idle
+//!   connections, closes those idle for longer than
 //!   [`PoolSettings::idle_timeout`] (checked every third of it: a connection
 //!   is closed after between that and 4/3 of it idle).
 //!
@@ -327,12 +327,17 @@ impl OriginPool {
     }
 
     /// One reaper tick: closes connections idle for a whole timeout.
-    fn reap_once(&self) {
+    /// Returns whether the reaper should go on: it stops once no idle
+    /// connection is left (the next one returned starts it again), so a
+    /// pool no route uses any more keeps no timer.
+    fn reap_once(&self) -> bool {
         let now = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
         let mut state = self.lock();
         state
             .idle
             .retain(|i| now - i.since <= TICKS_PER_TIMEOUT && !i.tx.is_closed());
+        state.reaping = !state.idle.is_empty();
+        state.reaping
     }
 }
 
@@ -345,8 +350,8 @@ async fn reap(pool: Weak<OriginPool>, timeout: Duration) {
     loop {
         ticks.tick().await;
         match pool.upgrade() {
-            Some(pool) => pool.reap_once(),
-            None => return,
+            Some(pool) if pool.reap_once() => {}
+            _ => return,
         }
     }
 }

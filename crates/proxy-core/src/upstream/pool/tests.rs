@@ -265,8 +265,20 @@ async fn idle_connections_close_after_the_idle_timeout() {
     assert_eq!(pool.idle_count(), 1, "kept before the timeout");
     idle_for(35).await;
     assert_eq!(pool.idle_count(), 0, "closed after it");
+    assert!(
+        !pool.lock().reaping,
+        "no idle connection: the reaper stopped"
+    );
     tokio::time::resume();
     s.until_open(0).await;
+    // The next returned connection starts it again, and it still reaps.
+    fetch(&pool, s.addr).await;
+    assert!(pool.lock().reaping);
+    tokio::time::pause();
+    idle_for(124).await;
+    assert_eq!(pool.idle_count(), 0);
+    tokio::time::resume();
+    assert_eq!(s.accepted(), 2);
 }
 
 /// Moves the paused clock a second at a time, letting the reaper run.
