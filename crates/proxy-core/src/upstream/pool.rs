@@ -10,12 +10,19 @@
 //! - **HTTP/1.1**: idle connections are kept last-in first-out (the warmest
 //!   first; the coldest age out), at most [`PoolSettings::max_idle`] of them.
 //!   A connection returns to the pool when its response body has been read
-//!   to the end (or was empty); a body dropped half-read, a `101 Switching
-//!   Protocols` and a connection hyper marks closed are never reused.
+//!   to the end (or was empty) and hyper is ready for the next request on
+//!   it, which it almost always is by then. When it is not (the request body
+//!   is still uploading, or a body was dropped half-read and hyper drains or
+//!   closes it), a small task waits for that and then pools the connection,
+//!   or drops it if hyper closed it. A request therefore never waits behind
+//!   another on a pooled connection. After `101 Switching Protocols` the
+//!   connection belongs to the upgrade and is never pooled.
 //! - **h2**: when ALPN picks h2 the connection is shared by every request
-//!   to the origin (one stream each) until it closes or refuses a request.
-//!   Requests that started connecting before the first h2 connection was up
-//!   use their own and drop it afterwards.
+//!   to the origin (one stream each) until it closes, refuses a request
+//!   unsent (it is going away) or has carried no request for the idle
+//!   timeout. Concurrent requests that find no connection each connect; the
+//!   last h2 connection made is the one shared, the others serve their one
+//!   request and close.
 //! - **Stale connections**: a request sent on a reused connection that the
 //!   upstream had already closed, and that hyper hands back unsent, is sent
 //!   again on another connection (what hyper-util's `retry_canceled_requests`
@@ -23,10 +30,10 @@
 //!   dead pooled connections (an upstream that restarted leaves all of them
 //!   dead) a request connects afresh, and a fresh connection's failure is
 //!   final.
-//! - **Idle timeout**: a reaper task, running while there are idle
+//! - **Idle timeout**: a reaper task, running while the pool holds
 //!   connections, closes those idle for longer than
 //!   [`PoolSettings::idle_timeout`] (checked every third of it: a connection
-//!   is closed after between that and 4/3 of it idle).
+//!   is closed after between that and 4/3 of it idle), h2 ones included.
 //!
 //! Errors keep connect failures (DNS, TCP, TLS; [`SendError::Connect`])
 //! apart from failures on an established connection
@@ -119,6 +126,8 @@ struct State {
     idle: Vec<Idle>,
     /// The shared h2 connection, once there is one.
     h2: Option<http2::SendRequest<ProxyBody>>,
+    /// The reaper tick when the h2 connection last took a request.
+    h2_since: u64,
     /// Whether the reaper task runs.
     reaping: bool,
 }
@@ -191,12 +200,19 @@ impl OriginPool {
             };
             let unsent = match conn {
                 Conn::H1(mut tx) => {
-                    // A returned connection is ready at once unless hyper has
-                    // not yet seen the previous response end; a closed one
-                    // errs.
-                    if reused && tx.ready().await.is_err() {
+                    // Pooled connections are ready (see `put`); one closed
+                    // since is skipped, and one that is somehow busy is
+                    // never waited for: it goes back to waiting on its own.
+                    if reused && !tx.is_ready() {
                         dead += 1;
+                        if !tx.is_closed() {
+                            self.clone().put_when_ready(tx);
+                        }
                         continue;
+                    }
+                    if req.uri().scheme().is_some() {
+                        // Handed back unsent by an h2 connection.
+                        origin_form(&mut req);
                     }
                     match tx.try_send_request(req).await {
                         Ok(resp) => return Ok(self.h1_response(resp, tx)),
@@ -207,11 +223,23 @@ impl OriginPool {
                     absolute_form(&mut req, &self.scheme, &self.authority);
                     match tx.try_send_request(req).await {
                         Ok(resp) => return Ok(resp.map(PooledBody::unpooled)),
-                        Err(e) => {
-                            // A refused request means the connection is going
-                            // away: stop sharing it.
-                            self.lock().h2 = None;
-                            e
+                        Err(mut e) => {
+                            // A request handed back unsent means the
+                            // connection is going away: stop sharing it. (A
+                            // failed stream alone says nothing about the
+                            // connection.)
+                            match e.take_message() {
+                                Some(r) => {
+                                    self.lock().h2 = None;
+                                    dead += 1;
+                                    if !reused {
+                                        return Err(SendError::Http(e.into_error()));
+                                    }
+                                    req = r;
+                                    continue;
+                                }
+                                None => return Err(SendError::Http(e.into_error())),
+                            }
                         }
                     }
                 }
@@ -223,6 +251,7 @@ impl OriginPool {
                 // real failure.
                 Some(r) if reused => {
                     dead += 1;
+                    // A request hyper hands back is untouched (never written).
                     tracing::debug!(upstream = %self.authority, "pooled connection was closed; sending on another");
                     req = r;
                 }
@@ -261,7 +290,9 @@ impl OriginPool {
         let mut state = self.lock();
         if let Some(h2) = &state.h2 {
             if !h2.is_closed() {
-                return Some(Conn::H2(h2.clone()));
+                let h2 = h2.clone();
+                state.h2_since = self.tick.load(Ordering::Relaxed);
+                return Some(Conn::H2(h2));
             }
             state.h2 = None;
         }
@@ -273,11 +304,24 @@ impl OriginPool {
         None
     }
 
-    /// Puts a connection whose response has ended back in the pool.
-    fn put(self: Arc<Self>, tx: http1::SendRequest<ProxyBody>) {
-        if tx.is_closed() {
-            return;
+    /// Pools a connection whose response has ended once hyper is ready
+    /// for the next request on it: at once if it is (the usual case), else
+    /// from a task that waits for it (an upload still going, a body being
+    /// drained) and drops it if hyper closes it instead.
+    fn put_when_ready(self: Arc<Self>, mut tx: http1::SendRequest<ProxyBody>) {
+        if tx.is_ready() {
+            self.put(tx);
+        } else if !tx.is_closed() && tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(async move {
+                if tx.ready().await.is_ok() {
+                    self.put(tx);
+                }
+            });
         }
+    }
+
+    /// Puts a ready connection in the pool.
+    fn put(self: Arc<Self>, tx: http1::SendRequest<ProxyBody>) {
         let since = self.tick.load(Ordering::Relaxed);
         let mut state = self.lock();
         if state.idle.len() >= self.settings.max_idle {
@@ -285,14 +329,19 @@ impl OriginPool {
             return;
         }
         state.idle.push(Idle { tx, since });
+        self.start_reaper(state);
+    }
+
+    /// Starts the reaper if it is not running (and there is a runtime).
+    fn start_reaper(self: &Arc<Self>, mut state: MutexGuard<'_, State>) {
         if !state.reaping && tokio::runtime::Handle::try_current().is_ok() {
             state.reaping = true;
             drop(state);
-            tokio::spawn(reap(Arc::downgrade(&self), self.settings.idle_timeout));
+            tokio::spawn(reap(Arc::downgrade(self), self.settings.idle_timeout));
         }
     }
 
-    async fn connect(&self) -> Result<Conn, SendError> {
+    async fn connect(self: &Arc<Self>) -> Result<Conn, SendError> {
         let uri = Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
@@ -313,7 +362,10 @@ impl OriginPool {
                 }
             });
             tx.ready().await.map_err(SendError::Http)?;
-            self.lock().h2 = Some(tx.clone());
+            let mut state = self.lock();
+            state.h2 = Some(tx.clone());
+            state.h2_since = self.tick.load(Ordering::Relaxed);
+            self.start_reaper(state);
             Ok(Conn::H2(tx))
         } else {
             let (tx, conn) = self.h1.handshake(io).await.map_err(SendError::Http)?;
@@ -336,7 +388,17 @@ impl OriginPool {
         state
             .idle
             .retain(|i| now - i.since <= TICKS_PER_TIMEOUT && !i.tx.is_closed());
-        state.reaping = !state.idle.is_empty();
+        let h2_idle = now - state.h2_since > TICKS_PER_TIMEOUT;
+        if state
+            .h2
+            .as_ref()
+            .is_some_and(|h2| h2_idle || h2.is_closed())
+        {
+            // Requests still using it hold their own handles; the
+            // connection closes when the last one is done.
+            state.h2 = None;
+        }
+        state.reaping = !state.idle.is_empty() || state.h2.is_some();
         state.reaping
     }
 }
@@ -354,6 +416,16 @@ async fn reap(pool: Weak<OriginPool>, timeout: Duration) {
             _ => return,
         }
     }
+}
+
+/// Back to `/path?query` (HTTP/1.1 to an origin server).
+fn origin_form<B>(req: &mut Request<B>) {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(pq);
 }
 
 /// h2 carries the scheme and authority in the request; HTTP/1.1 sends
@@ -397,7 +469,7 @@ impl PooledBody {
 
     fn release(&mut self) {
         if let Some(Slot { tx, pool }) = self.slot.take() {
-            pool.put(tx);
+            pool.put_when_ready(tx);
         }
     }
 }
@@ -433,12 +505,11 @@ impl Body for PooledBody {
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        // Dropped after its end (a server that stops polling once
-        // `is_end_stream` says so): the connection is clean. Dropped
-        // half-read: hyper closes it, and the sender goes with the slot.
-        if self.inner.is_end_stream() {
-            self.release();
-        }
+        // Dropped at its end (a server that stops polling once
+        // `is_end_stream` says so) the connection is ready; dropped
+        // half-read (a 401 about to be retried, a caller gone), hyper
+        // drains a short rest and then it is ready, or closes it.
+        self.release();
     }
 }
 
