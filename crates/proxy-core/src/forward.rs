@@ -79,6 +79,13 @@ impl Forward {
     fn upstream_uri(&self, uri: &Uri) -> Result<Uri, http::uri::InvalidUri> {
         let t = &self.shared.target;
         let path = uri.path();
+        if t.strip_prefix.is_none() && t.upstream.base_path.is_empty() && path.starts_with('/') {
+            // Path and query go as they came: share the parsed bytes
+            // rather than copy and parse them again.
+            if let Some(pq) = uri.path_and_query() {
+                return Ok(Uri::from(pq.clone()));
+            }
+        }
         let rest = match &t.strip_prefix {
             Some(p) => path.strip_prefix(p.as_str()).unwrap_or(path),
             None => path,
@@ -323,6 +330,10 @@ mod tests {
                 "/svc/a/b",
                 "/base/a/b",
             ),
+            // Neither a base path nor a prefix to strip: as it came.
+            ("http://127.0.0.1:9", None, "/a/b?c=d&e", "/a/b?c=d&e"),
+            ("http://127.0.0.1:9/", None, "/", "/"),
+            ("http://127.0.0.1:9", None, "http://caller.example/x?y", "/x?y"),
         ];
         for (up, strip, path, want) in cases {
             let got = fwd(up, strip).upstream_uri(&path.parse().unwrap()).unwrap();
