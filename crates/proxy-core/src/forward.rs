@@ -333,7 +333,12 @@ mod tests {
             // Neither a base path nor a prefix to strip: as it came.
             ("http://127.0.0.1:9", None, "/a/b?c=d&e", "/a/b?c=d&e"),
             ("http://127.0.0.1:9/", None, "/", "/"),
-            ("http://127.0.0.1:9", None, "http://caller.example/x?y", "/x?y"),
+            (
+                "http://127.0.0.1:9",
+                None,
+                "http://caller.example/x?y",
+                "/x?y",
+            ),
         ];
         for (up, strip, path, want) in cases {
             let got = fwd(up, strip).upstream_uri(&path.parse().unwrap()).unwrap();
