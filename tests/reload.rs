@@ -160,6 +160,14 @@ async fn reload_under_traffic_drops_nothing_and_adds_routes() {
         "requests failed during reloads"
     );
     assert!(ok.load(Ordering::SeqCst) > 20);
+    // The upstream connections outlive the reloads (the new routes share
+    // the old routes' pool): four callers need about four, where a pool per
+    // config would have opened four more at each of the five reloads.
+    assert!(
+        up.conn_count() <= 12,
+        "{} upstream connections for 4 callers over 5 reloads",
+        up.conn_count()
+    );
     // The OAuth credential's config never changed: no token call at all.
     assert_eq!(
         ep.calls(),

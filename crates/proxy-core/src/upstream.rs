@@ -2,10 +2,12 @@
 //!
 //! Routes get their pool when the config is built: one per distinct TLS
 //! trust, connect timeout and origin (scheme + authority), shared by every
-//! route that needs the same (and kept across reloads), so routes to one
-//! upstream share warm connections. TLS trusts the web PKI roots plus an
-//! optional per-route CA bundle; ALPN offers h2 and http/1.1, so upstreams
-//! that speak h2 get it. [`pool`] has the connection handling.
+//! route that needs the same, so routes to one upstream share warm
+//! connections. Across a reload the old and new routes share them too; the
+//! cache holds pools weakly, so a pool no route uses any more closes. TLS
+//! trusts the web PKI roots plus an optional per-route CA bundle; ALPN
+//! offers h2 and http/1.1, so upstreams that speak h2 get it. [`pool`] has
+//! the connection handling.
 //!
 //! [`HttpClient`] (hyper-util's pooled client over the same connector) is
 //! for latchkey's own calls off the request path: token endpoints.
@@ -24,7 +26,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 /// The client type used to reach upstreams.
@@ -48,7 +50,13 @@ pub struct UpstreamClients {
 #[derive(Debug, Default)]
 struct Cache {
     connectors: HashMap<ConnectorKey, HttpsConnector<HttpConnector>>,
-    pools: HashMap<(ConnectorKey, String), Arc<OriginPool>>,
+    /// Weak: a pool lives as long as a route (or a response body) holds
+    /// it. A reload builds the new routes while the old ones still run, so
+    /// origins both configs use keep their warm connections; an origin no
+    /// route uses any more is dropped with its connections.
+    pools: HashMap<(ConnectorKey, String), Weak<OriginPool>>,
+    /// Dead entries are pruned when the map reaches this size.
+    prune_at: usize,
 }
 
 impl UpstreamClients {
@@ -79,8 +87,12 @@ impl UpstreamClients {
             .lock()
             .map_err(|_| ClientBuildError("client cache poisoned".into()))?;
         let origin = upstream.origin();
-        if let Some(p) = cache.pools.get(&(key.clone(), origin.clone())) {
-            return Ok(p.clone());
+        if let Some(p) = cache
+            .pools
+            .get(&(key.clone(), origin.clone()))
+            .and_then(Weak::upgrade)
+        {
+            return Ok(p);
         }
         let connector = match cache.connectors.get(&key) {
             Some(c) => c.clone(),
@@ -96,7 +108,13 @@ impl UpstreamClients {
             upstream.authority.clone(),
             self.settings,
         ));
-        cache.pools.insert((key, origin), pool.clone());
+        if cache.pools.len() >= cache.prune_at {
+            // Amortised: a config of 10,000 routes does not scan the map
+            // 10,000 times.
+            cache.pools.retain(|_, p| p.strong_count() > 0);
+            cache.prune_at = (cache.pools.len() * 2).max(64);
+        }
+        cache.pools.insert((key, origin), Arc::downgrade(&pool));
         Ok(pool)
     }
 }
@@ -166,4 +184,41 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ClientBuil
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_are_shared_per_origin_while_in_use_and_dropped_after() {
+        let clients = UpstreamClients::new();
+        let t = Duration::from_secs(1);
+        let a = UpstreamUrl::parse("http://127.0.0.1:9/one").unwrap();
+        let a2 = UpstreamUrl::parse("http://127.0.0.1:9/two").unwrap();
+        let b = UpstreamUrl::parse("http://127.0.0.1:10").unwrap();
+        let pa = clients.pool(None, t, &a).unwrap();
+        assert!(Arc::ptr_eq(&pa, &clients.pool(None, t, &a2).unwrap()));
+        assert!(!Arc::ptr_eq(&pa, &clients.pool(None, t, &b).unwrap()));
+        let other_timeout = clients.pool(None, Duration::from_secs(2), &a).unwrap();
+        assert!(!Arc::ptr_eq(&pa, &other_timeout));
+        // No route holds it any more: the next build gets a new one.
+        let weak = Arc::downgrade(&pa);
+        drop(pa);
+        assert!(weak.upgrade().is_none(), "the cache does not keep it alive");
+        let again = clients.pool(None, t, &a).unwrap();
+        assert_eq!(Arc::strong_count(&again), 1);
+    }
+
+    #[test]
+    fn dead_entries_are_pruned() {
+        let clients = UpstreamClients::new();
+        let t = Duration::from_secs(1);
+        for port in 1..=200u16 {
+            let u = UpstreamUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+            drop(clients.pool(None, t, &u).unwrap());
+        }
+        let cache = clients.cache.lock().unwrap();
+        assert!(cache.pools.len() < 130, "{} entries", cache.pools.len());
+    }
 }
