@@ -12,7 +12,7 @@ use crate::reload::{self, ReloadError, ReloadOutcome, Reloader};
 use arc_swap::ArcSwap;
 use proxy_core::config::{Config, ConfigError};
 use proxy_core::stack::Proxy;
-use proxy_core::upstream::UpstreamClients;
+use proxy_core::upstream::{PoolSettings, UpstreamClients};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -77,7 +77,10 @@ pub async fn start_with(
         Some(t) => Some(crate::tls::acceptor(t, file)?),
         None => None,
     };
-    let upstreams = Arc::new(UpstreamClients::new());
+    let upstreams = Arc::new(UpstreamClients::with_settings(PoolSettings {
+        max_idle: config.proxy.upstream_max_idle,
+        idle_timeout: config.proxy.upstream_idle_timeout,
+    }));
     let proxy = Arc::new(ArcSwap::from_pointee(build_proxy_with(
         config, file, &options, None, &upstreams,
     )?));

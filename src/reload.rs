@@ -221,6 +221,14 @@ fn startup_bound_changes(old: &Config, new: &Config) -> Vec<String> {
                 .to_string(),
         );
     }
+    if o.upstream_max_idle != n.upstream_max_idle
+        || o.upstream_idle_timeout != n.upstream_idle_timeout
+    {
+        out.push(
+            "proxy.upstream_max_idle / proxy.upstream_idle_timeout changed; they apply after a restart (connection pools are made with them)"
+                .to_string(),
+        );
+    }
     if old.admin != new.admin {
         out.push(
             "admin changed (listener, management key or remote access); it applies after a restart"

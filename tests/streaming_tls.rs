@@ -329,6 +329,28 @@ async fn upstream_connections_are_reused_and_shared_between_routes() {
     assert_eq!(tls_up.conn_count(), 1, "h2 multiplexes one connection");
 }
 
+/// `proxy.upstream_max_idle: 0` keeps no idle upstream connection: each
+/// request opens its own (the knob an operator uses against an upstream
+/// that mishandles keep-alive).
+#[tokio::test]
+async fn upstream_max_idle_zero_keeps_no_connection() {
+    let up = echo_upstream().await;
+    let proxy = start_proxy(&config(
+        "  upstream_max_idle: 0",
+        &format!(
+            "  - {{ id: a, match: {{ path_prefix: /a/ }}, upstream: \"{}\", credential: key, inject: {{ header: x-api-key }} }}",
+            up.url()
+        ),
+    ))
+    .await;
+    let auth = bearer();
+    for _ in 0..3 {
+        let (status, _, _) = get(&proxy.url("/a/x"), &[("authorization", &auth)]).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(up.conn_count(), 3);
+}
+
 /// Config for a route to `upstream` injecting the file credential at `path`,
 /// re-read every 50ms.
 fn file_credential_config(upstream: &str, path: &std::path::Path) -> String {

@@ -29,6 +29,12 @@ pub(super) fn default_max_concurrent() -> usize {
 pub(super) fn default_max_header() -> u64 {
     64 << 10
 }
+pub(super) fn default_upstream_max_idle() -> usize {
+    256
+}
+pub(super) fn default_upstream_idle() -> Duration {
+    Duration::from_secs(90)
+}
 pub(super) fn default_timeout() -> Duration {
     Duration::from_secs(30)
 }

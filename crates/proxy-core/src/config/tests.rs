@@ -385,3 +385,37 @@ fn is_uri_like_accepts_uri_sans_only() {
         assert!(!is_uri_like(bad), "{bad}");
     }
 }
+
+#[test]
+fn upstream_pool_settings_default_parse_and_are_checked() {
+    let c = Config::from_yaml(
+        &with_route("{ id: r, match: { path_prefix: /a/ }, upstream: https://x, credential: k }"),
+        "ok.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.proxy.upstream_max_idle, 256);
+    assert_eq!(
+        c.proxy.upstream_idle_timeout,
+        std::time::Duration::from_secs(90)
+    );
+
+    let tuned =
+        with_route("{ id: r, match: { path_prefix: /a/ }, upstream: https://x, credential: k }")
+            .replace(
+                "proxy: { listen: 127.0.0.1:0 }",
+                "proxy: { listen: 127.0.0.1:0, upstream_max_idle: 0, upstream_idle_timeout: 5m }",
+            );
+    let c = Config::from_yaml(&tuned, "ok.yaml").unwrap();
+    assert_eq!(c.proxy.upstream_max_idle, 0);
+    assert_eq!(
+        c.proxy.upstream_idle_timeout,
+        std::time::Duration::from_secs(300)
+    );
+
+    let short = tuned.replace("upstream_idle_timeout: 5m", "upstream_idle_timeout: 500ms");
+    let e = err_of(&short);
+    assert!(
+        e.contains("bad.yaml: proxy.upstream_idle_timeout: must be at least 1s"),
+        "{e}"
+    );
+}

@@ -9,7 +9,8 @@ use super::credentials::{CredentialConfig, FileStoreSettings, RedisSettings};
 use super::serde_util::{
     de_duration, de_opt_size, de_size, default_connect_timeout, default_drain,
     default_max_concurrent, default_max_header, default_poll, default_replay_limit,
-    default_retry_statuses, default_timeout, default_true, ser_duration,
+    default_retry_statuses, default_timeout, default_true, default_upstream_idle,
+    default_upstream_max_idle, ser_duration,
 };
 use crate::secret::SecretRef;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -116,6 +117,18 @@ pub struct ProxySettings {
     /// (default `64KiB`); larger gets 431.
     #[serde(default = "default_max_header", deserialize_with = "de_size")]
     pub max_header_bytes: u64,
+    /// Idle HTTP/1.1 connections kept per upstream origin (default 256;
+    /// 0 keeps none: a connection per request).
+    #[serde(default = "default_upstream_max_idle")]
+    pub upstream_max_idle: usize,
+    /// How long an idle upstream connection is kept, HTTP/1.1 or h2
+    /// (default `90s`; closed between this and 4/3 of it).
+    #[serde(
+        default = "default_upstream_idle",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub upstream_idle_timeout: Duration,
     /// Serve TLS (and optionally verify client certificates) on the proxy
     /// listener. None: plain HTTP.
     #[serde(default)]

@@ -61,6 +61,12 @@ pub fn validate(config: &Config) -> Result<(), Vec<FieldError>> {
             "must be greater than zero",
         ));
     }
+    if config.proxy.upstream_idle_timeout < std::time::Duration::from_secs(1) {
+        errs.push(FieldError::new(
+            "proxy.upstream_idle_timeout",
+            "must be at least 1s",
+        ));
+    }
     if !(8 << 10..=16 << 20).contains(&config.proxy.max_header_bytes) {
         errs.push(FieldError::new(
             "proxy.max_header_bytes",
