@@ -415,7 +415,13 @@ fn upstream_pool_settings_default_parse_and_are_checked() {
     let short = tuned.replace("upstream_idle_timeout: 5m", "upstream_idle_timeout: 500ms");
     let e = err_of(&short);
     assert!(
-        e.contains("bad.yaml: proxy.upstream_idle_timeout: must be at least 1s"),
+        e.contains("bad.yaml: proxy.upstream_idle_timeout: must be between 1s and 24h"),
         "{e}"
+    );
+    let long = tuned.replace("upstream_idle_timeout: 5m", "upstream_idle_timeout: 25h");
+    assert!(
+        err_of(&long).contains("proxy.upstream_idle_timeout: must be between 1s and 24h"),
+        "{}",
+        err_of(&long)
     );
 }

@@ -61,10 +61,13 @@ pub fn validate(config: &Config) -> Result<(), Vec<FieldError>> {
             "must be greater than zero",
         ));
     }
-    if config.proxy.upstream_idle_timeout < std::time::Duration::from_secs(1) {
+    let idle = config.proxy.upstream_idle_timeout;
+    if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(24 * 3600))
+        .contains(&idle)
+    {
         errs.push(FieldError::new(
             "proxy.upstream_idle_timeout",
-            "must be at least 1s",
+            "must be between 1s and 24h",
         ));
     }
     if !(8 << 10..=16 << 20).contains(&config.proxy.max_header_bytes) {
