@@ -206,21 +206,44 @@ async fn https_upstream_is_trusted_only_with_its_ca_file() {
     );
 }
 
-#[tokio::test]
-async fn h2_upstream_via_alpn_and_h2c_callers() {
+/// A route line: `prefix` stripped, the `key` credential sent as
+/// `x-api-key`, then any `extra` fields (`, name: value`).
+fn key_route(id: &str, prefix: &str, upstream: &str, extra: &str) -> String {
+    format!(
+        "  - {{ id: {id}, match: {{ path_prefix: {prefix} }}, strip_prefix: true, upstream: \"{upstream}\", credential: key, inject: {{ header: x-api-key }}{extra} }}\n"
+    )
+}
+
+/// A TLS echo upstream offering h2 (its CA written to a temporary file)
+/// and a plain-HTTP echo upstream.
+struct TlsAndPlain {
+    tls: Upstream,
+    plain: Upstream,
+    /// `, ca_file: "..."`: the extra fields a route to `tls` needs.
+    trust: String,
+    _dir: tempfile::TempDir,
+}
+
+#[expect(clippy::unwrap_used, reason = "test setup fails the test by panicking")]
+async fn tls_and_plain() -> TlsAndPlain {
     let ca = TestCa::new();
     let dir = tempfile::tempdir().unwrap();
     let ca_path = ca.write_ca(dir.path());
-    let tls_up = tls_echo_upstream(&ca, true).await;
-    let plain_up = echo_upstream().await;
+    TlsAndPlain {
+        tls: tls_echo_upstream(&ca, true).await,
+        plain: echo_upstream().await,
+        trust: format!(", ca_file: \"{}\"", ca_path.display()),
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn h2_upstream_via_alpn_and_h2c_callers() {
+    let ups = tls_and_plain().await;
     let proxy = start_proxy(&config(
         "",
-        &format!(
-            "  - {{ id: h2, match: {{ path_prefix: /h2/ }}, strip_prefix: true, upstream: \"{tls}\", ca_file: \"{ca}\", credential: key, inject: {{ header: x-api-key }} }}\n  - {{ id: plain, match: {{ path_prefix: /plain/ }}, strip_prefix: true, upstream: \"{plain}\", credential: key, inject: {{ header: x-api-key }} }}",
-            tls = tls_up.https_url(),
-            ca = ca_path.display(),
-            plain = plain_up.url()
-        ),
+        &(key_route("h2", "/h2/", &ups.tls.https_url(), &ups.trust)
+            + &key_route("plain", "/plain/", &ups.plain.url(), "")),
     ))
     .await;
     let auth = bearer();
@@ -288,19 +311,13 @@ async fn h2_upstream_via_alpn_and_h2c_callers() {
 /// upstream carries concurrent requests on one connection.
 #[tokio::test]
 async fn upstream_connections_are_reused_and_shared_between_routes() {
-    let ca = TestCa::new();
-    let dir = tempfile::tempdir().unwrap();
-    let ca_path = ca.write_ca(dir.path());
-    let tls_up = tls_echo_upstream(&ca, true).await;
-    let plain_up = echo_upstream().await;
+    let ups = tls_and_plain().await;
+    let (tls_up, plain_up) = (&ups.tls, &ups.plain);
     let proxy = start_proxy(&config(
         "",
-        &format!(
-            "  - {{ id: h2, match: {{ path_prefix: /h2/ }}, strip_prefix: true, upstream: \"{tls}\", ca_file: \"{ca}\", credential: key, inject: {{ header: x-api-key }} }}\n  - {{ id: a, match: {{ path_prefix: /a/ }}, strip_prefix: true, upstream: \"{plain}\", credential: key, inject: {{ header: x-api-key }} }}\n  - {{ id: b, match: {{ path_prefix: /b/ }}, strip_prefix: true, upstream: \"{plain}/base\", credential: key, inject: {{ header: x-api-key }} }}",
-            tls = tls_up.https_url(),
-            ca = ca_path.display(),
-            plain = plain_up.url()
-        ),
+        &(key_route("h2", "/h2/", &tls_up.https_url(), &ups.trust)
+            + &key_route("a", "/a/", &plain_up.url(), "")
+            + &key_route("b", "/b/", &format!("{}/base", plain_up.url()), "")),
     ))
     .await;
     let auth = bearer();
@@ -337,10 +354,7 @@ async fn upstream_max_idle_zero_keeps_no_connection() {
     let up = echo_upstream().await;
     let proxy = start_proxy(&config(
         "  upstream_max_idle: 0",
-        &format!(
-            "  - {{ id: a, match: {{ path_prefix: /a/ }}, upstream: \"{}\", credential: key, inject: {{ header: x-api-key }} }}",
-            up.url()
-        ),
+        &key_route("a", "/a/", &up.url(), ""),
     ))
     .await;
     let auth = bearer();

@@ -198,7 +198,7 @@ impl OriginPool {
                 // request's future that large, and every move of it a copy.
                 None => (Box::pin(self.connect()).await?, false),
             };
-            let unsent = match conn {
+            let mut unsent = match conn {
                 Conn::H1(mut tx) => {
                     // Pooled connections are ready (see `put`); one closed
                     // since is skipped, and one that is somehow busy is
@@ -244,7 +244,6 @@ impl OriginPool {
                     }
                 }
             };
-            let mut unsent = unsent;
             match unsent.take_message() {
                 // Never written: the connection had closed under us. Only a
                 // reused connection can be stale; a fresh one failing is a

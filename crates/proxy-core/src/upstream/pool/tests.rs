@@ -314,7 +314,10 @@ async fn a_request_never_waits_behind_an_upload_still_going() {
     .await;
     let pool = pool_for(s.addr, PoolSettings::default());
     let (upload_tx, upload_rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
-    let body = StreamBody::new(tokio_stream_from(upload_rx));
+    let mut upload_rx = upload_rx;
+    let body = StreamBody::new(futures_util::stream::poll_fn(move |cx| {
+        upload_rx.poll_recv(cx)
+    }));
     let mut req = get(s.addr);
     *req.method_mut() = http::Method::POST;
     *req.body_mut() = boxed(body);
@@ -336,21 +339,25 @@ async fn a_request_never_waits_behind_an_upload_still_going() {
     assert_eq!(s.accepted(), 2);
 
     drop(upload_tx); // the upload ends
-    let wait = async {
-        while pool.idle_count() < 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), wait)
-        .await
-        .expect("the first connection is pooled once its upload ended");
+    until_idle(
+        &pool,
+        2,
+        "the first connection is pooled once its upload ended",
+    )
+    .await;
 }
 
-/// A stream of body frames from a channel.
-fn tokio_stream_from<T: Send + 'static>(
-    rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures_util::Stream<Item = T> {
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|t| (t, rx)) })
+/// Waits (10 s at most, then fails) until the pool holds `n` idle
+/// connections: hyper's connection task gets there on its own, after I/O.
+async fn until_idle(pool: &OriginPool, n: usize, what: &str) {
+    let wait = async {
+        while pool.idle_count() < n {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within 10 s"));
 }
 
 /// A response body dropped unread (what the 401 retry does with the 401)
@@ -362,14 +369,7 @@ async fn a_short_body_dropped_unread_keeps_its_connection() {
     let pool = pool_for(s.addr, PoolSettings::default());
     let resp = pool.clone().send(get(s.addr)).await.unwrap();
     drop(resp);
-    let wait = async {
-        while pool.idle_count() < 1 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), wait)
-        .await
-        .expect("pooled after hyper drained it");
+    until_idle(&pool, 1, "pooled after hyper drained it").await;
     fetch(&pool, s.addr).await;
     assert_eq!(s.accepted(), 1);
 }
