@@ -1,11 +1,12 @@
 //! The audit layer: one record and one set of metrics per request, whatever
 //! happened to it.
 //!
-//! For each request [`Audit`] opens the request's facts slot (an
-//! `Arc<`[`Facts`]`>` in the extensions, which every layer below fills in),
-//! captures what the record needs from the request as it arrived
-//! ([`RequestMeta`]: method, host, path, caller address, request id) and
-//! starts a clock. When the inner service answers it derives the
+//! For each request [`Audit`] opens the request's facts slot
+//! ([`Facts::open`]: an `Arc<`[`Facts`]`>` in the extensions, which every
+//! layer below fills in), which also captures what the record needs from
+//! the request as it arrived ([`RequestMeta`]: method, host, path, caller
+//! address, request id) and when it arrived. One allocation, and the future
+//! carries only two pointers for it. When the inner service answers it derives the
 //! [`RequestRecord`] from the status, the response's [`ErrorCode`]
 //! extension (present exactly when the proxy made the response) and the
 //! facts, hands it to the [`AuditSink`] and updates the metrics.
@@ -45,8 +46,9 @@
 //! records method, path, status and duration (the facts stay empty).
 //!
 //! [`ConnInfo`]: proxy_core::context::ConnInfo
+//! [`RequestMeta`]: proxy_core::facts::RequestMeta
 
-use crate::record::{RequestMeta, RequestRecord};
+use crate::record::RequestRecord;
 use crate::sink::AuditSink;
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
@@ -58,7 +60,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
-use tokio::time::Instant;
 use tower::{Layer, Service};
 
 /// Records every request; see the module docs.
@@ -97,9 +98,8 @@ struct Guard(Option<Pending>);
 
 struct Pending {
     shared: Arc<Shared>,
+    /// Also holds the request's `RequestMeta` and arrival.
     facts: Arc<Facts>,
-    meta: RequestMeta,
-    started: Instant,
 }
 
 // === impl AuditLayer ===
@@ -168,18 +168,13 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let started = Instant::now();
-        let facts = Facts::new();
-        req.extensions_mut().insert(facts.clone());
-        let meta = RequestMeta::from_request(&req);
+        let facts = Facts::open(&mut req);
         // The guard exists before the inner `call` runs: layers below may do
         // work in `call` itself (a ready route stack is called there), and a
         // panic in it is recorded like one in the future.
         let guard = Guard(Some(Pending {
             shared: self.shared.clone(),
             facts,
-            meta,
-            started,
         }));
         ResponseFuture {
             inner: self.inner.call(req),
@@ -245,10 +240,10 @@ impl Drop for Guard {
 
 impl Pending {
     fn finish(self, status: StatusCode, error: Option<ErrorCode>, cancelled: bool) {
-        let duration = self.started.elapsed();
+        let duration = self.facts.arrived().elapsed();
         let now = SystemTime::now();
         let shared = &self.shared;
-        let meta = &self.meta;
+        let meta = self.facts.meta();
         // Nothing below touches the facts any more; building the record
         // in place avoids copying them.
         self.facts.update(|facts| {

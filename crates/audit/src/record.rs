@@ -24,10 +24,11 @@
 //! serialises into a reused per-thread buffer, so writing one costs no
 //! allocation beyond what the sink does.
 
-use http::{HeaderValue, Method, Request, StatusCode, Uri};
+use http::StatusCode;
 use json::{ser_opt_display, ser_opt_ts, ser_ts, with_buf, with_json};
-use proxy_core::context::{ConnInfo, RequestId};
+use proxy_core::context::RequestId;
 use proxy_core::error::ErrorCode;
+pub use proxy_core::facts::RequestMeta;
 use proxy_core::facts::{CredentialOutcome, RefreshEvent, RequestFacts};
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -39,22 +40,6 @@ mod write;
 /// Status recorded for a caller that went away before the response was
 /// ready (nginx's "client closed request").
 pub const CLIENT_CLOSED_REQUEST: u16 = 499;
-
-/// What the audit layer captured from a request as it arrived. Cheap to
-/// capture: every field shares its bytes with the request.
-#[derive(Clone, Debug)]
-pub struct RequestMeta {
-    /// The method.
-    pub method: Method,
-    /// The request target; only its path and authority are ever written.
-    pub uri: Uri,
-    /// The `Host` header, if the request had a valid one.
-    pub host_header: Option<HeaderValue>,
-    /// The caller's address, from [`ConnInfo`].
-    pub remote_addr: Option<SocketAddr>,
-    /// The request id, from [`RequestId`].
-    pub request_id: Option<RequestId>,
-}
 
 /// How the request ended, from the caller's point of view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -237,33 +222,6 @@ pub struct RefreshRecord<'a> {
     pub expires_at: Option<SystemTime>,
 }
 
-// === impl RequestMeta ===
-
-impl RequestMeta {
-    /// Captures what the record needs from `req`.
-    pub fn from_request<B>(req: &Request<B>) -> Self {
-        let ext = req.extensions();
-        Self {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            host_header: req.headers().get(http::header::HOST).cloned(),
-            remote_addr: ext.get::<ConnInfo>().map(|c| c.remote_addr),
-            request_id: ext.get::<RequestId>().cloned(),
-        }
-    }
-
-    /// The host as the caller addressed it: the `Host` header (if it is
-    /// visible ASCII, as the router also requires), else the URI's
-    /// authority, else empty.
-    pub fn host(&self) -> &str {
-        self.host_header
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| self.uri.authority().map(|a| a.as_str()))
-            .unwrap_or("")
-    }
-}
-
 // === impl Action, Reason, DenialSource ===
 
 impl Action {
@@ -439,10 +397,11 @@ impl<'a> RequestRecord<'a> {
         )
     }
 
-    /// As [`with_json`](Self::with_json), as bytes (UTF-8), for a sink
-    /// that writes bytes anyway.
-    pub fn with_json_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
-        with_buf(|buf| write::request(buf, self), f)
+    /// Appends the record as one line of JSON (no newline) to `out`: the
+    /// bytes [`with_json`](Self::with_json) gives, for a sink that keeps
+    /// its own buffer.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        write::request(out, self);
     }
 }
 

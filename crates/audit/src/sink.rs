@@ -121,7 +121,8 @@ impl WriterSink {
 
 impl AuditSink for WriterSink {
     fn request(&self, record: &RequestRecord<'_>) {
-        record.with_json_bytes(|line| self.writer.append_line(line));
+        self.writer
+            .append_with(|pending| record.write_json(pending));
     }
 
     fn refresh(&self, record: &RefreshRecord<'_>) {

@@ -1,7 +1,7 @@
 //! [`BatchWriter`]: the audit output's writer, off the request path.
 //!
 //! A request appends its audit line to a shared buffer (one short mutex
-//! hold, one `memcpy`) and goes on; one writer thread hands the buffer to
+//! hold; the request record is formatted straight into it) and goes on; one writer thread hands the buffer to
 //! the real output (a file, standard output) in batches:
 //!
 //! - under load it writes every [`BatchOptions::interval`] (or sooner, once
@@ -109,19 +109,48 @@ impl BatchWriter {
     /// Appends `line` and a newline, as one unit (waiting for room past
     /// `max_pending`).
     pub fn append_line(&self, line: &[u8]) {
+        self.append_with(|pending| pending.extend_from_slice(line));
+    }
+
+    /// Appends what `fill` writes, and a newline, as one unit (waiting for
+    /// room past `max_pending`): `fill` writes straight into the pending
+    /// batch, under the lock, so a record formatted here is not copied
+    /// again. `fill` must only append. If it panics, what it wrote is
+    /// taken back: no partial line is ever written out.
+    pub fn append_with(&self, fill: impl FnOnce(&mut Vec<u8>)) {
         let shared = &*self.shared;
         let mut state = shared.lock();
         while state.pending.len() >= shared.opts.max_pending && !state.closed {
             state = shared.room.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         let before = state.pending.len();
-        state.pending.extend_from_slice(line);
-        state.pending.push(b'\n');
+        let line = Unwind {
+            pending: &mut state.pending,
+            before,
+        };
+        fill(line.pending);
+        line.pending.push(b'\n');
+        drop(line);
         let filled = before < shared.opts.flush_at && state.pending.len() >= shared.opts.flush_at;
         if state.idle || filled {
             state.idle = false;
             drop(state);
             shared.writer.notify_one();
+        }
+    }
+}
+
+/// Truncates the pending batch back to `before` if dropped while
+/// unwinding (see [`BatchWriter::append_with`]).
+struct Unwind<'a> {
+    pending: &'a mut Vec<u8>,
+    before: usize,
+}
+
+impl Drop for Unwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.pending.truncate(self.before);
         }
     }
 }
@@ -288,6 +317,30 @@ mod tests {
         assert_eq!(out.text(), expected);
         // Batched: far fewer writes than records.
         assert!(out.writes() < 100, "{} writes", out.writes());
+    }
+
+    #[test]
+    fn a_record_whose_formatting_panics_leaves_no_partial_line() {
+        let out = Output::default();
+        let opts = BatchOptions {
+            interval: Duration::from_secs(3600),
+            flush_at: 1 << 30,
+            max_pending: 1 << 30,
+        };
+        let (w, guard) = BatchWriter::spawn(out.clone(), "t", opts).unwrap();
+        w.append_with(|b| b.extend_from_slice(b"{\"n\":1}"));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            w.append_with(|b| {
+                b.extend_from_slice(b"{\"n\":");
+                panic!("formatting failed half way");
+            });
+        }));
+        assert!(panicked.is_err());
+        // The writer goes on (the lock's poison is ignored), after the
+        // complete line and without the half one.
+        w.append_with(|b| b.extend_from_slice(b"{\"n\":3}"));
+        drop(guard);
+        assert_eq!(out.text(), "{\"n\":1}\n{\"n\":3}\n");
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! What each layer learned about a request, for the audit record.
 //!
-//! The audit layer (outermost) puts a [`Facts`] into the request extensions;
-//! every layer below writes what it knows (who the client is, which route,
+//! The audit layer (outermost) opens a [`Facts`] slot with [`Facts::open`]:
+//! one allocation that holds what the request looked like as it arrived
+//! ([`RequestMeta`], captured once, sharing the request's bytes), when it
+//! arrived, and the facts; the slot goes into the request extensions and
+//! the audit layer keeps the other reference. Every layer below writes what
+//! it knows (who the client is, which route,
 //! which credential and generation was injected, whether a refresh ran, what
 //! the upstream answered, how a 401 retry ended) with [`record`]. Because the
 //! facts live in a shared slot rather than in the response, they survive
@@ -12,9 +16,53 @@
 //! Only ids, numbers and fixed strings go in here: never a header value, a
 //! query string or a secret.
 
-use http::Request;
+use crate::context::{ConnInfo, RequestId};
+use http::{HeaderValue, Method, Request, Uri};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
+
+/// What a request looked like as it arrived, for its audit record. Cheap
+/// to capture: every field shares its bytes with the request.
+#[derive(Clone, Debug, Default)]
+pub struct RequestMeta {
+    /// The method.
+    pub method: Method,
+    /// The request target; only its path and authority are ever written.
+    pub uri: Uri,
+    /// The `Host` header, if the request had one.
+    pub host_header: Option<HeaderValue>,
+    /// The caller's address, from [`ConnInfo`].
+    pub remote_addr: Option<SocketAddr>,
+    /// The request id, from [`RequestId`].
+    pub request_id: Option<RequestId>,
+}
+
+impl RequestMeta {
+    /// Captures what the record needs from `req`.
+    pub fn from_request<B>(req: &Request<B>) -> Self {
+        let ext = req.extensions();
+        Self {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            host_header: req.headers().get(http::header::HOST).cloned(),
+            remote_addr: ext.get::<ConnInfo>().map(|c| c.remote_addr),
+            request_id: ext.get::<RequestId>().cloned(),
+        }
+    }
+
+    /// The host as the caller addressed it: the `Host` header (if it is
+    /// visible ASCII, as the router also requires), else the URI's
+    /// authority, else empty.
+    pub fn host(&self) -> &str {
+        self.host_header
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| self.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("")
+    }
+}
 
 /// Whether the request carried its route's credential.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,25 +138,58 @@ pub struct RequestFacts {
 }
 
 /// The shared slot; see the module docs.
-#[derive(Debug, Default)]
-pub struct Facts(Mutex<RequestFacts>);
+#[derive(Debug)]
+pub struct Facts {
+    meta: RequestMeta,
+    arrived: Instant,
+    facts: Mutex<RequestFacts>,
+}
 
 impl Facts {
-    /// A new empty slot.
+    /// A new empty slot, for no request in particular (tests, layers used
+    /// on their own): the meta is empty, the arrival is now.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        Self::with_meta(RequestMeta::default())
+    }
+
+    /// Opens `req`'s slot: captures its [`RequestMeta`], notes its arrival
+    /// (now) and puts the slot into its extensions (replacing any there).
+    /// The returned reference is the opener's.
+    pub fn open<B>(req: &mut Request<B>) -> Arc<Self> {
+        let slot = Self::with_meta(RequestMeta::from_request(req));
+        req.extensions_mut().insert(slot.clone());
+        slot
+    }
+
+    fn with_meta(meta: RequestMeta) -> Arc<Self> {
+        Arc::new(Self {
+            meta,
+            arrived: Instant::now(),
+            facts: Mutex::default(),
+        })
+    }
+
+    /// The request as it arrived (empty for a slot made with
+    /// [`new`](Self::new)).
+    pub fn meta(&self) -> &RequestMeta {
+        &self.meta
+    }
+
+    /// When the slot was opened: the request's arrival.
+    pub fn arrived(&self) -> Instant {
+        self.arrived
     }
 
     /// Updates the facts.
     pub fn update(&self, f: impl FnOnce(&mut RequestFacts)) {
         // Plain data: a panic elsewhere cannot leave it inconsistent.
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.facts.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut g);
     }
 
     /// A copy of the facts so far.
     pub fn snapshot(&self) -> RequestFacts {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.facts.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

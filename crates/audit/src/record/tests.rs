@@ -1,4 +1,6 @@
 use super::*;
+use http::{HeaderValue, Request};
+use proxy_core::context::ConnInfo;
 use proxy_core::facts::{CredentialFact, RefreshFact};
 use serde_json::{Value, json};
 use std::sync::Arc;
