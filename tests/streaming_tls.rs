@@ -346,6 +346,38 @@ async fn upstream_connections_are_reused_and_shared_between_routes() {
     assert_eq!(tls_up.conn_count(), 1, "h2 multiplexes one connection");
 }
 
+/// Concurrent first requests to an h2 upstream wait for one connect and
+/// share it, rather than each opening a TLS connection; to an HTTPS
+/// upstream that only speaks HTTP/1.1 they are not held up (each gets a
+/// connection, all succeed).
+#[tokio::test]
+async fn concurrent_first_requests_open_one_h2_connection() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let trust = format!(", ca_file: \"{}\"", ca.write_ca(dir.path()).display());
+    let h2_up = tls_echo_upstream(&ca, true).await;
+    let h1_up = tls_echo_upstream(&ca, false).await;
+    let proxy = start_proxy(&config(
+        "",
+        &(key_route("h2", "/h2/", &h2_up.https_url(), &trust)
+            + &key_route("h1", "/h1/", &h1_up.https_url(), &trust)),
+    ))
+    .await;
+    let auth = bearer();
+    let headers = [("authorization", auth.as_str())];
+    for (prefix, version) in [("/h2/", "HTTP/2.0"), ("/h1/", "HTTP/1.1")] {
+        let url = proxy.url(&format!("{prefix}cold"));
+        let burst = (0..8).map(|_| get(&url, &headers));
+        for (status, _, body) in futures_util::future::join_all(burst).await {
+            assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+            assert_eq!(json(&body)["version"], version);
+        }
+    }
+    assert_eq!(h2_up.hit_count(), 8);
+    assert_eq!(h2_up.conn_count(), 1, "one h2 connection for the burst");
+    assert_eq!(h1_up.hit_count(), 8);
+}
+
 /// `proxy.upstream_max_idle: 0` keeps no idle upstream connection: each
 /// request opens its own (the knob an operator uses against an upstream
 /// that mishandles keep-alive).

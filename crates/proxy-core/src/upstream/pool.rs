@@ -20,9 +20,9 @@
 //! - **h2**: when ALPN picks h2 the connection is shared by every request
 //!   to the origin (one stream each) until it closes, refuses a request
 //!   unsent (it is going away) or has carried no request for the idle
-//!   timeout. Concurrent requests that find no connection each connect; the
-//!   last h2 connection made is the one shared, the others serve their one
-//!   request and close.
+//!   timeout. Requests that find no connection to an origin that may speak
+//!   h2 wait for one connect instead of each opening their own (see
+//!   `connecting`).
 //! - **Stale connections**: a request sent on a reused connection that the
 //!   upstream had already closed, and that hyper hands back unsent, is sent
 //!   again on another connection (what hyper-util's `retry_canceled_requests`
@@ -130,6 +130,11 @@ struct State {
     h2_since: u64,
     /// Whether the reaper task runs.
     reaping: bool,
+    /// The connect in progress that others wait for (`https` only).
+    connecting: Option<connecting::Connecting>,
+    /// The origin answered ALPN with HTTP/1.1 last time: connects are not
+    /// held back.
+    alpn_h1: bool,
 }
 
 struct Idle {
@@ -141,6 +146,8 @@ enum Conn {
     H1(http1::SendRequest<ProxyBody>),
     H2(http2::SendRequest<ProxyBody>),
 }
+
+mod connecting;
 
 /// Dead pooled connections a request skips before it connects instead.
 const MAX_DEAD_CHECKOUTS: u32 = 8;
@@ -196,7 +203,7 @@ impl OriginPool {
                 // Boxed: connecting (TCP, TLS, an h2 handshake) takes several
                 // KiB of future state, which would otherwise make every
                 // request's future that large, and every move of it a copy.
-                None => (Box::pin(self.connect()).await?, false),
+                None => Box::pin(self.connect_once()).await?,
             };
             let mut unsent = match conn {
                 Conn::H1(mut tx) => {
@@ -364,9 +371,13 @@ impl OriginPool {
             let mut state = self.lock();
             state.h2 = Some(tx.clone());
             state.h2_since = self.tick.load(Ordering::Relaxed);
+            state.alpn_h1 = false;
             self.start_reaper(state);
             Ok(Conn::H2(tx))
         } else {
+            if self.scheme == Scheme::HTTPS {
+                self.lock().alpn_h1 = true;
+            }
             let (tx, conn) = self.h1.handshake(io).await.map_err(SendError::Http)?;
             tokio::spawn(async move {
                 if let Err(e) = conn.with_upgrades().await {

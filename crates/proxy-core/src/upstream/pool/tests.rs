@@ -427,6 +427,99 @@ async fn a_refused_connect_is_a_connect_error() {
     assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
 }
 
+/// A TCP listener that counts connections and, per `hold`, keeps them
+/// open without a word (a TLS handshake then never ends) or closes them
+/// at once (it then fails).
+async fn mute_listener(hold: bool) -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            if hold {
+                held.push(stream);
+            }
+        }
+    });
+    (addr, accepted, task)
+}
+
+fn https_pool(addr: SocketAddr) -> Arc<OriginPool> {
+    let connector = crate::upstream::build_connector(None, Duration::from_secs(5)).unwrap();
+    Arc::new(OriginPool::new(
+        connector,
+        Scheme::HTTPS,
+        Authority::try_from(addr.to_string()).unwrap(),
+        PoolSettings::default(),
+    ))
+}
+
+/// Requests that find no connection to an origin that may speak h2 wait
+/// for one connect; when it fails they all fail with its kind of error,
+/// without trying again each.
+#[tokio::test]
+async fn concurrent_connects_to_an_https_origin_make_one_attempt() {
+    let (addr, accepted, task) = mute_listener(false).await;
+    let pool = https_pool(addr);
+    let sends = (0..5).map(|_| pool.clone().send(get(addr)));
+    let results = futures_util::future::join_all(sends).await;
+    let kinds: Vec<_> = results
+        .iter()
+        .map(|r| match r {
+            Err(e @ SendError::Connect(_)) => crate::error::find_cause::<std::io::Error>(e)
+                .expect("an io error in the chain")
+                .kind(),
+            other => panic!("expected a connect error, got {other:?}"),
+        })
+        .collect();
+    assert!(kinds.iter().all(|k| *k == kinds[0]), "{kinds:?}");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one connection attempt for five requests"
+    );
+    assert!(pool.lock().connecting.is_none());
+    task.abort();
+}
+
+/// When the request that connects for the others goes away, one of the
+/// waiting requests connects instead (none is left waiting for nothing).
+#[tokio::test]
+async fn a_waiting_request_takes_over_from_a_cancelled_connect() {
+    let (addr, accepted, task) = mute_listener(true).await;
+    let pool = https_pool(addr);
+    let until_accepted = |n: usize| {
+        let accepted = accepted.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while accepted.load(Ordering::SeqCst) < n {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{n} connections: not within 10 s"));
+        }
+    };
+    let leader = tokio::spawn(pool.clone().send(get(addr)));
+    until_accepted(1).await;
+    let waiter = tokio::spawn(pool.clone().send(get(addr)));
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the second request waits"
+    );
+    leader.abort();
+    until_accepted(2).await;
+    waiter.abort();
+    task.abort();
+}
+
 #[tokio::test]
 async fn the_request_uri_goes_out_in_origin_form() {
     let s = server(
