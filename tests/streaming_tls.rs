@@ -347,9 +347,10 @@ async fn upstream_connections_are_reused_and_shared_between_routes() {
 }
 
 /// Concurrent first requests to an h2 upstream wait for one connect and
-/// share it, rather than each opening a TLS connection; to an HTTPS
-/// upstream that only speaks HTTP/1.1 they are not held up (each gets a
-/// connection, all succeed).
+/// share it, rather than each opening a TLS connection (without that, the
+/// burst opens up to 8). To an HTTPS upstream that only speaks HTTP/1.1
+/// the first burst waits for the first connect too (ALPN is not known
+/// yet), then each request connects on its own: all succeed.
 #[tokio::test]
 async fn concurrent_first_requests_open_one_h2_connection() {
     let ca = TestCa::new();

@@ -124,12 +124,14 @@ impl BatchWriter {
             state = shared.room.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         let before = state.pending.len();
-        let line = Unwind {
+        let mut line = Unwind {
             pending: &mut state.pending,
             before,
+            done: false,
         };
         fill(line.pending);
         line.pending.push(b'\n');
+        line.done = true;
         drop(line);
         let filled = before < shared.opts.flush_at && state.pending.len() >= shared.opts.flush_at;
         if state.idle || filled {
@@ -140,16 +142,20 @@ impl BatchWriter {
     }
 }
 
-/// Truncates the pending batch back to `before` if dropped while
-/// unwinding (see [`BatchWriter::append_with`]).
+/// Truncates the pending batch back to `before` if dropped before the
+/// line was done: `fill` panicked (see [`BatchWriter::append_with`]). Not
+/// `std::thread::panicking()`: a record written while another panic
+/// unwinds (the audit layer records a panicking request from its drop
+/// guard) is complete and kept.
 struct Unwind<'a> {
     pending: &'a mut Vec<u8>,
     before: usize,
+    done: bool,
 }
 
 impl Drop for Unwind<'_> {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if !self.done {
             self.pending.truncate(self.before);
         }
     }
@@ -339,8 +345,21 @@ mod tests {
         // The writer goes on (the lock's poison is ignored), after the
         // complete line and without the half one.
         w.append_with(|b| b.extend_from_slice(b"{\"n\":3}"));
+        // A record written while another panic unwinds (as the audit layer
+        // records a panicking request) is kept whole.
+        struct WritesOnDrop(BatchWriter);
+        impl Drop for WritesOnDrop {
+            fn drop(&mut self) {
+                self.0.append_with(|b| b.extend_from_slice(b"{\"n\":4}"));
+            }
+        }
+        let unwinding = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _record = WritesOnDrop(w.clone());
+            panic!("a request panicked");
+        }));
+        assert!(unwinding.is_err());
         drop(guard);
-        assert_eq!(out.text(), "{\"n\":1}\n{\"n\":3}\n");
+        assert_eq!(out.text(), "{\"n\":1}\n{\"n\":3}\n{\"n\":4}\n");
     }
 
     #[test]

@@ -107,6 +107,7 @@ impl UpstreamClients {
             upstream.scheme.clone(),
             upstream.authority.clone(),
             self.settings,
+            connect_timeout,
         ));
         if cache.pools.len() >= cache.prune_at {
             // Amortised: a config of 10,000 routes does not scan the map

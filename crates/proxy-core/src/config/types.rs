@@ -275,7 +275,8 @@ pub struct RouteConfig {
         serialize_with = "ser_duration"
     )]
     pub timeout: Duration,
-    /// Limit for the TCP connect to the upstream (default `10s`).
+    /// Limit for connecting to the upstream: TCP, TLS and the HTTP
+    /// handshake together (default `10s`).
     #[serde(
         default = "default_connect_timeout",
         deserialize_with = "de_duration",

@@ -95,6 +95,8 @@ pub struct OriginPool {
     scheme: Scheme,
     authority: Authority,
     settings: PoolSettings,
+    /// Bounds a whole connect (see `connecting`).
+    connect_timeout: Duration,
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
     /// Reaper ticks so far: idle connections are stamped with it instead of
@@ -156,12 +158,15 @@ const MAX_DEAD_CHECKOUTS: u32 = 8;
 const TICKS_PER_TIMEOUT: u64 = 3;
 
 impl OriginPool {
-    /// A pool for `scheme://authority`, connecting with `connector`.
+    /// A pool for `scheme://authority`, connecting with `connector`; a
+    /// connect (TCP, TLS, HTTP handshake) that takes longer than
+    /// `connect_timeout` fails as timed out.
     pub fn new(
         connector: HttpsConnector<HttpConnector>,
         scheme: Scheme,
         authority: Authority,
         settings: PoolSettings,
+        connect_timeout: Duration,
     ) -> Self {
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new());
@@ -170,6 +175,7 @@ impl OriginPool {
             scheme,
             authority,
             settings,
+            connect_timeout,
             h1: http1::Builder::new(),
             h2,
             tick: AtomicU64::new(0),

@@ -12,9 +12,14 @@
 //!   own, as HTTP/1.1 needs, and later requests no longer wait, until the
 //!   origin negotiates h2 again;
 //! - it failed: they fail too, with the same kind of error (a timed-out
-//!   connect stays a timeout), instead of each trying again and waiting
-//!   out the same connect timeout in turn;
-//! - it was cancelled (its caller went away): one of them takes over.
+//!   connect stays a timeout) and its description, instead of each trying
+//!   again and waiting out the same connect timeout in turn;
+//! - it was cancelled (its caller went away, or its route timeout fired):
+//!   one of them takes over.
+//!
+//! The whole connect (TCP, TLS, the HTTP handshake) is bounded by the
+//! connect timeout, so a stalled TLS handshake holds the waiters no longer
+//! than a refused one would.
 //!
 //! Only `https` origins can negotiate h2 (ALPN); plain `http` connects are
 //! never held back.
@@ -25,7 +30,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 /// A connect's outcome, as the requests waiting for it see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Outcome {
     /// Still connecting.
     Pending,
@@ -33,8 +38,8 @@ pub(super) enum Outcome {
     /// HTTP/1.1): look again.
     Connected,
     /// Failed with an error of this kind (`Other` when it was not an io
-    /// error).
-    Failed(io::ErrorKind),
+    /// error) and this description (the error and its causes).
+    Failed(io::ErrorKind, Arc<str>),
 }
 
 /// The waiting side of the connect in progress, kept in the pool's state.
@@ -50,16 +55,24 @@ enum Next {
     Wait(Connecting),
 }
 
-/// The leader's handle: publishes the outcome, and on drop (also when the
-/// leader is cancelled) clears the pool's connect in progress, which wakes
-/// the waiters.
+/// The leader's handle: clears the pool's connect in progress, then
+/// publishes the outcome; dropped without one (the leader was cancelled),
+/// it clears the slot and the waiters, woken by the sender going away,
+/// look again.
 struct Leader<'a> {
     pool: &'a OriginPool,
     tx: watch::Sender<Outcome>,
 }
 
-impl Drop for Leader<'_> {
-    fn drop(&mut self) {
+impl Leader<'_> {
+    fn finish(self, outcome: Outcome) {
+        // Cleared first: a request that comes after the outcome never finds
+        // a finished connect to wait for.
+        self.clear();
+        self.tx.send_replace(outcome);
+    }
+
+    fn clear(&self) {
         let mut state = self.pool.lock();
         if state
             .connecting
@@ -68,8 +81,12 @@ impl Drop for Leader<'_> {
         {
             state.connecting = None;
         }
-        // The sender drops after this: a waiter that saw no outcome (the
-        // leader was cancelled) looks again.
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
@@ -95,7 +112,7 @@ impl OriginPool {
                 }
             };
             let mut waiting = match next {
-                Next::Connect => return Ok((self.connect().await?, false)),
+                Next::Connect => return Ok((self.connect_within().await?, false)),
                 Next::Lead(tx) => return Ok((self.lead(tx).await?, false)),
                 Next::Wait(rx) => rx,
             };
@@ -103,11 +120,11 @@ impl OriginPool {
             let seen = waiting
                 .wait_for(|o| *o != Outcome::Pending)
                 .await
-                .map(|o| *o);
-            if let Ok(Outcome::Failed(kind)) = seen {
+                .map(|o| o.clone());
+            if let Ok(Outcome::Failed(kind, why)) = seen {
                 return Err(SendError::Connect(Box::new(io::Error::new(
                     kind,
-                    "a concurrent connection attempt to this upstream failed",
+                    format!("a concurrent connection attempt to this upstream failed: {why}"),
                 ))));
             }
         }
@@ -121,16 +138,32 @@ impl OriginPool {
 
     async fn lead(self: &Arc<Self>, tx: watch::Sender<Outcome>) -> Result<Conn, SendError> {
         let leader = Leader { pool: self, tx };
-        let result = self.connect().await;
-        let outcome = match &result {
+        let result = self.connect_within().await;
+        leader.finish(match &result {
             Ok(_) => Outcome::Connected,
             Err(e) => Outcome::Failed(
                 crate::error::find_cause::<io::Error>(e)
                     .map_or(io::ErrorKind::Other, io::Error::kind),
+                crate::error::display_chain(e).into(),
             ),
-        };
-        leader.tx.send_replace(outcome);
-        drop(leader);
+        });
         result
+    }
+
+    /// Connects within the connect timeout, all of it: TCP (which the
+    /// connector also bounds), TLS and the HTTP handshake. A stalled TLS
+    /// handshake would otherwise hold the request (and those waiting for
+    /// it) until the route's timeout.
+    async fn connect_within(self: &Arc<Self>) -> Result<Conn, SendError> {
+        match tokio::time::timeout(self.connect_timeout, self.connect()).await {
+            Ok(result) => result,
+            Err(_) => Err(SendError::Connect(Box::new(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "connecting (TCP, TLS, HTTP handshake) took longer than {:?}",
+                    self.connect_timeout
+                ),
+            )))),
+        }
     }
 }

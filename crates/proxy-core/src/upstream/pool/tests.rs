@@ -99,6 +99,7 @@ fn pool_for(addr: SocketAddr, settings: PoolSettings) -> Arc<OriginPool> {
         Scheme::HTTP,
         Authority::try_from(addr.to_string()).unwrap(),
         settings,
+        Duration::from_secs(5),
     ))
 }
 
@@ -454,6 +455,7 @@ fn https_pool(addr: SocketAddr) -> Arc<OriginPool> {
         Scheme::HTTPS,
         Authority::try_from(addr.to_string()).unwrap(),
         PoolSettings::default(),
+        Duration::from_secs(5),
     ))
 }
 
@@ -482,6 +484,24 @@ async fn concurrent_connects_to_an_https_origin_make_one_attempt() {
         "one connection attempt for five requests"
     );
     assert!(pool.lock().connecting.is_none());
+    task.abort();
+}
+
+/// A connect whose TLS handshake never ends fails as timed out after the
+/// connect timeout (not the route's), and so do the requests waiting for
+/// it. Paused clock: the timeout fires when nothing else can happen.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_tls_handshake_times_out_for_all_its_waiters() {
+    let (addr, accepted, task) = mute_listener(true).await;
+    let pool = https_pool(addr);
+    let sends = (0..3).map(|_| pool.clone().send(get(addr)));
+    for result in futures_util::future::join_all(sends).await {
+        let err = result.expect_err("nothing answers the handshake");
+        assert!(matches!(err, SendError::Connect(_)), "{err:?}");
+        let io = crate::error::find_cause::<std::io::Error>(&err).expect("an io error");
+        assert_eq!(io.kind(), std::io::ErrorKind::TimedOut, "{err:?}");
+    }
+    assert!(accepted.load(Ordering::SeqCst) <= 1, "one attempt at most");
     task.abort();
 }
 
