@@ -80,6 +80,7 @@ pub async fn start_with(
     let upstreams = Arc::new(UpstreamClients::with_settings(PoolSettings {
         max_idle: config.proxy.upstream_max_idle,
         idle_timeout: config.proxy.upstream_idle_timeout,
+        h2_keepalive: Some(config.proxy.upstream_h2_keepalive).filter(|d| !d.is_zero()),
     }));
     let proxy = Arc::new(ArcSwap::from_pointee(build_proxy_with(
         config, file, &options, None, &upstreams,

@@ -223,9 +223,10 @@ fn startup_bound_changes(old: &Config, new: &Config) -> Vec<String> {
     }
     if o.upstream_max_idle != n.upstream_max_idle
         || o.upstream_idle_timeout != n.upstream_idle_timeout
+        || o.upstream_h2_keepalive != n.upstream_h2_keepalive
     {
         out.push(
-            "proxy.upstream_max_idle / proxy.upstream_idle_timeout changed; they apply after a restart (connection pools are made with them)"
+            "proxy.upstream_max_idle / proxy.upstream_idle_timeout / proxy.upstream_h2_keepalive changed; they apply after a restart (connection pools are made with them)"
                 .to_string(),
         );
     }

@@ -32,6 +32,9 @@ pub(super) fn default_max_header() -> u64 {
 pub(super) fn default_upstream_max_idle() -> usize {
     256
 }
+pub(super) fn default_upstream_h2_keepalive() -> Duration {
+    Duration::from_secs(10)
+}
 pub(super) fn default_upstream_idle() -> Duration {
     Duration::from_secs(90)
 }
@@ -87,6 +90,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub(super) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// A duration where `0s` means "off" (the caller says what off is).
+pub(super) fn de_duration_or_zero<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration like 30s or 5m, or 0s ({e})"))
+        .map_err(serde::de::Error::custom)
 }
 
 pub(super) fn de_opt_duration<'de, D: Deserializer<'de>>(

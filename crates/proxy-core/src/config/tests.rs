@@ -424,4 +424,37 @@ fn upstream_pool_settings_default_parse_and_are_checked() {
         "{}",
         err_of(&long)
     );
+
+    // h2 keep-alive: 10s by default, 0s is off, otherwise 1s to 1h.
+    let d = Config::from_yaml(
+        &with_route("{ id: r, match: { path_prefix: /a/ }, upstream: https://x, credential: k }"),
+        "ok.yaml",
+    )
+    .unwrap();
+    assert_eq!(
+        d.proxy.upstream_h2_keepalive,
+        std::time::Duration::from_secs(10)
+    );
+    for (value, secs) in [("0s", 0), ("30s", 30), ("1h", 3600)] {
+        let yaml = tuned.replace(
+            "upstream_idle_timeout: 5m",
+            &format!("upstream_h2_keepalive: {value}"),
+        );
+        let c = Config::from_yaml(&yaml, "ok.yaml").unwrap();
+        assert_eq!(
+            c.proxy.upstream_h2_keepalive,
+            std::time::Duration::from_secs(secs)
+        );
+    }
+    for bad in ["500ms", "2h"] {
+        let yaml = tuned.replace(
+            "upstream_idle_timeout: 5m",
+            &format!("upstream_h2_keepalive: {bad}"),
+        );
+        let e = err_of(&yaml);
+        assert!(
+            e.contains("proxy.upstream_h2_keepalive: must be 0s (off) or between 1s and 1h"),
+            "{bad}: {e}"
+        );
+    }
 }

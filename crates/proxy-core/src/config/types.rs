@@ -7,10 +7,10 @@
 
 use super::credentials::{CredentialConfig, FileStoreSettings, RedisSettings};
 use super::serde_util::{
-    de_duration, de_opt_size, de_size, default_connect_timeout, default_drain,
+    de_duration, de_duration_or_zero, de_opt_size, de_size, default_connect_timeout, default_drain,
     default_max_concurrent, default_max_header, default_poll, default_replay_limit,
-    default_retry_statuses, default_timeout, default_true, default_upstream_idle,
-    default_upstream_max_idle, ser_duration,
+    default_retry_statuses, default_timeout, default_true, default_upstream_h2_keepalive,
+    default_upstream_idle, default_upstream_max_idle, ser_duration,
 };
 use crate::secret::SecretRef;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -129,6 +129,16 @@ pub struct ProxySettings {
         serialize_with = "ser_duration"
     )]
     pub upstream_idle_timeout: Duration,
+    /// h2 keep-alive to upstreams (default `10s`; `0s` turns it off):
+    /// while requests are in flight on an h2 connection and nothing has
+    /// come from the upstream for this long, a PING is sent; no answer
+    /// within the same time closes the connection.
+    #[serde(
+        default = "default_upstream_h2_keepalive",
+        deserialize_with = "de_duration_or_zero",
+        serialize_with = "ser_duration"
+    )]
+    pub upstream_h2_keepalive: Duration,
     /// Serve TLS (and optionally verify client certificates) on the proxy
     /// listener. None: plain HTTP.
     #[serde(default)]

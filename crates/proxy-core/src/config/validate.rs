@@ -70,6 +70,16 @@ pub fn validate(config: &Config) -> Result<(), Vec<FieldError>> {
             "must be between 1s and 24h",
         ));
     }
+    let keepalive = config.proxy.upstream_h2_keepalive;
+    if !keepalive.is_zero()
+        && !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600))
+            .contains(&keepalive)
+    {
+        errs.push(FieldError::new(
+            "proxy.upstream_h2_keepalive",
+            "must be 0s (off) or between 1s and 1h",
+        ));
+    }
     if !(8 << 10..=16 << 20).contains(&config.proxy.max_header_bytes) {
         errs.push(FieldError::new(
             "proxy.max_header_bytes",

@@ -30,6 +30,11 @@
 //!   dead pooled connections (an upstream that restarted leaves all of them
 //!   dead) a request connects afresh, and a fresh connection's failure is
 //!   final.
+//! - **Keep-alive** (h2): while requests are in flight and the upstream
+//!   has sent nothing for [`PoolSettings::h2_keepalive`], a PING goes out;
+//!   no answer within the same time closes the connection, so one the
+//!   network dropped silently does not take every request to the origin
+//!   down with it until TCP gives up.
 //! - **Idle timeout**: a reaper task, running while the pool holds
 //!   connections, closes those idle for longer than
 //!   [`PoolSettings::idle_timeout`] (checked every third of it: a connection
@@ -64,16 +69,24 @@ pub struct PoolSettings {
     pub max_idle: usize,
     /// How long an idle connection is kept.
     pub idle_timeout: Duration,
+    /// h2 PING keep-alive: while requests are in flight on an h2
+    /// connection and nothing has come from the upstream for this long, a
+    /// PING is sent; no answer within the same time closes the connection
+    /// (its requests fail, the next ones connect afresh). None: off.
+    pub h2_keepalive: Option<Duration>,
 }
 
 impl Default for PoolSettings {
     /// 256 idle connections, closed after 90 s idle (hyper-util's and
     /// Envoy's idle timeouts are in the same range; nginx's upstream
-    /// `keepalive_timeout` is 60 s).
+    /// `keepalive_timeout` is 60 s); h2 keep-alive every 10 s of silence,
+    /// so a connection the network dropped without a word is closed within
+    /// about 20 s rather than when TCP gives up (~15 min on Linux).
     fn default() -> Self {
         Self {
             max_idle: 256,
             idle_timeout: Duration::from_secs(90),
+            h2_keepalive: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -128,6 +141,10 @@ struct State {
     idle: Vec<Idle>,
     /// The shared h2 connection, once there is one.
     h2: Option<http2::SendRequest<ProxyBody>>,
+    /// Which connection `h2` is (counts the h2 connections made), so a
+    /// request that finds its connection going away unshares only that
+    /// one, never a newer one another request has made since.
+    h2_id: u64,
     /// The reaper tick when the h2 connection last took a request.
     h2_since: u64,
     /// Whether the reaper task runs.
@@ -146,7 +163,8 @@ struct Idle {
 
 enum Conn {
     H1(http1::SendRequest<ProxyBody>),
-    H2(http2::SendRequest<ProxyBody>),
+    /// With its `State::h2_id`.
+    H2(http2::SendRequest<ProxyBody>, u64),
 }
 
 mod connecting;
@@ -170,6 +188,12 @@ impl OriginPool {
     ) -> Self {
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new());
+        if let Some(every) = settings.h2_keepalive {
+            // Only while requests are in flight: the idle timeout closes
+            // unused connections, and PINGs on an idle connection make
+            // some servers (gRPC's) go away with ENHANCE_YOUR_CALM.
+            h2.keep_alive_interval(every).keep_alive_timeout(every);
+        }
         Self {
             connector,
             scheme,
@@ -232,7 +256,7 @@ impl OriginPool {
                         Err(e) => e,
                     }
                 }
-                Conn::H2(mut tx) => {
+                Conn::H2(mut tx, id) => {
                     absolute_form(&mut req, &self.scheme, &self.authority);
                     match tx.try_send_request(req).await {
                         Ok(resp) => return Ok(resp.map(PooledBody::unpooled)),
@@ -243,7 +267,7 @@ impl OriginPool {
                             // connection.)
                             match e.take_message() {
                                 Some(r) => {
-                                    self.lock().h2 = None;
+                                    self.unshare_h2(id);
                                     dead += 1;
                                     if !reused {
                                         return Err(SendError::Http(e.into_error()));
@@ -304,7 +328,7 @@ impl OriginPool {
             if !h2.is_closed() {
                 let h2 = h2.clone();
                 state.h2_since = self.tick.load(Ordering::Relaxed);
-                return Some(Conn::H2(h2));
+                return Some(Conn::H2(h2, state.h2_id));
             }
             state.h2 = None;
         }
@@ -314,6 +338,14 @@ impl OriginPool {
             }
         }
         None
+    }
+
+    /// Stops sharing h2 connection `id`, if it is still the shared one.
+    fn unshare_h2(&self, id: u64) {
+        let mut state = self.lock();
+        if state.h2_id == id {
+            state.h2 = None;
+        }
     }
 
     /// Pools a connection whose response has ended once hyper is ready
@@ -376,10 +408,12 @@ impl OriginPool {
             tx.ready().await.map_err(SendError::Http)?;
             let mut state = self.lock();
             state.h2 = Some(tx.clone());
+            state.h2_id += 1;
+            let id = state.h2_id;
             state.h2_since = self.tick.load(Ordering::Relaxed);
             state.alpn_h1 = false;
             self.start_reaper(state);
-            Ok(Conn::H2(tx))
+            Ok(Conn::H2(tx, id))
         } else {
             if self.scheme == Scheme::HTTPS {
                 self.lock().alpn_h1 = true;

@@ -99,7 +99,7 @@ impl OriginPool {
             let next = {
                 let mut state = self.lock();
                 if let Some(h2) = state.h2.as_ref().filter(|h2| !h2.is_closed()) {
-                    return Ok((Conn::H2(h2.clone()), true));
+                    return Ok((Conn::H2(h2.clone(), state.h2_id), true));
                 }
                 if !self.may_be_h2(state.alpn_h1) {
                     Next::Connect
