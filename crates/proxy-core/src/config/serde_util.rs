@@ -33,7 +33,7 @@ pub(super) fn default_upstream_max_idle() -> usize {
     256
 }
 pub(super) fn default_upstream_h2_keepalive() -> Duration {
-    Duration::from_secs(10)
+    Duration::ZERO
 }
 pub(super) fn default_upstream_idle() -> Duration {
     Duration::from_secs(90)

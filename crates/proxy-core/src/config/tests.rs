@@ -425,16 +425,13 @@ fn upstream_pool_settings_default_parse_and_are_checked() {
         err_of(&long)
     );
 
-    // h2 keep-alive: 10s by default, 0s is off, otherwise 1s to 1h.
+    // h2 keep-alive: off (0s) by default, otherwise 1s to 1h.
     let d = Config::from_yaml(
         &with_route("{ id: r, match: { path_prefix: /a/ }, upstream: https://x, credential: k }"),
         "ok.yaml",
     )
     .unwrap();
-    assert_eq!(
-        d.proxy.upstream_h2_keepalive,
-        std::time::Duration::from_secs(10)
-    );
+    assert_eq!(d.proxy.upstream_h2_keepalive, std::time::Duration::ZERO);
     for (value, secs) in [("0s", 0), ("30s", 30), ("1h", 3600)] {
         let yaml = tuned.replace(
             "upstream_idle_timeout: 5m",
@@ -446,6 +443,11 @@ fn upstream_pool_settings_default_parse_and_are_checked() {
             std::time::Duration::from_secs(secs)
         );
     }
+    let e = err_of(&tuned.replace("upstream_idle_timeout: 5m", "upstream_h2_keepalive: 10"));
+    assert!(
+        e.contains("proxy.upstream_h2_keepalive") && e.contains("is not a duration"),
+        "{e}"
+    );
     for bad in ["500ms", "2h"] {
         let yaml = tuned.replace(
             "upstream_idle_timeout: 5m",

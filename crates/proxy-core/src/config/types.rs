@@ -129,10 +129,10 @@ pub struct ProxySettings {
         serialize_with = "ser_duration"
     )]
     pub upstream_idle_timeout: Duration,
-    /// h2 keep-alive to upstreams (default `10s`; `0s` turns it off):
-    /// while requests are in flight on an h2 connection and nothing has
-    /// come from the upstream for this long, a PING is sent; no answer
-    /// within the same time closes the connection.
+    /// h2 keep-alive to upstreams (default `0s`: off): while requests are
+    /// in flight on an h2 connection and nothing has come from the
+    /// upstream for this long, a PING is sent; no answer within 20 s
+    /// closes the connection.
     #[serde(
         default = "default_upstream_h2_keepalive",
         deserialize_with = "de_duration_or_zero",

@@ -30,11 +30,11 @@
 //!   dead pooled connections (an upstream that restarted leaves all of them
 //!   dead) a request connects afresh, and a fresh connection's failure is
 //!   final.
-//! - **Keep-alive** (h2): while requests are in flight and the upstream
-//!   has sent nothing for [`PoolSettings::h2_keepalive`], a PING goes out;
-//!   no answer within the same time closes the connection, so one the
-//!   network dropped silently does not take every request to the origin
-//!   down with it until TCP gives up.
+//! - **Keep-alive** (h2, off unless configured): while requests are in
+//!   flight and the upstream has sent nothing for
+//!   [`PoolSettings::h2_keepalive`], a PING goes out; no answer within 20 s
+//!   closes the connection, so one the network dropped silently does not
+//!   take every request to the origin down with it until TCP gives up.
 //! - **Idle timeout**: a reaper task, running while the pool holds
 //!   connections, closes those idle for longer than
 //!   [`PoolSettings::idle_timeout`] (checked every third of it: a connection
@@ -71,22 +71,23 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     /// h2 PING keep-alive: while requests are in flight on an h2
     /// connection and nothing has come from the upstream for this long, a
-    /// PING is sent; no answer within the same time closes the connection
-    /// (its requests fail, the next ones connect afresh). None: off.
+    /// PING is sent; no answer within 20 s closes the connection (its
+    /// requests fail, the next ones connect afresh). None (the default):
+    /// off.
     pub h2_keepalive: Option<Duration>,
 }
 
 impl Default for PoolSettings {
     /// 256 idle connections, closed after 90 s idle (hyper-util's and
     /// Envoy's idle timeouts are in the same range; nginx's upstream
-    /// `keepalive_timeout` is 60 s); h2 keep-alive every 10 s of silence,
-    /// so a connection the network dropped without a word is closed within
-    /// about 20 s rather than when TCP gives up (~15 min on Linux).
+    /// `keepalive_timeout` is 60 s); no h2 keep-alive, as in Envoy and
+    /// hyper (gRPC servers by default allow a PING only every 5 minutes
+    /// and close the connection on the third one too early).
     fn default() -> Self {
         Self {
             max_idle: 256,
             idle_timeout: Duration::from_secs(90),
-            h2_keepalive: Some(Duration::from_secs(10)),
+            h2_keepalive: None,
         }
     }
 }
@@ -189,10 +190,13 @@ impl OriginPool {
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new());
         if let Some(every) = settings.h2_keepalive {
-            // Only while requests are in flight: the idle timeout closes
-            // unused connections, and PINGs on an idle connection make
-            // some servers (gRPC's) go away with ENHANCE_YOUR_CALM.
-            h2.keep_alive_interval(every).keep_alive_timeout(every);
+            // Only while requests are in flight (hyper's default): the idle
+            // timeout closes unused connections, and PINGs on an idle
+            // connection are what servers police hardest. The answer may
+            // take 20 s (hyper's and gRPC's default): a PING can queue
+            // behind a large upload.
+            h2.keep_alive_interval(every)
+                .keep_alive_timeout(Duration::from_secs(20));
         }
         Self {
             connector,
