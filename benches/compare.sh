@@ -19,8 +19,10 @@
 # the proxy's, upstream's and load generator's own CPU time): disturbed runs
 # are flagged NOISY and, when quiet runs exist, left out of the medians.
 # Prints the medians per contender and their ratios to the reference
-# (nginx, or the plain latchkey config for latchkey-only scenarios), and writes
-# everything to target/bench/compare-<timestamp>.json.
+# (nginx, or the plain latchkey config for latchkey-only scenarios), the same
+# ratios paired within each round (median and range over the rounds: steadier
+# when the machine's speed drifts between rounds by more than the effect, as
+# for audit-off), and writes everything to target/bench/compare-<timestamp>.json.
 #
 # Scenarios (SCENARIO=..., default static):
 #   static        static credential, latchkey's default config (audit records

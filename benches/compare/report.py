@@ -6,7 +6,9 @@
                            runs file as one JSON line; prints a one-line
                            summary and exits 3 if the run is INVALID
   report.py summarize ...  medians per contender, ratios to the reference
-                           contender, the table on stdout, all of it as JSON
+                           contender (of the medians, and paired within
+                           each round: median and range), the table on
+                           stdout, all of it as JSON
 """
 
 import argparse
@@ -321,11 +323,32 @@ def ratio(a, b):
     return a / b
 
 
+def paired(mine, theirs):
+    """Ratios to the reference within each round both ran in (interleaved,
+    so a machine that speeds up or slows down between rounds moves both):
+    median and range over the rounds. Steadier than the ratio of medians
+    when rounds differ by more than the effect measured."""
+    rounds = sorted(set(mine) & set(theirs))
+    rps = [ratio(mine[k]["rps"], theirs[k]["rps"]) for k in rounds]
+    cpu = [ratio(mine[k]["cpu_us_per_req"], theirs[k]["cpu_us_per_req"]) for k in rounds]
+    rps = [v for v in rps if v is not None]
+    cpu = [v for v in cpu if v is not None]
+    return {
+        "paired_rounds": len(rounds),
+        "paired_rps_ratio": med(rps),
+        "paired_rps_ratio_range": [min(rps), max(rps)] if rps else None,
+        "paired_cpu_per_req_ratio": med(cpu),
+        "paired_cpu_per_req_ratio_range": [min(cpu), max(cpu)] if cpu else None,
+    }
+
+
 def cmd_summarize(a):
     runs = [json.loads(l) for l in open(a.runs) if l.strip()]
     meta = json.load(open(a.meta))
     contenders = a.contenders.split()
     summary = {}
+    # The runs each contender's medians are over, by round.
+    used = {}
     for c in contenders:
         rs = [r for r in runs if r["contender"] == c]
         valid = [r for r in rs if r["valid"]]
@@ -361,6 +384,7 @@ def cmd_summarize(a):
             s["refresh_segments"] = sum(sum(seg["refresh"] for seg in r["segments"]) for r in rs)
             s["token_requests"] = max([len(r["refresh_windows"]) for r in rs], default=0)
         summary[c] = s
+        used[c] = {r["round"]: r for r in use}
     ref = a.ref if a.ref in summary else None
     for c, s in summary.items():
         if ref:
@@ -370,6 +394,8 @@ def cmd_summarize(a):
             s["p99_ratio"] = ratio(s["p99_ms"], b["p99_ms"])
             s["cpu_per_req_ratio"] = ratio(s["cpu_us_per_req"], b["cpu_us_per_req"])
             s["rss_ratio"] = ratio(s["peak_rss_kb"], b["peak_rss_kb"])
+            if c != ref:
+                s.update(paired(used[c], used[ref]))
 
     invalid = [r for r in runs if not r["valid"]]
     out = dict(meta)
@@ -407,6 +433,15 @@ def cmd_summarize(a):
                         for j, (x, w) in enumerate(zip(row, widths))))
         if i == 0:
             print("  ".join("-" * w for w in widths))
+    for c in contenders:
+        s = summary[c]
+        if s.get("paired_rounds", 0) > 1:
+            lo_r, hi_r = s["paired_rps_ratio_range"] or (None, None)
+            lo_c, hi_c = s["paired_cpu_per_req_ratio_range"] or (None, None)
+            print(f"{c} / {ref}, paired within each of {s['paired_rounds']} rounds: req/s x "
+                  f"{fmt(s['paired_rps_ratio'], '.3f')} (rounds {fmt(lo_r, '.2f')}-{fmt(hi_r, '.2f')}), "
+                  f"CPU/req x {fmt(s['paired_cpu_per_req_ratio'], '.3f')} "
+                  f"(rounds {fmt(lo_c, '.2f')}-{fmt(hi_c, '.2f')})")
     for c in contenders:
         s = summary[c]
         if "inside_refresh_p99_ms" in s:
