@@ -5,11 +5,12 @@
 //! ([`Facts::open`]: an `Arc<`[`Facts`]`>` in the extensions, which every
 //! layer below fills in), which also captures what the record needs from
 //! the request as it arrived ([`RequestMeta`]: method, host, path, caller
-//! address, request id) and when it arrived. One allocation, and the future
-//! carries only two pointers for it. When the inner service answers it derives the
-//! [`RequestRecord`] from the status, the response's [`ErrorCode`]
-//! extension (present exactly when the proxy made the response) and the
-//! facts, hands it to the [`AuditSink`] and updates the metrics.
+//! address, request id) and when it arrived: one allocation, and the
+//! future carries only two pointers for it. When the inner service answers
+//! it derives the [`RequestRecord`] from the status, the response's
+//! [`ErrorCode`] extension (present exactly when the proxy made the
+//! response) and the facts, hands it to the [`AuditSink`] and updates the
+//! metrics.
 //!
 //! If the caller goes away first, the server drops the response future;
 //! its drop guard then writes the record with action `client_cancel` and
