@@ -289,6 +289,16 @@ mod tests {
         }
     }
 
+    /// Options under which nothing is written before the guard is dropped
+    /// (the first record of a quiet writer aside).
+    fn only_when_dropped() -> BatchOptions {
+        BatchOptions {
+            interval: Duration::from_secs(3600),
+            flush_at: 1 << 30,
+            max_pending: 1 << 30,
+        }
+    }
+
     #[test]
     fn a_quiet_writers_first_record_is_written_at_once() {
         let out = Output::default();
@@ -306,11 +316,7 @@ mod tests {
     #[test]
     fn dropping_the_guard_writes_everything_in_order() {
         let out = Output::default();
-        let opts = BatchOptions {
-            interval: Duration::from_secs(3600),
-            flush_at: 1 << 30,
-            max_pending: 1 << 30,
-        };
+        let opts = only_when_dropped();
         let (w, guard) = BatchWriter::spawn(out.clone(), "t", opts).unwrap();
         let mut expected = String::new();
         for i in 0..10_000 {
@@ -328,11 +334,7 @@ mod tests {
     #[test]
     fn a_record_whose_formatting_panics_leaves_no_partial_line() {
         let out = Output::default();
-        let opts = BatchOptions {
-            interval: Duration::from_secs(3600),
-            flush_at: 1 << 30,
-            max_pending: 1 << 30,
-        };
+        let opts = only_when_dropped();
         let (w, guard) = BatchWriter::spawn(out.clone(), "t", opts).unwrap();
         w.append_with(|b| b.extend_from_slice(b"{\"n\":1}"));
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

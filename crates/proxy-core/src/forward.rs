@@ -31,8 +31,8 @@ pub struct ForwardTarget {
     pub strip_prefix: Option<String>,
     /// Limit for the response headers to arrive.
     pub timeout: Duration,
-    /// Limit for the TCP connect (enforced by the pool's connector; kept
-    /// here to name it in errors).
+    /// Limit for connecting: TCP, TLS and the HTTP handshake (enforced by
+    /// the pool; kept here to name it in errors).
     pub connect_timeout: Duration,
     /// Largest request body accepted.
     pub max_request_body: Option<u64>,
