@@ -1,9 +1,15 @@
 //! The proxy listener.
 //!
-//! Accepts TCP connections, serves HTTP/1.1 and h2 on each (hyper-util's auto
-//! builder, with upgrades so WebSocket handshakes pass through), and hands
-//! every request to the current [`Proxy`] (loaded from an `ArcSwap`, so a
-//! reload never disturbs in-flight requests). Before the proxy sees a request
+//! Accepts TCP connections, serves HTTP/1.1 (with upgrades, so WebSocket
+//! handshakes pass through) and h2 on each, and hands every request to the
+//! current [`Proxy`] (loaded from an `ArcSwap`, so a reload never disturbs
+//! in-flight requests). A plain connection's protocol is told from a peek
+//! at its first bytes (the h2 prior-knowledge preface or not), not by
+//! hyper-util's auto builder, which reads them and hands them back to hyper
+//! as a separate first read: hyper's HTTP/1.1 read buffer then doubles to
+//! 16 KiB on every connection (2 MiB more at 256 connections). TLS
+//! connections, and plain ones whose first bytes do not decide yet, still
+//! use the auto builder. Before the proxy sees a request
 //! the listener attaches the [`ConnInfo`] and the [`RequestId`].
 //!
 //! With `proxy.tls`, each connection first completes a TLS handshake (in its
@@ -22,6 +28,7 @@
 use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -55,15 +62,9 @@ pub async fn serve(
     // Fired when the drain timeout expires: connections still open are
     // dropped, so a stopped proxy really is stopped (also when embedded).
     let (force_close, force_rx) = watch::channel(false);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Oversized request heads: HTTP/1.1 answers 431, h2 resets the stream.
-    builder.http1().max_buf_size(max_header_bytes);
-    builder
-        .http2()
-        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
+    let builders = Arc::new(Builders::new(max_header_bytes));
     let local_addr = listener.local_addr().ok();
-    let stop = crate::app::stopped(shutdown);
+    let stop = crate::app::stopped(shutdown.clone());
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -88,22 +89,23 @@ pub async fn serve(
                 // at once.
                 let watcher = graceful.watcher();
                 let force = crate::app::stopped(force_rx.clone());
-                let (proxy, builder, tls) = (proxy.clone(), builder.clone(), tls.clone());
+                let (proxy, builders, tls) = (proxy.clone(), builders.clone(), tls.clone());
+                let shutdown = shutdown.clone();
                 tokio::spawn(async move {
                     let served = async move {
                         match tls {
                             None => {
                                 let svc = ConnService { proxy, conn, peer: None };
-                                serve_conn(&builder, watcher, stream, svc).await
+                                serve_plain(&builders, watcher, shutdown, stream, svc).await
                             }
+                            // Boxed: a TLS connection's state (the handshake,
+                            // rustls' connection) is several times a plain
+                            // one's, and inline every plain connection's
+                            // task would be that size too (11.4 KB instead
+                            // of 2.8 KB).
                             Some(acceptor) => {
-                                let Some(stream) = handshake(&acceptor, stream, remote_addr).await
-                                else {
-                                    return Ok(());
-                                };
-                                let peer = crate::tls::peer_identity(stream.get_ref().1);
-                                let svc = ConnService { proxy, conn, peer };
-                                serve_conn(&builder, watcher, stream, svc).await
+                                Box::pin(serve_tls(&builders.auto, watcher, stream, acceptor, proxy, conn))
+                                    .await
                             }
                         }
                     };
@@ -132,7 +134,117 @@ pub async fn serve(
     }
 }
 
-/// Serves HTTP on one (plain or TLS) connection under graceful shutdown.
+/// The connection builders, configured alike.
+struct Builders {
+    /// Reads the first bytes to tell HTTP/1.1 from h2 (TLS connections,
+    /// and a plain one whose first bytes do not yet tell).
+    auto: auto::Builder<TokioExecutor>,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(max_header_bytes: usize) -> Self {
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        let mut h1 = http1::Builder::new();
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        // Oversized request heads: HTTP/1.1 answers 431, h2 resets the stream.
+        let max_list = u32::try_from(max_header_bytes).unwrap_or(u32::MAX);
+        auto.http1().max_buf_size(max_header_bytes);
+        auto.http2().max_header_list_size(max_list);
+        h1.max_buf_size(max_header_bytes);
+        h2.max_header_list_size(max_list);
+        Self { auto, h1, h2 }
+    }
+}
+
+/// What a plain connection's first bytes say it speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sniffed {
+    H1,
+    /// The h2 client preface (prior knowledge, "h2c").
+    H2,
+    /// A prefix of the preface, so far: the bytes still to come decide.
+    Unsure,
+    /// The caller closed the connection without sending anything.
+    Closed,
+}
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Peeks at (does not consume) the first bytes of `stream`, so HTTP/1.1
+/// and h2 connections start on hyper's own builders with nothing to hand
+/// back (see the module docs).
+async fn sniff(stream: &TcpStream) -> std::io::Result<Sniffed> {
+    let mut buf = [0; H2_PREFACE.len()];
+    let n = stream.peek(&mut buf).await?;
+    let seen = buf.get(..n).unwrap_or_default();
+    Ok(if n == 0 {
+        Sniffed::Closed
+    } else if !H2_PREFACE.starts_with(seen) {
+        Sniffed::H1
+    } else if n == H2_PREFACE.len() {
+        Sniffed::H2
+    } else {
+        Sniffed::Unsure
+    })
+}
+
+/// Serves one plain (cleartext) connection: HTTP/1.1 or h2 with prior
+/// knowledge, told apart by its first bytes ([`sniff`]).
+async fn serve_plain(
+    builders: &Builders,
+    watcher: Watcher,
+    shutdown: watch::Receiver<bool>,
+    stream: TcpStream,
+    svc: ConnService,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let sniffed = tokio::select! {
+        s = sniff(&stream) => s?,
+        // Stopping before the caller sent anything: nothing is in flight.
+        () = crate::app::stopped(shutdown.clone()) => return Ok(()),
+    };
+    match sniffed {
+        Sniffed::H1 => serve_h1(&builders.h1, watcher, shutdown, stream, svc).await,
+        // Boxed, as the rarer kinds: the h1 connection's state stays the
+        // only one inline in every connection's task.
+        Sniffed::H2 => {
+            let conn = builders.h2.serve_connection(TokioIo::new(stream), svc);
+            Box::pin(watcher.watch(conn)).await.map_err(Into::into)
+        }
+        Sniffed::Unsure => Box::pin(serve_conn(&builders.auto, watcher, stream, svc)).await,
+        Sniffed::Closed => Ok(()),
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) on `stream` under graceful shutdown:
+/// once `shutdown` turns true, hyper finishes the request in flight and
+/// closes the connection (keep-alive off). `watcher` is held to the end,
+/// so the drain waits for it. (hyper-util's `Watcher::watch` does the same
+/// for the connection types it knows; hyper's upgradeable HTTP/1.1
+/// connection is not one of them.)
+async fn serve_h1(
+    builder: &http1::Builder,
+    watcher: Watcher,
+    shutdown: watch::Receiver<bool>,
+    stream: TcpStream,
+    svc: ConnService,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => return r.map_err(Into::into),
+        () = crate::app::stopped(shutdown) => conn.as_mut().graceful_shutdown(),
+    }
+    let r = conn.await;
+    drop(watcher);
+    r.map_err(Into::into)
+}
+
+/// Serves HTTP on one (plain or TLS) connection under graceful shutdown,
+/// telling HTTP/1.1 from h2 by reading its first bytes.
 async fn serve_conn<I>(
     builder: &auto::Builder<TokioExecutor>,
     watcher: Watcher,
@@ -146,6 +258,24 @@ where
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .into_owned();
     watcher.watch(conn).await
+}
+
+/// Serves one TLS connection: the handshake, then HTTP (nothing if the
+/// handshake fails).
+async fn serve_tls(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    proxy: Arc<ArcSwap<Proxy>>,
+    conn: ConnInfo,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let Some(stream) = handshake(&acceptor, stream, conn.remote_addr).await else {
+        return Ok(());
+    };
+    let peer = crate::tls::peer_identity(stream.get_ref().1);
+    let svc = ConnService { proxy, conn, peer };
+    serve_conn(builder, watcher, stream, svc).await
 }
 
 /// The TLS handshake, bounded by [`HANDSHAKE_TIMEOUT`]. None: it failed
@@ -192,5 +322,55 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         }
         ext.insert(id);
         call_now_or_wait(self.proxy.load().service.clone(), req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{H2_PREFACE, Sniffed, sniff};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connected pair: (client end, server end).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    /// What `sniff` makes of `sent`, and that it consumed nothing.
+    async fn sniffed(sent: &[u8]) -> Sniffed {
+        let (mut client, server) = pair().await;
+        client.write_all(sent).await.unwrap();
+        let s = sniff(&server).await.unwrap();
+        let mut buf = vec![0; sent.len()];
+        assert_eq!(server.peek(&mut buf).await.unwrap(), sent.len());
+        assert_eq!(buf, sent, "sniffing must not consume the bytes");
+        s
+    }
+
+    #[tokio::test]
+    async fn sniff_tells_http1_from_the_h2_preface() {
+        assert_eq!(sniffed(b"GET / HTTP/1.1\r\n\r\n").await, Sniffed::H1);
+        // Starts like the preface ("P"), then is not it.
+        assert_eq!(sniffed(b"POST / HTTP/1.1\r\n\r\n").await, Sniffed::H1);
+        assert_eq!(sniffed(b"PRI / HTTP/1.1\r\n\r\n").await, Sniffed::H1);
+        assert_eq!(sniffed(H2_PREFACE).await, Sniffed::H2);
+        let mut preface_and_settings = H2_PREFACE.to_vec();
+        preface_and_settings.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        assert_eq!(sniffed(&preface_and_settings).await, Sniffed::H2);
+        // Part of the preface: only the rest can tell.
+        assert_eq!(sniffed(&H2_PREFACE[..10]).await, Sniffed::Unsure);
+        assert_eq!(sniffed(b"P").await, Sniffed::Unsure);
+    }
+
+    #[tokio::test]
+    async fn sniff_sees_a_caller_that_closed_without_a_word() {
+        let (client, server) = pair().await;
+        drop(client);
+        assert_eq!(sniff(&server).await.unwrap(), Sniffed::Closed);
     }
 }

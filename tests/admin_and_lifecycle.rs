@@ -299,3 +299,77 @@ async fn stop_after_the_drain_timeout_returns_false_and_closes_what_is_left() {
         panic!("the connection survived stop(): the caller still received {frame:?}");
     }
 }
+
+/// Sends one request on a raw client connection (HTTP/1.1 or h2 with prior
+/// knowledge) to `addr` and keeps the connection open; the returned task
+/// ends when the proxy closes it.
+async fn idle_after_one_request(
+    addr: SocketAddr,
+    h2: bool,
+) -> tokio::task::JoinHandle<Result<(), hyper::Error>> {
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let req = Request::get(format!("http://{addr}/nowhere"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (resp, conn) = if h2 {
+        let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        let resp_fut = tx.send_request(req);
+        let conn = tokio::spawn(async move {
+            // The sender lives as long as the connection: only the proxy
+            // can end it.
+            let r = conn.await;
+            drop(tx);
+            r
+        });
+        (with_timeout(resp_fut).await.unwrap(), conn)
+    } else {
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        let resp_fut = tx.send_request(req);
+        let conn = tokio::spawn(async move {
+            // As above.
+            let r = conn.await;
+            drop(tx);
+            r
+        });
+        (with_timeout(resp_fut).await.unwrap(), conn)
+    };
+    assert_eq!(
+        resp.status(),
+        StatusCode::NOT_FOUND,
+        "no route: the proxy answers"
+    );
+    with_timeout(resp.into_body().collect()).await.unwrap();
+    conn
+}
+
+#[tokio::test]
+async fn stop_closes_idle_and_silent_connections_at_once() {
+    // A drain timeout the test would notice: a connection that held the
+    // drain would make stop() report an unclean stop.
+    let p = start_proxy(
+        "proxy: { listen: 127.0.0.1:0, drain_timeout: 3s }\nadmin: { listen: 127.0.0.1:0 }\n",
+    )
+    .await;
+    let (proxy_addr, _) = addrs(&p);
+    // Connected, nothing sent yet: the proxy is still waiting for the first
+    // bytes to tell HTTP/1.1 from h2.
+    let mut silent = tokio::net::TcpStream::connect(proxy_addr).await.unwrap();
+    // Keep-alive connections between requests, one of each protocol.
+    let h1 = idle_after_one_request(proxy_addr, false).await;
+    let h2 = idle_after_one_request(proxy_addr, true).await;
+
+    assert!(
+        with_timeout(p.stop()).await,
+        "an idle or silent connection held the drain until its timeout"
+    );
+    with_timeout(h1).await.unwrap().unwrap();
+    with_timeout(h2).await.unwrap().unwrap();
+    let mut buf = [0; 16];
+    let read = with_timeout(tokio::io::AsyncReadExt::read(&mut silent, &mut buf)).await;
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the silent connection is closed: {read:?}"
+    );
+}
