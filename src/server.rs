@@ -8,9 +8,10 @@
 //! hyper-util's auto builder, which reads them and hands them back to hyper
 //! as a separate first read: hyper's HTTP/1.1 read buffer then doubles to
 //! 16 KiB on every connection (2 MiB more at 256 connections). A TLS
-//! connection's protocol is the one ALPN agreed; the auto builder is left
-//! for TLS callers that offered no ALPN and plain ones whose first bytes do
-//! not decide yet. Before the proxy sees a request
+//! connection on which ALPN agreed on HTTP/1.1 starts on hyper's HTTP/1.1
+//! builder too; the auto builder is left for TLS h2 (see `serve_tls`),
+//! TLS callers that offered no ALPN and plain connections whose first
+//! bytes do not decide yet. Before the proxy sees a request
 //! the listener attaches the [`ConnInfo`] and the [`RequestId`].
 //!
 //! With `proxy.tls`, each connection first completes a TLS handshake (in its
@@ -137,8 +138,9 @@ pub async fn serve(
 
 /// The connection builders, configured alike.
 struct Builders {
-    /// Reads the first bytes to tell HTTP/1.1 from h2 (a TLS caller that
-    /// offered no ALPN, a plain one whose first bytes do not yet tell).
+    /// Reads the first bytes to tell HTTP/1.1 from h2 (TLS h2, a TLS
+    /// caller that offered no ALPN, a plain connection whose first bytes
+    /// do not tell yet).
     auto: auto::Builder<TokioExecutor>,
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
@@ -201,6 +203,9 @@ async fn serve_plain(
     svc: ConnService,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let sniffed = tokio::select! {
+        // Bytes already there are served (the h1 path then finishes the
+        // request and closes), not dropped for a stop that came with them.
+        biased;
         s = sniff(&stream) => s?,
         // Stopping before the caller sent anything: nothing is in flight.
         () = crate::app::stopped(shutdown.clone()) => return Ok(()),
@@ -239,6 +244,9 @@ where
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
+        // The connection first: a request already in the socket when the
+        // stop comes is read and answered before the connection closes.
+        biased;
         r = conn.as_mut() => return r.map_err(Into::into),
         () = crate::app::stopped(shutdown) => conn.as_mut().graceful_shutdown(),
     }
@@ -264,9 +272,9 @@ where
     watcher.watch(conn).await
 }
 
-/// Serves one TLS connection: the handshake, then HTTP/1.1 or h2 as ALPN
-/// agreed (the auto builder, which reads the first bytes, only for a
-/// caller that offered no ALPN), nothing if the handshake fails.
+/// Serves one TLS connection: the handshake, then HTTP/1.1 on hyper's own
+/// builder if ALPN agreed on it, else (h2, or no ALPN) the auto builder;
+/// nothing if the handshake fails.
 async fn serve_tls(
     builders: &Builders,
     watcher: Watcher,
@@ -281,20 +289,17 @@ async fn serve_tls(
     };
     let tls = stream.get_ref().1;
     let peer = crate::tls::peer_identity(tls);
-    let h2 = match tls.alpn_protocol() {
-        Some(b"h2") => Some(true),
-        Some(_) => Some(false),
-        None => None,
-    };
+    let h1 = tls.alpn_protocol() == Some(b"http/1.1");
     let svc = ConnService { proxy, conn, peer };
-    match h2 {
-        Some(true) => {
-            let conn = builders.h2.serve_connection(TokioIo::new(stream), svc);
-            watcher.watch(conn).await.map_err(Into::into)
-        }
-        // `http/1.1`, the only other protocol offered (`tls::server_config`).
-        Some(false) => serve_h1(&builders.h1, watcher, shutdown, stream, svc).await,
-        None => serve_conn(&builders.auto, watcher, stream, svc).await,
+    if h1 {
+        serve_h1(&builders.h1, watcher, shutdown, stream, svc).await
+    } else {
+        // h2, or no ALPN: the auto builder, which reads the first bytes.
+        // For h2 its read-ahead costs nothing (hyper's h2 side keeps no
+        // HTTP/1.1 read buffer), and a caller that agreed on h2 but sends
+        // no preface is then closed at once on stop: hyper's h2
+        // connection would wait for the preface before its GOAWAY.
+        serve_conn(&builders.auto, watcher, stream, svc).await
     }
 }
 

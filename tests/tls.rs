@@ -590,3 +590,42 @@ async fn bad_tls_files_stop_startup_with_the_field_named() {
         .to_string();
     assert!(msg.contains("does not match the certificate"), "{msg}");
 }
+
+#[tokio::test]
+async fn stop_closes_tls_callers_that_never_sent_a_request_at_once() {
+    let pki = Pki::new();
+    let upstream = echo_upstream().await;
+    // drain_timeout 5s: a connection that held the drain would make stop()
+    // report an unclean stop.
+    let proxy = start_proxy(&config(&pki.tls_yaml(""), &upstream.url(), false)).await;
+    // The handshake done, ALPN agreed, not a byte of HTTP sent (an h2
+    // caller that never sends its preface).
+    let mut h1 = pki
+        .caller(&[b"http/1.1"], None)
+        .connect(addr(&proxy))
+        .await
+        .unwrap();
+    let mut h2 = pki
+        .caller(&[b"h2"], None)
+        .connect(addr(&proxy))
+        .await
+        .unwrap();
+    assert_eq!(h1.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+
+    assert!(
+        with_timeout(proxy.stop()).await,
+        "a TLS connection with no request held the drain until its timeout"
+    );
+    // Both are closed: reading to the end finishes (an error counts: the
+    // proxy need not send close_notify), within the test's timeout.
+    for (name, stream) in [("http/1.1", &mut h1), ("h2", &mut h2)] {
+        let mut buf = Vec::new();
+        let read = with_timeout(stream.read_to_end(&mut buf)).await;
+        assert!(
+            !buf.starts_with(b"HTTP/"),
+            "{name}: an HTTP answer to no request: {read:?} {buf:?}"
+        );
+    }
+    assert_eq!(upstream.hit_count(), 0);
+}
