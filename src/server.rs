@@ -3,16 +3,17 @@
 //! Accepts TCP connections, serves HTTP/1.1 (with upgrades, so WebSocket
 //! handshakes pass through) and h2 on each, and hands every request to the
 //! current [`Proxy`] (loaded from an `ArcSwap`, so a reload never disturbs
-//! in-flight requests). A plain connection's protocol is told from a peek
-//! at its first bytes (the h2 prior-knowledge preface or not), not by
-//! hyper-util's auto builder, which reads them and hands them back to hyper
-//! as a separate first read: hyper's HTTP/1.1 read buffer then doubles to
-//! 16 KiB on every connection (2 MiB more at 256 connections). A TLS
-//! connection on which ALPN agreed on HTTP/1.1 starts on hyper's HTTP/1.1
-//! builder too; the auto builder is left for TLS h2 (see `serve_tls`),
-//! TLS callers that offered no ALPN and plain connections whose first
-//! bytes do not decide yet. Before the proxy sees a request
-//! the listener attaches the [`ConnInfo`] and the [`RequestId`].
+//! in-flight requests). Before the proxy sees a request the listener
+//! attaches the [`ConnInfo`] and the [`RequestId`].
+//!
+//! A plain connection's protocol is told from a peek at its first bytes
+//! (the h2 prior-knowledge preface or not), not by hyper-util's auto
+//! builder, which reads them and hands them back to hyper as a separate
+//! first read: hyper's HTTP/1.1 read buffer then doubles to 16 KiB on every
+//! connection (2 MiB more at 256 connections). A TLS connection on which
+//! ALPN agreed on HTTP/1.1 starts on hyper's HTTP/1.1 builder too; the auto
+//! builder is left for TLS h2 (see `serve_tls`), TLS callers that offered
+//! no ALPN and plain connections whose first bytes do not decide yet.
 //!
 //! With `proxy.tls`, each connection first completes a TLS handshake (in its
 //! own task, bounded by [`HANDSHAKE_TIMEOUT`], so a slow or silent client
@@ -25,7 +26,8 @@
 //!
 //! Shutdown: stop accepting, ask every connection to finish its in-flight
 //! requests (HTTP/1.1 keep-alive off, h2 GOAWAY), and wait for them up to the
-//! drain timeout.
+//! drain timeout. Connections with nothing in flight, and callers that have
+//! not sent a byte yet, are closed at once.
 
 use arc_swap::ArcSwap;
 use http::{Request, Response};
