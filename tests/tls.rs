@@ -629,3 +629,40 @@ async fn stop_closes_tls_callers_that_never_sent_a_request_at_once() {
     }
     assert_eq!(upstream.hit_count(), 0);
 }
+
+#[tokio::test]
+async fn websocket_over_https_is_bridged() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+    let pki = Pki::new();
+    let up = ws_echo_upstream().await;
+    let proxy = start_proxy(&config(&pki.tls_yaml(""), &up.url(), false)).await;
+    // ALPN http/1.1: served by hyper's HTTP/1.1 connection with upgrades.
+    let tls = pki
+        .caller(&[b"http/1.1"], None)
+        .connect(addr(&proxy))
+        .await
+        .unwrap();
+    let mut req = format!("wss://localhost:{}/search/chat", addr(&proxy).port())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {SEARCH_TOKEN}").parse().unwrap(),
+    );
+    let (mut ws, resp) = with_timeout(tokio_tungstenite::client_async(req, tls))
+        .await
+        .expect("WebSocket handshake through the proxy over TLS");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+
+    for msg in [Message::text("over tls"), Message::binary(vec![0u8, 255])] {
+        ws.send(msg.clone()).await.unwrap();
+        assert_eq!(with_timeout(ws.next()).await.unwrap().unwrap(), msg);
+    }
+    with_timeout(ws.close(None)).await.unwrap();
+    assert_eq!(up.ws_header("x-api-key").as_deref(), Some(UPSTREAM_KEY));
+    assert_eq!(up.hit_count(), 1);
+    assert!(proxy.stop().await);
+}
