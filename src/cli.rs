@@ -44,6 +44,12 @@ pub enum Command {
         /// Config file (YAML).
         #[arg(long, short, env = "LATCHKEY_CONFIG")]
         config: PathBuf,
+        /// Worker threads serving connections. Default: the CPUs this
+        /// process may use (its CPU affinity and cgroup CPU limit). With 1,
+        /// one event loop runs on the main thread (a current-thread
+        /// runtime), like nginx with `worker_processes 1`.
+        #[arg(long, env = "LATCHKEY_WORKERS")]
+        workers: Option<std::num::NonZeroUsize>,
     },
     /// Validate a config file and print a summary; exits non-zero on errors.
     Check {
@@ -164,6 +170,35 @@ impl AuditOutput {
     }
 }
 
+/// The async runtime `latchkey run` and `latchkey demo` serve on, with
+/// `workers` threads (default: [`std::thread::available_parallelism`], which
+/// honours the process's CPU affinity and its cgroup CPU quota, so a
+/// Kubernetes pod limited to one CPU gets one). One worker is a
+/// current-thread runtime: the proxy's tasks run on the main thread with no
+/// work-stealing scheduler between them, which costs less per request and
+/// has a shorter latency tail than a multi-thread runtime with one worker
+/// (see the README's Performance section). More than one is tokio's
+/// multi-thread runtime with that many workers. Returns the runtime and the
+/// worker count.
+pub fn runtime(
+    workers: Option<std::num::NonZeroUsize>,
+) -> std::io::Result<(tokio::runtime::Runtime, usize)> {
+    let workers = workers
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(1, std::num::NonZeroUsize::get);
+    let rt = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()?
+    };
+    Ok((rt, workers))
+}
+
 /// Sets up logging without an audit destination (audit records are
 /// dropped). `RUST_LOG` overrides the default filter.
 pub fn init_tracing(format: LogFormat, default: &str) {
@@ -228,7 +263,17 @@ pub fn init_tracing_with(
             audit_writer(file)?
         }
     };
-    let layers = log_layers(format, filter, BoxMakeWriter::new(std::io::stderr), None);
+    // Colour only for a person at a terminal: piped into a file, journald
+    // or `kubectl logs`, escape codes would garble the lines.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let layers = log_layers(
+        format,
+        filter,
+        BoxMakeWriter::new(std::io::stderr),
+        colour,
+        None,
+    );
     let _ = tracing_subscriber::registry().with(layers).try_init();
     Ok(guard)
 }
@@ -237,7 +282,8 @@ pub fn init_tracing_with(
 pub type LogLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
 
 /// The logging layers: `logs` gets the debug logs (`format`, `filter`,
-/// everything but the `latchkey::audit` target), and `audit`, if any, gets
+/// everything but the `latchkey::audit` target; ANSI colours in text lines
+/// only with `colour`), and `audit`, if any, gets
 /// the audit records emitted by [`audit::TracingSink`] as pure JSON lines
 /// (for embedders that keep audit records on `tracing`; `latchkey run`
 /// passes `None` and writes them through [`AuditGuard::sink`]). Public so
@@ -246,10 +292,13 @@ pub fn log_layers(
     format: LogFormat,
     filter: tracing_subscriber::EnvFilter,
     logs: tracing_subscriber::fmt::writer::BoxMakeWriter,
+    colour: bool,
     audit: Option<tracing_subscriber::fmt::writer::BoxMakeWriter>,
 ) -> Vec<LogLayer> {
     use tracing_subscriber::Layer as _;
-    let logs = tracing_subscriber::fmt::layer().with_writer(logs);
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(logs)
+        .with_ansi(colour);
     let logs: LogLayer = match format {
         LogFormat::Text => logs.boxed(),
         LogFormat::Json => logs.json().boxed(),
@@ -483,6 +532,27 @@ mod tests {
     use tracing_subscriber::filter::LevelFilter;
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
+    /// One worker is a current-thread runtime, more a multi-thread runtime
+    /// with exactly that many workers; both serve tasks.
+    #[test]
+    fn runtime_flavour_follows_the_worker_count() {
+        use std::num::NonZeroUsize;
+        use tokio::runtime::RuntimeFlavor;
+        let (rt, n) = runtime(NonZeroUsize::new(1)).unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(rt.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        assert_eq!(rt.block_on(tokio::spawn(async { 7 })).unwrap(), 7);
+        let (rt, n) = runtime(NonZeroUsize::new(3)).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(rt.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(rt.metrics().num_workers(), 3);
+        assert_eq!(rt.block_on(tokio::spawn(async { 7 })).unwrap(), 7);
+        let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        let (rt, n) = runtime(None).unwrap();
+        assert_eq!(n, cpus);
+        assert_eq!(rt.metrics().num_workers(), cpus);
+    }
+
     /// The debug-log layer reports `RUST_LOG`'s level, so disabled events
     /// are skipped by tracing's global level check (see `log_layers`).
     #[test]
@@ -496,6 +566,7 @@ mod tests {
                 LogFormat::Text,
                 filter,
                 BoxMakeWriter::new(std::io::sink),
+                false,
                 None,
             );
             assert_eq!(layers[0].max_level_hint(), Some(level), "{directive}");

@@ -8,7 +8,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => cli::check(&config),
-        Command::Run { config: path } => {
+        Command::Run {
+            config: path,
+            workers,
+        } => {
             // The config says where audit records go, so it is read before
             // logging starts; its errors go to stderr either way.
             let config = match latchkey::Config::load(&path) {
@@ -28,23 +31,27 @@ fn main() -> ExitCode {
                 }
             };
             let sink = audit_guard.sink();
-            runtime().map_or(ExitCode::FAILURE, |rt| rt.block_on(run(config, path, sink)))
+            runtime(workers).map_or(ExitCode::FAILURE, |rt| rt.block_on(run(config, path, sink)))
         }
         Command::Ctl(args) => latchkey::ctl::run(args),
         Command::Triage(args) => audit::triage::run(args.into()),
         Command::Demo => {
             cli::init_tracing(cli.log_format, "error");
-            runtime().map_or(ExitCode::FAILURE, |rt| rt.block_on(latchkey::demo::run()))
+            runtime(None).map_or(ExitCode::FAILURE, |rt| rt.block_on(latchkey::demo::run()))
         }
     }
 }
 
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => Some(rt),
+fn runtime(workers: Option<std::num::NonZeroUsize>) -> Option<tokio::runtime::Runtime> {
+    match cli::runtime(workers) {
+        Ok((rt, workers)) => {
+            let flavour = match rt.handle().runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::CurrentThread => "current-thread",
+                _ => "multi-thread",
+            };
+            tracing::info!(workers, runtime = flavour, "async runtime started");
+            Some(rt)
+        }
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
             None

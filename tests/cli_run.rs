@@ -133,8 +133,43 @@ fn run_with_a_bad_config_exits_before_binding() {
     );
 }
 
+/// One worker: the current-thread runtime (what a pod limited to one CPU
+/// gets by default).
 #[test]
-fn run_serves_until_sigterm_then_exits_zero() {
+fn run_serves_until_sigterm_then_exits_zero_on_one_worker() {
+    serves_until_sigterm("1", "runtime=\"current-thread\"");
+}
+
+/// More than one worker: tokio's multi-thread runtime.
+#[test]
+fn run_serves_until_sigterm_then_exits_zero_on_two_workers() {
+    serves_until_sigterm("2", "runtime=\"multi-thread\"");
+}
+
+#[test]
+fn run_refuses_zero_workers() {
+    let out = run_to_end(
+        latchkey()
+            .args(["run", "--config", "/nonexistent.yaml", "--workers", "0"])
+            .env_remove("LATCHKEY_WORKERS"),
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("invalid value '0' for '--workers <WORKERS>'"),
+        "{stderr}"
+    );
+}
+
+/// `latchkey run --workers N` with the README example: ready, proxying,
+/// logs which runtime it started (`runtime`), exits 0 on SIGTERM.
+#[expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helper outside #[test], where clippy's test allowance doesn't reach"
+)]
+fn serves_until_sigterm(workers: &str, runtime: &str) {
     let dir = tempfile::tempdir().unwrap();
     let key = write_file(dir.path(), "search-key", SEARCH_CANARY);
     let (proxy_port, admin_port) = (free_port(), free_port());
@@ -149,7 +184,8 @@ fn run_serves_until_sigterm_then_exits_zero() {
             .env("BILLING_PROXY_TOKEN", BILLING_CANARY)
             .arg("run")
             .arg("--config")
-            .arg(&path),
+            .arg(&path)
+            .args(["--workers", workers]),
     );
     let (proxy, admin) = (loopback(proxy_port), loopback(admin_port));
 
@@ -201,6 +237,18 @@ fn run_serves_until_sigterm_then_exits_zero() {
     let status =
         status.unwrap_or_else(|| panic!("no exit within {PROCESS_LIMIT:?} of SIGTERM:\n{stderr}"));
     assert_eq!(status.code(), Some(0), "exit after SIGTERM:\n{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in piped logs:\n{stderr}"
+    );
+    let started = stderr
+        .lines()
+        .find(|l| l.contains("async runtime started"))
+        .unwrap_or_else(|| panic!("no runtime line:\n{stderr}"));
+    assert!(
+        started.contains(runtime) && started.contains(&format!("workers={workers}")),
+        "{started}"
+    );
     assert!(!listening(proxy), "proxy port still open after exit");
     assert!(!listening(admin), "admin port still open after exit");
     for canary in [PAYMENTS_CANARY, BILLING_CANARY, SEARCH_CANARY] {

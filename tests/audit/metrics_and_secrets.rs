@@ -264,6 +264,7 @@ async fn no_secret_reaches_records_metrics_error_bodies_or_logs() {
         latchkey::cli::LogFormat::Json,
         tracing_subscriber::EnvFilter::new("trace"),
         BoxMakeWriter::new(logs.clone()),
+        false,
         Some(BoxMakeWriter::new(records.clone())),
     ));
     let _guard = tracing::subscriber::set_default(subscriber);
