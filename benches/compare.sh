@@ -52,12 +52,18 @@
 #                 (1 MiB) for its 401 replay; nginx buffers in memory
 #                 (client_body_buffer_size 2m); haproxy streams
 #   conns-256     CONNS=256 (for the peak-RSS target)
+#   ab            two builds of latchkey, same default config: the binary
+#                 under test (LATCHKEY_BIN, or the fresh build) vs
+#                 latchkey-baseline (BASELINE_BIN, required), the reference;
+#                 interleaved like any other pair, so drift of the machine
+#                 between rounds cancels out in the paired ratios
 #
 # Knobs (environment): SCENARIO, ROUNDS=3, DURATION=8s, CONNS=32, WARMUP=1
 # (seconds per contender before round 1, not recorded), CONTENDERS (a subset of
 # the scenario's contenders, space separated), H2_STREAMS=10, SEGMENT=1
 # (oauth2 segment seconds), TOKEN_LIFETIME=120, TOKEN_DELAY_MS=100,
 # SKIP_BUILD=1 (use the existing target/release binaries), BUILD_TIMEOUT=1800,
+# LATCHKEY_BIN (another latchkey binary), BASELINE_BIN (for SCENARIO=ab),
 # RUST_LOG=warn (latchkey's stderr log filter; audit records are unaffected),
 # QUIET_WAIT=0 (before each run, wait up to this many seconds for both CPUs to
 # be idle: for shared machines; runs disturbed anyway are flagged NOISY and
@@ -75,7 +81,7 @@ cd "$ROOT"
 COMMAND_LINE=$(printf '%q ' "$0" "$@")
 COMMAND_LINE=${COMMAND_LINE% }
 for v in SCENARIO ROUNDS DURATION CONNS WARMUP CONTENDERS H2_STREAMS SEGMENT TOKEN_LIFETIME \
-    TOKEN_DELAY_MS QUIET_WAIT SKIP_BUILD LATCHKEY_BIN CARGO_TARGET_DIR RUST_LOG; do
+    TOKEN_DELAY_MS QUIET_WAIT SKIP_BUILD LATCHKEY_BIN BASELINE_BIN CARGO_TARGET_DIR RUST_LOG; do
     [[ -n ${!v:-} ]] && COMMAND_LINE="$v=$(printf '%q' "${!v}") $COMMAND_LINE"
 done
 
@@ -132,7 +138,11 @@ case $SCENARIO in
         DESC="256 connections"
         ALL_CONTENDERS="latchkey nginx haproxy"
         CONNS=${CONNS:-256} ;;
-    *) die "unknown SCENARIO '$SCENARIO' (static, audit-off, routes-100, routes-10000, oauth2, h2, body-1k, body-1m, conns-256)" ;;
+    ab)
+        [[ -n ${BASELINE_BIN:-} ]] || die "SCENARIO=ab needs BASELINE_BIN=<the latchkey binary to compare against>"
+        DESC="two latchkey builds, default config: the binary under test vs BASELINE_BIN"
+        ALL_CONTENDERS="latchkey-baseline latchkey" REF=latchkey-baseline ;;
+    *) die "unknown SCENARIO '$SCENARIO' (static, audit-off, routes-100, routes-10000, oauth2, h2, body-1k, body-1m, conns-256, ab)" ;;
 esac
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8s}
@@ -297,11 +307,17 @@ RUNS=$TMP/runs.jsonl
 # Run a private copy: a concurrent `cargo build` may replace target/release/
 # latchkey while we measure.
 LATCHKEY_BINARY=none
+BASELINE_BINARY=none
 if [[ " $CONTENDERS " == *" latchkey"* ]]; then
     mkdir "$TMP/bin"
     cp -p "$LATCHKEY_BIN" "$TMP/bin/latchkey"
     LATCHKEY_BINARY="$LATCHKEY_BIN sha256:$(sha256sum "$TMP/bin/latchkey" | cut -c1-16) built $(date -u -r "$TMP/bin/latchkey" +%FT%TZ)"
     LATCHKEY_BIN=$TMP/bin/latchkey
+fi
+if [[ " $CONTENDERS " == *" latchkey-baseline "* ]]; then
+    [[ -x ${BASELINE_BIN:-} ]] || die "BASELINE_BIN '${BASELINE_BIN:-}' is not an executable"
+    cp -p "$BASELINE_BIN" "$TMP/bin/latchkey-baseline"
+    BASELINE_BINARY="$BASELINE_BIN sha256:$(sha256sum "$TMP/bin/latchkey-baseline" | cut -c1-16) built $(date -u -r "$TMP/bin/latchkey-baseline" +%FT%TZ)"
 fi
 
 USED_PORTS=" "
@@ -389,8 +405,9 @@ CURL_PROTO=()
 [[ $LOAD_TOOL == h2load ]] && CURL_PROTO=(--http2-prior-knowledge)
 
 start_latchkey() { # name [latchkey_config.py args...]
-    local name=$1 port admin path
+    local name=$1 port admin path bin=$LATCHKEY_BIN
     shift
+    [[ $name == latchkey-baseline ]] && bin=$TMP/bin/latchkey-baseline
     port=$(free_port)
     admin=$(free_port)
     # Each config in a directory of its own: latchkey watches the config's
@@ -401,7 +418,7 @@ start_latchkey() { # name [latchkey_config.py args...]
         --upstream "http://127.0.0.1:$UPSTREAM_PORT" -o "$TMP/$name/config.yaml" "$@")
     # Audit records go to stdout, i.e. /dev/null; debug logs (RUST_LOG) to a file.
     BENCH_API_KEY=bench-token BENCH_PROXY_TOKEN=client-token BENCH_CLIENT_SECRET=bench-secret \
-        "${PIN_PROXY[@]}" "$LATCHKEY_BIN" run --config "$TMP/$name/config.yaml" >/dev/null 2>"$TMP/$name.log" &
+        "${PIN_PROXY[@]}" "$bin" run --config "$TMP/$name/config.yaml" >/dev/null 2>"$TMP/$name.log" &
     C_PID[$name]=$!
     PIDS+=("${C_PID[$name]}")
     C_PORT[$name]=$port
@@ -456,7 +473,7 @@ start_haproxy() {
 for c in $CONTENDERS; do
     log "starting $c (${PIN_PROXY[*]:-unpinned})"
     case $c in
-        latchkey) start_latchkey "$c" ;;
+        latchkey | latchkey-baseline) start_latchkey "$c" ;;
         latchkey-audit-off) start_latchkey "$c" --no-audit ;;
         latchkey-routes-*) start_latchkey "$c" --routes "${c#latchkey-routes-}" ;;
         latchkey-oauth2) start_latchkey "$c" --oauth2-url "$TOKEN_URL" ;;
@@ -553,7 +570,7 @@ LOAD_DESC="$LOAD_TOOL -t1"
 [[ $LOAD_TOOL == h2load ]] && LOAD_DESC="h2load -t1 -m $H2_STREAMS"
 GIT_REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 export COMPARE_META_CONTENDERS SCENARIO DESC STAMP COMMAND_LINE ROUNDS DURATION CONNS WARMUP LOAD_DESC \
-    BODY_BYTES PINNING CLK_TCK MACHINE_CPU MACHINE_KERNEL GIT_REV BACKGROUND LATCHKEY_BINARY
+    BODY_BYTES PINNING CLK_TCK MACHINE_CPU MACHINE_KERNEL GIT_REV BACKGROUND LATCHKEY_BINARY BASELINE_BINARY
 "$PYTHON" - "$TMP/meta.json" <<'EOF'
 import json, os, sys
 e = os.environ
@@ -572,6 +589,7 @@ json.dump({
     "machine": {"nproc": os.cpu_count(), "cpu": e["MACHINE_CPU"], "kernel": e["MACHINE_KERNEL"]},
     "latchkey_git": e["GIT_REV"],
     "latchkey_binary": e["LATCHKEY_BINARY"],
+    "baseline_binary": e["BASELINE_BINARY"],
     "background_load_before": e["BACKGROUND"],
     "contenders": contenders,
 }, open(sys.argv[1], "w"), indent=2)
@@ -588,6 +606,7 @@ for c in $CONTENDERS; do
     echo "      load: ${C_LOAD[$c]}"
 done
 echo "latchkey binary: $LATCHKEY_BINARY (tree $GIT_REV)"
+[[ $BASELINE_BINARY == none ]] || echo "baseline binary: $BASELINE_BINARY"
 echo "command: $COMMAND_LINE"
 echo "raw results: $JSON_OUT"
 echo "elapsed: ${SECONDS}s (of which apt-get install ${INSTALL_S}s, cargo build ${BUILD_S}s)"
