@@ -58,6 +58,12 @@
 #                 interleaved like any other pair, so drift of the machine
 #                 between rounds cancels out in the paired ratios
 #
+# One more contender can be named in CONTENDERS (static, conns-256, body-1k,
+# body-1m; not in the defaults): hyper-floor, the `hyper_floor` example, the cheapest
+# header-injecting proxy hyper allows (one upstream connection per caller
+# connection, no features): what latchkey costs above it is its features,
+# what it costs above nginx is hyper and tokio.
+#
 # Knobs (environment): SCENARIO, ROUNDS=3, DURATION=8s, CONNS=32, WARMUP=1
 # (seconds per contender before round 1, not recorded), CONTENDERS (a subset of
 # the scenario's contenders, space separated), H2_STREAMS=10, SEGMENT=1
@@ -148,8 +154,12 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8s}
 CONNS=${CONNS:-32}
 CONTENDERS=${CONTENDERS:-$ALL_CONTENDERS}
+# hyper-floor may join the scenarios that compare proxies over HTTP/1.1.
+EXTRA_CONTENDERS=
+[[ $REF == nginx && $LOAD_TOOL == wrk ]] && EXTRA_CONTENDERS=hyper-floor
 for c in $CONTENDERS; do
-    [[ " $ALL_CONTENDERS " == *" $c "* ]] || die "contender '$c' is not part of SCENARIO=$SCENARIO ($ALL_CONTENDERS)"
+    [[ " $ALL_CONTENDERS $EXTRA_CONTENDERS " == *" $c "* ]] ||
+        die "contender '$c' is not part of SCENARIO=$SCENARIO ($ALL_CONTENDERS${EXTRA_CONTENDERS:+, or $EXTRA_CONTENDERS})"
 done
 [[ " $CONTENDERS " == *" $REF "* ]] || REF=
 
@@ -295,6 +305,14 @@ if [[ " $CONTENDERS " == *" latchkey"* ]]; then
         BUILD_S=$((SECONDS - build_start))
     fi
     [[ -x $LATCHKEY_BIN ]] || die "missing $LATCHKEY_BIN (build it or unset SKIP_BUILD)"
+fi
+FLOOR_BIN=$TARGET_DIR/release/examples/hyper_floor
+if [[ " $CONTENDERS " == *" hyper-floor "* ]]; then
+    if [[ -z ${SKIP_BUILD:-} ]]; then
+        log "cargo build --release --example hyper_floor"
+        timeout "$BUILD_TIMEOUT" cargo build --release --example hyper_floor
+    fi
+    [[ -x $FLOOR_BIN ]] || die "missing $FLOOR_BIN (build it or unset SKIP_BUILD)"
 fi
 
 # --- temp dir, ports --------------------------------------------------------
@@ -470,6 +488,20 @@ start_haproxy() {
     wait_http "$name" "${C_PID[$name]}" "http://127.0.0.1:$port/" "${CURL_PROTO[@]}"
 }
 
+start_floor() {
+    local name=hyper-floor port
+    [[ $LOAD_TOOL == wrk ]] || die "hyper-floor speaks HTTP/1.1 only"
+    port=$(free_port)
+    "${PIN_PROXY[@]}" "$FLOOR_BIN" --listen "127.0.0.1:$port" --upstream "127.0.0.1:$UPSTREAM_PORT" \
+        --client-authorization "Bearer client-token" --authorization "Bearer bench-token" >"$TMP/$name.log" 2>&1 &
+    C_PID[$name]=$!
+    PIDS+=("${C_PID[$name]}")
+    C_PORT[$name]=$port
+    C_PATH[$name]=/bench/x
+    C_DESC[$name]="hyper_floor example: hyper server and client, one upstream connection per caller, current-thread runtime"
+    wait_http "$name" "${C_PID[$name]}" "http://127.0.0.1:$port/"
+}
+
 for c in $CONTENDERS; do
     log "starting $c (${PIN_PROXY[*]:-unpinned})"
     case $c in
@@ -479,6 +511,8 @@ for c in $CONTENDERS; do
         latchkey-oauth2) start_latchkey "$c" --oauth2-url "$TOKEN_URL" ;;
         nginx) start_nginx ;;
         haproxy) start_haproxy ;;
+        hyper-floor) start_floor ;;
+        *) die "unknown contender '$c'" ;;
     esac
 done
 
