@@ -541,12 +541,18 @@ mod tests {
         let (rt, n) = runtime(NonZeroUsize::new(1)).unwrap();
         assert_eq!(n, 1);
         assert_eq!(rt.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
-        assert_eq!(rt.block_on(tokio::spawn(async { 7 })).unwrap(), 7);
+        assert_eq!(
+            rt.block_on(async { tokio::spawn(async { 7 }).await.unwrap() }),
+            7
+        );
         let (rt, n) = runtime(NonZeroUsize::new(3)).unwrap();
         assert_eq!(n, 3);
         assert_eq!(rt.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
         assert_eq!(rt.metrics().num_workers(), 3);
-        assert_eq!(rt.block_on(tokio::spawn(async { 7 })).unwrap(), 7);
+        assert_eq!(
+            rt.block_on(async { tokio::spawn(async { 7 }).await.unwrap() }),
+            7
+        );
         let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
         let (rt, n) = runtime(None).unwrap();
         assert_eq!(n, cpus);
