@@ -3,19 +3,33 @@
 //!
 //! Sits inside the 401 retry (so a replay acquires the refreshed value) and
 //! outside [`inject`](crate::inject) (which writes the value into the request).
-//! On success the request carries `Arc<Credential>` (consumed by inject) and a
-//! [`CredentialUsed`] record (read by retry and audit), and the response
-//! carries the same [`CredentialUsed`]. A source that cannot produce a value
+//! On success the request carries one [`Acquired`] extension, the credential
+//! and the [`CredentialUsed`] record of which one it is (consumed by inject,
+//! which writes the value and records the fact for audit), and the response
+//! carries the same [`CredentialUsed`] (read by retry). A source that cannot produce a value
 //! fails the request with [`CredentialUnavailable`] (503): a request is never
 //! forwarded without the credential its route requires.
 
-use crate::credential::{CredentialSource, CredentialUsed};
+use crate::credential::{Credential, CredentialSource, CredentialUsed};
 use crate::error::{BoxError, CredentialUnavailable};
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
+
+/// What [`Acquire`] hands to [`inject`](crate::inject) in the request's
+/// extensions: the value to write and the record of which credential and
+/// generation it is. One extension rather than two: each is an allocation
+/// and a map entry per request. Inject removes it, so the value goes no
+/// further than the layer that writes it.
+#[derive(Clone, Debug)]
+pub struct Acquired {
+    /// The credential to inject.
+    pub credential: Arc<Credential>,
+    /// Which one it is, for the audit facts.
+    pub used: CredentialUsed,
+}
 
 /// Attaches the current credential of one source; see the module docs.
 #[derive(Clone, Debug)]
@@ -126,8 +140,10 @@ where
                 obtained_at: cred.obtained_at,
                 expires_at: cred.expires_at,
             };
-            req.extensions_mut().insert(used.clone());
-            req.extensions_mut().insert(cred);
+            req.extensions_mut().insert(Acquired {
+                credential: cred,
+                used: used.clone(),
+            });
             let mut resp = inner.call(req).await?;
             resp.extensions_mut().insert(used);
             Ok(resp)

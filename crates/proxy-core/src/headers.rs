@@ -117,8 +117,11 @@ pub fn add_forwarded(
             _ => String::with_capacity(15),
         };
         push_ip(&mut value, ip);
-        // The string's own buffer becomes the value: no second copy.
-        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value.into_bytes())) {
+        // The string's own buffer becomes the value: no second copy. Cut
+        // to its length first (shrinking in place): `Bytes` takes a buffer
+        // with spare capacity only by allocating a header for it.
+        let value = bytes::Bytes::from(value.into_bytes().into_boxed_slice());
+        if let Ok(v) = HeaderValue::from_maybe_shared(value) {
             headers.insert(X_FORWARDED_FOR, v);
         }
     }

@@ -391,27 +391,23 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        if let Some(cred) = req.extensions_mut().remove::<Arc<Credential>>() {
-            if let Err(reason) = self.apply(&mut req, &cred) {
-                let id = req
-                    .extensions()
-                    .get::<crate::credential::CredentialUsed>()
-                    .map(|u| u.id.to_string())
-                    .unwrap_or_default();
+        if let Some(acquired) = req.extensions_mut().remove::<crate::acquire::Acquired>() {
+            let used = acquired.used;
+            if let Err(reason) = self.apply(&mut req, &acquired.credential) {
                 crate::facts::record(&req, |f| f.rejected_by = Some("credential"));
+                let id = used.id.to_string();
                 return Either::Right(ready(Err(CredentialUnavailable { id, reason }.into())));
             }
             // Recorded only now that the value is really in the request: the
             // audit record never claims a credential that was not sent.
-            let used = req.extensions().get::<crate::credential::CredentialUsed>();
-            let fact = used.map(|u| crate::facts::CredentialFact {
-                id: u.id.clone(),
-                generation: Some(u.generation),
+            let fact = crate::facts::CredentialFact {
+                id: used.id,
+                generation: Some(used.generation),
                 outcome: crate::facts::CredentialOutcome::Injected,
-                obtained_at: Some(u.obtained_at),
-                expires_at: u.expires_at,
-            });
-            crate::facts::record(&req, |f| f.credential = fact);
+                obtained_at: Some(used.obtained_at),
+                expires_at: used.expires_at,
+            };
+            crate::facts::record(&req, |f| f.credential = Some(fact));
         }
         Either::Left(self.inner.call(req))
     }
