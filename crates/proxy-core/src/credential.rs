@@ -187,8 +187,9 @@ pub trait CredentialSource: fmt::Debug + Send + Sync + 'static {
     }
 }
 
-/// Which credential a request carried, recorded in request and response
-/// extensions for the retry and audit layers.
+/// Which credential a request carried: handed to inject with the value (in
+/// [`Acquired`](crate::acquire::Acquired)), which records it for audit, and
+/// put in the response's extensions for the retry layer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CredentialUsed {
     /// The credential's id.

@@ -1,8 +1,9 @@
 //! Credential injection: header, query parameter or HTTP basic.
 //!
 //! Sits directly outside the forwarder, inside credential acquisition: it
-//! takes the [`Credential`] the acquire layer put in the request extensions and
-//! writes it where the upstream expects it. Like tower-http's
+//! takes the [`Credential`] the acquire layer put in the request extensions
+//! (an [`Acquired`](crate::acquire::Acquired), removed here) and writes it
+//! where the upstream expects it. Like tower-http's
 //! `AddAuthorization` it does no I/O and returns the inner future unchanged on
 //! the normal path. A caller-supplied header or query parameter of the same
 //! name is replaced, never merged. Injected headers are marked sensitive so
