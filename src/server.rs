@@ -4,7 +4,8 @@
 //! handshakes pass through) and h2 on each, and hands every request to the
 //! current [`Proxy`] (loaded from an `ArcSwap`, so a reload never disturbs
 //! in-flight requests). Before the proxy sees a request the listener
-//! attaches the [`ConnInfo`] and the [`RequestId`].
+//! attaches the [`ConnInfo`] and the [`RequestId`] (as one
+//! [`RequestContext`]).
 //!
 //! A plain connection's protocol is told from a peek at its first bytes
 //! (the h2 prior-knowledge preface or not), not by hyper-util's auto
@@ -30,14 +31,15 @@
 //! not sent a byte yet, are closed at once.
 
 use arc_swap::ArcSwap;
+use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use proxy_core::context::{ConnInfo, PeerIdentity, RequestId};
-use proxy_core::stack::{CallNowOrWait, Proxy, ProxyService, call_now_or_wait};
+use proxy_core::context::{ConnInfo, PeerIdentity, RequestContext, RequestId};
+use proxy_core::stack::Proxy;
 use proxy_core::{ProxyBody, boxed};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -46,6 +48,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+
+mod stop;
 
 /// Longest a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -92,7 +96,8 @@ pub async fn serve(
                 // HANDSHAKE_TIMEOUT); its connection is then told to finish
                 // at once.
                 let watcher = graceful.watcher();
-                let force = crate::app::stopped(force_rx.clone());
+                // Polled on every wake of the task, so only when it fired.
+                let force = stop::stopped(force_rx.clone());
                 let (proxy, builders, tls) = (proxy.clone(), builders.clone(), tls.clone());
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
@@ -114,6 +119,9 @@ pub async fn serve(
                         }
                     };
                     tokio::select! {
+                        // The connection first (no random branch order per
+                        // poll); the forced close is checked after it.
+                        biased;
                         r = served => if let Err(e) = r {
                             tracing::debug!(error = %e, %remote_addr, "connection ended with an error");
                         },
@@ -250,7 +258,8 @@ where
         // stop comes is read and answered before the connection closes.
         biased;
         r = conn.as_mut() => return r.map_err(Into::into),
-        () = crate::app::stopped(shutdown) => conn.as_mut().graceful_shutdown(),
+        // Polled on every wake of the task, so only when it fired.
+        () = stop::stopped(shutdown) => conn.as_mut().graceful_shutdown(),
     }
     let r = conn.await;
     drop(watcher);
@@ -337,18 +346,18 @@ struct ConnService {
 impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = CallNowOrWait<ProxyService, Request<ProxyBody>>;
+    type Future = BoxFuture<'static, Result<Response<ProxyBody>, Infallible>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let mut req = req.map(boxed);
         let id = RequestId::from_headers(req.headers());
         let ext = req.extensions_mut();
-        ext.insert(self.conn);
+        ext.insert(RequestContext::new(self.conn, id));
         if let Some(peer) = &self.peer {
             ext.insert(peer.clone());
         }
-        ext.insert(id);
-        call_now_or_wait(self.proxy.load().service.clone(), req)
+        // By reference: the proxy's stack is cloned inside, not its handle.
+        self.proxy.load().service.call_shared(req)
     }
 }
 

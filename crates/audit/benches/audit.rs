@@ -13,7 +13,7 @@ use audit::record::{RequestMeta, RequestRecord};
 use audit::{AuditLayer, AuditSink, RefreshRecord, TracingSink};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response, StatusCode};
-use proxy_core::context::{ConnInfo, RequestId};
+use proxy_core::context::{ConnInfo, RequestContext, RequestId};
 use proxy_core::facts::{CredentialFact, CredentialOutcome, RequestFacts};
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -39,12 +39,14 @@ fn request() -> Request<()> {
         .header("host", "latchkey.payments.svc:8080")
         .body(())
         .unwrap();
-    req.extensions_mut().insert(ConnInfo {
-        remote_addr: "10.1.2.3:45678".parse().unwrap(),
-        local_addr: "10.1.2.4:8080".parse().unwrap(),
-        tls: false,
-    });
-    req.extensions_mut().insert(RequestId::generate());
+    req.extensions_mut().insert(RequestContext::new(
+        ConnInfo {
+            remote_addr: "10.1.2.3:45678".parse().unwrap(),
+            local_addr: "10.1.2.4:8080".parse().unwrap(),
+            tls: false,
+        },
+        RequestId::generate(),
+    ));
     req
 }
 

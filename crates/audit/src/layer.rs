@@ -2,8 +2,8 @@
 //! happened to it.
 //!
 //! For each request [`Audit`] opens the request's facts slot
-//! ([`Facts::open`]: an `Arc<`[`Facts`]`>` in the extensions, which every
-//! layer below fills in), which also captures what the record needs from
+//! ([`Facts::open`]: an `Arc<`[`Facts`]`>` in the request's context
+//! extension, which every layer below fills in), which also captures what the record needs from
 //! the request as it arrived ([`RequestMeta`]: method, host, path, caller
 //! address, request id) and when it arrived: one allocation, and the
 //! future carries only two pointers for it. When the inner service answers

@@ -85,7 +85,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let request_id = req.extensions().get::<RequestId>().cloned();
+        let request_id = crate::context::request_id(req.extensions()).cloned();
         ResponseFuture {
             inner: self.inner.call(req),
             request_id,
@@ -187,8 +187,10 @@ mod tests {
             }))
         }));
         let mut req = Request::new(());
-        req.extensions_mut()
-            .insert(RequestId(HeaderValue::from_static("rid-1")));
+        req.extensions_mut().insert(crate::context::RequestContext {
+            id: Some(RequestId(HeaderValue::from_static("rid-1"))),
+            ..Default::default()
+        });
         let resp = svc.oneshot(req).await.unwrap();
         assert_eq!(resp.status(), 404);
         assert_eq!(resp.headers()["x-latchkey-error"], "no_route");

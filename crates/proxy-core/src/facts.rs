@@ -3,8 +3,9 @@
 //! The audit layer (outermost) opens a [`Facts`] slot with [`Facts::open`]:
 //! one allocation that holds what the request looked like as it arrived
 //! ([`RequestMeta`], captured once, sharing the request's bytes), when it
-//! arrived, and the facts; the slot goes into the request extensions and
-//! the audit layer keeps the other reference. Every layer below writes what
+//! arrived, and the facts; the slot goes into the request's
+//! [`RequestContext`] (its one context extension) and the audit layer
+//! keeps the other reference. Every layer below writes what
 //! it knows (who the client is, which route,
 //! which credential and generation was injected, whether a refresh ran, what
 //! the upstream answered, how a 401 retry ended) with [`record`]. Because the
@@ -16,8 +17,8 @@
 //! Only ids, numbers and fixed strings go in here: never a header value, a
 //! query string or a secret.
 
-use crate::context::{ConnInfo, RequestId};
-use http::{HeaderValue, Method, Request, Uri};
+use crate::context::{RequestContext, RequestId};
+use http::{Extensions, HeaderValue, Method, Request, Uri};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -33,7 +34,7 @@ pub struct RequestMeta {
     pub uri: Uri,
     /// The `Host` header, if the request had one.
     pub host_header: Option<HeaderValue>,
-    /// The caller's address, from [`ConnInfo`].
+    /// The caller's address, from [`ConnInfo`](crate::context::ConnInfo).
     pub remote_addr: Option<SocketAddr>,
     /// The request id, from [`RequestId`].
     pub request_id: Option<RequestId>,
@@ -42,13 +43,13 @@ pub struct RequestMeta {
 impl RequestMeta {
     /// Captures what the record needs from `req`.
     pub fn from_request<B>(req: &Request<B>) -> Self {
-        let ext = req.extensions();
+        let ctx = RequestContext::of(req.extensions());
         Self {
             method: req.method().clone(),
             uri: req.uri().clone(),
             host_header: req.headers().get(http::header::HOST).cloned(),
-            remote_addr: ext.get::<ConnInfo>().map(|c| c.remote_addr),
-            request_id: ext.get::<RequestId>().cloned(),
+            remote_addr: ctx.and_then(|c| c.conn).map(|c| c.remote_addr),
+            request_id: ctx.and_then(|c| c.id.clone()),
         }
     }
 
@@ -153,11 +154,12 @@ impl Facts {
     }
 
     /// Opens `req`'s slot: captures its [`RequestMeta`], notes its arrival
-    /// (now) and puts the slot into its extensions (replacing any there).
-    /// The returned reference is the opener's.
+    /// (now) and puts the slot into its [`RequestContext`] (replacing any
+    /// there; a request without a context gets one). The returned
+    /// reference is the opener's.
     pub fn open<B>(req: &mut Request<B>) -> Arc<Self> {
         let slot = Self::with_meta(RequestMeta::from_request(req));
-        req.extensions_mut().insert(slot.clone());
+        RequestContext::of_mut(req.extensions_mut()).facts = Some(slot.clone());
         slot
     }
 
@@ -195,9 +197,14 @@ impl Facts {
 
 /// Records into `req`'s facts, if it has a slot.
 pub fn record<B>(req: &Request<B>, f: impl FnOnce(&mut RequestFacts)) {
-    if let Some(facts) = req.extensions().get::<Arc<Facts>>() {
+    if let Some(facts) = slot(req.extensions()) {
         facts.update(f);
     }
+}
+
+/// The facts slot in `ext` (in its [`RequestContext`]), if one was opened.
+pub fn slot(ext: &Extensions) -> Option<&Arc<Facts>> {
+    RequestContext::of(ext)?.facts.as_ref()
 }
 
 /// One refresh attempt, as reported by a refreshing credential source.

@@ -9,7 +9,7 @@
 //! for byte after the upstream answers 101.
 
 use crate::config::UpstreamUrl;
-use crate::context::{ConnInfo, RequestId};
+use crate::context::RequestId;
 use crate::error::{BodyTooLarge, BoxError, UpstreamTimeout, UpstreamUnreachable, is_caused_by};
 use crate::headers::{add_forwarded, is_upgrade, remove_hop_by_hop};
 use crate::upstream::{OriginPool, SendError};
@@ -134,7 +134,7 @@ impl Service<Request<ProxyBody>> for Forward {
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
                 .is_some_and(|len| len > limit)
         {
-            if let Some(f) = parts.extensions.get::<Arc<crate::facts::Facts>>() {
+            if let Some(f) = crate::facts::slot(&parts.extensions) {
                 f.update(|f| f.rejected_by = Some("limits"));
             }
             return Box::pin(async move { Err(BodyTooLarge { limit }.into()) });
@@ -146,7 +146,7 @@ impl Service<Request<ProxyBody>> for Forward {
         } else {
             None
         };
-        let conn = parts.extensions.get::<ConnInfo>().copied();
+        let conn = crate::context::conn_info(&parts.extensions);
         let caller_host = parts
             .headers
             .get(header::HOST)
@@ -163,7 +163,7 @@ impl Service<Request<ProxyBody>> for Forward {
             conn.is_some_and(|c| c.tls),
             caller_host,
         );
-        if let Some(id) = parts.extensions.get::<RequestId>() {
+        if let Some(id) = crate::context::request_id(&parts.extensions) {
             parts.headers.insert(RequestId::HEADER, id.0.clone());
         }
         parts.headers.insert(header::HOST, self.shared.host.clone());
@@ -178,7 +178,7 @@ impl Service<Request<ProxyBody>> for Forward {
             )),
             None => body,
         };
-        let facts = parts.extensions.get::<Arc<crate::facts::Facts>>().cloned();
+        let facts = crate::facts::slot(&parts.extensions).cloned();
         let req = Request::from_parts(parts, body);
 
         let shared = self.shared.clone();

@@ -31,14 +31,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use tower::layer::util::Identity;
-use tower::util::{BoxCloneSyncService, Oneshot};
+use tower::util::Oneshot;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
-/// A route's service: request in, response or error out.
-pub type RouteService = BoxCloneSyncService<Request<ProxyBody>, Response<ProxyBody>, BoxError>;
+mod shared;
+pub use shared::SharedService;
+
+/// A route's service: request in, response or error out. Cloned per
+/// request, so shared, not boxed per clone ([`SharedService`]).
+pub type RouteService = SharedService<Request<ProxyBody>, Response<ProxyBody>, BoxError>;
 
 /// The whole proxy as one service that never fails (errors are responses).
-pub type ProxyService = BoxCloneSyncService<Request<ProxyBody>, Response<ProxyBody>, Infallible>;
+pub type ProxyService = SharedService<Request<ProxyBody>, Response<ProxyBody>, Infallible>;
 
 /// Hook to wrap each route's credential-bearing stack (acquire -> inject ->
 /// forward) with layers defined outside this crate.
@@ -237,14 +241,14 @@ where
                     }
                 };
                 let injection = Injection::from_spec(spec, rc.inject.as_ref(), poll);
-                BoxCloneSyncService::new(
+                SharedService::new(
                     ServiceBuilder::new()
                         .layer(AcquireLayer::new(src.clone()))
                         .layer(InjectLayer::new(injection))
                         .service(forward),
                 )
             }
-            None => BoxCloneSyncService::new(forward),
+            None => SharedService::new(forward),
         };
         let inner = extra.wrap(rc, source, inner);
         let service = AuthorizeLayer::new(Arc::from(rc.id.as_str()), rc.public, allowed)
@@ -277,7 +281,7 @@ where
         .iter()
         .filter_map(|c| sources.get(&c.id).cloned())
         .collect();
-    let service = BoxCloneSyncService::new(
+    let service = SharedService::new(
         ServiceBuilder::new()
             .layer(outer)
             .layer(EdgeLayer::new())

@@ -7,9 +7,9 @@
 //! target, version and headers are cloned (the header values share their
 //! bytes), the body is the buffered [`Replay`] and becomes a body only when
 //! a replay is sent, and the extensions are kept as typed values when they
-//! are only the ones latchkey's own outer layers put there (the
-//! connection, the request id, the facts slot, the client identity, the
-//! peer certificate): no type-erased map and no boxed copy of each value
+//! are only the ones latchkey's own outer layers put there (the request
+//! context with the connection, the request id and the facts slot, the
+//! client identity, the peer certificate): no type-erased map and no boxed copy of each value
 //! per request. A request carrying any other extension keeps a clone of
 //! all of them, so a replay always carries exactly what the first attempt
 //! did.
@@ -18,9 +18,7 @@ use crate::Replay;
 use http::request::Parts;
 use http::{Extensions, HeaderMap, Method, Request, Uri, Version};
 use proxy_core::ProxyBody;
-use proxy_core::context::{ClientIdentity, ConnInfo, PeerIdentity, RequestId};
-use proxy_core::facts::Facts;
-use std::sync::Arc;
+use proxy_core::context::{ClientIdentity, PeerIdentity, RequestContext};
 
 /// Everything needed to send the request again.
 pub(crate) struct Again {
@@ -41,9 +39,7 @@ enum Carried {
 
 #[derive(Default)]
 struct Known {
-    facts: Option<Arc<Facts>>,
-    conn: Option<ConnInfo>,
-    id: Option<RequestId>,
+    context: Option<RequestContext>,
     client: Option<ClientIdentity>,
     peer: Option<PeerIdentity>,
 }
@@ -76,15 +72,11 @@ impl Again {
 impl Carried {
     fn capture(ext: &Extensions) -> Self {
         let known = Known {
-            facts: ext.get().cloned(),
-            conn: ext.get().copied(),
-            id: ext.get().cloned(),
+            context: ext.get().cloned(),
             client: ext.get().cloned(),
             peer: ext.get().cloned(),
         };
-        let present = usize::from(known.facts.is_some())
-            + usize::from(known.conn.is_some())
-            + usize::from(known.id.is_some())
+        let present = usize::from(known.context.is_some())
             + usize::from(known.client.is_some())
             + usize::from(known.peer.is_some());
         if present == ext.len() {
@@ -99,13 +91,7 @@ impl Carried {
             Self::All(ext) => ext,
             Self::Known(k) => {
                 let mut ext = Extensions::new();
-                if let Some(v) = k.facts {
-                    ext.insert(v);
-                }
-                if let Some(v) = k.conn {
-                    ext.insert(v);
-                }
-                if let Some(v) = k.id {
+                if let Some(v) = k.context {
                     ext.insert(v);
                 }
                 if let Some(v) = k.client {
@@ -123,7 +109,10 @@ impl Carried {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proxy_core::context::{ConnInfo, RequestId};
+    use proxy_core::facts::Facts;
     use std::net::SocketAddr;
+    use std::sync::Arc;
 
     fn parts(extra: bool) -> Parts {
         let mut req = Request::post("http://h/p?q=1")
@@ -133,13 +122,15 @@ mod tests {
             .unwrap();
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let ext = req.extensions_mut();
-        ext.insert(ConnInfo {
-            remote_addr: addr,
-            local_addr: addr,
-            tls: false,
+        ext.insert(RequestContext {
+            conn: Some(ConnInfo {
+                remote_addr: addr,
+                local_addr: addr,
+                tls: false,
+            }),
+            id: Some(RequestId::generate()),
+            facts: Some(Facts::new()),
         });
-        ext.insert(RequestId::generate());
-        ext.insert(Facts::new());
         ext.insert(ClientIdentity(Some("c".into())));
         if extra {
             ext.insert(7u32);
@@ -162,12 +153,16 @@ mod tests {
         assert_eq!(r.headers(), &p.headers);
         let (a, b) = (r.extensions(), &p.extensions);
         assert_eq!(a.len(), b.len());
-        assert_eq!(a.get::<ConnInfo>(), b.get::<ConnInfo>());
-        assert_eq!(a.get::<RequestId>(), b.get::<RequestId>());
+        let (ca, cb) = (
+            RequestContext::of(a).unwrap(),
+            RequestContext::of(b).unwrap(),
+        );
+        assert_eq!(ca.conn, cb.conn);
+        assert_eq!(ca.id, cb.id);
         assert_eq!(a.get::<ClientIdentity>(), b.get::<ClientIdentity>());
         assert!(Arc::ptr_eq(
-            a.get::<Arc<Facts>>().unwrap(),
-            b.get::<Arc<Facts>>().unwrap()
+            ca.facts.as_ref().unwrap(),
+            cb.facts.as_ref().unwrap()
         ));
         assert_eq!(a.get::<u32>(), b.get::<u32>());
     }

@@ -41,6 +41,10 @@
 //! authorization so only authorized requests are buffered and replayed, and
 //! it needs the route's credential source to invalidate.
 //!
+//! The service it wraps returns a boxed future ([`Call`]), as the
+//! type-erased [`RouteService`](proxy_core::stack::RouteService) below it
+//! does: the layer keeps that future as it is rather than boxing it again.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -213,12 +217,11 @@ fn mark(resp: &mut Response<ProxyBody>, facts: Option<&Arc<Facts>>, outcome: Ret
 
 impl<S> Service<Request<ProxyBody>> for Retry401<S>
 where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError>
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError, Future = Call>
         + Clone
         + Send
         + Sync
         + 'static,
-    S::Future: Send,
 {
     type Response = Response<ProxyBody>;
     type Error = BoxError;
@@ -233,7 +236,7 @@ where
         let policy = self.policy.clone();
         let replayer = self.pristine.clone();
         let (parts, body) = req.into_parts();
-        let facts = parts.extensions.get::<Arc<Facts>>().cloned();
+        let facts = proxy_core::facts::slot(&parts.extensions).cloned();
         let upgrade = is_upgrade(&parts.headers);
         if upgrade || http_body::Body::is_end_stream(&body) {
             // Nothing to read before the first attempt: send it now, on the
@@ -264,17 +267,19 @@ where
     }
 }
 
-type Call = BoxFuture<'static, Result<Response<ProxyBody>, BoxError>>;
+/// The wrapped stack's future: already boxed (a
+/// [`RouteService`](proxy_core::stack::RouteService) is type-erased), so
+/// this layer holds it as it is instead of boxing it again (one allocation
+/// per request), and naming it inside the async blocks below does not trip
+/// rustc's higher-ranked `Send` check on generic futures
+/// (rust-lang/rust#110338).
+pub type Call = BoxFuture<'static, Result<Response<ProxyBody>, BoxError>>;
 
-/// Calls `inner` outside the async block below: naming `S::Future` inside a
-/// generator trips rustc's higher-ranked `Send` check (rust-lang/rust#110338),
-/// a boxed future does not.
 fn call<S>(inner: &mut S, req: Request<ProxyBody>) -> Call
 where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError>,
-    S::Future: Send + 'static,
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError, Future = Call>,
 {
-    Box::pin(inner.call(req))
+    inner.call(req)
 }
 
 fn ready<S>(inner: &mut S) -> BoxFuture<'_, Result<(), BoxError>>
@@ -296,8 +301,9 @@ async fn settle<S>(
     facts: Option<Arc<Facts>>,
 ) -> Result<Response<ProxyBody>, BoxError>
 where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError> + Clone + Send,
-    S::Future: Send + 'static,
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError, Future = Call>
+        + Clone
+        + Send,
 {
     let mut resp = first.await?;
     if !policy.statuses.contains(&resp.status()) {

@@ -231,7 +231,7 @@ async fn a_source_with_nothing_new_is_not_replayed() {
     ));
     let facts = proxy_core::facts::Facts::new();
     let mut req = Request::get("/").body(proxy_core::empty()).unwrap();
-    req.extensions_mut().insert(facts.clone());
+    proxy_core::context::RequestContext::of_mut(req.extensions_mut()).facts = Some(facts.clone());
     let resp = svc.oneshot(req).await.unwrap();
     assert_eq!(resp.status(), 401);
     assert!(resp.headers().get(X_LATCHKEY_RETRY).is_none());

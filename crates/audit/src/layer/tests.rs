@@ -1,7 +1,7 @@
 use super::*;
 use crate::sink::MemorySink;
 use http::HeaderValue;
-use proxy_core::context::{ConnInfo, RequestId};
+use proxy_core::context::{ConnInfo, RequestContext, RequestId};
 use serde_json::Value;
 use std::convert::Infallible;
 use std::time::Duration;
@@ -12,13 +12,14 @@ fn request(path: &str) -> Request<()> {
         .header("host", "proxy.local")
         .body(())
         .unwrap();
-    req.extensions_mut().insert(ConnInfo {
-        remote_addr: "127.0.0.1:5555".parse().unwrap(),
-        local_addr: "127.0.0.1:8080".parse().unwrap(),
-        tls: false,
-    });
-    req.extensions_mut()
-        .insert(RequestId(HeaderValue::from_static("rid-7")));
+    req.extensions_mut().insert(RequestContext::new(
+        ConnInfo {
+            remote_addr: "127.0.0.1:5555".parse().unwrap(),
+            local_addr: "127.0.0.1:8080".parse().unwrap(),
+            tls: false,
+        },
+        RequestId(HeaderValue::from_static("rid-7")),
+    ));
     req
 }
 

@@ -1,6 +1,6 @@
 use super::*;
 use http::{HeaderValue, Request};
-use proxy_core::context::ConnInfo;
+use proxy_core::context::{ConnInfo, RequestContext};
 use proxy_core::facts::{CredentialFact, RefreshFact};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -15,13 +15,14 @@ fn meta(uri: &str) -> RequestMeta {
         .header("host", "proxy.local:8080")
         .body(())
         .unwrap();
-    req.extensions_mut().insert(ConnInfo {
-        remote_addr: "127.0.0.1:5555".parse().unwrap(),
-        local_addr: "127.0.0.1:8080".parse().unwrap(),
-        tls: false,
-    });
-    req.extensions_mut()
-        .insert(RequestId(HeaderValue::from_static("rid-1")));
+    req.extensions_mut().insert(RequestContext::new(
+        ConnInfo {
+            remote_addr: "127.0.0.1:5555".parse().unwrap(),
+            local_addr: "127.0.0.1:8080".parse().unwrap(),
+            tls: false,
+        },
+        RequestId(HeaderValue::from_static("rid-1")),
+    ));
     RequestMeta::from_request(&req)
 }
 
@@ -310,8 +311,8 @@ fn host_and_request_id_are_escaped_and_non_utf8_host_falls_back() {
         .header("host", HeaderValue::from_bytes(b"a\"b\\c\td:1").unwrap())
         .body(())
         .unwrap();
-    req.extensions_mut()
-        .insert(RequestId(HeaderValue::from_static("id-\"quoted\"-\\")));
+    RequestContext::of_mut(req.extensions_mut()).id =
+        Some(RequestId(HeaderValue::from_static("id-\"quoted\"-\\")));
     let m = RequestMeta::from_request(&req);
     let f = RequestFacts::default();
     let r = RequestRecord::from_parts(&m, &f, StatusCode::OK, None, Duration::ZERO, false, now());
@@ -554,7 +555,7 @@ fn hand_written_ts_and_addresses_are_exactly_serde_jsons() {
     ];
     for (i, t) in times.into_iter().enumerate() {
         let mut req = Request::get("/x").body(()).unwrap();
-        req.extensions_mut().insert(ConnInfo {
+        RequestContext::of_mut(req.extensions_mut()).conn = Some(ConnInfo {
             remote_addr: addrs[i % addrs.len()].parse().unwrap(),
             local_addr: "127.0.0.1:8080".parse().unwrap(),
             tls: false,
