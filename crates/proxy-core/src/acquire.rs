@@ -10,12 +10,15 @@
 //! fails the request with [`CredentialUnavailable`] (503): a request is never
 //! forwarded without the credential its route requires.
 
-use crate::credential::{Credential, CredentialSource, CredentialUsed};
+use crate::credential::{Credential, CredentialError, CredentialSource, CredentialUsed};
 use crate::error::{BoxError, CredentialUnavailable};
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use http::{Request, Response};
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use tower::{Layer, Service};
 
 /// What [`Acquire`] hands to [`inject`](crate::inject) in the request's
@@ -87,66 +90,122 @@ where
 {
     type Response = Response<RB>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<RB>, BoxError>>;
+    /// A credential held by the source (every request but those that wait
+    /// for a refresh) is attached in `call` and the inner service called
+    /// at once: its future, unboxed, with the record to put on the
+    /// response. Waiting for a refresh, or failing, is boxed.
+    type Future = Either<WithUsed<S::Future>, BoxFuture<'static, Result<Response<RB>, BoxError>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        // Keep the instance that was polled ready (tower-service docs).
+        let get = match self.source.get() {
+            Either::Left(ready) => {
+                return match ready.into_inner() {
+                    Ok(cred) => {
+                        // The instance that was polled ready is called.
+                        let used = attach(&mut req, cred, self.id.clone());
+                        Either::Left(WithUsed {
+                            inner: self.inner.call(req),
+                            used: Some(used),
+                        })
+                    }
+                    Err(e) => Either::Right(Box::pin(futures_util::future::ready(Err(
+                        unavailable(&req, &self.id, e),
+                    )))),
+                };
+            }
+            Either::Right(wait) => wait,
+        };
+        // No valid token is held: this request waits for a refresh. Keep
+        // the instance that was polled ready (tower-service docs).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let get = self.source.get();
-        let waited = matches!(get, futures_util::future::Either::Right(_));
         let id = self.id.clone();
-        // Timed only when it waits: a clock read per request otherwise.
-        let started = waited.then(tokio::time::Instant::now);
-        Box::pin(async move {
+        let started = tokio::time::Instant::now();
+        Either::Right(Box::pin(async move {
             let got = get.await;
-            if let Some(started) = started {
-                // No valid token was held: this request waited for a refresh.
-                let fact = crate::facts::RefreshFact {
-                    trigger: "expired",
-                    ok: got.is_ok(),
-                    duration: started.elapsed(),
-                    oauth_error: got.as_ref().err().and_then(|e| e.oauth_error.clone()),
-                };
-                crate::facts::record(&req, |f| f.refresh = Some(fact));
-            }
-            let cred = match got {
-                Ok(c) => c,
-                Err(e) => {
-                    crate::facts::record(&req, |f| {
-                        f.rejected_by = Some("credential");
-                        f.credential = Some(crate::facts::CredentialFact {
-                            id: id.clone(),
-                            generation: None,
-                            outcome: crate::facts::CredentialOutcome::Unavailable,
-                            obtained_at: None,
-                            expires_at: None,
-                        });
-                    });
-                    return Err(CredentialUnavailable {
-                        id: id.to_string(),
-                        reason: e.reason,
-                    }
-                    .into());
-                }
+            let fact = crate::facts::RefreshFact {
+                trigger: "expired",
+                ok: got.is_ok(),
+                duration: started.elapsed(),
+                oauth_error: got.as_ref().err().and_then(|e| e.oauth_error.clone()),
             };
-            let used = CredentialUsed {
-                id,
-                generation: cred.generation,
-                obtained_at: cred.obtained_at,
-                expires_at: cred.expires_at,
-            };
-            req.extensions_mut().insert(Acquired {
-                credential: cred,
-                used: used.clone(),
-            });
+            crate::facts::record(&req, |f| f.refresh = Some(fact));
+            let cred = got.map_err(|e| unavailable(&req, &id, e))?;
+            let used = attach(&mut req, cred, id);
             let mut resp = inner.call(req).await?;
             resp.extensions_mut().insert(used);
             Ok(resp)
-        })
+        }))
+    }
+}
+
+/// Puts the credential into `req` for inject; returns the record for the
+/// response.
+fn attach<B>(req: &mut Request<B>, cred: Arc<Credential>, id: Arc<str>) -> CredentialUsed {
+    let used = CredentialUsed {
+        id,
+        generation: cred.generation,
+        obtained_at: cred.obtained_at,
+        expires_at: cred.expires_at,
+    };
+    req.extensions_mut().insert(Acquired {
+        credential: cred,
+        used: used.clone(),
+    });
+    used
+}
+
+/// Records that `req` could not get credential `id`, and the error.
+fn unavailable<B>(req: &Request<B>, id: &Arc<str>, e: CredentialError) -> BoxError {
+    crate::facts::record(req, |f| {
+        f.rejected_by = Some("credential");
+        f.credential = Some(crate::facts::CredentialFact {
+            id: id.clone(),
+            generation: None,
+            outcome: crate::facts::CredentialOutcome::Unavailable,
+            obtained_at: None,
+            expires_at: None,
+        });
+    });
+    CredentialUnavailable {
+        id: id.to_string(),
+        reason: e.reason,
+    }
+    .into()
+}
+
+pin_project! {
+    /// The inner service's future; its response gets the
+    /// [`CredentialUsed`] record.
+    pub struct WithUsed<F> {
+        #[pin]
+        inner: F,
+        used: Option<CredentialUsed>,
+    }
+}
+
+impl<F, RB> Future for WithUsed<F>
+where
+    F: Future<Output = Result<Response<RB>, BoxError>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut resp = ready!(this.inner.poll(cx))?;
+        if let Some(used) = this.used.take() {
+            resp.extensions_mut().insert(used);
+        }
+        Poll::Ready(Ok(resp))
+    }
+}
+
+impl<F> std::fmt::Debug for WithUsed<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WithUsed").finish_non_exhaustive()
     }
 }

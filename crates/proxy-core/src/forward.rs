@@ -12,13 +12,16 @@ use crate::config::UpstreamUrl;
 use crate::context::RequestId;
 use crate::error::{BodyTooLarge, BoxError, UpstreamTimeout, UpstreamUnreachable, is_caused_by};
 use crate::headers::{add_forwarded, is_upgrade, remove_hop_by_hop};
-use crate::upstream::{OriginPool, SendError};
+use crate::upstream::{OriginPool, PooledBody, SendError};
 use crate::{ProxyBody, boxed};
 use futures_util::future::BoxFuture;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use hyper_util::rt::TokioIo;
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tower::Service;
 
@@ -182,58 +185,124 @@ impl Service<Request<ProxyBody>> for Forward {
         let req = Request::from_parts(parts, body);
 
         let shared = self.shared.clone();
-        Box::pin(async move {
-            let (timeout, connect_timeout) = (shared.target.timeout, shared.target.connect_timeout);
-            let origin = &shared.origin;
-            let started = tokio::time::Instant::now();
-            // The pool's future is made here, inside the boxed one, not
-            // before it: made outside, it would be copied into the box.
-            let result = tokio::time::timeout(timeout, shared.pool.clone().send(req)).await;
-            if let Some(f) = &facts {
-                f.update(|f| {
-                    f.upstream_attempts = f.upstream_attempts.saturating_add(1);
-                    f.upstream_time = Some(started.elapsed());
-                    f.upstream_status = match &result {
-                        Ok(Ok(r)) => Some(r.status().as_u16()),
-                        _ => None,
-                    };
-                });
+        Box::pin(Sending {
+            send: tokio::time::timeout(shared.target.timeout, shared.pool.clone().send(req)),
+            started: tokio::time::Instant::now(),
+            after: Some(After {
+                shared,
+                facts,
+                client_upgrade,
+                limit,
+            }),
+        })
+    }
+}
+
+pin_project! {
+    /// [`Forward`]'s future: the pool's send under the route timeout, then
+    /// [`After::finish`].
+    ///
+    /// A named future rather than an `async` block: an `async` block keeps
+    /// the request it captured for as long as it runs, beside the send
+    /// future that the request was moved into (~250 bytes more per
+    /// request, and this future is boxed for every request).
+    struct Sending<F> {
+        #[pin]
+        send: tokio::time::Timeout<F>,
+        started: tokio::time::Instant,
+        after: Option<After>,
+    }
+}
+
+/// What the response needs once the upstream answered.
+struct After {
+    shared: Arc<Shared>,
+    facts: Option<Arc<crate::facts::Facts>>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    limit: Option<u64>,
+}
+
+type SendResult = Result<Result<Response<PooledBody>, SendError>, tokio::time::error::Elapsed>;
+
+impl<F> Future for Sending<F>
+where
+    F: Future<Output = Result<Response<PooledBody>, SendError>>,
+{
+    type Output = Result<Response<ProxyBody>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.send.poll(cx));
+        let upstream_time = this.started.elapsed();
+        match this.after.take() {
+            Some(after) => Poll::Ready(after.finish(result, upstream_time)),
+            // Polled after it completed: a caller's bug, answered as an
+            // error rather than a panic.
+            None => Poll::Ready(Err("forward future polled after completion".into())),
+        }
+    }
+}
+
+impl After {
+    /// Records the upstream's answer and turns it into the response or
+    /// the error the caller gets.
+    fn finish(
+        self,
+        result: SendResult,
+        upstream_time: Duration,
+    ) -> Result<Response<ProxyBody>, BoxError> {
+        let Self {
+            shared,
+            facts,
+            client_upgrade,
+            limit,
+        } = self;
+        let (timeout, connect_timeout) = (shared.target.timeout, shared.target.connect_timeout);
+        let origin = &shared.origin;
+        if let Some(f) = &facts {
+            f.update(|f| {
+                f.upstream_attempts = f.upstream_attempts.saturating_add(1);
+                f.upstream_time = Some(upstream_time);
+                f.upstream_status = match &result {
+                    Ok(Ok(r)) => Some(r.status().as_u16()),
+                    _ => None,
+                };
+            });
+        }
+        let resp = match result {
+            Err(_) => {
+                return Err(UpstreamTimeout {
+                    upstream: origin.to_string(),
+                    what: "respond",
+                    after: timeout,
+                }
+                .into());
             }
-            let resp = match result {
-                Err(_) => {
-                    return Err(UpstreamTimeout {
+            Ok(Err(e)) => {
+                let e = map_client_error(e, origin, limit, connect_timeout);
+                if let Some(f) = facts.as_ref().filter(|_| e.is::<BodyTooLarge>()) {
+                    f.update(|f| f.rejected_by = Some("limits"));
+                }
+                return Err(e);
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        let (mut parts, body) = resp.into_parts();
+        let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+        if switching {
+            match client_upgrade {
+                Some(client_side) => bridge(client_side, &mut parts),
+                None => {
+                    return Err(UpstreamUnreachable {
                         upstream: origin.to_string(),
-                        what: "respond",
-                        after: timeout,
+                        source: "upstream switched protocols without an upgrade request".into(),
                     }
                     .into());
                 }
-                Ok(Err(e)) => {
-                    let e = map_client_error(e, origin, limit, connect_timeout);
-                    if let Some(f) = facts.as_ref().filter(|_| e.is::<BodyTooLarge>()) {
-                        f.update(|f| f.rejected_by = Some("limits"));
-                    }
-                    return Err(e);
-                }
-                Ok(Ok(resp)) => resp,
-            };
-            let (mut parts, body) = resp.into_parts();
-            let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-            if switching {
-                match client_upgrade {
-                    Some(client_side) => bridge(client_side, &mut parts),
-                    None => {
-                        return Err(UpstreamUnreachable {
-                            upstream: origin.to_string(),
-                            source: "upstream switched protocols without an upgrade request".into(),
-                        }
-                        .into());
-                    }
-                }
             }
-            remove_hop_by_hop(&mut parts.headers, switching);
-            Ok(Response::from_parts(parts, boxed(body)))
-        })
+        }
+        remove_hop_by_hop(&mut parts.headers, switching);
+        Ok(Response::from_parts(parts, boxed(body)))
     }
 }
 

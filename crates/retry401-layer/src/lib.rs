@@ -63,14 +63,17 @@ mod replay;
 use again::Again;
 pub use replay::{Replay, capture};
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use proxy_core::credential::CredentialUsed;
 use proxy_core::facts::{Facts, RefreshFact};
 use proxy_core::headers::is_upgrade;
 use proxy_core::{BoxError, CredentialSource, ProxyBody};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use tower::{Layer, Service};
 
 /// `x-latchkey-retry`
@@ -225,7 +228,10 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<ProxyBody>, BoxError>>;
+    /// A request with nothing to read before its first attempt (most)
+    /// settles in a [`Settle`] held inline; one whose body is read first
+    /// is boxed.
+    type Future = Either<Settle<S>, Call>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -248,13 +254,13 @@ where
                 (proxy_core::empty(), Some(again))
             };
             let first = call(&mut self.inner, Request::from_parts(parts, body));
-            return Box::pin(settle(first, again, replayer, source, policy, facts));
+            return Either::Left(Settle::new(first, again, replayer, source, policy, facts));
         }
         // The body is read first: keep the instance that was polled ready
         // for the first attempt.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let declared = parts
                 .headers
                 .get(http::header::CONTENT_LENGTH)
@@ -262,8 +268,8 @@ where
             let (body, replay) = capture(body, declared, policy.max_replay_body).await?;
             let again = replay.map(|r| Again::capture(&parts, r));
             let first = call(&mut inner, Request::from_parts(parts, body));
-            settle(first, again, replayer, source, policy, facts).await
-        })
+            Settle::new(first, again, replayer, source, policy, facts).await
+        }))
     }
 }
 
@@ -291,9 +297,104 @@ where
     }))
 }
 
-/// After the first attempt: return its response, or refresh and replay once.
-async fn settle<S>(
+/// After the first attempt: its response, or (a retryable status) a
+/// refresh and one replay, [`recover`].
+///
+/// A named future, held by value in [`Retry401`]'s own: almost no request
+/// is ever retried, so the common path carries only the first attempt's
+/// future and what a retry would need, and the retry's state is boxed
+/// apart only when a response asks for one. As an `async fn`, boxed per
+/// request, this was 1,896 bytes (1,256 with the retry boxed apart: an
+/// `async fn` keeps its arguments for as long as it runs), past glibc's
+/// per-thread cache of small blocks (1,032 bytes), so every request took
+/// malloc's slow path to allocate and free it.
+pub struct Settle<S> {
     first: Call,
+    retry: Option<Call>,
+    rest: Option<Rest<S>>,
+}
+
+/// What a retry needs besides the rejected response.
+struct Rest<S> {
+    again: Option<Again>,
+    replayer: Arc<S>,
+    source: Arc<dyn CredentialSource>,
+    policy: Arc<RetryPolicy>,
+    facts: Option<Arc<Facts>>,
+}
+
+impl<S> Settle<S> {
+    fn new(
+        first: Call,
+        again: Option<Again>,
+        replayer: Arc<S>,
+        source: Arc<dyn CredentialSource>,
+        policy: Arc<RetryPolicy>,
+        facts: Option<Arc<Facts>>,
+    ) -> Self {
+        Self {
+            first,
+            retry: None,
+            rest: Some(Rest {
+                again,
+                replayer,
+                source,
+                policy,
+                facts,
+            }),
+        }
+    }
+}
+
+impl<S> Future for Settle<S>
+where
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError, Future = Call>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    type Output = Result<Response<ProxyBody>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Some(retry) = &mut this.retry {
+            return retry.as_mut().poll(cx);
+        }
+        let resp = ready!(this.first.as_mut().poll(cx))?;
+        let Some(rest) = this.rest.take() else {
+            // Polled again after it completed: the answer was given.
+            return Poll::Ready(Err("retry future polled after completion".into()));
+        };
+        if !rest.policy.statuses.contains(&resp.status()) {
+            return Poll::Ready(Ok(resp));
+        }
+        let Rest {
+            again,
+            replayer,
+            source,
+            policy,
+            facts,
+        } = rest;
+        let retry = this.retry.insert(Box::pin(recover(
+            resp, again, replayer, source, policy, facts,
+        )));
+        retry.as_mut().poll(cx)
+    }
+}
+
+impl<S> fmt::Debug for Settle<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settle")
+            .field("retrying", &self.retry.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The first attempt was answered with a retryable status: refresh and
+/// replay once if it carried our credential; see the crate docs.
+async fn recover<S>(
+    mut resp: Response<ProxyBody>,
     again: Option<Again>,
     replayer: Arc<S>,
     source: Arc<dyn CredentialSource>,
@@ -305,10 +406,6 @@ where
         + Clone
         + Send,
 {
-    let mut resp = first.await?;
-    if !policy.statuses.contains(&resp.status()) {
-        return Ok(resp);
-    }
     // Only requests that carried an injected credential are ours to
     // retry; anything else is the upstream's answer to the caller.
     let Some(rejected) = resp.extensions().get::<CredentialUsed>().cloned() else {
