@@ -19,7 +19,10 @@
 //! - [`limit`]: load shedding past the concurrency limit.
 //! - [`router`]: host + path prefix to route.
 //! - [`edge`]: the one place errors become HTTP responses.
-//! - [`stack`]: builds per-route stacks and the whole proxy service.
+//! - [`stack`]: builds per-route stacks and the whole proxy service
+//!   (type-erased as [`stack::SharedService`]: one stack behind an `Arc`).
+//! - [`context`]: what the listener knows about a request (connection,
+//!   request id) and its facts slot, as one request extension.
 //! - [`facts`]: what each layer learned about a request, for the audit.
 //!
 //! Each layer is usable on its own around any tower HTTP service.
