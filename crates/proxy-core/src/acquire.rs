@@ -5,12 +5,16 @@
 //! outside [`inject`](crate::inject) (which writes the value into the request).
 //! On success the request carries one [`Acquired`] extension, the credential
 //! and the [`CredentialUsed`] record of which one it is (consumed by inject,
-//! which writes the value and records the fact for audit), and the response
-//! carries the same [`CredentialUsed`] (read by retry). A source that cannot produce a value
+//! which writes the value and records the fact for audit), and an error
+//! response (400-599) carries the same [`CredentialUsed`] (read by retry;
+//! any response does if the request carries
+//! [`ReportCredentialUsed`]: the retry's replay). A source that cannot produce a value
 //! fails the request with [`CredentialUnavailable`] (503): a request is never
 //! forwarded without the credential its route requires.
 
-use crate::credential::{Credential, CredentialError, CredentialSource, CredentialUsed};
+use crate::credential::{
+    Credential, CredentialError, CredentialSource, CredentialUsed, ReportCredentialUsed,
+};
 use crate::error::{BoxError, CredentialUnavailable};
 use futures_util::future::{BoxFuture, Either};
 use http::{Request, Response};
@@ -105,11 +109,13 @@ where
             Either::Left(ready) => {
                 return match ready.into_inner() {
                     Ok(cred) => {
-                        // The instance that was polled ready is called.
+                        let always = req.extensions().get::<ReportCredentialUsed>().is_some();
                         let used = attach(&mut req, cred, self.id.clone());
+                        // The instance that was polled ready is called.
                         Either::Left(WithUsed {
                             inner: self.inner.call(req),
                             used: Some(used),
+                            always,
                         })
                     }
                     Err(e) => Either::Right(Box::pin(futures_util::future::ready(Err(
@@ -135,9 +141,10 @@ where
             };
             crate::facts::record(&req, |f| f.refresh = Some(fact));
             let cred = got.map_err(|e| unavailable(&req, &id, e))?;
+            let always = req.extensions().get::<ReportCredentialUsed>().is_some();
             let used = attach(&mut req, cred, id);
             let mut resp = inner.call(req).await?;
-            resp.extensions_mut().insert(used);
+            report(&mut resp, used, always);
             Ok(resp)
         }))
     }
@@ -152,7 +159,7 @@ fn attach<B>(req: &mut Request<B>, cred: Arc<Credential>, id: Arc<str>) -> Crede
         obtained_at: cred.obtained_at,
         expires_at: cred.expires_at,
     };
-    req.extensions_mut().insert(Acquired {
+    crate::context::RequestContext::of_mut(req.extensions_mut()).acquired = Some(Acquired {
         credential: cred,
         used: used.clone(),
     });
@@ -178,13 +185,22 @@ fn unavailable<B>(req: &Request<B>, id: &Arc<str>, e: CredentialError) -> BoxErr
     .into()
 }
 
+/// Puts `used` on `resp` if it is an error response or `always`; see the
+/// module docs.
+fn report<RB>(resp: &mut Response<RB>, used: CredentialUsed, always: bool) {
+    if always || resp.status().as_u16() >= 400 {
+        resp.extensions_mut().insert(used);
+    }
+}
+
 pin_project! {
-    /// The inner service's future; its response gets the
-    /// [`CredentialUsed`] record.
+    /// The inner service's future; an error response (or any, if `always`)
+    /// gets the [`CredentialUsed`] record.
     pub struct WithUsed<F> {
         #[pin]
         inner: F,
         used: Option<CredentialUsed>,
+        always: bool,
     }
 }
 
@@ -198,7 +214,7 @@ where
         let this = self.project();
         let mut resp = ready!(this.inner.poll(cx))?;
         if let Some(used) = this.used.take() {
-            resp.extensions_mut().insert(used);
+            report(&mut resp, used, *this.always);
         }
         Poll::Ready(Ok(resp))
     }
@@ -207,5 +223,63 @@ where
 impl<F> std::fmt::Debug for WithUsed<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WithUsed").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credential::StaticSource;
+    use crate::secret::SecretSource;
+    use http::StatusCode;
+    use tower::{ServiceExt, service_fn};
+
+    /// Acquire around a service that answers with the status in the
+    /// request's path (`/401`) and checks the credential reached it.
+    async fn call(path: &str, report: bool) -> Response<()> {
+        let source: Arc<dyn CredentialSource> = Arc::new(StaticSource::new(
+            "k",
+            SecretSource::fixed("canary-acquire-1"),
+        ));
+        let svc = AcquireLayer::new(source).layer(service_fn(|req: Request<()>| async move {
+            let acquired = crate::context::RequestContext::of(req.extensions())
+                .and_then(|c| c.acquired.as_ref())
+                .expect("credential attached");
+            assert_eq!(&*acquired.used.id, "k");
+            let status: u16 = req.uri().path()[1..].parse()?;
+            let mut resp = Response::new(());
+            *resp.status_mut() = StatusCode::from_u16(status)?;
+            Ok::<_, BoxError>(resp)
+        }));
+        let mut req = Request::get(path).body(()).unwrap();
+        if report {
+            req.extensions_mut().insert(ReportCredentialUsed);
+        }
+        svc.oneshot(req).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn error_responses_carry_the_credential_used_and_successes_do_not() {
+        for status in [400, 401, 403, 503] {
+            let resp = call(&format!("/{status}"), false).await;
+            let used = resp.extensions().get::<CredentialUsed>();
+            assert_eq!(used.map(|u| &*u.id), Some("k"), "status {status}");
+        }
+        for status in [200, 204, 302] {
+            let resp = call(&format!("/{status}"), false).await;
+            assert!(
+                resp.extensions().get::<CredentialUsed>().is_none(),
+                "status {status}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_that_asks_for_the_record_gets_it_on_success() {
+        let resp = call("/200", true).await;
+        assert_eq!(
+            resp.extensions().get::<CredentialUsed>().map(|u| &*u.id),
+            Some("k")
+        );
     }
 }

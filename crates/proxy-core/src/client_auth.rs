@@ -24,7 +24,7 @@
 //! - [`AuthorizeLayer`] is the first layer of each route's stack: a non-public
 //!   route refuses anonymous callers (401) and clients it does not list (403).
 
-use crate::context::{ClientIdentity, PeerIdentity};
+use crate::context::{ClientIdentity, PeerIdentity, RequestContext};
 use crate::error::{BoxError, ClientForbidden, ClientUnauthenticated};
 use crate::secret::SecretSource;
 use futures_util::future::{Either, Ready, ready};
@@ -178,7 +178,7 @@ where
         match identity {
             Ok(id) => {
                 crate::facts::record(&req, |f| f.client.clone_from(&id.0));
-                req.extensions_mut().insert(id);
+                RequestContext::of_mut(req.extensions_mut()).client = Some(id);
                 Either::Left(self.inner.call(req))
             }
             Err(e) => {
@@ -264,10 +264,7 @@ where
         if p.public {
             return Either::Left(self.inner.call(req));
         }
-        let client = req
-            .extensions()
-            .get::<ClientIdentity>()
-            .and_then(|c| c.0.clone());
+        let client = crate::context::client(req.extensions()).and_then(|c| c.0.clone());
         if !client.as_ref().is_some_and(|c| p.clients.contains(c)) {
             crate::facts::record(&req, |f| f.rejected_by = Some("authorize"));
         }
@@ -333,10 +330,7 @@ mod tests {
                 ["billing".into()],
             ))
             .service(service_fn(|req: Request<()>| async move {
-                let who = req
-                    .extensions()
-                    .get::<ClientIdentity>()
-                    .and_then(|c| c.0.clone());
+                let who = crate::context::client(req.extensions()).and_then(|c| c.0.clone());
                 Ok::<_, BoxError>((who, req.headers().clone()))
             }));
         let mut req = Request::new(());

@@ -189,7 +189,9 @@ pub trait CredentialSource: fmt::Debug + Send + Sync + 'static {
 
 /// Which credential a request carried: handed to inject with the value (in
 /// [`Acquired`](crate::acquire::Acquired)), which records it for audit, and
-/// put in the response's extensions for the retry layer.
+/// put in the extensions of an error response (400-599, the statuses a 401
+/// retry can act on) for the retry layer, or of any response to a request
+/// that carries [`ReportCredentialUsed`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CredentialUsed {
     /// The credential's id.
@@ -201,6 +203,14 @@ pub struct CredentialUsed {
     /// When it expires, if it does.
     pub expires_at: Option<SystemTime>,
 }
+
+/// Request extension: put [`CredentialUsed`] on the response whatever its
+/// status. The 401 retry marks its replay with it, to learn which
+/// generation the replay carried when it succeeds. Without it a successful
+/// response carries no record: a retry looks only at error statuses, and
+/// the record would cost every request an extension map on its response.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReportCredentialUsed;
 
 /// A credential that never expires: an `env`, `file` or literal secret.
 /// A `file` secret's new content becomes a new generation.

@@ -1,8 +1,9 @@
 //! Credential injection: header, query parameter or HTTP basic.
 //!
 //! Sits directly outside the forwarder, inside credential acquisition: it
-//! takes the [`Credential`] the acquire layer put in the request extensions
-//! (an [`Acquired`](crate::acquire::Acquired), removed here) and writes it
+//! takes the [`Credential`] the acquire layer put in the request's context
+//! (an [`Acquired`](crate::acquire::Acquired) in its
+//! [`RequestContext`](crate::context::RequestContext), taken here) and writes it
 //! where the upstream expects it. Like tower-http's
 //! `AddAuthorization` it does no I/O and returns the inner future unchanged on
 //! the normal path. A caller-supplied header or query parameter of the same
@@ -392,7 +393,11 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        if let Some(acquired) = req.extensions_mut().remove::<crate::acquire::Acquired>() {
+        let acquired = req
+            .extensions_mut()
+            .get_mut::<crate::context::RequestContext>()
+            .and_then(|c| c.acquired.take());
+        if let Some(acquired) = acquired {
             let used = acquired.used;
             if let Err(reason) = self.apply(&mut req, &acquired.credential) {
                 crate::facts::record(&req, |f| f.rejected_by = Some("credential"));

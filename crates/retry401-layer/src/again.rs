@@ -8,8 +8,8 @@
 //! bytes), the body is the buffered [`Replay`] and becomes a body only when
 //! a replay is sent, and the extensions are kept as typed values when they
 //! are only the ones latchkey's own outer layers put there (the request
-//! context with the connection, the request id and the facts slot, the
-//! client identity, the peer certificate): no type-erased map and no boxed copy of each value
+//! context with the connection, the request id, the facts slot and the
+//! client identity; the peer certificate): no type-erased map and no boxed copy of each value
 //! per request. A request carrying any other extension keeps a clone of
 //! all of them, so a replay always carries exactly what the first attempt
 //! did.
@@ -18,7 +18,7 @@ use crate::Replay;
 use http::request::Parts;
 use http::{Extensions, HeaderMap, Method, Request, Uri, Version};
 use proxy_core::ProxyBody;
-use proxy_core::context::{ClientIdentity, PeerIdentity, RequestContext};
+use proxy_core::context::{PeerIdentity, RequestContext};
 
 /// Everything needed to send the request again.
 pub(crate) struct Again {
@@ -30,6 +30,10 @@ pub(crate) struct Again {
     body: Replay,
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the typed copy is the common case; boxing it would cost every request an allocation"
+)]
 enum Carried {
     /// Only the types in [`Known`] were present.
     Known(Known),
@@ -40,7 +44,6 @@ enum Carried {
 #[derive(Default)]
 struct Known {
     context: Option<RequestContext>,
-    client: Option<ClientIdentity>,
     peer: Option<PeerIdentity>,
 }
 
@@ -73,12 +76,9 @@ impl Carried {
     fn capture(ext: &Extensions) -> Self {
         let known = Known {
             context: ext.get().cloned(),
-            client: ext.get().cloned(),
             peer: ext.get().cloned(),
         };
-        let present = usize::from(known.context.is_some())
-            + usize::from(known.client.is_some())
-            + usize::from(known.peer.is_some());
+        let present = usize::from(known.context.is_some()) + usize::from(known.peer.is_some());
         if present == ext.len() {
             Self::Known(known)
         } else {
@@ -94,9 +94,6 @@ impl Carried {
                 if let Some(v) = k.context {
                     ext.insert(v);
                 }
-                if let Some(v) = k.client {
-                    ext.insert(v);
-                }
                 if let Some(v) = k.peer {
                     ext.insert(v);
                 }
@@ -109,7 +106,7 @@ impl Carried {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proxy_core::context::{ConnInfo, RequestId};
+    use proxy_core::context::{ClientIdentity, ConnInfo, RequestId};
     use proxy_core::facts::Facts;
     use std::net::SocketAddr;
     use std::sync::Arc;
@@ -130,8 +127,9 @@ mod tests {
             }),
             id: Some(RequestId::generate()),
             facts: Some(Facts::new()),
+            client: Some(ClientIdentity(Some("c".into()))),
+            acquired: None,
         });
-        ext.insert(ClientIdentity(Some("c".into())));
         if extra {
             ext.insert(7u32);
         }
@@ -159,7 +157,8 @@ mod tests {
         );
         assert_eq!(ca.conn, cb.conn);
         assert_eq!(ca.id, cb.id);
-        assert_eq!(a.get::<ClientIdentity>(), b.get::<ClientIdentity>());
+        assert_eq!(ca.client, cb.client);
+        assert_eq!(ca.client, Some(ClientIdentity(Some("c".into()))));
         assert!(Arc::ptr_eq(
             ca.facts.as_ref().unwrap(),
             cb.facts.as_ref().unwrap()

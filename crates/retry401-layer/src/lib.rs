@@ -65,7 +65,7 @@ pub use replay::{Replay, capture};
 
 use futures_util::future::{BoxFuture, Either};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
-use proxy_core::credential::CredentialUsed;
+use proxy_core::credential::{CredentialUsed, ReportCredentialUsed};
 use proxy_core::facts::{Facts, RefreshFact};
 use proxy_core::headers::is_upgrade;
 use proxy_core::{BoxError, CredentialSource, ProxyBody};
@@ -462,7 +462,11 @@ where
     drop(resp);
     let mut inner = S::clone(&replayer);
     ready(&mut inner).await?;
-    let mut second = call(&mut inner, again.into_request()).await?;
+    let mut replay = again.into_request();
+    // A successful replay's response carries the record too: its
+    // generation goes into the outcome.
+    replay.extensions_mut().insert(ReportCredentialUsed);
+    let mut second = call(&mut inner, replay).await?;
     let replay_generation = second
         .extensions()
         .get::<CredentialUsed>()

@@ -4,7 +4,9 @@ use super::*;
 use futures_util::FutureExt;
 use futures_util::future::ready;
 use http_body_util::BodyExt;
-use proxy_core::credential::{CredentialError, CredentialStatus, GetCredential};
+use proxy_core::credential::{
+    CredentialError, CredentialStatus, GetCredential, ReportCredentialUsed,
+};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::SystemTime;
@@ -62,7 +64,9 @@ impl CredentialSource for Source {
 type Inner = tower::util::BoxCloneSyncService<Request<ProxyBody>, Response<ProxyBody>, BoxError>;
 
 /// The inner stack: "injects" the source's generation and answers per a
-/// script of statuses; records the bodies it saw.
+/// script of statuses, reporting the credential used as acquisition does
+/// (on an error response, or on any if the request asks); records the
+/// bodies it saw.
 fn inner(
     source: Arc<Source>,
     statuses: Vec<u16>,
@@ -74,12 +78,13 @@ fn inner(
         let n = calls.fetch_add(1, Ordering::SeqCst);
         let status = statuses[n.min(statuses.len() - 1)];
         let (source, bodies) = (source.clone(), bodies.clone());
+        let report = req.extensions().get::<ReportCredentialUsed>().is_some();
         async move {
             let body = req.into_body().collect().await?.to_bytes();
             bodies.lock().unwrap().push(body.to_vec());
             let mut resp = Response::new(proxy_core::full("upstream"));
             *resp.status_mut() = StatusCode::from_u16(status)?;
-            if inject {
+            if inject && (status >= 400 || report) {
                 resp.extensions_mut().insert(CredentialUsed {
                     id: "crm".into(),
                     generation: source.generation.load(Ordering::SeqCst),
