@@ -96,7 +96,8 @@ pub async fn serve(
                 // HANDSHAKE_TIMEOUT); its connection is then told to finish
                 // at once.
                 let watcher = graceful.watcher();
-                // Polled on every wake of the task, so only when it fired.
+                // The task wakes for every request; this is polled only
+                // when its own waker fired.
                 let force = stop::stopped(force_rx.clone());
                 let (proxy, builders, tls) = (proxy.clone(), builders.clone(), tls.clone());
                 let shutdown = shutdown.clone();
@@ -258,7 +259,8 @@ where
         // stop comes is read and answered before the connection closes.
         biased;
         r = conn.as_mut() => return r.map_err(Into::into),
-        // Polled on every wake of the task, so only when it fired.
+        // The task wakes for every request; this is polled only when its
+        // own waker fired.
         () = stop::stopped(shutdown) => conn.as_mut().graceful_shutdown(),
     }
     let r = conn.await;

@@ -3,12 +3,13 @@
 //!
 //! Sits inside the 401 retry (so a replay acquires the refreshed value) and
 //! outside [`inject`](crate::inject) (which writes the value into the request).
-//! On success the request carries one [`Acquired`] extension, the credential
-//! and the [`CredentialUsed`] record of which one it is (consumed by inject,
-//! which writes the value and records the fact for audit), and an error
-//! response (400-599) carries the same [`CredentialUsed`] (read by retry;
-//! any response does if the request carries
-//! [`ReportCredentialUsed`]: the retry's replay). A source that cannot produce a value
+//! On success the request's [`RequestContext`](crate::context::RequestContext)
+//! holds an [`Acquired`]: the credential and the [`CredentialUsed`] record
+//! of which one it is (taken by inject, which writes the value and records
+//! the fact for audit), and an error response (status 400 or above)
+//! carries the same [`CredentialUsed`] (read by retry; any response does if
+//! the request carries [`ReportCredentialUsed`]: the retry's replay).
+//! A source that cannot produce a value
 //! fails the request with [`CredentialUnavailable`] (503): a request is never
 //! forwarded without the credential its route requires.
 
@@ -26,10 +27,9 @@ use std::task::{Context, Poll, ready};
 use tower::{Layer, Service};
 
 /// What [`Acquire`] hands to [`inject`](crate::inject) in the request's
-/// extensions: the value to write and the record of which credential and
-/// generation it is. One extension rather than two: each is an allocation
-/// and a map entry per request. Inject removes it, so the value goes no
-/// further than the layer that writes it.
+/// [`RequestContext`](crate::context::RequestContext): the value to write
+/// and the record of which credential and generation it is. Inject takes
+/// it out, so the value goes no further than the layer that writes it.
 #[derive(Clone, Debug)]
 pub struct Acquired {
     /// The credential to inject.

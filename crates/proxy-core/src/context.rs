@@ -16,8 +16,9 @@ use http::Extensions;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// What is known about a request before any layer ran, and its facts slot;
-/// see the module docs. Every field is optional so layers used on their
+/// The per-request state latchkey's own layers hand one another: what the
+/// listener knew (connection, request id), the facts slot, the client
+/// identity and the credential for inject; see the module docs. Every field is optional so layers used on their
 /// own (tests, embedding) work with whatever their caller attached.
 #[derive(Clone, Debug, Default)]
 pub struct RequestContext {

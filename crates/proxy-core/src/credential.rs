@@ -189,9 +189,9 @@ pub trait CredentialSource: fmt::Debug + Send + Sync + 'static {
 
 /// Which credential a request carried: handed to inject with the value (in
 /// [`Acquired`](crate::acquire::Acquired)), which records it for audit, and
-/// put in the extensions of an error response (400-599, the statuses a 401
-/// retry can act on) for the retry layer, or of any response to a request
-/// that carries [`ReportCredentialUsed`].
+/// put in the extensions of an error response (status 400 or above: a 401
+/// retry acts on 400-599 only) for the retry layer, or of any response to
+/// a request that carries [`ReportCredentialUsed`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CredentialUsed {
     /// The credential's id.

@@ -232,12 +232,15 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        if this.after.is_none() {
+            // Polled after it completed: a caller's bug, answered as an
+            // error rather than a panic.
+            return Poll::Ready(Err("forward future polled after completion".into()));
+        }
         let result = ready!(this.send.poll(cx));
         let upstream_time = this.started.elapsed();
         match this.after.take() {
             Some(after) => Poll::Ready(after.finish(result, upstream_time)),
-            // Polled after it completed: a caller's bug, answered as an
-            // error rather than a panic.
             None => Poll::Ready(Err("forward future polled after completion".into())),
         }
     }

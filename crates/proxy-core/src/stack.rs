@@ -71,9 +71,9 @@ impl RouteLayers for NoLayers {
     }
 }
 
-/// A route's whole stack: client authorization around the (boxed)
-/// credential stack. Not boxed again: [`Dispatch`] clones it per request,
-/// and every box level is one more allocation per clone and per future.
+/// A route's whole stack: client authorization around the (type-erased,
+/// shared) credential stack. Not erased again: [`Dispatch`] clones it per
+/// request, and every erased level is one more boxed future per request.
 pub type RouteStack = Authorize<RouteService>;
 
 /// The future of [`call_now_or_wait`].

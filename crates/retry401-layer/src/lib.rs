@@ -82,7 +82,9 @@ pub const X_LATCHKEY_RETRY: HeaderName = HeaderName::from_static("x-latchkey-ret
 /// When to replay.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Upstream statuses that mean "credential rejected".
+    /// Upstream statuses that mean "credential rejected": 400-599 (the
+    /// config refuses others). A response below 400 carries no
+    /// [`CredentialUsed`] record, so such a status would never be retried.
     pub statuses: Vec<StatusCode>,
     /// Largest body buffered for a replay.
     pub max_replay_body: u64,
@@ -361,14 +363,17 @@ where
         if let Some(retry) = &mut this.retry {
             return retry.as_mut().poll(cx);
         }
-        let resp = ready!(this.first.as_mut().poll(cx))?;
-        let Some(rest) = this.rest.take() else {
-            // Polled again after it completed: the answer was given.
+        if this.rest.is_none() {
+            // The first attempt already answered: polled after completion,
+            // a caller's bug, answered as an error rather than a panic.
             return Poll::Ready(Err("retry future polled after completion".into()));
-        };
-        if !rest.policy.statuses.contains(&resp.status()) {
-            return Poll::Ready(Ok(resp));
         }
+        let first = ready!(this.first.as_mut().poll(cx));
+        let rest = this.rest.take();
+        let resp = first?;
+        let Some(rest) = rest.filter(|r| r.policy.statuses.contains(&resp.status())) else {
+            return Poll::Ready(Ok(resp));
+        };
         let Rest {
             again,
             replayer,

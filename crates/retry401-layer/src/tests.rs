@@ -245,3 +245,28 @@ async fn a_source_with_nothing_new_is_not_replayed() {
     let seen = facts.snapshot();
     assert_eq!((seen.refresh, seen.retry), (None, None));
 }
+
+#[tokio::test]
+async fn settle_polled_after_completion_answers_an_error_not_a_panic() {
+    let source = Arc::new(Source::default());
+    let replayer = Arc::new(inner(
+        source.clone(),
+        vec![200],
+        Arc::new(Mutex::new(Vec::new())),
+        true,
+    ));
+    let first: Call = Box::pin(async { Ok(Response::new(proxy_core::empty())) });
+    let mut settle = Settle::new(
+        first,
+        None,
+        replayer,
+        source,
+        Arc::new(RetryPolicy::default()),
+        None,
+    );
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let once = std::pin::Pin::new(&mut settle).poll(&mut cx);
+    assert!(matches!(once, std::task::Poll::Ready(Ok(ref r)) if r.status() == 200));
+    let again = std::pin::Pin::new(&mut settle).poll(&mut cx);
+    assert!(matches!(again, std::task::Poll::Ready(Err(_))));
+}
