@@ -46,6 +46,11 @@ pub type ProxyService = SharedService<Request<ProxyBody>, Response<ProxyBody>, I
 
 /// Hook to wrap each route's credential-bearing stack (acquire -> inject ->
 /// forward) with layers defined outside this crate.
+///
+/// The [`RouteService`] handed to [`wrap`](Self::wrap) is a
+/// [`SharedService`]: it is always ready, and waits for the readiness of
+/// the stack inside within each call. A layer that acts on readiness
+/// (tower's `LoadShed`, `Buffer`) sees no backpressure through it.
 pub trait RouteLayers: Send + Sync {
     /// Wraps `inner` for `route`, whose credential is `source` (if any).
     fn wrap(
