@@ -242,10 +242,18 @@ mod tests {
             SecretSource::fixed("canary-acquire-1"),
         ));
         let svc = AcquireLayer::new(source).layer(service_fn(|req: Request<()>| async move {
-            let acquired = crate::context::RequestContext::of(req.extensions())
+            let ctx = crate::context::RequestContext::of(req.extensions());
+            let acquired = ctx
                 .and_then(|c| c.acquired.as_ref())
                 .expect("credential attached");
             assert_eq!(&*acquired.used.id, "k");
+            assert_eq!(acquired.credential.expose(), "canary-acquire-1");
+            // The context carries the secret: its Debug must not show it.
+            let shown = format!("{ctx:?}");
+            assert!(
+                shown.contains("Acquired") && !shown.contains("canary"),
+                "{shown}"
+            );
             let status: u16 = req.uri().path()[1..].parse()?;
             let mut resp = Response::new(());
             *resp.status_mut() = StatusCode::from_u16(status)?;
