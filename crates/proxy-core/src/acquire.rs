@@ -8,14 +8,12 @@
 //! of which one it is (taken by inject, which writes the value and records
 //! the fact for audit), and an error response (status 400 or above)
 //! carries the same [`CredentialUsed`] (read by retry; any response does if
-//! the request carries [`ReportCredentialUsed`]: the retry's replay).
+//! the request's context asks for it: the retry's replay).
 //! A source that cannot produce a value
 //! fails the request with [`CredentialUnavailable`] (503): a request is never
 //! forwarded without the credential its route requires.
 
-use crate::credential::{
-    Credential, CredentialError, CredentialSource, CredentialUsed, ReportCredentialUsed,
-};
+use crate::credential::{Credential, CredentialError, CredentialSource, CredentialUsed};
 use crate::error::{BoxError, CredentialUnavailable};
 use futures_util::future::{BoxFuture, Either};
 use http::{Request, Response};
@@ -109,8 +107,7 @@ where
             Either::Left(ready) => {
                 return match ready.into_inner() {
                     Ok(cred) => {
-                        let always = req.extensions().get::<ReportCredentialUsed>().is_some();
-                        let used = attach(&mut req, cred, self.id.clone());
+                        let (used, always) = attach(&mut req, cred, self.id.clone());
                         // The instance that was polled ready is called.
                         Either::Left(WithUsed {
                             inner: self.inner.call(req),
@@ -141,8 +138,7 @@ where
             };
             crate::facts::record(&req, |f| f.refresh = Some(fact));
             let cred = got.map_err(|e| unavailable(&req, &id, e))?;
-            let always = req.extensions().get::<ReportCredentialUsed>().is_some();
-            let used = attach(&mut req, cred, id);
+            let (used, always) = attach(&mut req, cred, id);
             let mut resp = inner.call(req).await?;
             report(&mut resp, used, always);
             Ok(resp)
@@ -150,20 +146,21 @@ where
     }
 }
 
-/// Puts the credential into `req` for inject; returns the record for the
-/// response.
-fn attach<B>(req: &mut Request<B>, cred: Arc<Credential>, id: Arc<str>) -> CredentialUsed {
+/// Puts the credential into `req`'s context for inject; returns the record
+/// for the response and whether the context asks for it on any response.
+fn attach<B>(req: &mut Request<B>, cred: Arc<Credential>, id: Arc<str>) -> (CredentialUsed, bool) {
     let used = CredentialUsed {
         id,
         generation: cred.generation,
         obtained_at: cred.obtained_at,
         expires_at: cred.expires_at,
     };
-    crate::context::RequestContext::of_mut(req.extensions_mut()).acquired = Some(Acquired {
+    let ctx = crate::context::RequestContext::of_mut(req.extensions_mut());
+    ctx.acquired = Some(Acquired {
         credential: cred,
         used: used.clone(),
     });
-    used
+    (used, ctx.report_credential_used)
 }
 
 /// Records that `req` could not get credential `id`, and the error.
@@ -261,7 +258,8 @@ mod tests {
         }));
         let mut req = Request::get(path).body(()).unwrap();
         if report {
-            req.extensions_mut().insert(ReportCredentialUsed);
+            crate::context::RequestContext::of_mut(req.extensions_mut()).report_credential_used =
+                true;
         }
         svc.oneshot(req).await.unwrap()
     }

@@ -32,6 +32,13 @@ pub struct RequestContext {
     pub client: Option<ClientIdentity>,
     /// The credential to inject (set by acquire, taken by inject).
     pub acquired: Option<Acquired>,
+    /// Put the [`CredentialUsed`](crate::credential::CredentialUsed)
+    /// record on the response whatever its status. The 401 retry sets it on
+    /// its replay, to learn which generation the replay carried when it
+    /// succeeds. Otherwise only an error response carries the record: a
+    /// retry looks only at error statuses, and the record would cost every
+    /// request an extension map on its response.
+    pub report_credential_used: bool,
 }
 
 impl RequestContext {

@@ -191,7 +191,8 @@ pub trait CredentialSource: fmt::Debug + Send + Sync + 'static {
 /// [`Acquired`](crate::acquire::Acquired)), which records it for audit, and
 /// put in the extensions of an error response (status 400 or above: a 401
 /// retry acts on 400-599 only) for the retry layer, or of any response to
-/// a request that carries [`ReportCredentialUsed`].
+/// a request whose context asks for it
+/// ([`RequestContext::report_credential_used`](crate::context::RequestContext::report_credential_used)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CredentialUsed {
     /// The credential's id.
@@ -203,14 +204,6 @@ pub struct CredentialUsed {
     /// When it expires, if it does.
     pub expires_at: Option<SystemTime>,
 }
-
-/// Request extension: put [`CredentialUsed`] on the response whatever its
-/// status. The 401 retry marks its replay with it, to learn which
-/// generation the replay carried when it succeeds. Without it a successful
-/// response carries no record: a retry looks only at error statuses, and
-/// the record would cost every request an extension map on its response.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ReportCredentialUsed;
 
 /// A credential that never expires: an `env`, `file` or literal secret.
 /// A `file` secret's new content becomes a new generation.

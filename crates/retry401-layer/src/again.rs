@@ -128,7 +128,7 @@ mod tests {
             id: Some(RequestId::generate()),
             facts: Some(Facts::new()),
             client: Some(ClientIdentity(Some("c".into()))),
-            acquired: None,
+            ..RequestContext::default()
         });
         if extra {
             ext.insert(7u32);

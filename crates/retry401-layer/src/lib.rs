@@ -65,7 +65,8 @@ pub use replay::{Replay, capture};
 
 use futures_util::future::{BoxFuture, Either};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
-use proxy_core::credential::{CredentialUsed, ReportCredentialUsed};
+use proxy_core::context::RequestContext;
+use proxy_core::credential::CredentialUsed;
 use proxy_core::facts::{Facts, RefreshFact};
 use proxy_core::headers::is_upgrade;
 use proxy_core::{BoxError, CredentialSource, ProxyBody};
@@ -300,7 +301,7 @@ where
 }
 
 /// After the first attempt: its response, or (a retryable status) a
-/// refresh and one replay, [`recover`].
+/// refresh and one replay, `recover`.
 ///
 /// A named future, held by value in [`Retry401`]'s own: almost no request
 /// is ever retried, so the common path carries only the first attempt's
@@ -470,7 +471,7 @@ where
     let mut replay = again.into_request();
     // A successful replay's response carries the record too: its
     // generation goes into the outcome.
-    replay.extensions_mut().insert(ReportCredentialUsed);
+    RequestContext::of_mut(replay.extensions_mut()).report_credential_used = true;
     let mut second = call(&mut inner, replay).await?;
     let replay_generation = second
         .extensions()

@@ -4,9 +4,7 @@ use super::*;
 use futures_util::FutureExt;
 use futures_util::future::ready;
 use http_body_util::BodyExt;
-use proxy_core::credential::{
-    CredentialError, CredentialStatus, GetCredential, ReportCredentialUsed,
-};
+use proxy_core::credential::{CredentialError, CredentialStatus, GetCredential};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::SystemTime;
@@ -78,7 +76,8 @@ fn inner(
         let n = calls.fetch_add(1, Ordering::SeqCst);
         let status = statuses[n.min(statuses.len() - 1)];
         let (source, bodies) = (source.clone(), bodies.clone());
-        let report = req.extensions().get::<ReportCredentialUsed>().is_some();
+        let report = proxy_core::context::RequestContext::of(req.extensions())
+            .is_some_and(|c| c.report_credential_used);
         async move {
             let body = req.into_body().collect().await?.to_bytes();
             bodies.lock().unwrap().push(body.to_vec());
