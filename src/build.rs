@@ -15,7 +15,7 @@ use proxy_core::config::{
 use proxy_core::credential::{CredentialSource, StaticSource};
 use proxy_core::facts::RefreshObserver;
 use proxy_core::secret::SecretSource;
-use proxy_core::stack::{self, Proxy, RouteLayers, RouteService};
+use proxy_core::stack::{self, EdgeStack, RouteLayers, RouteService};
 use proxy_core::upstream::UpstreamClients;
 use refresh_layer::provider::TokenProvider;
 use refresh_layer::provider::exec::ExecProvider;
@@ -29,6 +29,14 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tower::Layer;
+
+/// The whole proxy's service: the audit layer (a pass-through when audit
+/// and metrics are both off) around proxy-core's [`EdgeStack`], with its
+/// type kept (not erased): the listener holds its future inline.
+pub type AppService = audit::layer::Audit<EdgeStack>;
+
+/// A proxy built from one config, as the listener serves it.
+pub type Proxy = stack::Proxy<AppService>;
 
 /// Builds one [`CredentialSource`] per configured credential: static
 /// secrets directly, everything that expires behind a
@@ -260,15 +268,12 @@ pub fn build_proxy_with(
         .then(|| Arc::new(AuditObserver::new(sink.clone(), metrics)) as Arc<dyn RefreshObserver>);
     let sources = credential_sources_with(&config, file, observer, previous)?;
     let audit = match (sink, metrics) {
-        (Some(sink), metrics) => Some(AuditLayer::new(sink, metrics)),
-        (None, true) => Some(AuditLayer::metrics_only()),
-        (None, false) => None,
+        (Some(sink), metrics) => AuditLayer::new(sink, metrics),
+        (None, true) => AuditLayer::metrics_only(),
+        (None, false) => AuditLayer::disabled(),
     };
-    // The audit layer goes inside the one boxed service (not around a
-    // boxed stack): a boxed service clone and a boxed future less per
-    // request.
-    match audit {
-        Some(layer) => stack::build_with(config, file, &sources, upstreams, &LatchkeyLayers, layer),
-        None => stack::build(config, file, &sources, upstreams, &LatchkeyLayers),
-    }
+    // Not type-erased: the listener calls the concrete stack, and hyper
+    // keeps its future in the connection's one reused allocation instead
+    // of a boxed future per request.
+    stack::build_typed(config, file, &sources, upstreams, &LatchkeyLayers, audit)
 }

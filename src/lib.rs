@@ -6,7 +6,7 @@
 //! the whole proxy in-process with [`start`] on `127.0.0.1:0`.
 //!
 //! - [`app`]: [`start`] a proxy from a config, [`Running`] to stop it.
-//! - [`build`]: a [`Proxy`](proxy_core::stack::Proxy) from a config (sources, stacks, audit).
+//! - [`build`]: a [`Proxy`](build::Proxy) from a config (sources, stacks, audit).
 //! - [`server`]: the proxy listener (HTTP/1.1 + h2, upgrades, graceful drain).
 //! - [`tls`]: TLS on the proxy listener, certificate reload, client certificates.
 //! - [`admin`]: `/healthz`, `/readyz` and the management API.

@@ -18,11 +18,11 @@
 //! a mounted ConfigMap by swapping a `..data` symlink in that directory, which
 //! a watch on the file itself never sees.
 
+use crate::build::Proxy;
 use crate::build::{StartOptions, build_proxy_with};
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use proxy_core::config::{Config, ConfigError};
-use proxy_core::stack::Proxy;
 use proxy_core::upstream::UpstreamClients;
 use serde::Serialize;
 use std::path::{Path, PathBuf};

@@ -244,6 +244,73 @@ async fn an_invalid_reload_keeps_the_old_config_and_says_why() {
     running.shutdown().await;
 }
 
+/// A kept-alive connection sees a reload at its next request (each
+/// connection caches the current proxy and revalidates it per request),
+/// and requests on a connection opened before the reload keep working.
+#[tokio::test]
+async fn a_kept_alive_connection_sees_a_reload_at_its_next_request() {
+    let up = echo_upstream().await;
+    let ep = endpoint().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("latchkey.yaml");
+    std::fs::write(&path, yaml("127.0.0.1:0", &up.url(), &ep.url, "", "30s")).expect("write");
+    let running = start(&path, false).await;
+
+    let stream = tokio::net::TcpStream::connect(running.proxy_addr)
+        .await
+        .expect("connect");
+    let (mut tx, conn) = hyper::client::conn::http1::handshake::<
+        _,
+        http_body_util::Empty<bytes::Bytes>,
+    >(hyper_util::rt::TokioIo::new(stream))
+    .await
+    .expect("handshake");
+    let conn = tokio::spawn(conn);
+    let auth = format!("Bearer {TOKEN}");
+    let mut status_of = async |path: &str| {
+        let req = http::Request::get(path)
+            .header("host", "proxy.test")
+            .header("authorization", auth.as_str())
+            .body(http_body_util::Empty::new())
+            .expect("request");
+        let resp = with_timeout(tx.send_request(req)).await.expect("response");
+        let status = resp.status().as_u16();
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .expect("body");
+        status
+    };
+    assert_eq!(status_of("/a/x").await, 200);
+    assert_eq!(
+        status_of("/b/x").await,
+        404,
+        "route b exists before the reload"
+    );
+
+    std::fs::write(
+        &path,
+        yaml(
+            "127.0.0.1:0",
+            &up.url(),
+            &ep.url,
+            &route_b(&up.url()),
+            "30s",
+        ),
+    )
+    .expect("rewrite");
+    running.reload().await.expect("reload");
+    // The same connection, not a new one.
+    assert_eq!(
+        status_of("/b/x").await,
+        200,
+        "the connection kept the old config"
+    );
+    assert_eq!(status_of("/a/x").await, 200);
+    assert!(!conn.is_finished(), "the connection was closed");
+    drop(tx);
+    running.shutdown().await;
+}
+
 #[tokio::test]
 async fn refused_content_is_not_retried_on_every_directory_event() {
     let up = echo_upstream().await;

@@ -15,13 +15,13 @@ pub mod lockout;
 pub mod management;
 mod metrics;
 
+use crate::build::Proxy;
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use management::Management;
-use proxy_core::stack::Proxy;
 use proxy_core::{ProxyBody, full};
 use serde_json::{Value, json};
 use std::sync::Arc;

@@ -121,11 +121,18 @@ impl RequestId {
         }
     }
 
-    /// A new random id.
+    /// A new random id (a UUIDv4; its bytes are cut from a per-thread
+    /// chunk, see `headers::carve`, not allocated one by one).
     pub fn generate() -> Self {
-        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-        Self(http::HeaderValue::from_str(s).unwrap_or(http::HeaderValue::from_static("invalid")))
+        let id = uuid::Uuid::new_v4();
+        let bytes = crate::headers::carve(uuid::fmt::Hyphenated::LENGTH, |out| {
+            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            out.extend_from_slice(id.hyphenated().encode_lower(&mut buf).as_bytes());
+        });
+        Self(
+            http::HeaderValue::from_maybe_shared(bytes)
+                .unwrap_or(http::HeaderValue::from_static("invalid")),
+        )
     }
 
     /// The id as text (empty if it is not UTF-8, which neither

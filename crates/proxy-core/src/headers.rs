@@ -1,7 +1,9 @@
 //! Header rewriting shared by the forwarder: hop-by-hop headers (RFC 9110
 //! section 7.6.1) and `X-Forwarded-*`.
 
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
+use std::cell::RefCell;
 use std::net::IpAddr;
 
 /// Headers that describe one connection and must not be forwarded.
@@ -84,15 +86,15 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Writes `ip` as its `Display` does; IPv4 by hand (`Ipv4Addr`'s `Display`
 /// formats into a scratch buffer for padding, and this runs per request).
-fn push_ip(out: &mut String, ip: IpAddr) {
+fn push_ip(out: &mut BytesMut, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             let mut digits = itoa::Buffer::new();
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    out.extend_from_slice(b".");
                 }
-                out.push_str(digits.format(octet));
+                out.extend_from_slice(digits.format(octet).as_bytes());
             }
         }
         IpAddr::V6(v6) => {
@@ -100,6 +102,43 @@ fn push_ip(out: &mut String, ip: IpAddr) {
             let _ = write!(out, "{v6}");
         }
     }
+}
+
+/// The longest text [`push_ip`] writes (`ffff:ffff:...:255.255.255.255`).
+const MAX_IP_LEN: usize = 45;
+
+/// The size of the per-thread chunks [`carve`] cuts small values from.
+const CHUNK: usize = 1024;
+
+thread_local! {
+    /// What is left of this thread's current chunk.
+    static CHUNK_LEFT: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// Bytes of at most `max_len` written by `fill`, for a per-request header
+/// value (a request id, `X-Forwarded-For`).
+///
+/// Small values are cut from a per-thread 1 KiB chunk that about twenty
+/// requests share, instead of a heap allocation each (and a second one the
+/// first time a value held in a `Vec`-backed `Bytes` is cloned): the chunk
+/// is freed when the last value cut from it is dropped, so a value kept
+/// alive (a long request) keeps its chunk, at most 1 KiB, alive too.
+/// Values over a quarter of a chunk get their own buffer. `fill` must
+/// write at most `max_len` bytes; more is still correct, only slower.
+pub(crate) fn carve(max_len: usize, fill: impl FnOnce(&mut BytesMut)) -> Bytes {
+    if max_len > CHUNK / 4 {
+        let mut own = BytesMut::with_capacity(max_len);
+        fill(&mut own);
+        return own.freeze();
+    }
+    CHUNK_LEFT.with(|left| {
+        let mut left = left.borrow_mut();
+        if left.capacity() < max_len {
+            *left = BytesMut::with_capacity(CHUNK);
+        }
+        fill(&mut left);
+        left.split().freeze()
+    })
 }
 
 /// Appends the caller to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
@@ -112,15 +151,18 @@ pub fn add_forwarded(
     host: Option<HeaderValue>,
 ) {
     if let Some(ip) = remote {
-        let mut value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prior) if !prior.is_empty() => format!("{prior}, "),
-            _ => String::with_capacity(15),
-        };
-        push_ip(&mut value, ip);
-        // The string's own buffer becomes the value: no second copy. Cut
-        // to its length first (shrinking in place): `Bytes` takes a buffer
-        // with spare capacity only by allocating a header for it.
-        let value = bytes::Bytes::from(value.into_bytes().into_boxed_slice());
+        // A prior value that is not visible ASCII is replaced, not extended.
+        let prior = headers
+            .get(X_FORWARDED_FOR)
+            .filter(|v| !v.is_empty() && v.to_str().is_ok())
+            .map(HeaderValue::as_bytes);
+        let value = carve(prior.map_or(0, |p| p.len() + 2) + MAX_IP_LEN, |out| {
+            if let Some(p) = prior {
+                out.extend_from_slice(p);
+                out.extend_from_slice(b", ");
+            }
+            push_ip(out, ip);
+        });
         if let Ok(v) = HeaderValue::from_maybe_shared(value) {
             headers.insert(X_FORWARDED_FOR, v);
         }
@@ -210,12 +252,68 @@ mod tests {
             "::ffff:10.0.0.1",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            let mut out = String::new();
+            let mut out = BytesMut::new();
             push_ip(&mut out, ip);
-            assert_eq!(out, ip.to_string());
+            assert_eq!(out, ip.to_string().as_bytes());
+            assert!(out.len() <= MAX_IP_LEN);
             let mut h = HeaderMap::new();
             add_forwarded(&mut h, Some(ip), true, None);
             assert_eq!(h["x-forwarded-for"], ip.to_string().as_str());
         }
+    }
+
+    #[test]
+    fn carved_values_share_a_chunk_and_stay_intact() {
+        let values: Vec<Bytes> = (0..200)
+            .map(|i| {
+                carve(MAX_IP_LEN, |out| {
+                    out.extend_from_slice(format!("value-{i}").as_bytes());
+                })
+            })
+            .collect();
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(&v[..], format!("value-{i}").as_bytes());
+        }
+        // Cut one after the other from the same chunk (most of them): no
+        // allocation of their own.
+        let adjacent = values
+            .windows(2)
+            .filter(|w| w[0].as_ptr().wrapping_add(w[0].len()) == w[1].as_ptr())
+            .count();
+        assert!(adjacent > 150, "only {adjacent} of 199 pairs share a chunk");
+        // Dropping some leaves the others as they were.
+        let kept: Vec<Bytes> = values.into_iter().step_by(3).collect();
+        let later = carve(8, |out| out.extend_from_slice(b"later"));
+        for (j, v) in kept.iter().enumerate() {
+            assert_eq!(&v[..], format!("value-{}", j * 3).as_bytes());
+        }
+        assert_eq!(&later[..], b"later");
+    }
+
+    #[test]
+    fn carve_handles_large_and_overlong_values() {
+        let big = vec![b'x'; CHUNK];
+        assert_eq!(
+            &carve(CHUNK, |out| out.extend_from_slice(&big))[..],
+            &big[..]
+        );
+        // More than announced: still whole.
+        let long = vec![b'y'; 300];
+        assert_eq!(&carve(4, |out| out.extend_from_slice(&long))[..], &long[..]);
+        assert_eq!(&carve(4, |out| out.extend_from_slice(b"next"))[..], b"next");
+    }
+
+    #[test]
+    fn a_prior_forwarded_for_that_is_not_visible_ascii_is_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"10.0.0.1 \xff").unwrap(),
+        );
+        add_forwarded(&mut h, Some("127.0.0.1".parse().unwrap()), false, None);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        h.insert("x-forwarded-for", HeaderValue::from_static(""));
+        add_forwarded(&mut h, Some("127.0.0.1".parse().unwrap()), false, None);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     }
 }

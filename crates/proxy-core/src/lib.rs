@@ -17,6 +17,7 @@
 //! - [`forward`]: the pooled hyper + rustls client to the upstream.
 //! - [`client_auth`]: who may use which route (proxy tokens).
 //! - [`limit`]: load shedding past the concurrency limit.
+//! - [`body`]: [`ProxyBody`], the one body type of the request path.
 //! - [`router`]: host + path prefix to route.
 //! - [`edge`]: the one place errors become HTTP responses.
 //! - [`stack`]: builds per-route stacks and the whole proxy service
@@ -28,6 +29,7 @@
 //! Each layer is usable on its own around any tower HTTP service.
 
 pub mod acquire;
+pub mod body;
 pub mod client_auth;
 pub mod config;
 pub mod context;
@@ -47,29 +49,4 @@ pub mod upstream;
 pub use credential::{Credential, CredentialSource};
 pub use error::{BoxError, ErrorCode};
 
-/// The body type every layer works with: a boxed, streaming body.
-///
-/// Requests and responses are never buffered by the proxy path itself; the
-/// box lets an inbound hyper body, a replay buffer or an error page share one
-/// type across layers.
-pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
-
-/// Wraps any body into a [`ProxyBody`].
-pub fn boxed<B>(body: B) -> ProxyBody
-where
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    use http_body_util::BodyExt;
-    body.map_err(Into::into).boxed_unsync()
-}
-
-/// An empty [`ProxyBody`].
-pub fn empty() -> ProxyBody {
-    boxed(http_body_util::Empty::new())
-}
-
-/// A [`ProxyBody`] holding `bytes`.
-pub fn full(bytes: impl Into<bytes::Bytes>) -> ProxyBody {
-    boxed(http_body_util::Full::new(bytes.into()))
-}
+pub use body::{ProxyBody, boxed, empty, full};

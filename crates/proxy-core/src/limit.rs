@@ -10,15 +10,15 @@
 
 use crate::ProxyBody;
 use crate::error::BoxError;
-use bytes::Bytes;
-use futures_util::future::{Either, MapOk, Ready, TryFutureExt, ready};
+use futures_util::future::{Either, Ready, ready};
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
 use tower::{Layer, Service};
 
 /// Too many requests in flight.
@@ -32,16 +32,17 @@ pub struct Overloaded {
 /// See the module docs.
 #[derive(Clone, Debug)]
 pub struct ShedLayer {
-    slots: Arc<Semaphore>,
-    limit: usize,
+    slots: Arc<Slots>,
 }
 
 impl ShedLayer {
     /// At most `limit` requests in flight.
     pub fn new(limit: usize) -> Self {
         Self {
-            slots: Arc::new(Semaphore::new(limit)),
-            limit,
+            slots: Arc::new(Slots {
+                in_flight: AtomicUsize::new(0),
+                limit,
+            }),
         }
     }
 }
@@ -52,8 +53,54 @@ impl<S> Layer<S> for ShedLayer {
         Shed {
             inner,
             slots: self.slots.clone(),
-            limit: self.limit,
         }
+    }
+}
+
+/// The in-flight count. Not a semaphore: nothing ever waits for a slot (a
+/// request over the limit is refused at once), so a counter is all it
+/// takes, and releasing a slot takes no lock.
+#[derive(Debug)]
+struct Slots {
+    in_flight: AtomicUsize,
+    limit: usize,
+}
+
+/// One request's place among the requests in flight, released when
+/// dropped. The response body holds it ([`ProxyBody::holding`]).
+pub struct Slot(Arc<Slots>);
+
+impl Slots {
+    fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        let mut n = self.in_flight.load(Ordering::Relaxed);
+        loop {
+            if n >= self.limit {
+                return None;
+            }
+            match self.in_flight.compare_exchange_weak(
+                n,
+                n + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(Slot(self.clone())),
+                Err(now) => n = now,
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl fmt::Debug for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Slot")
+            .field("limit", &self.0.limit)
+            .finish_non_exhaustive()
     }
 }
 
@@ -61,8 +108,7 @@ impl<S> Layer<S> for ShedLayer {
 #[derive(Clone, Debug)]
 pub struct Shed<S> {
     inner: S,
-    slots: Arc<Semaphore>,
-    limit: usize,
+    slots: Arc<Slots>,
 }
 
 impl<S, B> Service<Request<B>> for Shed<S>
@@ -71,65 +117,61 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = BoxError;
-    type Future = Either<
-        MapOk<S::Future, Box<dyn FnOnce(Response<ProxyBody>) -> Response<ProxyBody> + Send>>,
-        Ready<Result<Response<ProxyBody>, BoxError>>,
-    >;
+    type Future = Either<Admitted<S::Future>, Ready<Result<Response<ProxyBody>, BoxError>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                // The permit travels with the response body and is released
-                // when the body ends (or is dropped).
-                let f: Box<dyn FnOnce(Response<ProxyBody>) -> Response<ProxyBody> + Send> =
-                    Box::new(move |resp| {
-                        resp.map(|body| {
-                            crate::boxed(Permitted {
-                                body,
-                                _permit: permit,
-                            })
-                        })
-                    });
-                Either::Left(self.inner.call(req).map_ok(f))
-            }
-            Err(_) => {
+        match self.slots.try_take() {
+            Some(slot) => Either::Left(Admitted {
+                inner: self.inner.call(req),
+                slot: Some(slot),
+            }),
+            None => {
                 crate::facts::record(&req, |f| f.rejected_by = Some("limits"));
-                Either::Right(ready(Err(Overloaded { limit: self.limit }.into())))
+                Either::Right(ready(Err(Overloaded {
+                    limit: self.slots.limit,
+                }
+                .into())))
             }
         }
     }
 }
 
 pin_project! {
-    /// A response body that holds its request's slot until it ends.
-    struct Permitted {
+    /// Future of an admitted request: the inner future, then its response
+    /// body takes the slot. An error response made further out (by the
+    /// edge layer) does not hold it: the request is over.
+    pub struct Admitted<F> {
         #[pin]
-        body: ProxyBody,
-        _permit: OwnedSemaphorePermit,
+        inner: F,
+        slot: Option<Slot>,
     }
 }
 
-impl Body for Permitted {
-    type Data = Bytes;
-    type Error = BoxError;
+impl<F> Future for Admitted<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, BoxError>>,
+{
+    type Output = F::Output;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.project().body.poll_frame(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = ready!(this.inner.poll(cx));
+        Poll::Ready(match (out, this.slot.take()) {
+            (Ok(resp), Some(slot)) => Ok(resp.map(|body| body.holding(slot))),
+            (out, _) => out,
+        })
     }
+}
 
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+impl<F> fmt::Debug for Admitted<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admitted")
+            .field("slot", &self.slot)
+            .finish_non_exhaustive()
     }
 }
 
@@ -155,5 +197,50 @@ mod tests {
         );
         first.into_body().collect().await.unwrap();
         assert!(svc.oneshot(Request::new(())).await.is_ok());
+    }
+
+    fn in_flight<S>(svc: &Shed<S>) -> usize {
+        svc.slots.in_flight.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn exactly_limit_requests_are_admitted_and_a_dropped_body_frees_its_slot() {
+        let svc = ShedLayer::new(2).layer(tower::service_fn(|_: Request<()>| async {
+            Ok::<_, BoxError>(Response::new(crate::full("body")))
+        }));
+        let first = svc.clone().oneshot(Request::new(())).await.unwrap();
+        let second = svc.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(in_flight(&svc), 2);
+        let err = svc.clone().oneshot(Request::new(())).await.unwrap_err();
+        assert!(err.is::<Overloaded>());
+        assert_eq!(err.to_string(), Overloaded { limit: 2 }.to_string());
+        // A caller that goes away without reading the body frees the slot.
+        drop(first);
+        assert_eq!(in_flight(&svc), 1);
+        let third = svc.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(in_flight(&svc), 2);
+        // The body still streams what the inner service sent.
+        let bytes = third.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"body");
+        drop(second);
+        assert_eq!(in_flight(&svc), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_or_cancelled_request_frees_its_slot() {
+        let fail = ShedLayer::new(1).layer(tower::service_fn(|_: Request<()>| async {
+            Err::<Response<ProxyBody>, BoxError>("upstream gone".into())
+        }));
+        let err = fail.clone().oneshot(Request::new(())).await.unwrap_err();
+        assert_eq!(err.to_string(), "upstream gone");
+        assert_eq!(in_flight(&fail), 0);
+
+        let mut never = ShedLayer::new(1).layer(tower::service_fn(|_: Request<()>| {
+            std::future::pending::<Result<Response<ProxyBody>, BoxError>>()
+        }));
+        let pending = never.call(Request::new(()));
+        assert_eq!(in_flight(&never), 1);
+        drop(pending);
+        assert_eq!(in_flight(&never), 0);
     }
 }

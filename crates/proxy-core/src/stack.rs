@@ -116,10 +116,14 @@ pub struct Route {
 }
 
 /// A proxy built from one config.
+///
+/// `S` is its service: type-erased ([`ProxyService`], from [`build`] and
+/// [`build_with`]) or the concrete stack ([`build_typed`]), whose future a
+/// server can hold without boxing it per request.
 #[derive(Clone)]
-pub struct Proxy {
+pub struct Proxy<S = ProxyService> {
     /// The service to call for every request.
-    pub service: ProxyService,
+    pub service: S,
     /// The config it was built from.
     pub config: Arc<Config>,
     /// Credential sources by id, in config order.
@@ -128,7 +132,7 @@ pub struct Proxy {
     pub clients: Vec<Client>,
 }
 
-impl std::fmt::Debug for Proxy {
+impl<S> std::fmt::Debug for Proxy<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proxy")
             .field("routes", &self.config.routes.len())
@@ -176,6 +180,31 @@ where
         + Sync
         + 'static,
     <L::Service as Service<Request<ProxyBody>>>::Future: Send + 'static,
+{
+    let typed = build_typed(config, file, sources, upstreams, extra, outer)?;
+    Ok(Proxy {
+        service: SharedService::new(typed.service),
+        config: typed.config,
+        credentials: typed.credentials,
+        clients: typed.clients,
+    })
+}
+
+/// As [`build_with`], keeping the stack's type: `outer` around
+/// [`EdgeStack`], not erased. A server that calls it with
+/// [`call_now_or_wait`] holds its future inline (hyper keeps one
+/// connection's in-flight future in one allocation it reuses), where an
+/// erased stack's future is a heap allocation per request.
+pub fn build_typed<L>(
+    config: Arc<Config>,
+    file: &str,
+    sources: &HashMap<String, Arc<dyn CredentialSource>>,
+    upstreams: &UpstreamClients,
+    extra: &dyn RouteLayers,
+    outer: L,
+) -> Result<Proxy<L::Service>, ConfigError>
+where
+    L: Layer<EdgeStack>,
 {
     let poll = config.secrets.file_poll_interval;
     let mut errs = Vec::new();
@@ -286,18 +315,16 @@ where
         .iter()
         .filter_map(|c| sources.get(&c.id).cloned())
         .collect();
-    let service = SharedService::new(
-        ServiceBuilder::new()
-            .layer(outer)
-            .layer(EdgeLayer::new())
-            .layer(crate::limit::ShedLayer::new(
-                config.proxy.max_concurrent_requests,
-            ))
-            .layer(ClientAuthLayer::new(clients.clone()))
-            .service(Dispatch {
-                router: Arc::new(router),
-            }),
-    );
+    let service = ServiceBuilder::new()
+        .layer(outer)
+        .layer(EdgeLayer::new())
+        .layer(crate::limit::ShedLayer::new(
+            config.proxy.max_concurrent_requests,
+        ))
+        .layer(ClientAuthLayer::new(clients.clone()))
+        .service(Dispatch {
+            router: Arc::new(router),
+        });
     Ok(Proxy {
         service,
         config,

@@ -4,8 +4,10 @@
 //! change the request: injection adds the credential, forwarding rewrites
 //! the target and the hop-by-hop headers), for every replayable request,
 //! although almost none is ever replayed. So it is kept cheap: method,
-//! target, version and headers are cloned (the header values share their
-//! bytes), the body is the buffered [`Replay`] and becomes a body only when
+//! target and version are cloned, the headers are kept as a list of
+//! (name, value) pairs that share their bytes (one allocation; a
+//! `HeaderMap` clone takes two, and its hash index is only needed again
+//! by the rare replay, which rebuilds the map), the body is the buffered [`Replay`] and becomes a body only when
 //! a replay is sent, and the extensions are kept as typed values when they
 //! are only the ones latchkey's own outer layers put there (the request
 //! context with the connection, the request id, the facts slot and the
@@ -16,7 +18,7 @@
 
 use crate::Replay;
 use http::request::Parts;
-use http::{Extensions, HeaderMap, Method, Request, Uri, Version};
+use http::{Extensions, HeaderName, HeaderValue, Method, Request, Uri, Version};
 use proxy_core::ProxyBody;
 use proxy_core::context::{PeerIdentity, RequestContext};
 
@@ -25,7 +27,8 @@ pub(crate) struct Again {
     method: Method,
     uri: Uri,
     version: Version,
-    headers: HeaderMap,
+    /// In the map's order (a name's values together, in order).
+    headers: Vec<(HeaderName, HeaderValue)>,
     extensions: Carried,
     body: Replay,
 }
@@ -54,7 +57,11 @@ impl Again {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
-            headers: parts.headers.clone(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
             extensions: Carried::capture(&parts.extensions),
             body,
         }
@@ -66,7 +73,11 @@ impl Again {
         *req.method_mut() = self.method;
         *req.uri_mut() = self.uri;
         *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers;
+        let headers = req.headers_mut();
+        headers.reserve(self.headers.len());
+        for (name, value) in self.headers {
+            headers.append(name, value);
+        }
         *req.extensions_mut() = self.extensions.into_extensions();
         req
     }

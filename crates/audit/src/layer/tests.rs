@@ -182,3 +182,14 @@ async fn every_request_gets_its_own_record_and_accessors_work() {
     svc.oneshot(request("/b")).await.unwrap();
     assert_eq!(sink.requests().len(), 3);
 }
+
+#[tokio::test]
+async fn a_disabled_layer_opens_no_facts_slot_and_passes_the_response_through() {
+    let svc = AuditLayer::disabled().layer(service_fn(|req: Request<()>| async move {
+        let context = RequestContext::of(req.extensions()).expect("the listener's context");
+        assert!(context.facts.is_none(), "a disabled layer opened a slot");
+        Ok::<_, Infallible>(Response::builder().status(204).body(()).unwrap())
+    }));
+    let resp = svc.oneshot(request("/x")).await.unwrap();
+    assert_eq!(resp.status(), 204);
+}

@@ -1,0 +1,88 @@
+//! [`ProxyBody`]: the one body type every layer works with.
+//!
+//! A boxed, streaming body (requests and responses are never buffered by
+//! the proxy path itself; the box lets an inbound hyper body, a replay
+//! buffer or an error page share one type across layers), plus room for
+//! the request's in-flight [`Slot`] from the load-shedding layer, which a
+//! response must hold until its body ends. Keeping the slot beside the box,
+//! rather than wrapping the body in a second box that holds it, saves an
+//! allocation per request.
+
+use crate::error::BoxError;
+use crate::limit::Slot;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// See the module docs. Built with [`boxed`], [`empty`] or [`full`].
+#[derive(Default)]
+pub struct ProxyBody {
+    inner: UnsyncBoxBody<Bytes, BoxError>,
+    /// Released when the body is dropped: at its end, or when the caller
+    /// goes away first.
+    slot: Option<Slot>,
+}
+
+impl ProxyBody {
+    /// This body, holding `slot` until it is dropped (a slot it already
+    /// held is released).
+    pub fn holding(mut self, slot: Slot) -> Self {
+        self.slot = Some(slot);
+        self
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        // `UnsyncBoxBody` is `Unpin` (a pinned box), and so is the slot.
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyBody")
+            .field("holds_slot", &self.slot.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Wraps any body into a [`ProxyBody`].
+pub fn boxed<B>(body: B) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    ProxyBody {
+        inner: body.map_err(Into::into).boxed_unsync(),
+        slot: None,
+    }
+}
+
+/// An empty [`ProxyBody`].
+pub fn empty() -> ProxyBody {
+    boxed(http_body_util::Empty::new())
+}
+
+/// A [`ProxyBody`] holding `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    boxed(http_body_util::Full::new(bytes.into()))
+}
