@@ -31,7 +31,7 @@
 //! not sent a byte yet, are closed at once.
 
 use crate::build::{AppService, Proxy};
-use arc_swap::{ArcSwap, Cache};
+use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -41,7 +41,6 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use proxy_core::context::{ConnInfo, PeerIdentity, RequestContext, RequestId};
 use proxy_core::stack::{CallNowOrWait, call_now_or_wait};
 use proxy_core::{ProxyBody, boxed};
-use std::cell::RefCell;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -340,13 +339,11 @@ async fn handshake(
 /// The per-connection hyper service.
 #[derive(Clone)]
 struct ConnService {
-    /// The current proxy, through a per-connection [`Cache`]: a request
-    /// checks that the cached `Arc` is still the current one (one atomic
-    /// load) instead of a full `ArcSwap` load (~200 instructions), and a
-    /// reload is still seen by the next request. An idle keep-alive
-    /// connection keeps the proxy it last used alive until its next
-    /// request or its close.
-    proxy: RefCell<Cache<Arc<ArcSwap<Proxy>>, Arc<Proxy>>>,
+    /// The current proxy, loaded per request (not cached per connection:
+    /// a cached `Arc` would keep a replaced config, and the credential
+    /// sources it alone holds, alive for as long as an idle keep-alive
+    /// connection stays open).
+    proxy: Arc<ArcSwap<Proxy>>,
     conn: ConnInfo,
     /// The caller's verified client certificate (TLS with a client CA).
     peer: Option<PeerIdentity>,
@@ -354,11 +351,7 @@ struct ConnService {
 
 impl ConnService {
     fn new(proxy: Arc<ArcSwap<Proxy>>, conn: ConnInfo, peer: Option<PeerIdentity>) -> Self {
-        Self {
-            proxy: RefCell::new(Cache::new(proxy)),
-            conn,
-            peer,
-        }
+        Self { proxy, conn, peer }
     }
 }
 
@@ -378,9 +371,8 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         if let Some(peer) = &self.peer {
             ext.insert(peer.clone());
         }
-        // The stack's clone is `Arc` counts. The borrow ends with this
-        // statement; nothing here calls back in.
-        let service = self.proxy.borrow_mut().load().service.clone();
+        // The stack's clone is `Arc` counts.
+        let service = self.proxy.load().service.clone();
         call_now_or_wait(service, req)
     }
 }

@@ -244,9 +244,9 @@ async fn an_invalid_reload_keeps_the_old_config_and_says_why() {
     running.shutdown().await;
 }
 
-/// A kept-alive connection sees a reload at its next request (each
-/// connection caches the current proxy and revalidates it per request),
-/// and requests on a connection opened before the reload keep working.
+/// A kept-alive connection sees a reload at its next request (the
+/// listener loads the current proxy per request, not per connection), and
+/// requests on a connection opened before the reload keep working.
 #[tokio::test]
 async fn a_kept_alive_connection_sees_a_reload_at_its_next_request() {
     let up = echo_upstream().await;

@@ -86,3 +86,29 @@ pub fn empty() -> ProxyBody {
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
     boxed(http_body_util::Full::new(bytes.into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bodies_stream_what_they_hold_and_say_when_they_end() {
+        let body = full("hello");
+        assert_eq!(body.size_hint().exact(), Some(5));
+        assert!(!body.is_end_stream());
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"hello");
+
+        let body = empty();
+        assert!(body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(0));
+        assert!(ProxyBody::default().is_end_stream());
+    }
+
+    #[test]
+    fn debug_does_not_show_the_content() {
+        let shown = format!("{:?}", full("secret-bytes"));
+        assert!(shown.contains("ProxyBody"), "{shown}");
+        assert!(!shown.contains("secret"), "{shown}");
+    }
+}

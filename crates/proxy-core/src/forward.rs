@@ -175,11 +175,12 @@ impl Service<Request<ProxyBody>> for Forward {
         // must not force one.
         parts.version = Version::HTTP_11;
         let body = match limit {
-            Some(l) => boxed(http_body_util::Limited::new(
-                body,
-                usize::try_from(l).unwrap_or(usize::MAX),
-            )),
-            None => body,
+            // A request without a body cannot exceed the limit: sent as
+            // it is, not boxed again.
+            Some(l) if !http_body::Body::is_end_stream(&body) => boxed(
+                http_body_util::Limited::new(body, usize::try_from(l).unwrap_or(usize::MAX)),
+            ),
+            _ => body,
         };
         let facts = crate::facts::slot(&parts.extensions).cloned();
         let req = Request::from_parts(parts, body);

@@ -85,17 +85,33 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Writes `ip` as its `Display` does; IPv4 by hand (`Ipv4Addr`'s `Display`
-/// formats into a scratch buffer for padding, and this runs per request).
+/// formats into a scratch buffer for padding, and this runs per request),
+/// on the stack first and appended in one piece.
 fn push_ip(out: &mut BytesMut, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            let mut digits = itoa::Buffer::new();
+            // "255.255.255.255" is 15 bytes.
+            let mut text = [0u8; 15];
+            let mut len = 0;
+            let mut put = |b: u8| {
+                if let Some(slot) = text.get_mut(len) {
+                    *slot = b;
+                    len += 1;
+                }
+            };
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.extend_from_slice(b".");
+                    put(b'.');
                 }
-                out.extend_from_slice(digits.format(octet).as_bytes());
+                if octet >= 100 {
+                    put(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    put(b'0' + octet / 10 % 10);
+                }
+                put(b'0' + octet % 10);
             }
+            out.extend_from_slice(text.get(..len).unwrap_or_default());
         }
         IpAddr::V6(v6) => {
             use std::fmt::Write as _;
@@ -247,6 +263,8 @@ mod tests {
             "255.255.255.255",
             "10.0.20.3",
             "127.0.0.1",
+            "192.168.100.101",
+            "1.10.100.205",
             "::1",
             "2001:db8::ff00:42:8329",
             "::ffff:10.0.0.1",

@@ -2,13 +2,15 @@
 //!
 //! tower's `BoxCloneSyncService` erases a stack's type too, but each clone
 //! is a new box holding a clone of the stack, and the proxy clones its
-//! erased services per request (the listener clones the whole proxy, the
-//! router a route's stack, the 401 retry the stack below it): three heap
-//! allocations and frees per request for nothing but type erasure.
-//! A `SharedService` keeps one stack behind an `Arc`; a clone is a
+//! erased services per request (the router a route's stack, the 401 retry
+//! the stack below it, and the listener the whole proxy when it is built
+//! erased): a heap allocation and free per clone for nothing but type
+//! erasure. A `SharedService` keeps one stack behind an `Arc`; a clone is a
 //! reference count. A call clones the concrete stack (its own clones are
 //! `Arc`s) on the stack frame, calls it and boxes its future, as
-//! `BoxCloneSyncService` boxes its future.
+//! `BoxCloneSyncService` boxes its future. (The `latchkey` binary builds
+//! the whole proxy with [`build_typed`](super::build_typed), not erased, so
+//! its listener holds that outermost future without a box.)
 //!
 //! Readiness moves into the call: [`poll_ready`](Service::poll_ready) is
 //! always ready, and [`call`](Service::call) calls the stack at once if it
