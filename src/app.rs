@@ -7,8 +7,7 @@
 //! finish (up to `proxy.drain_timeout`), then the admin listener closes.
 
 use crate::admin::{self, AdminState};
-use crate::build::Proxy;
-use crate::build::{StartOptions, build_proxy_with};
+use crate::build::{Proxy, StartOptions, build_proxy_with};
 use crate::reload::{self, ReloadError, ReloadOutcome, Reloader};
 use arc_swap::ArcSwap;
 use proxy_core::config::{Config, ConfigError};

@@ -18,8 +18,7 @@
 //! a mounted ConfigMap by swapping a `..data` symlink in that directory, which
 //! a watch on the file itself never sees.
 
-use crate::build::Proxy;
-use crate::build::{StartOptions, build_proxy_with};
+use crate::build::{Proxy, StartOptions, build_proxy_with};
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use proxy_core::config::{Config, ConfigError};

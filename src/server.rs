@@ -105,7 +105,7 @@ pub async fn serve(
                     let served = async move {
                         match tls {
                             None => {
-                                let svc = ConnService::new(proxy, conn, None);
+                                let svc = ConnService { proxy, conn, peer: None };
                                 serve_plain(&builders, watcher, shutdown, stream, svc).await
                             }
                             // Boxed: a TLS connection's state (the handshake,
@@ -303,7 +303,7 @@ async fn serve_tls(
     let tls = stream.get_ref().1;
     let peer = crate::tls::peer_identity(tls);
     let h1 = tls.alpn_protocol() == Some(b"http/1.1");
-    let svc = ConnService::new(proxy, conn, peer);
+    let svc = ConnService { proxy, conn, peer };
     if h1 {
         serve_h1(&builders.h1, watcher, shutdown, stream, svc).await
     } else {
@@ -347,12 +347,6 @@ struct ConnService {
     conn: ConnInfo,
     /// The caller's verified client certificate (TLS with a client CA).
     peer: Option<PeerIdentity>,
-}
-
-impl ConnService {
-    fn new(proxy: Arc<ArcSwap<Proxy>>, conn: ConnInfo, peer: Option<PeerIdentity>) -> Self {
-        Self { proxy, conn, peer }
-    }
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {

@@ -6,9 +6,10 @@
 //! although almost none is ever replayed. So it is kept cheap: method,
 //! target and version are cloned, the headers are kept as a list of
 //! (name, value) pairs that share their bytes (one allocation; a
-//! `HeaderMap` clone takes two, and its hash index is only needed again
-//! by the rare replay, which rebuilds the map), the body is the buffered [`Replay`] and becomes a body only when
-//! a replay is sent, and the extensions are kept as typed values when they
+//! `HeaderMap` clone takes two, and its hash index is only needed again by
+//! the rare replay, which rebuilds the map), the body is the buffered
+//! [`Replay`] and becomes a body only when a replay is sent, and the
+//! extensions are kept as typed values when they
 //! are only the ones latchkey's own outer layers put there (the request
 //! context with the connection, the request id, the facts slot and the
 //! client identity; the peer certificate): no type-erased map and no boxed copy of each value
