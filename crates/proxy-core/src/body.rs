@@ -28,9 +28,13 @@ pub struct ProxyBody {
 }
 
 impl ProxyBody {
-    /// This body, holding `slot` until it is dropped (a slot it already
-    /// held is released).
+    /// This body, holding `slot` until it is dropped. A body that holds a
+    /// slot already (limits nested) is boxed inside the new one, so it
+    /// keeps its own slot as long.
     pub fn holding(mut self, slot: Slot) -> Self {
+        if self.slot.is_some() {
+            self = boxed(self);
+        }
         self.slot = Some(slot);
         self
     }

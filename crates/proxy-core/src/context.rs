@@ -121,16 +121,15 @@ impl RequestId {
         }
     }
 
-    /// A new random id (a UUIDv4; its bytes are cut from a per-thread
-    /// chunk, see `headers::carve`, not allocated one by one).
+    /// A new random id (a UUIDv4). Its bytes and their reference count
+    /// are one allocation: the clones (the upstream header, the audit
+    /// record) share it, where a `Vec`-backed value would allocate again
+    /// at its first clone.
     pub fn generate() -> Self {
-        let id = uuid::Uuid::new_v4();
-        let bytes = crate::headers::carve(uuid::fmt::Hyphenated::LENGTH, |out| {
-            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-            out.extend_from_slice(id.hyphenated().encode_lower(&mut buf).as_bytes());
-        });
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
         Self(
-            http::HeaderValue::from_maybe_shared(bytes)
+            http::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
                 .unwrap_or(http::HeaderValue::from_static("invalid")),
         )
     }
@@ -161,5 +160,15 @@ mod tests {
         h.insert("x-request-id", http::HeaderValue::from_static("has space"));
         assert_eq!(RequestId::from_headers(&h).as_str().len(), 36);
         assert_ne!(RequestId::generate(), RequestId::generate());
+    }
+
+    #[test]
+    fn a_generated_id_is_a_uuid_whose_clones_share_its_bytes() {
+        let id = RequestId::generate();
+        let parsed = uuid::Uuid::parse_str(id.as_str()).unwrap();
+        assert_eq!(parsed.get_version_num(), 4);
+        assert_eq!(id.as_str(), parsed.hyphenated().to_string());
+        let copy = id.clone();
+        assert_eq!(copy.0.as_bytes().as_ptr(), id.0.as_bytes().as_ptr());
     }
 }

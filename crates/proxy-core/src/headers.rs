@@ -1,9 +1,8 @@
 //! Header rewriting shared by the forwarder: hop-by-hop headers (RFC 9110
 //! section 7.6.1) and `X-Forwarded-*`.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
-use std::cell::RefCell;
 use std::net::IpAddr;
 
 /// Headers that describe one connection and must not be forwarded.
@@ -87,7 +86,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// Writes `ip` as its `Display` does; IPv4 by hand (`Ipv4Addr`'s `Display`
 /// formats into a scratch buffer for padding, and this runs per request),
 /// on the stack first and appended in one piece.
-fn push_ip(out: &mut BytesMut, ip: IpAddr) {
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             // "255.255.255.255" is 15 bytes.
@@ -114,7 +113,8 @@ fn push_ip(out: &mut BytesMut, ip: IpAddr) {
             out.extend_from_slice(text.get(..len).unwrap_or_default());
         }
         IpAddr::V6(v6) => {
-            use std::fmt::Write as _;
+            use std::io::Write as _;
+            // Writing into a Vec cannot fail.
             let _ = write!(out, "{v6}");
         }
     }
@@ -122,40 +122,6 @@ fn push_ip(out: &mut BytesMut, ip: IpAddr) {
 
 /// The longest text [`push_ip`] writes (`ffff:ffff:...:255.255.255.255`).
 const MAX_IP_LEN: usize = 45;
-
-/// The size of the per-thread chunks [`carve`] cuts small values from.
-const CHUNK: usize = 1024;
-
-thread_local! {
-    /// What is left of this thread's current chunk.
-    static CHUNK_LEFT: RefCell<BytesMut> = RefCell::new(BytesMut::new());
-}
-
-/// Bytes of at most `max_len` written by `fill`, for a per-request header
-/// value (a request id, `X-Forwarded-For`).
-///
-/// Small values are cut from a per-thread 1 KiB chunk that about twenty
-/// requests share, instead of a heap allocation each (and a second one the
-/// first time a value held in a `Vec`-backed `Bytes` is cloned): the chunk
-/// is freed when the last value cut from it is dropped, so a value kept
-/// alive (a long request) keeps its chunk, at most 1 KiB, alive too.
-/// Values over a quarter of a chunk get their own buffer. `fill` must
-/// write at most `max_len` bytes; more is still correct, only slower.
-pub(crate) fn carve(max_len: usize, fill: impl FnOnce(&mut BytesMut)) -> Bytes {
-    if max_len > CHUNK / 4 {
-        let mut own = BytesMut::with_capacity(max_len);
-        fill(&mut own);
-        return own.freeze();
-    }
-    CHUNK_LEFT.with(|left| {
-        let mut left = left.borrow_mut();
-        if left.capacity() < max_len {
-            *left = BytesMut::with_capacity(CHUNK);
-        }
-        fill(&mut left);
-        left.split().freeze()
-    })
-}
 
 /// Appends the caller to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` (the host the caller asked for, shared with the
@@ -172,13 +138,16 @@ pub fn add_forwarded(
             .get(X_FORWARDED_FOR)
             .filter(|v| !v.is_empty() && v.to_str().is_ok())
             .map(HeaderValue::as_bytes);
-        let value = carve(prior.map_or(0, |p| p.len() + 2) + MAX_IP_LEN, |out| {
-            if let Some(p) = prior {
-                out.extend_from_slice(p);
-                out.extend_from_slice(b", ");
-            }
-            push_ip(out, ip);
-        });
+        let mut value = Vec::with_capacity(prior.map_or(0, |p| p.len() + 2) + MAX_IP_LEN);
+        if let Some(p) = prior {
+            value.extend_from_slice(p);
+            value.extend_from_slice(b", ");
+        }
+        push_ip(&mut value, ip);
+        // The buffer becomes the value: no second copy. Cut to its length
+        // first (shrinking in place): `Bytes` takes a buffer with spare
+        // capacity only by allocating a header for it.
+        let value = Bytes::from(value.into_boxed_slice());
         if let Ok(v) = HeaderValue::from_maybe_shared(value) {
             headers.insert(X_FORWARDED_FOR, v);
         }
@@ -270,7 +239,7 @@ mod tests {
             "::ffff:10.0.0.1",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            let mut out = BytesMut::new();
+            let mut out = Vec::new();
             push_ip(&mut out, ip);
             assert_eq!(out, ip.to_string().as_bytes());
             assert!(out.len() <= MAX_IP_LEN);
@@ -278,47 +247,6 @@ mod tests {
             add_forwarded(&mut h, Some(ip), true, None);
             assert_eq!(h["x-forwarded-for"], ip.to_string().as_str());
         }
-    }
-
-    #[test]
-    fn carved_values_share_a_chunk_and_stay_intact() {
-        let values: Vec<Bytes> = (0..200)
-            .map(|i| {
-                carve(MAX_IP_LEN, |out| {
-                    out.extend_from_slice(format!("value-{i}").as_bytes());
-                })
-            })
-            .collect();
-        for (i, v) in values.iter().enumerate() {
-            assert_eq!(&v[..], format!("value-{i}").as_bytes());
-        }
-        // Cut one after the other from the same chunk (most of them): no
-        // allocation of their own.
-        let adjacent = values
-            .windows(2)
-            .filter(|w| w[0].as_ptr().wrapping_add(w[0].len()) == w[1].as_ptr())
-            .count();
-        assert!(adjacent > 150, "only {adjacent} of 199 pairs share a chunk");
-        // Dropping some leaves the others as they were.
-        let kept: Vec<Bytes> = values.into_iter().step_by(3).collect();
-        let later = carve(8, |out| out.extend_from_slice(b"later"));
-        for (j, v) in kept.iter().enumerate() {
-            assert_eq!(&v[..], format!("value-{}", j * 3).as_bytes());
-        }
-        assert_eq!(&later[..], b"later");
-    }
-
-    #[test]
-    fn carve_handles_large_and_overlong_values() {
-        let big = vec![b'x'; CHUNK];
-        assert_eq!(
-            &carve(CHUNK, |out| out.extend_from_slice(&big))[..],
-            &big[..]
-        );
-        // More than announced: still whole.
-        let long = vec![b'y'; 300];
-        assert_eq!(&carve(4, |out| out.extend_from_slice(&long))[..], &long[..]);
-        assert_eq!(&carve(4, |out| out.extend_from_slice(b"next"))[..], b"next");
     }
 
     #[test]

@@ -243,4 +243,17 @@ mod tests {
         drop(pending);
         assert_eq!(in_flight(&never), 0);
     }
+
+    #[tokio::test]
+    async fn nested_limits_each_hold_their_slot_until_the_body_ends() {
+        let inner = ShedLayer::new(1).layer(tower::service_fn(|_: Request<()>| async {
+            Ok::<_, BoxError>(Response::new(crate::full("body")))
+        }));
+        let outer = ShedLayer::new(1).layer(inner.clone());
+        let resp = outer.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!((in_flight(&outer), in_flight(&inner)), (1, 1));
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"body");
+        assert_eq!((in_flight(&outer), in_flight(&inner)), (0, 0));
+    }
 }
