@@ -83,14 +83,12 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(name.as_str().len(), 2 | 7 | 10 | 16..=19) && HOP_BY_HOP.contains(name)
 }
 
-/// Writes `ip` as its `Display` does; IPv4 by hand (`Ipv4Addr`'s `Display`
-/// formats into a scratch buffer for padding, and this runs per request),
-/// on the stack first and appended in one piece.
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+/// Writes `ip` into `text` as its `Display` does and returns the length;
+/// IPv4 by hand (`Ipv4Addr`'s `Display` formats into a scratch buffer for
+/// padding, and this runs per request).
+fn ip_text(ip: IpAddr, text: &mut [u8; MAX_IP_LEN]) -> usize {
     match ip {
         IpAddr::V4(v4) => {
-            // "255.255.255.255" is 15 bytes.
-            let mut text = [0u8; 15];
             let mut len = 0;
             let mut put = |b: u8| {
                 if let Some(slot) = text.get_mut(len) {
@@ -110,17 +108,19 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
                 }
                 put(b'0' + octet % 10);
             }
-            out.extend_from_slice(text.get(..len).unwrap_or_default());
+            len
         }
         IpAddr::V6(v6) => {
             use std::io::Write as _;
-            // Writing into a Vec cannot fail.
-            let _ = write!(out, "{v6}");
+            let mut cursor = std::io::Cursor::new(&mut text[..]);
+            // At most 45 bytes: it fits.
+            let _ = write!(cursor, "{v6}");
+            usize::try_from(cursor.position()).unwrap_or(0)
         }
     }
 }
 
-/// The longest text [`push_ip`] writes (`ffff:ffff:...:255.255.255.255`).
+/// The longest text [`ip_text`] writes (`ffff:ffff:...:255.255.255.255`).
 const MAX_IP_LEN: usize = 45;
 
 /// Appends the caller to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
@@ -138,16 +138,20 @@ pub fn add_forwarded(
             .get(X_FORWARDED_FOR)
             .filter(|v| !v.is_empty() && v.to_str().is_ok())
             .map(HeaderValue::as_bytes);
-        let mut value = Vec::with_capacity(prior.map_or(0, |p| p.len() + 2) + MAX_IP_LEN);
-        if let Some(p) = prior {
-            value.extend_from_slice(p);
-            value.extend_from_slice(b", ");
-        }
-        push_ip(&mut value, ip);
-        // The buffer becomes the value: no second copy. Cut to its length
-        // first (shrinking in place): `Bytes` takes a buffer with spare
-        // capacity only by allocating a header for it.
-        let value = Bytes::from(value.into_boxed_slice());
+        let mut text = [0u8; MAX_IP_LEN];
+        let len = ip_text(ip, &mut text);
+        let ip = text.get(..len).unwrap_or_default();
+        // One allocation of the exact size, which becomes the value.
+        let value = match prior {
+            None => Bytes::copy_from_slice(ip),
+            Some(p) => {
+                let mut v = Vec::with_capacity(p.len() + 2 + ip.len());
+                v.extend_from_slice(p);
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(ip);
+                Bytes::from(v)
+            }
+        };
         if let Ok(v) = HeaderValue::from_maybe_shared(value) {
             headers.insert(X_FORWARDED_FOR, v);
         }
@@ -237,12 +241,13 @@ mod tests {
             "::1",
             "2001:db8::ff00:42:8329",
             "::ffff:10.0.0.1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "1111:2222:3333:4444:5555:6666:7777:8888",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            let mut out = Vec::new();
-            push_ip(&mut out, ip);
-            assert_eq!(out, ip.to_string().as_bytes());
-            assert!(out.len() <= MAX_IP_LEN);
+            let mut text = [0u8; MAX_IP_LEN];
+            let len = ip_text(ip, &mut text);
+            assert_eq!(&text[..len], ip.to_string().as_bytes());
             let mut h = HeaderMap::new();
             add_forwarded(&mut h, Some(ip), true, None);
             assert_eq!(h["x-forwarded-for"], ip.to_string().as_str());
