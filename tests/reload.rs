@@ -53,6 +53,17 @@ fn route_b(upstream: &str) -> String {
     )
 }
 
+/// The config with route `b` added, on any port.
+fn with_route_b(upstream: &str, token_url: &str, timeout: &str) -> String {
+    yaml(
+        "127.0.0.1:0",
+        upstream,
+        token_url,
+        &route_b(upstream),
+        timeout,
+    )
+}
+
 async fn endpoint() -> token_endpoint::TokenEndpoint {
     token_endpoint::start(EndpointOptions {
         expires_in: 3600,
@@ -138,17 +149,7 @@ async fn reload_under_traffic_drops_nothing_and_adds_routes() {
         })
         .await;
     }
-    std::fs::write(
-        &path,
-        yaml(
-            "127.0.0.1:0",
-            &up.url(),
-            &ep.url,
-            &route_b(&up.url()),
-            "34s",
-        ),
-    )
-    .expect("rewrite");
+    std::fs::write(&path, with_route_b(&up.url(), &ep.url, "34s")).expect("rewrite");
     wait_for_route_b(&base).await;
     stop.store(true, Ordering::SeqCst);
     for t in traffic {
@@ -220,17 +221,7 @@ async fn an_invalid_reload_keeps_the_old_config_and_says_why() {
     );
 
     // Fixed file: the API reload applies it and reports what it kept.
-    std::fs::write(
-        &path,
-        yaml(
-            "127.0.0.1:0",
-            &up.url(),
-            &ep.url,
-            &route_b(&up.url()),
-            "30s",
-        ),
-    )
-    .expect("rewrite");
+    std::fs::write(&path, with_route_b(&up.url(), &ep.url, "30s")).expect("rewrite");
     let req = http::Request::post(format!("{admin}/v0/management/reload"))
         .header("x-management-key", "mgmt-key")
         .body(http_body_util::Full::new(bytes::Bytes::new()))
@@ -287,17 +278,7 @@ async fn a_kept_alive_connection_sees_a_reload_at_its_next_request() {
         "route b exists before the reload"
     );
 
-    std::fs::write(
-        &path,
-        yaml(
-            "127.0.0.1:0",
-            &up.url(),
-            &ep.url,
-            &route_b(&up.url()),
-            "30s",
-        ),
-    )
-    .expect("rewrite");
+    std::fs::write(&path, with_route_b(&up.url(), &ep.url, "30s")).expect("rewrite");
     running.reload().await.expect("reload");
     // The same connection, not a new one.
     assert_eq!(
@@ -359,17 +340,7 @@ async fn writes_to_other_files_in_the_directory_do_not_reload() {
         "the watcher woke for an unrelated file"
     );
     // The config file itself still is watched.
-    std::fs::write(
-        &path,
-        yaml(
-            "127.0.0.1:0",
-            &up.url(),
-            &ep.url,
-            &route_b(&up.url()),
-            "30s",
-        ),
-    )
-    .expect("rewrite");
+    std::fs::write(&path, with_route_b(&up.url(), &ep.url, "30s")).expect("rewrite");
     with_timeout(async {
         while running.proxy().config.routes.len() != 2 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -463,13 +434,7 @@ async fn a_configmap_symlink_swap_is_picked_up() {
     std::fs::create_dir(&v2).expect("v2");
     std::fs::write(
         v2.join("latchkey.yaml"),
-        yaml(
-            "127.0.0.1:0",
-            &up.url(),
-            &ep.url,
-            &route_b(&up.url()),
-            "30s",
-        ),
+        with_route_b(&up.url(), &ep.url, "30s"),
     )
     .expect("v2 file");
     symlink("..2026_11_23_02", dir.path().join("..data_tmp")).expect("tmp link");

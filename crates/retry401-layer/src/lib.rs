@@ -223,11 +223,7 @@ fn mark(resp: &mut Response<ProxyBody>, facts: Option<&Arc<Facts>>, outcome: Ret
 
 impl<S> Service<Request<ProxyBody>> for Retry401<S>
 where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError, Future = Call>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: Inner,
 {
     type Response = Response<ProxyBody>;
     type Error = BoxError;
@@ -284,10 +280,27 @@ where
 /// (rust-lang/rust#110338).
 pub type Call = BoxFuture<'static, Result<Response<ProxyBody>, BoxError>>;
 
-fn call<S>(inner: &mut S, req: Request<ProxyBody>) -> Call
-where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError, Future = Call>,
+/// What the layer wraps: a route's stack, type-erased (its future is a
+/// [`Call`]) and cloned per request. Implemented for every such service.
+pub trait Inner:
+    Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError, Future = Call>
+    + Clone
+    + Send
+    + Sync
+    + 'static
 {
+}
+
+impl<S> Inner for S where
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError, Future = Call>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+fn call<S: Inner>(inner: &mut S, req: Request<ProxyBody>) -> Call {
     inner.call(req)
 }
 
@@ -351,11 +364,7 @@ impl<S> Settle<S> {
 
 impl<S> Future for Settle<S>
 where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError, Future = Call>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: Inner,
 {
     type Output = Result<Response<ProxyBody>, BoxError>;
 
@@ -408,9 +417,7 @@ async fn recover<S>(
     facts: Option<Arc<Facts>>,
 ) -> Result<Response<ProxyBody>, BoxError>
 where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError, Future = Call>
-        + Clone
-        + Send,
+    S: Inner,
 {
     // Only requests that carried an injected credential are ours to
     // retry; anything else is the upstream's answer to the caller.
