@@ -5,6 +5,7 @@ use crate::boxed;
 use futures_util::StreamExt as _;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
@@ -64,7 +65,7 @@ where
             open_tx.send_modify(|n| *n += 1);
             let (handler, open_tx) = (handler.clone(), open_tx.clone());
             tokio::spawn(async move {
-                let io = hyper_util::rt::TokioIo::new(stream);
+                let io = TokioIo::new(stream);
                 let svc = service_fn(move |req| {
                     let resp = handler(req);
                     async move { Ok::<_, Infallible>(resp) }
@@ -428,118 +429,6 @@ async fn a_refused_connect_is_a_connect_error() {
     assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
 }
 
-/// A TCP listener that counts connections and, per `hold`, keeps them
-/// open without a word (a TLS handshake then never ends) or closes them
-/// at once (it then fails).
-async fn mute_listener(hold: bool) -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            if hold {
-                held.push(stream);
-            }
-        }
-    });
-    (addr, accepted, task)
-}
-
-fn https_pool(addr: SocketAddr) -> Arc<OriginPool> {
-    let connector = crate::upstream::build_connector(None, Duration::from_secs(5)).unwrap();
-    Arc::new(OriginPool::new(
-        connector,
-        Scheme::HTTPS,
-        Authority::try_from(addr.to_string()).unwrap(),
-        PoolSettings::default(),
-        Duration::from_secs(5),
-    ))
-}
-
-/// Requests that find no connection to an origin that may speak h2 wait
-/// for one connect; when it fails they all fail with its kind of error,
-/// without trying again each.
-#[tokio::test]
-async fn concurrent_connects_to_an_https_origin_make_one_attempt() {
-    let (addr, accepted, task) = mute_listener(false).await;
-    let pool = https_pool(addr);
-    let sends = (0..5).map(|_| pool.clone().send(get(addr)));
-    let results = futures_util::future::join_all(sends).await;
-    let kinds: Vec<_> = results
-        .iter()
-        .map(|r| match r {
-            Err(e @ SendError::Connect(_)) => crate::error::find_cause::<std::io::Error>(e)
-                .expect("an io error in the chain")
-                .kind(),
-            other => panic!("expected a connect error, got {other:?}"),
-        })
-        .collect();
-    assert!(kinds.iter().all(|k| *k == kinds[0]), "{kinds:?}");
-    assert_eq!(
-        accepted.load(Ordering::SeqCst),
-        1,
-        "one connection attempt for five requests"
-    );
-    assert!(pool.lock().connecting.is_none());
-    task.abort();
-}
-
-/// A connect whose TLS handshake never ends fails as timed out after the
-/// connect timeout (not the route's), and so do the requests waiting for
-/// it. Paused clock: the timeout fires when nothing else can happen.
-#[tokio::test(start_paused = true)]
-async fn a_stalled_tls_handshake_times_out_for_all_its_waiters() {
-    let (addr, accepted, task) = mute_listener(true).await;
-    let pool = https_pool(addr);
-    let sends = (0..3).map(|_| pool.clone().send(get(addr)));
-    for result in futures_util::future::join_all(sends).await {
-        let err = result.expect_err("nothing answers the handshake");
-        assert!(matches!(err, SendError::Connect(_)), "{err:?}");
-        let io = crate::error::find_cause::<std::io::Error>(&err).expect("an io error");
-        assert_eq!(io.kind(), std::io::ErrorKind::TimedOut, "{err:?}");
-    }
-    assert!(accepted.load(Ordering::SeqCst) <= 1, "one attempt at most");
-    task.abort();
-}
-
-/// When the request that connects for the others goes away, one of the
-/// waiting requests connects instead (none is left waiting for nothing).
-#[tokio::test]
-async fn a_waiting_request_takes_over_from_a_cancelled_connect() {
-    let (addr, accepted, task) = mute_listener(true).await;
-    let pool = https_pool(addr);
-    let until_accepted = |n: usize| {
-        let accepted = accepted.clone();
-        async move {
-            tokio::time::timeout(Duration::from_secs(10), async {
-                while accepted.load(Ordering::SeqCst) < n {
-                    tokio::task::yield_now().await;
-                }
-            })
-            .await
-            .unwrap_or_else(|_| panic!("{n} connections: not within 10 s"));
-        }
-    };
-    let leader = tokio::spawn(pool.clone().send(get(addr)));
-    until_accepted(1).await;
-    let waiter = tokio::spawn(pool.clone().send(get(addr)));
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(
-        accepted.load(Ordering::SeqCst),
-        1,
-        "the second request waits"
-    );
-    leader.abort();
-    until_accepted(2).await;
-    waiter.abort();
-    task.abort();
-}
-
 #[tokio::test]
 async fn the_request_uri_goes_out_in_origin_form() {
     let s = server(
@@ -559,13 +448,4 @@ async fn the_request_uri_goes_out_in_origin_form() {
     assert_eq!(body, format!("/x {}", s.addr));
 }
 
-#[test]
-fn h2_requests_get_scheme_and_authority() {
-    let mut req = Request::builder().uri("/a/b?c=d").body(()).unwrap();
-    absolute_form(
-        &mut req,
-        &Scheme::HTTPS,
-        &Authority::from_static("api.example.com:8443"),
-    );
-    assert_eq!(req.uri(), "https://api.example.com:8443/a/b?c=d");
-}
+mod https;
