@@ -78,7 +78,9 @@ impl StoredCredential {
     ) -> Self {
         Self {
             access_token: token.access_token.expose_secret().to_string(),
-            expires_at_ms: token.expires_in.map(|d| to_ms(now + d)),
+            expires_at_ms: token
+                .expires_in
+                .map(|d| to_ms(now.checked_add(clamp_lifetime(d)).unwrap_or(now))),
             refresh_token: token
                 .refresh_token
                 .as_ref()
@@ -98,6 +100,17 @@ impl StoredCredential {
     pub fn obtained_at(&self) -> SystemTime {
         from_ms(self.obtained_at_ms)
     }
+}
+
+/// The longest lifetime taken at face value: 100 years. A provider that
+/// says a token lives `18446744073709551615` seconds means "a long time";
+/// taken literally, the clocks' arithmetic would overflow (a panic in the
+/// refresh task).
+pub const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `d`, at most [`MAX_LIFETIME`].
+pub fn clamp_lifetime(d: Duration) -> Duration {
+    d.min(MAX_LIFETIME)
 }
 
 /// `SystemTime` to Unix milliseconds (0 before the epoch).

@@ -265,3 +265,73 @@ async fn a_waiting_replica_adopts_instead_of_refreshing() {
     assert_eq!(got, "at-from-a");
     assert_eq!(ep.calls(), 0);
 }
+
+/// `SET` commands Redis has run since the last `CONFIG RESETSTAT`.
+async fn set_calls(c: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(c)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_set:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A replica waiting for the refresh lock listens for its release on a
+/// subscription. When that connection dies (killed, a proxy's idle
+/// timeout, a failover), it polls on its timer: a few `SET NX` a second,
+/// not one after another as fast as Redis answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lock_subscription_falls_back_to_polling() {
+    let redis = RedisServer::start().await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let holder = store(&redis, KEY);
+    let guard = holder.lock("crm").await.unwrap();
+    let waiter = store(&redis, KEY);
+    let waiting = tokio::spawn(async move { waiter.lock("crm").await.map(drop) });
+    // Until the waiter has subscribed.
+    let subscribed = async {
+        loop {
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            if !list.trim().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), subscribed)
+        .await
+        .expect("the waiter subscribes");
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(killed, 1);
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The lease is 2 s: the waiter polls every 500 ms, the holder renews.
+    let sets = set_calls(&mut c).await;
+    assert!(sets <= 10, "{sets} SET commands in one second");
+    drop(guard);
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiter takes the lock once it is released")
+        .unwrap()
+        .unwrap();
+}

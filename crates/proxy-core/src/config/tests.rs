@@ -102,6 +102,14 @@ fn bad_configs_name_file_and_field() {
             "proxy: { listen: 127.0.0.1:0 }\nroutes:\n  - { id: a, match: { path_prefix: /x/ }, upstream: https://a, public: true }\n  - { id: b, match: { path_prefix: /x/ }, upstream: https://b, public: true }\n",
             "bad.yaml: routes[1].match: same host and path_prefix as routes[0] (\"a\")",
         ),
+        (
+            "proxy: { listen: 127.0.0.1:0 }\ncredentials:\n  - id: k\n    static: { value: lit-canary-9f3 }\n    refresh: { buffer: 400d }\n",
+            "bad.yaml: credentials[0].refresh.buffer: must be at most 365d",
+        ),
+        (
+            "proxy: { listen: 127.0.0.1:0 }\ncredentials:\n  - id: k\n    static: { value: lit-canary-9f3 }\n    refresh: { max_age: 5000000000y }\n",
+            "bad.yaml: credentials[0].refresh.max_age: must be at most 3650d",
+        ),
         ("proxy: [", "bad.yaml: "),
     ];
     for (yaml, want) in cases {

@@ -3,6 +3,7 @@
 use super::{ClientAuthMethod, Config, CredentialConfig, FieldError, Grant, StoreKind};
 use crate::inject::InjectSpec;
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 /// Validates a parsed config, returning every problem found.
 pub fn validate(config: &Config) -> Result<(), Vec<FieldError>> {
@@ -329,6 +330,23 @@ fn check_credential(i: usize, c: &CredentialConfig, config: &Config, errs: &mut 
         ));
     }
     let r = &c.refresh;
+    // Past these, the refresh schedule is meaningless (and durations near
+    // the clock's range would overflow its arithmetic).
+    let year = Duration::from_secs(365 * 24 * 3600);
+    for (field, value, most, text) in [
+        ("buffer", Some(r.buffer), year, "365d"),
+        ("timeout", Some(r.timeout), year, "365d"),
+        ("backoff_min", Some(r.backoff_min), year, "365d"),
+        ("backoff_max", Some(r.backoff_max), year, "365d"),
+        ("max_age", r.max_age, year * 10, "3650d"),
+    ] {
+        if value.is_some_and(|v| v > most) {
+            errs.push(FieldError::new(
+                at(&format!("refresh.{field}")),
+                format!("must be at most {text}"),
+            ));
+        }
+    }
     if r.backoff_min > r.backoff_max {
         errs.push(FieldError::new(
             at("refresh.backoff_min"),

@@ -40,11 +40,18 @@ use proxy_core::config::RefreshConfig;
 use proxy_core::credential::{CredentialError, CredentialSource, CredentialStatus, GetCredential};
 use proxy_core::facts::{RefreshEvent, RefreshObserver};
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+/// The shortest token lifetime a refresh accepts: a token must still be
+/// valid when it arrives; see [`RefreshError::ShortLived`]. (Short but
+/// valid lifetimes are the endpoint's choice: they are refreshed at half
+/// their life, one refresh at a time.)
+pub const MIN_LIFETIME: Duration = Duration::from_millis(1);
 
 /// Timing settings of one credential.
 #[derive(Clone, Debug, PartialEq)]
@@ -113,9 +120,19 @@ pub enum RefreshError {
     /// The store failed.
     #[error("{0}")]
     Store(StoreError),
-    /// The refresh task ended without a result (it panicked or was aborted).
+    /// The refresh task ended without a result (the runtime shut down).
     #[error("the refresh task ended without a result")]
     Aborted,
+    /// The refresh panicked (a bug; the panic is on standard error). It
+    /// counts as a failed attempt: the held credential stays, retries back
+    /// off.
+    #[error("the refresh failed unexpectedly (a panic; see the proxy's standard error)")]
+    Panicked,
+    /// The provider's token has already expired (less than
+    /// [`MIN_LIFETIME`] to live): a failed attempt, so retries back off
+    /// instead of fetching again at once, and the credential held is kept.
+    #[error("the provider returned a token that has already expired (expires in {} ms)", .0.as_millis())]
+    ShortLived(Duration),
     /// Earlier attempts failed and the next is not due yet.
     #[error("refresh failing ({attempts} attempt(s)); next attempt in {}s; last error: {last}", .retry_in.as_secs())]
     BackingOff {
@@ -415,7 +432,12 @@ impl Inner {
         self.refreshing.store(true, Ordering::Release);
         let task = tokio::spawn(async move {
             let started = Instant::now();
-            let result = refresh::run(&me, trigger, invalidated).await;
+            // A panic below (a provider's or store's bug) still ends the
+            // attempt: counted, backed off, reported, `refreshing` cleared.
+            let result = AssertUnwindSafe(refresh::run(&me, trigger, invalidated))
+                .catch_unwind()
+                .await
+                .unwrap_or(Err(RefreshError::Panicked));
             let adopted = matches!(result, Ok((_, true)));
             let result = result.map(|(c, _)| c);
             me.finish(trigger, &result, adopted, started.elapsed());
@@ -457,7 +479,9 @@ impl Inner {
                     self.settings.backoff_max,
                     fastrand::f64(),
                 );
-                ctrl.next_attempt = Some(Instant::now() + delay);
+                // A backoff cap past the clock's range waits the longest
+                // lifetime instead (never a panic).
+                ctrl.next_attempt = Some(Instant::now() + delay.min(crate::token::MAX_LIFETIME));
                 ctrl.last_error = Some((e.to_string(), now));
                 ctrl.last_refresh = Some((now, false, trigger));
                 // Serve the old value again: the upstream decides whether it

@@ -18,9 +18,9 @@
 //!
 //! A failure writes nothing.
 
-use super::{Entry, Inner, RefreshError, Trigger, refresh_at};
+use super::{Entry, Inner, MIN_LIFETIME, RefreshError, Trigger, refresh_at};
 use crate::store::StoreError;
-use crate::token::StoredCredential;
+use crate::token::{StoredCredential, clamp_lifetime};
 use proxy_core::Credential;
 use secrecy::SecretString;
 use std::sync::Arc;
@@ -83,24 +83,42 @@ pub(super) async fn run(
                 base_gen.max(our_gen) + 1,
                 SystemTime::now(),
             );
-            match inner.store.save(&inner.id, &state).await {
-                Ok(()) => {}
+            let saved = match inner.store.save(&inner.id, &state).await {
+                Ok(()) => true,
                 // Someone wrote a newer generation while we refreshed (we
                 // lost the lease): theirs wins, ours is dropped.
-                Err(StoreError::Conflict { stored }) => {
-                    if let Ok(Some(s)) = inner.store.load(&inner.id).await
-                        && s.generation >= stored
-                    {
+                Err(StoreError::Conflict { stored }) => match inner.store.load(&inner.id).await {
+                    Ok(Some(s)) if s.generation >= stored => {
                         tracing::warn!(credential = %inner.id, generation = s.generation, "a newer credential was stored while refreshing; adopting it");
                         return Ok((publish(inner, s.clone(), remaining(&s)), true));
                     }
-                }
+                    other => {
+                        let found = match &other {
+                            Ok(Some(s)) => format!("generation {}", s.generation),
+                            Ok(None) => "nothing".to_owned(),
+                            Err(e) => e.to_string(),
+                        };
+                        tracing::warn!(credential = %inner.id, stored, found = %found, "the store refused the refreshed credential (it holds a newer generation) and reading it back failed; serving the refreshed one from memory");
+                        false
+                    }
+                },
                 // The endpoint already consumed the old refresh token, so the
                 // new one must be used even though it is only in memory now;
                 // the next refresh saves again.
                 Err(e) => {
                     tracing::error!(credential = %inner.id, error = %e, "could not persist the refreshed credential; keeping it in memory");
+                    false
                 }
+            };
+            if let Some(lifetime) = token.expires_in.filter(|l| *l < MIN_LIFETIME) {
+                // Useless to requests, and taken as a success it would be
+                // refreshed again at once, in a loop. The credential held is
+                // kept; the new state is kept too (in the store, or else in
+                // memory), as it may carry a rotated refresh token.
+                if !saved {
+                    publish(inner, state, token.expires_in);
+                }
+                return Err(RefreshError::ShortLived(lifetime));
             }
             Ok((publish(inner, state, token.expires_in), false))
         }
@@ -121,6 +139,7 @@ pub(super) async fn run(
 /// Makes `state` the served credential.
 fn publish(inner: &Inner, state: StoredCredential, lifetime: Option<Duration>) -> Arc<Credential> {
     let now = Instant::now();
+    let lifetime = lifetime.map(clamp_lifetime);
     let cred = Arc::new(Credential::new(
         SecretString::from(state.access_token.clone()),
         state.generation,
@@ -163,7 +182,7 @@ fn adoptable(s: &StoredCredential, inner: &Inner, trigger: Trigger) -> bool {
                 .expires_at()
                 .and_then(|e| e.duration_since(s.obtained_at()).ok())
                 .unwrap_or(left);
-            let lead = if lifetime < inner.settings.buffer * 2 {
+            let lead = if lifetime < inner.settings.buffer.saturating_mul(2) {
                 lifetime / 2
             } else {
                 inner.settings.buffer

@@ -24,13 +24,18 @@ pub fn refresh_at(
     let jitter = jitter.clamp(0.0, 1.0);
     let at = match lifetime {
         Some(l) => {
-            let lead = if l < buffer * 2 { l / 2 } else { buffer };
-            l.saturating_sub(lead + lead.mul_f64(jitter / 10.0))
+            let lead = if l < buffer.saturating_mul(2) {
+                l / 2
+            } else {
+                buffer
+            };
+            l.saturating_sub(lead.saturating_add(lead.mul_f64(jitter / 10.0)))
         }
         // Up to 1% early, for the same reason as the lead-time jitter.
         None => max_age.map(|m| m.saturating_sub(m.mul_f64(jitter / 100.0)))?,
     };
-    Some(now + at)
+    // Past what the clock can represent: never (only when invalidated).
+    now.checked_add(at)
 }
 
 /// Delay before retry number `attempt` (1-based) after failures: doubles
@@ -83,6 +88,19 @@ mod tests {
             refresh_at(now, None, S(60), Some(S(600)), 0.0),
             Some(now + S(600))
         );
+    }
+
+    /// Durations past the clock's range (a provider's or a config's) give
+    /// a schedule or none, never a panic.
+    #[tokio::test(start_paused = true)]
+    async fn huge_durations_do_not_overflow() {
+        let now = Instant::now();
+        assert_eq!(
+            refresh_at(now, Some(S(3600)), Duration::MAX, None, 0.0),
+            Some(now + S(1800))
+        );
+        assert_eq!(refresh_at(now, Some(Duration::MAX), S(60), None, 0.0), None);
+        assert_eq!(refresh_at(now, None, S(60), Some(Duration::MAX), 0.0), None);
     }
 
     #[test]

@@ -271,3 +271,167 @@ async fn a_request_waiting_on_a_failed_forced_refresh_gets_the_old_token() {
     // rather than an error.
     assert_eq!(waiting.await.unwrap().expose(), "tok-1");
 }
+
+/// A lifetime past what the clocks can add (`expires_in` of 2^64-1
+/// seconds) is taken as the longest lifetime: served, stored and
+/// scheduled without a panic in the refresh task.
+#[tokio::test(start_paused = true)]
+async fn a_lifetime_past_the_clocks_range_is_served_not_a_panic() {
+    let p = Scripted::new(Some(Duration::MAX));
+    let store = Arc::new(MemoryStore::new());
+    let src = RefreshingSource::new("crm", p.clone(), store.clone(), RefreshSettings::default());
+    assert_eq!(token(&src).await, "tok-1");
+    let st = src.status();
+    assert_eq!((st.state, st.consecutive_failures), ("fresh", 0), "{st:?}");
+    let stored = store
+        .load("crm")
+        .await
+        .unwrap()
+        .expect("the token is stored");
+    let left = stored
+        .expires_at()
+        .unwrap()
+        .duration_since(SystemTime::now())
+        .unwrap();
+    assert!(left > S(99 * 365 * 24 * 3600), "{left:?}");
+    tokio::time::advance(S(3600)).await;
+    settle().await;
+    assert_eq!(token(&src).await, "tok-1");
+    assert_eq!(p.calls(), 1);
+}
+
+/// A token that has already expired when it arrives (an endpoint's
+/// `expires_in: 0`, a stale file or exec expiry) is a failed attempt:
+/// retries back off instead of fetching again at once in a loop.
+#[tokio::test(start_paused = true)]
+async fn a_token_expired_on_arrival_is_a_failure_that_backs_off() {
+    let p = Scripted::new(Some(Duration::ZERO));
+    let src = source(&p);
+    let err = token(&src).await;
+    assert!(
+        err.contains("has already expired (expires in 0 ms)"),
+        "{err}"
+    );
+    // Ten seconds of a scheduler that retries whenever it may: backoff
+    // from 1 s allows a handful of attempts, not one per 100 ms fetch.
+    for _ in 0..100 {
+        tokio::time::advance(Duration::from_millis(100)).await;
+        settle().await;
+    }
+    let calls = p.calls();
+    assert!((2..=6).contains(&calls), "{calls} token calls in 10 s");
+    let st = src.status();
+    assert_eq!(st.state, "failing", "{st:?}");
+    assert!(st.consecutive_failures >= 2, "{st:?}");
+}
+
+/// A short-lived token from a proactive refresh does not replace the
+/// valid one being served.
+#[tokio::test(start_paused = true)]
+async fn a_token_expired_on_arrival_does_not_replace_a_valid_one() {
+    let p = Arc::new(Lifetimes {
+        calls: AtomicUsize::new(0),
+        lifetimes: vec![S(600), Duration::ZERO],
+    });
+    let src = RefreshingSource::new(
+        "crm",
+        p.clone(),
+        Arc::new(MemoryStore::new()),
+        RefreshSettings::default(),
+    );
+    assert_eq!(token(&src).await, "tok-1");
+    // Past the proactive refresh (60 s before expiry), before expiry.
+    tokio::time::advance(S(560)).await;
+    settle().await;
+    tokio::time::advance(S(1)).await;
+    settle().await;
+    // The proactive refresh ran (from ~540 s) and was retried with backoff.
+    let calls = p.calls.load(Ordering::SeqCst);
+    assert!((2..=6).contains(&calls), "{calls} token calls");
+    assert_eq!(
+        token(&src).await,
+        "tok-1",
+        "the valid token is still served"
+    );
+    assert_eq!(src.status().state, "failing");
+}
+
+/// Serves `tok-N` living `lifetimes[N-1]` (the last one after that).
+#[derive(Debug)]
+struct Lifetimes {
+    calls: AtomicUsize,
+    lifetimes: Vec<Duration>,
+}
+
+impl TokenProvider for Lifetimes {
+    fn kind(&self) -> &'static str {
+        "scripted"
+    }
+    fn fetch<'a>(
+        &'a self,
+        _: Option<&'a StoredCredential>,
+    ) -> BoxFuture<'a, Result<Token, ProviderError>> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let lifetime = self.lifetimes.get(n - 1).or(self.lifetimes.last()).copied();
+        Box::pin(ready(Ok(Token {
+            access_token: SecretString::from(format!("tok-{n}")),
+            expires_in: lifetime,
+            refresh_token: None,
+        })))
+    }
+}
+
+/// Panics in every fetch (a provider's bug).
+#[derive(Debug, Default)]
+struct Panicking {
+    calls: AtomicUsize,
+}
+
+impl TokenProvider for Panicking {
+    fn kind(&self) -> &'static str {
+        "scripted"
+    }
+    fn fetch<'a>(
+        &'a self,
+        _: Option<&'a StoredCredential>,
+    ) -> BoxFuture<'a, Result<Token, ProviderError>> {
+        Box::pin(async move {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            panic!("provider bug");
+        })
+    }
+}
+
+/// A refresh that panics is a failed attempt like any other: counted,
+/// reported, backed off, and the next request inside the backoff gets the
+/// error at once without another token call.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_refresh_is_a_failed_attempt_that_backs_off() {
+    let p = Arc::new(Panicking::default());
+    let src = RefreshingSource::new(
+        "crm",
+        p.clone(),
+        Arc::new(MemoryStore::new()),
+        RefreshSettings::default(),
+    );
+    let err = token(&src).await;
+    assert!(err.contains("panic"), "{err}");
+    settle().await;
+    let st = src.status();
+    assert_eq!(st.consecutive_failures, 1, "{st:?}");
+    assert!(!st.refreshing, "{st:?}");
+    assert!(
+        st.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("panic")),
+        "{st:?}"
+    );
+    let calls = p.calls.load(Ordering::SeqCst);
+    let err = token(&src).await;
+    assert!(err.starts_with("ERR refresh failing"), "{err}");
+    assert_eq!(
+        p.calls.load(Ordering::SeqCst),
+        calls,
+        "no token call inside the backoff"
+    );
+}

@@ -320,11 +320,27 @@ impl Store for RedisStore {
                     }));
                 }
                 waited = true;
-                match events.as_mut() {
-                    Some(ps) => {
-                        let _ = tokio::time::timeout(poll, ps.on_message().next()).await;
+                let lost = match events.as_mut() {
+                    Some(ps) => matches!(
+                        tokio::time::timeout(poll, ps.on_message().next()).await,
+                        Ok(None)
+                    ),
+                    None => {
+                        tokio::time::sleep(poll).await;
+                        false
                     }
-                    None => tokio::time::sleep(poll).await,
+                };
+                if lost {
+                    // The subscription's connection is gone (killed, timed
+                    // out, a failover): its stream now ends at once, every
+                    // time. Poll on the timer instead of sending SET NX
+                    // back to back.
+                    tracing::debug!(
+                        credential = id,
+                        "refresh lock subscription lost; polling instead"
+                    );
+                    events = None;
+                    tokio::time::sleep(poll).await;
                 }
             }
         }
