@@ -335,3 +335,44 @@ async fn post_body_arrives_byte_identical() {
         [body.len().to_string()]
     );
 }
+
+/// A `Host` with a `user:password@` part: the request is routed on the
+/// host alone, and neither `X-Forwarded-Host` nor the audit record carries
+/// the credentials.
+#[tokio::test]
+async fn userinfo_in_the_host_is_neither_forwarded_nor_recorded() {
+    let up = echo_upstream().await;
+    let sink = std::sync::Arc::new(audit::MemorySink::new());
+    let options = latchkey::StartOptions {
+        audit_sink: Some(sink.clone()),
+        ..Default::default()
+    };
+    let p = support::harness::start_proxy_with(
+        &billing_config(
+            "[api]",
+            &format!(
+                "  - id: api
+    match: {{ path_prefix: /api/ }}
+    upstream: {}
+    credential: upstream-key
+",
+                up.url()
+            ),
+        ),
+        options,
+    )
+    .await;
+    let caller_host = p.base.trim_start_matches("http://").to_owned();
+    let with_userinfo = format!("alice:s3cret-userinfo@{caller_host}");
+    let v = echoed(&get_as_billing(&p, "/api/x", &[("host", &with_userinfo)]).await);
+    assert_eq!(
+        echoed_header_all(&v, "x-forwarded-host"),
+        [caller_host.clone()]
+    );
+    assert!(!v.to_string().contains("s3cret-userinfo"), "{v}");
+    let records = sink.requests();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0]["audit"]["host"], caller_host.as_str());
+    let all = format!("{:?}", sink.records());
+    assert!(!all.contains("s3cret-userinfo"), "{all}");
+}

@@ -55,13 +55,10 @@ impl RequestMeta {
 
     /// The host as the caller addressed it: the `Host` header (if it is
     /// visible ASCII, as the router also requires), else the URI's
-    /// authority, else empty.
+    /// authority, else empty; never with a `user:password@` part
+    /// ([`request_host`](crate::router::request_host)).
     pub fn host(&self) -> &str {
-        self.host_header
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| self.uri.authority().map(|a| a.as_str()))
-            .unwrap_or("")
+        crate::router::request_host(self.host_header.as_ref(), &self.uri).unwrap_or("")
     }
 }
 

@@ -150,15 +150,14 @@ impl Service<Request<ProxyBody>> for Forward {
             None
         };
         let conn = crate::context::conn_info(&parts.extensions);
-        let caller_host = parts
-            .headers
-            .get(header::HOST)
-            .filter(|h| h.to_str().is_ok())
-            .cloned()
-            .or_else(|| {
-                let a = parts.uri.authority()?;
-                HeaderValue::from_str(a.as_str()).ok()
-            });
+        // The caller's `Host` value itself (its bytes shared) when it is
+        // already what `X-Forwarded-Host` needs; else the authority, or the
+        // host without a `user:password@` part, copied.
+        let caller_host = match parts.headers.get(header::HOST) {
+            Some(h) if h.to_str().is_ok_and(|s| !s.contains('@')) => Some(h.clone()),
+            h => crate::router::request_host(h, &parts.uri)
+                .and_then(|host| HeaderValue::from_str(host).ok()),
+        };
         remove_hop_by_hop(&mut parts.headers, upgrade);
         add_forwarded(
             &mut parts.headers,

@@ -127,6 +127,24 @@ impl<T> Router<T> {
     }
 }
 
+/// The host a request addressed: its `Host` header if that is visible
+/// ASCII, else its URI's authority (absolute-form and h2 requests). Any
+/// `user:password@` part is dropped: it is never routed on, written to an
+/// audit record or error, or forwarded in `X-Forwarded-Host`.
+pub fn request_host<'a>(
+    host: Option<&'a http::HeaderValue>,
+    uri: &'a http::Uri,
+) -> Option<&'a str> {
+    host.and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(http::uri::Authority::as_str))
+        .map(without_userinfo)
+}
+
+/// `host` without a `userinfo@` prefix.
+pub fn without_userinfo(host: &str) -> &str {
+    host.rsplit_once('@').map_or(host, |(_, h)| h)
+}
+
 /// Lower-cases a host and drops its port and any trailing dot.
 pub fn normalize_host(h: &str) -> String {
     host_without_port(h)
@@ -167,6 +185,24 @@ mod tests {
         )
         .unwrap();
         r
+    }
+
+    /// A `user:password@` part, in the `Host` header or the authority of
+    /// an absolute-form or h2 request, is dropped.
+    #[test]
+    fn the_request_host_never_carries_userinfo() {
+        let uri: http::Uri = "http://alice:s3cret@api.example.com:8443/x"
+            .parse()
+            .unwrap();
+        assert_eq!(request_host(None, &uri), Some("api.example.com:8443"));
+        let h = http::HeaderValue::from_static("bob:pw@search.example.com");
+        let origin: http::Uri = "/x".parse().unwrap();
+        assert_eq!(request_host(Some(&h), &origin), Some("search.example.com"));
+        let plain = http::HeaderValue::from_static("search.example.com");
+        assert_eq!(request_host(Some(&plain), &uri), Some("search.example.com"));
+        let bad = http::HeaderValue::from_bytes(b"caf\xe9").unwrap();
+        assert_eq!(request_host(Some(&bad), &uri), Some("api.example.com:8443"));
+        assert_eq!(request_host(None, &origin), None);
     }
 
     #[test]

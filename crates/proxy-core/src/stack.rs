@@ -353,11 +353,7 @@ impl Service<Request<ProxyBody>> for Dispatch {
     }
 
     fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        let host = crate::router::request_host(req.headers().get(header::HOST), req.uri());
         match self.router.route(host, req.uri().path()) {
             Some(route) => Either::Left(call_now_or_wait(route.service.clone(), req)),
             None => {
