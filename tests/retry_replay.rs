@@ -200,7 +200,7 @@ async fn post_json_body_is_replayed_byte_identical() {
 }
 
 #[tokio::test]
-async fn two_mib_body_is_not_replayed() {
+async fn two_mib_body_is_not_replayed_but_its_refused_token_is_replaced() {
     let ep = endpoint().await;
     let up = auth_upstream(ep.clone(), StatusCode::UNAUTHORIZED).await;
     let p = start_proxy(&config(
@@ -234,10 +234,21 @@ async fn two_mib_body_is_not_replayed() {
         hits[0].body == body,
         "the upstream got the whole body intact"
     );
+    // Not replayed, but the refused token is replaced for the requests
+    // after it: one forced refresh, started in the background.
+    with_timeout(async {
+        while ep.calls() < 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let (status, headers, body) = support::get(&p.url("/api/after"), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     assert_eq!(
-        ep.calls(),
-        1,
-        "no refresh for a request that cannot be replayed"
+        retry_header(&headers),
+        None,
+        "the next request has the new token"
     );
+    assert_eq!(ep.calls(), 2, "one refresh");
     p.stop().await;
 }

@@ -20,7 +20,7 @@
 //! | replay succeeded | the replay's response | `recovered` |
 //! | forced refresh failed | the upstream's first 401 | `refresh_failed` |
 //! | replay also rejected | the replay's 401 | `still_unauthorized` |
-//! | body over the replay cap | the upstream's 401, the body streamed untouched | `not_replayable` |
+//! | body over the replay cap, or still arriving when sent | the upstream's 401, the body streamed untouched; the forced refresh still starts, for the requests after it | `not_replayable` |
 //! | no credential was injected | the upstream's response | (none) |
 //! | the source has no other credential (a static key) | the upstream's response | (none) |
 //!
@@ -371,7 +371,11 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         if let Some(retry) = &mut this.retry {
-            return retry.as_mut().poll(cx);
+            let out = ready!(retry.as_mut().poll(cx));
+            // Done: a later poll gets the error below, not a poll of a
+            // finished future (which panics).
+            this.retry = None;
+            return Poll::Ready(out);
         }
         if this.rest.is_none() {
             // The first attempt already answered: polled after completion,
@@ -394,7 +398,9 @@ where
         let retry = this.retry.insert(Box::pin(recover(
             resp, again, replayer, source, policy, facts,
         )));
-        retry.as_mut().poll(cx)
+        let out = ready!(retry.as_mut().poll(cx));
+        this.retry = None;
+        Poll::Ready(out)
     }
 }
 
@@ -426,7 +432,13 @@ where
     };
     let first_status = resp.status();
     let Some(again) = again else {
-        tracing::info!(credential = %rejected.id, generation = rejected.generation, "credential rejected; body too large to replay");
+        // This request cannot be replayed, but the credential it carried
+        // was refused: the forced refresh still starts, so the requests
+        // after it get a new credential rather than the refused one until
+        // its expiry. Shared and deduplicated like any invalidation; this
+        // request does not wait for it.
+        tokio::spawn(source.invalidate(rejected.generation));
+        tracing::info!(credential = %rejected.id, generation = rejected.generation, "credential rejected; the request cannot be replayed (its body is over the replay cap or was still arriving); a forced refresh was started for the requests after it");
         mark(
             &mut resp,
             facts.as_ref(),

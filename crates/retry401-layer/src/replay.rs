@@ -3,13 +3,24 @@
 //! A request can be replayed only if its whole body is still at hand. Bodies
 //! up to the cap are read into memory before the first attempt (linkerd's
 //! `replay.rs` keeps a copy while streaming; reading first is simpler and
-//! costs only the upload latency of bodies that are small by definition).
-//! A body that turns out to be larger than the cap is not an error: what was
-//! read is sent first, the rest streams behind it untouched, and the request
-//! is simply not replayable. A declared `Content-Length` over the cap skips
-//! reading altogether.
+//! costs only the upload latency of bodies that are small by definition):
+//!
+//! - a body of known length (`Content-Length`, or an exact size hint) up to
+//!   the cap is read whole, waiting for it;
+//! - a body of unknown length (chunked, or h2 without `Content-Length`) is
+//!   read only as far as it has already arrived: if it ends there, within
+//!   the cap, it is replayable; if the rest has not arrived yet, what was
+//!   read is sent at once, the rest streams behind it, and the request is
+//!   not replayable. Waiting for it would hold back a stream its client
+//!   keeps open until it hears back (a gRPC client-streaming call: the
+//!   request would never be sent), and delay every slow upload;
+//! - a body that turns out to be larger than the cap is not an error: what
+//!   was read is sent first, the rest streams behind it untouched, and the
+//!   request is simply not replayable. A declared `Content-Length` over the
+//!   cap skips reading altogether.
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt as _;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -70,30 +81,37 @@ pub async fn capture(
     if declared.is_some_and(|len| len > cap) || body.size_hint().lower() > cap {
         return Ok((body, None));
     }
+    // Known to end within the cap: worth waiting for.
+    let wait = declared.or_else(|| body.size_hint().exact()).is_some();
     let mut body = body;
     let mut buf = BytesMut::new();
     let mut trailers = None;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let next = if wait {
+            body.frame().await
+        } else {
+            match body.frame().now_or_never() {
+                Some(next) => next,
+                // Not arrived yet: send what was read and stream the rest.
+                None => return Ok((prefixed(buf, body), None)),
+            }
+        };
+        let Some(frame) = next else { break };
         let frame =
             frame.map_err(|e| BadRequest(format!("the request body could not be read: {e}")))?;
         match frame.into_data() {
             Ok(data) => {
                 if (buf.len() + data.len()) as u64 > cap {
                     buf.extend_from_slice(&data);
-                    let prefix = buf.freeze();
-                    return Ok((
-                        boxed(Prefixed {
-                            prefix: Some(prefix),
-                            rest: body,
-                        }),
-                        None,
-                    ));
+                    return Ok((prefixed(buf, body), None));
                 }
                 buf.extend_from_slice(&data);
             }
             Err(frame) => {
                 if let Ok(t) = frame.into_trailers() {
+                    // Trailers end a body.
                     trailers = Some(t);
+                    break;
                 }
             }
         }
@@ -103,6 +121,17 @@ pub async fn capture(
         trailers,
     };
     Ok((replay.body(), Some(replay)))
+}
+
+/// `read`, then the rest of `body`.
+fn prefixed(read: BytesMut, body: ProxyBody) -> ProxyBody {
+    if read.is_empty() {
+        return body;
+    }
+    boxed(Prefixed {
+        prefix: Some(read.freeze()),
+        rest: body,
+    })
 }
 
 pin_project! {
@@ -136,10 +165,11 @@ impl Body for Prefixed {
     fn size_hint(&self) -> SizeHint {
         let mut h = self.rest.size_hint();
         let p = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
-        h.set_lower(h.lower() + p);
+        // Upper first: `set_lower` asserts lower <= upper.
         if let Some(u) = h.upper() {
-            h.set_upper(u + p);
+            h.set_upper(u.saturating_add(p));
         }
+        h.set_lower(h.lower().saturating_add(p));
         h
     }
 }
@@ -147,7 +177,7 @@ impl Body for Prefixed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::stream;
+    use futures_util::{StreamExt as _, stream};
 
     fn chunked(chunks: &[&'static str]) -> ProxyBody {
         let frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks
@@ -188,6 +218,64 @@ mod tests {
             .unwrap();
         assert!(replay.is_none());
         assert_eq!(collect(first).await, "aaaabbbbcccc");
+    }
+
+    /// One frame, then nothing more for now (a client waiting to hear
+    /// back before it sends more, or a slow upload).
+    fn then_pending(first: &'static str) -> ProxyBody {
+        let frame = Ok::<_, BoxError>(Frame::data(Bytes::from_static(first.as_bytes())));
+        boxed(http_body_util::StreamBody::new(
+            stream::iter([frame]).chain(stream::pending()),
+        ))
+    }
+
+    /// A body of unknown length is read only as far as it has arrived:
+    /// the request goes out at once with it, not replayable, instead of
+    /// waiting for an end that may come only after the response.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_still_arriving_is_sent_at_once_and_not_replayable() {
+        let captured = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            capture(then_pending("first"), None, 1024),
+        )
+        .await
+        .expect("capture does not wait for the rest of the body")
+        .unwrap();
+        let (mut first, replay) = captured;
+        assert!(replay.is_none());
+        let frame = first.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "first");
+    }
+
+    /// A body of declared length within the cap is waited for, however
+    /// slowly it arrives, and replayed whole.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_of_declared_length_is_waited_for() {
+        let frames = stream::unfold(0u8, |n| async move {
+            if n == 3 {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            Some((
+                Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"ab"))),
+                n + 1,
+            ))
+        });
+        let body = boxed(http_body_util::StreamBody::new(frames));
+        let (_, replay) = capture(body, Some(6), 1024).await.unwrap();
+        assert_eq!(collect(replay.unwrap().body()).await, "ababab");
+    }
+
+    /// What was read plus the rest: its size hint adds up, with an upper
+    /// bound too (setting the lower bound first tripped http-body's
+    /// lower <= upper assertion).
+    #[test]
+    fn a_prefixed_body_hints_its_whole_size() {
+        let body = Prefixed {
+            prefix: Some(Bytes::from_static(b"abc")),
+            rest: proxy_core::full("12345"),
+        };
+        assert_eq!(body.size_hint().exact(), Some(8));
     }
 
     #[tokio::test]

@@ -185,7 +185,13 @@ async fn oversized_bodies_are_not_replayed() {
     assert_eq!(resp.status(), 401);
     assert_eq!(resp.headers()[X_LATCHKEY_RETRY], "not_replayable");
     assert_eq!(bodies, vec![b"longer than four".to_vec()]);
-    assert_eq!(source.invalidations.load(Ordering::SeqCst), 0);
+    // Not replayed, but the refused generation is invalidated (in the
+    // background) so the requests after it get a new credential.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(source.invalidations.load(Ordering::SeqCst), 1);
+    assert_eq!(source.generation.load(Ordering::SeqCst), 8);
 }
 
 #[tokio::test]
@@ -266,6 +272,51 @@ async fn settle_polled_after_completion_answers_an_error_not_a_panic() {
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     let once = std::pin::Pin::new(&mut settle).poll(&mut cx);
     assert!(matches!(once, std::task::Poll::Ready(Ok(ref r)) if r.status() == 200));
+    let again = std::pin::Pin::new(&mut settle).poll(&mut cx);
+    assert!(matches!(again, std::task::Poll::Ready(Err(_))));
+}
+
+/// Polled again after a retry answered: an error, not a poll of the
+/// finished retry (which panics).
+#[tokio::test]
+async fn settle_polled_after_a_retry_answered_is_an_error_not_a_panic() {
+    let source = Arc::new(Source {
+        generation: AtomicU64::new(7),
+        ..Default::default()
+    });
+    let replayer = Arc::new(inner(
+        source.clone(),
+        vec![200],
+        Arc::new(Mutex::new(Vec::new())),
+        true,
+    ));
+    let first: Call = Box::pin(async {
+        let mut resp = Response::new(proxy_core::empty());
+        *resp.status_mut() = StatusCode::UNAUTHORIZED;
+        resp.extensions_mut().insert(CredentialUsed {
+            id: "crm".into(),
+            generation: 7,
+            obtained_at: SystemTime::now(),
+            expires_at: None,
+        });
+        Ok(resp)
+    });
+    let (parts, _) = Request::get("/x").body(()).unwrap().into_parts();
+    let again = Again::capture(&parts, crate::replay::Replay::default());
+    let mut settle = Settle::new(
+        first,
+        Some(again),
+        replayer,
+        source.clone(),
+        Arc::new(RetryPolicy::default()),
+        None,
+    );
+    let resp = std::future::poll_fn(|cx| std::pin::Pin::new(&mut settle).poll(cx))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()[X_LATCHKEY_RETRY], "recovered");
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     let again = std::pin::Pin::new(&mut settle).poll(&mut cx);
     assert!(matches!(again, std::task::Poll::Ready(Err(_))));
 }
