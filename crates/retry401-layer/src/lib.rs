@@ -486,12 +486,28 @@ where
     }
     drop(resp);
     let mut inner = S::clone(&replayer);
-    ready(&mut inner).await?;
     let mut replay = again.into_request();
     // A successful replay's response carries the record too: its
     // generation goes into the outcome.
     RequestContext::of_mut(replay.extensions_mut()).report_credential_used = true;
-    let mut second = call(&mut inner, replay).await?;
+    let replayed = match ready(&mut inner).await {
+        Ok(()) => call(&mut inner, replay).await,
+        Err(e) => Err(e),
+    };
+    let mut second = match replayed {
+        Ok(second) => second,
+        Err(e) => {
+            // The credential was replaced; the replay itself failed (the
+            // upstream unreachable, a timeout). As for a replay answered
+            // with an error status: `recovered`, with the replay's failure
+            // as the record's reason. The caller gets that failure.
+            tracing::warn!(credential = %rejected.id, rejected = rejected.generation, error = %e, "the credential was refreshed but the replay failed");
+            if let Some(f) = &facts {
+                f.update(|f| f.retry = Some(Outcome::Recovered.as_str()));
+            }
+            return Err(e);
+        }
+    };
     let replay_generation = second
         .extensions()
         .get::<CredentialUsed>()

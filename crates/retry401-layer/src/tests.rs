@@ -320,3 +320,45 @@ async fn settle_polled_after_a_retry_answered_is_an_error_not_a_panic() {
     let again = std::pin::Pin::new(&mut settle).poll(&mut cx);
     assert!(matches!(again, std::task::Poll::Ready(Err(_))));
 }
+
+/// A replay that fails on its way (the upstream unreachable after the
+/// refresh) still leaves the retry in the record: the credential was
+/// replaced (`recovered`), and the replay's failure is the caller's.
+#[tokio::test]
+async fn a_replay_that_fails_on_its_way_is_still_recorded() {
+    let source = Arc::new(Source {
+        generation: AtomicU64::new(7),
+        ..Default::default()
+    });
+    let calls = Arc::new(AtomicUsize::new(0));
+    let answering = {
+        let calls = calls.clone();
+        Inner::new(tower::service_fn(move |_req: Request<ProxyBody>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n > 0 {
+                    return Err::<Response<ProxyBody>, BoxError>("upstream unreachable".into());
+                }
+                let mut resp = Response::new(proxy_core::empty());
+                *resp.status_mut() = StatusCode::UNAUTHORIZED;
+                resp.extensions_mut().insert(CredentialUsed {
+                    id: "crm".into(),
+                    generation: 7,
+                    obtained_at: SystemTime::now(),
+                    expires_at: None,
+                });
+                Ok(resp)
+            }
+        }))
+    };
+    let svc = Retry401Layer::new(source.clone(), RetryPolicy::default()).layer(answering);
+    let facts = proxy_core::facts::Facts::new();
+    let mut req = Request::get("/").body(proxy_core::empty()).unwrap();
+    proxy_core::context::RequestContext::of_mut(req.extensions_mut()).facts = Some(facts.clone());
+    let err = svc.oneshot(req).await.unwrap_err();
+    assert_eq!(err.to_string(), "upstream unreachable");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one replay");
+    let seen = facts.snapshot();
+    assert_eq!(seen.retry, Some("recovered"));
+    assert!(seen.refresh.is_some_and(|r| r.ok && r.trigger == "forced"));
+}
