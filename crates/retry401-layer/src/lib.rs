@@ -452,6 +452,12 @@ where
         );
         return Ok(resp);
     };
+    // Another request's refresh has already replaced the refused
+    // generation: the replay takes the current one, and no refresh runs
+    // (or is recorded) for this request.
+    let replaced = source
+        .generation()
+        .is_some_and(|g| g != rejected.generation);
     let started = tokio::time::Instant::now();
     let refreshed = source.invalidate(rejected.generation).await;
     if refreshed.is_ok() && source.generation() == Some(rejected.generation) {
@@ -460,7 +466,7 @@ where
         // the upstream's answer stands.
         return Ok(resp);
     }
-    if let Some(f) = &facts {
+    if let Some(f) = facts.as_ref().filter(|_| !replaced) {
         let fact = RefreshFact {
             trigger: "forced",
             ok: refreshed.is_ok(),

@@ -362,3 +362,44 @@ async fn a_replay_that_fails_on_its_way_is_still_recorded() {
     assert_eq!(seen.retry, Some("recovered"));
     assert!(seen.refresh.is_some_and(|r| r.ok && r.trigger == "forced"));
 }
+
+/// A 401 for a generation another request's refresh has already replaced:
+/// replayed with the current credential, and the record claims no refresh
+/// for this request (none ran for it).
+#[tokio::test]
+async fn a_generation_already_replaced_is_replayed_without_a_refresh_fact() {
+    let source = Arc::new(Source {
+        generation: AtomicU64::new(8),
+        ..Default::default()
+    });
+    let rejected_first = Arc::new(AtomicUsize::new(0));
+    let answering = {
+        let n = rejected_first.clone();
+        Inner::new(tower::service_fn(move |_req: Request<ProxyBody>| {
+            let first = n.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                let mut resp = Response::new(proxy_core::empty());
+                if first {
+                    *resp.status_mut() = StatusCode::UNAUTHORIZED;
+                }
+                resp.extensions_mut().insert(CredentialUsed {
+                    id: "crm".into(),
+                    generation: if first { 7 } else { 8 },
+                    obtained_at: SystemTime::now(),
+                    expires_at: None,
+                });
+                Ok::<_, BoxError>(resp)
+            }
+        }))
+    };
+    let svc = Retry401Layer::new(source.clone(), RetryPolicy::default()).layer(answering);
+    let facts = proxy_core::facts::Facts::new();
+    let mut req = Request::get("/").body(proxy_core::empty()).unwrap();
+    proxy_core::context::RequestContext::of_mut(req.extensions_mut()).facts = Some(facts.clone());
+    let resp = svc.oneshot(req).await.unwrap();
+    assert_eq!(resp.headers()[X_LATCHKEY_RETRY], "recovered");
+    assert_eq!(source.refreshes.load(Ordering::SeqCst), 0);
+    let seen = facts.snapshot();
+    assert_eq!(seen.retry, Some("recovered"));
+    assert_eq!(seen.refresh, None, "no refresh ran for this request");
+}
