@@ -1,0 +1,171 @@
+//! Injection into headers, query and basic auth, and its audit facts.
+
+use super::*;
+use crate::config::BasicConfig;
+use secrecy::SecretString;
+use std::time::SystemTime;
+
+fn cred(v: &str) -> Arc<Credential> {
+    Arc::new(Credential::new(
+        SecretString::from(v.to_string()),
+        1,
+        SystemTime::now(),
+        None,
+    ))
+}
+
+fn inject(cfg: InjectConfig) -> Inject<()> {
+    let spec = InjectSpec::parse(Some(&cfg)).unwrap();
+    InjectLayer::new(Injection::from_spec(
+        spec,
+        Some(&cfg),
+        std::time::Duration::from_secs(1),
+    ))
+    .layer(())
+}
+
+#[test]
+fn header_default_and_custom() {
+    let mut req = Request::new(());
+    let i = InjectLayer::new(Injection::from_spec(
+        InjectSpec::parse(None).unwrap(),
+        None,
+        std::time::Duration::from_secs(1),
+    ))
+    .layer(());
+    i.apply(&mut req, &cred("abc")).unwrap();
+    assert_eq!(req.headers()["authorization"], "Bearer abc");
+    assert!(req.headers()["authorization"].is_sensitive());
+
+    let mut req = Request::new(());
+    req.headers_mut()
+        .insert("x-api-key", HeaderValue::from_static("callers"));
+    inject(InjectConfig {
+        header: Some("x-api-key".into()),
+        ..Default::default()
+    })
+    .apply(&mut req, &cred("k1"))
+    .unwrap();
+    assert_eq!(req.headers().get_all("x-api-key").iter().count(), 1);
+    assert_eq!(req.headers()["x-api-key"], "k1");
+}
+
+#[test]
+fn cached_value_follows_new_credential() {
+    let i = inject(InjectConfig {
+        header: Some("x-k".into()),
+        format: Some("K={token};".into()),
+        ..Default::default()
+    });
+    let (a, b) = (cred("one"), cred("two"));
+    for (c, want) in [(&a, "K=one;"), (&a, "K=one;"), (&b, "K=two;")] {
+        let mut req = Request::new(());
+        i.apply(&mut req, c).unwrap();
+        assert_eq!(req.headers()["x-k"], want);
+    }
+}
+
+#[test]
+fn query_replaces_callers_param_and_keeps_the_rest() {
+    let uri: Uri = "/v1/search?q=a%20b&api_key=evil&x=1".parse().unwrap();
+    let out = set_query_param(&uri, "api_key", "s3cr&t").unwrap();
+    assert_eq!(out.to_string(), "/v1/search?q=a%20b&x=1&api_key=s3cr%26t");
+    let out = set_query_param(&"/p".parse().unwrap(), "k", "v").unwrap();
+    assert_eq!(out.to_string(), "/p?k=v");
+}
+
+#[test]
+fn basic_auth() {
+    let i = inject(InjectConfig {
+        basic: Some(BasicConfig {
+            username: Username::Plain("svc".into()),
+        }),
+        ..Default::default()
+    });
+    let mut req = Request::new(());
+    i.apply(&mut req, &cred("pw")).unwrap();
+    assert_eq!(req.headers()["authorization"], "Basic c3ZjOnB3");
+}
+
+#[test]
+fn spec_errors_name_the_field() {
+    let e = InjectSpec::parse(Some(&InjectConfig {
+        header: Some("x y".into()),
+        ..Default::default()
+    }))
+    .unwrap_err();
+    assert_eq!(e.path, ".header");
+    let e = InjectSpec::parse(Some(&InjectConfig {
+        header: Some("x-k".into()),
+        format: Some("Bearer".into()),
+        ..Default::default()
+    }))
+    .unwrap_err();
+    assert_eq!(e.path, ".format");
+    let e = InjectSpec::parse(Some(&InjectConfig {
+        header: Some("Host".into()),
+        ..Default::default()
+    }))
+    .unwrap_err();
+    assert_eq!(e.path, ".header");
+    let e = InjectSpec::parse(Some(&InjectConfig::default())).unwrap_err();
+    assert_eq!(e.path, "");
+}
+
+#[test]
+fn bad_credential_bytes_are_an_error_without_the_value() {
+    let i = inject(InjectConfig {
+        header: Some("x-k".into()),
+        ..Default::default()
+    });
+    let mut req = Request::new(());
+    let err = i.apply(&mut req, &cred("bad\nvalue")).unwrap_err();
+    assert!(!err.contains("bad"));
+}
+
+/// A credential that cannot be injected (a refreshed value with bytes
+/// a header cannot hold, on a 401 retry's replay) replaces what an
+/// earlier attempt recorded: the record never claims it was sent.
+#[tokio::test]
+async fn a_credential_that_cannot_be_injected_is_recorded_unavailable() {
+    use crate::facts::{CredentialFact, CredentialOutcome, Facts};
+    use tower::ServiceExt as _;
+    let facts = Facts::new();
+    facts.update(|f| {
+        f.credential = Some(CredentialFact {
+            id: "k".into(),
+            generation: Some(1),
+            outcome: CredentialOutcome::Injected,
+            obtained_at: None,
+            expires_at: None,
+        });
+    });
+    let svc = InjectLayer::new(Injection::from_spec(
+        InjectSpec::parse(None).unwrap(),
+        None,
+        std::time::Duration::from_secs(1),
+    ))
+    .layer(tower::service_fn(|_: Request<()>| async {
+        Ok::<_, BoxError>(())
+    }));
+    let mut req = Request::new(());
+    let ctx = crate::context::RequestContext::of_mut(req.extensions_mut());
+    ctx.facts = Some(facts.clone());
+    ctx.acquired = Some(crate::acquire::Acquired {
+        credential: cred("bad\nvalue"),
+        used: crate::credential::CredentialUsed {
+            id: "k".into(),
+            generation: 2,
+            obtained_at: SystemTime::now(),
+            expires_at: None,
+        },
+    });
+    assert!(svc.oneshot(req).await.is_err());
+    let seen = facts.snapshot();
+    assert_eq!(seen.rejected_by, Some("credential"));
+    let c = seen.credential.unwrap();
+    assert_eq!(
+        (c.outcome, c.generation),
+        (CredentialOutcome::Unavailable, None)
+    );
+}
