@@ -163,13 +163,17 @@ impl Body for Prefixed {
     }
 
     fn size_hint(&self) -> SizeHint {
+        // The prefix counts in the upper bound only. A lower bound is a
+        // promise that is safe to understate, and `http_body_util::Limited`
+        // (a route's `max_request_body`) takes a lower bound that reaches
+        // its limit for the exact length: the body would go out with a
+        // `Content-Length` of the limit, cut there, instead of failing as
+        // too large.
         let mut h = self.rest.size_hint();
         let p = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
-        // Upper first: `set_lower` asserts lower <= upper.
         if let Some(u) = h.upper() {
             h.set_upper(u.saturating_add(p));
         }
-        h.set_lower(h.lower().saturating_add(p));
         h
     }
 }
@@ -266,16 +270,45 @@ mod tests {
         assert_eq!(collect(replay.unwrap().body()).await, "ababab");
     }
 
-    /// What was read plus the rest: its size hint adds up, with an upper
-    /// bound too (setting the lower bound first tripped http-body's
-    /// lower <= upper assertion).
+    /// What was read plus the rest: the prefix counts in the upper bound
+    /// (adding it to the lower bound first tripped http-body's lower <=
+    /// upper assertion), not in the lower one (see `size_hint`).
     #[test]
-    fn a_prefixed_body_hints_its_whole_size() {
+    fn a_prefixed_body_hints_an_upper_bound_with_its_prefix() {
         let body = Prefixed {
             prefix: Some(Bytes::from_static(b"abc")),
             rest: proxy_core::full("12345"),
         };
-        assert_eq!(body.size_hint().exact(), Some(8));
+        let h = body.size_hint();
+        assert_eq!((h.lower(), h.upper()), (5, Some(8)));
+    }
+
+    /// A body still arriving when its prefix reaches a route's
+    /// `max_request_body` exactly fails as too large once more arrives;
+    /// it is not cut at the limit and sent as complete.
+    #[tokio::test]
+    async fn a_prefix_at_a_body_limit_is_not_sent_as_the_whole_body() {
+        let (first, replay) = capture(then_pending_after(&["aaaa", "bbbb"]), None, 1024)
+            .await
+            .unwrap();
+        assert!(replay.is_none());
+        // Both chunks had arrived: an 8-byte prefix, and a limit of 8.
+        let mut limited = http_body_util::Limited::new(first, 8);
+        let hint = limited.size_hint();
+        assert_eq!(hint.exact(), None, "{hint:?}");
+        let frame = limited.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "aaaabbbb");
+    }
+
+    /// `chunks`, then nothing more for now.
+    fn then_pending_after(chunks: &[&'static str]) -> ProxyBody {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
+            .collect();
+        boxed(http_body_util::StreamBody::new(
+            stream::iter(frames).chain(stream::pending()),
+        ))
     }
 
     #[tokio::test]
