@@ -29,6 +29,7 @@ use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt};
 use redis::aio::ConnectionManager;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -73,7 +74,7 @@ struct Inner {
     timeout: Duration,
     /// Identifies this process in lock values.
     owner: String,
-    health: Mutex<Result<(), String>>,
+    health: Health,
 }
 
 impl fmt::Debug for RedisStore {
@@ -123,7 +124,7 @@ impl RedisStore {
                 lease: settings.lease,
                 timeout: settings.timeout,
                 owner: format!("{}-{:016x}", std::process::id(), fastrand::u64(..)),
-                health: Mutex::new(Ok(())),
+                health: Health::default(),
             }),
         })
     }
@@ -150,6 +151,7 @@ impl Inner {
         cmd: impl FnOnce(&mut ConnectionManager) -> BoxFuture<'_, redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn.clone();
+        let seq = self.health.begin();
         let result = match tokio::time::timeout(self.timeout, cmd(&mut conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e))
@@ -176,10 +178,48 @@ impl Inner {
             Err(StoreError::Unavailable(e)) => Err(e.clone()),
             _ => Ok(()),
         };
-        if let Ok(mut h) = self.health.lock() {
-            *h = health;
-        }
+        self.health.end(seq, health);
         result
+    }
+}
+
+/// The store's health: the outcome of the command started last. A
+/// command that started before another but finished after it (a lock
+/// release still in flight when Redis went down) does not overwrite what
+/// the later one found.
+#[derive(Debug)]
+struct Health {
+    started: AtomicU64,
+    /// The sequence number of the command that set `result`, and it.
+    last: Mutex<(u64, Result<(), String>)>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            started: AtomicU64::new(0),
+            last: Mutex::new((0, Ok(()))),
+        }
+    }
+}
+
+impl Health {
+    /// A command starts: its sequence number.
+    fn begin(&self) -> u64 {
+        self.started.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Command `seq` ended with `result`.
+    fn end(&self, seq: u64, result: Result<(), String>) {
+        if let Ok(mut last) = self.last.lock()
+            && seq >= last.0
+        {
+            *last = (seq, result);
+        }
+    }
+
+    fn get(&self) -> Result<(), String> {
+        self.last.lock().map_or(Ok(()), |l| l.1.clone())
     }
 }
 
@@ -391,7 +431,7 @@ impl Store for RedisStore {
     }
 
     fn health(&self) -> Result<(), String> {
-        self.inner.health.lock().map_or(Ok(()), |h| h.clone())
+        self.inner.health.get()
     }
 }
 
@@ -419,5 +459,24 @@ async fn renew_lease(store: RedisStore, lock_key: String, token: String, lease_m
                 tracing::warn!(lock = %lock_key, error = %e, "could not renew the refresh lock")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Health;
+
+    /// The command started last decides, whatever order they end in.
+    #[test]
+    fn health_is_the_outcome_of_the_command_started_last() {
+        let h = Health::default();
+        let release = h.begin();
+        let lock = h.begin();
+        h.end(lock, Err("redis lock: refused".into()));
+        h.end(release, Ok(()));
+        assert_eq!(h.get(), Err("redis lock: refused".into()));
+        let next = h.begin();
+        h.end(next, Ok(()));
+        assert_eq!(h.get(), Ok(()));
     }
 }
