@@ -373,6 +373,10 @@ async fn userinfo_in_the_host_is_neither_forwarded_nor_recorded() {
     let records = sink.requests();
     assert_eq!(records.len(), 1, "{records:#?}");
     assert_eq!(records[0]["audit"]["host"], caller_host.as_str());
+    // Nor the error of a request that matches no route.
+    let (status, _, body) = get_as_billing(&p, "/nowhere", &[("host", &with_userinfo)]).await;
+    assert_eq!(status, http::StatusCode::NOT_FOUND);
+    assert!(!String::from_utf8_lossy(&body).contains("s3cret-userinfo"));
     let all = format!("{:?}", sink.records());
     assert!(!all.contains("s3cret-userinfo"), "{all}");
 }

@@ -154,7 +154,14 @@ impl Service<Request<ProxyBody>> for Forward {
         // already what `X-Forwarded-Host` needs; else the authority, or the
         // host without a `user:password@` part, copied.
         let caller_host = match parts.headers.get(header::HOST) {
-            Some(h) if h.to_str().is_ok_and(|s| !s.contains('@')) => Some(h.clone()),
+            // Visible ASCII (as `to_str` checks) and no `@`, in one pass.
+            Some(h)
+                if h.as_bytes()
+                    .iter()
+                    .all(|&b| (0x20..0x7f).contains(&b) && b != b'@') =>
+            {
+                Some(h.clone())
+            }
             h => crate::router::request_host(h, &parts.uri)
                 .and_then(|host| HeaderValue::from_str(host).ok()),
         };

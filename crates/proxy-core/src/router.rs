@@ -129,8 +129,10 @@ impl<T> Router<T> {
 
 /// The host a request addressed: its `Host` header if that is visible
 /// ASCII, else its URI's authority (absolute-form and h2 requests). Any
-/// `user:password@` part is dropped: it is never routed on, written to an
-/// audit record or error, or forwarded in `X-Forwarded-Host`.
+/// `user:password@` part is dropped: it is never written to an audit
+/// record or error, or forwarded in `X-Forwarded-Host`. (Routing takes the
+/// host as it came: one with a `user:password@` part matches no host
+/// route.)
 pub fn request_host<'a>(
     host: Option<&'a http::HeaderValue>,
     uri: &'a http::Uri,

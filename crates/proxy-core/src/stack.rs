@@ -353,13 +353,21 @@ impl Service<Request<ProxyBody>> for Dispatch {
     }
 
     fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
-        let host = crate::router::request_host(req.headers().get(header::HOST), req.uri());
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
         match self.router.route(host, req.uri().path()) {
             Some(route) => Either::Left(call_now_or_wait(route.service.clone(), req)),
             None => {
                 crate::facts::record(&req, |f| f.rejected_by = Some("router"));
                 let e = NoRoute {
-                    host: host.map(crate::router::normalize_host).unwrap_or_default(),
+                    // Without any `user:password@` part (a host that has one
+                    // matches no host route).
+                    host: host
+                        .map(|h| crate::router::normalize_host(crate::router::without_userinfo(h)))
+                        .unwrap_or_default(),
                     path: req.uri().path().to_string(),
                 };
                 Either::Right(ready(Err(e.into())))
