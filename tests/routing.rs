@@ -380,3 +380,74 @@ async fn userinfo_in_the_host_is_neither_forwarded_nor_recorded() {
     let all = format!("{:?}", sink.records());
     assert!(!all.contains("s3cret-userinfo"), "{all}");
 }
+
+/// A caller's `Connection` header names hop-by-hop headers of its own hop:
+/// they are removed before a route injects its credential, so naming the
+/// injected header there cannot strip the credential (which made every
+/// request a 401 and a forced refresh).
+#[tokio::test]
+async fn connection_cannot_remove_the_injected_credential() {
+    let up = echo_upstream().await;
+    let p = start_proxy(&billing_config(
+        "[api]",
+        &format!(
+            "  - id: api
+    match: {{ path_prefix: /api/ }}
+    upstream: {}
+    credential: upstream-key
+",
+            up.url()
+        ),
+    ))
+    .await;
+    let v = echoed(
+        &get_as_billing(
+            &p,
+            "/api/x",
+            &[("connection", "authorization, x-hop"), ("x-hop", "1")],
+        )
+        .await,
+    );
+    assert_eq!(
+        echoed_header_all(&v, "authorization"),
+        [format!("Bearer {UPSTREAM_KEY}")]
+    );
+    assert_eq!(echoed_header(&v, "x-hop"), None, "named hop-by-hop: {v}");
+    assert_eq!(echoed_header(&v, "connection"), None, "{v}");
+}
+
+/// Paths that route here as one thing and resolve upstream to another
+/// (`..`, `//`, `%61`) are refused before routing, never forwarded.
+#[tokio::test]
+async fn paths_that_resolve_elsewhere_upstream_are_refused() {
+    let up = echo_upstream().await;
+    let p = start_proxy(&billing_config(
+        "[api]",
+        &format!(
+            "  - id: api
+    match: {{ path_prefix: /api/ }}
+    upstream: {}
+    credential: upstream-key
+",
+            up.url()
+        ),
+    ))
+    .await;
+    for path in [
+        "/api/x/../admin/users",
+        "/api/./admin/users",
+        "/api//admin/users",
+        "/api/%61dmin/users",
+    ] {
+        let resp = get_as_billing(&p, path, &[]).await;
+        let msg = assert_proxy_error(&resp, 400, "bad_request");
+        assert!(
+            msg.contains("could name another route's path"),
+            "{path}: {msg}"
+        );
+    }
+    assert_eq!(up.hit_count(), 0);
+    // An ordinary path with an encoded space still goes through.
+    let v = echoed(&get_as_billing(&p, "/api/a%20b", &[]).await);
+    assert_eq!(v["path"], "/api/a%20b");
+}

@@ -172,9 +172,16 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let identity = self.identify(req.headers(), req.extensions().get::<PeerIdentity>());
+        let upgrade =
+            req.version() == http::Version::HTTP_11 && crate::headers::is_upgrade(req.headers());
         let headers = req.headers_mut();
         headers.remove(header::PROXY_AUTHORIZATION);
         headers.remove(header::AUTHORIZATION);
+        // Hop-by-hop headers are this hop's, and go here, before any route
+        // injects a credential: a caller's `Connection: authorization` (or
+        // the name of any injected header) would otherwise remove the
+        // injected value when `Forward` strips what `Connection` names.
+        crate::headers::remove_hop_by_hop(headers, upgrade);
         match identity {
             Ok(id) => {
                 crate::facts::record(&req, |f| f.client.clone_from(&id.0));

@@ -333,7 +333,9 @@ impl<S> Layer<S> for InjectLayer {
 pub struct Inject<S> {
     inner: S,
     injection: Arc<Injection>,
-    cache: Arc<ArcSwapOption<(Arc<Credential>, HeaderValue)>>,
+    /// The last header rendered: for which credential, which version of a
+    /// Basic user name (0 otherwise), and the value.
+    cache: Arc<ArcSwapOption<(Arc<Credential>, u64, HeaderValue)>>,
 }
 
 impl<S> Inject<S> {
@@ -351,13 +353,20 @@ impl<S> Inject<S> {
     }
 
     fn header_for(&self, cred: &Arc<Credential>) -> Result<HeaderValue, String> {
+        // A Basic user name from a `file` secret can change on its own.
+        let user = match &*self.injection {
+            Injection::Basic { username } => username.load().map_or(0, |u| u.version()),
+            _ => 0,
+        };
         if let Some(hit) = self.cache.load().as_ref()
             && Arc::ptr_eq(&hit.0, cred)
+            && hit.1 == user
         {
-            return Ok(hit.1.clone());
+            return Ok(hit.2.clone());
         }
         let v = self.injection.render_header(cred)?;
-        self.cache.store(Some(Arc::new((cred.clone(), v.clone()))));
+        self.cache
+            .store(Some(Arc::new((cred.clone(), user, v.clone()))));
         Ok(v)
     }
 

@@ -353,6 +353,13 @@ impl Service<Request<ProxyBody>> for Dispatch {
     }
 
     fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
+        if let Some(problem) = crate::router::path_problem(req.uri().path()) {
+            crate::facts::record(&req, |f| f.rejected_by = Some("router"));
+            let e = crate::error::BadRequest(format!(
+                "the request path has {problem}, which could name another route's path upstream"
+            ));
+            return Either::Right(ready(Err(e.into())));
+        }
         let host = req
             .headers()
             .get(header::HOST)

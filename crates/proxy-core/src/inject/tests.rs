@@ -87,6 +87,41 @@ fn basic_auth() {
     assert_eq!(req.headers()["authorization"], "Basic c3ZjOnB3");
 }
 
+/// A Basic user name from a `file` secret that is rewritten: the next
+/// request carries the new name with the same credential (the rendered
+/// header is cached per credential and user name version).
+#[tokio::test(start_paused = true)]
+async fn a_rewritten_basic_user_name_is_used_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("user");
+    std::fs::write(&path, "alice").unwrap();
+    let cfg = InjectConfig {
+        basic: Some(BasicConfig {
+            username: Username::Secret(crate::secret::SecretRef::File(path.clone())),
+        }),
+        ..Default::default()
+    };
+    let spec = InjectSpec::parse(Some(&cfg)).unwrap();
+    let i = InjectLayer::new(Injection::from_spec(
+        spec,
+        Some(&cfg),
+        std::time::Duration::from_secs(1),
+    ))
+    .layer(());
+    let pw = cred("pw");
+    let mut req = Request::new(());
+    i.apply(&mut req, &pw).unwrap();
+    assert_eq!(req.headers()["authorization"], "Basic YWxpY2U6cHc=");
+    std::fs::write(&path, "bob").unwrap();
+    for _ in 0..5 {
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        tokio::task::yield_now().await;
+    }
+    let mut req = Request::new(());
+    i.apply(&mut req, &pw).unwrap();
+    assert_eq!(req.headers()["authorization"], "Basic Ym9iOnB3");
+}
+
 #[test]
 fn spec_errors_name_the_field() {
     let e = InjectSpec::parse(Some(&InjectConfig {
