@@ -66,6 +66,7 @@ pub async fn start_with(
 ) -> Result<Running, StartError> {
     let drain = config.proxy.drain_timeout;
     let max_header_bytes = usize::try_from(config.proxy.max_header_bytes).unwrap_or(usize::MAX);
+    let header_timeout = config.proxy.client_header_timeout;
     let proxy_listen = config.proxy.listen;
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
     for w in proxy_core::config::warnings(&config) {
@@ -141,10 +142,14 @@ pub async fn start_with(
         proxy,
         rx,
         drain,
-        max_header_bytes,
+        crate::server::ConnLimits {
+            max_header_bytes,
+            header_timeout,
+        },
         tls,
     ));
-    let admin_task = admin_listener.map(|l| tokio::spawn(admin::serve(l, state.clone(), admin_rx)));
+    let admin_task = admin_listener
+        .map(|l| tokio::spawn(admin::serve(l, state.clone(), admin_rx, header_timeout)));
     tracing::info!(%proxy_addr, admin_addr = ?admin_addr, "latchkey serving");
     Ok(Running {
         proxy_addr,

@@ -214,9 +214,12 @@ fn startup_bound_changes(old: &Config, new: &Config) -> Vec<String> {
     if o.tls != n.tls {
         out.push("proxy.tls changed; the listener's TLS settings apply after a restart (certificate files themselves are reloaded as they change)".to_string());
     }
-    if o.drain_timeout != n.drain_timeout || o.max_header_bytes != n.max_header_bytes {
+    if o.drain_timeout != n.drain_timeout
+        || o.max_header_bytes != n.max_header_bytes
+        || o.client_header_timeout != n.client_header_timeout
+    {
         out.push(
-            "proxy.drain_timeout / proxy.max_header_bytes changed; they apply after a restart"
+            "proxy.drain_timeout / proxy.max_header_bytes / proxy.client_header_timeout changed; they apply after a restart"
                 .to_string(),
         );
     }

@@ -35,7 +35,7 @@ use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use proxy_core::context::{ConnInfo, PeerIdentity, RequestContext, RequestId};
@@ -63,14 +63,14 @@ pub async fn serve(
     proxy: Arc<ArcSwap<Proxy>>,
     shutdown: watch::Receiver<bool>,
     drain: Duration,
-    max_header_bytes: usize,
+    limits: ConnLimits,
     tls: Option<TlsAcceptor>,
 ) -> usize {
     let graceful = GracefulShutdown::new();
     // Fired when the drain timeout expires: connections still open are
     // dropped, so a stopped proxy really is stopped (also when embedded).
     let (force_close, force_rx) = watch::channel(false);
-    let builders = Arc::new(Builders::new(max_header_bytes));
+    let builders = Arc::new(Builders::new(limits));
     let local_addr = listener.local_addr().ok();
     let stop = crate::app::stopped(shutdown.clone());
     tokio::pin!(stop);
@@ -155,10 +155,26 @@ struct Builders {
     auto: auto::Builder<TokioExecutor>,
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
+    /// Also bounds how long a plain connection's first bytes may take.
+    header_timeout: Duration,
+}
+
+/// What bounds a caller's connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    /// Largest request head (`proxy.max_header_bytes`).
+    pub max_header_bytes: usize,
+    /// Longest wait for a request head, the first or the next on a
+    /// keep-alive connection (`proxy.client_header_timeout`).
+    pub header_timeout: Duration,
 }
 
 impl Builders {
-    fn new(max_header_bytes: usize) -> Self {
+    fn new(limits: ConnLimits) -> Self {
+        let ConnLimits {
+            max_header_bytes,
+            header_timeout,
+        } = limits;
         let mut auto = auto::Builder::new(TokioExecutor::new());
         let mut h1 = http1::Builder::new();
         let mut h2 = http2::Builder::new(TokioExecutor::new());
@@ -168,7 +184,22 @@ impl Builders {
         auto.http2().max_header_list_size(max_list);
         h1.max_buf_size(max_header_bytes);
         h2.max_header_list_size(max_list);
-        Self { auto, h1, h2 }
+        // Slow and silent callers: hyper's header read timeout needs a timer
+        // to run at all. It also bounds an idle keep-alive connection's wait
+        // for its next request.
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        h2.timer(TokioTimer::new());
+        auto.http2().timer(TokioTimer::new());
+        Self {
+            auto,
+            h1,
+            h2,
+            header_timeout,
+        }
     }
 }
 
@@ -204,6 +235,28 @@ async fn sniff(stream: &TcpStream) -> std::io::Result<Sniffed> {
     })
 }
 
+/// Whether `stream`'s caller sends bytes that tell HTTP/1.1 from h2
+/// within `timeout` (for a listener whose builder reads them itself: the
+/// admin port's).
+pub(crate) async fn speaks_within(stream: &TcpStream, timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, sniff_until_sure(stream)).await,
+        Ok(Ok(Sniffed::H1 | Sniffed::H2))
+    )
+}
+
+/// [`sniff`] until the first bytes tell: a caller that has sent part of
+/// the h2 preface is looked at again every 10 ms (rare: the preface comes
+/// in one write), so it cannot hold the connection by stalling there.
+async fn sniff_until_sure(stream: &TcpStream) -> std::io::Result<Sniffed> {
+    loop {
+        match sniff(stream).await? {
+            Sniffed::Unsure => tokio::time::sleep(Duration::from_millis(10)).await,
+            sure => return Ok(sure),
+        }
+    }
+}
+
 /// Serves one plain (cleartext) connection: HTTP/1.1 or h2 with prior
 /// knowledge, told apart by its first bytes ([`sniff`]).
 async fn serve_plain(
@@ -217,7 +270,11 @@ async fn serve_plain(
         // Bytes already there are served (the h1 path then finishes the
         // request and closes), not dropped for a stop that came with them.
         biased;
-        s = sniff(&stream) => s?,
+        s = tokio::time::timeout(builders.header_timeout, sniff_until_sure(&stream)) => match s {
+            Ok(s) => s?,
+            // Silent, or stalled inside the h2 preface: closed.
+            Err(_) => return Ok(()),
+        },
         // Stopping before the caller sent anything: nothing is in flight.
         () = crate::app::stopped(shutdown.clone()) => return Ok(()),
     };
@@ -229,6 +286,7 @@ async fn serve_plain(
             let conn = builders.h2.serve_connection(TokioIo::new(stream), svc);
             Box::pin(watcher.watch(conn)).await.map_err(Into::into)
         }
+        // Not from `sniff_until_sure`; served as the auto builder would.
         Sniffed::Unsure => Box::pin(serve_conn(&builders.auto, watcher, stream, svc)).await,
         Sniffed::Closed => Ok(()),
     }

@@ -109,3 +109,61 @@ fn limits_are_validated() {
         );
     }
 }
+
+/// A caller that sends half a request head, one that sends nothing, and an
+/// idle keep-alive connection are all closed after
+/// `proxy.client_header_timeout`, on the proxy and the admin port: slow
+/// callers cannot hold connections (and file descriptors) open forever.
+/// Paused clock: the timeouts fire as soon as nothing else can happen.
+#[tokio::test(start_paused = true)]
+async fn slow_silent_and_idle_callers_are_closed_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let up = echo_upstream().await;
+    let p = start_proxy(&limited("client_header_timeout: 5s", &up.url())).await;
+    let proxy = p.base.trim_start_matches("http://").to_owned();
+    let admin = p.admin.trim_start_matches("http://").to_owned();
+    for addr in [proxy.as_str(), admin.as_str()] {
+        let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
+        half.write_all(b"GET /api/x HTTP/1.1\r\nHost: a\r\n")
+            .await
+            .unwrap();
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        idle.write_all(
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: a\r\nAuthorization: {}\r\n\r\n",
+                bearer(CLIENT_TOKEN)
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let started = tokio::time::Instant::now();
+        for (what, conn) in [("half a head", &mut half), ("nothing", &mut silent)] {
+            let mut buf = Vec::new();
+            let read = tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                conn.read_to_end(&mut buf),
+            )
+            .await;
+            assert!(
+                read.is_ok(),
+                "{addr}: a caller that sent {what} is still connected"
+            );
+        }
+        // The idle one got its answer, then the connection was closed.
+        let mut buf = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            idle.read_to_end(&mut buf),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{addr}: an idle keep-alive connection stays open"))
+        .unwrap();
+        assert!(buf.starts_with(b"HTTP/1.1 "), "{addr}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{addr}"
+        );
+    }
+}

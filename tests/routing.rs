@@ -367,7 +367,7 @@ async fn userinfo_in_the_host_is_neither_forwarded_nor_recorded() {
     let v = echoed(&get_as_billing(&p, "/api/x", &[("host", &with_userinfo)]).await);
     assert_eq!(
         echoed_header_all(&v, "x-forwarded-host"),
-        [caller_host.clone()]
+        std::slice::from_ref(&caller_host)
     );
     assert!(!v.to_string().contains("s3cret-userinfo"), "{v}");
     let records = sink.requests();

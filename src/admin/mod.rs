@@ -67,22 +67,46 @@ impl AdminState {
 }
 
 /// Serves the admin endpoints until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: watch::Receiver<bool>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+/// A caller gets `header_timeout` to send a request head (the first, or
+/// the next on a keep-alive connection).
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    shutdown: watch::Receiver<bool>,
+    header_timeout: std::time::Duration,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder.http2().timer(hyper_util::rt::TokioTimer::new());
     let stop = crate::app::stopped(shutdown);
     tokio::pin!(stop);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors, say: not a busy loop.
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
                 let state = state.clone();
+                let builder = builder.clone();
                 let svc = hyper::service::service_fn(move |req| {
                     let state = state.clone();
                     async move { Ok::<_, std::convert::Infallible>(handle(&state, req, peer).await) }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    // The auto builder reads the first bytes itself, with no
+                    // timeout: a silent caller is dropped here.
+                    if crate::server::speaks_within(&stream, header_timeout).await {
+                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                    }
                 });
             }
             _ = &mut stop => return,

@@ -26,6 +26,9 @@ pub(super) fn default_drain() -> Duration {
 pub(super) fn default_max_concurrent() -> usize {
     10_000
 }
+pub(super) fn default_client_header_timeout() -> Duration {
+    Duration::from_secs(60)
+}
 pub(super) fn default_max_header() -> u64 {
     64 << 10
 }

@@ -468,3 +468,26 @@ fn upstream_pool_settings_default_parse_and_are_checked() {
         );
     }
 }
+
+/// A password in an upstream or token URL never reaches an error (which
+/// goes to logs and to the reload API's answer).
+#[test]
+fn url_passwords_are_not_echoed_in_errors() {
+    for (url, want) in [
+        (
+            "http://admin:hunter2-canary@127.0.0.1:1/base",
+            "\"http://***@127.0.0.1:1/base\": user info in the upstream URL is not supported",
+        ),
+        (
+            "ftp://u:hunter2-canary@x",
+            "\"ftp://***@x\": scheme must be http or https",
+        ),
+        ("u:hunter2-canary@x/y", "\"***@x/y\""),
+    ] {
+        let got = err_of(&with_route(&format!(
+            "{{ id: r, match: {{ path_prefix: /a/ }}, upstream: \"{url}\", credential: k }}"
+        )));
+        assert!(!got.contains("hunter2-canary"), "{got}");
+        assert!(got.contains(want), "want {want}\ngot  {got}");
+    }
+}

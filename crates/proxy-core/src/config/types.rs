@@ -7,10 +7,10 @@
 
 use super::credentials::{CredentialConfig, FileStoreSettings, RedisSettings};
 use super::serde_util::{
-    de_duration, de_duration_or_zero, de_opt_size, de_size, default_connect_timeout, default_drain,
-    default_max_concurrent, default_max_header, default_poll, default_replay_limit,
-    default_retry_statuses, default_timeout, default_true, default_upstream_h2_keepalive,
-    default_upstream_idle, default_upstream_max_idle, ser_duration,
+    de_duration, de_duration_or_zero, de_opt_size, de_size, default_client_header_timeout,
+    default_connect_timeout, default_drain, default_max_concurrent, default_max_header,
+    default_poll, default_replay_limit, default_retry_statuses, default_timeout, default_true,
+    default_upstream_h2_keepalive, default_upstream_idle, default_upstream_max_idle, ser_duration,
 };
 use crate::secret::SecretRef;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -117,6 +117,15 @@ pub struct ProxySettings {
     /// (default `64KiB`); larger gets 431.
     #[serde(default = "default_max_header", deserialize_with = "de_size")]
     pub max_header_bytes: u64,
+    /// How long a caller may take to send a request head, and how long an
+    /// idle keep-alive connection waits for the next one (default `60s`,
+    /// nginx's `client_header_timeout`); then the connection is closed.
+    #[serde(
+        default = "default_client_header_timeout",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub client_header_timeout: Duration,
     /// Idle HTTP/1.1 connections kept per upstream origin (default 256;
     /// 0 keeps none: a connection per request).
     #[serde(default = "default_upstream_max_idle")]
@@ -398,30 +407,50 @@ pub struct UpstreamUrl {
     pub base_path: String,
 }
 
+/// `url`, quoted, for an error message: a `user:password@` part is shown
+/// as `***@` (error messages reach logs and the reload API's answer).
+fn shown(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((_, host)) => {
+            let scheme = scheme.map(|s| format!("{s}://")).unwrap_or_default();
+            format!("{:?}", format!("{scheme}***@{host}{tail}"))
+        }
+        None => format!("{url:?}"),
+    }
+}
+
 impl UpstreamUrl {
-    /// Parses and checks an upstream URL.
+    /// Parses and checks an upstream URL. Errors never quote a
+    /// `user:password@` part.
     pub fn parse(s: &str) -> Result<Self, String> {
+        let shown = shown(s);
         let uri: http::Uri = s
             .parse()
-            .map_err(|e| format!("{s:?} is not a valid URL: {e}"))?;
+            .map_err(|e| format!("{shown} is not a valid URL: {e}"))?;
         let scheme = uri
             .scheme()
             .cloned()
-            .ok_or_else(|| format!("{s:?} needs a scheme (https:// or http://)"))?;
+            .ok_or_else(|| format!("{shown} needs a scheme (https:// or http://)"))?;
         if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
-            return Err(format!("{s:?}: scheme must be http or https"));
+            return Err(format!("{shown}: scheme must be http or https"));
         }
         let authority = uri
             .authority()
             .cloned()
-            .ok_or_else(|| format!("{s:?} needs a host"))?;
+            .ok_or_else(|| format!("{shown} needs a host"))?;
         if authority.as_str().contains('@') {
             return Err(format!(
-                "{s:?}: user info in the upstream URL is not supported; use a credential"
+                "{shown}: user info in the upstream URL is not supported; use a credential"
             ));
         }
         if uri.query().is_some() {
-            return Err(format!("{s:?}: an upstream URL cannot have a query"));
+            return Err(format!("{shown}: an upstream URL cannot have a query"));
         }
         let base_path = uri.path().trim_end_matches('/').to_string();
         Ok(Self {

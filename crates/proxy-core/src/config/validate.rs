@@ -81,6 +81,14 @@ pub fn validate(config: &Config) -> Result<(), Vec<FieldError>> {
             "must be 0s (off) or between 1s and 1h",
         ));
     }
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600))
+        .contains(&config.proxy.client_header_timeout)
+    {
+        errs.push(FieldError::new(
+            "proxy.client_header_timeout",
+            "must be between 1s and 1h",
+        ));
+    }
     if !(8 << 10..=16 << 20).contains(&config.proxy.max_header_bytes) {
         errs.push(FieldError::new(
             "proxy.max_header_bytes",
