@@ -7,7 +7,7 @@
 //! finish (up to `proxy.drain_timeout`), then the admin listener closes.
 
 use crate::admin::{self, AdminState};
-use crate::build::{Proxy, StartOptions, build_proxy_with};
+use crate::build::{Kept, Proxy, StartOptions, build_proxy_with};
 use crate::reload::{self, ReloadError, ReloadOutcome, Reloader};
 use arc_swap::ArcSwap;
 use proxy_core::config::{Config, ConfigError};
@@ -77,13 +77,16 @@ pub async fn start_with(
         Some(t) => Some(crate::tls::acceptor(t, file)?),
         None => None,
     };
-    let upstreams = Arc::new(UpstreamClients::with_settings(PoolSettings {
-        max_idle: config.proxy.upstream_max_idle,
-        idle_timeout: config.proxy.upstream_idle_timeout,
-        h2_keepalive: Some(config.proxy.upstream_h2_keepalive).filter(|d| !d.is_zero()),
-    }));
+    let kept = Arc::new(Kept {
+        upstreams: UpstreamClients::with_settings(PoolSettings {
+            max_idle: config.proxy.upstream_max_idle,
+            idle_timeout: config.proxy.upstream_idle_timeout,
+            h2_keepalive: Some(config.proxy.upstream_h2_keepalive).filter(|d| !d.is_zero()),
+        }),
+        memory: Arc::default(),
+    });
     let proxy = Arc::new(ArcSwap::from_pointee(build_proxy_with(
-        config, file, &options, None, &upstreams,
+        config, file, &options, None, &kept,
     )?));
 
     let listener = bind(proxy_listen).map_err(|source| StartError::Bind {
@@ -119,7 +122,7 @@ pub async fn start_with(
             path,
             proxy.clone(),
             options.clone(),
-            upstreams.clone(),
+            kept.clone(),
         ))
     });
     let mut watchers = Vec::new();

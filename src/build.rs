@@ -45,17 +45,26 @@ pub fn credential_sources(
     config: &Config,
     file: &str,
 ) -> Result<HashMap<String, Arc<dyn CredentialSource>>, ConfigError> {
-    credential_sources_with(config, file, None, None)
+    credential_sources_with(config, file, None, None, &Arc::new(MemoryStore::new()))
 }
 
 /// Like [`credential_sources`], reporting every refresh attempt to
 /// `observer` (audit records and metrics), and reusing the sources of
 /// `previous` for credentials whose config did not change.
+///
+/// Credentials with `store: memory` keep their state in `memory`, the
+/// running process's one memory store, kept across reloads like a file
+/// or Redis store: a credential whose settings changed but whose provider
+/// did not (a new `refresh.buffer`, say) starts from the state the old
+/// source left, its rotated refresh token included, not from the config's
+/// seed, which the token endpoint has already consumed. A changed provider
+/// (another endpoint, client or seed) starts afresh.
 pub fn credential_sources_with(
     config: &Config,
     file: &str,
     observer: Option<Arc<dyn RefreshObserver>>,
     previous: Option<&Proxy>,
+    memory: &Arc<MemoryStore>,
 ) -> Result<HashMap<String, Arc<dyn CredentialSource>>, ConfigError> {
     let poll = config.secrets.file_poll_interval;
     let mut errs = Vec::new();
@@ -121,7 +130,12 @@ pub fn credential_sources_with(
                 (StoreKind::File, Some(fs), _) => fs.clone(),
                 (StoreKind::Redis, _, Some(rs)) => rs.clone(),
                 (StoreKind::File | StoreKind::Redis, ..) => continue,
-                (StoreKind::Memory, ..) => Arc::new(MemoryStore::new()),
+                (StoreKind::Memory, ..) => {
+                    if !same_provider(previous, c) {
+                        memory.forget(&c.id);
+                    }
+                    memory.clone()
+                }
             };
             Arc::new(RefreshingSource::with_observer(
                 c.id.as_str(),
@@ -138,6 +152,20 @@ pub fn credential_sources_with(
     } else {
         Err(ConfigError::new(file, errs))
     }
+}
+
+/// Whether `previous` had credential `c` with the same provider and a
+/// memory store: the state it left (in the shared memory store) is `c`'s.
+fn same_provider(previous: Option<&Proxy>, c: &CredentialConfig) -> bool {
+    previous
+        .and_then(|p| p.config.credentials.iter().find(|o| o.id == c.id))
+        .is_some_and(|o| {
+            o.store == StoreKind::Memory
+                && o.oauth2 == c.oauth2
+                && o.exec == c.exec
+                && o.file == c.file
+                && o.static_ == c.static_
+        })
 }
 
 /// The previous source of `c` if nothing that shapes it changed: its own
@@ -235,8 +263,18 @@ pub fn build_proxy(config: Config, file: &str) -> Result<Proxy, ConfigError> {
         file,
         &StartOptions::default(),
         None,
-        &UpstreamClients::new(),
+        &Kept::default(),
     )
+}
+
+/// What a running proxy keeps across reloads.
+#[derive(Debug, Default)]
+pub struct Kept {
+    /// The upstream connection pools, so they stay warm.
+    pub upstreams: UpstreamClients,
+    /// The state of `store: memory` credentials (see
+    /// [`credential_sources_with`]).
+    pub memory: Arc<MemoryStore>,
 }
 
 /// Builds the proxy service for `config` (no listeners): the stack from
@@ -245,13 +283,14 @@ pub fn build_proxy(config: Config, file: &str) -> Result<Proxy, ConfigError> {
 /// Prometheus recorder when `metrics.enabled`.
 ///
 /// With `previous` (a reload), unchanged credentials keep their sources;
-/// `upstreams` is shared across reloads so connection pools stay warm.
+/// `kept` is shared across reloads so connection pools stay warm and
+/// memory-stored credentials keep their state.
 pub fn build_proxy_with(
     config: Config,
     file: &str,
     options: &StartOptions,
     previous: Option<&Proxy>,
-    upstreams: &UpstreamClients,
+    kept: &Kept,
 ) -> Result<Proxy, ConfigError> {
     let config = Arc::new(config);
     let sink: Option<Arc<dyn AuditSink>> = config.audit.enabled.then(|| {
@@ -266,7 +305,7 @@ pub fn build_proxy_with(
     }
     let observer: Option<Arc<dyn RefreshObserver>> = (sink.is_some() || metrics)
         .then(|| Arc::new(AuditObserver::new(sink.clone(), metrics)) as Arc<dyn RefreshObserver>);
-    let sources = credential_sources_with(&config, file, observer, previous)?;
+    let sources = credential_sources_with(&config, file, observer, previous, &kept.memory)?;
     let audit = match (sink, metrics) {
         (Some(sink), metrics) => AuditLayer::new(sink, metrics),
         (None, true) => AuditLayer::metrics_only(),
@@ -275,5 +314,12 @@ pub fn build_proxy_with(
     // Not type-erased: the listener calls the concrete stack, and hyper
     // keeps its future in the connection's one reused allocation instead
     // of a boxed future per request.
-    stack::build_typed(config, file, &sources, upstreams, &LatchkeyLayers, audit)
+    stack::build_typed(
+        config,
+        file,
+        &sources,
+        &kept.upstreams,
+        &LatchkeyLayers,
+        audit,
+    )
 }

@@ -18,11 +18,10 @@
 //! a mounted ConfigMap by swapping a `..data` symlink in that directory, which
 //! a watch on the file itself never sees.
 
-use crate::build::{Proxy, StartOptions, build_proxy_with};
+use crate::build::{Kept, Proxy, StartOptions, build_proxy_with};
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use proxy_core::config::{Config, ConfigError};
-use proxy_core::upstream::UpstreamClients;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,7 +63,7 @@ pub struct Reloader {
     file: String,
     proxy: Arc<ArcSwap<Proxy>>,
     options: StartOptions,
-    upstreams: Arc<UpstreamClients>,
+    kept: Arc<Kept>,
     /// How many times the file was read (observability for tests and
     /// debugging: a busy directory must not make this climb).
     reads: std::sync::atomic::AtomicU64,
@@ -80,7 +79,7 @@ impl Reloader {
         path: PathBuf,
         proxy: Arc<ArcSwap<Proxy>>,
         options: StartOptions,
-        upstreams: Arc<UpstreamClients>,
+        kept: Arc<Kept>,
     ) -> Self {
         let initial = std::fs::read(&path).ok();
         Self {
@@ -88,7 +87,7 @@ impl Reloader {
             path,
             proxy,
             options,
-            upstreams,
+            kept,
             reads: std::sync::atomic::AtomicU64::new(0),
             last: tokio::sync::Mutex::new(initial),
         }
@@ -162,13 +161,7 @@ impl Reloader {
             .map_err(|_| ConfigError::single(&self.file, "", "the config file is not UTF-8"))?;
         let config = Config::from_yaml(&text, &self.file)?;
         let restart_required = startup_bound_changes(&old.config, &config);
-        let new = build_proxy_with(
-            config,
-            &self.file,
-            &self.options,
-            Some(&old),
-            &self.upstreams,
-        )?;
+        let new = build_proxy_with(config, &self.file, &self.options, Some(&old), &self.kept)?;
 
         let (mut kept, mut added) = (Vec::new(), Vec::new());
         for src in &new.credentials {

@@ -494,3 +494,60 @@ async fn sighup_reloads_the_running_binary() {
     let status = child.wait().expect("wait");
     assert!(status.success(), "{status:?}");
 }
+
+/// A `store: memory` credential whose settings change but whose provider
+/// does not (here `refresh.buffer`) keeps its state across the reload: the
+/// new source adopts the token held (no token call) and its next refresh
+/// sends the rotated refresh token, not the config's seed, which the
+/// endpoint has already consumed (`invalid_grant`, and with reuse
+/// detection the whole token family revoked).
+#[tokio::test]
+async fn a_rebuilt_memory_credential_keeps_its_rotated_refresh_token() {
+    let up = echo_upstream().await;
+    let ep = token_endpoint::start(EndpointOptions {
+        expires_in: 3600,
+        rotate: true,
+        initial_refresh_token: "rt-seed".into(),
+        client_id: Some("latchkey".into()),
+        client_secret: Some("cs".into()),
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("latchkey.yaml");
+    let config = yaml("127.0.0.1:0", &up.url(), &ep.url, "", "30s").replace(
+        "      grant: client_credentials\n",
+        "      grant: refresh_token\n      refresh_token: { value: rt-seed }\n",
+    );
+    std::fs::write(&path, &config).expect("write");
+    let running = start(&path, false).await;
+    let base = format!("http://{}", running.proxy_addr);
+    assert_eq!(get_as_app(&base, "/a/x").await.0, 200);
+    // One more rotation: the seed and its successor are both spent now.
+    running.proxy().credentials[0]
+        .refresh_now()
+        .await
+        .expect("manual refresh");
+    let rotated = ep.current_refresh_token().expect("a refresh token");
+    let calls = ep.calls();
+    assert_eq!(calls, 2);
+
+    std::fs::write(
+        &path,
+        config.replace(
+            "      client_secret: { value: cs }\n",
+            "      client_secret: { value: cs }\n    refresh: { buffer: 120s }\n",
+        ),
+    )
+    .expect("rewrite");
+    let o = running.reload().await.expect("reload");
+    assert_eq!(o.credentials_new, ["oauth"]);
+    assert_eq!(get_as_app(&base, "/a/x").await.0, 200);
+    assert_eq!(ep.calls(), calls, "the held token was adopted");
+    running.proxy().credentials[0]
+        .refresh_now()
+        .await
+        .expect("a refresh after the reload");
+    assert_eq!(ep.last_form_value("refresh_token"), Some(rotated));
+    assert_eq!(ep.invalid_grants(), 0);
+    running.shutdown().await;
+}
