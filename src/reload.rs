@@ -231,8 +231,10 @@ fn startup_bound_changes(old: &Config, new: &Config) -> Vec<String> {
                 .to_string(),
         );
     }
-    if old.audit != new.audit {
-        out.push("audit output changed; the destination applies after a restart".to_string());
+    // `audit.enabled` applies at once (the audit layer is rebuilt with the
+    // proxy); where records go is opened at startup.
+    if old.audit.file != new.audit.file {
+        out.push("audit.file changed; the destination applies after a restart".to_string());
     }
     out
 }
@@ -291,4 +293,46 @@ pub fn on_sighup(reloader: Arc<Reloader>) -> std::io::Result<tokio::task::JoinHa
             let _ = reloader.reload("sighup", false).await;
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        Config::from_yaml(
+            &format!("proxy: {{ listen: 127.0.0.1:0{extra} }}\naudit: {{ enabled: true }}\n"),
+            "t.yaml",
+        )
+        .unwrap()
+    }
+
+    /// What a reload applies is not reported as needing a restart, and
+    /// what it does not apply is.
+    #[test]
+    fn restart_notes_name_exactly_what_a_reload_does_not_apply() {
+        let old = config("");
+        let off = Config::from_yaml(
+            "proxy: { listen: 127.0.0.1:0 }\naudit: { enabled: false }\n",
+            "t.yaml",
+        )
+        .unwrap();
+        assert!(startup_bound_changes(&old, &off).is_empty());
+        let to_file = Config::from_yaml(
+            "proxy: { listen: 127.0.0.1:0 }\naudit: { enabled: true, file: /tmp/x.log }\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let notes = startup_bound_changes(&old, &to_file);
+        assert!(
+            notes.iter().any(|n| n.starts_with("audit.file changed")),
+            "{notes:?}"
+        );
+        let slower = config(", client_header_timeout: 90s");
+        let notes = startup_bound_changes(&old, &slower);
+        assert!(
+            notes.iter().any(|n| n.contains("client_header_timeout")),
+            "{notes:?}"
+        );
+    }
 }
