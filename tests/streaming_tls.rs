@@ -573,3 +573,40 @@ async fn graceful_stop_drains_in_flight_requests_then_refuses_connections() {
     );
     assert_eq!(up.hit_count(), 1);
 }
+
+/// A WebSocket to an https upstream that offers h2: the handshake goes on
+/// an HTTP/1.1 connection of its own (ALPN http/1.1 only), also when the
+/// route's other requests share an h2 connection, which has no upgrade
+/// (on it the handshake arrived as a plain GET).
+#[tokio::test]
+async fn websocket_to_an_https_upstream_that_offers_h2_is_bridged() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = ca.write_ca(dir.path());
+    let up = tls_ws_echo_upstream(&ca).await;
+    let proxy = start_proxy(&config(
+        "",
+        &format!(
+            "  - {{ id: ws, match: {{ path_prefix: /ws/ }}, strip_prefix: true, upstream: \"https://127.0.0.1:{port}\", ca_file: \"{ca}\", credential: key, inject: {{ header: x-api-key }} }}",
+            port = up.addr.port(),
+            ca = ca_path.display()
+        ),
+    ))
+    .await;
+    let url = format!("{}/ws/chat", proxy.base.replacen("http://", "ws://", 1));
+    for round in 0..2 {
+        let mut req = url.clone().into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", bearer().parse().unwrap());
+        let (mut ws, resp) = with_timeout(tokio_tungstenite::connect_async(req))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: handshake through the proxy: {e}"));
+        assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        ws.send(Message::text("over http/1.1")).await.unwrap();
+        let reply = with_timeout(ws.next()).await.unwrap().unwrap();
+        assert_eq!(reply, Message::text("over http/1.1"));
+        with_timeout(ws.close(None)).await.unwrap();
+    }
+    assert_eq!(up.hit_count(), 2);
+    assert_eq!(up.ws_header("x-api-key").as_deref(), Some(UPSTREAM_KEY));
+}

@@ -26,6 +26,7 @@ pub mod proxy_helpers;
 pub mod redis_server;
 pub mod retry;
 pub mod token_endpoint;
+mod ws;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -37,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
+use futures_util::{FutureExt as _, StreamExt as _};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full, StreamBody};
@@ -53,10 +54,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::handshake::server::{
-    ErrorResponse as WsErrorResponse, Request as WsRequest, Response as WsResponse,
-};
 
 /// Response body type shared by all test servers, so one accept loop fits them all.
 pub type TestBody = BoxBody<Bytes, Infallible>;
@@ -340,54 +337,14 @@ pub async fn sse_upstream(gate: tokio::sync::oneshot::Receiver<()>) -> Upstream 
 /// each handshake's request headers in [`Upstream::ws_headers`]. `hits`
 /// counts accepted handshakes.
 pub async fn ws_echo_upstream() -> Upstream {
-    let (listener, addr) = bind();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let ws_headers: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let (conn_hits, conn_headers) = (Arc::clone(&hits), Arc::clone(&ws_headers));
-    let task = spawn_accept_loop(listener, move |stream| {
-        let hits = Arc::clone(&conn_hits);
-        let headers = Arc::clone(&conn_headers);
-        async move {
-            #[expect(
-                clippy::result_large_err,
-                reason = "tungstenite's Callback trait fixes the error type"
-            )]
-            let record = move |req: &WsRequest, resp: WsResponse| {
-                let mut seen = headers.lock().unwrap();
-                for (name, value) in req.headers() {
-                    seen.push((
-                        name.as_str().to_owned(),
-                        String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                    ));
-                }
-                Ok::<WsResponse, WsErrorResponse>(resp)
-            };
-            let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await else {
-                return;
-            };
-            hits.fetch_add(1, Ordering::SeqCst);
-            while let Some(Ok(msg)) = ws.next().await {
-                match msg {
-                    Message::Text(_) | Message::Binary(_) => {
-                        if ws.send(msg).await.is_err() {
-                            return;
-                        }
-                    }
-                    // tungstenite queues the close reply itself; keep polling
-                    // so it gets flushed and the stream ends cleanly.
-                    Message::Close(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
-                    }
-                }
-            }
-        }
-    });
-    Upstream {
-        addr,
-        hits,
-        ws_headers,
-        conns: Arc::default(),
-        task,
-    }
+    ws::echo_upstream(None)
+}
+
+/// [`ws_echo_upstream`] behind TLS with a leaf from `ca`, offering ALPN
+/// `h2, http/1.1` (its WebSocket handshake works only on HTTP/1.1).
+pub async fn tls_ws_echo_upstream(ca: &TestCa) -> Upstream {
+    let config = ca.server_config(&["localhost", "127.0.0.1"], &[b"h2", b"http/1.1"]);
+    ws::echo_upstream(Some(TlsAcceptor::from(config)))
 }
 
 /// Throwaway certificate authority for TLS tests.

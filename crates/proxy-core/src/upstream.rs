@@ -49,7 +49,10 @@ pub struct UpstreamClients {
 
 #[derive(Debug, Default)]
 struct Cache {
-    connectors: HashMap<ConnectorKey, HttpsConnector<HttpConnector>>,
+    /// Per key: the connector (ALPN h2 and http/1.1) and one offering only
+    /// http/1.1, for upgrade requests.
+    connectors:
+        HashMap<ConnectorKey, (HttpsConnector<HttpConnector>, HttpsConnector<HttpConnector>)>,
     /// Weak: a pool lives as long as a route (or a response body) holds
     /// it. A reload builds the new routes while the old ones still run, so
     /// origins both configs use keep their warm connections; an origin no
@@ -94,21 +97,27 @@ impl UpstreamClients {
         {
             return Ok(p);
         }
-        let connector = match cache.connectors.get(&key) {
+        let (connector, h1_connector) = match cache.connectors.get(&key) {
             Some(c) => c.clone(),
             None => {
-                let c = build_connector(ca_file, connect_timeout)?;
+                let c = (
+                    build_connector(ca_file, connect_timeout)?,
+                    build_h1_connector(ca_file, connect_timeout)?,
+                );
                 cache.connectors.insert(key.clone(), c.clone());
                 c
             }
         };
-        let pool = Arc::new(OriginPool::new(
-            connector,
-            upstream.scheme.clone(),
-            upstream.authority.clone(),
-            self.settings,
-            connect_timeout,
-        ));
+        let pool = Arc::new(
+            OriginPool::new(
+                connector,
+                upstream.scheme.clone(),
+                upstream.authority.clone(),
+                self.settings,
+                connect_timeout,
+            )
+            .with_h1_connector(h1_connector),
+        );
         if cache.pools.len() >= cache.prune_at {
             // Amortised: a config of 10,000 routes does not scan the map
             // 10,000 times.
@@ -126,17 +135,34 @@ pub fn build_connector(
     ca_file: Option<&Path>,
     connect_timeout: Duration,
 ) -> Result<HttpsConnector<HttpConnector>, ClientBuildError> {
-    let tls = tls_config(ca_file)?;
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(ca_file)?)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(tcp_connector(connect_timeout)))
+}
+
+/// As [`build_connector`], offering only HTTP/1.1 in ALPN: for upgrade
+/// requests (WebSocket), which h2 cannot carry.
+pub fn build_h1_connector(
+    ca_file: Option<&Path>,
+    connect_timeout: Duration,
+) -> Result<HttpsConnector<HttpConnector>, ClientBuildError> {
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(ca_file)?)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp_connector(connect_timeout)))
+}
+
+/// TCP under the TLS: `TCP_NODELAY`, TCP keepalive, the connect timeout.
+fn tcp_connector(connect_timeout: Duration) -> HttpConnector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(http))
+    http
 }
 
 /// Builds one hyper-util pooled client (for token endpoints).

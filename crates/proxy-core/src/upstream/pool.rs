@@ -106,6 +106,9 @@ pub enum SendError {
 /// Connections to one upstream origin; see the module docs.
 pub struct OriginPool {
     connector: HttpsConnector<HttpConnector>,
+    /// Offers only HTTP/1.1 (ALPN): for upgrade requests (WebSocket) to an
+    /// origin that would otherwise agree on h2, which has no upgrade.
+    h1_connector: Option<HttpsConnector<HttpConnector>>,
     scheme: Scheme,
     authority: Authority,
     settings: PoolSettings,
@@ -200,6 +203,7 @@ impl OriginPool {
         }
         Self {
             connector,
+            h1_connector: None,
             scheme,
             authority,
             settings,
@@ -209,6 +213,13 @@ impl OriginPool {
             tick: AtomicU64::new(0),
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// Upgrade requests (WebSocket) connect with `connector`, which must
+    /// offer only HTTP/1.1, when the pool's connection is h2.
+    pub fn with_h1_connector(mut self, connector: HttpsConnector<HttpConnector>) -> Self {
+        self.h1_connector = Some(connector);
+        self
     }
 
     /// Idle HTTP/1.1 connections held now (for tests and debugging).
@@ -246,6 +257,17 @@ impl OriginPool {
                     // KiB of future state, which would otherwise make every
                     // request's future that large, and every move of it a copy.
                     None => Box::pin(self.connect_once()).await?,
+                };
+                // h2 has no upgrade: a WebSocket handshake sent on it would
+                // arrive as a plain GET. Checked only on the h2 path.
+                let (conn, reused) = match conn {
+                    Conn::H2(..) if crate::headers::is_upgrade(req.headers()) => {
+                        match &self.h1_connector {
+                            Some(h1) => (Box::pin(self.connect_h1(h1)).await?, false),
+                            None => (conn, reused),
+                        }
+                    }
+                    conn => (conn, reused),
                 };
                 let mut unsent = match conn {
                     Conn::H1(mut tx) => {
@@ -398,15 +420,17 @@ impl OriginPool {
         }
     }
 
-    async fn connect(self: &Arc<Self>) -> Result<Conn, SendError> {
+    async fn connect(
+        self: &Arc<Self>,
+        connector: &HttpsConnector<HttpConnector>,
+    ) -> Result<Conn, SendError> {
         let uri = Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query("/")
             .build()
             .map_err(|e| SendError::Connect(e.into()))?;
-        let io = self
-            .connector
+        let io = connector
             .clone()
             .call(uri)
             .await

@@ -25,6 +25,8 @@
 //! never held back.
 
 use super::{Conn, OriginPool, SendError};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
 use std::io;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -155,7 +157,24 @@ impl OriginPool {
     /// handshake would otherwise hold the request (and those waiting for
     /// it) until the route's timeout.
     async fn connect_within(self: &Arc<Self>) -> Result<Conn, SendError> {
-        match tokio::time::timeout(self.connect_timeout, self.connect()).await {
+        self.connect_bounded(&self.connector).await
+    }
+
+    /// A new HTTP/1.1 connection for one upgrade request, through
+    /// `connector` (ALPN http/1.1 only); never pooled (after a 101 the
+    /// connection belongs to the upgrade) and never shared as h2.
+    pub(super) async fn connect_h1(
+        self: &Arc<Self>,
+        connector: &HttpsConnector<HttpConnector>,
+    ) -> Result<Conn, SendError> {
+        self.connect_bounded(connector).await
+    }
+
+    async fn connect_bounded(
+        self: &Arc<Self>,
+        connector: &HttpsConnector<HttpConnector>,
+    ) -> Result<Conn, SendError> {
+        match tokio::time::timeout(self.connect_timeout, self.connect(connector)).await {
             Ok(result) => result,
             Err(_) => Err(SendError::Connect(Box::new(io::Error::new(
                 io::ErrorKind::TimedOut,
