@@ -187,11 +187,12 @@ impl Builders {
         // Slow and silent callers: hyper's header read timeout needs a timer
         // to run at all. It also bounds an idle keep-alive connection's wait
         // for its next request.
+        let read_timeout = Some(header_timeout).filter(|t| !t.is_zero());
         auto.http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout);
+            .header_read_timeout(read_timeout);
         h1.timer(TokioTimer::new())
-            .header_read_timeout(header_timeout);
+            .header_read_timeout(read_timeout);
         h2.timer(TokioTimer::new());
         auto.http2().timer(TokioTimer::new());
         Self {
@@ -236,13 +237,25 @@ async fn sniff(stream: &TcpStream) -> std::io::Result<Sniffed> {
 }
 
 /// Whether `stream`'s caller sends bytes that tell HTTP/1.1 from h2
-/// within `timeout` (for a listener whose builder reads them itself: the
-/// admin port's).
+/// within `timeout` (zero: however long it takes), for a listener whose
+/// builder reads them itself: the admin port's.
 pub(crate) async fn speaks_within(stream: &TcpStream, timeout: Duration) -> bool {
     matches!(
-        tokio::time::timeout(timeout, sniff_until_sure(stream)).await,
-        Ok(Ok(Sniffed::H1 | Sniffed::H2))
+        first_bytes(stream, timeout).await,
+        Some(Ok(Sniffed::H1 | Sniffed::H2))
     )
+}
+
+/// [`sniff_until_sure`] within `timeout` (zero: no limit); `None` when it
+/// ran out.
+async fn first_bytes(stream: &TcpStream, timeout: Duration) -> Option<std::io::Result<Sniffed>> {
+    if timeout.is_zero() {
+        Some(sniff_until_sure(stream).await)
+    } else {
+        tokio::time::timeout(timeout, sniff_until_sure(stream))
+            .await
+            .ok()
+    }
 }
 
 /// [`sniff`] until the first bytes tell: a caller that has sent part of
@@ -270,10 +283,10 @@ async fn serve_plain(
         // Bytes already there are served (the h1 path then finishes the
         // request and closes), not dropped for a stop that came with them.
         biased;
-        s = tokio::time::timeout(builders.header_timeout, sniff_until_sure(&stream)) => match s {
-            Ok(s) => s?,
+        s = first_bytes(&stream, builders.header_timeout) => match s {
+            Some(s) => s?,
             // Silent, or stalled inside the h2 preface: closed.
-            Err(_) => return Ok(()),
+            None => return Ok(()),
         },
         // Stopping before the caller sent anything: nothing is in flight.
         () = crate::app::stopped(shutdown.clone()) => return Ok(()),

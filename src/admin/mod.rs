@@ -79,7 +79,7 @@ pub async fn serve(
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(Some(header_timeout).filter(|t| !t.is_zero()));
     builder.http2().timer(hyper_util::rt::TokioTimer::new());
     let stop = crate::app::stopped(shutdown);
     tokio::pin!(stop);

@@ -110,6 +110,10 @@ fn bad_configs_name_file_and_field() {
             "proxy: { listen: 127.0.0.1:0 }\ncredentials:\n  - id: k\n    static: { value: lit-canary-9f3 }\n    refresh: { max_age: 5000000000y }\n",
             "bad.yaml: credentials[0].refresh.max_age: must be at most 3650d",
         ),
+        (
+            "proxy: { listen: 127.0.0.1:0, client_header_timeout: 2h }\n",
+            "bad.yaml: proxy.client_header_timeout: must be 0s (off) or between 1s and 1h",
+        ),
         ("proxy: [", "bad.yaml: "),
     ];
     for (yaml, want) in cases {
@@ -490,4 +494,19 @@ fn url_passwords_are_not_echoed_in_errors() {
         assert!(!got.contains("hunter2-canary"), "{got}");
         assert!(got.contains(want), "want {want}\ngot  {got}");
     }
+}
+
+#[test]
+fn the_client_header_timeout_defaults_to_a_minute_and_can_be_off() {
+    let c = Config::from_yaml("proxy: { listen: 127.0.0.1:0 }\n", "t.yaml").unwrap();
+    assert_eq!(
+        c.proxy.client_header_timeout,
+        std::time::Duration::from_secs(60)
+    );
+    let off = Config::from_yaml(
+        "proxy: { listen: 127.0.0.1:0, client_header_timeout: 0s }\n",
+        "t.yaml",
+    )
+    .unwrap();
+    assert!(off.proxy.client_header_timeout.is_zero());
 }

@@ -119,10 +119,11 @@ pub struct ProxySettings {
     pub max_header_bytes: u64,
     /// How long a caller may take to send a request head, and how long an
     /// idle keep-alive connection waits for the next one (default `60s`,
-    /// nginx's `client_header_timeout`); then the connection is closed.
+    /// nginx's `client_header_timeout`; `0s` turns it off); then the
+    /// connection is closed.
     #[serde(
         default = "default_client_header_timeout",
-        deserialize_with = "de_duration",
+        deserialize_with = "de_duration_or_zero",
         serialize_with = "ser_duration"
     )]
     pub client_header_timeout: Duration,

@@ -81,12 +81,11 @@ pub fn validate(config: &Config) -> Result<(), Vec<FieldError>> {
             "must be 0s (off) or between 1s and 1h",
         ));
     }
-    if !(Duration::from_secs(1)..=Duration::from_secs(3600))
-        .contains(&config.proxy.client_header_timeout)
-    {
+    let t = config.proxy.client_header_timeout;
+    if !t.is_zero() && !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&t) {
         errs.push(FieldError::new(
             "proxy.client_header_timeout",
-            "must be between 1s and 1h",
+            "must be 0s (off) or between 1s and 1h",
         ));
     }
     if !(8 << 10..=16 << 20).contains(&config.proxy.max_header_bytes) {
