@@ -266,6 +266,23 @@ async fn a_waiting_replica_adopts_instead_of_refreshing() {
     assert_eq!(ep.calls(), 0);
 }
 
+/// Waits until Redis has some (`any`) or no pub/sub clients.
+async fn pubsub_clients(c: &mut redis::aio::MultiplexedConnection, any: bool) {
+    loop {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(c)
+            .await
+            .unwrap();
+        if list.trim().is_empty() != any {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// `SET` commands Redis has run since the last `CONFIG RESETSTAT`.
 async fn set_calls(c: &mut redis::aio::MultiplexedConnection) -> u64 {
     let info: String = redis::cmd("INFO")
@@ -290,25 +307,14 @@ async fn a_lost_lock_subscription_falls_back_to_polling() {
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
     let holder = store(&redis, KEY);
     let guard = holder.lock("crm").await.unwrap();
+    // The holder subscribed too, before it took the lock; its subscription
+    // closes in the background. Only the waiter's may be left to kill.
+    tokio::time::timeout(Duration::from_secs(5), pubsub_clients(&mut c, false))
+        .await
+        .expect("the holder's subscription closes");
     let waiter = store(&redis, KEY);
     let waiting = tokio::spawn(async move { waiter.lock("crm").await.map(drop) });
-    // Until the waiter has subscribed.
-    let subscribed = async {
-        loop {
-            let list: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .arg("TYPE")
-                .arg("pubsub")
-                .query_async(&mut c)
-                .await
-                .unwrap();
-            if !list.trim().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), subscribed)
+    tokio::time::timeout(Duration::from_secs(5), pubsub_clients(&mut c, true))
         .await
         .expect("the waiter subscribes");
     let killed: u64 = redis::cmd("CLIENT")
