@@ -252,3 +252,39 @@ async fn two_mib_body_is_not_replayed_but_its_refused_token_is_replaced() {
     assert_eq!(ep.calls(), 2, "one refresh");
     p.stop().await;
 }
+
+/// A chunked request body that arrives whole (one write, two chunks) is
+/// read ahead and replayed after a 401, like one with a `Content-Length`.
+#[tokio::test]
+async fn a_chunked_body_is_replayed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let ep = endpoint().await;
+    let up = auth_upstream(ep.clone(), StatusCode::UNAUTHORIZED).await;
+    let p = start_proxy(&config(
+        &ep,
+        "",
+        "",
+        &route("api", "/api/", &up.url(), "api", ""),
+    ))
+    .await;
+    warm_up(&p, &ep, "/api/warm").await;
+    ep.revoke_access_tokens();
+
+    let addr = p.base.trim_start_matches("http://").to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(
+        b"POST /api/chunks HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n6\r\nabcdef\r\n4\r\nghij\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    with_timeout(conn.read_to_end(&mut answer)).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("x-latchkey-retry: recovered"), "{answer}");
+    let hits = up.hits_under("/api/chunks");
+    assert_eq!(hits.len(), 2, "one rejected attempt and one replay");
+    assert_eq!(hits[0].body, "abcdefghij");
+    assert_eq!(hits[1].body, "abcdefghij");
+    p.stop().await;
+}

@@ -152,7 +152,8 @@ pub fn without_userinfo(host: &str) -> &str {
 /// reach a route the caller is not allowed on (`/api/public/../admin`
 /// matches `/api/public/` here and is `/api/admin` upstream).
 ///
-/// - a `.` or `..` segment;
+/// - a `.` or `..` segment, also with `;params` (`..;`, which servlet
+///   containers resolve like `..`);
 /// - an empty segment (`//`, which many servers merge);
 /// - a backslash (which some servers take for a slash);
 /// - a percent-encoded unreserved character, slash or backslash
@@ -170,9 +171,12 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
         match c {
             None | Some(b'/') => {
                 let seg = b.get(segment_start..i).unwrap_or_default();
+                // Servlet containers (Tomcat, Jetty, Spring) drop a
+                // segment's `;params`: `..;` is `..` to them.
+                let name = seg.split(|&c| c == b';').next().unwrap_or_default();
                 // The leading `/` makes an empty first "segment": skip it.
                 if i > 0 {
-                    match seg {
+                    match name {
                         b"" if c.is_some() => return Some("an empty path segment (//)"),
                         b"." | b".." => return Some("a . or .. path segment"),
                         _ => {}
@@ -268,6 +272,7 @@ mod tests {
             "/api/x.json",
             "/api/.well-known/x",
             "/api/..x/y",
+            "/api/a;b/c",
             "/a/b%20c",
             "/caf%C3%A9",
             "/100%25",
@@ -291,6 +296,8 @@ mod tests {
             "/api%2Fadmin",
             "/api%5cadmin",
             "/api/%7E",
+            "/api/public/..;/admin",
+            "/api/.;x/admin",
         ] {
             assert!(path_problem(bad).is_some(), "{bad}");
         }

@@ -8,7 +8,8 @@
 //! - a body of known length (`Content-Length`, or an exact size hint) up to
 //!   the cap is read whole, waiting for it;
 //! - a body of unknown length (chunked, or h2 without `Content-Length`) is
-//!   read only as far as it has already arrived: if it ends there, within
+//!   read only as far as it arrives without a pause (`ARRIVING`, 20 ms
+//!   between frames): if it ends there, within
 //!   the cap, it is replayable; if the rest has not arrived yet, what was
 //!   read is sent at once, the rest streams behind it, and the request is
 //!   not replayable. Waiting for it would hold back a stream its client
@@ -20,7 +21,6 @@
 //!   cap skips reading altogether.
 
 use bytes::{Bytes, BytesMut};
-use futures_util::FutureExt as _;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -90,10 +90,10 @@ pub async fn capture(
         let next = if wait {
             body.frame().await
         } else {
-            match body.frame().now_or_never() {
-                Some(next) => next,
+            match tokio::time::timeout(ARRIVING, body.frame()).await {
+                Ok(next) => next,
                 // Not arrived yet: send what was read and stream the rest.
-                None => return Ok((prefixed(buf, body), None)),
+                Err(_) => return Ok((prefixed(buf, body), None)),
             }
         };
         let Some(frame) = next else { break };
@@ -122,6 +122,14 @@ pub async fn capture(
     };
     Ok((replay.body(), Some(replay)))
 }
+
+/// How long a body of unknown length may pause between frames and still
+/// be read ahead. Not a single look: hyper's HTTP/1.1 server hands over
+/// one chunk at a time and reads the next only when its connection task
+/// runs again, so a chunked body that arrived whole still comes in several
+/// polls. A client that waits to hear back before sending more is held up
+/// this long, once.
+const ARRIVING: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// `read`, then the rest of `body`.
 fn prefixed(read: BytesMut, body: ProxyBody) -> ProxyBody {

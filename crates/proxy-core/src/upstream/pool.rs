@@ -420,9 +420,13 @@ impl OriginPool {
         }
     }
 
+    /// `main`: through the pool's own connector, whose ALPN outcome the
+    /// pool remembers (an upgrade's HTTP/1.1-only connect says nothing of
+    /// whether the origin speaks h2).
     async fn connect(
         self: &Arc<Self>,
         connector: &HttpsConnector<HttpConnector>,
+        main: bool,
     ) -> Result<Conn, SendError> {
         let uri = Uri::builder()
             .scheme(self.scheme.clone())
@@ -452,7 +456,7 @@ impl OriginPool {
             self.start_reaper(state);
             Ok(Conn::H2(tx, id))
         } else {
-            if self.scheme == Scheme::HTTPS {
+            if main && self.scheme == Scheme::HTTPS {
                 self.lock().alpn_h1 = true;
             }
             let (tx, conn) = self.h1.handshake(io).await.map_err(SendError::Http)?;

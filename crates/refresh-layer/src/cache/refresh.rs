@@ -116,7 +116,7 @@ pub(super) async fn run(
                 // kept; the new state is kept too (in the store, or else in
                 // memory), as it may carry a rotated refresh token.
                 if !saved {
-                    publish(inner, state, token.expires_in);
+                    keep_state(inner, state, token.expires_in);
                 }
                 return Err(RefreshError::ShortLived(lifetime));
             }
@@ -154,6 +154,25 @@ fn publish(inner: &Inner, state: StoredCredential, lifetime: Option<Duration>) -
         state,
     })));
     cred
+}
+
+/// Keeps `state` (and the rotated refresh token it may carry) for the
+/// next refresh, in memory only, while the credential served stays the one
+/// held if that is still valid; else `state`'s own is served.
+fn keep_state(inner: &Inner, state: StoredCredential, lifetime: Option<Duration>) {
+    match inner.current.load_full() {
+        Some(held) if held.valid_at(Instant::now()) => {
+            inner.current.store(Some(Arc::new(Entry {
+                cred: held.cred.clone(),
+                state,
+                expires: held.expires,
+                refresh_at: held.refresh_at,
+            })));
+        }
+        _ => {
+            publish(inner, state, lifetime);
+        }
+    }
 }
 
 fn remaining(s: &StoredCredential) -> Option<Duration> {

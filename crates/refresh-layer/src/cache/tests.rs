@@ -435,3 +435,69 @@ async fn a_panicking_refresh_is_a_failed_attempt_that_backs_off() {
         "no token call inside the backoff"
     );
 }
+
+/// Saves nothing after the first save (a shared store that went down).
+#[derive(Debug, Default)]
+struct SavesOnce {
+    inner: MemoryStore,
+    saved: AtomicUsize,
+}
+
+impl Store for SavesOnce {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+    fn load<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredCredential>, StoreError>> {
+        self.inner.load(id)
+    }
+    fn lock<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<crate::store::StoreLock, StoreError>> {
+        self.inner.lock(id)
+    }
+    fn save<'a>(
+        &'a self,
+        id: &'a str,
+        state: &'a StoredCredential,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        if self.saved.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.inner.save(id, state)
+        } else {
+            Box::pin(ready(Err(StoreError::Unavailable("down".into()))))
+        }
+    }
+}
+
+/// An expired-on-arrival token that could not be saved is kept for its
+/// state only: the valid token held is still the one served.
+#[tokio::test(start_paused = true)]
+async fn an_unsaved_expired_token_does_not_replace_a_valid_one() {
+    let p = Arc::new(Lifetimes {
+        calls: AtomicUsize::new(0),
+        lifetimes: vec![S(600), Duration::ZERO],
+    });
+    let src = RefreshingSource::new(
+        "crm",
+        p.clone(),
+        Arc::new(SavesOnce::default()),
+        RefreshSettings::default(),
+    );
+    assert_eq!(token(&src).await, "tok-1");
+    tokio::time::advance(S(560)).await;
+    settle().await;
+    tokio::time::advance(S(1)).await;
+    settle().await;
+    assert!(
+        p.calls.load(Ordering::SeqCst) >= 2,
+        "the proactive refresh ran"
+    );
+    assert_eq!(
+        token(&src).await,
+        "tok-1",
+        "the valid token is still served"
+    );
+}

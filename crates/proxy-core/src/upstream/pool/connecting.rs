@@ -157,7 +157,7 @@ impl OriginPool {
     /// handshake would otherwise hold the request (and those waiting for
     /// it) until the route's timeout.
     async fn connect_within(self: &Arc<Self>) -> Result<Conn, SendError> {
-        self.connect_bounded(&self.connector).await
+        self.connect_bounded(&self.connector, true).await
     }
 
     /// A new HTTP/1.1 connection for one upgrade request, through
@@ -167,14 +167,15 @@ impl OriginPool {
         self: &Arc<Self>,
         connector: &HttpsConnector<HttpConnector>,
     ) -> Result<Conn, SendError> {
-        self.connect_bounded(connector).await
+        self.connect_bounded(connector, false).await
     }
 
     async fn connect_bounded(
         self: &Arc<Self>,
         connector: &HttpsConnector<HttpConnector>,
+        main: bool,
     ) -> Result<Conn, SendError> {
-        match tokio::time::timeout(self.connect_timeout, self.connect(connector)).await {
+        match tokio::time::timeout(self.connect_timeout, self.connect(connector, main)).await {
             Ok(result) => result,
             Err(_) => Err(SendError::Connect(Box::new(io::Error::new(
                 io::ErrorKind::TimedOut,
