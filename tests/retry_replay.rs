@@ -19,16 +19,18 @@ use http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::{BodyExt as _, Full};
 use tokio::task::JoinSet;
 
-use support::harness::start_proxy;
+use std::sync::Arc;
+use support::harness::{TestProxy, start_proxy};
 use support::retry::{
-    Hit, assert_upstream_rejection, auth_upstream, config, connect, endpoint, retry_header, route,
-    warm_up,
+    AuthUpstream, Hit, assert_upstream_rejection, auth_upstream, config, connect, endpoint,
+    retry_header, route, warm_up,
 };
+use support::token_endpoint::TokenEndpoint;
 use support::{echoed_header, json, send, with_timeout};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn revocation_under_200_concurrent_requests_is_absorbed_by_one_refresh() {
-    const N: usize = 200;
+/// A token endpoint, an upstream that accepts only its current token, and
+/// a proxy with route `api` on `/api/` to it.
+async fn api_route() -> (Arc<TokenEndpoint>, AuthUpstream, TestProxy) {
     let ep = endpoint().await;
     let up = auth_upstream(ep.clone(), StatusCode::UNAUTHORIZED).await;
     let p = start_proxy(&config(
@@ -38,6 +40,22 @@ async fn revocation_under_200_concurrent_requests_is_absorbed_by_one_refresh() {
         &route("api", "/api/", &up.url(), "api", ""),
     ))
     .await;
+    (ep, up, p)
+}
+
+/// [`api_route`] after one request (its token, as `Bearer ...`) and the
+/// revocation of that token at the endpoint.
+async fn revoked_after_warm_up() -> (Arc<TokenEndpoint>, AuthUpstream, TestProxy, String) {
+    let (ep, up, p) = api_route().await;
+    let old = warm_up(&p, &ep, "/api/warm").await;
+    ep.revoke_access_tokens();
+    (ep, up, p, old)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revocation_under_200_concurrent_requests_is_absorbed_by_one_refresh() {
+    const N: usize = 200;
+    let (ep, up, p) = api_route().await;
     let old = warm_up(&p, &ep, "/api/warm").await;
 
     // Connect first, one at a time, then send all requests at once: the
@@ -134,17 +152,7 @@ async fn revocation_under_200_concurrent_requests_is_absorbed_by_one_refresh() {
 
 #[tokio::test]
 async fn post_json_body_is_replayed_byte_identical() {
-    let ep = endpoint().await;
-    let up = auth_upstream(ep.clone(), StatusCode::UNAUTHORIZED).await;
-    let p = start_proxy(&config(
-        &ep,
-        "",
-        "",
-        &route("api", "/api/", &up.url(), "api", ""),
-    ))
-    .await;
-    let old = warm_up(&p, &ep, "/api/warm").await;
-    ep.revoke_access_tokens();
+    let (ep, up, p, old) = revoked_after_warm_up().await;
 
     let body = Bytes::from_static(
         "{\"order\":{\"id\":42,\"items\":[\"a\",\"b\"],\"note\":\"caf\u{e9} \u{2603}\"},\"pad\":\"                \"}"
@@ -201,17 +209,7 @@ async fn post_json_body_is_replayed_byte_identical() {
 
 #[tokio::test]
 async fn two_mib_body_is_not_replayed_but_its_refused_token_is_replaced() {
-    let ep = endpoint().await;
-    let up = auth_upstream(ep.clone(), StatusCode::UNAUTHORIZED).await;
-    let p = start_proxy(&config(
-        &ep,
-        "",
-        "",
-        &route("api", "/api/", &up.url(), "api", ""),
-    ))
-    .await;
-    warm_up(&p, &ep, "/api/warm").await;
-    ep.revoke_access_tokens();
+    let (ep, up, p, _) = revoked_after_warm_up().await;
 
     let body: Bytes = (0..2 * 1024 * 1024u32)
         .map(|i| (i % 251) as u8)
@@ -258,17 +256,7 @@ async fn two_mib_body_is_not_replayed_but_its_refused_token_is_replaced() {
 #[tokio::test]
 async fn a_chunked_body_is_replayed() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let ep = endpoint().await;
-    let up = auth_upstream(ep.clone(), StatusCode::UNAUTHORIZED).await;
-    let p = start_proxy(&config(
-        &ep,
-        "",
-        "",
-        &route("api", "/api/", &up.url(), "api", ""),
-    ))
-    .await;
-    warm_up(&p, &ep, "/api/warm").await;
-    ep.revoke_access_tokens();
+    let (_ep, up, p, _) = revoked_after_warm_up().await;
 
     let addr = p.base.trim_start_matches("http://").to_owned();
     let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();

@@ -16,6 +16,17 @@ use support::harness::start_proxy;
 use support::proxy_helpers::*;
 use support::*;
 
+/// Client `billing` on one route, `api`: `/api/` to `upstream` with the
+/// credential `upstream-key`.
+fn api_config(upstream: &str) -> String {
+    billing_config(
+        "[api]",
+        &format!(
+            "  - id: api\n    match: {{ path_prefix: /api/ }}\n    upstream: {upstream}\n    credential: upstream-key\n"
+        ),
+    )
+}
+
 async fn post_json(url: &str, headers: &[(&str, &str)], body: &'static str) -> Resp {
     let mut builder = Request::post(url).header("content-type", "application/json");
     for (name, value) in headers {
@@ -186,18 +197,7 @@ async fn host_routing_ignores_case_and_port_and_combines_with_prefixes() {
 #[tokio::test]
 async fn forwarded_headers_and_upstream_host() {
     let up = echo_upstream().await;
-    let p = start_proxy(&billing_config(
-        "[api]",
-        &format!(
-            "  - id: api
-    match: {{ path_prefix: /api/ }}
-    upstream: {}
-    credential: upstream-key
-",
-            up.url()
-        ),
-    ))
-    .await;
+    let p = start_proxy(&api_config(&up.url())).await;
     let caller_host = p.base.trim_start_matches("http://").to_owned();
     let v = echoed(&get_as_billing(&p, "/api/x", &[("x-custom", "kept")]).await);
     assert_eq!(
@@ -213,18 +213,7 @@ async fn forwarded_headers_and_upstream_host() {
 #[tokio::test]
 async fn request_id_sent_by_the_caller_is_propagated() {
     let up = echo_upstream().await;
-    let p = start_proxy(&billing_config(
-        "[api]",
-        &format!(
-            "  - id: api
-    match: {{ path_prefix: /api/ }}
-    upstream: {}
-    credential: upstream-key
-",
-            up.url()
-        ),
-    ))
-    .await;
+    let p = start_proxy(&api_config(&up.url())).await;
     let resp = get_as_billing(&p, "/api/x", &[("x-request-id", "req-abc-123")]).await;
     assert_eq!(header(&resp.1, "x-request-id"), Some("req-abc-123"));
     let v = echoed(&resp);
@@ -234,18 +223,7 @@ async fn request_id_sent_by_the_caller_is_propagated() {
 #[tokio::test]
 async fn request_id_is_generated_when_absent() {
     let up = echo_upstream().await;
-    let p = start_proxy(&billing_config(
-        "[api]",
-        &format!(
-            "  - id: api
-    match: {{ path_prefix: /api/ }}
-    upstream: {}
-    credential: upstream-key
-",
-            up.url()
-        ),
-    ))
-    .await;
+    let p = start_proxy(&api_config(&up.url())).await;
     let first = get_as_billing(&p, "/api/x", &[]).await;
     let id = header(&first.1, "x-request-id")
         .expect("x-request-id on the response")
@@ -270,18 +248,7 @@ async fn request_id_is_generated_when_absent() {
 #[tokio::test]
 async fn hop_by_hop_headers_are_not_forwarded() {
     let up = echo_upstream().await;
-    let p = start_proxy(&billing_config(
-        "[api]",
-        &format!(
-            "  - id: api
-    match: {{ path_prefix: /api/ }}
-    upstream: {}
-    credential: upstream-key
-",
-            up.url()
-        ),
-    ))
-    .await;
+    let p = start_proxy(&api_config(&up.url())).await;
     let v = echoed(
         &get_as_billing(
             &p,
@@ -305,18 +272,7 @@ async fn hop_by_hop_headers_are_not_forwarded() {
 #[tokio::test]
 async fn post_body_arrives_byte_identical() {
     let up = echo_upstream().await;
-    let p = start_proxy(&billing_config(
-        "[api]",
-        &format!(
-            "  - id: api
-    match: {{ path_prefix: /api/ }}
-    upstream: {}
-    credential: upstream-key
-",
-            up.url()
-        ),
-    ))
-    .await;
+    let p = start_proxy(&api_config(&up.url())).await;
     let body = r#"{"amount": 1250, "currency":"EUR", "note":"caf\u00e9 \"quoted\"\n", "tags":[1,2.5,null,true]}"#;
     let auth = bearer(CLIENT_TOKEN);
     let resp = post_json(
@@ -347,21 +303,7 @@ async fn userinfo_in_the_host_is_neither_forwarded_nor_recorded() {
         audit_sink: Some(sink.clone()),
         ..Default::default()
     };
-    let p = support::harness::start_proxy_with(
-        &billing_config(
-            "[api]",
-            &format!(
-                "  - id: api
-    match: {{ path_prefix: /api/ }}
-    upstream: {}
-    credential: upstream-key
-",
-                up.url()
-            ),
-        ),
-        options,
-    )
-    .await;
+    let p = support::harness::start_proxy_with(&api_config(&up.url()), options).await;
     let caller_host = p.base.trim_start_matches("http://").to_owned();
     let with_userinfo = format!("alice:s3cret-userinfo@{caller_host}");
     let v = echoed(&get_as_billing(&p, "/api/x", &[("host", &with_userinfo)]).await);
@@ -388,18 +330,7 @@ async fn userinfo_in_the_host_is_neither_forwarded_nor_recorded() {
 #[tokio::test]
 async fn connection_cannot_remove_the_injected_credential() {
     let up = echo_upstream().await;
-    let p = start_proxy(&billing_config(
-        "[api]",
-        &format!(
-            "  - id: api
-    match: {{ path_prefix: /api/ }}
-    upstream: {}
-    credential: upstream-key
-",
-            up.url()
-        ),
-    ))
-    .await;
+    let p = start_proxy(&api_config(&up.url())).await;
     let v = echoed(
         &get_as_billing(
             &p,
@@ -421,18 +352,7 @@ async fn connection_cannot_remove_the_injected_credential() {
 #[tokio::test]
 async fn paths_that_resolve_elsewhere_upstream_are_refused() {
     let up = echo_upstream().await;
-    let p = start_proxy(&billing_config(
-        "[api]",
-        &format!(
-            "  - id: api
-    match: {{ path_prefix: /api/ }}
-    upstream: {}
-    credential: upstream-key
-",
-            up.url()
-        ),
-    ))
-    .await;
+    let p = start_proxy(&api_config(&up.url())).await;
     for path in [
         "/api/x/../admin/users",
         "/api/./admin/users",

@@ -135,11 +135,7 @@ pub fn build_connector(
     ca_file: Option<&Path>,
     connect_timeout: Duration,
 ) -> Result<HttpsConnector<HttpConnector>, ClientBuildError> {
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config(ca_file)?)
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(tcp_connector(connect_timeout)))
+    connector(ca_file, connect_timeout, true)
 }
 
 /// As [`build_connector`], offering only HTTP/1.1 in ALPN: for upgrade
@@ -148,11 +144,23 @@ pub fn build_h1_connector(
     ca_file: Option<&Path>,
     connect_timeout: Duration,
 ) -> Result<HttpsConnector<HttpConnector>, ClientBuildError> {
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+    connector(ca_file, connect_timeout, false)
+}
+
+fn connector(
+    ca_file: Option<&Path>,
+    connect_timeout: Duration,
+    h2: bool,
+) -> Result<HttpsConnector<HttpConnector>, ClientBuildError> {
+    let tls = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls_config(ca_file)?)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(tcp_connector(connect_timeout)))
+        .https_or_http();
+    let tcp = tcp_connector(connect_timeout);
+    Ok(if h2 {
+        tls.enable_all_versions().wrap_connector(tcp)
+    } else {
+        tls.enable_http1().wrap_connector(tcp)
+    })
 }
 
 /// TCP under the TLS: `TCP_NODELAY`, TCP keepalive, the connect timeout.

@@ -84,16 +84,22 @@ fn inner(
             let mut resp = Response::new(proxy_core::full("upstream"));
             *resp.status_mut() = StatusCode::from_u16(status)?;
             if inject && (status >= 400 || report) {
-                resp.extensions_mut().insert(CredentialUsed {
-                    id: "crm".into(),
-                    generation: source.generation.load(Ordering::SeqCst),
-                    obtained_at: SystemTime::now(),
-                    expires_at: None,
-                });
+                resp.extensions_mut()
+                    .insert(used(source.generation.load(Ordering::SeqCst)));
             }
             Ok::<_, BoxError>(resp)
         }
     }))
+}
+
+/// The record acquisition leaves for credential `crm` at `generation`.
+fn used(generation: u64) -> CredentialUsed {
+    CredentialUsed {
+        id: "crm".into(),
+        generation,
+        obtained_at: SystemTime::now(),
+        expires_at: None,
+    }
 }
 
 async fn run(
@@ -293,12 +299,7 @@ async fn settle_polled_after_a_retry_answered_is_an_error_not_a_panic() {
     let first: Call = Box::pin(async {
         let mut resp = Response::new(proxy_core::empty());
         *resp.status_mut() = StatusCode::UNAUTHORIZED;
-        resp.extensions_mut().insert(CredentialUsed {
-            id: "crm".into(),
-            generation: 7,
-            obtained_at: SystemTime::now(),
-            expires_at: None,
-        });
+        resp.extensions_mut().insert(used(7));
         Ok(resp)
     });
     let (parts, _) = Request::get("/x").body(()).unwrap().into_parts();
@@ -341,12 +342,7 @@ async fn a_replay_that_fails_on_its_way_is_still_recorded() {
                 }
                 let mut resp = Response::new(proxy_core::empty());
                 *resp.status_mut() = StatusCode::UNAUTHORIZED;
-                resp.extensions_mut().insert(CredentialUsed {
-                    id: "crm".into(),
-                    generation: 7,
-                    obtained_at: SystemTime::now(),
-                    expires_at: None,
-                });
+                resp.extensions_mut().insert(used(7));
                 Ok(resp)
             }
         }))
@@ -382,12 +378,8 @@ async fn a_generation_already_replaced_is_replayed_without_a_refresh_fact() {
                 if first {
                     *resp.status_mut() = StatusCode::UNAUTHORIZED;
                 }
-                resp.extensions_mut().insert(CredentialUsed {
-                    id: "crm".into(),
-                    generation: if first { 7 } else { 8 },
-                    obtained_at: SystemTime::now(),
-                    expires_at: None,
-                });
+                resp.extensions_mut()
+                    .insert(used(if first { 7 } else { 8 }));
                 Ok::<_, BoxError>(resp)
             }
         }))

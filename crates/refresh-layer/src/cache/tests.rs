@@ -329,22 +329,7 @@ async fn a_token_expired_on_arrival_is_a_failure_that_backs_off() {
 /// valid one being served.
 #[tokio::test(start_paused = true)]
 async fn a_token_expired_on_arrival_does_not_replace_a_valid_one() {
-    let p = Arc::new(Lifetimes {
-        calls: AtomicUsize::new(0),
-        lifetimes: vec![S(600), Duration::ZERO],
-    });
-    let src = RefreshingSource::new(
-        "crm",
-        p.clone(),
-        Arc::new(MemoryStore::new()),
-        RefreshSettings::default(),
-    );
-    assert_eq!(token(&src).await, "tok-1");
-    // Past the proactive refresh (60 s before expiry), before expiry.
-    tokio::time::advance(S(560)).await;
-    settle().await;
-    tokio::time::advance(S(1)).await;
-    settle().await;
+    let (p, src) = expired_on_arrival_after_a_valid_one(Arc::new(MemoryStore::new())).await;
     // The proactive refresh ran (from ~540 s) and was retried with backoff.
     let calls = p.calls.load(Ordering::SeqCst);
     assert!((2..=6).contains(&calls), "{calls} token calls");
@@ -354,6 +339,25 @@ async fn a_token_expired_on_arrival_does_not_replace_a_valid_one() {
         "the valid token is still served"
     );
     assert_eq!(src.status().state, "failing");
+}
+
+/// A source over `store` whose first token lives 600 s and every later
+/// one arrives expired, taken past its proactive refresh (60 s before
+/// expiry) and not yet to the first token's expiry.
+async fn expired_on_arrival_after_a_valid_one(
+    store: Arc<dyn Store>,
+) -> (Arc<Lifetimes>, RefreshingSource) {
+    let p = Arc::new(Lifetimes {
+        calls: AtomicUsize::new(0),
+        lifetimes: vec![S(600), Duration::ZERO],
+    });
+    let src = RefreshingSource::new("crm", p.clone(), store, RefreshSettings::default());
+    assert_eq!(token(&src).await, "tok-1");
+    tokio::time::advance(S(560)).await;
+    settle().await;
+    tokio::time::advance(S(1)).await;
+    settle().await;
+    (p, src)
 }
 
 /// Serves `tok-N` living `lifetimes[N-1]` (the last one after that).
@@ -476,21 +480,7 @@ impl Store for SavesOnce {
 /// state only: the valid token held is still the one served.
 #[tokio::test(start_paused = true)]
 async fn an_unsaved_expired_token_does_not_replace_a_valid_one() {
-    let p = Arc::new(Lifetimes {
-        calls: AtomicUsize::new(0),
-        lifetimes: vec![S(600), Duration::ZERO],
-    });
-    let src = RefreshingSource::new(
-        "crm",
-        p.clone(),
-        Arc::new(SavesOnce::default()),
-        RefreshSettings::default(),
-    );
-    assert_eq!(token(&src).await, "tok-1");
-    tokio::time::advance(S(560)).await;
-    settle().await;
-    tokio::time::advance(S(1)).await;
-    settle().await;
+    let (p, src) = expired_on_arrival_after_a_valid_one(Arc::new(SavesOnce::default())).await;
     assert!(
         p.calls.load(Ordering::SeqCst) >= 2,
         "the proactive refresh ran"
