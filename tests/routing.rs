@@ -348,7 +348,8 @@ async fn connection_cannot_remove_the_injected_credential() {
 }
 
 /// Paths that route here as one thing and resolve upstream to another
-/// (`..`, `//`, `%61`) are refused before routing, never forwarded.
+/// (`..`, `//`, `..` between encoded slashes) are refused before routing,
+/// never forwarded.
 #[tokio::test]
 async fn paths_that_resolve_elsewhere_upstream_are_refused() {
     let up = echo_upstream().await;
@@ -357,7 +358,8 @@ async fn paths_that_resolve_elsewhere_upstream_are_refused() {
         "/api/x/../admin/users",
         "/api/./admin/users",
         "/api//admin/users",
-        "/api/%61dmin/users",
+        "/api/%2e%2e/admin/users",
+        "/api/x%2F..%2F..%2Fadmin/users",
     ] {
         let resp = get_as_billing(&p, path, &[]).await;
         let msg = assert_proxy_error(&resp, 400, "bad_request");
@@ -370,4 +372,48 @@ async fn paths_that_resolve_elsewhere_upstream_are_refused() {
     // An ordinary path with an encoded space still goes through.
     let v = echoed(&get_as_billing(&p, "/api/a%20b", &[]).await);
     assert_eq!(v["path"], "/api/a%20b");
+}
+
+/// An encoded unreserved character is that character (RFC 3986): it is
+/// decoded before routing, so `/api/%61dmin/` is the admin route, with the
+/// admin route's permissions, and is forwarded decoded (`%7E`, as Java's
+/// `URLEncoder` writes `~`, arrives as `~`). An encoded slash, as in
+/// GitLab's `projects/group%2Fproject`, is forwarded as it is, unless
+/// `proxy.escaped_slashes: reject`.
+#[tokio::test]
+async fn encoded_paths_route_as_what_they_mean() {
+    let up = echo_upstream().await;
+    let routes = format!(
+        "  - id: api\n    match: {{ path_prefix: /api/ }}\n    upstream: {u}\n    credential: upstream-key\n  - id: admin\n    match: {{ path_prefix: /api/admin/ }}\n    upstream: {u}\n    credential: upstream-key\n",
+        u = up.url()
+    );
+    // Client `ops` may use the admin route; `billing` only `api`.
+    let cfg = billing_config("[api]", &routes).replacen(
+        "credentials:\n",
+        "  - { id: ops, token: { value: ops-token }, routes: [admin] }\ncredentials:\n",
+        1,
+    );
+    let p = start_proxy(&cfg).await;
+    let resp = get_as_billing(&p, "/api/%61dmin/users", &[]).await;
+    assert_proxy_error(&resp, 403, "client_forbidden");
+    assert_eq!(up.hit_count(), 0);
+
+    let v = echoed(&get_as_billing(&p, "/api/%7Ejane/x%41?q=%7E", &[]).await);
+    assert_eq!(v["path"], "/api/~jane/xA");
+    assert_eq!(
+        v["uri"], "/api/~jane/xA?q=%7E",
+        "the query is kept byte for byte"
+    );
+    let v = echoed(&get_as_billing(&p, "/api/projects/group%2Fproject/merge_requests", &[]).await);
+    assert_eq!(v["path"], "/api/projects/group%2Fproject/merge_requests");
+
+    let strict = start_proxy(&cfg.replacen(
+        "proxy: { listen: 127.0.0.1:0 }",
+        "proxy: { listen: 127.0.0.1:0, escaped_slashes: reject }",
+        1,
+    ))
+    .await;
+    let resp = get_as_billing(&strict, "/api/projects/group%2Fproject", &[]).await;
+    let msg = assert_proxy_error(&resp, 400, "bad_request");
+    assert!(msg.contains("encoded slash"), "{msg}");
 }

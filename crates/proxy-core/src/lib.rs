@@ -41,6 +41,7 @@ pub mod forward;
 pub mod headers;
 pub mod inject;
 pub mod limit;
+pub mod path;
 pub mod router;
 pub mod secret;
 pub mod stack;

@@ -324,6 +324,7 @@ where
         .layer(ClientAuthLayer::new(clients.clone()))
         .service(Dispatch {
             router: Arc::new(router),
+            escaped_slashes: config.proxy.escaped_slashes,
         });
     Ok(Proxy {
         service,
@@ -337,6 +338,7 @@ where
 #[derive(Clone, Debug)]
 pub struct Dispatch {
     router: Arc<Router<Arc<Route>>>,
+    escaped_slashes: crate::config::EscapedSlashes,
 }
 
 impl Service<Request<ProxyBody>> for Dispatch {
@@ -352,13 +354,22 @@ impl Service<Request<ProxyBody>> for Dispatch {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
-        if let Some(problem) = crate::router::path_problem(req.uri().path()) {
-            crate::facts::record(&req, |f| f.rejected_by = Some("router"));
-            let e = crate::error::BadRequest(format!(
-                "the request path has {problem}, which could name another route's path upstream"
-            ));
-            return Either::Right(ready(Err(e.into())));
+    fn call(&mut self, mut req: Request<ProxyBody>) -> Self::Future {
+        match crate::path::normalize(req.uri().path(), self.escaped_slashes) {
+            Ok(None) => {}
+            Ok(Some(path)) => {
+                if let Err(e) = set_path(&mut req, &path) {
+                    crate::facts::record(&req, |f| f.rejected_by = Some("router"));
+                    return Either::Right(ready(Err(e)));
+                }
+            }
+            Err(problem) => {
+                crate::facts::record(&req, |f| f.rejected_by = Some("router"));
+                let e = crate::error::BadRequest(format!(
+                    "the request path has {problem}, which could name another route's path upstream"
+                ));
+                return Either::Right(ready(Err(e.into())));
+            }
         }
         let host = req
             .headers()
@@ -381,6 +392,30 @@ impl Service<Request<ProxyBody>> for Dispatch {
             }
         }
     }
+}
+
+/// Replaces `req`'s path with `path` (its normalized form), keeping the
+/// rest of the URI.
+/// It only adds unreserved characters to a valid path, so it cannot fail;
+/// if it ever did, the request is refused, not forwarded unnormalized.
+fn set_path<B>(req: &mut Request<B>, path: &str) -> Result<(), BoxError> {
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    let uri = path_and_query
+        .parse()
+        .ok()
+        .and_then(|pq| {
+            parts.path_and_query = Some(pq);
+            http::Uri::from_parts(parts).ok()
+        })
+        .ok_or_else(|| {
+            crate::error::BadRequest("the request path cannot be normalized".to_owned())
+        })?;
+    *req.uri_mut() = uri;
+    Ok(())
 }
 
 #[cfg(test)]

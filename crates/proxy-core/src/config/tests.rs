@@ -114,6 +114,10 @@ fn bad_configs_name_file_and_field() {
             "proxy: { listen: 127.0.0.1:0, client_header_timeout: 2h }\n",
             "bad.yaml: proxy.client_header_timeout: must be 0s (off) or between 1s and 1h",
         ),
+        (
+            "proxy: { listen: 127.0.0.1:0, escaped_slashes: decode }\n",
+            "bad.yaml: proxy.escaped_slashes: unknown variant (value hidden), expected one of keep, reject",
+        ),
         ("proxy: [", "bad.yaml: "),
     ];
     for (yaml, want) in cases {

@@ -127,6 +127,11 @@ pub struct ProxySettings {
         serialize_with = "ser_duration"
     )]
     pub client_header_timeout: Duration,
+    /// What to do with a percent-encoded slash or backslash (`%2F`,
+    /// `%5C`) in a request path: `keep` (the default) routes and forwards
+    /// it as it is, `reject` answers 400 (see [`crate::path`]).
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
     /// Idle HTTP/1.1 connections kept per upstream origin (default 256;
     /// 0 keeps none: a connection per request).
     #[serde(default = "default_upstream_max_idle")]
@@ -188,6 +193,19 @@ impl TlsSettings {
             .as_ref()
             .map(|_| self.client_cert.unwrap_or(ClientCertMode::Required))
     }
+}
+
+/// `proxy.escaped_slashes`: Envoy's `path_with_escaped_slashes_action`,
+/// its `KEEP_UNCHANGED` and `REJECT_REQUEST`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EscapedSlashes {
+    /// Routed and forwarded as they are; they still count as slashes for
+    /// the dot and empty segment checks.
+    #[default]
+    Keep,
+    /// Refused with 400.
+    Reject,
 }
 
 /// `proxy.tls.client_cert`

@@ -33,6 +33,7 @@ fn dispatch(gate: Arc<Semaphore>, calls: Arc<AtomicUsize>) -> Dispatch {
     assert!(router.insert(None, Some("/r/"), route).is_ok());
     Dispatch {
         router: Arc::new(router),
+        escaped_slashes: Default::default(),
     }
 }
 
@@ -135,6 +136,7 @@ async fn a_route_whose_readiness_fails_answers_with_that_error() {
     assert!(router.insert(None, Some("/r/"), route).is_ok());
     let mut d = Dispatch {
         router: Arc::new(router),
+        escaped_slashes: Default::default(),
     };
     let err = d.call(get("/r/x")).await.err();
     assert_eq!(
