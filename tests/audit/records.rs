@@ -136,7 +136,14 @@ async fn refresh_failed() {
     let (p, sink) = start(&setup(
         "rf",
         "[rf]",
-        &oauth("rf-cred", &ep, ""),
+        // Backing off for an hour after the failure: the second request
+        // below finds the credential backing off, whatever the machine's
+        // speed.
+        &oauth(
+            "rf-cred",
+            &ep,
+            "    refresh: { backoff_min: 1h, backoff_max: 1h }\n",
+        ),
         &route("rf", &up.url(), "    credential: rf-cred\n"),
     ))
     .await;
@@ -172,6 +179,18 @@ async fn refresh_failed() {
         json!({"kind": "refresh", "ts": "<ts>", "credential": "rf-cred", "trigger": "expired",
                "result": "error", "adopted": false, "duration_ms": "<ms>", "error": "<error>",
                "error_code": "invalid_grant", "generation": 0, "expires_at": null})
+    );
+    // The next request makes no token call: the record says no refresh
+    // ran (it did not), and why the request failed all the same.
+    let calls = ep.calls();
+    sink.take();
+    assert_eq!(get_as(&p, CLIENT_TOKEN, "/rf/y").await, 503);
+    assert_eq!(ep.calls(), calls);
+    let v = norm(only_request(&sink));
+    assert_eq!(v["reason"], "refresh_failed", "{v:#}");
+    assert_eq!(
+        v["refresh"],
+        json!({"ran": false, "trigger": "expired", "result": "backing_off", "duration_ms": "<ms>", "error_code": null})
     );
     assert_eq!(up.hit_count(), 0);
 }

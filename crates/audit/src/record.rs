@@ -172,11 +172,13 @@ pub struct CredentialFields<'a> {
 /// `refresh`: a refresh the request waited for.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RefreshFields<'a> {
-    /// Whether one ran.
+    /// Whether one ran (false, with `trigger` and `result` set, when the
+    /// credential was backing off: the request made no token call).
     pub ran: bool,
     /// `expired` or `forced`.
     pub trigger: Option<&'static str>,
-    /// `ok` or `error`.
+    /// `ok`, `error`, or `backing_off` (no attempt: earlier ones failed
+    /// and the next is not due yet).
     pub result: Option<&'static str>,
     /// How long the request waited for it.
     pub duration_ms: Option<f64>,
@@ -361,9 +363,13 @@ impl<'a> RequestRecord<'a> {
             credential: credential_fields(facts, now),
             refresh: match &facts.refresh {
                 Some(r) => RefreshFields {
-                    ran: true,
+                    ran: !r.backing_off,
                     trigger: Some(r.trigger),
-                    result: Some(if r.ok { "ok" } else { "error" }),
+                    result: Some(match (r.ok, r.backing_off) {
+                        (true, _) => "ok",
+                        (false, false) => "error",
+                        (false, true) => "backing_off",
+                    }),
                     duration_ms: Some(millis(r.duration)),
                     error_code: r.oauth_error.as_deref(),
                 },

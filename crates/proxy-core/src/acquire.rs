@@ -133,6 +133,7 @@ where
             let fact = crate::facts::RefreshFact {
                 trigger: "expired",
                 ok: got.is_ok(),
+                backing_off: got.as_ref().is_err_and(|e| e.backing_off),
                 duration: started.elapsed(),
                 oauth_error: got.as_ref().err().and_then(|e| e.oauth_error.clone()),
             };

@@ -67,6 +67,9 @@ pub struct CredentialError {
     /// The token endpoint's `error` code (`invalid_grant`, ...), when a
     /// refresh failed with one.
     pub oauth_error: Option<String>,
+    /// No refresh was attempted for this error: earlier attempts failed
+    /// and the source is backing off (the reason says until when).
+    pub backing_off: bool,
 }
 
 impl CredentialError {
@@ -75,6 +78,7 @@ impl CredentialError {
         Self {
             reason: reason.into(),
             oauth_error: None,
+            backing_off: false,
         }
     }
 }

@@ -103,6 +103,9 @@ pub struct RefreshFact {
     pub trigger: &'static str,
     /// Whether it produced a token.
     pub ok: bool,
+    /// No attempt ran: the credential was backing off after failed
+    /// attempts, and the request failed at once (`ok` is false).
+    pub backing_off: bool,
     /// How long the request waited.
     pub duration: Duration,
     /// The token endpoint's `error` code, if it failed with one.

@@ -470,6 +470,7 @@ where
         let fact = RefreshFact {
             trigger: "forced",
             ok: refreshed.is_ok(),
+            backing_off: refreshed.as_ref().is_err_and(|e| e.backing_off),
             duration: started.elapsed(),
             oauth_error: refreshed.as_ref().err().and_then(|e| e.oauth_error.clone()),
         };

@@ -17,6 +17,8 @@ struct Source {
     invalidations: AtomicUsize,
     refreshes: AtomicUsize,
     fail: AtomicBool,
+    /// Failing because it is backing off (no attempt is made).
+    backing_off: AtomicBool,
 }
 
 impl CredentialSource for Source {
@@ -38,10 +40,9 @@ impl CredentialSource for Source {
     fn invalidate(&self, generation: u64) -> BoxFuture<'static, Result<(), CredentialError>> {
         self.invalidations.fetch_add(1, Ordering::SeqCst);
         if self.fail.load(Ordering::SeqCst) {
-            return ready(Err(CredentialError::new(
-                "token endpoint answered 400 invalid_grant",
-            )))
-            .boxed();
+            let mut e = CredentialError::new("token endpoint answered 400 invalid_grant");
+            e.backing_off = self.backing_off.load(Ordering::SeqCst);
+            return ready(Err(e)).boxed();
         }
         if self
             .generation
@@ -166,6 +167,38 @@ async fn refresh_failure_returns_the_first_401() {
             .as_deref()
             .unwrap()
             .contains("invalid_grant")
+    );
+}
+
+/// A credential backing off makes no attempt: the forced refresh is
+/// recorded as not run, and the 401 stands as `refresh_failed`.
+#[tokio::test]
+async fn a_credential_backing_off_records_no_forced_refresh_run() {
+    let source = Arc::new(Source {
+        generation: AtomicU64::new(7),
+        fail: AtomicBool::new(true),
+        backing_off: AtomicBool::new(true),
+        ..Default::default()
+    });
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let svc = Retry401Layer::new(source.clone(), RetryPolicy::default()).layer(inner(
+        source.clone(),
+        vec![401, 200],
+        bodies.clone(),
+        true,
+    ));
+    let facts = proxy_core::facts::Facts::new();
+    let mut req = Request::get("/").body(proxy_core::empty()).unwrap();
+    proxy_core::context::RequestContext::of_mut(req.extensions_mut()).facts = Some(facts.clone());
+    let resp = svc.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()[X_LATCHKEY_RETRY], "refresh_failed");
+    let seen = facts.snapshot();
+    assert_eq!(seen.retry, Some("refresh_failed"));
+    let refresh = seen.refresh.expect("the forced refresh is recorded");
+    assert_eq!(
+        (refresh.trigger, refresh.ok, refresh.backing_off),
+        ("forced", false, true)
     );
 }
 

@@ -147,6 +147,7 @@ fn credential_unavailable_after_a_failed_refresh_is_refresh_failed() {
         refresh: Some(RefreshFact {
             trigger: "expired",
             ok: false,
+            backing_off: false,
             duration: Duration::from_micros(1500),
             oauth_error: Some("invalid_grant".into()),
         }),
@@ -162,7 +163,23 @@ fn credential_unavailable_after_a_failed_refresh_is_refresh_failed() {
         v["credential"],
         json!({"id": "crm", "generation": null, "outcome": "unavailable", "token_age_s": null, "token_ttl_s": null})
     );
-    // No refresh ran (e.g. failing state, backing off): the plain code.
+    // Backing off after failed attempts: no token call was made for this
+    // request, and the record says so; the refresh is still the reason.
+    f.refresh = Some(RefreshFact {
+        trigger: "expired",
+        ok: false,
+        backing_off: true,
+        duration: Duration::ZERO,
+        oauth_error: None,
+    });
+    let v = record(&f, 503, Some(ErrorCode::CredentialUnavailable));
+    assert_eq!(v["reason"], "refresh_failed");
+    assert_eq!(
+        v["refresh"],
+        json!({"ran": false, "trigger": "expired", "result": "backing_off", "duration_ms": 0.0, "error_code": null})
+    );
+    // No refresh involved (e.g. a secret that does not resolve): the
+    // plain code.
     f.refresh = None;
     assert_eq!(
         record(&f, 503, Some(ErrorCode::CredentialUnavailable))["reason"],
@@ -172,6 +189,7 @@ fn credential_unavailable_after_a_failed_refresh_is_refresh_failed() {
     f.refresh = Some(RefreshFact {
         trigger: "expired",
         ok: true,
+        backing_off: false,
         duration: Duration::ZERO,
         oauth_error: None,
     });
@@ -478,6 +496,7 @@ fn hand_written_json_is_exactly_serde_jsons() {
     full.refresh = Some(RefreshFact {
         trigger: "forced",
         ok: false,
+        backing_off: false,
         duration: Duration::from_micros(1_234_567),
         oauth_error: Some(odd.into()),
     });

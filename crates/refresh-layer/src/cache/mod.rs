@@ -152,6 +152,7 @@ impl From<RefreshError> for CredentialError {
     fn from(e: RefreshError) -> Self {
         Self {
             oauth_error: e.oauth_error().map(str::to_owned),
+            backing_off: matches!(e, RefreshError::BackingOff { .. }),
             reason: e.to_string(),
         }
     }
