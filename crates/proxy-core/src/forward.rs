@@ -79,7 +79,7 @@ impl Forward {
 
     /// The upstream request's URI in origin form (`/base/rest?query`): what
     /// HTTP/1.1 sends; the pool adds scheme and authority for h2.
-    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, http::uri::InvalidUri> {
+    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, String> {
         let t = &self.shared.target;
         let path = uri.path();
         if t.strip_prefix.is_none() && t.upstream.base_path.is_empty() && path.starts_with('/') {
@@ -93,6 +93,13 @@ impl Forward {
             Some(p) => path.strip_prefix(p.as_str()).unwrap_or(path),
             None => path,
         };
+        // A prefix without a trailing `/` strips mid-segment: `/pub../x`
+        // less `/pub` would be `<base>/../x` upstream.
+        if !rest.starts_with('/') && crate::path::starts_with_dot_segment(rest) {
+            return Err(
+                "the path after the route's prefix starts with a . or .. segment, which would leave the upstream's base path".to_owned(),
+            );
+        }
         let base = &t.upstream.base_path;
         let query = uri.query();
         let mut pq = String::with_capacity(base.len() + rest.len() + 2 + query.map_or(0, str::len));
@@ -105,7 +112,7 @@ impl Forward {
             pq.push('?');
             pq.push_str(q);
         }
-        Uri::try_from(pq)
+        Uri::try_from(pq).map_err(|e| format!("cannot build the upstream URI: {e}"))
     }
 }
 
@@ -125,7 +132,7 @@ impl Service<Request<ProxyBody>> for Forward {
         let uri = match self.upstream_uri(&parts.uri) {
             Ok(u) => u,
             Err(e) => {
-                let e = crate::error::BadRequest(format!("cannot build the upstream URI: {e}"));
+                let e = crate::error::BadRequest(e);
                 return Box::pin(async move { Err(e.into()) });
             }
         };
@@ -423,5 +430,24 @@ mod tests {
             let got = fwd(up, strip).upstream_uri(&path.parse().unwrap()).unwrap();
             assert_eq!(got.to_string(), want, "{up} {strip:?} {path}");
         }
+    }
+
+    /// A prefix without a trailing slash strips mid-segment; what is left
+    /// must not climb out of the upstream's base path (`/pub../admin` less
+    /// `/pub` would be `/public/../admin`).
+    #[tokio::test]
+    async fn a_stripped_prefix_cannot_leave_the_base_path() {
+        let f = fwd("https://up.example.com/public", Some("/pub"));
+        for path in [
+            "/pub../admin/x",
+            "/pub.",
+            "/pub..;x/admin",
+            "/pub..%2Fadmin",
+        ] {
+            let e = f.upstream_uri(&path.parse().unwrap()).unwrap_err();
+            assert!(e.contains(". or .. segment"), "{path}: {e}");
+        }
+        let ok = f.upstream_uri(&"/pub..x/y".parse().unwrap()).unwrap();
+        assert_eq!(ok.to_string(), "/public/..x/y");
     }
 }

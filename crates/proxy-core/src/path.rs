@@ -12,9 +12,14 @@
 //!   `URLEncoder`, for one, encodes `~`;
 //! - **refuses** what upstreams resolve differently from the bytes:
 //!   - a `.` or `..` segment, also with `;params` (`..;`, which servlet
-//!     containers resolve like `..`), also once decoded (`%2e%2e`);
-//!   - an empty segment (`//`, which many servers merge);
+//!     containers resolve like `..`; `%3B` counts as `;`), also once
+//!     decoded (`%2e%2e`);
+//!   - an empty segment (`//`, which many servers merge) other than the
+//!     last (`/app/`, Tomcat's `/app/;jsessionid=...`);
 //!   - a backslash (which some servers take for a slash);
+//!   - a `%` that does not start a `%XX` escape (nginx and Go refuse it
+//!     too): kept, it could join hex digits decoded after it into a new
+//!     escape, `%6%31` into `%61`;
 //! - **keeps an encoded slash or backslash** (`%2F`, `%5C`) as it is
 //!   ([`EscapedSlashes::Keep`], Envoy's default `KEEP_UNCHANGED`): APIs put
 //!   them in ids (GitLab's `projects/group%2Fproject`). For the checks
@@ -22,8 +27,14 @@
 //!   whatever the upstream does with it. [`EscapedSlashes::Reject`]
 //!   refuses it instead (Envoy's `REJECT_REQUEST`).
 //!
-//! Other percent-encodings (`%20`, `%25`, UTF-8) are forwarded as they are;
-//! `%252e` stays `%252e` (one decoding never makes it a dot).
+//! Other escapes (`%20`, `%25`, UTF-8) stay escapes, written with upper-case
+//! hex digits (RFC 3986 6.2.2.1: `%2f` and `%2F` are one URI, and route
+//! alike); `%252e` stays `%252e`. Since every `%` left starts its own
+//! escape, the result decoded once, as an upstream would, has no dot
+//! segment and no inner empty one, encoded slashes counted as slashes (a
+//! test checks every short path over the characters that matter). Route
+//! prefixes must be written in this normal form (the config check says
+//! so).
 
 use crate::config::EscapedSlashes;
 
@@ -36,72 +47,115 @@ pub type Problem = &'static str;
 /// use `p`, the path with its encoded unreserved characters decoded;
 /// `Err`: refuse the request.
 pub fn normalize(path: &str, slashes: EscapedSlashes) -> Result<Option<String>, Problem> {
-    let b = path.as_bytes();
-    // The path with unreserved characters decoded, once one is found.
-    let mut decoded: Option<Vec<u8>> = None;
+    let mut out = Rewrite {
+        src: path.as_bytes(),
+        out: None,
+    };
+    let b = out.src;
     let mut seg = Segment::default();
     // Whether the segment being read is the one before a leading `/`.
     let mut leading = true;
     let mut i = 0;
-    loop {
-        let Some(&c) = b.get(i) else {
-            // The last segment may be empty: a trailing slash.
-            if !seg.is_empty() || leading {
-                seg.check(leading)?;
-            }
-            break;
-        };
-        // Bytes read, and the byte they decode to if they are an encoded
-        // unreserved character.
-        let (len, unreserved) = match c {
-            b'%' => match escaped(b, i) {
-                Some(d) if is_unreserved(d) => (3, Some(d)),
-                Some(_) => (3, None),
-                None => (1, None),
-            },
-            _ => (1, None),
-        };
-        match (c, len) {
-            (b'/', _) => {
-                seg.check(leading)?;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'/' => {
+                seg.check(leading, false)?;
                 seg = Segment::default();
                 leading = false;
             }
-            (b'\\', _) => return Err("a backslash"),
-            (b'%', 3) => match unreserved {
-                Some(d) => {
+            b'\\' => return Err("a backslash"),
+            b'%' => {
+                // A `%` that starts no escape is refused (as nginx and Go
+                // do): kept, it could join hex digits decoded after it into
+                // a new escape (`%6%31` would be `%61`).
+                let d = escaped(b, i).ok_or("a % that does not start a %XX escape")?;
+                if is_unreserved(d) {
                     seg.push(d);
-                    decoded.get_or_insert_with(|| b.get(..i).unwrap_or_default().to_vec());
-                }
-                None if matches!(escaped(b, i), Some(b'/' | b'\\')) => {
-                    if slashes == EscapedSlashes::Reject {
-                        return Err("an encoded slash or backslash (%2F, %5C)");
+                    out.change(i, &[d]);
+                } else {
+                    if matches!(d, b'/' | b'\\') {
+                        if slashes == EscapedSlashes::Reject {
+                            return Err("an encoded slash or backslash (%2F, %5C)");
+                        }
+                        // A slash to whoever decodes it: the same checks.
+                        seg.check(leading, false)?;
+                        seg = Segment::default();
+                        leading = false;
+                    } else {
+                        // An encoded `;` starts params to whoever decodes
+                        // before splitting them off: `..%3B` is `..` too.
+                        seg.push(if d == b';' { b';' } else { b'%' });
                     }
-                    // A slash to whoever decodes it: the same checks.
-                    seg.check(leading)?;
-                    seg = Segment::default();
-                    leading = false;
+                    // Upper-case hex digits (RFC 3986 6.2.2.1), so that
+                    // `%2f` and `%2F` route alike.
+                    let upper = [b'%', HEX[usize::from(d >> 4)], HEX[usize::from(d & 15)]];
+                    if b.get(i..i + 3) == Some(&upper[..]) {
+                        out.keep(i, 3);
+                    } else {
+                        out.change(i, &upper);
+                    }
                 }
-                None => seg.push(b'%'),
-            },
+                i += 3;
+                continue;
+            }
             _ => seg.push(c),
         }
-        if let Some(out) = decoded.as_mut() {
-            match unreserved {
-                Some(d) => out.push(d),
-                None => out.extend_from_slice(b.get(i..i + len).unwrap_or_default()),
-            }
-        }
-        i += len;
+        out.keep(i, 1);
+        i += 1;
     }
-    // Decoding ASCII unreserved characters out of a `str` keeps it UTF-8.
-    Ok(decoded.map(|d| String::from_utf8_lossy(&d).into_owned()))
+    seg.check(leading, true)?;
+    // Only ASCII was changed in a `str`: still UTF-8.
+    Ok(out.out.map(|d| String::from_utf8_lossy(&d).into_owned()))
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+/// The normalized path, made only once it differs from the original.
+struct Rewrite<'a> {
+    src: &'a [u8],
+    out: Option<Vec<u8>>,
+}
+
+impl Rewrite<'_> {
+    /// The original's `len` bytes at `at` stay.
+    fn keep(&mut self, at: usize, len: usize) {
+        if let Some(out) = &mut self.out {
+            out.extend_from_slice(self.src.get(at..at + len).unwrap_or_default());
+        }
+    }
+
+    /// The bytes at `at` are replaced with `with`.
+    fn change(&mut self, at: usize, with: &[u8]) {
+        let src = self.src;
+        self.out
+            .get_or_insert_with(|| src.get(..at).unwrap_or_default().to_vec())
+            .extend_from_slice(with);
+    }
 }
 
 /// The byte `%XY` at `at` stands for, if `b[at..]` is one.
 fn escaped(b: &[u8], at: usize) -> Option<u8> {
     let hex = |i: usize| b.get(i).and_then(|h| (*h as char).to_digit(16));
     Some((hex(at + 1)? * 16 + hex(at + 2)?) as u8)
+}
+
+/// Whether the first segment of `rest` (a normalized path with a route's
+/// prefix stripped off mid-segment: `/pub../x` less `/pub`) is `.` or `..`
+/// (its `;params` dropped), which would climb out of the upstream's base
+/// path once joined to it.
+pub fn starts_with_dot_segment(rest: &str) -> bool {
+    let end = [
+        rest.find('/'),
+        rest.find("%2F"),
+        rest.find("%5C"),
+        rest.find(';'),
+        rest.find("%3B"),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(rest.len());
+    matches!(rest.get(..end), Some("." | ".."))
 }
 
 /// RFC 3986's unreserved characters.
@@ -140,17 +194,15 @@ impl Segment {
         }
     }
 
-    fn is_empty(&self) -> bool {
-        !self.any
-    }
-
-    /// Whether the segment may stand; the one before a leading `/` is
-    /// empty in every origin-form path.
-    fn check(&self, leading: bool) -> Result<(), Problem> {
+    /// Whether the segment may stand: the one before a leading `/` is
+    /// empty in every origin-form path; the last may have an empty name (a
+    /// trailing slash, or Tomcat's `/app/;jsessionid=...`).
+    fn check(&self, leading: bool, last: bool) -> Result<(), Problem> {
         if leading && !self.any {
             return Ok(());
         }
         match self.name_len {
+            0 if last => Ok(()),
             // Servlet containers drop a segment's `;params`: `;x` is empty.
             0 => Err("an empty path segment (//)"),
             1 | 2 if self.dots => Err("a . or .. path segment"),
@@ -183,14 +235,14 @@ mod tests {
             "/caf%C3%A9",
             "/100%25",
             "/a%252e%252e/b",
-            "/a%",
-            "/a%zz",
-            "/a%4",
             "/a%3B/b",
+            "/app/;jsessionid=ABC",
+            "/;x",
+            "/api/x/;v=1",
             "*",
             "",
             "/projects/group%2Fproject",
-            "/projects/group%2fsub%2Fproject/files",
+            "/projects/group%2Fsub%2Fproject/files",
             "/a%5Cb",
             "/trailing%2F",
         ] {
@@ -209,7 +261,11 @@ mod tests {
             ("/x/%2e%2ex", "/x/..x"),
             ("/g%2Fp%7E", "/g%2Fp~"),
             ("/caf%C3%A9/%61", "/caf%C3%A9/a"),
-            ("/%61%", "/a%"),
+            ("/%61%25", "/a%25"),
+            // Kept escapes get upper-case hex.
+            ("/g%2fp", "/g%2Fp"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+            ("/a%3b%7e", "/a%3B~"),
         ] {
             assert_eq!(keep(path), Ok(Some(want.to_owned())), "{path}");
         }
@@ -237,8 +293,91 @@ mod tests {
             ("/api%2F%2Fadmin", "an empty path segment (//)"),
             ("/api/%2Fadmin", "an empty path segment (//)"),
             ("/api\\admin", "a backslash"),
+            ("/a%", "a % that does not start a %XX escape"),
+            ("/a%zz", "a % that does not start a %XX escape"),
+            ("/a%4", "a % that does not start a %XX escape"),
+            // Decoded digits cannot complete an escape.
+            ("/api/%6%31dmin", "a % that does not start a %XX escape"),
+            ("/api/%%36%31dmin", "a % that does not start a %XX escape"),
+            (
+                "/p/%2%65%2%65/admin",
+                "a % that does not start a %XX escape",
+            ),
+            ("/api/..;", "a . or .. path segment"),
         ] {
             assert_eq!(keep(bad), Err(problem), "{bad}");
+        }
+    }
+
+    /// Every path over a small alphabet of the characters that matter, up
+    /// to 6 bytes after the leading `/`: what passes is in normal form
+    /// (normalizing it again changes nothing), and decoded once more, as
+    /// an upstream would, it has no `.`, `..` or inner empty segment, with
+    /// `/` and `\\` as separators and `;params` dropped.
+    #[test]
+    fn what_passes_decodes_to_no_dot_or_empty_segment() {
+        let alphabet = b"/.%2eF5C3B61;a";
+        let mut checked = 0;
+        let mut path = vec![b'/'];
+        fn each(path: &mut Vec<u8>, left: usize, alphabet: &[u8], checked: &mut usize) {
+            let s = std::str::from_utf8(path).unwrap_or_default();
+            if let Ok(n) = keep(s) {
+                let p = n.unwrap_or_else(|| s.to_owned());
+                assert_eq!(keep(&p), Ok(None), "{s} -> {p} is not stable");
+                let decoded = decode_all(&p);
+                let segments: Vec<&[u8]> = decoded.split(|c| *c == b'/' || *c == b'\\').collect();
+                let last = segments.len() - 1;
+                for (k, seg) in segments.iter().enumerate().skip(1) {
+                    let name = seg.split(|c| *c == b';').next().unwrap_or_default();
+                    let bad = matches!(name, b"." | b"..") || (name.is_empty() && k < last);
+                    assert!(
+                        !bad,
+                        "{s} -> {p} decodes to {:?}",
+                        String::from_utf8_lossy(&decoded)
+                    );
+                }
+                *checked += 1;
+            }
+            if left == 0 {
+                return;
+            }
+            for &c in alphabet {
+                path.push(c);
+                each(path, left - 1, alphabet, checked);
+                path.pop();
+            }
+        }
+        each(&mut path, 5, alphabet, &mut checked);
+        assert!(checked > 10_000, "{checked}");
+    }
+
+    /// Every `%XX` decoded once.
+    fn decode_all(p: &str) -> Vec<u8> {
+        let b = p.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while let Some(&c) = b.get(i) {
+            match escaped(b, i) {
+                Some(d) if c == b'%' => {
+                    out.push(d);
+                    i += 3;
+                }
+                _ => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_dot_segment_left_by_a_stripped_prefix_is_found() {
+        for dot in ["..", ".", "../x", "..;a/x", "..%2Fx", ".%5Cx", "..%3Bv"] {
+            assert!(starts_with_dot_segment(dot), "{dot}");
+        }
+        for fine in ["", "x", "..x/y", "...", "x/../", "/..", ".a"] {
+            assert!(!starts_with_dot_segment(fine), "{fine}");
         }
     }
 

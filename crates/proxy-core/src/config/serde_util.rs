@@ -29,6 +29,9 @@ pub(super) fn default_max_concurrent() -> usize {
 pub(super) fn default_client_header_timeout() -> Duration {
     Duration::from_secs(60)
 }
+pub(super) fn default_client_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
 pub(super) fn default_max_header() -> u64 {
     64 << 10
 }

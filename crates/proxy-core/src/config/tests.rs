@@ -115,6 +115,14 @@ fn bad_configs_name_file_and_field() {
             "bad.yaml: proxy.client_header_timeout: must be 0s (off) or between 1s and 1h",
         ),
         (
+            "proxy: { listen: 127.0.0.1:0 }\nroutes:\n  - { id: a, match: { path_prefix: /%7Ejane/ }, upstream: https://a, public: true }\n",
+            "bad.yaml: routes[0].match.path_prefix: \"/%7Ejane/\" is not in the form requests are matched in (encoded letters, digits and -._~ decoded, other escapes in upper case): write \"/~jane/\"",
+        ),
+        (
+            "proxy: { listen: 127.0.0.1:0 }\nroutes:\n  - { id: a, match: { path_prefix: /a/../b/ }, upstream: https://a, public: true }\n",
+            "bad.yaml: routes[0].match.path_prefix: \"/a/../b/\" has a . or .. path segment, which no request path is allowed to have",
+        ),
+        (
             "proxy: { listen: 127.0.0.1:0, escaped_slashes: decode }\n",
             "bad.yaml: proxy.escaped_slashes: unknown variant (value hidden), expected one of keep, reject",
         ),

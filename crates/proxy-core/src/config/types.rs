@@ -8,9 +8,10 @@
 use super::credentials::{CredentialConfig, FileStoreSettings, RedisSettings};
 use super::serde_util::{
     de_duration, de_duration_or_zero, de_opt_size, de_size, default_client_header_timeout,
-    default_connect_timeout, default_drain, default_max_concurrent, default_max_header,
-    default_poll, default_replay_limit, default_retry_statuses, default_timeout, default_true,
-    default_upstream_h2_keepalive, default_upstream_idle, default_upstream_max_idle, ser_duration,
+    default_client_idle_timeout, default_connect_timeout, default_drain, default_max_concurrent,
+    default_max_header, default_poll, default_replay_limit, default_retry_statuses,
+    default_timeout, default_true, default_upstream_h2_keepalive, default_upstream_idle,
+    default_upstream_max_idle, ser_duration,
 };
 use crate::secret::SecretRef;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -127,6 +128,16 @@ pub struct ProxySettings {
         serialize_with = "ser_duration"
     )]
     pub client_header_timeout: Duration,
+    /// How long an h2 connection may go without a byte from the caller
+    /// before it is closed gracefully (GOAWAY: requests in flight finish;
+    /// default `5m`, `0s` turns it off). HTTP/1.1 keep-alive connections
+    /// are bounded by `client_header_timeout` instead.
+    #[serde(
+        default = "default_client_idle_timeout",
+        deserialize_with = "de_duration_or_zero",
+        serialize_with = "ser_duration"
+    )]
+    pub client_idle_timeout: Duration,
     /// What to do with a percent-encoded slash or backslash (`%2F`,
     /// `%5C`) in a request path: `keep` (the default) routes and forwards
     /// it as it is, `reject` answers 400 (see [`crate::path`]).

@@ -88,6 +88,13 @@ pub fn validate(config: &Config) -> Result<(), Vec<FieldError>> {
             "must be 0s (off) or between 1s and 1h",
         ));
     }
+    let t = config.proxy.client_idle_timeout;
+    if !t.is_zero() && !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&t) {
+        errs.push(FieldError::new(
+            "proxy.client_idle_timeout",
+            "must be 0s (off) or between 1s and 24h",
+        ));
+    }
     if !(8 << 10..=16 << 20).contains(&config.proxy.max_header_bytes) {
         errs.push(FieldError::new(
             "proxy.max_header_bytes",
@@ -120,13 +127,25 @@ pub fn validate(config: &Config) -> Result<(), Vec<FieldError>> {
                 "set host, path_prefix or both",
             ));
         }
-        if let Some(p) = &m.path_prefix
-            && !p.starts_with('/')
-        {
-            errs.push(FieldError::new(
-                at("match.path_prefix"),
-                format!("{p:?} must start with /"),
-            ));
+        if let Some(p) = &m.path_prefix {
+            // Request paths are normalized before they are matched
+            // (crate::path): a prefix in another form would never match.
+            let problem = if !p.starts_with('/') {
+                Some(format!("{p:?} must start with /"))
+            } else {
+                match crate::path::normalize(p, crate::config::EscapedSlashes::Keep) {
+                    Ok(None) => None,
+                    Ok(Some(n)) => Some(format!(
+                        "{p:?} is not in the form requests are matched in (encoded letters, digits and -._~ decoded, other escapes in upper case): write {n:?}"
+                    )),
+                    Err(problem) => Some(format!(
+                        "{p:?} has {problem}, which no request path is allowed to have"
+                    )),
+                }
+            };
+            if let Some(problem) = problem {
+                errs.push(FieldError::new(at("match.path_prefix"), problem));
+            }
         }
         if let Some(h) = &m.host
             && (h.is_empty() || h.contains('/') || h.contains(char::is_whitespace))
