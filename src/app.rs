@@ -67,6 +67,7 @@ pub async fn start_with(
     let drain = config.proxy.drain_timeout;
     let max_header_bytes = usize::try_from(config.proxy.max_header_bytes).unwrap_or(usize::MAX);
     let header_timeout = config.proxy.client_header_timeout;
+    let idle_timeout = config.proxy.client_idle_timeout;
     let proxy_listen = config.proxy.listen;
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
     for w in proxy_core::config::warnings(&config) {
@@ -148,6 +149,7 @@ pub async fn start_with(
         crate::server::ConnLimits {
             max_header_bytes,
             header_timeout,
+            idle_timeout,
         },
         tls,
     ));

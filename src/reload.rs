@@ -210,9 +210,10 @@ fn startup_bound_changes(old: &Config, new: &Config) -> Vec<String> {
     if o.drain_timeout != n.drain_timeout
         || o.max_header_bytes != n.max_header_bytes
         || o.client_header_timeout != n.client_header_timeout
+        || o.client_idle_timeout != n.client_idle_timeout
     {
         out.push(
-            "proxy.drain_timeout / proxy.max_header_bytes / proxy.client_header_timeout changed; they apply after a restart"
+            "proxy.drain_timeout / proxy.max_header_bytes / proxy.client_header_timeout / proxy.client_idle_timeout changed; they apply after a restart"
                 .to_string(),
         );
     }

@@ -25,6 +25,12 @@
 //! is `https`) and, when the caller sent a verified client certificate, its
 //! [`PeerIdentity`] for client auth.
 //!
+//! Slow and quiet callers: hyper's header read timeout
+//! (`proxy.client_header_timeout`) bounds an HTTP/1.1 caller's request
+//! head and its idle keep-alive wait; an h2 connection (and whatever the
+//! auto builder serves) is closed gracefully once its caller has sent
+//! nothing for `proxy.client_idle_timeout` (see [`idle`]).
+//!
 //! Shutdown: stop accepting, ask every connection to finish its in-flight
 //! requests (HTTP/1.1 keep-alive off, h2 GOAWAY), and wait for them up to the
 //! drain timeout. Connections with nothing in flight, and callers that have
@@ -37,7 +43,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown, Watcher};
 use proxy_core::context::{ConnInfo, PeerIdentity, RequestContext, RequestId};
 use proxy_core::stack::{CallNowOrWait, call_now_or_wait};
 use proxy_core::{ProxyBody, boxed};
@@ -49,6 +55,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+mod idle;
 mod stop;
 
 /// Longest a TLS handshake may take before the connection is dropped.
@@ -157,6 +164,9 @@ struct Builders {
     h2: http2::Builder<TokioExecutor>,
     /// Also bounds how long a plain connection's first bytes may take.
     header_timeout: Duration,
+    /// `proxy.client_idle_timeout`, for connections served as h2 or on
+    /// the auto builder (see [`idle`]).
+    idle_timeout: Duration,
 }
 
 /// What bounds a caller's connection.
@@ -167,6 +177,9 @@ pub struct ConnLimits {
     /// Longest wait for a request head, the first or the next on a
     /// keep-alive connection (`proxy.client_header_timeout`).
     pub header_timeout: Duration,
+    /// Longest an h2 connection may go without a byte from its caller
+    /// (`proxy.client_idle_timeout`; zero: no limit).
+    pub idle_timeout: Duration,
 }
 
 impl Builders {
@@ -174,6 +187,7 @@ impl Builders {
         let ConnLimits {
             max_header_bytes,
             header_timeout,
+            idle_timeout,
         } = limits;
         let mut auto = auto::Builder::new(TokioExecutor::new());
         let mut h1 = http1::Builder::new();
@@ -200,6 +214,7 @@ impl Builders {
             h1,
             h2,
             header_timeout,
+            idle_timeout,
         }
     }
 }
@@ -296,11 +311,13 @@ async fn serve_plain(
         // Boxed, as the rarer kinds: the h1 connection's state stays the
         // only one inline in every connection's task.
         Sniffed::H2 => {
-            let conn = builders.h2.serve_connection(TokioIo::new(stream), svc);
-            Box::pin(watcher.watch(conn)).await.map_err(Into::into)
+            let (io, heard) = idle::Heard::new(stream);
+            let conn = builders.h2.serve_connection(TokioIo::new(io), svc);
+            let idle = idle::quiet_for(heard, builders.idle_timeout);
+            Box::pin(serve_graceful(conn, watcher, shutdown, idle)).await
         }
         // Not from `sniff_until_sure`; served as the auto builder would.
-        Sniffed::Unsure => Box::pin(serve_conn(&builders.auto, watcher, stream, svc)).await,
+        Sniffed::Unsure => Box::pin(serve_conn(builders, watcher, shutdown, stream, svc)).await,
         Sniffed::Closed => Ok(()),
     }
 }
@@ -340,20 +357,59 @@ where
 }
 
 /// Serves HTTP on one (plain or TLS) connection under graceful shutdown,
-/// telling HTTP/1.1 from h2 by reading its first bytes.
+/// telling HTTP/1.1 from h2 by reading its first bytes; closed when its
+/// caller stays quiet (see [`idle`]).
 async fn serve_conn<I>(
-    builder: &auto::Builder<TokioExecutor>,
+    builders: &Builders,
     watcher: Watcher,
+    shutdown: watch::Receiver<bool>,
     io: I,
     svc: ConnService,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = builder
+    let (io, heard) = idle::Heard::new(io);
+    let conn = builders
+        .auto
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .into_owned();
-    watcher.watch(conn).await
+    let idle = idle::quiet_for(heard, builders.idle_timeout);
+    serve_graceful(conn, watcher, shutdown, idle).await
+}
+
+/// Serves `conn` to its end. It is shut down gracefully (requests in
+/// flight finish; HTTP/1.1 keep-alive off, h2 GOAWAY) once `shutdown`
+/// turns true or `idle` resolves (its caller went quiet). `watcher` is
+/// held to the end, so the drain waits for it.
+async fn serve_graceful<C>(
+    conn: C,
+    watcher: Watcher,
+    shutdown: watch::Receiver<bool>,
+    idle: impl Future<Output = ()>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    C: GracefulConnection,
+    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::pin!(conn);
+    // Both polled only when their own wakers fired (the task wakes for
+    // every request and every frame).
+    let mut stop = stop::stopped(shutdown);
+    let mut idle = stop::OnWake::new(idle);
+    tokio::select! {
+        // The connection first: what is already in the socket is served.
+        biased;
+        r = conn.as_mut() => return r.map_err(Into::into),
+        () = &mut stop => {}
+        () = &mut idle => tracing::debug!(
+            "no byte from the caller for proxy.client_idle_timeout; closing its connection gracefully"
+        ),
+    }
+    conn.as_mut().graceful_shutdown();
+    let r = conn.await;
+    drop(watcher);
+    r.map_err(Into::into)
 }
 
 /// Serves one TLS connection: the handshake, then HTTP/1.1 on hyper's own
@@ -383,7 +439,7 @@ async fn serve_tls(
         // HTTP/1.1 read buffer), and a caller that agreed on h2 but sends
         // no preface is then closed at once on stop: hyper's h2
         // connection would wait for the preface before its GOAWAY.
-        serve_conn(&builders.auto, watcher, stream, svc).await
+        serve_conn(builders, watcher, shutdown, stream, svc).await
     }
 }
 

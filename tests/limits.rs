@@ -1,6 +1,12 @@
 //! Request limits: load shedding past `proxy.max_concurrent_requests` (503
 //! `overloaded` with `Retry-After`, not a queue), oversized request heads
-//! (431), and both recovering as soon as the pressure goes.
+//! (431), and both recovering as soon as the pressure goes; slow, silent
+//! and quiet callers closed after the header and idle timeouts.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
+)]
 
 mod support;
 
@@ -166,4 +172,127 @@ async fn slow_silent_and_idle_callers_are_closed_after_the_header_timeout() {
             "{addr}"
         );
     }
+}
+
+/// h2 over a plain connection, prior knowledge: the request sender and the
+/// task driving the connection (it ends when the proxy closes it).
+async fn h2_caller(
+    addr: &str,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    (tx, tokio::spawn(conn))
+}
+
+async fn h2_get(
+    tx: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    addr: &str,
+) -> http::StatusCode {
+    use http_body_util::BodyExt as _;
+    let req = http::Request::get(format!("http://{addr}/api/x"))
+        .header("authorization", bearer(CLIENT_TOKEN))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    tx.ready().await.unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    let status = resp.status();
+    resp.into_body().collect().await.unwrap();
+    status
+}
+
+/// An h2 connection is closed gracefully once its caller has sent nothing
+/// for `proxy.client_idle_timeout` (between it and 4/3 of it). Paused
+/// clock, one request: a second request on the same h2 connection lets
+/// the paused clock jump to the next timer (a task that yields is polled
+/// again only after the driver parks, and a paused driver that parks
+/// advances the clock), so its timing would say nothing. That being heard
+/// from keeps a connection open is tested on the timer itself, in
+/// `server::idle`.
+#[tokio::test(start_paused = true)]
+async fn a_quiet_h2_connection_is_closed_after_the_idle_timeout() {
+    use std::time::Duration;
+    let up = echo_upstream().await;
+    let p = start_proxy(&limited("client_idle_timeout: 30s", &up.url())).await;
+    let addr = p.base.trim_start_matches("http://").to_owned();
+    let (mut tx, conn) = h2_caller(&addr).await;
+    assert_eq!(h2_get(&mut tx, &addr).await, 200);
+    let last = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(600), conn)
+        .await
+        .expect("a quiet h2 connection stays open")
+        .unwrap()
+        .unwrap();
+    let quiet = last.elapsed();
+    assert!(
+        (Duration::from_secs(30)..=Duration::from_secs(41)).contains(&quiet),
+        "closed after {quiet:?} of quiet"
+    );
+}
+
+/// The idle close is graceful (GOAWAY): a request still waiting for its
+/// upstream when the caller went quiet gets its answer; the connection
+/// closes after it. Paused clock.
+#[tokio::test(start_paused = true)]
+async fn the_idle_close_lets_a_waiting_request_finish() {
+    use std::time::Duration;
+    let up = support::slow_upstream(Duration::from_secs(25)).await;
+    let p = start_proxy(&limited("client_idle_timeout: 10s", &up.url())).await;
+    let addr = p.base.trim_start_matches("http://").to_owned();
+    let (mut tx, conn) = h2_caller(&addr).await;
+    let started = tokio::time::Instant::now();
+    assert_eq!(h2_get(&mut tx, &addr).await, 200);
+    assert!(started.elapsed() >= Duration::from_secs(25));
+    tokio::time::timeout(Duration::from_secs(60), conn)
+        .await
+        .expect("the connection closes once its last request is done")
+        .unwrap()
+        .unwrap();
+}
+
+/// A TLS caller that agreed on h2 and then sends nothing (not even the
+/// preface) is closed after the idle timeout too. Paused clock.
+#[tokio::test(start_paused = true)]
+async fn a_tls_h2_caller_that_sends_nothing_is_closed_after_the_idle_timeout() {
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt as _;
+    let ca = support::TestCa::new();
+    let (cert, key) = ca.issue(&["localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let up = echo_upstream().await;
+    let tls = format!(
+        "client_idle_timeout: 30s, tls: {{ cert_file: {:?}, key_file: {:?} }}",
+        cert_file.display().to_string(),
+        key_file.display().to_string()
+    );
+    let p = start_proxy(&limited(&tls, &up.url())).await;
+    let addr = p.running.as_ref().unwrap().proxy_addr;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(ca.client_config(&[b"h2"]))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let connected = tokio::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(600), stream.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "a silent TLS h2 caller stays connected");
+    let quiet = connected.elapsed();
+    assert!(
+        (Duration::from_secs(30)..=Duration::from_secs(41)).contains(&quiet),
+        "closed after {quiet:?}"
+    );
 }

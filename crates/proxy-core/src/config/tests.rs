@@ -123,6 +123,10 @@ fn bad_configs_name_file_and_field() {
             "bad.yaml: routes[0].match.path_prefix: \"/a/../b/\" has a . or .. path segment, which no request path is allowed to have",
         ),
         (
+            "proxy: { listen: 127.0.0.1:0, client_idle_timeout: 2d }\n",
+            "bad.yaml: proxy.client_idle_timeout: must be 0s (off) or between 1s and 24h",
+        ),
+        (
             "proxy: { listen: 127.0.0.1:0, escaped_slashes: decode }\n",
             "bad.yaml: proxy.escaped_slashes: unknown variant (value hidden), expected one of keep, reject",
         ),

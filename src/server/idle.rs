@@ -1,0 +1,165 @@
+//! `proxy.client_idle_timeout`: h2 connections that go quiet are closed.
+//!
+//! hyper bounds an HTTP/1.1 connection's wait for its next request (the
+//! header read timeout, `proxy.client_header_timeout`), but not an h2
+//! connection's: one that carries no more requests, or a caller that
+//! agreed on h2 over TLS and never sent its preface, would stay open (a
+//! file descriptor and hyper's connection state) until the peer or a
+//! shutdown closed it. nginx closes such a connection after
+//! `keepalive_timeout` (75 s), Envoy after its `idle_timeout` (1 h).
+//!
+//! Here a connection served as h2 (or on hyper-util's auto builder, which
+//! serves TLS h2) counts the bytes its caller sends: [`Heard`] notes, on
+//! each read that returned data, that the caller was heard from. When it
+//! was not heard from for the idle timeout, the connection is shut down
+//! gracefully, as on a stop: a GOAWAY, the requests in flight finish, new
+//! ones go to a new connection, which every h2 client opens on its own. A
+//! request waiting a long time for its answer (a long poll) therefore is
+//! not cut; only its connection takes no new requests. A caller's h2 PING
+//! counts as being heard from.
+//!
+//! The check runs every third of the timeout, so a quiet connection is
+//! closed between the timeout and 4/3 of it. Per read it costs one relaxed
+//! store; the timer is polled only when it fires ([`super::stop::OnWake`]).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A caller's stream that notes when the caller sent something.
+pub(super) struct Heard<S> {
+    inner: S,
+    heard: Arc<AtomicBool>,
+}
+
+impl<S> Heard<S> {
+    /// Wraps `inner`; the returned flag turns true on every read that
+    /// returned data.
+    pub(super) fn new(inner: S) -> (Self, Arc<AtomicBool>) {
+        let heard = Arc::new(AtomicBool::new(false));
+        (
+            Self {
+                inner,
+                heard: heard.clone(),
+            },
+            heard,
+        )
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Heard<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        if buf.filled().len() > before {
+            self.heard.store(true, Ordering::Relaxed);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Heard<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Resolves once `heard` stayed false for `timeout` (between it and 4/3
+/// of it; see the module docs); never when `timeout` is zero (off).
+pub(super) async fn quiet_for(heard: Arc<AtomicBool>, timeout: Duration) {
+    if timeout.is_zero() {
+        return std::future::pending().await;
+    }
+    let step = timeout / 3;
+    let mut quiet_steps = 0;
+    loop {
+        tokio::time::sleep(step).await;
+        if heard.swap(false, Ordering::Relaxed) {
+            quiet_steps = 0;
+        } else {
+            quiet_steps += 1;
+            if quiet_steps >= 3 {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    /// Resolves after three quiet checks in a row, a third of the timeout
+    /// apart; being heard from in between starts the count again.
+    #[tokio::test(start_paused = true)]
+    async fn quiet_means_no_byte_for_the_whole_timeout() {
+        let heard = Arc::new(AtomicBool::new(false));
+        let start = Instant::now();
+        quiet_for(heard.clone(), Duration::from_secs(30)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+
+        // Heard from every 25 s for 200 s: never quiet for 30 s.
+        let start = Instant::now();
+        let talker = tokio::spawn({
+            let heard = heard.clone();
+            async move {
+                for _ in 0..8 {
+                    tokio::time::sleep(Duration::from_secs(25)).await;
+                    heard.store(true, Ordering::Relaxed);
+                }
+            }
+        });
+        quiet_for(heard.clone(), Duration::from_secs(30)).await;
+        talker.await.unwrap();
+        let took = start.elapsed();
+        // The last byte at 200 s; quiet from there for 30 to 40 s.
+        assert!(
+            (Duration::from_secs(230)..=Duration::from_secs(240)).contains(&took),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_is_off() {
+        let heard = Arc::new(AtomicBool::new(false));
+        let never = tokio::time::timeout(
+            Duration::from_secs(86_400 * 365),
+            quiet_for(heard, Duration::ZERO),
+        )
+        .await;
+        assert!(never.is_err());
+    }
+}
