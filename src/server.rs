@@ -49,6 +49,7 @@ use proxy_core::stack::{CallNowOrWait, call_now_or_wait};
 use proxy_core::{ProxyBody, boxed};
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -313,7 +314,7 @@ async fn serve_plain(
         Sniffed::H2 => {
             let (io, heard) = idle::Heard::new(stream);
             let conn = builders.h2.serve_connection(TokioIo::new(io), svc);
-            let idle = idle::quiet_for(heard, builders.idle_timeout);
+            let idle = (heard, builders.idle_timeout);
             Box::pin(serve_graceful(conn, watcher, shutdown, idle)).await
         }
         // Not from `sniff_until_sure`; served as the auto builder would.
@@ -374,19 +375,27 @@ where
         .auto
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .into_owned();
-    let idle = idle::quiet_for(heard, builders.idle_timeout);
-    serve_graceful(conn, watcher, shutdown, idle).await
+    serve_graceful(conn, watcher, shutdown, (heard, builders.idle_timeout)).await
 }
 
 /// Serves `conn` to its end. It is shut down gracefully (requests in
 /// flight finish; HTTP/1.1 keep-alive off, h2 GOAWAY) once `shutdown`
-/// turns true or `idle` resolves (its caller went quiet). `watcher` is
+/// turns true or its caller was not heard from (`idle`: the flag of its
+/// [`idle::Heard`] stream, and `proxy.client_idle_timeout`). `watcher` is
 /// held to the end, so the drain waits for it.
+///
+/// An h2 graceful shutdown waits for the caller to answer the PING sent
+/// with the first GOAWAY, with no limit of its own: a caller that sends
+/// nothing at all (hung, gone, or a slowloris after its SETTINGS) would
+/// hold the connection forever. So after an idle shutdown the caller has
+/// [`idle::grace`] to show any sign of life; without one the connection
+/// is dropped. A live caller answers within a round trip, and its
+/// requests in flight then finish as usual.
 async fn serve_graceful<C>(
     conn: C,
     watcher: Watcher,
     shutdown: watch::Receiver<bool>,
-    idle: impl Future<Output = ()>,
+    (heard, idle_timeout): (Arc<AtomicBool>, Duration),
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     C: GracefulConnection,
@@ -396,17 +405,34 @@ where
     // Both polled only when their own wakers fired (the task wakes for
     // every request and every frame).
     let mut stop = stop::stopped(shutdown);
-    let mut idle = stop::OnWake::new(idle);
-    tokio::select! {
+    let mut idle = stop::OnWake::new(idle::quiet_for(heard.clone(), idle_timeout));
+    let idled = tokio::select! {
         // The connection first: what is already in the socket is served.
         biased;
         r = conn.as_mut() => return r.map_err(Into::into),
-        () = &mut stop => {}
-        () = &mut idle => tracing::debug!(
-            "no byte from the caller for proxy.client_idle_timeout; closing its connection gracefully"
-        ),
-    }
+        () = &mut stop => false,
+        () = &mut idle => true,
+    };
     conn.as_mut().graceful_shutdown();
+    if idled {
+        tracing::debug!(
+            "no byte from the caller for proxy.client_idle_timeout; closing its connection gracefully"
+        );
+        heard.store(false, Ordering::Relaxed);
+        let r = tokio::select! {
+            biased;
+            r = conn.as_mut() => Some(r),
+            () = tokio::time::sleep(idle::grace(idle_timeout)) => None,
+        };
+        match r {
+            Some(r) => return r.map_err(Into::into),
+            None if !heard.load(Ordering::Relaxed) => {
+                tracing::debug!("the quiet caller did not answer the GOAWAY; connection dropped");
+                return Ok(());
+            }
+            None => {}
+        }
+    }
     let r = conn.await;
     drop(watcher);
     r.map_err(Into::into)

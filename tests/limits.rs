@@ -296,3 +296,41 @@ async fn a_tls_h2_caller_that_sends_nothing_is_closed_after_the_idle_timeout() {
         "closed after {quiet:?}"
     );
 }
+
+/// A caller that sends the h2 preface and its SETTINGS and then nothing,
+/// not even the answer to the GOAWAY's PING (a hung client, a peer that is
+/// gone, a slowloris), is dropped a grace period after the idle close:
+/// hyper's graceful h2 close alone would wait for that answer forever.
+/// Paused clock.
+#[tokio::test(start_paused = true)]
+async fn an_h2_caller_that_never_answers_is_dropped_after_the_grace() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let up = echo_upstream().await;
+    let p = start_proxy(&limited("client_idle_timeout: 30s", &up.url())).await;
+    let addr = p.base.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // The preface and an empty SETTINGS frame.
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3600), tcp.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "still open after an hour");
+    // Quiet for 30-40 s, then 10 s (a third of it) to answer.
+    let took = start.elapsed();
+    assert!(
+        (Duration::from_secs(40)..=Duration::from_secs(51)).contains(&took),
+        "dropped after {took:?}"
+    );
+    // It was told first: the frame types sent include GOAWAY (7).
+    let mut types = Vec::new();
+    let mut i = 0;
+    while let Some(head) = buf.get(i..i + 9) {
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        types.push(head[3]);
+        i += 9 + len;
+    }
+    assert!(types.contains(&7), "frames sent: {types:?}");
+}

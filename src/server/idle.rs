@@ -19,7 +19,10 @@
 //! counts as being heard from.
 //!
 //! The check runs every third of the timeout, so a quiet connection is
-//! closed between the timeout and 4/3 of it. Per read it costs one relaxed
+//! closed between the timeout and 4/3 of it. A graceful h2 close waits for
+//! the caller to answer a PING, with no limit; a caller that does not
+//! answer within [`grace`] (a hung client, a peer that is gone, a
+//! slowloris that sent its SETTINGS and stopped) is dropped then. Per read it costs one relaxed
 //! store; the timer is polled only when it fires ([`super::stop::OnWake`]).
 
 use std::io;
@@ -94,6 +97,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Heard<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// How long a caller whose connection was closed for quiet has to show a
+/// sign of life (it is sent a GOAWAY and, on h2, a PING) before the
+/// connection is dropped: a third of the idle timeout, at most 30 s.
+pub(super) fn grace(timeout: Duration) -> Duration {
+    (timeout / 3).min(Duration::from_secs(30))
 }
 
 /// Resolves once `heard` stayed false for `timeout` (between it and 4/3

@@ -47,21 +47,24 @@ pub type Problem = &'static str;
 /// use `p`, the path with its encoded unreserved characters decoded;
 /// `Err`: refuse the request.
 pub fn normalize(path: &str, slashes: EscapedSlashes) -> Result<Option<String>, Problem> {
-    let mut out = Rewrite {
-        src: path.as_bytes(),
-        out: None,
-    };
-    let b = out.src;
-    let mut seg = Segment::default();
+    let b = path.as_bytes();
+    let mut out = Rewrite::default();
+    // The segment being read: where it starts, where its `;params` start.
+    let mut start = 0;
+    let mut params = None;
     // Whether the segment being read is the one before a leading `/`.
     let mut leading = true;
     let mut i = 0;
+    // Ordinary bytes cost a comparison each; segments are checked at their
+    // ends, from the bytes.
     while let Some(&c) = b.get(i) {
         match c {
             b'/' => {
-                seg.check(leading, false)?;
-                seg = Segment::default();
-                leading = false;
+                check(b, start, params.unwrap_or(i), leading, false)?;
+                (start, params, leading) = (i + 1, None, false);
+            }
+            b';' => {
+                params.get_or_insert(i);
             }
             b'\\' => return Err("a backslash"),
             b'%' => {
@@ -70,66 +73,99 @@ pub fn normalize(path: &str, slashes: EscapedSlashes) -> Result<Option<String>, 
                 // a new escape (`%6%31` would be `%61`).
                 let d = escaped(b, i).ok_or("a % that does not start a %XX escape")?;
                 if is_unreserved(d) {
-                    seg.push(d);
-                    out.change(i, &[d]);
+                    out.change(b, i, &[d]);
                 } else {
-                    if matches!(d, b'/' | b'\\') {
-                        if slashes == EscapedSlashes::Reject {
-                            return Err("an encoded slash or backslash (%2F, %5C)");
+                    match d {
+                        b'/' | b'\\' => {
+                            if slashes == EscapedSlashes::Reject {
+                                return Err("an encoded slash or backslash (%2F, %5C)");
+                            }
+                            // A slash to whoever decodes it: the same checks.
+                            check(b, start, params.unwrap_or(i), leading, false)?;
+                            (start, params, leading) = (i + 3, None, false);
                         }
-                        // A slash to whoever decodes it: the same checks.
-                        seg.check(leading, false)?;
-                        seg = Segment::default();
-                        leading = false;
-                    } else {
                         // An encoded `;` starts params to whoever decodes
                         // before splitting them off: `..%3B` is `..` too.
-                        seg.push(if d == b';' { b';' } else { b'%' });
+                        b';' => {
+                            params.get_or_insert(i);
+                        }
+                        _ => {}
                     }
                     // Upper-case hex digits (RFC 3986 6.2.2.1), so that
                     // `%2f` and `%2F` route alike.
                     let upper = [b'%', HEX[usize::from(d >> 4)], HEX[usize::from(d & 15)]];
-                    if b.get(i..i + 3) == Some(&upper[..]) {
-                        out.keep(i, 3);
-                    } else {
-                        out.change(i, &upper);
+                    if b.get(i..i + 3) != Some(&upper[..]) {
+                        out.change(b, i, &upper);
                     }
                 }
                 i += 3;
                 continue;
             }
-            _ => seg.push(c),
+            _ => {}
         }
-        out.keep(i, 1);
         i += 1;
     }
-    seg.check(leading, true)?;
-    // Only ASCII was changed in a `str`: still UTF-8.
-    Ok(out.out.map(|d| String::from_utf8_lossy(&d).into_owned()))
+    check(b, start, params.unwrap_or(b.len()), leading, true)?;
+    Ok(out.finish(b))
+}
+
+/// Checks the segment whose name (the part before any `;params`) is
+/// `b[start..end]`, escapes still in it: `.` and `..` (also encoded, as
+/// `%2E`) are refused, and so is an empty name, except before a leading
+/// `/` (every origin-form path has that one) and in the last segment (a
+/// trailing slash, Tomcat's `/app/;jsessionid=...`).
+fn check(b: &[u8], start: usize, end: usize, leading: bool, last: bool) -> Result<(), Problem> {
+    let name = b.get(start..end).unwrap_or_default();
+    match name.len() {
+        0 if (leading && end == start && b.get(start) != Some(&b';')) || last => Ok(()),
+        // Servlet containers drop a segment's `;params`: `;x` is empty.
+        0 => Err("an empty path segment (//)"),
+        // At most `%2E%2E`: only short names can be dots.
+        1..=6 if is_dots(name) => Err("a . or .. path segment"),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `name` is `.` or `..`, each dot literal or `%2E`.
+fn is_dots(name: &[u8]) -> bool {
+    let mut dots = 0;
+    let mut i = 0;
+    while let Some(&c) = name.get(i) {
+        match c {
+            b'.' => i += 1,
+            b'%' if escaped(name, i) == Some(b'.') => i += 3,
+            _ => return false,
+        }
+        dots += 1;
+    }
+    matches!(dots, 1 | 2)
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 /// The normalized path, made only once it differs from the original.
-struct Rewrite<'a> {
-    src: &'a [u8],
+#[derive(Default)]
+struct Rewrite {
     out: Option<Vec<u8>>,
+    /// Bytes of the original already accounted for in `out`.
+    done: usize,
 }
 
-impl Rewrite<'_> {
-    /// The original's `len` bytes at `at` stay.
-    fn keep(&mut self, at: usize, len: usize) {
-        if let Some(out) = &mut self.out {
-            out.extend_from_slice(self.src.get(at..at + len).unwrap_or_default());
-        }
+impl Rewrite {
+    /// The 3-byte escape at `at` in `src` is replaced with `with`.
+    fn change(&mut self, src: &[u8], at: usize, with: &[u8]) {
+        let out = self.out.get_or_insert_with(Vec::new);
+        out.extend_from_slice(src.get(self.done..at).unwrap_or_default());
+        out.extend_from_slice(with);
+        self.done = at + 3;
     }
 
-    /// The bytes at `at` are replaced with `with`.
-    fn change(&mut self, at: usize, with: &[u8]) {
-        let src = self.src;
-        self.out
-            .get_or_insert_with(|| src.get(..at).unwrap_or_default().to_vec())
-            .extend_from_slice(with);
+    /// The whole normalized path, if it differs.
+    fn finish(self, src: &[u8]) -> Option<String> {
+        let mut out = self.out?;
+        out.extend_from_slice(src.get(self.done..).unwrap_or_default());
+        // Only ASCII was changed in a `str`: still UTF-8.
+        Some(String::from_utf8_lossy(&out).into_owned())
     }
 }
 
@@ -161,54 +197,6 @@ pub fn starts_with_dot_segment(rest: &str) -> bool {
 /// RFC 3986's unreserved characters.
 fn is_unreserved(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
-}
-
-/// What the checks need of one segment: its name (the part before any
-/// `;params`), as far as it can be `.`, `..` or empty.
-#[derive(Default)]
-struct Segment {
-    /// Bytes of the name so far.
-    name_len: usize,
-    /// Whether every byte of the name so far is a `.`.
-    dots: bool,
-    /// A `;` was seen: the rest are params.
-    params: bool,
-    /// Any byte at all (params included).
-    any: bool,
-}
-
-impl Segment {
-    fn push(&mut self, c: u8) {
-        if !self.any {
-            self.dots = true;
-        }
-        self.any = true;
-        if self.params {
-            return;
-        }
-        if c == b';' {
-            self.params = true;
-        } else {
-            self.name_len += 1;
-            self.dots &= c == b'.';
-        }
-    }
-
-    /// Whether the segment may stand: the one before a leading `/` is
-    /// empty in every origin-form path; the last may have an empty name (a
-    /// trailing slash, or Tomcat's `/app/;jsessionid=...`).
-    fn check(&self, leading: bool, last: bool) -> Result<(), Problem> {
-        if leading && !self.any {
-            return Ok(());
-        }
-        match self.name_len {
-            0 if last => Ok(()),
-            // Servlet containers drop a segment's `;params`: `;x` is empty.
-            0 => Err("an empty path segment (//)"),
-            1 | 2 if self.dots => Err("a . or .. path segment"),
-            _ => Ok(()),
-        }
-    }
 }
 
 #[cfg(test)]
