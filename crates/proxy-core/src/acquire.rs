@@ -128,11 +128,18 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let id = self.id.clone();
         let started = tokio::time::Instant::now();
+        // The generation held before the wait: a wait that ends with the
+        // same one got no new token. That is a refresh that failed while
+        // the token held stayed valid (a forced refresh after a 401 that
+        // marked it rejected), and the old token is sent again.
+        let before = self.source.generation();
         Either::Right(Box::pin(async move {
             let got = get.await;
             let fact = crate::facts::RefreshFact {
                 trigger: "expired",
-                ok: got.is_ok(),
+                ok: got
+                    .as_ref()
+                    .is_ok_and(|c| before.is_none_or(|g| g != c.generation)),
                 backing_off: got.as_ref().is_err_and(|e| e.backing_off),
                 duration: started.elapsed(),
                 oauth_error: got.as_ref().err().and_then(|e| e.oauth_error.clone()),
@@ -277,6 +284,64 @@ mod tests {
             assert!(
                 resp.extensions().get::<CredentialUsed>().is_none(),
                 "status {status}"
+            );
+        }
+    }
+
+    /// A source that never holds a valid token for the fast path; its
+    /// wait hands out generation `gives`, while `generation()` says
+    /// `holds`.
+    #[derive(Debug)]
+    struct Waiting {
+        holds: u64,
+        gives: u64,
+    }
+
+    impl CredentialSource for Waiting {
+        fn id(&self) -> &str {
+            "w"
+        }
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+        fn get(&self) -> crate::credential::GetCredential {
+            let cred = Arc::new(Credential::new(
+                "canary-waiting".to_owned().into(),
+                self.gives,
+                std::time::SystemTime::now(),
+                None,
+            ));
+            Either::Right(Box::pin(async move { Ok(cred) }))
+        }
+        fn generation(&self) -> Option<u64> {
+            Some(self.holds)
+        }
+        fn status(&self) -> crate::credential::CredentialStatus {
+            unreachable!("not asked")
+        }
+    }
+
+    /// A wait that ends with a new generation is a refresh that worked; one
+    /// that ends with the generation already held got no new token (a
+    /// forced refresh failed and the old token, still valid, is sent
+    /// again): the record must not call that a success.
+    #[tokio::test]
+    async fn a_wait_that_brings_no_new_token_is_not_a_successful_refresh() {
+        for (holds, gives, ok) in [(4, 5, true), (5, 5, false)] {
+            let source: Arc<dyn CredentialSource> = Arc::new(Waiting { holds, gives });
+            let svc = AcquireLayer::new(source).layer(service_fn(|_req: Request<()>| async {
+                Ok::<_, BoxError>(Response::new(()))
+            }));
+            let facts = crate::facts::Facts::new();
+            let mut req = Request::get("/").body(()).unwrap();
+            crate::context::RequestContext::of_mut(req.extensions_mut()).facts =
+                Some(facts.clone());
+            svc.oneshot(req).await.unwrap();
+            let refresh = facts.snapshot().refresh.expect("the wait is recorded");
+            assert_eq!(
+                (refresh.trigger, refresh.ok),
+                ("expired", ok),
+                "{holds} -> {gives}"
             );
         }
     }
