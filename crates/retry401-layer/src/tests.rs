@@ -60,6 +60,14 @@ impl CredentialSource for Source {
     }
 }
 
+/// `GET /` with a facts slot, as the audit layer opens it; and the slot.
+fn get_with_facts() -> (Arc<proxy_core::facts::Facts>, Request<ProxyBody>) {
+    let facts = proxy_core::facts::Facts::new();
+    let mut req = Request::get("/").body(proxy_core::empty()).unwrap();
+    proxy_core::context::RequestContext::of_mut(req.extensions_mut()).facts = Some(facts.clone());
+    (facts, req)
+}
+
 type Inner = tower::util::BoxCloneSyncService<Request<ProxyBody>, Response<ProxyBody>, BoxError>;
 
 /// The inner stack: "injects" the source's generation and answers per a
@@ -187,9 +195,7 @@ async fn a_credential_backing_off_records_no_forced_refresh_run() {
         bodies.clone(),
         true,
     ));
-    let facts = proxy_core::facts::Facts::new();
-    let mut req = Request::get("/").body(proxy_core::empty()).unwrap();
-    proxy_core::context::RequestContext::of_mut(req.extensions_mut()).facts = Some(facts.clone());
+    let (facts, req) = get_with_facts();
     let resp = svc.oneshot(req).await.unwrap();
     assert_eq!(resp.status(), 401);
     assert_eq!(resp.headers()[X_LATCHKEY_RETRY], "refresh_failed");
@@ -278,9 +284,7 @@ async fn a_source_with_nothing_new_is_not_replayed() {
         bodies.clone(),
         true,
     ));
-    let facts = proxy_core::facts::Facts::new();
-    let mut req = Request::get("/").body(proxy_core::empty()).unwrap();
-    proxy_core::context::RequestContext::of_mut(req.extensions_mut()).facts = Some(facts.clone());
+    let (facts, req) = get_with_facts();
     let resp = svc.oneshot(req).await.unwrap();
     assert_eq!(resp.status(), 401);
     assert!(resp.headers().get(X_LATCHKEY_RETRY).is_none());
@@ -381,9 +385,7 @@ async fn a_replay_that_fails_on_its_way_is_still_recorded() {
         }))
     };
     let svc = Retry401Layer::new(source.clone(), RetryPolicy::default()).layer(answering);
-    let facts = proxy_core::facts::Facts::new();
-    let mut req = Request::get("/").body(proxy_core::empty()).unwrap();
-    proxy_core::context::RequestContext::of_mut(req.extensions_mut()).facts = Some(facts.clone());
+    let (facts, req) = get_with_facts();
     let err = svc.oneshot(req).await.unwrap_err();
     assert_eq!(err.to_string(), "upstream unreachable");
     assert_eq!(calls.load(Ordering::SeqCst), 2, "one replay");
@@ -418,9 +420,7 @@ async fn a_generation_already_replaced_is_replayed_without_a_refresh_fact() {
         }))
     };
     let svc = Retry401Layer::new(source.clone(), RetryPolicy::default()).layer(answering);
-    let facts = proxy_core::facts::Facts::new();
-    let mut req = Request::get("/").body(proxy_core::empty()).unwrap();
-    proxy_core::context::RequestContext::of_mut(req.extensions_mut()).facts = Some(facts.clone());
+    let (facts, req) = get_with_facts();
     let resp = svc.oneshot(req).await.unwrap();
     assert_eq!(resp.headers()[X_LATCHKEY_RETRY], "recovered");
     assert_eq!(source.refreshes.load(Ordering::SeqCst), 0);
