@@ -263,28 +263,12 @@ async fn the_idle_close_lets_a_waiting_request_finish() {
 async fn a_tls_h2_caller_that_sends_nothing_is_closed_after_the_idle_timeout() {
     use std::time::Duration;
     use tokio::io::AsyncReadExt as _;
-    let ca = support::TestCa::new();
-    let (cert, key) = ca.issue(&["localhost"]);
-    let dir = tempfile::tempdir().unwrap();
-    let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert_file, cert).unwrap();
-    std::fs::write(&key_file, key).unwrap();
+    let pki = support::pki::Pki::new();
     let up = echo_upstream().await;
-    let tls = format!(
-        "client_idle_timeout: 30s, tls: {{ cert_file: {:?}, key_file: {:?} }}",
-        cert_file.display().to_string(),
-        key_file.display().to_string()
-    );
+    let tls = format!("client_idle_timeout: 30s,\n{}", pki.tls_yaml(""));
     let p = start_proxy(&limited(&tls, &up.url())).await;
     let addr = p.running.as_ref().unwrap().proxy_addr;
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut stream = tokio_rustls::TlsConnector::from(ca.client_config(&[b"h2"]))
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let mut stream = pki.caller(&[b"h2"], None).connect(addr).await.unwrap();
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let connected = tokio::time::Instant::now();
     let mut buf = Vec::new();

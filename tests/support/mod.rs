@@ -22,6 +22,7 @@
 
 pub mod cli;
 pub mod harness;
+pub mod pki;
 pub mod proxy_helpers;
 pub mod redis_server;
 pub mod retry;
