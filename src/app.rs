@@ -139,6 +139,15 @@ pub async fn start_with(
             Ok(task) => watchers.push(task),
             Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP"),
         }
+        // A change made after the config was loaded and before the watch
+        // began raised no event: compare once now (a no-op when the file
+        // still says what runs).
+        let r = r.clone();
+        // The reload logs its own outcome (a refused file keeps the config
+        // loaded at startup).
+        watchers.push(tokio::spawn(async move {
+            let _ = r.reload("startup", true).await;
+        }));
     }
     let state = Arc::new(AdminState::new(proxy.clone()).with_reloader(reloader.clone()));
     let proxy_task = tokio::spawn(crate::server::serve(

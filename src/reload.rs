@@ -20,6 +20,7 @@
 
 use crate::build::{Kept, Proxy, StartOptions, build_proxy_with};
 use arc_swap::ArcSwap;
+use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecursiveMode, Watcher};
 use proxy_core::config::{Config, ConfigError};
 use serde::Serialize;
@@ -75,15 +76,29 @@ pub struct Reloader {
 
 impl Reloader {
     /// A reloader for `path`, swapping into `proxy`.
+    ///
+    /// The file is read now. If it no longer says what `proxy` runs (it
+    /// changed after the config was loaded at startup, before anything
+    /// watched it), it is not taken as the content last applied: the first
+    /// reload, even one that asks only for changed content (see
+    /// [`start_with`](crate::app::start_with), which makes one as soon as
+    /// the file is watched), applies it.
     pub fn new(
         path: PathBuf,
         proxy: Arc<ArcSwap<Proxy>>,
         options: StartOptions,
         kept: Arc<Kept>,
     ) -> Self {
-        let initial = std::fs::read(&path).ok();
+        let file = path.display().to_string();
+        let running = proxy.load().config.clone();
+        let initial = std::fs::read(&path).ok().filter(|bytes| {
+            std::str::from_utf8(bytes)
+                .ok()
+                .and_then(|text| Config::from_yaml(text, &file).ok())
+                .is_some_and(|c| c == *running)
+        });
         Self {
-            file: path.display().to_string(),
+            file,
             path,
             proxy,
             options,
@@ -254,6 +269,17 @@ pub fn watch(reloader: Arc<Reloader>) -> Result<tokio::task::JoinHandle<()>, not
     // otherwise wake the watcher thousands of times a second.
     let handler = move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
+        // Opening or reading the file changes nothing, and a reload's own
+        // read of it would wake the watcher for another reload, ten times
+        // a second for ever (inotify reports opens).
+        if matches!(
+            event.kind,
+            EventKind::Access(
+                AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read)
+            )
+        ) {
+            return;
+        }
         let relevant = event.paths.iter().any(|p| {
             p.file_name().is_some_and(|f| {
                 Some(f) == name.as_deref() || f.to_string_lossy().starts_with("..")
