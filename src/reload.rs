@@ -190,7 +190,7 @@ impl Reloader {
                 added.push(src.id().to_string())
             }
         }
-        let removed = old
+        let removed: Vec<String> = old
             .credentials
             .iter()
             .filter(|o| !new.credentials.iter().any(|n| n.id() == o.id()))
@@ -198,6 +198,9 @@ impl Reloader {
             .collect();
         let routes = new.config.routes.len();
         self.proxy.store(Arc::new(new));
+        for id in &removed {
+            audit::metrics::forget_credential(id);
+        }
         Ok(ReloadOutcome {
             changed: true,
             routes,

@@ -75,12 +75,63 @@ async fn readyz_is_200_when_every_credential_resolves() {
         json!({
             "ready": true,
             "serving": true,
+            "all_resolved": true,
             "routes": 1,
             "credentials": { "upstream-key": "ok" },
             "stores": {},
             "clients": { "billing": "ok" },
         })
     );
+}
+
+/// Once every credential has resolved, one that fails later (here: a
+/// reload adds one whose variable is unset) is named in `/readyz` but does
+/// not make the process unready: every replica would fail it at once, and
+/// an empty Service would take every route down with it.
+#[tokio::test]
+async fn a_credential_failing_after_readiness_is_reported_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latchkey.yaml");
+    let base = config(&format!(
+        "clients:
+  - id: billing
+    token: {{ value: \"{CLIENT_TOKEN}\" }}
+    routes: [\"*\"]
+credentials:
+  - id: upstream-key
+    static: {{ value: \"{UPSTREAM_KEY}\" }}
+"
+    ));
+    std::fs::write(&path, &base).unwrap();
+    let running = latchkey::start_with(
+        latchkey::Config::from_yaml(&base, "latchkey.yaml").unwrap(),
+        "latchkey.yaml",
+        latchkey::StartOptions {
+            config_path: Some(path.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let admin = format!("http://{}", running.admin_addr.unwrap());
+    assert_eq!(get(&format!("{admin}/readyz"), &[]).await.0, StatusCode::OK);
+    std::fs::write(
+        &path,
+        format!("{base}  - id: missing-key\n    static: {{ env: {UNSET_VAR} }}\n"),
+    )
+    .unwrap();
+    running.reload().await.unwrap();
+    let (status, _, body) = get(&format!("{admin}/readyz"), &[]).await;
+    let body = json(&body);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["ready"], true);
+    assert_eq!(body["all_resolved"], false);
+    assert_eq!(
+        body["credentials"]["missing-key"],
+        format!("environment variable {UNSET_VAR} is not set")
+    );
+    // Draining still makes it unready.
+    assert!(running.shutdown().await);
 }
 
 #[tokio::test]
@@ -110,6 +161,7 @@ credentials:
         json!({
             "ready": false,
             "serving": true,
+            "all_resolved": false,
             "routes": 0,
             "credentials": {
                 "upstream-key": "ok",

@@ -4,8 +4,9 @@
 //!
 //! - `/healthz`: 200 while the process runs.
 //! - `/readyz`: 200 when the config is loaded, the listeners are bound, the
-//!   process is not draining, and every credential and client token resolves;
-//!   503 otherwise, with a JSON body saying which check failed (never a value).
+//!   process is not draining, and every credential and client token
+//!   resolves or resolved once; 503 otherwise, with a JSON body saying
+//!   which check failed (never a value). See [`readiness`].
 //! - `/v0/management/...`: see [`management`]; 404 unless a management key
 //!   is configured.
 //! - `/metrics`: Prometheus text format; 404 when `metrics.enabled` is
@@ -36,6 +37,9 @@ pub struct AdminState {
     pub proxy: Arc<ArcSwap<Proxy>>,
     /// False once shutdown began.
     pub serving: AtomicBool,
+    /// Every credential and client token resolved at some readiness check:
+    /// from then on their failures no longer make the process unready.
+    pub resolved_once: AtomicBool,
     /// The management API's key, loopback rule and lockout.
     pub management: Management,
     /// Reloads the config file (`POST /v0/management/reload`); `None` when
@@ -55,6 +59,7 @@ impl AdminState {
             ),
             proxy,
             serving: AtomicBool::new(true),
+            resolved_once: AtomicBool::new(false),
             reloader: None,
         }
     }
@@ -152,10 +157,22 @@ pub async fn handle<B>(
 }
 
 /// Computes readiness and its explanation.
+///
+/// Until every credential and client token has resolved once, the process
+/// is not ready: a new pod whose Secret key is missing, or whose token
+/// endpoint refuses it, never takes traffic, and a rollout of a broken
+/// config stalls (`maxUnavailable: 0`) with the old pods serving. After
+/// that, a credential that fails (its token endpoint down past expiry, a
+/// revoked refresh token, a reload naming a missing Secret key) is reported
+/// in the body but does not make the process unready: every replica fails
+/// it at once, and taking them all out of the Service would turn one
+/// failing credential into an outage of every route. Its own routes answer
+/// 503 `credential_unavailable` and its metrics and alerts say why.
 pub fn readiness(state: &AdminState) -> (bool, Value) {
     let proxy = state.proxy.load();
     let serving = state.serving.load(Ordering::Acquire);
-    let mut ready = serving;
+    // Whether everything resolves now.
+    let mut ready = true;
     let mut creds = serde_json::Map::new();
     for src in &proxy.credentials {
         let status = match src.get().now_or_never() {
@@ -205,9 +222,15 @@ pub fn readiness(state: &AdminState) -> (bool, Value) {
         };
         clients.insert(c.id.to_string(), Value::String(status));
     }
+    let resolved = ready;
+    if resolved {
+        state.resolved_once.store(true, Ordering::Release);
+    }
+    let ready = serving && (resolved || state.resolved_once.load(Ordering::Acquire));
     let body = json!({
         "ready": ready,
         "serving": serving,
+        "all_resolved": resolved,
         "routes": proxy.config.routes.len(),
         "credentials": creds,
         "stores": stores,

@@ -374,12 +374,22 @@ pub fn record_refresh(event: &RefreshEvent, now: SystemTime) {
     metrics::histogram!(REFRESH_DURATION, "credential" => credential.clone())
         .record(event.duration.as_secs_f64());
     if event.ok {
-        if let Some(exp) = event.expires_at {
-            metrics::gauge!(EXPIRATION_TIMESTAMP, "credential" => credential.clone())
-                .set(unix_seconds(exp));
-        }
+        // A token without an expiry: NaN, not the last token's expiry,
+        // which would look like a credential about to expire for ever.
+        let expires = event.expires_at.map_or(f64::NAN, unix_seconds);
+        metrics::gauge!(EXPIRATION_TIMESTAMP, "credential" => credential.clone()).set(expires);
         metrics::gauge!(LAST_REFRESH_SUCCESS, "credential" => credential).set(unix_seconds(now));
     }
+}
+
+/// A reload removed credential `id`: its timestamp gauges become NaN (the
+/// exporter cannot drop a series), so expiry alerts and panels, which
+/// compare them with the time, see nothing rather than a token that looks
+/// expired for ever.
+pub fn forget_credential(id: &str) {
+    let credential = SharedString::from(id.to_owned());
+    metrics::gauge!(EXPIRATION_TIMESTAMP, "credential" => credential.clone()).set(f64::NAN);
+    metrics::gauge!(LAST_REFRESH_SUCCESS, "credential" => credential).set(f64::NAN);
 }
 
 /// Counts one config reload.

@@ -202,6 +202,20 @@ fn the_observer_writes_records_counts_refreshes_and_sets_gauges() {
         sample(&text, &format!("{REFRESH_DURATION}_count"), &[c]),
         Some(2.0)
     );
+    // A token without an expiry: the expiry gauge says nothing (NaN), not
+    // the last token's expiry, which an alert would take for a credential
+    // about to expire for ever.
+    obs.on_refresh(&RefreshEvent {
+        expires_at: None,
+        ..ok.clone()
+    });
+    let text = handle.render();
+    assert!(sample(&text, EXPIRATION_TIMESTAMP, &[c]).is_some_and(f64::is_nan));
+    // A credential a reload removed: both timestamps NaN.
+    forget_credential("unit-cred-obs");
+    let text = handle.render();
+    assert!(sample(&text, EXPIRATION_TIMESTAMP, &[c]).is_some_and(f64::is_nan));
+    assert!(sample(&text, LAST_REFRESH_SUCCESS, &[c]).is_some_and(f64::is_nan));
 }
 
 #[test]
