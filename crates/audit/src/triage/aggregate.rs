@@ -13,8 +13,6 @@ pub(crate) const UNROUTED: &str = "(unrouted)";
 
 /// A token with more than this many seconds left was fresh when sent.
 pub(crate) const FRESH_TTL_S: f64 = 30.0;
-/// A token with at most this many seconds left was (as good as) expired.
-pub(crate) const EXPIRED_TTL_S: f64 = 5.0;
 
 /// Count plus first and last occurrence.
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +80,8 @@ pub(crate) struct Denials {
     pub(crate) ages: Vec<f64>,
     /// Whether any denied request recorded a `token_ttl_s`.
     pub(crate) ttl_known: bool,
+    /// How many had at most [`FRESH_TTL_S`] left (or had expired).
+    pub(crate) stale: u64,
 }
 
 /// Caller rejections of one reason, with a per-minute histogram.
@@ -129,6 +129,8 @@ pub(crate) struct Evidence {
     pub(crate) refresh: BTreeMap<String, CredRefresh>,
     /// Latest analysed record.
     pub(crate) last_ts: Option<SystemTime>,
+    /// Records left out by `--since`, `--route` or `--credential`.
+    pub(crate) filtered_out: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -225,7 +227,15 @@ impl Acc {
         self.routes.entry(route.to_owned()).or_default().add(status);
         let cred = r.credential.id.as_deref();
         if let Some(id) = cred {
-            self.creds.entry(id.to_owned()).or_default().add(status);
+            // A 401 or 403 counts against the credential only when the
+            // upstream gave it: a caller latchkey refused says nothing about
+            // the credential. (Local 5xx, such as 503 credential_unavailable,
+            // do.)
+            let counted = match status {
+                Some(401 | 403) if r.denial_source.as_deref() != Some("upstream") => None,
+                s => s,
+            };
+            self.creds.entry(id.to_owned()).or_default().add(counted);
         }
         if let Some(reason) = r.reason.as_deref() {
             bump(&mut self.reasons, reason, ts);
@@ -257,6 +267,9 @@ impl Acc {
         };
         match r.reason.as_deref() {
             Some("upstream_denied") => self.denied(r, route, subject),
+            // A 401 the upstream gave, whose forced refresh then failed (or
+            // was backing off): the upstream refused the credential sent.
+            Some("refresh_failed") if upstream_denied() => self.denied(r, route, subject),
             Some("credential_unavailable" | "refresh_failed") => {
                 ev.categories.local_credential += 1;
                 *ev.unavailable.entry(subject).or_default() += 1;
@@ -342,14 +355,14 @@ impl Acc {
         let status = r.upstream_status.or(r.audit.status_code).unwrap_or(0);
         let ttl = r.credential.token_ttl_s;
         match ttl {
-            Some(t) if t <= EXPIRED_TTL_S => {
-                if status == 401 {
-                    let e = ev.expired_401.entry(subject).or_insert((0, t));
-                    e.0 += 1;
-                    e.1 = e.1.min(t);
-                }
+            // A 401 for a token at or near its expiry: sent too late.
+            Some(t) if status == 401 && t <= FRESH_TTL_S => {
+                let e = ev.expired_401.entry(subject).or_insert((0, t));
+                e.0 += 1;
+                e.1 = e.1.min(t);
             }
-            Some(t) if t <= FRESH_TTL_S => {}
+            // Every other denial is reported, per route and status (a 403
+            // is about permissions whatever the token's age).
             _ => {
                 let d = ev
                     .fresh_denials
@@ -357,6 +370,7 @@ impl Acc {
                     .or_default();
                 d.count += 1;
                 d.ttl_known |= ttl.is_some();
+                d.stale += u64::from(ttl.is_some_and(|t| t <= FRESH_TTL_S));
                 d.ages.extend(r.credential.token_age_s);
             }
         }
@@ -365,6 +379,7 @@ impl Acc {
     /// Computes the per-credential refresh history and the report (without
     /// findings).
     pub(crate) fn finish(mut self, window: Window) -> (Report, Evidence) {
+        self.ev.filtered_out = self.filtered_out;
         for (cred, mut events) in std::mem::take(&mut self.refresh_events) {
             events.sort_by_key(|e| e.ts);
             let mut h = CredRefresh::default();

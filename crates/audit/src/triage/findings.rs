@@ -4,7 +4,7 @@ use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use super::aggregate::{Categories, Evidence, Span};
+use super::aggregate::{Evidence, Span};
 use super::report::{Finding, FindingKind, Severity};
 
 /// Caller rejections per minute at or above which they count as a spike.
@@ -69,7 +69,7 @@ pub(crate) fn build(ev: &Evidence) -> Vec<Finding> {
         .map(|f| f.severity)
         .max()
         .unwrap_or(Severity::Info);
-    out.insert(0, summary(&ev.categories, ev.requests, severity));
+    out.insert(0, summary(ev, severity));
     out
 }
 
@@ -89,11 +89,39 @@ fn push(
 }
 
 /// The verdict: upstream denials or local credential failures.
-fn summary(c: &Categories, requests: u64, severity: Severity) -> Finding {
+fn summary(ev: &Evidence, severity: Severity) -> Finding {
+    let (c, requests) = (&ev.categories, ev.requests);
     let failed = c.failed();
     let (up, local) = (c.upstream_denial, c.local_credential);
-    let verdict = if failed == 0 {
+    // Another kind of failure outnumbering both credential kinds is the
+    // verdict: a few denials beside many timeouts are not "the" problem.
+    let other = [
+        (
+            c.upstream_error,
+            "failures are mostly upstream errors (unreachable, timed out or another error \
+             status), not credential problems",
+        ),
+        (
+            c.caller,
+            "failures are mostly rejected caller requests (no or a wrong proxy token, no \
+             route, too large, malformed), not credential problems",
+        ),
+        (c.internal, "failures are mostly errors inside latchkey"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > up.max(local))
+    .max_by_key(|(n, _)| *n);
+    let verdict = if requests == 0 {
+        format!(
+            "no request records were analysed: {} skipped as not audit records, {} left \
+             out by --since (which counts back from now), --route or --credential",
+            count(ev.skipped, "line"),
+            count(ev.filtered_out, "record")
+        )
+    } else if failed == 0 {
         format!("no failed requests among {}", count(requests, "request"))
+    } else if let Some((_, what)) = other {
+        what.to_owned()
     } else if up > 0 && local == 0 {
         "failures are upstream denials, not local credential failures: latchkey sent a \
          credential and the upstream refused it"
@@ -149,10 +177,14 @@ fn denials(ev: &Evidence, out: &mut Vec<Finding>) {
             Some(m) => format!("median age {} s", fmt_num(m)),
             None => "token age not recorded".to_owned(),
         };
-        let tokens = if d.ttl_known {
-            "fresh tokens"
+        let tokens = if !d.ttl_known {
+            "a non-expiring credential".to_owned()
+        } else if d.stale == 0 {
+            "fresh tokens".to_owned()
+        } else if d.stale == d.count {
+            "tokens at or past expiry".to_owned()
         } else {
-            "a non-expiring credential"
+            format!("tokens ({} of them at or past expiry)", d.stale)
         };
         let (severity, tail) = if *status == 403 {
             (
@@ -276,6 +308,14 @@ fn route_failure(
                 )
             ),
         ),
+        "overloaded" => (
+            FindingKind::InternalError,
+            format!(
+                "{n} shed as overloaded ({when}): proxy.max_concurrent_requests requests \
+                 were already in flight; raise it, add replicas, or find what holds \
+                 requests open (a slow upstream)"
+            ),
+        ),
         other => (
             FindingKind::InternalError,
             format!(
@@ -319,8 +359,9 @@ fn retries(ev: &Evidence, out: &mut Vec<Finding>) {
                 Severity::Warning,
                 FindingKind::RetryRefreshFailed,
                 format!(
-                    "{} could not be retried because the forced refresh failed (see refresh \
-                     errors)",
+                    "{} could not be retried because no new token could be had: the forced \
+                     refresh failed, or the credential was backing off after failed refreshes \
+                     (see refresh errors)",
                     count(*n, "401")
                 ),
             ),

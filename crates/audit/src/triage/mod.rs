@@ -128,7 +128,13 @@ pub fn parse_since(s: &str) -> Result<Duration, String> {
 /// Reads an audit log and builds the report. Only a failing read is an
 /// error; lines that are not audit records are counted and skipped.
 pub fn triage(mut reader: impl BufRead, opts: &TriageOptions) -> std::io::Result<Report> {
-    let not_before = opts.since.and_then(|since| opts.now.checked_sub(since));
+    // Not before 1970: `--since 100years` keeps everything.
+    let not_before = opts.since.map(|since| {
+        opts.now
+            .checked_sub(since)
+            .filter(|t| *t > SystemTime::UNIX_EPOCH)
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    });
     let mut acc = Acc::default();
     let mut line = Vec::new();
     loop {

@@ -3,6 +3,7 @@
 //! `run` and the rarer failure kinds in `tests/cli.rs`.
 
 mod cli;
+mod edges;
 mod fixtures;
 
 use std::time::Duration;

@@ -1,0 +1,120 @@
+//! Cases a review found misleading: denials near expiry, 403s for expired
+//! tokens, 401s the caller got from latchkey, nothing analysed, a huge
+//! `--since`, load shedding.
+
+use super::fixtures::*;
+use super::*;
+
+/// Every denial is reported: a 401 for a token with 5 to 30 s left is a
+/// token sent (nearly) expired, a 403 whatever the token's age is about
+/// permissions, and says the tokens were at or past expiry.
+#[test]
+fn every_denial_is_reported_with_the_tokens_state() {
+    let mut records = Vec::new();
+    for s in 0..3 {
+        records.push(denied(
+            &format!("10:00:0{s}"),
+            "crm",
+            "crm-oauth",
+            401,
+            3580,
+            20,
+        ));
+        records.push(denied(
+            &format!("10:01:0{s}"),
+            "crm",
+            "crm-oauth",
+            403,
+            3650,
+            -50,
+        ));
+    }
+    let r = run_triage(&log(&records), &opts());
+    let expired = find(&r, FindingKind::ExpiredTokenSent);
+    assert!(
+        expired
+            .message
+            .starts_with("credential crm-oauth: 3 x 401 for tokens sent expired or about to expire (lowest ttl 20 s)"),
+        "{}",
+        expired.message
+    );
+    let denial = find(&r, FindingKind::UpstreamDeniedFreshToken);
+    assert!(
+        denial
+            .message
+            .starts_with("route crm: 3 x 403 upstream_denied with tokens at or past expiry"),
+        "{}",
+        denial.message
+    );
+}
+
+/// A 401 or 403 latchkey gave the caller (no proxy token) does not count
+/// against the route's credential; the upstream's do.
+#[test]
+fn credential_rates_count_only_the_upstreams_answers() {
+    let mut records = vec![denied("10:00:00", "crm", "crm-oauth", 401, 10, 3000)];
+    let mut local = rejected("10:00:01", Some("crm"), 401, "client_unauthenticated", "h");
+    local = set(local, "/credential/id", json!("crm-oauth"));
+    records.push(local);
+    let r = run_triage(&log(&records), &opts());
+    let crm = &r.credentials["crm-oauth"].traffic;
+    assert_eq!((crm.requests, crm.status_401), (2, 1));
+    assert_eq!(
+        r.routes["crm"].status_401, 2,
+        "the route still shows what callers got"
+    );
+}
+
+/// Nothing analysed is said plainly, with why, not "no failed requests".
+#[test]
+fn nothing_analysed_says_so() {
+    let records = vec![ok("04:00:00", Some("crm"), Some("crm-oauth"))];
+    let recent = TriageOptions {
+        since: Some(std::time::Duration::from_secs(3600)),
+        ..opts()
+    };
+    // `log` puts one junk line first; a `kubectl logs --timestamps` prefix
+    // makes another.
+    let mut input = log(&records);
+    input.extend_from_slice(b"2026-11-23T10:00:00Z {\"kind\":\"request\"}\n");
+    let r = run_triage(&input, &recent);
+    let summary = &r.findings[0].message;
+    assert!(
+        summary.starts_with(
+            "no request records were analysed: 2 lines skipped as not audit records, 1 record \
+             left out by --since"
+        ),
+        "{summary}"
+    );
+}
+
+/// `--since` longer than the time since 1970 keeps everything, rather than
+/// panicking while printing the window.
+#[test]
+fn a_huge_since_keeps_everything() {
+    let records = vec![ok("10:00:00", Some("crm"), Some("crm-oauth"))];
+    let all = TriageOptions {
+        since: Some(parse_since("100years").unwrap()),
+        ..opts()
+    };
+    let r = run_triage(&log(&records), &all);
+    assert_eq!(r.totals.request_records, 1);
+    assert_eq!(
+        r.window.not_before.as_deref(),
+        Some("1970-01-01T00:00:00.000Z")
+    );
+}
+
+/// Load shedding is named for what it is, with what to do.
+#[test]
+fn overloaded_is_load_shedding_not_a_bug() {
+    let mut shed = rejected("10:00:00", Some("crm"), 503, "overloaded", "h");
+    shed = set(shed, "/audit/action", json!("error"));
+    let r = run_triage(&log(&[shed]), &opts());
+    let f = find(&r, FindingKind::InternalError);
+    assert!(
+        f.message.contains("shed as overloaded") && f.message.contains("max_concurrent_requests"),
+        "{}",
+        f.message
+    );
+}
