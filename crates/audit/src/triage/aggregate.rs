@@ -379,6 +379,17 @@ impl Acc {
     /// Computes the per-credential refresh history and the report (without
     /// findings).
     pub(crate) fn finish(mut self, window: Window) -> (Report, Evidence) {
+        if window.route.is_some() {
+            // Refresh records name no route: with `--route`, keep those of
+            // the credentials its requests used, not every credential's.
+            let creds = &self.creds;
+            let before: usize = self.refresh_events.values().map(Vec::len).sum();
+            self.refresh_events
+                .retain(|cred, _| creds.contains_key(cred));
+            let after: usize = self.refresh_events.values().map(Vec::len).sum();
+            self.refreshes -= (before - after) as u64;
+            self.filtered_out += (before - after) as u64;
+        }
         self.ev.filtered_out = self.filtered_out;
         for (cred, mut events) in std::mem::take(&mut self.refresh_events) {
             events.sort_by_key(|e| e.ts);

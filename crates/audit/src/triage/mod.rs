@@ -14,9 +14,10 @@
 //! - [`run`] is the whole command given plain [`TriageArgs`].
 //!
 //! # Selection
-//! `--since D` keeps records with `ts >= now - D`. `--route R` keeps the
-//! request records of route `R` (refresh records have no route and are all
-//! kept). `--credential C` keeps request records whose `credential.id` is `C`
+//! `--since D` keeps records with `ts >= now - D` (now, not the log's last
+//! record; not before 1970). `--route R` keeps the request records of route
+//! `R`, and the refresh records (which name no route) of the credentials
+//! those requests used. `--credential C` keeps request records whose `credential.id` is `C`
 //! and refresh records of `C`. Left-out records count in
 //! `totals.filtered_out`.
 //!
