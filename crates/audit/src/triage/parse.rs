@@ -122,12 +122,12 @@ struct RawRefresh {
     error_code: Option<String>,
 }
 
-/// Parses one line (without its newline). `None` means junk.
+/// Parses one line (without its newline). `None` means junk. The record
+/// may follow a prefix, such as the timestamp `kubectl logs --timestamps`
+/// puts first: it is read from the line's first `{`.
 pub(crate) fn parse_line(line: &[u8]) -> Option<Record> {
-    let text = std::str::from_utf8(line).ok()?.trim();
-    if !text.starts_with('{') {
-        return None;
-    }
+    let start = line.iter().position(|&b| b == b'{')?;
+    let text = std::str::from_utf8(line.get(start..)?).ok()?.trim();
     match serde_json::from_str::<RawRecord>(text).ok()? {
         RawRecord::Request(r) => {
             let ts = parse_ts(&r.ts)?;

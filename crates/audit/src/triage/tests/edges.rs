@@ -73,10 +73,9 @@ fn nothing_analysed_says_so() {
         since: Some(std::time::Duration::from_secs(3600)),
         ..opts()
     };
-    // `log` puts one junk line first; a `kubectl logs --timestamps` prefix
-    // makes another.
+    // `log` puts one junk line first; a truncated record makes another.
     let mut input = log(&records);
-    input.extend_from_slice(b"2026-11-23T10:00:00Z {\"kind\":\"request\"}\n");
+    input.extend_from_slice(b"{\"kind\":\"request\",\"ts\":\n");
     let r = run_triage(&input, &recent);
     let summary = &r.findings[0].message;
     assert!(
@@ -86,6 +85,16 @@ fn nothing_analysed_says_so() {
         ),
         "{summary}"
     );
+}
+
+/// `kubectl logs --timestamps` puts a timestamp before each record: the
+/// record is still read.
+#[test]
+fn a_prefix_before_the_record_is_skipped() {
+    let record = ok("10:00:00", Some("crm"), Some("crm-oauth"));
+    let input = format!("2026-11-23T10:00:00.123456789Z {record}\n");
+    let r = run_triage(input.as_bytes(), &opts());
+    assert_eq!((r.totals.request_records, r.totals.skipped_lines), (1, 0));
 }
 
 /// `--since` longer than the time since 1970 keeps everything, rather than
