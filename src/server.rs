@@ -49,7 +49,7 @@ use proxy_core::stack::{CallNowOrWait, call_now_or_wait};
 use proxy_core::{ProxyBody, boxed};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -380,22 +380,24 @@ where
 
 /// Serves `conn` to its end. It is shut down gracefully (requests in
 /// flight finish; HTTP/1.1 keep-alive off, h2 GOAWAY) once `shutdown`
-/// turns true or its caller was not heard from (`idle`: the flag of its
-/// [`idle::Heard`] stream, and `proxy.client_idle_timeout`). `watcher` is
-/// held to the end, so the drain waits for it.
+/// turns true or its caller was not heard from (`idle`: what its
+/// [`idle::Heard`] stream read, and `proxy.client_idle_timeout`).
+/// `watcher` is held to the end, so the drain waits for it.
 ///
 /// An h2 graceful shutdown waits for the caller to answer the PING sent
 /// with the first GOAWAY, with no limit of its own: a caller that sends
 /// nothing at all (hung, gone, or a slowloris after its SETTINGS) would
-/// hold the connection forever. So after an idle shutdown the caller has
+/// hold the connection forever. So after an idle shutdown an h2 caller has
 /// [`idle::grace`] to show any sign of life; without one the connection
 /// is dropped. A live caller answers within a round trip, and its
-/// requests in flight then finish as usual.
+/// requests in flight then finish as usual. (An HTTP/1.1 caller on the
+/// auto builder, e.g. TLS without ALPN, has no PING to answer and may be
+/// waiting for a long poll: its connection just closes after the response.)
 async fn serve_graceful<C>(
     conn: C,
     watcher: Watcher,
     shutdown: watch::Receiver<bool>,
-    (heard, idle_timeout): (Arc<AtomicBool>, Duration),
+    (caller, idle_timeout): (Arc<idle::Caller>, Duration),
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     C: GracefulConnection,
@@ -405,7 +407,7 @@ where
     // Both polled only when their own wakers fired (the task wakes for
     // every request and every frame).
     let mut stop = stop::stopped(shutdown);
-    let mut idle = stop::OnWake::new(idle::quiet_for(heard.clone(), idle_timeout));
+    let mut idle = stop::OnWake::new(idle::quiet_for(caller.clone(), idle_timeout));
     let idled = tokio::select! {
         // The connection first: what is already in the socket is served.
         biased;
@@ -418,7 +420,12 @@ where
         tracing::debug!(
             "no byte from the caller for proxy.client_idle_timeout; closing its connection gracefully"
         );
-        heard.store(false, Ordering::Relaxed);
+    }
+    // Only h2 waits for an answer (to the GOAWAY's PING); HTTP/1.1 closes
+    // once its response in flight is written, and a caller of a long poll
+    // sends nothing meanwhile.
+    if idled && caller.h2.load(Ordering::Relaxed) {
+        caller.heard.store(false, Ordering::Relaxed);
         let r = tokio::select! {
             biased;
             r = conn.as_mut() => Some(r),
@@ -426,7 +433,7 @@ where
         };
         match r {
             Some(r) => return r.map_err(Into::into),
-            None if !heard.load(Ordering::Relaxed) => {
+            None if !caller.heard.load(Ordering::Relaxed) => {
                 tracing::debug!("the quiet caller did not answer the GOAWAY; connection dropped");
                 return Ok(());
             }

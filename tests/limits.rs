@@ -318,3 +318,33 @@ async fn an_h2_caller_that_never_answers_is_dropped_after_the_grace() {
     }
     assert!(types.contains(&7), "frames sent: {types:?}");
 }
+
+/// An HTTP/1.1 caller served by the auto builder (TLS without ALPN, as
+/// Java's `HttpsURLConnection` connects) that waits, silent, for a long
+/// answer is not cut by the idle close: HTTP/1.1 has no PING to answer, so
+/// only h2 callers must show a sign of life after it. Paused clock.
+#[tokio::test(start_paused = true)]
+async fn a_silent_http1_long_poll_without_alpn_gets_its_answer() {
+    use http_body_util::BodyExt as _;
+    use std::time::Duration;
+    let pki = support::pki::Pki::new();
+    let up = support::slow_upstream(Duration::from_secs(25)).await;
+    let tls = format!("client_idle_timeout: 6s,\n{}", pki.tls_yaml(""));
+    let p = start_proxy(&limited(&tls, &up.url())).await;
+    let addr = p.running.as_ref().unwrap().proxy_addr;
+    let stream = pki.caller(&[], None).connect(addr).await.unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), None);
+    let (mut tx, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/api/x")
+        .header("host", "localhost")
+        .header("authorization", bearer(CLIENT_TOKEN))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+}

@@ -36,20 +36,31 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// A caller's stream that notes when the caller sent something.
 pub(super) struct Heard<S> {
     inner: S,
-    heard: Arc<AtomicBool>,
+    caller: Arc<Caller>,
+    /// No byte read yet.
+    first: bool,
+}
+
+/// What [`Heard`] learnt of its caller.
+#[derive(Debug, Default)]
+pub(super) struct Caller {
+    /// Turns true on every read that returned data.
+    pub(super) heard: AtomicBool,
+    /// The caller's first bytes were the h2 preface.
+    pub(super) h2: AtomicBool,
 }
 
 impl<S> Heard<S> {
-    /// Wraps `inner`; the returned flag turns true on every read that
-    /// returned data.
-    pub(super) fn new(inner: S) -> (Self, Arc<AtomicBool>) {
-        let heard = Arc::new(AtomicBool::new(false));
+    /// Wraps `inner`; the returned [`Caller`] says what was read.
+    pub(super) fn new(inner: S) -> (Self, Arc<Caller>) {
+        let caller = Arc::new(Caller::default());
         (
             Self {
                 inner,
-                heard: heard.clone(),
+                caller: caller.clone(),
+                first: true,
             },
-            heard,
+            caller,
         )
     }
 }
@@ -63,7 +74,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for Heard<S> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         if buf.filled().len() > before {
-            self.heard.store(true, Ordering::Relaxed);
+            if self.first {
+                self.first = false;
+                // `PRI * HTTP/2.0`: no HTTP/1.1 request starts so.
+                let h2 = buf
+                    .filled()
+                    .get(before..)
+                    .is_some_and(|b| b.starts_with(b"PRI "));
+                self.caller.h2.store(h2, Ordering::Relaxed);
+            }
+            self.caller.heard.store(true, Ordering::Relaxed);
         }
         Poll::Ready(Ok(()))
     }
@@ -106,9 +126,10 @@ pub(super) fn grace(timeout: Duration) -> Duration {
     (timeout / 3).min(Duration::from_secs(30))
 }
 
-/// Resolves once `heard` stayed false for `timeout` (between it and 4/3
-/// of it; see the module docs); never when `timeout` is zero (off).
-pub(super) async fn quiet_for(heard: Arc<AtomicBool>, timeout: Duration) {
+/// Resolves once the caller was not heard from for `timeout` (between it
+/// and 4/3 of it; see the module docs); never when `timeout` is zero (off).
+pub(super) async fn quiet_for(caller: Arc<Caller>, timeout: Duration) {
+    let heard = &caller.heard;
     if timeout.is_zero() {
         return std::future::pending().await;
     }
@@ -136,23 +157,23 @@ mod tests {
     /// apart; being heard from in between starts the count again.
     #[tokio::test(start_paused = true)]
     async fn quiet_means_no_byte_for_the_whole_timeout() {
-        let heard = Arc::new(AtomicBool::new(false));
+        let caller = Arc::new(Caller::default());
         let start = Instant::now();
-        quiet_for(heard.clone(), Duration::from_secs(30)).await;
+        quiet_for(caller.clone(), Duration::from_secs(30)).await;
         assert_eq!(start.elapsed(), Duration::from_secs(30));
 
         // Heard from every 25 s for 200 s: never quiet for 30 s.
         let start = Instant::now();
         let talker = tokio::spawn({
-            let heard = heard.clone();
+            let caller = caller.clone();
             async move {
                 for _ in 0..8 {
                     tokio::time::sleep(Duration::from_secs(25)).await;
-                    heard.store(true, Ordering::Relaxed);
+                    caller.heard.store(true, Ordering::Relaxed);
                 }
             }
         });
-        quiet_for(heard.clone(), Duration::from_secs(30)).await;
+        quiet_for(caller.clone(), Duration::from_secs(30)).await;
         talker.await.unwrap();
         let took = start.elapsed();
         // The last byte at 200 s; quiet from there for 30 to 40 s.
@@ -162,12 +183,30 @@ mod tests {
         );
     }
 
+    /// The first bytes tell an h2 caller (the preface) from HTTP/1.1.
+    #[tokio::test]
+    async fn the_preface_marks_an_h2_caller() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        for (first, h2) in [
+            (&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..], true),
+            (&b"GET / HTTP/1.1\r\n"[..], false),
+        ] {
+            let (mut client, server) = tokio::io::duplex(64);
+            let (mut heard, caller) = Heard::new(server);
+            client.write_all(first).await.unwrap();
+            let mut buf = [0; 64];
+            let n = heard.read(&mut buf).await.unwrap();
+            assert_eq!(n, first.len());
+            assert_eq!(caller.h2.load(Ordering::Relaxed), h2);
+            assert!(caller.heard.load(Ordering::Relaxed));
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn zero_is_off() {
-        let heard = Arc::new(AtomicBool::new(false));
         let never = tokio::time::timeout(
             Duration::from_secs(86_400 * 365),
-            quiet_for(heard, Duration::ZERO),
+            quiet_for(Arc::new(Caller::default()), Duration::ZERO),
         )
         .await;
         assert!(never.is_err());
