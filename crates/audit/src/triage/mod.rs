@@ -126,6 +126,44 @@ pub fn parse_since(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
+/// The longest line read whole: a record is under 2 KiB, so anything
+/// longer is not one (and a file with no newlines is not held in memory).
+pub const MAX_LINE: usize = 1 << 20;
+
+/// Reads the next line into `line` (without its newline), or the first
+/// [`MAX_LINE`] bytes of it, skipping the rest: `Some(false)` then.
+/// `None` at the end of the input.
+fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::Result<Option<bool>> {
+    line.clear();
+    let mut any = false;
+    let mut whole = true;
+    loop {
+        let buf = match reader.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok(any.then_some(whole));
+        }
+        any = true;
+        let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(at) => (buf.get(..at).unwrap_or_default(), at + 1),
+            None => (buf, buf.len()),
+        };
+        let room = MAX_LINE.saturating_sub(line.len());
+        if chunk.len() > room {
+            whole = false;
+        }
+        line.extend_from_slice(chunk.get(..chunk.len().min(room)).unwrap_or_default());
+        let ended = buf.get(done - 1) == Some(&b'\n');
+        reader.consume(done);
+        if ended {
+            return Ok(Some(whole));
+        }
+    }
+}
+
 /// Reads an audit log and builds the report. Only a failing read is an
 /// error; lines that are not audit records are counted and skipped.
 pub fn triage(mut reader: impl BufRead, opts: &TriageOptions) -> std::io::Result<Report> {
@@ -139,12 +177,12 @@ pub fn triage(mut reader: impl BufRead, opts: &TriageOptions) -> std::io::Result
     let mut acc = Acc::default();
     let mut line = Vec::new();
     loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
-            break;
-        }
+        let whole = match read_line(&mut reader, &mut line)? {
+            None => break,
+            Some(whole) => whole,
+        };
         acc.lines += 1;
-        let Some(record) = parse_line(&line) else {
+        let Some(record) = parse_line(&line).filter(|_| whole) else {
             acc.skip();
             continue;
         };

@@ -161,10 +161,32 @@ pub(crate) fn parse_line(line: &[u8]) -> Option<Record> {
     }
 }
 
-/// Parses an RFC 3339 UTC timestamp (`Z` or `+00:00`).
+/// Parses an RFC 3339 timestamp: `Z`, or any `+HH:MM` / `-HH:MM` offset
+/// (a log shipper may have rewritten latchkey's `Z`).
 fn parse_ts(s: &str) -> Option<SystemTime> {
     if !s.is_ascii() {
         return None;
     }
-    humantime::parse_rfc3339(s).ok()
+    if let Ok(t) = humantime::parse_rfc3339(s) {
+        return Some(t);
+    }
+    // `...+02:00`: the same instant is `...Z` minus two hours.
+    let (local, offset) = s.split_at_checked(s.len().checked_sub(6)?)?;
+    let sign = match offset.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let (h, m) = offset.get(1..)?.split_once(':')?;
+    let (h, m): (u64, u64) = (h.parse().ok()?, m.parse().ok()?);
+    if h > 23 || m > 59 {
+        return None;
+    }
+    let shift = std::time::Duration::from_secs(h * 3600 + m * 60);
+    let as_utc = humantime::parse_rfc3339(&format!("{local}Z")).ok()?;
+    if sign > 0 {
+        as_utc.checked_sub(shift)
+    } else {
+        as_utc.checked_add(shift)
+    }
 }

@@ -127,3 +127,41 @@ fn overloaded_is_load_shedding_not_a_bug() {
         f.message
     );
 }
+
+/// A line longer than [`MAX_LINE`] is skipped without being held whole
+/// (even one that would parse: no record is that long), and the record
+/// after it is read.
+#[test]
+fn an_endless_line_is_skipped_and_the_next_record_read() {
+    let mut padded = ok("09:00:00", Some("crm"), Some("crm-oauth"));
+    padded["pad"] = json!("x".repeat(MAX_LINE * 2));
+    let mut input = padded.to_string().into_bytes();
+    input.push(b'\n');
+    input.extend_from_slice(
+        ok("10:00:00", Some("crm"), Some("crm-oauth"))
+            .to_string()
+            .as_bytes(),
+    );
+    // No final newline: the last record still counts.
+    let r = run_triage(&input, &opts());
+    assert_eq!((r.totals.request_records, r.totals.skipped_lines), (1, 1));
+    assert_eq!(r.totals.lines, 2);
+}
+
+/// A timestamp with another offset than `Z` is the same instant.
+#[test]
+fn timestamps_with_offsets_are_read() {
+    let at = |ts: &str| {
+        let v = set(
+            ok("10:00:00", Some("crm"), Some("crm-oauth")),
+            "/ts",
+            json!(ts),
+        );
+        run_triage(&log(&[v]), &opts()).totals.first_ts
+    };
+    let want = Some("2026-11-23T10:00:00.000Z".to_owned());
+    assert_eq!(at("2026-11-23T12:00:00.000+02:00"), want);
+    assert_eq!(at("2026-11-23T04:30:00-05:30"), want);
+    assert_eq!(at("2026-11-23T10:00:00+00:00"), want);
+    assert_eq!(at("2026-11-23T10:00:00+25:00"), None, "not an offset");
+}
