@@ -101,6 +101,9 @@ pub(crate) struct CredRefresh {
     pub(crate) last_error: Option<(SystemTime, Option<String>, Option<String>)>,
     pub(crate) failing_since: Option<SystemTime>,
     pub(crate) streak: u64,
+    /// The first `invalid_grant` of the current failing streak: the error
+    /// that needs a person, even when later attempts failed otherwise.
+    pub(crate) streak_invalid_grant: Option<SystemTime>,
 }
 
 /// What the findings are built from.
@@ -401,10 +404,14 @@ impl Acc {
                     h.last_success = Some(e.ts);
                     h.failing_since = None;
                     h.streak = 0;
+                    h.streak_invalid_grant = None;
                 } else {
                     h.last_error = Some((e.ts, e.error.clone(), e.error_code.clone()));
                     h.failing_since.get_or_insert(e.ts);
                     h.streak += 1;
+                    if e.error_code.as_deref() == Some("invalid_grant") {
+                        h.streak_invalid_grant.get_or_insert(e.ts);
+                    }
                 }
             }
             self.ev.refresh.insert(cred, h);

@@ -226,12 +226,23 @@ fn refreshes(ev: &Evidence, reference: Option<SystemTime>, out: &mut Vec<Finding
     for (cred, h) in &ev.refresh {
         let subject = format!("credential {cred}");
         if let (Some(since), Some((_, msg, code))) = (h.failing_since, &h.last_error) {
-            let with = match (code, msg) {
+            let mut with = match (code, msg) {
                 (Some(code), _) => code.clone(),
                 (None, Some(msg)) => format!("\"{msg}\""),
                 (None, None) => "an error".to_owned(),
             };
-            let todo = if code.as_deref() == Some("invalid_grant") {
+            // An earlier invalid_grant in the streak is the root cause even
+            // if the latest attempt failed otherwise (a timeout after it).
+            let earlier_grant = h
+                .streak_invalid_grant
+                .filter(|_| code.as_deref() != Some("invalid_grant"));
+            if let Some(at) = earlier_grant {
+                with.push_str(&format!(
+                    " (and invalid_grant at {} earlier in this streak)",
+                    clock(at, reference)
+                ));
+            }
+            let todo = if h.streak_invalid_grant.is_some() {
                 "log in again and store the new refresh token"
             } else {
                 "latchkey keeps retrying with backoff; check the token endpoint and the \

@@ -165,3 +165,24 @@ fn timestamps_with_offsets_are_read() {
     assert_eq!(at("2026-11-23T10:00:00+00:00"), want);
     assert_eq!(at("2026-11-23T10:00:00+25:00"), None, "not an offset");
 }
+
+/// An `invalid_grant` earlier in a failing streak is named, and its advice
+/// given, even when the latest attempt failed with something else.
+#[test]
+fn an_earlier_invalid_grant_in_the_streak_is_named() {
+    let records = vec![
+        refresh("10:00:00", "crm-oauth", Some("invalid_grant")),
+        refresh("10:05:00", "crm-oauth", None),
+    ];
+    let mut records = records;
+    // The second failed without an OAuth error (a timeout).
+    records[1] = set(records[1].clone(), "/result", json!("error"));
+    records[1] = set(records[1].clone(), "/error", json!("connect timeout"));
+    let r = run_triage(&log(&records), &opts());
+    let f = find(&r, FindingKind::RefreshFailing);
+    assert!(
+        f.message.contains("with \"connect timeout\" (and invalid_grant at 10:00 UTC earlier in this streak): log in again"),
+        "{}",
+        f.message
+    );
+}
