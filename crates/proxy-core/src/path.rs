@@ -180,18 +180,16 @@ fn escaped(b: &[u8], at: usize) -> Option<u8> {
 /// (its `;params` dropped), which would climb out of the upstream's base
 /// path once joined to it.
 pub fn starts_with_dot_segment(rest: &str) -> bool {
-    let end = [
-        rest.find('/'),
-        rest.find("%2F"),
-        rest.find("%5C"),
-        rest.find(';'),
-        rest.find("%3B"),
-    ]
-    .into_iter()
-    .flatten()
-    .min()
-    .unwrap_or(rest.len());
-    matches!(rest.get(..end), Some("." | ".."))
+    // Normalized: a dot is never encoded here. What ends the name: a
+    // slash, encoded or not, or `;params`.
+    rest.strip_prefix("..")
+        .or_else(|| rest.strip_prefix('.'))
+        .is_some_and(|after| {
+            after.is_empty()
+                || ["/", "%2F", "%5C", ";", "%3B"]
+                    .iter()
+                    .any(|end| after.starts_with(end))
+        })
 }
 
 /// RFC 3986's unreserved characters.
