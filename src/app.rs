@@ -162,8 +162,15 @@ pub async fn start_with(
         },
         tls,
     ));
-    let admin_task = admin_listener
-        .map(|l| tokio::spawn(admin::serve(l, state.clone(), admin_rx, header_timeout)));
+    let admin_task = admin_listener.map(|l| {
+        tokio::spawn(admin::serve(
+            l,
+            state.clone(),
+            admin_rx,
+            header_timeout,
+            idle_timeout,
+        ))
+    });
     tracing::info!(%proxy_addr, admin_addr = ?admin_addr, "latchkey serving");
     Ok(Running {
         proxy_addr,

@@ -315,7 +315,7 @@ async fn serve_plain(
             let (io, heard) = idle::Heard::new(stream);
             let conn = builders.h2.serve_connection(TokioIo::new(io), svc);
             let idle = (heard, builders.idle_timeout);
-            Box::pin(serve_graceful(conn, watcher, shutdown, idle)).await
+            Box::pin(serve_graceful(conn, Some(watcher), shutdown, idle)).await
         }
         // Not from `sniff_until_sure`; served as the auto builder would.
         Sniffed::Unsure => Box::pin(serve_conn(builders, watcher, shutdown, stream, svc)).await,
@@ -375,14 +375,46 @@ where
         .auto
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .into_owned();
-    serve_graceful(conn, watcher, shutdown, (heard, builders.idle_timeout)).await
+    serve_graceful(
+        conn,
+        Some(watcher),
+        shutdown,
+        (heard, builders.idle_timeout),
+    )
+    .await
+}
+
+/// Serves one admin connection (HTTP/1.1 or h2, as `builder` tells them
+/// apart) until `shutdown`, closing it like a proxy connection when its
+/// caller stays quiet for `idle_timeout` (`proxy.client_idle_timeout`):
+/// hyper bounds an idle HTTP/1.1 caller with the header timeout, but not
+/// an idle h2 one. The admin port takes part in no drain.
+pub(crate) async fn serve_admin<S>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    svc: S,
+    shutdown: watch::Receiver<bool>,
+    idle_timeout: Duration,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<proxy_core::body::ProxyBody>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let (io, heard) = idle::Heard::new(stream);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    serve_graceful(conn, None, shutdown, (heard, idle_timeout)).await
 }
 
 /// Serves `conn` to its end. It is shut down gracefully (requests in
 /// flight finish; HTTP/1.1 keep-alive off, h2 GOAWAY) once `shutdown`
 /// turns true or its caller was not heard from (`idle`: what its
 /// [`idle::Heard`] stream read, and `proxy.client_idle_timeout`).
-/// `watcher` is held to the end, so the drain waits for it.
+/// `watcher` (if any) is held to the end, so the drain waits for it.
 ///
 /// An h2 graceful shutdown waits for the caller to answer the PING sent
 /// with the first GOAWAY, with no limit of its own: a caller that sends
@@ -395,7 +427,7 @@ where
 /// waiting for a long poll: its connection just closes after the response.)
 async fn serve_graceful<C>(
     conn: C,
-    watcher: Watcher,
+    watcher: Option<Watcher>,
     shutdown: watch::Receiver<bool>,
     (caller, idle_timeout): (Arc<idle::Caller>, Duration),
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>

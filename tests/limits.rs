@@ -237,6 +237,38 @@ async fn a_quiet_h2_connection_is_closed_after_the_idle_timeout() {
     );
 }
 
+/// The admin port closes a quiet h2 connection too (hyper bounds only an
+/// idle HTTP/1.1 caller there, with the header timeout): an h2c scraper or
+/// probe that stops talking does not hold its connection until shutdown.
+/// Paused clock, one request (see above).
+#[tokio::test(start_paused = true)]
+async fn a_quiet_h2_connection_to_the_admin_port_is_closed_after_the_idle_timeout() {
+    use http_body_util::BodyExt as _;
+    use std::time::Duration;
+    let up = echo_upstream().await;
+    let p = start_proxy(&limited("client_idle_timeout: 30s", &up.url())).await;
+    let addr = p.admin.trim_start_matches("http://").to_owned();
+    let (mut tx, conn) = h2_caller(&addr).await;
+    let req = http::Request::get(format!("http://{addr}/healthz"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    tx.ready().await.unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    let last = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(600), conn)
+        .await
+        .expect("a quiet h2 connection to the admin port stays open")
+        .unwrap()
+        .unwrap();
+    let quiet = last.elapsed();
+    assert!(
+        (Duration::from_secs(30)..=Duration::from_secs(41)).contains(&quiet),
+        "closed after {quiet:?} of quiet"
+    );
+}
+
 /// The idle close is graceful (GOAWAY): a request still waiting for its
 /// upstream when the caller went quiet gets its answer; the connection
 /// closes after it. Paused clock.

@@ -20,7 +20,7 @@ use crate::build::Proxy;
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use http::{Method, Request, Response, StatusCode, header};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use management::Management;
 use proxy_core::{ProxyBody, full};
@@ -73,12 +73,15 @@ impl AdminState {
 
 /// Serves the admin endpoints until `shutdown` turns true.
 /// A caller gets `header_timeout` to send a request head (the first, or
-/// the next on a keep-alive connection).
+/// the next on a keep-alive connection); a connection whose caller sends
+/// nothing for `idle_timeout` (zero: no limit) is closed gracefully, as on
+/// the proxy port (h2 included).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
     shutdown: watch::Receiver<bool>,
     header_timeout: std::time::Duration,
+    idle_timeout: std::time::Duration,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -86,7 +89,7 @@ pub async fn serve(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Some(header_timeout).filter(|t| !t.is_zero()));
     builder.http2().timer(hyper_util::rt::TokioTimer::new());
-    let stop = crate::app::stopped(shutdown);
+    let stop = crate::app::stopped(shutdown.clone());
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -102,6 +105,7 @@ pub async fn serve(
                 };
                 let state = state.clone();
                 let builder = builder.clone();
+                let shutdown = shutdown.clone();
                 let svc = hyper::service::service_fn(move |req| {
                     let state = state.clone();
                     async move { Ok::<_, std::convert::Infallible>(handle(&state, req, peer).await) }
@@ -110,7 +114,7 @@ pub async fn serve(
                     // The auto builder reads the first bytes itself, with no
                     // timeout: a silent caller is dropped here.
                     if crate::server::speaks_within(&stream, header_timeout).await {
-                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        let _ = crate::server::serve_admin(&builder, stream, svc, shutdown, idle_timeout).await;
                     }
                 });
             }
