@@ -84,6 +84,19 @@ impl RedisServer {
         }
     }
 
+    /// Stops (SIGSTOP) or continues (SIGCONT) the server: stopped, it still
+    /// accepts connections (the kernel does) but never answers, like a
+    /// Redis that hangs or a network that drops its packets.
+    pub fn pause(&self, paused: bool) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let sig = if paused { "-STOP" } else { "-CONT" };
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {sig} {pid}");
+    }
+
     /// Starts it again on the same port, empty.
     pub async fn restart(&mut self) {
         self.stop();

@@ -341,3 +341,62 @@ async fn a_lost_lock_subscription_falls_back_to_polling() {
         .unwrap()
         .unwrap();
 }
+
+/// A `client_credentials`-like provider: no refresh token, nothing to fork.
+#[derive(Debug)]
+struct NonRotating;
+
+impl refresh_layer::provider::TokenProvider for NonRotating {
+    fn kind(&self) -> &'static str {
+        "non-rotating"
+    }
+    fn fetch<'a>(
+        &'a self,
+        _: Option<&'a StoredCredential>,
+    ) -> futures_util::future::BoxFuture<
+        'a,
+        Result<refresh_layer::token::Token, refresh_layer::provider::ProviderError>,
+    > {
+        Box::pin(async {
+            Ok(refresh_layer::token::Token {
+                access_token: secrecy::SecretString::from("local-token".to_owned()),
+                expires_in: Some(Duration::from_secs(3600)),
+                refresh_token: None,
+            })
+        })
+    }
+}
+
+/// A Redis that accepts connections but never answers (stopped, or a
+/// network that drops its packets) costs a refresh `redis.timeout` per
+/// step, never a hang: taking the lock fails (its subscription is bounded
+/// like every command), and a credential that cannot fork refreshes
+/// locally, as the README promises for Redis being down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_never_answers_cannot_hang_a_refresh() {
+    let redis = RedisServer::start().await;
+    redis.pause(true);
+    let s = store(&redis, KEY);
+    let locked = tokio::time::timeout(Duration::from_secs(5), s.lock("crm"))
+        .await
+        .expect("lock() is bounded by redis.timeout");
+    assert!(
+        matches!(locked, Err(StoreError::Unavailable(_))),
+        "{:?}",
+        locked.err()
+    );
+    let src = RefreshingSource::new(
+        "crm",
+        Arc::new(NonRotating),
+        Arc::new(store(&redis, KEY)),
+        RefreshSettings {
+            timeout: Duration::from_secs(5),
+            ..RefreshSettings::default()
+        },
+    );
+    let got = tokio::time::timeout(Duration::from_secs(10), src.get())
+        .await
+        .expect("get() is bounded");
+    assert!(got.is_ok(), "no local token: {:?}", got.err());
+    redis.pause(false);
+}

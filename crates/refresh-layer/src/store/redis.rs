@@ -308,14 +308,20 @@ impl Store for RedisStore {
             let token = format!("{}-{:016x}", self.inner.owner, fastrand::u64(..));
             let lease_ms = u64::try_from(self.inner.lease.as_millis()).unwrap_or(u64::MAX);
             // Subscribe before the first attempt so the holder's "done"
-            // cannot slip between a failed attempt and the wait.
-            let mut events = match self.inner.client.get_async_pubsub().await {
-                Ok(mut ps) => match ps.subscribe(&channel).await {
-                    Ok(()) => Some(ps),
-                    Err(_) => None,
-                },
-                Err(_) => None,
+            // cannot slip between a failed attempt and the wait. Bounded
+            // like every command: a Redis that accepts connections and
+            // never answers (stopped, blackholed) must not hang the
+            // refresh here; without a subscription the wait polls, and the
+            // SET below fails within `redis.timeout` the same way.
+            let subscribe = async {
+                let mut ps = self.inner.client.get_async_pubsub().await.ok()?;
+                ps.subscribe(&channel).await.ok()?;
+                Some(ps)
             };
+            let mut events = tokio::time::timeout(self.inner.timeout, subscribe)
+                .await
+                .ok()
+                .flatten();
             let poll =
                 (self.inner.lease / 4).clamp(Duration::from_millis(20), Duration::from_millis(500));
             let mut waited = false;
