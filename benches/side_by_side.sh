@@ -1,49 +1,74 @@
 #!/usr/bin/env bash
-# What audit records + metrics cost, measured with both proxies running AT
-# THE SAME TIME on the same CPU, so the machine's drift cancels out.
+# Two proxies measured AT THE SAME TIME on the same CPU, so the machine's
+# drift cancels out: the way to resolve a few percent on a shared VM.
 #
-# benches/compare.sh SCENARIO=audit-off runs the two configs one after the
-# other; on a shared VM the speed of the machine moves by +-20% between runs,
-# more than the effect. Here two latchkeys from the same release binary, one
-# with the default config (audit records to stdout, which goes to /dev/null;
-# metrics on) and one with audit and metrics off, are both pinned to CPU 0.
-# Each gets its own wrk (CONNS connections, CPU 1), started together, for
-# DURATION; both proxies are saturated, so the scheduler splits CPU 0
+# benches/compare.sh runs its contenders one after the other; on a shared VM
+# the speed of the machine moves by +-20% between runs, more than the effects
+# worth measuring. Here both proxies of a pair are pinned to CPU 0, each gets
+# its own wrk (CONNS connections, on CPU 1 with the upstream), started
+# together, for DURATION. Both are saturated, so the scheduler splits CPU 0
 # between them and every disturbance (steal time, frequency, cache) hits
-# both alike. Per round it reads each proxy's CPU time (utime+stime from
-# /proc/PID/stat, which the kernel keeps exact in total; the audit writer
-# thread's time is included) and the requests wrk completed, and reports:
+# both alike. The upstream is the `upstream` example, answering 200 only
+# when `Authorization: Bearer bench-token` arrives. Per round it reads each
+# proxy's CPU time (utime+stime from /proc/PID/stat of the process and its
+# children, which the kernel keeps exact in total; latchkey's audit writer
+# thread is included) and the requests wrk completed, and reports:
 #
-#   CPU per request, on / off     the cost of the work itself
-#   requests/s per CPU-second, off / on   the same, as throughput
-#   requests/s, off / on          what each got from its share of CPU 0
+#   CPU per request, A / B      what A's work costs against B's
+#   requests/s, B / A           what each got from its share of CPU 0
+#
+# PAIR (default audit) picks A and B:
+#   audit   A: latchkey, default config (audit records to stdout, which
+#           goes to /dev/null; metrics on); B: the same binary with audit
+#           and metrics off. A / B - 1 is what the audit trail costs.
+#   nginx   A: latchkey, default config; B: nginx (proxy_set_header, one
+#           worker, upstream keepalive; benches/compare/nginx-proxy.conf.tmpl)
+#   ab      A: latchkey (LATCHKEY); B: BASELINE_BIN (required), same default
+#           config: two builds compared
 #
 # The rounds alternate which wrk starts first. It prints per round, then the
 # median, range and mean with a 95% confidence interval over the rounds.
 # Any non-2xx response or socket error fails the run.
 #
-# Knobs: ROUNDS=12, DURATION=5s, CONNS=32, SKIP_BUILD=1, KEEP_TMP=1,
-# LATCHKEY=path (another build of the binary). Needs wrk, curl, taskset and
-# 2 CPUs (wrk is installed from Debian if missing and root).
+# Knobs: PAIR=audit, ROUNDS=12, DURATION=5s, CONNS=32, SKIP_BUILD=1,
+# KEEP_TMP=1, LATCHKEY=path (another build of the binary), BASELINE_BIN.
+# Needs wrk, curl, taskset, 2 CPUs, and nginx for PAIR=nginx (wrk and nginx
+# are installed from Debian if missing and root).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+PAIR=${PAIR:-audit}
 ROUNDS=${ROUNDS:-12}
 DURATION=${DURATION:-5s}
 CONNS=${CONNS:-32}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 die() {
-    echo "audit_cost.sh: $*" >&2
+    echo "side_by_side.sh: $*" >&2
     exit 1
 }
 
-command -v wrk >/dev/null 2>&1 || {
-    [[ $(id -u) == 0 ]] || die "wrk is missing; install it (apt-get install wrk)"
-    apt-get install -y -q wrk >/dev/null || die "apt-get install wrk failed"
-}
-for tool in curl taskset python3; do
+case $PAIR in
+audit) NAME_A="latchkey (audit + metrics on)" NAME_B="latchkey (audit + metrics off)" ;;
+nginx) NAME_A="latchkey" NAME_B="nginx" ;;
+ab)
+    [[ -x ${BASELINE_BIN:-} ]] || die "PAIR=ab needs BASELINE_BIN=<another latchkey binary>"
+    NAME_A="latchkey" NAME_B="latchkey-baseline ($BASELINE_BIN)"
+    ;;
+*) die "PAIR must be audit, nginx or ab" ;;
+esac
+
+need=(wrk)
+[[ $PAIR == nginx ]] && need+=(nginx)
+export PATH=$PATH:/usr/sbin:/sbin
+for tool in "${need[@]}"; do
+    command -v "$tool" >/dev/null 2>&1 && continue
+    [[ $(id -u) == 0 ]] || die "$tool is missing; install it (apt-get install $tool)"
+    # benches/compare/install.sh also keeps a new nginx's service stopped.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$tool" >/dev/null || die "apt-get install $tool failed"
+done
+for tool in curl taskset python3 pgrep; do
     command -v "$tool" >/dev/null 2>&1 || die "'$tool' is required"
 done
 (($(nproc) >= 2)) && taskset -c 0,1 true 2>/dev/null || die "needs two usable CPUs (taskset -c 0,1)"
@@ -57,11 +82,14 @@ LATCHKEY=${LATCHKEY:-$TARGET_DIR/release/latchkey}
 UPSTREAM=$TARGET_DIR/release/examples/upstream
 [[ -x $LATCHKEY && -x $UPSTREAM ]] || die "build the release binary and the upstream example first"
 
-TMP=$(mktemp -d /tmp/latchkey-audit-cost.XXXXXX)
+TMP=$(mktemp -d /tmp/latchkey-side-by-side.XXXXXX)
 PIDS=()
 cleanup() {
-    local rc=$?
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    local rc=$? pid
+    for pid in "${PIDS[@]}"; do
+        pkill -P "$pid" 2>/dev/null || true
+        kill "$pid" 2>/dev/null || true
+    done
     wait 2>/dev/null || true
     [[ -n ${KEEP_TMP:-} ]] && echo "kept $TMP" >&2 || rm -rf -- "$TMP"
     exit "$rc"
@@ -86,7 +114,7 @@ taskset -c 1 "$UPSTREAM" --listen "127.0.0.1:$UPSTREAM_PORT" --expect-value 'Bea
 PIDS+=($!)
 
 declare -A PORT PID
-start() { # name audit_and_metrics(true|false)
+start_latchkey() { # side binary audit_and_metrics(true|false)
     local port admin
     port=$(free_port)
     admin=$(free_port)
@@ -96,9 +124,9 @@ proxy:
 admin:
   listen: 127.0.0.1:$admin
 audit:
-  enabled: $2
+  enabled: $3
 metrics:
-  enabled: $2
+  enabled: $3
 clients:
   - id: bench
     token: { env: BENCH_PROXY_TOKEN }
@@ -114,76 +142,91 @@ routes:
     inject: { header: Authorization, format: "Bearer {token}" }
 EOF
     BENCH_API_KEY=bench-token BENCH_PROXY_TOKEN=client-token RUST_LOG=warn \
-        taskset -c 0 "$LATCHKEY" run --config "$TMP/$1.yaml" >/dev/null 2>"$TMP/$1.err" &
+        taskset -c 0 "$2" run --config "$TMP/$1.yaml" >/dev/null 2>"$TMP/$1.err" &
     PID[$1]=$!
     PIDS+=($!)
     PORT[$1]=$port
 }
 
-cpu_ticks() { # pid -> utime+stime of the whole process, in clock ticks
-    local s f
-    s=$(<"/proc/$1/stat")
-    s=${s##*) }
-    read -r -a f <<<"$s"
-    echo $((f[11] + f[12]))
+start_nginx() { # side
+    local port
+    port=$(free_port)
+    sed -e "s|@TMP@|$TMP|g" -e "s|@PORT@|$port|g" -e "s|@UPSTREAM_PORT@|$UPSTREAM_PORT|g" \
+        -e "s|@LISTEN_OPTS@||g" benches/compare/nginx-proxy.conf.tmpl >"$TMP/nginx.conf"
+    taskset -c 0 nginx -e "$TMP/proxy-nginx.error.log" -p "$TMP" -c "$TMP/nginx.conf" \
+        >"$TMP/$1.err" 2>&1 &
+    PID[$1]=$!
+    PIDS+=($!)
+    PORT[$1]=$port
 }
 
-load() { # name duration out
+cpu_ticks() { # pid -> utime+stime of the process and its children, in clock ticks
+    local p s f total=0
+    for p in "$1" $(pgrep -P "$1"); do
+        s=$(<"/proc/$p/stat") || continue
+        s=${s##*) }
+        read -r -a f <<<"$s"
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+
+load() { # side duration out
     taskset -c 1 wrk -t1 -c"$CONNS" -d"$2" -H 'Authorization: Bearer client-token' \
         "http://127.0.0.1:${PORT[$1]}/bench/x" >"$3"
 }
 
-start on true
-start off false
-wait_for "http://127.0.0.1:${PORT[on]}/bench/x"
-wait_for "http://127.0.0.1:${PORT[off]}/bench/x"
+start_latchkey a "$LATCHKEY" true
+case $PAIR in
+audit) start_latchkey b "$LATCHKEY" false ;;
+nginx) start_nginx b ;;
+ab) start_latchkey b "$BASELINE_BIN" true ;;
+esac
+wait_for "http://127.0.0.1:${PORT[a]}/bench/x"
+wait_for "http://127.0.0.1:${PORT[b]}/bench/x"
 # Warm up both (connections, allocator, caches), together as measured.
-load on 2s /dev/null &
+load a 2s /dev/null &
 w=$!
-load off 2s /dev/null
+load b 2s /dev/null
 wait "$w"
 
 CLK_TCK=$(getconf CLK_TCK)
-echo "==> $ROUNDS rounds of $DURATION, $CONNS connections each, both proxies on CPU 0 at once" >&2
+echo "==> PAIR=$PAIR: A = $NAME_A, B = $NAME_B" >&2
+echo "==> $ROUNDS rounds of $DURATION, $CONNS connections each, both on CPU 0 at once" >&2
 : >"$TMP/rounds.txt"
 for ((r = 1; r <= ROUNDS; r++)); do
-    on0=$(cpu_ticks "${PID[on]}")
-    off0=$(cpu_ticks "${PID[off]}")
-    if ((r % 2)); then
-        load on "$DURATION" "$TMP/wrk.on.$r" &
-        w=$!
-        load off "$DURATION" "$TMP/wrk.off.$r"
-    else
-        load off "$DURATION" "$TMP/wrk.off.$r" &
-        w=$!
-        load on "$DURATION" "$TMP/wrk.on.$r"
-    fi
+    a0=$(cpu_ticks "${PID[a]}")
+    b0=$(cpu_ticks "${PID[b]}")
+    if ((r % 2)); then first=a second=b; else first=b second=a; fi
+    load "$first" "$DURATION" "$TMP/wrk.$first.$r" &
+    w=$!
+    load "$second" "$DURATION" "$TMP/wrk.$second.$r"
     wait "$w"
-    on1=$(cpu_ticks "${PID[on]}")
-    off1=$(cpu_ticks "${PID[off]}")
-    for side in on off; do
+    a1=$(cpu_ticks "${PID[a]}")
+    b1=$(cpu_ticks "${PID[b]}")
+    for side in a b; do
         f=$TMP/wrk.$side.$r
         if grep -qE 'Non-2xx|Socket errors' "$f"; then
             cat "$f" >&2
-            die "round $r, $side: non-2xx responses or socket errors: the run is invalid"
+            die "round $r, side $side: non-2xx responses or socket errors: the run is invalid"
         fi
     done
-    req_on=$(grep -oP '^\s*\K[0-9]+(?= requests in)' "$TMP/wrk.on.$r")
-    req_off=$(grep -oP '^\s*\K[0-9]+(?= requests in)' "$TMP/wrk.off.$r")
-    echo "$r $req_on $((on1 - on0)) $req_off $((off1 - off0))" >>"$TMP/rounds.txt"
+    req_a=$(grep -oP '^\s*\K[0-9]+(?= requests in)' "$TMP/wrk.a.$r")
+    req_b=$(grep -oP '^\s*\K[0-9]+(?= requests in)' "$TMP/wrk.b.$r")
+    echo "$r $req_a $((a1 - a0)) $req_b $((b1 - b0))" >>"$TMP/rounds.txt"
 done
 
-python3 - "$TMP/rounds.txt" "$CLK_TCK" "$DURATION" <<'EOF'
+python3 - "$TMP/rounds.txt" "$CLK_TCK" <<'EOF'
 import statistics as st, sys
 rows = [list(map(int, l.split())) for l in open(sys.argv[1])]
 tck = int(sys.argv[2])
 cost, tput = [], []
-print(f"{'round':>5} {'on req':>8} {'on CPU s':>9} {'off req':>8} {'off CPU s':>9}  {'CPU/req on/off':>14}  {'req/s off/on':>12}")
-for r, ron, con, roff, coff in rows:
-    c = (con / ron) / (coff / roff)
-    cost.append(c)
-    tput.append(roff / ron)
-    print(f"{r:>5} {ron:>8} {con / tck:>9.2f} {roff:>8} {coff / tck:>9.2f}  {c:>14.3f}  {roff / ron:>12.3f}")
+print(f"{'round':>5} {'A req':>8} {'A CPU s':>8} {'A us/req':>9} {'B req':>8} {'B CPU s':>8} {'B us/req':>9}  {'CPU/req A/B':>11}  {'req/s B/A':>9}")
+for r, ra, ca, rb, cb in rows:
+    ua, ub = 1e6 * ca / tck / ra, 1e6 * cb / tck / rb
+    cost.append(ua / ub)
+    tput.append(rb / ra)
+    print(f"{r:>5} {ra:>8} {ca / tck:>8.2f} {ua:>9.2f} {rb:>8} {cb / tck:>8.2f} {ub:>9.2f}  {ua / ub:>11.3f}  {rb / ra:>9.3f}")
 def summary(name, xs):
     m = st.mean(xs)
     # Student's t, two-sided 95%, by degrees of freedom (rounds - 1).
@@ -194,6 +237,6 @@ def summary(name, xs):
     half = ((t[df - 1] if df <= len(t) else 2.0) * st.stdev(xs) / len(xs) ** 0.5) if len(xs) > 1 else float("nan")
     print(f"{name}: median {st.median(xs):.3f}, range {min(xs):.3f}-{max(xs):.3f}, "
           f"mean {m:.3f} +- {half:.3f} (95%)")
-summary("CPU per request, audit + metrics on / off", cost)
-summary("requests/s, off / on (each from its share of CPU 0)", tput)
+summary("CPU per request, A / B", cost)
+summary("requests/s, B / A (each from its share of CPU 0)", tput)
 EOF
