@@ -230,9 +230,18 @@ impl fmt::Debug for SecretSource {
 }
 
 fn read_env(name: &str) -> Result<SecretString, SecretError> {
-    match std::env::var(name) {
-        Ok(v) => non_empty(&v, &format!("environment variable {name}")),
-        Err(_) => Err(SecretError::EnvMissing(name.to_string())),
+    env_value(name, std::env::var(name).ok())
+}
+
+/// An environment variable's value, trimmed of surrounding whitespace as
+/// a file's is: a Kubernetes Secret made with `--from-file` from a file
+/// that ends in a newline puts that newline in the variable, and a token
+/// with it could never match what a caller presents (callers' tokens are
+/// trimmed too) nor be sent in a header.
+fn env_value(name: &str, value: Option<String>) -> Result<SecretString, SecretError> {
+    match value {
+        Some(v) => non_empty(v.trim(), &format!("environment variable {name}")),
+        None => Err(SecretError::EnvMissing(name.to_string())),
     }
 }
 
@@ -319,6 +328,23 @@ mod tests {
             err.to_string(),
             "environment variable LATCHKEY_TEST_SURELY_UNSET_VAR is not set"
         );
+    }
+
+    #[test]
+    fn env_values_are_trimmed_like_file_values() {
+        let v = env_value("TOKEN", Some("client-tok\n".into())).unwrap();
+        assert_eq!(v.expose_secret(), "client-tok");
+        let v = env_value("TOKEN", Some(" \tkey with inner space\r\n".into())).unwrap();
+        assert_eq!(v.expose_secret(), "key with inner space");
+        let err = env_value("TOKEN", Some(" \n".into())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            SecretError::Empty("environment variable TOKEN".into()).to_string()
+        );
+        assert!(matches!(
+            env_value("TOKEN", None),
+            Err(SecretError::EnvMissing(_))
+        ));
     }
 
     #[tokio::test(start_paused = true)]
