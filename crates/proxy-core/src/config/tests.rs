@@ -503,6 +503,33 @@ fn url_passwords_are_not_echoed_in_errors() {
             "\"ftp://***@x\": scheme must be http or https",
         ),
         ("u:hunter2-canary@x/y", "\"***@x/y\""),
+        // A password holding `#`, `/` or `?` ends the parsed authority
+        // early: still user info, still hidden, never accepted.
+        (
+            "https://svc:Tr0ub4dor#hunter2-canary@api.example.com",
+            "\"https://***@api.example.com\": user info in the upstream URL is not supported",
+        ),
+        (
+            "https://svc:123/hunter2-canary@api.example.com/base",
+            "\"https://***@api.example.com/base\": user info",
+        ),
+        (
+            "https://svc:x?hunter2-canary@api.example.com",
+            "\"https://***@api.example.com\": user info",
+        ),
+        // A query may be a key (Azure Functions' `?code=`).
+        (
+            "https://fn.example.com/api/x?code=hunter2-canary",
+            "\"https://fn.example.com/api/x?***\": an upstream URL cannot have a query or a fragment",
+        ),
+        (
+            "https://api.example.com/base#hunter2-canary",
+            "\"https://api.example.com/base?***\": an upstream URL cannot have a query or a fragment",
+        ),
+        (
+            "https://api.example.com:x8443/x",
+            "the port must be a number from 1 to 65535",
+        ),
     ] {
         let got = err_of(&with_route(&format!(
             "{{ id: r, match: {{ path_prefix: /a/ }}, upstream: \"{url}\", credential: k }}"

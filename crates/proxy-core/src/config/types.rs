@@ -437,22 +437,25 @@ pub struct UpstreamUrl {
     pub base_path: String,
 }
 
-/// `url`, quoted, for an error message: a `user:password@` part is shown
-/// as `***@` (error messages reach logs and the reload API's answer).
+/// `url`, quoted, for an error message (error messages reach logs and the
+/// reload API's answer): everything up to the last `@` after the scheme is
+/// shown as `***@` (a password may itself hold `/`, `?` or `#`, so the
+/// authority cannot be cut at them first), and a query or fragment as
+/// `?***` (an Azure Functions `?code=` is a key).
 fn shown(url: &str) -> String {
     let (scheme, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => (None, url),
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((_, host)) => {
-            let scheme = scheme.map(|s| format!("{s}://")).unwrap_or_default();
-            format!("{:?}", format!("{scheme}***@{host}{tail}"))
-        }
-        None => format!("{url:?}"),
-    }
+    let (user, rest) = match rest.rsplit_once('@') {
+        Some((_, host)) => ("***@", host),
+        None => ("", rest),
+    };
+    let (rest, hidden) = match rest.find(['?', '#']) {
+        Some(i) => (rest.get(..i).unwrap_or_default(), "?***"),
+        None => (rest, ""),
+    };
+    format!("{:?}", format!("{scheme}{user}{rest}{hidden}"))
 }
 
 impl UpstreamUrl {
@@ -474,13 +477,28 @@ impl UpstreamUrl {
             .authority()
             .cloned()
             .ok_or_else(|| format!("{shown} needs a host"))?;
-        if authority.as_str().contains('@') {
+        // Any `@`, not only one in the authority as parsed: the parser
+        // ends the authority at a `/`, `?` or `#`, which a password may
+        // hold (`svc:pa#ss@host` parses as host `svc`, "port" `pa`).
+        if s.contains('@') {
             return Err(format!(
-                "{shown}: user info in the upstream URL is not supported; use a credential"
+                "{shown}: user info in the upstream URL is not supported; use a credential \
+                 (an `@` in the path must be written %40)"
             ));
         }
-        if uri.query().is_some() {
-            return Err(format!("{shown}: an upstream URL cannot have a query"));
+        let port = authority
+            .as_str()
+            .rsplit_once(':')
+            .filter(|(_, port)| !port.contains(']'));
+        if port.is_some() && authority.port_u16().is_none_or(|p| p == 0) {
+            return Err(format!(
+                "{shown}: the port must be a number from 1 to 65535"
+            ));
+        }
+        if uri.query().is_some() || s.contains('#') {
+            return Err(format!(
+                "{shown}: an upstream URL cannot have a query or a fragment"
+            ));
         }
         let base_path = uri.path().trim_end_matches('/').to_string();
         Ok(Self {
