@@ -147,10 +147,17 @@ fn publish(inner: &Inner, state: StoredCredential, lifetime: Option<Duration>) -
         state.expires_at(),
     ));
     let s = &inner.settings;
+    // `max_age` counts from when the token was obtained, not from now: an
+    // adopted token (stored before a restart, or by another replica) may
+    // already be most of it old.
+    let age = SystemTime::now()
+        .duration_since(state.obtained_at())
+        .unwrap_or(Duration::ZERO);
+    let max_age = s.max_age.map(|m| m.saturating_sub(age));
     inner.current.store(Some(Arc::new(Entry {
         cred: cred.clone(),
         expires: lifetime.map(|l| now + l),
-        refresh_at: refresh_at(now, lifetime, s.buffer, s.max_age, fastrand::f64()),
+        refresh_at: refresh_at(now, lifetime, s.buffer, max_age, fastrand::f64()),
         state,
     })));
     cred
@@ -186,17 +193,24 @@ fn expired(s: &StoredCredential) -> bool {
     remaining(s).is_some_and(|r| r.is_zero())
 }
 
-/// A state written by someone else is worth adopting if it is still good
-/// for a while: not inside its own refresh lead (else we would adopt and
-/// immediately refresh again), except for forced refreshes, where any newer
-/// valid token beats the rejected one.
+/// A state written by someone else (or before a restart) is worth adopting
+/// if it is still good for a while: not inside its own refresh lead (else
+/// we would adopt and immediately refresh again), except
+/// - for forced refreshes, where any newer valid token beats the rejected
+///   one;
+/// - when nothing valid is held (`Expired`: at startup, after a reload, or
+///   on a new replica): a valid token in its lead is still a token. It is
+///   served at once and refreshed ahead in the background (its refresh
+///   time has passed), with the usual backoff if that fails; fetching
+///   first would turn a token endpoint outage into 503s while the store
+///   holds a token good for seconds or minutes more.
 fn adoptable(s: &StoredCredential, inner: &Inner, trigger: Trigger) -> bool {
     let Some(left) = remaining(s) else {
         return true;
     };
     match trigger {
-        Trigger::Forced | Trigger::Manual => !left.is_zero(),
-        Trigger::Proactive | Trigger::Expired => {
+        Trigger::Forced | Trigger::Manual | Trigger::Expired => !left.is_zero(),
+        Trigger::Proactive => {
             let lifetime = s
                 .expires_at()
                 .and_then(|e| e.duration_since(s.obtained_at()).ok())

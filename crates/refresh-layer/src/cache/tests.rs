@@ -491,3 +491,5 @@ async fn an_unsaved_expired_token_does_not_replace_a_valid_one() {
         "the valid token is still served"
     );
 }
+
+mod adoption;

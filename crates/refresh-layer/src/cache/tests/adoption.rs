@@ -1,0 +1,102 @@
+//! Adopting a stored credential (written before a restart or a reload, or
+//! by another replica) when this process holds none.
+
+use super::*;
+
+fn stored(token: &str, expires_in_ms: Option<u64>, age_ms: u64) -> StoredCredential {
+    let now = crate::token::to_ms(SystemTime::now());
+    StoredCredential {
+        access_token: token.into(),
+        expires_at_ms: expires_in_ms.map(|e| now + e),
+        refresh_token: Some("rt".into()),
+        generation: 7,
+        obtained_at_ms: now - age_ms,
+    }
+}
+
+async fn with_stored(
+    p: &Arc<Scripted>,
+    state: StoredCredential,
+    settings: RefreshSettings,
+) -> RefreshingSource {
+    let store = Arc::new(MemoryStore::new());
+    store.save("crm", &state).await.unwrap();
+    RefreshingSource::new("crm", p.clone(), store, settings)
+}
+
+/// A restart while the token endpoint is down, the store holding a token
+/// that is valid for 30 s more (inside the 60 s buffer): it is served, not
+/// refused for a fetch that fails. Its refresh runs in the background
+/// (once, then on the backoff schedule), and only its expiry ends it.
+#[tokio::test(start_paused = true)]
+async fn a_valid_stored_token_inside_its_buffer_is_served_while_the_endpoint_fails() {
+    let p = Scripted::new(Some(S(3600)));
+    p.failing.store(true, Ordering::SeqCst);
+    let src = with_stored(
+        &p,
+        stored("stored-valid", Some(30_000), 3_570_000),
+        RefreshSettings::default(),
+    )
+    .await;
+    assert_eq!(token(&src).await, "stored-valid");
+    assert_eq!(p.calls(), 0, "served without waiting for a token call");
+    for _ in 0..25 {
+        tokio::time::advance(S(1)).await;
+        settle().await;
+        assert_eq!(token(&src).await, "stored-valid");
+    }
+    // Refreshed ahead (at half its remaining life), failed, backed off:
+    // a few calls, not one per request.
+    assert!(
+        (1..=5).contains(&p.calls()),
+        "{} token calls in 25 s",
+        p.calls()
+    );
+    tokio::time::advance(S(10)).await;
+    settle().await;
+    assert!(
+        token(&src).await.starts_with("ERR"),
+        "an expired token is never served"
+    );
+}
+
+/// The same stored token with the endpoint up: served at once, replaced
+/// in the background before it expires.
+#[tokio::test(start_paused = true)]
+async fn an_adopted_token_inside_its_buffer_is_replaced_in_the_background() {
+    let p = Scripted::new(Some(S(3600)));
+    let src = with_stored(
+        &p,
+        stored("stored-valid", Some(30_000), 3_570_000),
+        RefreshSettings::default(),
+    )
+    .await;
+    assert_eq!(token(&src).await, "stored-valid");
+    tokio::time::advance(S(16)).await;
+    settle().await;
+    tokio::time::advance(S(1)).await;
+    settle().await;
+    assert_eq!(token(&src).await, "tok-1");
+    assert_eq!(p.calls(), 1);
+}
+
+/// `max_age` (tokens without expiry) counts from when the token was
+/// obtained: one stored 9m50s ago with `max_age: 10m` is refreshed within
+/// ~10 s of being adopted, not 10 minutes later.
+#[tokio::test(start_paused = true)]
+async fn max_age_counts_from_when_an_adopted_token_was_obtained() {
+    let p = Scripted::new(None);
+    let settings = RefreshSettings {
+        max_age: Some(S(600)),
+        ..RefreshSettings::default()
+    };
+    let src = with_stored(&p, stored("stored-old", None, 590_000), settings).await;
+    assert_eq!(token(&src).await, "stored-old");
+    assert_eq!(p.calls(), 0);
+    tokio::time::advance(S(11)).await;
+    settle().await;
+    tokio::time::advance(S(1)).await;
+    settle().await;
+    assert_eq!(p.calls(), 1, "a token 10 min old is refreshed");
+    assert_eq!(token(&src).await, "tok-1");
+}
