@@ -103,6 +103,46 @@ async fn replay_also_401_is_still_unauthorized_with_one_replay() {
     p.stop().await;
 }
 
+/// An upstream that rejects every token (wrong audience or scope, its own
+/// auth backend down) must not turn each request into a token call: the
+/// first 401 forces a refresh, the rejection of that fresh token one more,
+/// then forced refreshes are spaced like failures (`backoff_min` doubling),
+/// so 20 rejected requests in a row make 3 token calls, and the refused
+/// ones say why: `refresh_failed`, no token call and no replay.
+#[tokio::test]
+async fn an_upstream_that_rejects_every_token_cannot_storm_the_token_endpoint() {
+    let ep = endpoint().await;
+    let up = auth_upstream(ep.clone(), StatusCode::UNAUTHORIZED).await;
+    let routes = route("api", "/api/", &up.url(), "api", "")
+        + &route("deny", "/deny/", &up.url(), "api", "");
+    // A long first spacing, so "the next request comes before the next
+    // forced refresh is due" holds however slow the machine is.
+    let p = start_proxy(&config(
+        &ep,
+        "",
+        "    refresh: { backoff_min: 30s }",
+        &routes,
+    ))
+    .await;
+    warm_up(&p, &ep, "/api/warm").await;
+    let mut outcomes = Vec::new();
+    for i in 0..20 {
+        let (status, headers, body) = get(&p.url(&format!("/deny/{i}")), &[]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_upstream_rejection(&headers, &body);
+        outcomes.push(retry_header(&headers).unwrap().to_owned());
+    }
+    assert_eq!(ep.calls(), 1 + 3, "the warm-up and three forced refreshes");
+    assert_eq!(&outcomes[..3], ["still_unauthorized"; 3]);
+    assert_eq!(&outcomes[3..], ["refresh_failed"; 17]);
+    assert_eq!(
+        up.hits_under("/deny/19").len(),
+        1,
+        "no replay once spaced out"
+    );
+    p.stop().await;
+}
+
 #[tokio::test]
 async fn configurable_statuses_403() {
     let ep = endpoint().await;

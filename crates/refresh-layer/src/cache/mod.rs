@@ -20,6 +20,7 @@
 //! old value stays in memory and in the store.
 
 mod driver;
+mod forced;
 mod refresh;
 mod schedule;
 mod status;
@@ -146,13 +147,30 @@ pub enum RefreshError {
     /// The refresh did not finish within `refresh.timeout`.
     #[error("refresh did not finish within {0:?}")]
     Timeout(Duration),
+    /// The upstream rejected the token a forced refresh got, again: forced
+    /// refreshes are spaced out (see `forced.rs`); the token is kept.
+    #[error(
+        "the upstream rejected the token a forced refresh got {}s ago ({times} time(s) in a row): the credential itself is refused (check its permissions, scope or audience), not expired; next forced refresh in {}s",
+        .age.as_secs(), .retry_in.as_secs()
+    )]
+    Rejected {
+        /// Rejections in a row.
+        times: u32,
+        /// How old the rejected token was.
+        age: Duration,
+        /// Until the next forced refresh may start.
+        retry_in: Duration,
+    },
 }
 
 impl From<RefreshError> for CredentialError {
     fn from(e: RefreshError) -> Self {
         Self {
             oauth_error: e.oauth_error().map(str::to_owned),
-            backing_off: matches!(e, RefreshError::BackingOff { .. }),
+            backing_off: matches!(
+                e,
+                RefreshError::BackingOff { .. } | RefreshError::Rejected { .. }
+            ),
             reason: e.to_string(),
         }
     }
@@ -191,6 +209,8 @@ struct Ctrl {
     next_attempt: Option<Instant>,
     last_error: Option<(String, SystemTime)>,
     last_refresh: Option<(SystemTime, bool, Trigger)>,
+    /// Spaces out forced refreshes whose tokens are rejected too.
+    forced: forced::Spacing,
 }
 
 struct Inner {
@@ -356,13 +376,22 @@ impl CredentialSource for RefreshingSource {
             inner.invalid_gen.store(generation, Ordering::Release);
             match inner.running(&mut ctrl) {
                 Some(f) => f,
-                None => match inner.backing_off(&ctrl, Instant::now()) {
-                    Some(err) => {
-                        inner.invalid_gen.store(0, Ordering::Release);
-                        return ready(Err(CredentialError::from(err))).boxed();
+                None => {
+                    let now = Instant::now();
+                    let refused = match inner.backing_off(&ctrl, now) {
+                        Some(err) => Err(err),
+                        None => ctrl
+                            .forced
+                            .admit(&inner.id, generation, now, &inner.settings),
+                    };
+                    match refused {
+                        Err(err) => {
+                            inner.invalid_gen.store(0, Ordering::Release);
+                            return ready(Err(CredentialError::from(err))).boxed();
+                        }
+                        Ok(()) => inner.start(&mut ctrl, Trigger::Forced, Some(generation)),
                     }
-                    None => inner.start(&mut ctrl, Trigger::Forced, Some(generation)),
-                },
+                }
             }
         };
         let inner = inner.clone();
@@ -466,6 +495,7 @@ impl Inner {
             Ok(c) => {
                 ctrl.failures = 0;
                 ctrl.next_attempt = None;
+                ctrl.forced.refreshed(trigger, c.generation, Instant::now());
                 ctrl.last_refresh = Some((now, true, trigger));
                 tracing::info!(
                     credential = %self.id, trigger = trigger.as_str(), generation = c.generation,
