@@ -174,8 +174,26 @@ impl Reloader {
         *last = Some(bytes.clone());
         let text = String::from_utf8(bytes)
             .map_err(|_| ConfigError::single(&self.file, "", "the config file is not UTF-8"))?;
-        let config = Config::from_yaml(&text, &self.file)?;
+        let mut config = Config::from_yaml(&text, &self.file)?;
         let restart_required = startup_bound_changes(&old.config, &config);
+        let listen_in_file = config.proxy.listen;
+        keep_startup_bound(&old.config, &mut config);
+        // Checked again against what runs: a route made public in the same
+        // edit that moves `proxy.listen` to loopback is public on the
+        // listener still bound (perhaps 0.0.0.0) until a restart.
+        proxy_core::config::validate(&config).map_err(|mut errors| {
+            if listen_in_file != config.proxy.listen {
+                errors.push(proxy_core::config::FieldError::new(
+                    "proxy.listen",
+                    format!(
+                        "the listener stays {} until a restart (the file says {listen_in_file}); \
+                         the config was checked against the running one",
+                        config.proxy.listen
+                    ),
+                ));
+            }
+            ConfigError::new(&self.file, errors)
+        })?;
         let new = build_proxy_with(config, &self.file, &self.options, Some(&old), &self.kept)?;
 
         let (mut kept, mut added) = (Vec::new(), Vec::new());
@@ -210,6 +228,26 @@ impl Reloader {
             restart_required,
         })
     }
+}
+
+/// Puts the running values of the settings read once at startup into
+/// `new`, so it says what runs: the posture rules are checked against the
+/// listener actually bound, the management API's config view shows the
+/// admin settings in force, and a change that waits for a restart is
+/// reported again on every reload (the running config never takes it).
+fn keep_startup_bound(running: &Config, new: &mut Config) {
+    let (r, n) = (&running.proxy, &mut new.proxy);
+    n.listen = r.listen;
+    n.tls.clone_from(&r.tls);
+    n.drain_timeout = r.drain_timeout;
+    n.max_header_bytes = r.max_header_bytes;
+    n.client_header_timeout = r.client_header_timeout;
+    n.client_idle_timeout = r.client_idle_timeout;
+    n.upstream_max_idle = r.upstream_max_idle;
+    n.upstream_idle_timeout = r.upstream_idle_timeout;
+    n.upstream_h2_keepalive = r.upstream_h2_keepalive;
+    new.admin.clone_from(&running.admin);
+    new.audit.file.clone_from(&running.audit.file);
 }
 
 /// Settings read once at startup: reported, not applied, on reload.
