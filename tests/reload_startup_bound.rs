@@ -5,7 +5,6 @@
 //! force, and a change waiting for a restart is reported on every reload.
 
 #![expect(
-    clippy::unwrap_used,
     clippy::expect_used,
     reason = "test helpers fail the test by panicking"
 )]
