@@ -321,5 +321,6 @@ pub fn build_proxy_with(
         &kept.upstreams,
         &LatchkeyLayers,
         audit,
+        previous.map(|p| (&*p.config, p.clients.as_slice())),
     )
 }

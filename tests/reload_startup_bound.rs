@@ -1,8 +1,10 @@
-//! Settings read once at startup (`proxy.listen`, TLS, server timeouts,
-//! `admin`, `audit.file`) under reload: the reloaded config keeps their
-//! running values, so the posture rules are checked against the listener
-//! actually bound, the management API's config view shows what is in
-//! force, and a change waiting for a restart is reported on every reload.
+//! What a reload keeps from the running proxy. Settings read once at
+//! startup (`proxy.listen`, TLS, server timeouts, `admin`, `audit.file`)
+//! keep their running values in the reloaded config, so the posture rules
+//! are checked against the listener actually bound, the management API's
+//! config view shows what is in force, and a change waiting for a restart
+//! is reported on every reload. Client tokens whose reference did not
+//! change keep their source, and the last value it read.
 
 #![expect(
     clippy::expect_used,
@@ -118,4 +120,41 @@ async fn admin_changes_are_reported_on_every_reload_and_the_view_shows_what_runs
         "{}",
         view["routes"][0]
     );
+}
+
+/// A client's `file` token whose file is gone keeps its last value (the
+/// README's promise for `file` secrets), across a reload of unrelated
+/// settings too: the reload keeps the client's token source instead of
+/// resolving the missing file anew. A changed reference is resolved anew.
+#[tokio::test]
+async fn a_reload_keeps_a_client_tokens_last_good_value() {
+    let up = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("tok");
+    std::fs::write(&tok, "file-tok\n").unwrap();
+    let path = dir.path().join("lk.yaml");
+    let cfg = |token: &str, timeout: &str| {
+        format!(
+            "proxy: {{ listen: \"127.0.0.1:0\" }}\n\
+             clients: [ {{ id: app, token: {token}, routes: [\"*\"] }} ]\n\
+             routes:\n  - {{ id: r, match: {{ path_prefix: /r/ }}, upstream: \"{}\", timeout: {timeout} }}\n",
+            up.url()
+        )
+    };
+    let from_file = format!("{{ file: \"{}\" }}", tok.display());
+    std::fs::write(&path, cfg(&from_file, "30s")).unwrap();
+    let running = start(&path).await;
+    let url = format!("http://{}/r/x", running.proxy_addr);
+    let auth = [("authorization", "Bearer file-tok")];
+    assert_eq!(get(&url, &auth).await.0, 200);
+    std::fs::remove_file(&tok).unwrap();
+    std::fs::write(&path, cfg(&from_file, "31s")).unwrap();
+    running.reload().await.unwrap();
+    assert_eq!(get(&url, &auth).await.0, 200, "the last good value is kept");
+    // A changed reference is a new secret.
+    std::fs::write(&path, cfg("{ value: new-tok }", "31s")).unwrap();
+    running.reload().await.unwrap();
+    assert_eq!(get(&url, &auth).await.0, 401);
+    let new = [("authorization", "Bearer new-tok")];
+    assert_eq!(get(&url, &new).await.0, 200);
 }

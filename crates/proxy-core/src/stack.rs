@@ -181,7 +181,7 @@ where
         + 'static,
     <L::Service as Service<Request<ProxyBody>>>::Future: Send + 'static,
 {
-    let typed = build_typed(config, file, sources, upstreams, extra, outer)?;
+    let typed = build_typed(config, file, sources, upstreams, extra, outer, None)?;
     Ok(Proxy {
         service: SharedService::new(typed.service),
         config: typed.config,
@@ -195,6 +195,11 @@ where
 /// [`call_now_or_wait`] holds its future inline (hyper keeps one
 /// connection's in-flight future in one allocation it reuses), where an
 /// erased stack's future is a heap allocation per request.
+///
+/// `previous` (a reload: the running config and its clients) lets a
+/// client whose token reference and `secrets` did not change keep its
+/// token source, and so the last value it read: a `file` token whose file
+/// is gone keeps working across reloads as it does between them.
 pub fn build_typed<L>(
     config: Arc<Config>,
     file: &str,
@@ -202,18 +207,30 @@ pub fn build_typed<L>(
     upstreams: &UpstreamClients,
     extra: &dyn RouteLayers,
     outer: L,
+    previous: Option<(&Config, &[Client])>,
 ) -> Result<Proxy<L::Service>, ConfigError>
 where
     L: Layer<EdgeStack>,
 {
     let poll = config.secrets.file_poll_interval;
     let mut errs = Vec::new();
+    let kept_token = |c: &crate::config::ClientConfig| {
+        let (old_config, old_clients) = previous?;
+        let old = old_config.clients.iter().find(|o| o.id == c.id)?;
+        (old.token == c.token && old_config.secrets == config.secrets)
+            .then(|| old_clients.iter().find(|o| *o.id == *c.id))??
+            .token
+            .clone()
+    };
     let clients: Vec<Client> = config
         .clients
         .iter()
         .map(|c| Client {
             id: Arc::from(c.id.as_str()),
-            token: c.token.as_ref().map(|t| SecretSource::resolve(t, poll)),
+            token: c
+                .token
+                .as_ref()
+                .map(|t| kept_token(c).unwrap_or_else(|| SecretSource::resolve(t, poll))),
             tls_san: c.tls_san.clone(),
         })
         .collect();
