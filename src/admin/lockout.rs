@@ -3,7 +3,9 @@
 //! After [`MAX_FAILURES`] wrong keys from one IP address, that address is
 //! refused for [`LOCKOUT`] without its key even being compared, so guessing
 //! the key from one host costs 30 minutes per 5 guesses. A success resets the
-//! address's count; failures older than [`LOCKOUT`] are forgotten.
+//! address's count; failures older than [`LOCKOUT`] are forgotten, each on
+//! its own (a sliding window: one wrong key every 10 minutes never locks an
+//! address out).
 //!
 //! The check, the key comparison and the bookkeeping run under one lock
 //! ([`Lockout::attempt`]), so concurrent guesses cannot slip past the limit.
@@ -13,7 +15,7 @@
 //! and if it is still full the entry closest to expiry makes room (a flood
 //! from many addresses can then shorten someone's lockout, never grow memory).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -49,12 +51,35 @@ pub struct Lockout {
     capacity: usize,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug, Default)]
 struct Entry {
-    failures: u32,
-    /// Locked until then when `failures >= max_failures`; otherwise the
-    /// count is forgotten then.
-    until: Instant,
+    /// When the failures still counted happened (at most `max_failures`,
+    /// oldest first).
+    failures: VecDeque<Instant>,
+    /// Locked out until then.
+    locked_until: Option<Instant>,
+}
+
+impl Entry {
+    /// Forgets what is older than `window` (or over) at `now`.
+    fn age(&mut self, now: Instant, window: Duration) {
+        while self
+            .failures
+            .front()
+            .is_some_and(|&at| now.saturating_duration_since(at) >= window)
+        {
+            self.failures.pop_front();
+        }
+        if self.locked_until.is_some_and(|u| u <= now) {
+            self.locked_until = None;
+        }
+    }
+
+    /// When this entry has nothing left to remember.
+    fn expires(&self, window: Duration) -> Option<Instant> {
+        let last = self.failures.back().map(|&at| at + window);
+        last.max(self.locked_until)
+    }
 }
 
 // === impl Lockout ===
@@ -89,29 +114,27 @@ impl Lockout {
         let ip = ip.to_canonical();
         // A panic while holding this lock leaves plain counters behind.
         let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let live = map.get(&ip).copied().filter(|e| e.until > now);
-        if let Some(e) = live
-            && e.failures >= self.max_failures
-        {
-            return Attempt::Locked {
-                retry_after: e.until - now,
-            };
+        if let Some(e) = map.get_mut(&ip) {
+            e.age(now, self.window);
+            if let Some(until) = e.locked_until {
+                return Attempt::Locked {
+                    retry_after: until - now,
+                };
+            }
         }
         if authenticate() {
             map.remove(&ip);
             return Attempt::Accepted;
         }
-        let failures = live.map_or(0, |e| e.failures) + 1;
-        if live.is_none() && !map.contains_key(&ip) && map.len() >= self.capacity {
+        if !map.contains_key(&ip) && map.len() >= self.capacity {
             self.make_room(&mut map, now);
         }
-        map.insert(
-            ip,
-            Entry {
-                failures,
-                until: now + self.window,
-            },
-        );
+        let e = map.entry(ip).or_default();
+        e.failures.push_back(now);
+        if e.failures.len() >= self.max_failures as usize {
+            e.failures.clear();
+            e.locked_until = Some(now + self.window);
+        }
         Attempt::Rejected
     }
 
@@ -126,9 +149,14 @@ impl Lockout {
     }
 
     fn make_room(&self, map: &mut HashMap<IpAddr, Entry>, now: Instant) {
-        map.retain(|_, e| e.until > now);
+        let window = self.window;
+        map.retain(|_, e| e.expires(window).is_some_and(|x| x > now));
         while map.len() >= self.capacity {
-            let Some(oldest) = map.iter().min_by_key(|(_, e)| e.until).map(|(ip, _)| *ip) else {
+            let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, e)| e.expires(window))
+                .map(|(ip, _)| *ip)
+            else {
                 return;
             };
             map.remove(&oldest);
@@ -224,6 +252,28 @@ mod tests {
             assert_eq!(fail(&l, a), Attempt::Rejected);
         }
         assert_eq!(ok(&l, a), Attempt::Accepted);
+    }
+
+    /// The window slides: one wrong key every 10 minutes never has more
+    /// than 3 in any 30 minutes, and never locks the address out; 5 within
+    /// 30 minutes still do, however they are spread.
+    #[tokio::test(start_paused = true)]
+    async fn the_window_slides_per_failure() {
+        let l = Lockout::default();
+        let a = ip("10.0.0.1");
+        for _ in 0..12 {
+            assert_eq!(fail(&l, a), Attempt::Rejected);
+            tokio::time::advance(10 * MIN).await;
+        }
+        assert_eq!(ok(&l, a), Attempt::Accepted);
+        // 5 in 29 minutes, the first long before: locked.
+        for _ in 0..4 {
+            assert_eq!(fail(&l, a), Attempt::Rejected);
+            tokio::time::advance(7 * MIN).await;
+        }
+        tokio::time::advance(MIN).await;
+        assert_eq!(fail(&l, a), Attempt::Rejected);
+        assert!(matches!(ok(&l, a), Attempt::Locked { .. }));
     }
 
     #[tokio::test(start_paused = true)]
