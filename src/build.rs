@@ -134,7 +134,9 @@ pub fn credential_sources_with(
                     if !same_provider(previous, c) {
                         memory.forget(&c.id);
                     }
-                    memory.clone()
+                    // Bound to this provider's epoch: a refresh of the old
+                    // provider still running cannot hand its state over.
+                    memory.scoped(&c.id)
                 }
             };
             Arc::new(RefreshingSource::with_observer(

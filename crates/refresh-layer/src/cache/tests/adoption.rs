@@ -100,3 +100,62 @@ async fn max_age_counts_from_when_an_adopted_token_was_obtained() {
     assert_eq!(p.calls(), 1, "a token 10 min old is refreshed");
     assert_eq!(token(&src).await, "tok-1");
 }
+
+/// Always answers with its own token, after 100 ms.
+#[derive(Debug)]
+struct Named(&'static str);
+
+impl TokenProvider for Named {
+    fn kind(&self) -> &'static str {
+        "named"
+    }
+    fn fetch<'a>(
+        &'a self,
+        _: Option<&'a StoredCredential>,
+    ) -> BoxFuture<'a, Result<Token, ProviderError>> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(Token {
+                access_token: SecretString::from(self.0.to_owned()),
+                expires_in: Some(S(3600)),
+                refresh_token: Some(SecretString::from(format!("rt-of-{}", self.0))),
+            })
+        })
+    }
+}
+
+/// A reload gives the credential another provider while the old one's
+/// forced refresh is running (as `build.rs` does: `forget`, then a source
+/// on a new `scoped` handle). The old refresh finishes after the new
+/// source was built: what it got must not become the new source's token,
+/// nor its refresh token the new provider's.
+#[tokio::test(start_paused = true)]
+async fn a_refresh_of_a_replaced_provider_cannot_hand_its_state_to_the_new_one() {
+    let memory = Arc::new(MemoryStore::new());
+    let old = RefreshingSource::new(
+        "crm",
+        Arc::new(Named("old-provider-token")),
+        memory.scoped("crm"),
+        RefreshSettings::default(),
+    );
+    assert_eq!(token(&old).await, "old-provider-token");
+    let g = old.generation().unwrap();
+    let inflight = tokio::spawn(old.invalidate(g));
+    settle().await;
+    memory.forget("crm");
+    drop(old);
+    let new = RefreshingSource::new(
+        "crm",
+        Arc::new(Named("new-provider-token")),
+        memory.scoped("crm"),
+        RefreshSettings::default(),
+    );
+    assert_eq!(token(&new).await, "new-provider-token");
+    inflight.await.unwrap().unwrap();
+    let stored = memory.load("crm").await.unwrap().unwrap();
+    assert_eq!(stored.access_token, "new-provider-token");
+    assert_eq!(
+        stored.refresh_token.as_deref(),
+        Some("rt-of-new-provider-token")
+    );
+}
