@@ -82,7 +82,30 @@ pub(super) fn from_parse_error(file: &str, err: &serde_saphyr::Error) -> ConfigE
         None => (String::new(), first_line(&full)),
     };
     let path = if path == "." { String::new() } else { path };
+    if let Some((path, message)) = duplicate_key(&path, &message) {
+        return ConfigError::single(file, &path, message);
+    }
     ConfigError::single(file, &path, redact_found_values(&message))
+}
+
+/// saphyr's `duplicate mapping key: KEY, set DuplicateKeyPolicy in Options
+/// if acceptable at ...` (a library hint, at a path ending in `?`) as the
+/// field that is set twice. (Keys are field names, quoted like unknown
+/// ones are.)
+fn duplicate_key(path: &str, message: &str) -> Option<(String, String)> {
+    let rest = message.strip_prefix("duplicate mapping key: ")?;
+    let key = rest.split([',', ' ']).next().unwrap_or_default();
+    let at = rest
+        .find(" at line ")
+        .map(|i| &rest[i..])
+        .unwrap_or_default();
+    let parent = path.strip_suffix('?').unwrap_or(path).trim_end_matches('.');
+    let field = match (parent.is_empty(), key.is_empty()) {
+        (_, true) => parent.to_owned(),
+        (true, false) => key.to_owned(),
+        (false, false) => format!("{parent}.{key}"),
+    };
+    Some((field, format!("is set twice; keep one{at}")))
 }
 
 fn first_line(s: &str) -> String {

@@ -553,3 +553,19 @@ fn the_client_header_timeout_defaults_to_a_minute_and_can_be_off() {
     .unwrap();
     assert!(off.proxy.client_header_timeout.is_zero());
 }
+
+/// A key written twice names the field, not the YAML library's option.
+#[test]
+fn a_duplicate_key_names_the_field() {
+    let e = err_of("proxy: { listen: 127.0.0.1:0 }\nproxy: { listen: 127.0.0.1:1 }\n");
+    assert!(
+        e.contains(": proxy: is set twice; keep one at line 2"),
+        "{e}"
+    );
+    let e = err_of("proxy:\n  listen: 127.0.0.1:0\n  listen: 127.0.0.1:1\n");
+    assert!(
+        e.contains(": proxy.listen: is set twice; keep one at line 3"),
+        "{e}"
+    );
+    assert!(!e.contains("DuplicateKeyPolicy"), "{e}");
+}
