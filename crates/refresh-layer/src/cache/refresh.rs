@@ -22,7 +22,7 @@ use super::{Entry, Inner, MIN_LIFETIME, RefreshError, Trigger, refresh_at};
 use crate::store::StoreError;
 use crate::token::{StoredCredential, clamp_lifetime};
 use proxy_core::Credential;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
@@ -88,7 +88,7 @@ pub(super) async fn run(
                 // Someone wrote a newer generation while we refreshed (we
                 // lost the lease): theirs wins, ours is dropped.
                 Err(StoreError::Conflict { stored }) => match inner.store.load(&inner.id).await {
-                    Ok(Some(s)) if s.generation >= stored => {
+                    Ok(Some(s)) if s.generation >= stored && sendable(&s.access_token) => {
                         tracing::warn!(credential = %inner.id, generation = s.generation, "a newer credential was stored while refreshing; adopting it");
                         return Ok((publish(inner, s.clone(), remaining(&s)), true));
                     }
@@ -110,6 +110,14 @@ pub(super) async fn run(
                     false
                 }
             };
+            if !sendable(token.access_token.expose_secret()) {
+                // As a short-lived token below: the state is kept, as it
+                // may carry a rotated refresh token.
+                if !saved {
+                    keep_state(inner, state, token.expires_in);
+                }
+                return Err(RefreshError::Unusable);
+            }
             if let Some(lifetime) = token.expires_in.filter(|l| *l < MIN_LIFETIME) {
                 // Useless to requests, and taken as a success it would be
                 // refreshed again at once, in a loop. The credential held is
@@ -126,6 +134,7 @@ pub(super) async fn run(
             if let Ok(Some(s)) = inner.store.load(&inner.id).await
                 && s.generation > base_gen
                 && !expired(&s)
+                && sendable(&s.access_token)
             {
                 tracing::info!(credential = %inner.id, generation = s.generation, "invalid_grant after another process rotated; adopting its credential");
                 return Ok((publish(inner, s.clone(), remaining(&s)), true));
@@ -134,6 +143,12 @@ pub(super) async fn run(
         }
         Err(e) => Err(RefreshError::Provider(e)),
     }
+}
+
+/// Whether `token` can be sent in a header: not empty, visible ASCII (what
+/// `HeaderValue::from_str`, which injection uses, accepts).
+pub(super) fn sendable(token: &str) -> bool {
+    !token.is_empty() && token.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
 }
 
 /// Makes `state` the served credential.
@@ -205,6 +220,10 @@ fn expired(s: &StoredCredential) -> bool {
 ///   first would turn a token endpoint outage into 503s while the store
 ///   holds a token good for seconds or minutes more.
 fn adoptable(s: &StoredCredential, inner: &Inner, trigger: Trigger) -> bool {
+    // Saved for its (rotated) refresh token, never to be served.
+    if !sendable(&s.access_token) {
+        return false;
+    }
     let Some(left) = remaining(s) else {
         return true;
     };

@@ -494,3 +494,4 @@ async fn an_unsaved_expired_token_does_not_replace_a_valid_one() {
 
 mod adoption;
 mod forced;
+mod unusable;
