@@ -80,6 +80,8 @@ pub enum Failure {
     InvalidGrant,
     /// Never answer (the connection stays open): for timeout tests.
     Hang,
+    /// This status with `Retry-After: <value>` and a text body.
+    Throttled(u16, String),
 }
 
 #[derive(Debug)]
@@ -343,6 +345,14 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Answer {
     }
     match failure {
         Some(Failure::Hang) => std::future::pending::<()>().await,
+        Some(Failure::Throttled(status, retry_after)) => {
+            return Response::builder()
+                .status(status)
+                .header(http::header::RETRY_AFTER, retry_after)
+                .header(http::header::CONTENT_TYPE, "text/plain")
+                .body(Full::new(Bytes::from_static(b"slow down")))
+                .unwrap();
+        }
         Some(Failure::Status(status, body)) => {
             let content_type = if serde_json::from_str::<serde_json::Value>(&body).is_ok() {
                 "application/json"

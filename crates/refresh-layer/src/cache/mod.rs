@@ -185,6 +185,14 @@ impl From<RefreshError> for CredentialError {
 }
 
 impl RefreshError {
+    /// How long the provider asked to wait (`Retry-After`), if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Provider(p) => p.retry_after(),
+            _ => None,
+        }
+    }
+
     /// The token endpoint's `error` code, if that is what failed.
     pub fn oauth_error(&self) -> Option<&str> {
         match self {
@@ -517,7 +525,10 @@ impl Inner {
                     self.settings.backoff_min,
                     self.settings.backoff_max,
                     fastrand::f64(),
-                );
+                )
+                // An endpoint that said when to come back (`Retry-After`)
+                // is not asked sooner.
+                .max(e.retry_after().unwrap_or_default());
                 // A backoff cap past the clock's range waits the longest
                 // lifetime instead (never a panic).
                 ctrl.next_attempt = Some(Instant::now() + delay.min(crate::token::MAX_LIFETIME));

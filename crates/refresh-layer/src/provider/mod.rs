@@ -77,7 +77,21 @@ pub enum ProviderError {
     /// Missing input (e.g. no refresh token) or a local setup problem.
     #[error("{0}")]
     Config(String),
+    /// The endpoint refused for now and said when to come back (`429` or
+    /// `503` with `Retry-After`): the next attempt waits at least that long
+    /// (at most [`MAX_RETRY_AFTER`]).
+    #[error("{error}; the endpoint asked to retry after {}s", .retry_after.as_secs())]
+    RetryAfter {
+        /// What it answered.
+        error: Box<ProviderError>,
+        /// How long it asked to wait.
+        retry_after: std::time::Duration,
+    },
 }
+
+/// The longest `Retry-After` honoured: an endpoint's hour-long (or absurd)
+/// value must not park a credential for longer.
+pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 
 fn describe(d: &Option<String>) -> String {
     d.as_ref().map(|d| format!(": {d}")).unwrap_or_default()
@@ -88,6 +102,15 @@ impl ProviderError {
     pub fn oauth_error(&self) -> Option<&str> {
         match self {
             Self::OAuth { error, .. } => Some(error),
+            Self::RetryAfter { error, .. } => error.oauth_error(),
+            _ => None,
+        }
+    }
+
+    /// How long the endpoint asked to wait before the next attempt.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::RetryAfter { retry_after, .. } => Some((*retry_after).min(MAX_RETRY_AFTER)),
             _ => None,
         }
     }

@@ -248,6 +248,9 @@ impl OAuth2Provider {
             .await
             .map_err(|e| ProviderError::Transport(error_chain(&e)))?;
         let status = response.status().as_u16();
+        let wait = matches!(status, 429 | 503)
+            .then(|| retry_after(response.headers(), std::time::SystemTime::now()))
+            .flatten();
         let body = match Limited::new(response.into_body(), MAX_BODY).collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -257,8 +260,33 @@ impl OAuth2Provider {
             }
             Err(e) => return Err(ProviderError::Transport(error_chain(&*e))),
         };
-        parse_response(status, &body, sent)
+        parse_response(status, &body, sent).map_err(|error| match wait {
+            Some(retry_after) => ProviderError::RetryAfter {
+                error: Box::new(error),
+                retry_after,
+            },
+            None => error,
+        })
     }
+}
+
+/// A `Retry-After` header (RFC 9110 10.2.3): seconds, or an HTTP date
+/// (counted from `now`; a date in the past is no wait). Anything else is
+/// ignored.
+fn retry_after(
+    headers: &http::HeaderMap,
+    now: std::time::SystemTime,
+) -> Option<std::time::Duration> {
+    let v = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
 }
 
 impl TokenProvider for OAuth2Provider {

@@ -458,3 +458,54 @@ async fn no_secret_reaches_errors_or_debug() {
     assert!(err.is_invalid_grant());
     check("invalid_grant", format!("{err} {err:?}"));
 }
+
+/// A 429 or 503 with `Retry-After` (seconds or an HTTP date) carries the
+/// wait with the error; without the header, or on another status, it is the
+/// plain error.
+#[tokio::test]
+async fn retry_after_is_read_from_429_and_503() {
+    let ep = endpoint().await;
+    let p = provider(&refresh_cfg(&ep.url, "rt-0"));
+    ep.set_failure(Some(Failure::Throttled(429, "120".into())));
+    let err = p.fetch(None).await.unwrap_err();
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(120)));
+    assert_eq!(
+        err.to_string(),
+        "token endpoint answered HTTP 429; the endpoint asked to retry after 120s"
+    );
+    ep.set_failure(Some(Failure::Throttled(503, "999999".into())));
+    let err = p.fetch(None).await.unwrap_err();
+    assert_eq!(err.retry_after(), Some(super::super::MAX_RETRY_AFTER));
+    ep.set_failure(Some(Failure::Throttled(500, "120".into())));
+    assert_eq!(p.fetch(None).await.unwrap_err().retry_after(), None);
+    ep.set_failure(Some(Failure::Status(
+        429,
+        "{\"error\":\"slow_down\"}".into(),
+    )));
+    let err = p.fetch(None).await.unwrap_err();
+    assert_eq!(
+        (err.retry_after(), err.oauth_error()),
+        (None, Some("slow_down"))
+    );
+}
+
+#[test]
+fn retry_after_values() {
+    let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+    let h = |v: &str| {
+        let mut m = http::HeaderMap::new();
+        m.insert(http::header::RETRY_AFTER, v.parse().unwrap());
+        super::retry_after(&m, now)
+    };
+    assert_eq!(h("0"), Some(Duration::ZERO));
+    assert_eq!(h(" 30 "), Some(Duration::from_secs(30)));
+    // 2015-10-21T07:28:00Z is `now`; a minute later, and a date passed.
+    assert_eq!(
+        h("Wed, 21 Oct 2015 07:29:00 GMT"),
+        Some(Duration::from_secs(60))
+    );
+    assert_eq!(h("Wed, 21 Oct 2015 07:27:00 GMT"), Some(Duration::ZERO));
+    assert_eq!(h("soon"), None);
+    assert_eq!(h("-5"), None);
+    assert_eq!(super::retry_after(&http::HeaderMap::new(), now), None);
+}
