@@ -34,7 +34,7 @@ pub(super) async fn run(
     trigger: Trigger,
     invalidated: Option<u64>,
 ) -> Result<(Arc<Credential>, bool), RefreshError> {
-    let _lock = match inner.store.lock(&inner.id).await {
+    let mut lock = match inner.store.lock(&inner.id).await {
         Ok(l) => Some(l),
         // A shared store that is down must not stop a grant that can be
         // repeated safely; a rotating refresh token must never be used
@@ -53,7 +53,7 @@ pub(super) async fn run(
             tracing::error!(credential = %inner.id, error = %e, "stored credential unreadable; refreshing from what this process holds");
             None
         }
-        Err(StoreError::Unavailable(_)) if _lock.is_none() => None,
+        Err(StoreError::Unavailable(_)) if lock.is_none() => None,
         Err(e) => return Err(RefreshError::Store(e)),
     };
     if let Some(s) = &stored
@@ -103,10 +103,15 @@ pub(super) async fn run(
                     }
                 },
                 // The endpoint already consumed the old refresh token, so the
-                // new one must be used even though it is only in memory now;
-                // the next refresh saves again.
+                // new one must be used even though it is only in memory now.
+                // A rotated one is saved again in the background, under the
+                // lock still held (other holders wait rather than send the
+                // consumed token); else the next refresh saves again.
                 Err(e) => {
                     tracing::error!(credential = %inner.id, error = %e, "could not persist the refreshed credential; keeping it in memory");
+                    if inner.provider.rotates() && lock.is_some() {
+                        tokio::spawn(save_again(inner.clone(), state.clone(), lock.take()));
+                    }
                     false
                 }
             };
@@ -143,6 +148,43 @@ pub(super) async fn run(
         }
         Err(e) => Err(RefreshError::Provider(e)),
     }
+}
+
+/// Delays between the attempts of [`save_again`]: ~30 s in all.
+const SAVE_AGAIN: [Duration; 6] = [
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+    Duration::from_secs(16),
+];
+
+/// Saves a rotated credential whose save failed, a few more times, holding
+/// the store's `lock` meanwhile: until it is saved, the refresh token other
+/// holders could read is one the endpoint has consumed, and this process
+/// is the only one holding the new one (a crash would lose it). Stops at
+/// once if something newer was stored.
+async fn save_again(
+    inner: Arc<Inner>,
+    state: StoredCredential,
+    lock: Option<crate::store::StoreLock>,
+) {
+    for (i, delay) in SAVE_AGAIN.into_iter().enumerate() {
+        tokio::time::sleep(delay).await;
+        match inner.store.save(&inner.id, &state).await {
+            Ok(()) => {
+                tracing::info!(credential = %inner.id, generation = state.generation, attempt = i + 2, "the rotated credential is persisted");
+                return;
+            }
+            Err(StoreError::Conflict { .. }) => return,
+            Err(e) => {
+                tracing::debug!(credential = %inner.id, error = %e, attempt = i + 2, "saving the rotated credential failed again");
+            }
+        }
+    }
+    drop(lock);
+    tracing::error!(credential = %inner.id, generation = state.generation, "the rotated refresh token could not be persisted; it lives only in this process until its next refresh saves it");
 }
 
 /// Whether `token` can be sent in a header: not empty, visible ASCII (what

@@ -494,5 +494,6 @@ async fn an_unsaved_expired_token_does_not_replace_a_valid_one() {
 
 mod adoption;
 mod forced;
+mod persist;
 mod retry_after;
 mod unusable;
