@@ -47,6 +47,12 @@ fn io(op: &'static str, path: &Path, e: &std::io::Error) -> StoreError {
     }
 }
 
+/// The longest wait for another process's refresh lock: refreshes take a
+/// token call (bounded by its own timeout, 10 s by default), never this.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often a taken lock is tried again.
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 async fn blocking<T: Send + 'static>(
     op: &'static str,
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
@@ -134,20 +140,48 @@ impl Store for FileStore {
         blocking("load", move || read_state(&path)).boxed()
     }
 
+    /// Waits at most [`LOCK_WAIT`] for the lock: a holder that hangs (a
+    /// stopped process, a wedged NFS mount) must not wedge this process's
+    /// refresh for ever. Past it the store is unavailable: a non-rotating
+    /// grant refreshes locally, a rotating one fails and backs off.
     fn lock<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoreLock, StoreError>> {
         let path = self.dir.join(format!("{id}.lock"));
-        blocking("lock", move || {
-            let f = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| io("lock", &path, &e))?;
-            f.lock().map_err(|e| io("lock", &path, &e))?;
-            // Closing the descriptor (dropping the File) releases the lock.
-            Ok(StoreLock::new(f))
-        })
+        async move {
+            let f = blocking("lock", {
+                let path = path.clone();
+                move || {
+                    OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .mode(0o600)
+                        .open(&path)
+                        .map_err(|e| io("lock", &path, &e))
+                }
+            })
+            .await?;
+            let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+            loop {
+                // `flock(LOCK_EX | LOCK_NB)`: never blocks the thread.
+                match f.try_lock() {
+                    // Closing the descriptor (dropping the File) releases it.
+                    Ok(()) => return Ok(StoreLock::new(f)),
+                    Err(std::fs::TryLockError::WouldBlock)
+                        if tokio::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(LOCK_POLL).await;
+                    }
+                    Err(std::fs::TryLockError::WouldBlock) => {
+                        return Err(StoreError::Unavailable(format!(
+                            "{} is held by another process for {}s",
+                            path.display(),
+                            LOCK_WAIT.as_secs()
+                        )));
+                    }
+                    Err(std::fs::TryLockError::Error(e)) => return Err(io("lock", &path, &e)),
+                }
+            }
+        }
         .boxed()
     }
 
@@ -220,6 +254,25 @@ mod tests {
                 .unwrap()
                 .contains("oops")
         );
+    }
+
+    /// A holder that never lets go (a stopped process): the wait ends after
+    /// `LOCK_WAIT` with the store unavailable. Paused clock.
+    #[tokio::test(start_paused = true)]
+    async fn a_lock_held_for_too_long_is_unavailable_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = FileStore::new(dir.path()).unwrap();
+        let b = FileStore::new(dir.path()).unwrap();
+        let _held = a.lock("crm").await.unwrap();
+        let started = tokio::time::Instant::now();
+        let got = tokio::time::timeout(LOCK_WAIT * 2, b.lock("crm"))
+            .await
+            .expect("bounded");
+        assert!(
+            matches!(&got, Err(StoreError::Unavailable(m)) if m.contains("held by another process for 30s")),
+            "{got:?}"
+        );
+        assert!(started.elapsed() >= LOCK_WAIT);
     }
 
     #[tokio::test]
