@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub struct FileStore {
     dir: PathBuf,
+    /// See [`FileStore::with_lock_wait`].
+    lock_wait: std::time::Duration,
 }
 
 impl FileStore {
@@ -31,7 +33,20 @@ impl FileStore {
             .mode(0o700)
             .create(&dir)
             .map_err(|e| io("create", &dir, &e))?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            lock_wait: LOCK_WAIT,
+        })
+    }
+
+    /// Waits at most `wait` (default 30 s) for another process's refresh
+    /// lock: a holder that hangs (a stopped process, a wedged NFS mount)
+    /// must not wedge this process's refreshes for ever. Past it the store
+    /// is unavailable for that refresh: a non-rotating grant refreshes
+    /// locally, a rotating one fails and backs off.
+    pub fn with_lock_wait(mut self, wait: std::time::Duration) -> Self {
+        self.lock_wait = wait;
+        self
     }
 
     /// The state file of `id`.
@@ -47,11 +62,10 @@ fn io(op: &'static str, path: &Path, e: &std::io::Error) -> StoreError {
     }
 }
 
-/// The longest wait for another process's refresh lock: refreshes take a
-/// token call (bounded by its own timeout, 10 s by default), never this.
+/// The longest wait for another process's refresh lock by default:
+/// refreshes take a token call (bounded by its own timeout, 10 s by
+/// default), never this.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-/// How often a taken lock is tried again.
-const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 async fn blocking<T: Send + 'static>(
     op: &'static str,
@@ -140,47 +154,38 @@ impl Store for FileStore {
         blocking("load", move || read_state(&path)).boxed()
     }
 
-    /// Waits at most [`LOCK_WAIT`] for the lock: a holder that hangs (a
-    /// stopped process, a wedged NFS mount) must not wedge this process's
-    /// refresh for ever. Past it the store is unavailable: a non-rotating
-    /// grant refreshes locally, a rotating one fails and backs off.
+    /// Waits at most [`FileStore::with_lock_wait`] for the lock. The
+    /// `flock` blocks a thread of the blocking pool; if the wait ends first,
+    /// that thread is left to finish and releases the lock at once when it
+    /// gets it (nobody takes its result).
     fn lock<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoreLock, StoreError>> {
         let path = self.dir.join(format!("{id}.lock"));
+        let wait = self.lock_wait;
         async move {
-            let f = blocking("lock", {
+            let locking = blocking("lock", {
                 let path = path.clone();
                 move || {
-                    OpenOptions::new()
+                    let f = OpenOptions::new()
                         .create(true)
                         .truncate(false)
                         .write(true)
                         .mode(0o600)
                         .open(&path)
-                        .map_err(|e| io("lock", &path, &e))
-                }
-            })
-            .await?;
-            let deadline = tokio::time::Instant::now() + LOCK_WAIT;
-            loop {
-                // `flock(LOCK_EX | LOCK_NB)`: never blocks the thread.
-                match f.try_lock() {
+                        .map_err(|e| io("lock", &path, &e))?;
+                    f.lock().map_err(|e| io("lock", &path, &e))?;
                     // Closing the descriptor (dropping the File) releases it.
-                    Ok(()) => return Ok(StoreLock::new(f)),
-                    Err(std::fs::TryLockError::WouldBlock)
-                        if tokio::time::Instant::now() < deadline =>
-                    {
-                        tokio::time::sleep(LOCK_POLL).await;
-                    }
-                    Err(std::fs::TryLockError::WouldBlock) => {
-                        return Err(StoreError::Unavailable(format!(
-                            "{} is held by another process for {}s",
-                            path.display(),
-                            LOCK_WAIT.as_secs()
-                        )));
-                    }
-                    Err(std::fs::TryLockError::Error(e)) => return Err(io("lock", &path, &e)),
+                    Ok(StoreLock::new(f))
                 }
-            }
+            });
+            tokio::time::timeout(wait, locking)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable(format!(
+                        "{} is held by another process for {}s",
+                        path.display(),
+                        wait.as_secs_f64()
+                    )))
+                })
         }
         .boxed()
     }
@@ -257,22 +262,27 @@ mod tests {
     }
 
     /// A holder that never lets go (a stopped process): the wait ends after
-    /// `LOCK_WAIT` with the store unavailable. Paused clock.
-    #[tokio::test(start_paused = true)]
+    /// the lock wait with the store unavailable, and the lock is free again
+    /// once the holder lets go (the abandoned `flock` releases what it got).
+    #[tokio::test]
     async fn a_lock_held_for_too_long_is_unavailable_not_a_hang() {
         let dir = tempfile::tempdir().unwrap();
         let a = FileStore::new(dir.path()).unwrap();
-        let b = FileStore::new(dir.path()).unwrap();
-        let _held = a.lock("crm").await.unwrap();
-        let started = tokio::time::Instant::now();
-        let got = tokio::time::timeout(LOCK_WAIT * 2, b.lock("crm"))
+        let wait = std::time::Duration::from_millis(200);
+        let b = FileStore::new(dir.path()).unwrap().with_lock_wait(wait);
+        let held = a.lock("crm").await.unwrap();
+        let got = tokio::time::timeout(wait * 20, b.lock("crm"))
             .await
             .expect("bounded");
         assert!(
-            matches!(&got, Err(StoreError::Unavailable(m)) if m.contains("held by another process for 30s")),
+            matches!(&got, Err(StoreError::Unavailable(m)) if m.contains("held by another process for 0.2s")),
             "{got:?}"
         );
-        assert!(started.elapsed() >= LOCK_WAIT);
+        drop(held);
+        tokio::time::timeout(std::time::Duration::from_secs(5), b.lock("crm"))
+            .await
+            .expect("free again")
+            .unwrap();
     }
 
     #[tokio::test]
