@@ -7,7 +7,8 @@
 //! its new token is rejected at once: without a limit, every wave of
 //! requests would make a token call, and no backoff would ever start
 //! because no refresh fails. So when the generation a forced refresh got
-//! is itself invalidated soon after (within `backoff_max`), that counts as
+//! is itself invalidated soon after (within twice `backoff_max`, at
+//! least a minute), that counts as
 //! a rejection: the first is refreshed again at once (the endpoint may
 //! have handed out a stale token), and from then on forced refreshes are
 //! spaced like failed ones (`backoff_min` doubling to `backoff_max`, with
@@ -19,6 +20,18 @@
 use super::{RefreshError, RefreshSettings, Trigger, backoff};
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// How long after a forced refresh a rejection of its token counts as the
+/// same incident: twice `backoff_max`, so a spacing at its cap always
+/// falls inside it (else the count would start over, two forced refreshes
+/// at once, each time the cap is reached), and at least a minute, so a
+/// small `backoff_max` (or a slow upstream) cannot switch the spacing off.
+fn same_incident(settings: &RefreshSettings) -> Duration {
+    settings
+        .backoff_max
+        .saturating_mul(2)
+        .max(Duration::from_secs(60))
+}
 
 /// The spacing state, kept under the credential's control lock.
 #[derive(Debug, Default)]
@@ -46,7 +59,7 @@ impl Spacing {
             return Ok(());
         };
         let age = now.saturating_duration_since(got_at);
-        if forced_gen != generation || age >= settings.backoff_max {
+        if forced_gen != generation || age >= same_incident(settings) {
             // Another token, or one that worked for a long while: a new
             // incident, not the same rejection again.
             self.rejected = 0;

@@ -134,12 +134,12 @@ pub enum RefreshError {
     /// instead of fetching again at once, and the credential held is kept.
     #[error("the provider returned a token that has already expired (expires in {} ms)", .0.as_millis())]
     ShortLived(Duration),
-    /// The provider's access token cannot be sent in a header (empty, or
-    /// with control or non-ASCII characters): a failed attempt, so the
-    /// credential held is kept and retries back off, instead of a token
-    /// that every request would fail to inject until it expires.
+    /// The provider's access token cannot be sent (empty, or with control
+    /// characters): a failed attempt, so the credential held is kept and
+    /// retries back off, instead of a token that every request would fail
+    /// to inject until it expires.
     #[error(
-        "the provider returned an access token that cannot be sent in a header (empty, or with control or non-ASCII characters)"
+        "the provider returned an access token that cannot be sent (empty, or with control characters)"
     )]
     Unusable,
     /// Earlier attempts failed and the next is not due yet.

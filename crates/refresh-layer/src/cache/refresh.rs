@@ -116,10 +116,11 @@ pub(super) async fn run(
                 }
             };
             if !sendable(token.access_token.expose_secret()) {
-                // As a short-lived token below: the state is kept, as it
-                // may carry a rotated refresh token.
+                // As a short-lived token below, the state is kept, as it
+                // may carry a rotated refresh token; but never served,
+                // even when nothing valid is held.
                 if !saved {
-                    keep_state(inner, state, token.expires_in);
+                    keep_state(inner, state, None, false);
                 }
                 return Err(RefreshError::Unusable);
             }
@@ -129,7 +130,7 @@ pub(super) async fn run(
                 // kept; the new state is kept too (in the store, or else in
                 // memory), as it may carry a rotated refresh token.
                 if !saved {
-                    keep_state(inner, state, token.expires_in);
+                    keep_state(inner, state, token.expires_in, true);
                 }
                 return Err(RefreshError::ShortLived(lifetime));
             }
@@ -187,10 +188,12 @@ async fn save_again(
     tracing::error!(credential = %inner.id, generation = state.generation, "the rotated refresh token could not be persisted; it lives only in this process until its next refresh saves it");
 }
 
-/// Whether `token` can be sent in a header: not empty, visible ASCII (what
-/// `HeaderValue::from_str`, which injection uses, accepts).
+/// Whether `token` can be sent at all: not empty, no control characters
+/// (a newline would end a header line; no injection mode can carry one).
+/// Other bytes are left to injection: `basic` and `query` encode the
+/// token, and a header that cannot hold it says so there.
 pub(super) fn sendable(token: &str) -> bool {
-    !token.is_empty() && token.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+    !token.is_empty() && !token.chars().any(char::is_control)
 }
 
 /// Makes `state` the served credential.
@@ -222,10 +225,13 @@ fn publish(inner: &Inner, state: StoredCredential, lifetime: Option<Duration>) -
 
 /// Keeps `state` (and the rotated refresh token it may carry) for the
 /// next refresh, in memory only, while the credential served stays the one
-/// held if that is still valid; else `state`'s own is served.
-fn keep_state(inner: &Inner, state: StoredCredential, lifetime: Option<Duration>) {
+/// held if that is still valid; else `state`'s own is served if
+/// `servable`, or none (an entry already expired: requests wait for the
+/// next refresh, which starts from `state`).
+fn keep_state(inner: &Inner, state: StoredCredential, lifetime: Option<Duration>, servable: bool) {
+    let now = Instant::now();
     match inner.current.load_full() {
-        Some(held) if held.valid_at(Instant::now()) => {
+        Some(held) if held.valid_at(now) => {
             inner.current.store(Some(Arc::new(Entry {
                 cred: held.cred.clone(),
                 state,
@@ -233,8 +239,22 @@ fn keep_state(inner: &Inner, state: StoredCredential, lifetime: Option<Duration>
                 refresh_at: held.refresh_at,
             })));
         }
-        _ => {
+        _ if servable => {
             publish(inner, state, lifetime);
+        }
+        _ => {
+            let cred = Arc::new(Credential::new(
+                SecretString::from(String::new()),
+                state.generation,
+                state.obtained_at(),
+                state.expires_at(),
+            ));
+            inner.current.store(Some(Arc::new(Entry {
+                cred,
+                state,
+                expires: Some(now),
+                refresh_at: None,
+            })));
         }
     }
 }

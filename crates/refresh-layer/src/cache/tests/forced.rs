@@ -51,7 +51,8 @@ async fn an_hour_of_rejections_costs_a_few_dozen_token_calls() {
         tokio::time::advance(S(1)).await;
     }
     let calls = p.calls();
-    assert!((10..=30).contains(&calls), "{calls} token calls in an hour");
+    // ~9 to reach the 5 min cap, then one every 150-300 s (jitter): 25-36.
+    assert!((15..=36).contains(&calls), "{calls} token calls in an hour");
 }
 
 /// Rejections, then the refusal while the next forced refresh is not due.
@@ -92,8 +93,8 @@ async fn an_unforced_refresh_starts_over() {
     assert_eq!(p.calls(), before + 2, "a 401 after it is refreshed at once");
 }
 
-/// A token from a forced refresh that worked for longer than
-/// `backoff_max` (5 min) before its 401 is a new incident: refreshed at
+/// A token from a forced refresh that worked for longer than twice
+/// `backoff_max` (10 min) before its 401 is a new incident: refreshed at
 /// once.
 #[tokio::test(start_paused = true)]
 async fn a_long_working_forced_token_starts_over() {
@@ -101,7 +102,7 @@ async fn a_long_working_forced_token_starts_over() {
     let src = source(&p);
     assert_eq!(token(&src).await, "tok-1");
     burst(&src).await;
-    tokio::time::advance(S(360)).await;
+    tokio::time::advance(S(660)).await;
     settle().await;
     let before = p.calls();
     let g = src.generation().unwrap();

@@ -5,10 +5,10 @@ use crate::store::{Store, StoreError, StoreLock};
 
 /// A memory store whose first `failing` saves fail as if it were down.
 #[derive(Debug)]
-struct Flaky {
-    inner: MemoryStore,
-    failing: AtomicUsize,
-    saves: AtomicUsize,
+pub(super) struct Flaky {
+    pub(super) inner: MemoryStore,
+    pub(super) failing: AtomicUsize,
+    pub(super) saves: AtomicUsize,
 }
 
 impl Store for Flaky {
