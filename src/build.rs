@@ -294,6 +294,24 @@ pub fn build_proxy_with(
     previous: Option<&Proxy>,
     kept: &Kept,
 ) -> Result<Proxy, ConfigError> {
+    // A credential whose provider changed was forgotten in the memory
+    // store while building; if the build fails, the running source gets
+    // its state back.
+    let built = build_proxy_once(config, file, options, previous, kept);
+    match &built {
+        Ok(_) => kept.memory.commit(),
+        Err(_) => kept.memory.rollback(),
+    }
+    built
+}
+
+fn build_proxy_once(
+    config: Config,
+    file: &str,
+    options: &StartOptions,
+    previous: Option<&Proxy>,
+    kept: &Kept,
+) -> Result<Proxy, ConfigError> {
     let config = Arc::new(config);
     let sink: Option<Arc<dyn AuditSink>> = config.audit.enabled.then(|| {
         options

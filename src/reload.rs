@@ -182,6 +182,15 @@ impl Reloader {
         // edit that moves `proxy.listen` to loopback is public on the
         // listener still bound (perhaps 0.0.0.0) until a restart.
         proxy_core::config::validate(&config).map_err(|mut errors| {
+            if !restart_required.is_empty() {
+                errors.push(proxy_core::config::FieldError::new(
+                    "",
+                    format!(
+                        "this was checked with the running values of settings that apply only after a restart: {}",
+                        restart_required.join("; ")
+                    ),
+                ));
+            }
             if listen_in_file != config.proxy.listen {
                 errors.push(proxy_core::config::FieldError::new(
                     "proxy.listen",

@@ -61,6 +61,10 @@ async fn a_public_route_is_checked_against_the_listener_still_bound() {
         err.contains("proxy.listen") && err.contains("stays 0.0.0.0:0 until a restart"),
         "{err}"
     );
+    assert!(
+        err.contains("checked with the running values") && err.contains("proxy.listen changed"),
+        "{err}"
+    );
     assert_eq!(get(&url, &[]).await.0, 401, "the old config still serves");
     let auth = [("authorization", "Bearer app-tok")];
     assert_eq!(get(&url, &auth).await.0, 200);

@@ -496,7 +496,7 @@ fn url_passwords_are_not_echoed_in_errors() {
     for (url, want) in [
         (
             "http://admin:hunter2-canary@127.0.0.1:1/base",
-            "\"http://***@127.0.0.1:1/base\": user info in the upstream URL is not supported",
+            "\"http://***@127.0.0.1:1/base\": user info in a URL is not supported",
         ),
         (
             "ftp://u:hunter2-canary@x",
@@ -507,7 +507,7 @@ fn url_passwords_are_not_echoed_in_errors() {
         // early: still user info, still hidden, never accepted.
         (
             "https://svc:Tr0ub4dor#hunter2-canary@api.example.com",
-            "\"https://***@api.example.com\": user info in the upstream URL is not supported",
+            "\"https://***@api.example.com\": user info in a URL is not supported",
         ),
         (
             "https://svc:123/hunter2-canary@api.example.com/base",

@@ -482,8 +482,9 @@ impl UpstreamUrl {
         // hold (`svc:pa#ss@host` parses as host `svc`, "port" `pa`).
         if s.contains('@') {
             return Err(format!(
-                "{shown}: user info in the upstream URL is not supported; use a credential \
-                 (an `@` in the path must be written %40)"
+                "{shown}: user info in a URL is not supported (an upstream's credential \
+                 goes in `credential`, a token endpoint's in client_id/client_secret); \
+                 an `@` in the path must be written %40"
             ));
         }
         let port = authority

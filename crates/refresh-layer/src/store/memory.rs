@@ -21,17 +21,29 @@ use std::sync::{Arc, Mutex, MutexGuard};
 ///
 /// [`forget`]: MemoryStore::forget
 /// [`scoped`]: MemoryStore::scoped
+///
+/// A reload that is refused after it forgot a credential calls
+/// [`rollback`]: the running source of that credential gets its epoch and
+/// state back. An applied one calls [`commit`].
+///
+/// [`rollback`]: MemoryStore::rollback
+/// [`commit`]: MemoryStore::commit
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     map: Mutex<HashMap<String, Slot>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Forgets not yet committed: id, epoch and state before.
+    pending: Mutex<Vec<(String, u64, Option<StoredCredential>)>>,
 }
 
 #[derive(Debug, Default)]
 struct Slot {
     state: Option<StoredCredential>,
-    /// Bumped by every `forget`.
+    /// The epoch whose handles may read and write `state`.
     epoch: u64,
+    /// The highest epoch ever handed out: a refused reload's epoch is
+    /// never reused, so its late saves can never land.
+    issued: u64,
 }
 
 impl MemoryStore {
@@ -46,8 +58,36 @@ impl MemoryStore {
     pub fn forget(&self, id: &str) {
         let mut m = self.slots();
         let slot = m.entry(id.to_owned()).or_default();
-        slot.state = None;
-        slot.epoch = slot.epoch.wrapping_add(1);
+        let before = (slot.epoch, slot.state.take());
+        slot.issued = slot.issued.wrapping_add(1);
+        slot.epoch = slot.issued;
+        drop(m);
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id.to_owned(), before.0, before.1));
+    }
+
+    /// The forgets so far are final (the reload that made them applied).
+    pub fn commit(&self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Undoes the forgets since the last [`commit`](Self::commit) (the
+    /// reload that made them was refused): each credential's epoch and
+    /// state are as before, so the source still running keeps reading and
+    /// saving its state. What a refused source saved meanwhile is dropped.
+    pub fn rollback(&self) {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut m = self.slots();
+        for (id, epoch, state) in pending.into_iter().rev() {
+            let slot = m.entry(id).or_default();
+            slot.epoch = epoch;
+            slot.state = state;
+        }
     }
 
     /// A handle for one credential's source, bound to `id`'s current epoch.
@@ -154,5 +194,75 @@ impl Store for Scoped {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         self.store.save_at(id, Some(self.epoch), state);
         ready(Ok(())).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(generation: u64, token: &str) -> StoredCredential {
+        StoredCredential {
+            access_token: token.into(),
+            expires_at_ms: None,
+            refresh_token: Some(format!("rt-{token}")),
+            generation,
+            obtained_at_ms: 1,
+        }
+    }
+
+    async fn token_of(store: &dyn Store) -> Option<String> {
+        store.load("crm").await.unwrap().map(|s| s.access_token)
+    }
+
+    /// A provider change: the new handle starts empty and the old one can
+    /// no longer read or write; committed, that stays so.
+    #[tokio::test]
+    async fn a_forget_cuts_off_the_old_provider() {
+        let m = Arc::new(MemoryStore::new());
+        let old = m.scoped("crm");
+        old.save("crm", &state(1, "old")).await.unwrap();
+        m.forget("crm");
+        let new = m.scoped("crm");
+        m.commit();
+        assert_eq!(token_of(new.as_ref()).await, None);
+        old.save("crm", &state(2, "old-late")).await.unwrap();
+        assert_eq!(
+            token_of(new.as_ref()).await,
+            None,
+            "the old save is dropped"
+        );
+        assert_eq!(token_of(old.as_ref()).await, None);
+        new.save("crm", &state(1, "new")).await.unwrap();
+        assert_eq!(token_of(new.as_ref()).await.as_deref(), Some("new"));
+    }
+
+    /// A refused reload: the running source gets its state and its access
+    /// back, what the refused source saved is gone, and its epoch is never
+    /// handed out again (its late saves cannot land in a later one).
+    #[tokio::test]
+    async fn a_rollback_gives_the_running_source_its_state_back() {
+        let m = Arc::new(MemoryStore::new());
+        let running = m.scoped("crm");
+        running.save("crm", &state(1, "running")).await.unwrap();
+        m.forget("crm");
+        let refused = m.scoped("crm");
+        refused.save("crm", &state(1, "refused")).await.unwrap();
+        m.rollback();
+        assert_eq!(token_of(running.as_ref()).await.as_deref(), Some("running"));
+        running.save("crm", &state(2, "running-2")).await.unwrap();
+        assert_eq!(
+            token_of(m.scoped("crm").as_ref()).await.as_deref(),
+            Some("running-2")
+        );
+        // A later provider change gets a new epoch.
+        m.forget("crm");
+        let next = m.scoped("crm");
+        m.commit();
+        refused
+            .save("crm", &state(3, "refused-late"))
+            .await
+            .unwrap();
+        assert_eq!(token_of(next.as_ref()).await, None);
     }
 }
