@@ -25,10 +25,30 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 /// `x-forwarded-host`
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Whether the request asks to switch protocols (`Connection: upgrade` plus
-/// an `Upgrade` header), e.g. a WebSocket handshake.
+/// Whether the request is a WebSocket handshake (`Connection: upgrade` plus
+/// `Upgrade: websocket`): the one upgrade tunnelled. Any other (`h2c`
+/// above all, the known smuggling vector: a tunnel to the upstream that
+/// skips routing, path checks, client routes and the audit trail) is not
+/// an upgrade here, so its `Upgrade` header is removed like any hop-by-hop
+/// one and the request goes on as a plain one, as Envoy does by default.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+    let websocket = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| {
+            let name = p.trim().split('/').next().unwrap_or_default();
+            name.eq_ignore_ascii_case("websocket")
+        });
+    websocket && connection_has(headers, "upgrade")
+}
+
+/// Headers `Connection` may not name: removing them would change how the
+/// message is framed (`Content-Length`) or routed (`Host`), not drop a
+/// hop's option.
+fn protected(name: &HeaderName) -> bool {
+    name == header::HOST || name == header::CONTENT_LENGTH
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
@@ -57,6 +77,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !protected(n))
         .collect();
     let upgrade = keep_upgrade
         .then(|| headers.get(header::UPGRADE).cloned())
@@ -133,20 +154,34 @@ pub fn add_forwarded(
     host: Option<HeaderValue>,
 ) {
     if let Some(ip) = remote {
-        // A prior value that is not visible ASCII is replaced, not extended.
-        let prior = headers
-            .get(X_FORWARDED_FOR)
+        // Every prior line, in order (a proxy before us may have added its
+        // own line, e.g. HAProxy's `option forwardfor`); a line that is not
+        // visible ASCII is dropped, not extended.
+        let mut prior = headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
             .filter(|v| !v.is_empty() && v.to_str().is_ok())
             .map(HeaderValue::as_bytes);
         let mut text = [0u8; MAX_IP_LEN];
         let len = ip_text(ip, &mut text);
         let ip = text.get(..len).unwrap_or_default();
-        // One allocation of the exact size, which becomes the value.
-        let value = match prior {
-            None => Bytes::copy_from_slice(ip),
-            Some(p) => {
+        // One allocation of the exact size in the usual case (at most one
+        // prior line), which becomes the value.
+        let value = match (prior.next(), prior.next()) {
+            (None, _) => Bytes::copy_from_slice(ip),
+            (Some(p), None) => {
                 let mut v = Vec::with_capacity(p.len() + 2 + ip.len());
                 v.extend_from_slice(p);
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(ip);
+                Bytes::from(v)
+            }
+            (Some(a), Some(b)) => {
+                let mut v = [a, b].join(&b", "[..]);
+                for p in prior {
+                    v.extend_from_slice(b", ");
+                    v.extend_from_slice(p);
+                }
                 v.extend_from_slice(b", ");
                 v.extend_from_slice(ip);
                 Bytes::from(v)
@@ -160,8 +195,14 @@ pub fn add_forwarded(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
-    if let Some(h) = host {
-        headers.insert(X_FORWARDED_HOST, h);
+    match host {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST, h);
+        }
+        // Never the caller's own value (a request without `Host`).
+        None => {
+            headers.remove(X_FORWARDED_HOST);
+        }
     }
 }
 
@@ -194,6 +235,63 @@ mod tests {
         remove_hop_by_hop(&mut h, true);
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["upgrade"], "websocket");
+    }
+
+    /// Only a WebSocket handshake is an upgrade; `h2c` (a tunnel that
+    /// would skip routing and the audit trail) is stripped like any
+    /// hop-by-hop header.
+    #[test]
+    fn only_websocket_is_an_upgrade() {
+        let with = |upgrade: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("connection", "Upgrade, HTTP2-Settings".parse().unwrap());
+            h.insert("upgrade", upgrade.parse().unwrap());
+            h
+        };
+        assert!(is_upgrade(&with("websocket")));
+        assert!(is_upgrade(&with("WebSocket")));
+        for other in ["h2c", "TLS/1.0", "h2c, foo"] {
+            let mut h = with(other);
+            assert!(!is_upgrade(&h), "{other}");
+            let upgrade = is_upgrade(&h);
+            remove_hop_by_hop(&mut h, upgrade);
+            assert!(h.get("upgrade").is_none() && h.get("connection").is_none());
+        }
+    }
+
+    /// `Connection` cannot remove `Host` (routing) or `Content-Length`
+    /// (framing).
+    #[test]
+    fn connection_cannot_name_host_or_content_length() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            "close, host, content-length, x-hop".parse().unwrap(),
+        );
+        h.insert("host", "a.example".parse().unwrap());
+        h.insert("content-length", "3".parse().unwrap());
+        h.insert("x-hop", "1".parse().unwrap());
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h["host"], "a.example");
+        assert_eq!(h["content-length"], "3");
+        assert!(h.get("x-hop").is_none());
+    }
+
+    /// Every prior `X-Forwarded-For` line is kept, in order; a caller's
+    /// `X-Forwarded-Host` never survives, even without a host to set.
+    #[test]
+    fn every_forwarded_for_line_is_kept_and_forwarded_host_is_ours() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.append("x-forwarded-for", "10.1.2.3, 10.1.2.4".parse().unwrap());
+        h.append("x-forwarded-for", "10.9.9.9".parse().unwrap());
+        h.insert("x-forwarded-host", "evil.example".parse().unwrap());
+        add_forwarded(&mut h, Some("127.0.0.1".parse().unwrap()), false, None);
+        assert_eq!(
+            h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
+            ["6.6.6.6, 10.1.2.3, 10.1.2.4, 10.9.9.9, 127.0.0.1"]
+        );
+        assert!(h.get("x-forwarded-host").is_none());
     }
 
     #[test]
