@@ -87,14 +87,12 @@ pub async fn capture(
     let mut buf = BytesMut::new();
     let mut trailers = None;
     loop {
-        let next = if wait {
-            body.frame().await
-        } else {
-            match tokio::time::timeout(ARRIVING, body.frame()).await {
-                Ok(next) => next,
-                // Not arrived yet: send what was read and stream the rest.
-                Err(_) => return Ok((prefixed(buf, body), None)),
-            }
+        let pause = if wait { STALLED } else { ARRIVING };
+        let next = match tokio::time::timeout(pause, body.frame()).await {
+            Ok(next) => next,
+            // Not arrived yet: send what was read and stream the rest (the
+            // route's timeout then applies to it, as to any request).
+            Err(_) => return Ok((prefixed(buf, body), None)),
         };
         let Some(frame) = next else { break };
         let frame =
@@ -122,6 +120,14 @@ pub async fn capture(
     };
     Ok((replay.body(), Some(replay)))
 }
+
+/// How long a body of declared length (within the cap) may pause between
+/// frames and still be read ahead: a caller that stalls (or declares more
+/// than it sends) would otherwise hold its request, and its slot of
+/// `max_concurrent_requests`, for ever, since the route's timeout starts
+/// only once the request goes upstream. Past it the request goes with what
+/// was read, the rest streams behind, and it is not replayable.
+const STALLED: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long a body of unknown length may pause between frames and still
 /// be read ahead. Not a single look: hyper's HTTP/1.1 server hands over
@@ -201,6 +207,22 @@ mod tests {
 
     async fn collect(b: ProxyBody) -> Bytes {
         b.collect().await.unwrap().to_bytes()
+    }
+
+    /// A declared body that stops arriving (3 of 10 bytes, then nothing):
+    /// after a second's pause the request goes on with what was read, not
+    /// replayable, instead of waiting for ever. Paused clock.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_declared_body_goes_on_after_a_pause() {
+        let frames = stream::iter([Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"abc")))])
+            .chain(stream::pending());
+        let body = boxed(http_body_util::StreamBody::new(frames));
+        let started = tokio::time::Instant::now();
+        let (mut first, replay) = capture(body, Some(10), 1024).await.unwrap();
+        assert!(replay.is_none(), "not replayable");
+        assert_eq!(started.elapsed(), STALLED);
+        let frame = first.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "abc");
     }
 
     #[tokio::test]
