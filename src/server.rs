@@ -39,12 +39,14 @@
 use crate::build::{AppService, Proxy};
 use arc_swap::ArcSwap;
 use http::{Request, Response};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown, Watcher};
 use proxy_core::context::{ConnInfo, PeerIdentity, RequestContext, RequestId};
+use proxy_core::error::CallerBodyError;
 use proxy_core::stack::{CallNowOrWait, call_now_or_wait};
 use proxy_core::{ProxyBody, boxed};
 use std::convert::Infallible;
@@ -550,7 +552,8 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = CallNowOrWait<AppService, Request<ProxyBody>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let mut req = req.map(boxed);
+        // Its errors marked as the caller's (see `CallerBodyError`).
+        let mut req = req.map(|b| boxed(b.map_err(CallerBodyError::new)));
         let id = RequestId::from_headers(req.headers());
         let ext = req.extensions_mut();
         ext.insert(RequestContext::new(self.conn, id));

@@ -128,6 +128,21 @@ pub struct BodyTooLarge {
 #[error("bad request: {0}")]
 pub struct BadRequest(pub String);
 
+/// The caller's request body failed while it was read (a malformed chunk,
+/// the caller gone mid-body): the listener wraps the inbound body's errors
+/// in it, so a failure while sending the request upstream can be told from
+/// the upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body could not be read: {0}")]
+pub struct CallerBodyError(#[source] pub BoxError);
+
+impl CallerBodyError {
+    /// Wraps the inbound body's error.
+    pub fn new(e: impl Into<BoxError>) -> Self {
+        Self(e.into())
+    }
+}
+
 /// No credential could be obtained.
 #[derive(Debug, thiserror::Error)]
 #[error("credential {id:?} is unavailable: {reason}")]

@@ -334,6 +334,11 @@ fn map_client_error(
     {
         return BodyTooLarge { limit }.into();
     }
+    // The caller's body broke while it was sent: the caller's fault (400,
+    // as when the 401 retry reads it first), not the upstream's.
+    if let Some(body) = crate::error::find_cause::<crate::error::CallerBodyError>(&e) {
+        return crate::error::BadRequest(body.to_string()).into();
+    }
     let timed_out = matches!(e, SendError::Connect(_))
         && crate::error::find_cause::<std::io::Error>(&e)
             .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);

@@ -95,8 +95,14 @@ pub async fn capture(
             Err(_) => return Ok((prefixed(buf, body), None)),
         };
         let Some(frame) = next else { break };
-        let frame =
-            frame.map_err(|e| BadRequest(format!("the request body could not be read: {e}")))?;
+        let frame = frame.map_err(|e| {
+            // The listener's errors say so already.
+            if e.is::<proxy_core::error::CallerBodyError>() {
+                BadRequest(e.to_string())
+            } else {
+                BadRequest(format!("the request body could not be read: {e}"))
+            }
+        })?;
         match frame.into_data() {
             Ok(data) => {
                 if (buf.len() + data.len()) as u64 > cap {

@@ -1,0 +1,129 @@
+//! What a caller sends that the proxy must not pass on or blame on the
+//! upstream: a malformed body (400, the caller's fault), a body that stalls
+//! while the 401 retry would read it (answered, never held for ever), and
+//! an `h2c` upgrade (never a tunnel past routing and the audit trail).
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
+)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use support::harness::{TestProxy, start_proxy};
+use support::proxy_helpers::{CLIENT_TOKEN, UPSTREAM_KEY};
+use support::{echo_upstream, echoed_header};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn one_route(upstream: &str, route_extra: &str, proxy_extra: &str) -> String {
+    format!(
+        "proxy: {{ listen: 127.0.0.1:0 {proxy_extra} }}
+admin: {{ listen: 127.0.0.1:0 }}
+clients:
+  - id: billing
+    token: {{ value: \"{CLIENT_TOKEN}\" }}
+    routes: [\"*\"]
+credentials:
+  - id: upstream-key
+    static: {{ value: \"{UPSTREAM_KEY}\" }}
+routes:
+  - id: api
+    match: {{ path_prefix: /api/ }}
+    upstream: {upstream}
+    credential: upstream-key
+{route_extra}"
+    )
+}
+
+fn addr_of(p: &TestProxy) -> SocketAddr {
+    p.base.trim_start_matches("http://").parse().unwrap()
+}
+
+/// Writes `raw`, then reads until EOF or `limit`.
+async fn raw(addr: SocketAddr, raw: &[u8], limit: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A malformed chunked body is the caller's fault: 400 `bad_request`,
+/// whether the 401 retry reads it first (on) or it breaks while being sent
+/// upstream (off); never a 502 blaming the upstream.
+#[tokio::test]
+async fn a_malformed_body_is_a_bad_request_not_an_upstream_failure() {
+    let up = echo_upstream().await;
+    for extra in ["", "    retry: { enabled: false }\n"] {
+        let p = start_proxy(&one_route(&up.url(), extra, "")).await;
+        let req = format!(
+            "POST /api/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {CLIENT_TOKEN}\r\n\
+             Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZZ\r\n\r\n"
+        );
+        let resp = raw(addr_of(&p), req.as_bytes(), Duration::from_secs(5)).await;
+        let status = resp.lines().next().unwrap_or_default();
+        assert!(status.contains(" 400 "), "{extra:?}: {resp}");
+        assert!(
+            resp.contains("x-latchkey-error: bad_request"),
+            "{extra:?}: {resp}"
+        );
+    }
+}
+
+/// A body that declares 10 bytes and sends 3 while the 401 retry would
+/// read it for replay: after a second's pause the request goes on, and
+/// the route's timeout answers it (504); the request's slot is free again
+/// for the next caller.
+#[tokio::test]
+async fn a_stalled_body_is_answered_and_frees_its_slot() {
+    let up = echo_upstream().await;
+    let p = start_proxy(&one_route(
+        &up.url(),
+        "    timeout: 1s\n",
+        ", max_concurrent_requests: 1",
+    ))
+    .await;
+    let req = format!(
+        "POST /api/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {CLIENT_TOKEN}\r\n\
+         Content-Length: 10\r\n\r\nabc"
+    );
+    let resp = raw(addr_of(&p), req.as_bytes(), Duration::from_secs(10)).await;
+    assert!(
+        resp.lines().next().unwrap_or_default().contains(" 504 "),
+        "{resp}"
+    );
+    let ok = format!(
+        "GET /api/y HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {CLIENT_TOKEN}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let next = raw(addr_of(&p), ok.as_bytes(), Duration::from_secs(10)).await;
+    assert!(
+        next.lines().next().unwrap_or_default().contains(" 200 "),
+        "the slot was freed: {next}"
+    );
+}
+
+/// `Upgrade: h2c` is not tunnelled: the upstream gets a plain request
+/// without `Upgrade` (and without the `Connection` options naming it).
+#[tokio::test]
+async fn an_h2c_upgrade_is_forwarded_as_a_plain_request() {
+    let up = echo_upstream().await;
+    let p = start_proxy(&one_route(&up.url(), "", "")).await;
+    let (status, _, body) = support::get(
+        &p.url("/api/x"),
+        &[
+            ("authorization", &format!("Bearer {CLIENT_TOKEN}")),
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let echoed = support::json(&body);
+    assert_eq!(echoed_header(&echoed, "upgrade"), None);
+    assert_eq!(echoed_header(&echoed, "http2-settings"), None);
+}
