@@ -13,29 +13,13 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 use support::harness::{TestProxy, start_proxy};
-use support::proxy_helpers::{CLIENT_TOKEN, UPSTREAM_KEY};
+use support::proxy_helpers::{CLIENT_TOKEN, api_config};
 use support::{echo_upstream, echoed_header};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn one_route(upstream: &str, route_extra: &str, proxy_extra: &str) -> String {
-    format!(
-        "proxy: {{ listen: 127.0.0.1:0 {proxy_extra} }}
-admin: {{ listen: 127.0.0.1:0 }}
-clients:
-  - id: billing
-    token: {{ value: \"{CLIENT_TOKEN}\" }}
-    routes: [\"*\"]
-credentials:
-  - id: upstream-key
-    static: {{ value: \"{UPSTREAM_KEY}\" }}
-routes:
-  - id: api
-    match: {{ path_prefix: /api/ }}
-    upstream: {upstream}
-    credential: upstream-key
-{route_extra}"
-    )
+    api_config(proxy_extra, upstream, route_extra)
 }
 
 fn addr_of(p: &TestProxy) -> SocketAddr {

@@ -5,33 +5,18 @@
 
 #![expect(
     clippy::unwrap_used,
+    clippy::expect_used,
     reason = "test helpers fail the test by panicking"
 )]
 
 mod support;
 
 use support::harness::start_proxy;
-use support::proxy_helpers::{CLIENT_TOKEN, UPSTREAM_KEY, assert_proxy_error, bearer};
+use support::proxy_helpers::{CLIENT_TOKEN, api_config, assert_proxy_error, bearer};
 use support::{echo_upstream, get, sse_upstream, with_timeout};
 
 fn limited(extra_proxy: &str, upstream: &str) -> String {
-    format!(
-        "proxy: {{ listen: 127.0.0.1:0, {extra_proxy} }}
-admin: {{ listen: 127.0.0.1:0 }}
-clients:
-  - id: billing
-    token: {{ value: \"{CLIENT_TOKEN}\" }}
-    routes: [\"*\"]
-credentials:
-  - id: upstream-key
-    static: {{ value: \"{UPSTREAM_KEY}\" }}
-routes:
-  - id: api
-    match: {{ path_prefix: /api/ }}
-    upstream: {upstream}
-    credential: upstream-key
-"
-    )
+    api_config(&format!(", {extra_proxy}"), upstream, "")
 }
 
 #[tokio::test]
@@ -208,6 +193,26 @@ async fn h2_get(
     status
 }
 
+/// Waits for `conn` (quiet from now on) to end, and checks it was closed
+/// between `client_idle_timeout: 30s` and 4/3 of it later.
+async fn closed_after_30s_of_quiet(
+    conn: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+    stays_open: &str,
+) {
+    use std::time::Duration;
+    let last = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(600), conn)
+        .await
+        .expect(stays_open)
+        .unwrap()
+        .unwrap();
+    let quiet = last.elapsed();
+    assert!(
+        (Duration::from_secs(30)..=Duration::from_secs(41)).contains(&quiet),
+        "closed after {quiet:?} of quiet"
+    );
+}
+
 /// An h2 connection is closed gracefully once its caller has sent nothing
 /// for `proxy.client_idle_timeout` (between it and 4/3 of it). Paused
 /// clock, one request: a second request on the same h2 connection lets
@@ -218,23 +223,12 @@ async fn h2_get(
 /// `server::idle`.
 #[tokio::test(start_paused = true)]
 async fn a_quiet_h2_connection_is_closed_after_the_idle_timeout() {
-    use std::time::Duration;
     let up = echo_upstream().await;
     let p = start_proxy(&limited("client_idle_timeout: 30s", &up.url())).await;
     let addr = p.base.trim_start_matches("http://").to_owned();
     let (mut tx, conn) = h2_caller(&addr).await;
     assert_eq!(h2_get(&mut tx, &addr).await, 200);
-    let last = tokio::time::Instant::now();
-    tokio::time::timeout(Duration::from_secs(600), conn)
-        .await
-        .expect("a quiet h2 connection stays open")
-        .unwrap()
-        .unwrap();
-    let quiet = last.elapsed();
-    assert!(
-        (Duration::from_secs(30)..=Duration::from_secs(41)).contains(&quiet),
-        "closed after {quiet:?} of quiet"
-    );
+    closed_after_30s_of_quiet(conn, "a quiet h2 connection stays open").await;
 }
 
 /// The admin port closes a quiet h2 connection too (hyper bounds only an
@@ -244,7 +238,6 @@ async fn a_quiet_h2_connection_is_closed_after_the_idle_timeout() {
 #[tokio::test(start_paused = true)]
 async fn a_quiet_h2_connection_to_the_admin_port_is_closed_after_the_idle_timeout() {
     use http_body_util::BodyExt as _;
-    use std::time::Duration;
     let up = echo_upstream().await;
     let p = start_proxy(&limited("client_idle_timeout: 30s", &up.url())).await;
     let addr = p.admin.trim_start_matches("http://").to_owned();
@@ -256,17 +249,7 @@ async fn a_quiet_h2_connection_to_the_admin_port_is_closed_after_the_idle_timeou
     let resp = tx.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     resp.into_body().collect().await.unwrap();
-    let last = tokio::time::Instant::now();
-    tokio::time::timeout(Duration::from_secs(600), conn)
-        .await
-        .expect("a quiet h2 connection to the admin port stays open")
-        .unwrap()
-        .unwrap();
-    let quiet = last.elapsed();
-    assert!(
-        (Duration::from_secs(30)..=Duration::from_secs(41)).contains(&quiet),
-        "closed after {quiet:?} of quiet"
-    );
+    closed_after_30s_of_quiet(conn, "a quiet h2 connection to the admin port stays open").await;
 }
 
 /// The idle close is graceful (GOAWAY): a request still waiting for its

@@ -31,8 +31,16 @@ pub fn config(rest: &str) -> String {
 /// A config with client `billing` (token [`CLIENT_TOKEN`], routes `billing_routes`),
 /// credential `upstream-key` holding [`UPSTREAM_KEY`], and `routes`.
 pub fn billing_config(billing_routes: &str, routes: &str) -> String {
-    config(&format!(
-        "clients:
+    billing_config_with("", billing_routes, routes)
+}
+
+/// As [`billing_config`], with `proxy_extra` inside the `proxy:` map
+/// (`", max_concurrent_requests: 1"`).
+pub fn billing_config_with(proxy_extra: &str, billing_routes: &str, routes: &str) -> String {
+    format!(
+        "proxy: {{ listen: 127.0.0.1:0{proxy_extra} }}
+admin: {{ listen: 127.0.0.1:0 }}
+clients:
   - id: billing
     token: {{ value: \"{CLIENT_TOKEN}\" }}
     routes: {billing_routes}
@@ -41,7 +49,23 @@ credentials:
     static: {{ value: \"{UPSTREAM_KEY}\" }}
 routes:
 {routes}"
-    ))
+    )
+}
+
+/// [`billing_config_with`] with one route, `api` on `/api/` to `upstream`
+/// with `upstream-key`, plus `route_extra` lines.
+pub fn api_config(proxy_extra: &str, upstream: &str, route_extra: &str) -> String {
+    billing_config_with(
+        proxy_extra,
+        "[\"*\"]",
+        &format!(
+            "  - id: api
+    match: {{ path_prefix: /api/ }}
+    upstream: {upstream}
+    credential: upstream-key
+{route_extra}"
+        ),
+    )
 }
 
 pub fn bearer(token: &str) -> String {

@@ -67,14 +67,11 @@ impl TokenProvider for Rotating {
     }
 }
 
-/// The token is served at once; the save is tried again (0.5 s, 1 s, 2 s
-/// later...) while the lock stays held, so no other holder reads the
-/// consumed refresh token meanwhile; once saved, the lock is free.
-#[tokio::test(start_paused = true)]
-async fn a_failed_save_of_a_rotated_token_is_retried_under_the_lock() {
+/// A rotating credential on a store whose first `failing` saves fail.
+fn rotating_on_flaky(failing: usize) -> (Arc<Flaky>, RefreshingSource) {
     let store = Arc::new(Flaky {
         inner: MemoryStore::new(),
-        failing: AtomicUsize::new(3),
+        failing: AtomicUsize::new(failing),
         saves: AtomicUsize::new(0),
     });
     let src = RefreshingSource::new(
@@ -83,6 +80,15 @@ async fn a_failed_save_of_a_rotated_token_is_retried_under_the_lock() {
         store.clone(),
         RefreshSettings::default(),
     );
+    (store, src)
+}
+
+/// The token is served at once; the save is tried again (0.5 s, 1 s, 2 s
+/// later...) while the lock stays held, so no other holder reads the
+/// consumed refresh token meanwhile; once saved, the lock is free.
+#[tokio::test(start_paused = true)]
+async fn a_failed_save_of_a_rotated_token_is_retried_under_the_lock() {
+    let (store, src) = rotating_on_flaky(3);
     assert_eq!(token(&src).await, "tok-1");
     assert!(
         tokio::time::timeout(Duration::from_millis(100), store.lock("crm"))
@@ -111,17 +117,7 @@ async fn a_failed_save_of_a_rotated_token_is_retried_under_the_lock() {
 /// (~30 s), and the credential keeps working from memory.
 #[tokio::test(start_paused = true)]
 async fn a_store_that_stays_down_releases_the_lock_after_the_last_attempt() {
-    let store = Arc::new(Flaky {
-        inner: MemoryStore::new(),
-        failing: AtomicUsize::new(usize::MAX),
-        saves: AtomicUsize::new(0),
-    });
-    let src = RefreshingSource::new(
-        "crm",
-        Arc::new(Rotating(AtomicUsize::new(0))),
-        store.clone(),
-        RefreshSettings::default(),
-    );
+    let (store, src) = rotating_on_flaky(usize::MAX);
     assert_eq!(token(&src).await, "tok-1");
     tokio::time::sleep(S(32)).await;
     assert_eq!(
