@@ -1,7 +1,8 @@
 //! What a caller sends that the proxy must not pass on or blame on the
 //! upstream: a malformed body (400, the caller's fault), a body that stalls
-//! while the 401 retry would read it (answered, never held for ever), and
-//! an `h2c` upgrade (never a tunnel past routing and the audit trail).
+//! while the 401 retry would read it (answered, never held for ever), an
+//! `h2c` upgrade (never a tunnel past routing and the audit trail), and an
+//! ambiguous host (400).
 
 #![expect(
     clippy::unwrap_used,
@@ -110,4 +111,28 @@ async fn an_h2c_upgrade_is_forwarded_as_a_plain_request() {
     let echoed = support::json(&body);
     assert_eq!(echoed_header(&echoed, "upgrade"), None);
     assert_eq!(echoed_header(&echoed, "http2-settings"), None);
+}
+
+/// Several `Host` lines, or a `Host` that differs from an absolute-form
+/// target's authority: which host is meant is ambiguous, 400 `bad_request`.
+/// The same host twice in one form is fine.
+#[tokio::test]
+async fn an_ambiguous_host_is_a_bad_request() {
+    let up = echo_upstream().await;
+    let p = start_proxy(&one_route(&up.url(), "", "")).await;
+    let auth = format!("Authorization: Bearer {CLIENT_TOKEN}\r\nConnection: close\r\n");
+    for (target, hosts, want) in [
+        ("/api/x", "Host: a\r\nHost: b\r\n", " 400 "),
+        ("http://a/api/x", "Host: b\r\n", " 400 "),
+        ("http://a/api/x", "Host: A\r\n", " 200 "),
+        ("/api/x", "Host: a\r\n", " 200 "),
+    ] {
+        let req = format!("GET {target} HTTP/1.1\r\n{hosts}{auth}\r\n");
+        let resp = raw(addr_of(&p), req.as_bytes(), Duration::from_secs(5)).await;
+        let status = resp.lines().next().unwrap_or_default();
+        assert!(status.contains(want), "{target} {hosts:?}: {resp}");
+        if want == " 400 " {
+            assert!(resp.contains("x-latchkey-error: bad_request"), "{resp}");
+        }
+    }
 }

@@ -388,9 +388,28 @@ impl Service<Request<ProxyBody>> for Dispatch {
                 return Either::Right(ready(Err(e.into())));
             }
         }
-        let host = req
-            .headers()
-            .get(header::HOST)
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        let (first, more) = (hosts.next(), hosts.next().is_some());
+        // Which host is meant must be unambiguous (RFC 9112 3.2: several
+        // `Host` lines are a 400; RFC 9113 8.3.1: a `Host` that differs from
+        // h2's `:authority`, or here from an absolute-form target, is
+        // malformed): the proxy and an upstream must not read different ones.
+        let differs = first
+            .zip(req.uri().authority())
+            .is_some_and(|(h, a)| !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()));
+        if more || differs {
+            crate::facts::record(&req, |f| f.rejected_by = Some("router"));
+            let e = crate::error::BadRequest(
+                if more {
+                    "the request has more than one Host header"
+                } else {
+                    "the request's Host header differs from its target's authority"
+                }
+                .to_owned(),
+            );
+            return Either::Right(ready(Err(e.into())));
+        }
+        let host = first
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri().authority().map(|a| a.as_str()));
         match self.router.route(host, req.uri().path()) {
