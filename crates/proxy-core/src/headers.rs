@@ -32,6 +32,11 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 /// an upgrade here, so its `Upgrade` header is removed like any hop-by-hop
 /// one and the request goes on as a plain one, as Envoy does by default.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    // Most requests have no `Upgrade`: one probe, as before this checked
+    // the protocol.
+    if !headers.contains_key(header::UPGRADE) {
+        return false;
+    }
     let websocket = headers
         .get_all(header::UPGRADE)
         .iter()
