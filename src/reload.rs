@@ -412,4 +412,28 @@ mod tests {
             "{notes:?}"
         );
     }
+
+    /// The two lists of startup-bound settings agree: after the running
+    /// values are kept, nothing is left to report, whatever changed.
+    #[test]
+    fn keeping_the_running_values_leaves_nothing_to_restart_for() {
+        let old = config("");
+        let new = Config::from_yaml(
+            "proxy: { listen: 127.0.0.1:1, drain_timeout: 3s, max_header_bytes: 16KiB, \
+             client_header_timeout: 90s, client_idle_timeout: 2m, upstream_max_idle: 3, \
+             upstream_idle_timeout: 20s, upstream_h2_keepalive: 30s, \
+             tls: { cert_file: /tmp/c.pem, key_file: /tmp/k.pem } }\n\
+             admin: { listen: 127.0.0.1:2, allow_remote: true }\n\
+             audit: { enabled: false, file: /tmp/x.log }\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let mut kept = new.clone();
+        let before = startup_bound_changes(&old, &kept);
+        assert_eq!(before.len(), 6, "{before:?}");
+        keep_startup_bound(&old, &mut kept);
+        assert_eq!(startup_bound_changes(&old, &kept), Vec::<String>::new());
+        // What a reload applies is not touched.
+        assert!(old.audit.enabled && !kept.audit.enabled);
+    }
 }
