@@ -4,8 +4,9 @@
 //! handshakes pass through) and h2 on each, and hands every request to the
 //! current [`Proxy`] (loaded from an `ArcSwap`, so a reload never disturbs
 //! in-flight requests). Before the proxy sees a request the listener
-//! attaches the [`ConnInfo`] and the [`RequestId`] (as one
-//! [`RequestContext`]).
+//! attaches the [`ConnInfo`] and the
+//! [`RequestId`](proxy_core::context::RequestId) (as one
+//! [`RequestContext`](proxy_core::context::RequestContext); see `conn`).
 //!
 //! A plain connection's protocol is told from a peek at its first bytes
 //! (the h2 prior-knowledge preface or not), not by hyper-util's auto
@@ -23,7 +24,7 @@
 //! a TLS port) is logged at debug and the connection dropped. Requests on a
 //! TLS connection carry `ConnInfo { tls: true, .. }` (so `X-Forwarded-Proto`
 //! is `https`) and, when the caller sent a verified client certificate, its
-//! [`PeerIdentity`] for client auth.
+//! [`PeerIdentity`](proxy_core::context::PeerIdentity) for client auth.
 //!
 //! Slow and quiet callers: hyper's header read timeout
 //! (`proxy.client_header_timeout`) bounds an HTTP/1.1 caller's request
@@ -34,22 +35,17 @@
 //! Shutdown: stop accepting, ask every connection to finish its in-flight
 //! requests (HTTP/1.1 keep-alive off, h2 GOAWAY), and wait for them up to the
 //! drain timeout. Connections with nothing in flight, and callers that have
-//! not sent a byte yet, are closed at once.
+//! not sent a byte yet, are closed at once. Open WebSocket tunnels are
+//! waited for too, and cut at the drain timeout with what else is left
+//! ([`proxy_core::tunnel`]).
 
-use crate::build::{AppService, Proxy};
+use crate::build::Proxy;
 use arc_swap::ArcSwap;
-use http::{Request, Response};
-use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown, Watcher};
-use proxy_core::context::{ConnInfo, PeerIdentity, RequestContext, RequestId};
-use proxy_core::error::CallerBodyError;
-use proxy_core::stack::{CallNowOrWait, call_now_or_wait};
-use proxy_core::{ProxyBody, boxed};
-use std::convert::Infallible;
+use proxy_core::context::ConnInfo;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -58,8 +54,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+mod conn;
 mod idle;
 mod stop;
+
+use conn::ConnService;
 
 /// Longest a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,13 +108,13 @@ pub async fn serve(
                 // The task wakes for every request; this is polled only
                 // when its own waker fired.
                 let force = stop::stopped(force_rx.clone());
-                let (proxy, builders, tls) = (proxy.clone(), builders.clone(), tls.clone());
+                let svc = ConnService::new(proxy.clone(), conn, force_rx.clone());
+                let (builders, tls) = (builders.clone(), tls.clone());
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
                     let served = async move {
                         match tls {
                             None => {
-                                let svc = ConnService { proxy, conn, peer: None };
                                 serve_plain(&builders, watcher, shutdown, stream, svc).await
                             }
                             // Boxed: a TLS connection's state (the handshake,
@@ -124,7 +123,7 @@ pub async fn serve(
                             // task would be that size too (massif: 6.4 KB
                             // per connection task instead of 2.8 KB).
                             Some(acceptor) => {
-                                Box::pin(serve_tls(&builders, watcher, shutdown, stream, acceptor, proxy, conn))
+                                Box::pin(serve_tls(&builders, watcher, shutdown, stream, acceptor, svc))
                                     .await
                             }
                         }
@@ -144,7 +143,15 @@ pub async fn serve(
         }
     }
     drop(listener);
-    match tokio::time::timeout(drain, graceful.shutdown()).await {
+    // The drain waits for the connections, then for the WebSocket tunnels
+    // (each holds a `force_rx` clone, as each connection's service does:
+    // see `proxy_core::tunnel`); the drain timeout closes both.
+    drop(force_rx);
+    let drained = async {
+        graceful.shutdown().await;
+        force_close.closed().await;
+    };
+    match tokio::time::timeout(drain, drained).await {
         Ok(()) => 0,
         Err(_) => {
             tracing::warn!(
@@ -488,16 +495,14 @@ async fn serve_tls(
     shutdown: watch::Receiver<bool>,
     stream: TcpStream,
     acceptor: TlsAcceptor,
-    proxy: Arc<ArcSwap<Proxy>>,
-    conn: ConnInfo,
+    mut svc: ConnService,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let Some(stream) = handshake(&acceptor, stream, conn.remote_addr).await else {
+    let Some(stream) = handshake(&acceptor, stream, svc.conn.remote_addr).await else {
         return Ok(());
     };
     let tls = stream.get_ref().1;
-    let peer = crate::tls::peer_identity(tls);
+    svc.peer = crate::tls::peer_identity(tls);
     let h1 = tls.alpn_protocol() == Some(b"http/1.1");
-    let svc = ConnService { proxy, conn, peer };
     if h1 {
         serve_h1(&builders.h1, watcher, shutdown, stream, svc).await
     } else {
@@ -527,42 +532,6 @@ async fn handshake(
             tracing::debug!(%remote_addr, timeout = ?HANDSHAKE_TIMEOUT, "TLS handshake timed out");
             None
         }
-    }
-}
-
-/// The per-connection hyper service.
-#[derive(Clone)]
-struct ConnService {
-    /// The current proxy, loaded per request (not cached per connection:
-    /// a cached `Arc` would keep a replaced config, and the credential
-    /// sources it alone holds, alive for as long as an idle keep-alive
-    /// connection stays open).
-    proxy: Arc<ArcSwap<Proxy>>,
-    conn: ConnInfo,
-    /// The caller's verified client certificate (TLS with a client CA).
-    peer: Option<PeerIdentity>,
-}
-
-impl hyper::service::Service<Request<Incoming>> for ConnService {
-    type Response = Response<ProxyBody>;
-    type Error = Infallible;
-    /// The stack's own future, not boxed: hyper holds it in the
-    /// connection's in-flight slot, one allocation reused by every request
-    /// on the connection (HTTP/1.1), or in the stream's task (h2).
-    type Future = CallNowOrWait<AppService, Request<ProxyBody>>;
-
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        // Its errors marked as the caller's (see `CallerBodyError`).
-        let mut req = req.map(|b| boxed(b.map_err(CallerBodyError::new)));
-        let id = RequestId::from_headers(req.headers());
-        let ext = req.extensions_mut();
-        ext.insert(RequestContext::new(self.conn, id));
-        if let Some(peer) = &self.peer {
-            ext.insert(peer.clone());
-        }
-        // The stack's clone is `Arc` counts.
-        let service = self.proxy.load().service.clone();
-        call_now_or_wait(service, req)
     }
 }
 

@@ -39,6 +39,10 @@ pub struct RequestContext {
     /// retry looks only at error statuses, and the record would cost every
     /// request an extension map on its response.
     pub report_credential_used: bool,
+    /// The listener's hold on the tunnel the request becomes if it
+    /// upgrades (set by the listener on upgrade requests only, taken by
+    /// forward).
+    pub tunnel: Option<crate::tunnel::TunnelScope>,
 }
 
 impl RequestContext {

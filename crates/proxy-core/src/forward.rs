@@ -6,7 +6,7 @@
 //! `x-request-id` added) and streams both bodies without buffering. The route
 //! `timeout` bounds the wait for the response headers only, so long-lived
 //! streams (SSE) are not cut. `Upgrade` requests (WebSocket) are bridged byte
-//! for byte after the upstream answers 101.
+//! for byte after the upstream answers 101 ([`crate::tunnel`]).
 
 use crate::config::UpstreamUrl;
 use crate::context::RequestId;
@@ -16,7 +16,6 @@ use crate::upstream::{OriginPool, PooledBody, SendError};
 use crate::{ProxyBody, boxed};
 use futures_util::future::BoxFuture;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
-use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
@@ -156,6 +155,13 @@ impl Service<Request<ProxyBody>> for Forward {
         } else {
             None
         };
+        // The listener's hold on the tunnel, if it becomes one.
+        let scope = match client_upgrade {
+            Some(_) => crate::context::RequestContext::of_mut(&mut parts.extensions)
+                .tunnel
+                .take(),
+            None => None,
+        };
         let conn = crate::context::conn_info(&parts.extensions);
         // The caller's `Host` value itself (its bytes shared) when it is
         // already what `X-Forwarded-Host` needs; else the authority, or the
@@ -206,6 +212,7 @@ impl Service<Request<ProxyBody>> for Forward {
                 shared,
                 facts,
                 client_upgrade,
+                scope,
                 limit,
             }),
         })
@@ -233,6 +240,7 @@ struct After {
     shared: Arc<Shared>,
     facts: Option<Arc<crate::facts::Facts>>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    scope: Option<crate::tunnel::TunnelScope>,
     limit: Option<u64>,
 }
 
@@ -272,6 +280,7 @@ impl After {
             shared,
             facts,
             client_upgrade,
+            scope,
             limit,
         } = self;
         let (timeout, connect_timeout) = (shared.target.timeout, shared.target.connect_timeout);
@@ -308,7 +317,7 @@ impl After {
         let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
             match client_upgrade {
-                Some(client_side) => bridge(client_side, &mut parts),
+                Some(client_side) => crate::tunnel::bridge(client_side, &mut parts, scope),
                 None => {
                     return Err(UpstreamUnreachable {
                         upstream: origin.to_string(),
@@ -355,25 +364,6 @@ fn map_client_error(
         source: Box::new(e),
     }
     .into()
-}
-
-/// Joins the caller's and the upstream's upgraded connections once both
-/// sides have switched protocols.
-fn bridge(client_side: hyper::upgrade::OnUpgrade, upstream: &mut http::response::Parts) {
-    let Some(upstream_side) = upstream.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
-        return;
-    };
-    tokio::spawn(async move {
-        match tokio::try_join!(client_side, upstream_side) {
-            Ok((c, u)) => {
-                let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                    tracing::debug!(error = %e, "upgraded connection closed with an error");
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "protocol upgrade failed"),
-        }
-    });
 }
 
 #[cfg(test)]

@@ -45,6 +45,7 @@ pub mod path;
 pub mod router;
 pub mod secret;
 pub mod stack;
+pub mod tunnel;
 pub mod upstream;
 
 pub use credential::{Credential, CredentialSource};

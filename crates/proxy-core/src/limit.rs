@@ -5,7 +5,8 @@
 //! nothing on a request it will not serve). A request counts from its arrival
 //! until its response body ends, not just until the response headers: a
 //! long-lived stream (SSE, a large download) holds its slot the whole time,
-//! as in Envoy's `max_requests`. Refusing instead of queueing keeps latency
+//! as in Envoy's `max_requests`, and so does a WebSocket tunnel until
+//! it closes. Refusing instead of queueing keeps latency
 //! bounded; callers back off on `Retry-After`.
 
 use crate::ProxyBody;
@@ -161,6 +162,15 @@ where
         let this = self.project();
         let out = ready!(this.inner.poll(cx));
         Poll::Ready(match (out, this.slot.take()) {
+            // A tunnel (WebSocket) holds the slot while it is open; its
+            // 101 has no body to hold it ([`crate::tunnel`]).
+            (Ok(resp), Some(slot)) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                match resp.extensions().get::<crate::tunnel::TunnelHold>() {
+                    Some(hold) => hold.keep(slot),
+                    None => drop(slot),
+                }
+                Ok(resp)
+            }
             (Ok(resp), Some(slot)) => Ok(resp.map(|body| body.holding(slot))),
             (out, _) => out,
         })

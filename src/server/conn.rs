@@ -1,0 +1,76 @@
+//! The per-connection hyper service: attaches what the listener knows to
+//! each request and hands it to the current proxy.
+
+use crate::build::{AppService, Proxy};
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use proxy_core::context::{ConnInfo, PeerIdentity, RequestContext, RequestId};
+use proxy_core::error::CallerBodyError;
+use proxy_core::stack::{CallNowOrWait, call_now_or_wait};
+use proxy_core::tunnel::TunnelScope;
+use proxy_core::{ProxyBody, boxed};
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// The per-connection hyper service.
+#[derive(Clone)]
+pub(super) struct ConnService {
+    /// The current proxy, loaded per request (not cached per connection:
+    /// a cached `Arc` would keep a replaced config, and the credential
+    /// sources it alone holds, alive for as long as an idle keep-alive
+    /// connection stays open).
+    proxy: Arc<ArcSwap<Proxy>>,
+    pub(super) conn: ConnInfo,
+    /// The caller's verified client certificate (TLS with a client CA).
+    pub(super) peer: Option<PeerIdentity>,
+    /// The listener's "close now" channel, handed to the tunnel of a
+    /// request that upgrades ([`TunnelScope`]).
+    closing: watch::Receiver<bool>,
+}
+
+impl ConnService {
+    pub(super) fn new(
+        proxy: Arc<ArcSwap<Proxy>>,
+        conn: ConnInfo,
+        closing: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            proxy,
+            conn,
+            peer: None,
+            closing,
+        }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    /// The stack's own future, not boxed: hyper holds it in the
+    /// connection's in-flight slot, one allocation reused by every request
+    /// on the connection (HTTP/1.1), or in the stream's task (h2).
+    type Future = CallNowOrWait<AppService, Request<ProxyBody>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        // Its errors marked as the caller's (see `CallerBodyError`).
+        let mut req = req.map(|b| boxed(b.map_err(CallerBodyError::new)));
+        let id = RequestId::from_headers(req.headers());
+        let ext = req.extensions_mut();
+        let mut ctx = RequestContext::new(self.conn, id);
+        // hyper marks a request that asks to upgrade (nothing else has
+        // extensions yet, so for the rest this is a null check).
+        if ext.get::<hyper::upgrade::OnUpgrade>().is_some() {
+            ctx.tunnel = Some(TunnelScope::new(self.closing.clone()));
+        }
+        ext.insert(ctx);
+        if let Some(peer) = &self.peer {
+            ext.insert(peer.clone());
+        }
+        // The stack's clone is `Arc` counts.
+        let service = self.proxy.load().service.clone();
+        call_now_or_wait(service, req)
+    }
+}
