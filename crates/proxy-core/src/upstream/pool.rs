@@ -521,7 +521,12 @@ fn origin_form<B>(req: &mut Request<B>) {
 
 /// h2 carries the scheme and authority in the request; HTTP/1.1 sends
 /// only the path (origin form), which is what the forwarder builds.
+///
+/// The authority replaces `Host` (RFC 9113 section 8.3.1), as nginx and
+/// Envoy send it: nginx before 1.29 refuses an h2 request that has both
+/// ("client sent duplicate host header").
 fn absolute_form<B>(req: &mut Request<B>, scheme: &Scheme, authority: &Authority) {
+    req.headers_mut().remove(http::header::HOST);
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     parts.scheme = Some(scheme.clone());
     parts.authority = Some(authority.clone());
