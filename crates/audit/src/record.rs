@@ -326,11 +326,13 @@ impl<'a> RequestRecord<'a> {
             }
             (false, Some(code)) => Some(Reason::from_code(code)),
             (false, None) => match status.as_u16() {
-                401 | 403 if injected => Some(if facts.retry == Some("refresh_failed") {
-                    Reason::RefreshFailed
-                } else {
-                    Reason::UpstreamDenied
-                }),
+                // The upstream refused the credential with one of the
+                // route's `retry.statuses` (any 4xx/5xx, not only 401/403)
+                // and no new token could be had for the replay.
+                s if s >= 400 && injected && facts.retry == Some("refresh_failed") => {
+                    Some(Reason::RefreshFailed)
+                }
+                401 | 403 if injected => Some(Reason::UpstreamDenied),
                 s if s >= 400 => Some(Reason::UpstreamError),
                 _ => None,
             },
@@ -468,7 +470,13 @@ impl<'a> RefreshRecord<'a> {
 pub fn secs_between(a: SystemTime, b: SystemTime) -> i64 {
     match b.duration_since(a) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
+        // Rounded away from zero: a token that expired 0.6 s ago has -1 s
+        // left, not 0 (which would read as not yet expired).
+        Err(e) => {
+            let d = e.duration();
+            let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
+            i64::try_from(secs).map_or(i64::MIN, |s| -s)
+        }
     }
 }
 

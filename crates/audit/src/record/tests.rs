@@ -219,6 +219,13 @@ fn upstream_401_and_403_to_an_injected_credential_are_denials() {
     );
     f.retry = Some("refresh_failed");
     assert_eq!(record(&f, 401, None)["reason"], "refresh_failed");
+    // Whatever the route's retry status was.
+    for status in [400, 429, 503] {
+        f.upstream_status = Some(status);
+        let v = record(&f, status, None);
+        assert_eq!(v["reason"], "refresh_failed", "{status}");
+        assert_eq!(v["denial_source"], "upstream", "{status}");
+    }
 }
 
 #[test]
@@ -422,6 +429,9 @@ fn secs_between_and_millis() {
     let t = now();
     assert_eq!(secs_between(t, t + Duration::from_millis(1999)), 1);
     assert_eq!(secs_between(t + Duration::from_secs(3), t), -3);
+    // Expired 0.6 s ago: -1, never 0 (not yet expired).
+    assert_eq!(secs_between(t + Duration::from_millis(600), t), -1);
+    assert_eq!(secs_between(t + Duration::from_millis(3001), t), -4);
     assert!((millis(Duration::from_nanos(1_234_567)) - 1.234).abs() < 1e-9);
     // The u64 conversion agrees with the u128 one up to 2^64 us.
     for d in [

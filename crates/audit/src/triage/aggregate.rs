@@ -209,8 +209,9 @@ impl Acc {
         self.ev.last_ts = Some(self.ev.last_ts.map_or(ts, |l| l.max(ts)));
     }
 
+    /// Its time counts towards the first and last seen in
+    /// [`finish`](Self::finish), once `--route` has kept or dropped it.
     pub(crate) fn add_refresh(&mut self, r: RefreshRecord) {
-        self.seen(r.ts);
         self.refreshes += 1;
         self.refresh_events
             .entry(r.credential.clone())
@@ -270,9 +271,12 @@ impl Acc {
         };
         match r.reason.as_deref() {
             Some("upstream_denied") => self.denied(r, route, subject),
-            // A 401 the upstream gave, whose forced refresh then failed (or
+            // A refusal the upstream gave (401, 403 or another of the
+            // route's retry statuses), whose forced refresh then failed (or
             // was backing off): the upstream refused the credential sent.
-            Some("refresh_failed") if upstream_denied() => self.denied(r, route, subject),
+            Some("refresh_failed") if r.denial_source.as_deref() == Some("upstream") => {
+                self.denied(r, route, subject)
+            }
             Some("credential_unavailable" | "refresh_failed") => {
                 ev.categories.local_credential += 1;
                 *ev.unavailable.entry(subject).or_default() += 1;
@@ -398,6 +402,7 @@ impl Acc {
             events.sort_by_key(|e| e.ts);
             let mut h = CredRefresh::default();
             for e in &events {
+                self.seen(e.ts);
                 h.attempts += 1;
                 if e.ok {
                     h.successes += 1;

@@ -360,7 +360,7 @@ fn retries(ev: &Evidence, out: &mut Vec<Finding>) {
                 Severity::Warning,
                 FindingKind::RetryStillUnauthorized,
                 format!(
-                    "{} still got 401 after a forced refresh and replay: the \
+                    "{} still refused after a forced refresh and replay: the \
                      upstream rejects even a new token (revoked grant, missing scope or wrong \
                      account)",
                     count(*n, "request")
@@ -373,7 +373,7 @@ fn retries(ev: &Evidence, out: &mut Vec<Finding>) {
                     "{} could not be retried because no new token could be had: the forced \
                      refresh failed, or the credential was backing off after failed refreshes \
                      (see refresh errors)",
-                    count(*n, "401")
+                    count(*n, "refusal")
                 ),
             ),
             "not_replayable" => (
@@ -382,7 +382,7 @@ fn retries(ev: &Evidence, out: &mut Vec<Finding>) {
                 format!(
                     "{} not retried because the request body could not be replayed \
                      (streamed or over the replay cap)",
-                    count(*n, "401 was|401s were")
+                    count(*n, "refusal was|refusals were")
                 ),
             ),
             _ => continue,

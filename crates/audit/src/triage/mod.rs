@@ -33,8 +33,8 @@
 //! `body_too_large`, `bad_request`) and internal errors (anything else).
 //! An upstream denial of an injected token with more than 30 s left
 //! (`token_ttl_s`), or without expiry, was a *fresh* token: the upstream
-//! refuses the credential itself. A 401 for a token with at most 5 s left was
-//! a token sent expired: refresh is not keeping up. Refresh statistics come
+//! refuses the credential itself. A 401 for a token with at most 30 s left (or
+//! already expired) was a token sent too late: refresh is not keeping up. Refresh statistics come
 //! from refresh records only.
 //!
 //! # JSON output

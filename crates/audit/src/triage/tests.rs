@@ -186,6 +186,25 @@ fn summary_tells_upstream_denials_from_local_failures() {
         "failures are upstream denials, not local credential failures: latchkey sent a \
          credential and the upstream refused it."
     ));
+    // A retry status other than 401/403 (here 400) whose forced refresh
+    // failed: still the upstream refusing what was sent.
+    let retried = set(
+        set(
+            denied("10:00:00", "payments", "key", 400, 30, 3000),
+            "/reason",
+            json!("refresh_failed"),
+        ),
+        "/retry401",
+        json!({"attempted": true, "outcome": "refresh_failed"}),
+    );
+    let r = run_triage(&log(&[retried][..]), &opts());
+    assert!(
+        r.findings[0]
+            .message
+            .starts_with("failures are upstream denials, not local credential failures"),
+        "{:?}",
+        r.findings[0]
+    );
     let local = [unavailable("10:00:00", "crm", "crm-oauth")];
     let r = run_triage(&log(&local[..]), &opts());
     assert!(r.findings[0].message.starts_with(
@@ -256,6 +275,16 @@ fn route_and_credential_filters() {
     // 4 of crm-oauth, which would bring an unrelated credential's failures.
     assert_eq!((r.totals.request_records, r.totals.refresh_records), (6, 0));
     assert_eq!(r.totals.filtered_out, 11);
+    // The time range is the kept records' (crm-oauth's refreshes from
+    // 10:30 on are not).
+    assert_eq!(
+        r.totals.first_ts.as_deref(),
+        Some("2026-11-23T10:00:00.000Z")
+    );
+    assert_eq!(
+        r.totals.last_ts.as_deref(),
+        Some("2026-11-23T10:07:00.000Z")
+    );
     assert!(r.credentials.keys().all(|c| c == "payments-key"));
     assert_eq!(r.routes.keys().collect::<Vec<_>>(), ["payments"]);
     assert!(

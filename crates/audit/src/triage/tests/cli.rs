@@ -204,10 +204,11 @@ fn other_failure_kinds_have_findings() {
     let msg = |kind| find(&r, kind).message.clone();
     assert!(
         msg(K::RetryStillUnauthorized)
-            .starts_with("credential search-token: 1 request still got 401")
+            .starts_with("credential search-token: 1 request still refused")
     );
     assert!(
-        msg(K::RetryNotReplayable).starts_with("credential search-token: 1 401 was not retried")
+        msg(K::RetryNotReplayable)
+            .starts_with("credential search-token: 1 refusal was not retried")
     );
     assert!(
         msg(K::RetryRefreshFailed)
