@@ -5,7 +5,8 @@
 //! meant for loopback or a private network) and prints the answer as a table,
 //! or as the server's JSON with `--json`. Exit codes: 0 on success, 1 when
 //! the server answered with an error (its code and message go to stderr), 2
-//! when the server could not be reached or the invocation is incomplete.
+//! when the server could not be reached or the invocation is incomplete or
+//! names something that cannot be a credential id.
 
 use crate::cli::{CtlAction, CtlArgs};
 use bytes::Bytes;
@@ -50,7 +51,13 @@ pub fn run(args: CtlArgs) -> ExitCode {
         eprintln!("latchkey ctl: no management key; set LATCHKEY_MANAGEMENT_KEY or pass --key");
         return ExitCode::from(2);
     };
-    let (method, path) = request_for(&args.action);
+    let (method, path) = match request_for(&args.action) {
+        Ok(request) => request,
+        Err(e) => {
+            eprintln!("latchkey ctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -74,13 +81,31 @@ pub fn run(args: CtlArgs) -> ExitCode {
     ExitCode::from(out.code)
 }
 
-fn request_for(action: &CtlAction) -> (Method, String) {
+/// The call for `action`; an error for an argument that cannot be a
+/// credential id (it would otherwise change the URL: `k?x=1` would ask
+/// another endpoint).
+fn request_for(action: &CtlAction) -> Result<(Method, String), String> {
     const P: &str = crate::admin::management::PREFIX;
-    match action {
+    let id = |id: &str| {
+        if proxy_core::config::is_valid_id(id) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{id:?} is not a credential id: ids use only letters, digits, '_', '-' and '.'"
+            ))
+        }
+    };
+    Ok(match action {
         CtlAction::Credentials => (Method::GET, format!("{P}/credentials")),
-        CtlAction::Refresh { id } => (Method::POST, format!("{P}/credentials/{id}/refresh")),
-        CtlAction::Invalidate { id } => (Method::POST, format!("{P}/credentials/{id}/invalidate")),
-    }
+        CtlAction::Refresh { id: i } => {
+            id(i)?;
+            (Method::POST, format!("{P}/credentials/{i}/refresh"))
+        }
+        CtlAction::Invalidate { id: i } => {
+            id(i)?;
+            (Method::POST, format!("{P}/credentials/{i}/invalidate"))
+        }
+    })
 }
 
 async fn call(
@@ -286,6 +311,25 @@ mod tests {
             "last_refresh_at": "2029-12-31T23:00:00Z", "last_refresh_result": "ok",
             "last_refresh_trigger": "manual", "last_error": err,
         })
+    }
+
+    #[test]
+    fn an_argument_that_is_no_credential_id_never_becomes_a_url() {
+        for bad in ["k?x=1", "k#x", "no such", "a/b", "", "crm/../x"] {
+            for action in [
+                CtlAction::Refresh { id: bad.into() },
+                CtlAction::Invalidate { id: bad.into() },
+            ] {
+                let e = request_for(&action).unwrap_err();
+                assert!(e.contains("is not a credential id"), "{bad:?}: {e}");
+            }
+        }
+        let (method, path) = request_for(&CtlAction::Refresh {
+            id: "crm-oauth_2.v1".into(),
+        })
+        .unwrap();
+        assert_eq!(method, Method::POST);
+        assert_eq!(path, "/v0/management/credentials/crm-oauth_2.v1/refresh");
     }
 
     #[test]

@@ -275,8 +275,16 @@ pub(super) fn is_uri_like(s: &str) -> bool {
         && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-/// Ids must be unique and made of `[A-Za-z0-9_.-]`: they become log fields
-/// and metric labels.
+/// Whether `id` is a valid id: non-empty, made of `[A-Za-z0-9_.-]` (ids
+/// become log fields, metric labels and management API path segments).
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Ids must be unique and valid ([`is_valid_id`]).
 fn check_ids<'a>(
     section: &str,
     ids: impl Iterator<Item = &'a str>,
@@ -285,11 +293,7 @@ fn check_ids<'a>(
     let mut seen = HashSet::new();
     for (i, id) in ids.enumerate() {
         let path = format!("{section}[{i}].id");
-        if id.is_empty()
-            || !id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        {
+        if !is_valid_id(id) {
             errs.push(FieldError::new(
                 path,
                 format!("{id:?}: ids use only letters, digits, '_', '-' and '.'"),
