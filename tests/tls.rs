@@ -476,3 +476,67 @@ async fn websocket_over_https_is_bridged() {
     drop(ws);
     assert!(proxy.stop().await);
 }
+
+/// A route's `ca_file` rotated in place (trust-manager, a Secret volume) is
+/// in force from the next reload; a bundle that no longer loads fails the
+/// reload, naming the field, and the running trust stays.
+#[tokio::test]
+async fn a_rotated_upstream_ca_file_is_read_again_on_reload() {
+    let (old_ca, new_ca) = (TestCa::new(), TestCa::new());
+    let up = tls_echo_upstream(&new_ca, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("upstream-ca.pem");
+    std::fs::write(&ca_file, old_ca.ca_pem()).unwrap();
+    let path = dir.path().join("latchkey.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "proxy: {{ listen: 127.0.0.1:0 }}
+clients:
+  - {{ id: search, token: {{ value: \"{SEARCH_TOKEN}\" }}, routes: [search] }}
+credentials:
+  - {{ id: key, static: {{ value: \"{UPSTREAM_KEY}\" }} }}
+routes:
+  - {{ id: search, match: {{ path_prefix: /search/ }}, upstream: \"{}\", ca_file: \"{}\", credential: key }}
+",
+            up.https_url(),
+            ca_file.display()
+        ),
+    )
+    .unwrap();
+    let config = latchkey::Config::load(&path).unwrap();
+    let options = latchkey::StartOptions {
+        config_path: Some(path.clone()),
+        watch_config: false,
+        ..Default::default()
+    };
+    let running = latchkey::start_with(config, &path.display().to_string(), options)
+        .await
+        .unwrap();
+    let url = format!("http://{}/search/x", running.proxy_addr);
+    let auth = format!("Bearer {SEARCH_TOKEN}");
+    let headers = [("authorization", auth.as_str())];
+    let call = || get(&url, &headers);
+
+    // The upstream's issuer is not trusted yet.
+    let (status, _, body) = call().await;
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+
+    // Rotated in place, then reloaded: trusted.
+    std::fs::write(&ca_file, new_ca.ca_pem()).unwrap();
+    with_timeout(running.reload()).await.unwrap();
+    let (status, _, body) = call().await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+
+    // A bundle that no longer loads: the reload is refused, naming the
+    // field, and the running trust serves on.
+    std::fs::write(&ca_file, "not a certificate\n").unwrap();
+    let err = with_timeout(running.reload())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("routes[0].ca_file"), "{err}");
+    assert!(err.contains("holds no certificate"), "{err}");
+    assert_eq!(call().await.0, 200);
+    assert!(running.shutdown().await);
+}

@@ -9,6 +9,13 @@
 //! offers h2 and http/1.1, so upstreams that speak h2 get it. [`pool`] has
 //! the connection handling.
 //!
+//! A CA bundle is read each time a config is built (at startup and on every
+//! reload), and the trust is keyed by its contents, not its path: a bundle
+//! rotated in place (cert-manager's trust-manager, a Secret or ConfigMap
+//! volume) is in force from the next reload, on new connections, and a
+//! bundle that no longer loads fails that reload, naming the route's
+//! `ca_file`, instead of surfacing at the next restart.
+//!
 //! [`HttpClient`] (hyper-util's pooled client over the same connector) is
 //! for latchkey's own calls off the request path: token endpoints.
 
@@ -37,8 +44,9 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 #[error("{0}")]
 pub struct ClientBuildError(pub String);
 
-/// The connector settings a pool is built with.
-type ConnectorKey = (Option<PathBuf>, Duration);
+/// The connector settings a pool is built with: the CA bundle (its path,
+/// for errors, and the contents read) and the connect timeout.
+type ConnectorKey = (Option<(PathBuf, Arc<[u8]>)>, Duration);
 
 /// Builds and shares upstream connection pools.
 #[derive(Debug, Default)]
@@ -84,7 +92,11 @@ impl UpstreamClients {
         connect_timeout: Duration,
         upstream: &UpstreamUrl,
     ) -> Result<Arc<OriginPool>, ClientBuildError> {
-        let key = (ca_file.map(Path::to_path_buf), connect_timeout);
+        let ca = match ca_file {
+            Some(path) => Some((path.to_path_buf(), read_ca(path)?)),
+            None => None,
+        };
+        let key = (ca, connect_timeout);
         let mut cache = self
             .cache
             .lock()
@@ -100,10 +112,18 @@ impl UpstreamClients {
         let (connector, h1_connector) = match cache.connectors.get(&key) {
             Some(c) => c.clone(),
             None => {
+                let ca = key.0.as_ref().map(|(path, pem)| (path.as_path(), &pem[..]));
                 let c = (
-                    build_connector(ca_file, connect_timeout)?,
-                    build_h1_connector(ca_file, connect_timeout)?,
+                    connector(ca, connect_timeout, true)?,
+                    connector(ca, connect_timeout, false)?,
                 );
+                // A bundle rotated in place: its old trust builds no new
+                // pools (those still in use keep their connector).
+                if let Some((path, _)) = &key.0 {
+                    cache.connectors.retain(|(ca, timeout), _| {
+                        *timeout != connect_timeout || ca.as_ref().is_none_or(|(p, _)| p != path)
+                    });
+                }
                 cache.connectors.insert(key.clone(), c.clone());
                 c
             }
@@ -135,7 +155,9 @@ pub fn build_connector(
     ca_file: Option<&Path>,
     connect_timeout: Duration,
 ) -> Result<HttpsConnector<HttpConnector>, ClientBuildError> {
-    connector(ca_file, connect_timeout, true)
+    let pem = ca_file.map(read_ca).transpose()?;
+    let ca = ca_file.zip(pem.as_deref());
+    connector(ca, connect_timeout, true)
 }
 
 /// As [`build_connector`], offering only HTTP/1.1 in ALPN: for upgrade
@@ -144,16 +166,26 @@ pub fn build_h1_connector(
     ca_file: Option<&Path>,
     connect_timeout: Duration,
 ) -> Result<HttpsConnector<HttpConnector>, ClientBuildError> {
-    connector(ca_file, connect_timeout, false)
+    let pem = ca_file.map(read_ca).transpose()?;
+    let ca = ca_file.zip(pem.as_deref());
+    connector(ca, connect_timeout, false)
 }
 
+/// The CA bundle at `path`, as read now.
+fn read_ca(path: &Path) -> Result<Arc<[u8]>, ClientBuildError> {
+    std::fs::read(path)
+        .map(Arc::from)
+        .map_err(|e| ClientBuildError(format!("cannot read CA file {}: {e}", path.display())))
+}
+
+/// `ca`: the CA bundle's path (for errors) and contents.
 fn connector(
-    ca_file: Option<&Path>,
+    ca: Option<(&Path, &[u8])>,
     connect_timeout: Duration,
     h2: bool,
 ) -> Result<HttpsConnector<HttpConnector>, ClientBuildError> {
     let tls = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config(ca_file)?)
+        .with_tls_config(tls_config(ca)?)
         .https_or_http();
     let tcp = tcp_connector(connect_timeout);
     Ok(if h2 {
@@ -187,12 +219,11 @@ pub fn build_client(
         .build(https))
 }
 
-fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ClientBuildError> {
+fn tls_config(ca: Option<(&Path, &[u8])>) -> Result<rustls::ClientConfig, ClientBuildError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| ClientBuildError(format!("cannot read CA file {}: {e}", path.display())))?
+    if let Some((path, pem)) = ca {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
             .collect::<Result<_, _>>()
             .map_err(|e| {
                 ClientBuildError(format!("CA file {} is not valid PEM: {e}", path.display()))
