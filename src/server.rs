@@ -525,11 +525,11 @@ async fn handshake(
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(s)) => Some(s),
         Ok(Err(e)) => {
-            tracing::debug!(error = %e, %remote_addr, "TLS handshake failed");
+            crate::tls::failures::record(remote_addr, Some(&e));
             None
         }
         Err(_) => {
-            tracing::debug!(%remote_addr, timeout = ?HANDSHAKE_TIMEOUT, "TLS handshake timed out");
+            crate::tls::failures::record(remote_addr, None);
             None
         }
     }

@@ -21,6 +21,8 @@
 //! verifies it against that CA (webpki); [`peer_identity`] then extracts the
 //! leaf's URI SANs (SPIFFE ids) for client auth
 //! ([`proxy_core::client_auth`]).
+//!
+//! A failed handshake is counted and logged by reason ([`failures`]).
 
 use arc_swap::ArcSwap;
 use proxy_core::config::{ClientCertMode, ConfigError, FieldError, TlsSettings};
@@ -345,6 +347,8 @@ fn not_after(key: &CertifiedKey) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
     Some(cert.validity().not_after.to_string())
 }
+
+pub mod failures;
 
 #[cfg(test)]
 mod tests;

@@ -17,6 +17,7 @@
 //! | `latchkey_credential_last_refresh_success_timestamp_seconds` | gauge | `credential` |
 //! | `latchkey_config_reloads_total` | counter | `result` |
 //! | `latchkey_build_info` | gauge (1) | `version` |
+//! | `latchkey_tls_handshake_failures_total` | counter | `reason` |
 //!
 //! Labels come only from config ids (routes, credentials) and closed sets:
 //! `route` is `none` when no route matched, `reason` is `none` when the
@@ -55,6 +56,9 @@ pub const LAST_REFRESH_SUCCESS: &str = "latchkey_credential_last_refresh_success
 pub const CONFIG_RELOADS_TOTAL: &str = "latchkey_config_reloads_total";
 /// `latchkey_build_info{version}`
 pub const BUILD_INFO: &str = "latchkey_build_info";
+/// `latchkey_tls_handshake_failures_total{reason}`: failed TLS handshakes
+/// on the proxy listener, by a closed set of reasons.
+pub const TLS_HANDSHAKE_FAILURES: &str = "latchkey_tls_handshake_failures_total";
 /// Gauge: 1 when a shared credential store (file, redis) answered its last
 /// operation, 0 when it did not.
 pub const STORE_UP: &str = "latchkey_store_up";
@@ -167,6 +171,11 @@ fn describe() {
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label says which latchkey is running."
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        Unit::Count,
+        "Failed TLS handshakes on the proxy listener, by reason (no_client_certificate, untrusted_client_certificate, ...)."
     );
     describe_gauge!(
         STORE_UP,
@@ -390,6 +399,12 @@ pub fn forget_credential(id: &str) {
     let credential = SharedString::from(id.to_owned());
     metrics::gauge!(EXPIRATION_TIMESTAMP, "credential" => credential.clone()).set(f64::NAN);
     metrics::gauge!(LAST_REFRESH_SUCCESS, "credential" => credential).set(f64::NAN);
+}
+
+/// Counts one failed TLS handshake on the proxy listener; `reason` is from
+/// a closed set (the listener's).
+pub fn record_tls_handshake_failure(reason: &'static str) {
+    metrics::counter!(TLS_HANDSHAKE_FAILURES, "reason" => reason).increment(1);
 }
 
 /// Counts one config reload.
