@@ -493,6 +493,19 @@ pub async fn tls_echo_upstream(ca: &TestCa, alpn_h2: bool) -> Upstream {
     spawn_http(Some(TlsAcceptor::from(config)), echo_handler)
 }
 
+/// An OAuth2 token endpoint behind TLS, presenting a leaf from `ca` for
+/// `localhost` and `127.0.0.1`: answers every request with the access token
+/// `tls-idp-token`, valid for an hour. `hits` counts token requests.
+pub async fn tls_token_endpoint(ca: &TestCa) -> Upstream {
+    let config = ca.server_config(&["localhost", "127.0.0.1"], &[b"http/1.1"]);
+    spawn_http(Some(TlsAcceptor::from(config)), |_req| async {
+        json_response(
+            StatusCode::OK,
+            &serde_json::json!({"access_token": "tls-idp-token", "token_type": "Bearer", "expires_in": 3600}),
+        )
+    })
+}
+
 /// A port that was free a moment ago. Racy by nature, so only use it where
 /// a collision would merely make the test fail loudly.
 pub fn free_port() -> u16 {

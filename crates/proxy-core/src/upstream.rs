@@ -172,7 +172,7 @@ pub fn build_h1_connector(
 }
 
 /// The CA bundle at `path`, as read now.
-fn read_ca(path: &Path) -> Result<Arc<[u8]>, ClientBuildError> {
+pub fn read_ca(path: &Path) -> Result<Arc<[u8]>, ClientBuildError> {
     std::fs::read(path)
         .map(Arc::from)
         .map_err(|e| ClientBuildError(format!("cannot read CA file {}: {e}", path.display())))
@@ -210,7 +210,17 @@ pub fn build_client(
     ca_file: Option<&Path>,
     connect_timeout: Duration,
 ) -> Result<HttpClient, ClientBuildError> {
-    let https = build_connector(ca_file, connect_timeout)?;
+    let pem = ca_file.map(read_ca).transpose()?;
+    build_client_with_ca(ca_file.zip(pem.as_deref()), connect_timeout)
+}
+
+/// As [`build_client`], trusting `ca`: a CA bundle's path (for errors) and
+/// the contents already read from it.
+pub fn build_client_with_ca(
+    ca: Option<(&Path, &[u8])>,
+    connect_timeout: Duration,
+) -> Result<HttpClient, ClientBuildError> {
+    let https = connector(ca, connect_timeout, true)?;
     Ok(Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())

@@ -178,6 +178,12 @@ pub struct OAuth2Config {
     /// Extra form parameters (e.g. `audience`).
     #[serde(default)]
     pub params: std::collections::BTreeMap<String, String>,
+    /// Extra PEM CA bundle to trust for the token endpoint, beside the web
+    /// PKI roots (an in-cluster IdP with a private CA). Read before every
+    /// token request, so a bundle rotated in place is used from the next
+    /// one.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// OAuth2 grant types latchkey can run.

@@ -20,7 +20,6 @@ use http::{HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt as _, Limited};
 use proxy_core::config::{ClientAuthMethod, Grant, OAuth2Config};
 use proxy_core::secret::SecretSource;
-use proxy_core::upstream::HttpClient;
 use secrecy::{ExposeSecret as _, SecretString};
 use std::fmt;
 use std::time::Duration;
@@ -62,8 +61,10 @@ pub struct OAuth2Provider {
     refresh_token: Option<SecretSource>,
     scopes: Vec<String>,
     params: Vec<(String, String)>,
-    client: HttpClient,
+    trust: trust::Trust,
 }
+
+mod trust;
 
 impl fmt::Debug for OAuth2Provider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -87,6 +88,7 @@ impl fmt::Debug for OAuth2Provider {
                 "params",
                 &self.params.iter().map(|(k, _)| k).collect::<Vec<_>>(),
             )
+            .field("ca_file", &self.trust.ca_file())
             .finish_non_exhaustive()
     }
 }
@@ -123,8 +125,8 @@ impl OAuth2Provider {
                 "oauth2.params may not set {k:?}: the provider sets it from the grant and client settings"
             ));
         }
-        let client =
-            proxy_core::upstream::build_client(None, CONNECT_TIMEOUT).map_err(|e| e.to_string())?;
+        let trust =
+            trust::Trust::new(cfg.ca_file.as_deref()).map_err(|e| format!("ca_file: {e}"))?;
         Ok(Self {
             grant: cfg.grant,
             token_url,
@@ -144,7 +146,7 @@ impl OAuth2Provider {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            client,
+            trust,
         })
     }
 
@@ -243,7 +245,8 @@ impl OAuth2Provider {
         sent: &[SecretString],
     ) -> Result<Token, ProviderError> {
         let response = self
-            .client
+            .trust
+            .client()?
             .request(request)
             .await
             .map_err(|e| ProviderError::Transport(error_chain(&e)))?;
