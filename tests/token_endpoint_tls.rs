@@ -3,11 +3,6 @@
 //! bundle rotated in place is used from the next one; a bundle that does
 //! not load stops startup, naming the field.
 
-#![expect(
-    clippy::unwrap_used,
-    reason = "test helpers fail the test by panicking"
-)]
-
 mod support;
 
 use std::path::Path;
