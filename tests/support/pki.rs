@@ -203,3 +203,33 @@ impl Caller {
         .await
     }
 }
+
+/// The echo server behind TLS (a leaf from `server_ca` for `localhost` and
+/// `127.0.0.1`, ALPN `http/1.1`) that requires a client certificate
+/// chaining to `client_ca`: a handshake without one fails.
+pub fn mtls_echo_upstream(server_ca: &TestCa, client_ca: &TestCa) -> super::Upstream {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(client_ca.ca_der()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let (cert_pem, key_pem) = server_ca.issue(&["localhost", "127.0.0.1"]);
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    super::spawn_http(
+        Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        super::echo_handler,
+    )
+}

@@ -373,7 +373,11 @@ mod tests {
     fn fwd(upstream: &str, strip: Option<&str>) -> Forward {
         let upstream = UpstreamUrl::parse(upstream).unwrap();
         let pool = crate::upstream::UpstreamClients::new()
-            .pool(None, Duration::from_secs(1), &upstream)
+            .pool(
+                crate::upstream::UpstreamTls::default(),
+                Duration::from_secs(1),
+                &upstream,
+            )
             .unwrap();
         Forward::new(
             pool,

@@ -250,10 +250,20 @@ where
             ));
             continue;
         }
-        let pool = match upstreams.pool(rc.ca_file.as_deref(), rc.connect_timeout, &rc.upstream) {
+        let tls = crate::upstream::UpstreamTls {
+            ca_file: rc.ca_file.as_deref(),
+            client_cert: rc
+                .client_cert_file
+                .as_deref()
+                .zip(rc.client_key_file.as_deref()),
+        };
+        let pool = match upstreams.pool(tls, rc.connect_timeout, &rc.upstream) {
             Ok(c) => c,
             Err(e) => {
-                errs.push(FieldError::new(format!("routes[{i}].ca_file"), e.0));
+                errs.push(FieldError::new(
+                    format!("routes[{i}].{}", e.field),
+                    e.message,
+                ));
                 continue;
             }
         };

@@ -14,17 +14,21 @@
 //! rotated in place (cert-manager's trust-manager, a Secret or ConfigMap
 //! volume) is in force from the next reload, on new connections, and a
 //! bundle that no longer loads fails that reload, naming the route's
-//! `ca_file`, instead of surfacing at the next restart.
+//! `ca_file`, instead of surfacing at the next restart. A route can also
+//! present a client certificate to an upstream that asks for one
+//! ([`client_cert`]).
 //!
 //! [`HttpClient`] (hyper-util's pooled client over the same connector) is
 //! for latchkey's own calls off the request path: token endpoints.
 
+pub mod client_cert;
 pub mod pool;
 
 pub use pool::{OriginPool, PoolSettings, PooledBody, SendError};
 
 use crate::ProxyBody;
 use crate::config::UpstreamUrl;
+use client_cert::{ClientCert, ClientCertField};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -44,9 +48,35 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 #[error("{0}")]
 pub struct ClientBuildError(pub String);
 
+/// Why a route's pool could not be built: the route field at fault
+/// (`ca_file`, `client_cert_file`, `client_key_file`) and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct PoolError {
+    /// The route field.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// The TLS a route's upstream connections use beyond the web PKI roots.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UpstreamTls<'a> {
+    /// Extra CA bundle (`routes[].ca_file`).
+    pub ca_file: Option<&'a Path>,
+    /// Client certificate and key files (`routes[].client_cert_file`,
+    /// `client_key_file`).
+    pub client_cert: Option<(&'a Path, &'a Path)>,
+}
+
 /// The connector settings a pool is built with: the CA bundle (its path,
-/// for errors, and the contents read) and the connect timeout.
-type ConnectorKey = (Option<(PathBuf, Arc<[u8]>)>, Duration);
+/// for errors, and the contents read), the client certificate's files and
+/// the connect timeout.
+type ConnectorKey = (
+    Option<(PathBuf, Arc<[u8]>)>,
+    Option<(PathBuf, PathBuf)>,
+    Duration,
+);
 
 /// Builds and shares upstream connection pools.
 #[derive(Debug, Default)]
@@ -84,23 +114,45 @@ impl UpstreamClients {
         }
     }
 
-    /// The pool for `upstream`'s origin with this trust and connect
+    /// The pool for `upstream`'s origin with this TLS and connect
     /// timeout, built on first use.
     pub fn pool(
         &self,
-        ca_file: Option<&Path>,
+        tls: UpstreamTls<'_>,
         connect_timeout: Duration,
         upstream: &UpstreamUrl,
-    ) -> Result<Arc<OriginPool>, ClientBuildError> {
-        let ca = match ca_file {
-            Some(path) => Some((path.to_path_buf(), read_ca(path)?)),
+    ) -> Result<Arc<OriginPool>, PoolError> {
+        let ca_error = |e: ClientBuildError| PoolError {
+            field: "ca_file",
+            message: e.0,
+        };
+        let ca = match tls.ca_file {
+            Some(path) => Some((path.to_path_buf(), read_ca(path).map_err(ca_error)?)),
             None => None,
         };
-        let key = (ca, connect_timeout);
-        let mut cache = self
-            .cache
-            .lock()
-            .map_err(|_| ClientBuildError("client cache poisoned".into()))?;
+        // Loaded (and checked) at every config build, like the CA bundle.
+        let client_cert = match tls.client_cert {
+            Some((cert, key)) => Some(Arc::new(ClientCert::load(cert, key, provider()).map_err(
+                |(field, message)| PoolError {
+                    field: match field {
+                        ClientCertField::Cert => "client_cert_file",
+                        ClientCertField::Key => "client_key_file",
+                    },
+                    message,
+                },
+            )?)),
+            None => None,
+        };
+        let key = (
+            ca,
+            tls.client_cert
+                .map(|(c, k)| (c.to_path_buf(), k.to_path_buf())),
+            connect_timeout,
+        );
+        let mut cache = self.cache.lock().map_err(|_| PoolError {
+            field: "upstream",
+            message: "client cache poisoned".into(),
+        })?;
         let origin = upstream.origin();
         if let Some(p) = cache
             .pools
@@ -114,14 +166,17 @@ impl UpstreamClients {
             None => {
                 let ca = key.0.as_ref().map(|(path, pem)| (path.as_path(), &pem[..]));
                 let c = (
-                    connector(ca, connect_timeout, true)?,
-                    connector(ca, connect_timeout, false)?,
+                    connector_with(ca, client_cert.clone(), connect_timeout, true)
+                        .map_err(ca_error)?,
+                    connector_with(ca, client_cert, connect_timeout, false).map_err(ca_error)?,
                 );
                 // A bundle rotated in place: its old trust builds no new
                 // pools (those still in use keep their connector).
                 if let Some((path, _)) = &key.0 {
-                    cache.connectors.retain(|(ca, timeout), _| {
-                        *timeout != connect_timeout || ca.as_ref().is_none_or(|(p, _)| p != path)
+                    cache.connectors.retain(|(ca, cert, timeout), _| {
+                        *timeout != connect_timeout
+                            || *cert != key.1
+                            || ca.as_ref().is_none_or(|(p, _)| p != path)
                     });
                 }
                 cache.connectors.insert(key.clone(), c.clone());
@@ -184,8 +239,18 @@ fn connector(
     connect_timeout: Duration,
     h2: bool,
 ) -> Result<HttpsConnector<HttpConnector>, ClientBuildError> {
+    connector_with(ca, None, connect_timeout, h2)
+}
+
+/// As [`connector`], presenting `client_cert` to upstreams that ask.
+fn connector_with(
+    ca: Option<(&Path, &[u8])>,
+    client_cert: Option<Arc<ClientCert>>,
+    connect_timeout: Duration,
+    h2: bool,
+) -> Result<HttpsConnector<HttpConnector>, ClientBuildError> {
     let tls = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config(ca)?)
+        .with_tls_config(tls_config(ca, client_cert)?)
         .https_or_http();
     let tcp = tcp_connector(connect_timeout);
     Ok(if h2 {
@@ -229,7 +294,15 @@ pub fn build_client_with_ca(
         .build(https))
 }
 
-fn tls_config(ca: Option<(&Path, &[u8])>) -> Result<rustls::ClientConfig, ClientBuildError> {
+/// The crypto provider every upstream TLS config uses.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_config(
+    ca: Option<(&Path, &[u8])>,
+    client_cert: Option<Arc<ClientCert>>,
+) -> Result<rustls::ClientConfig, ClientBuildError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some((path, pem)) = ca {
@@ -253,13 +326,14 @@ fn tls_config(ca: Option<(&Path, &[u8])>) -> Result<rustls::ClientConfig, Client
             })?;
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientBuildError(format!("TLS setup failed: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
+        .with_root_certificates(roots);
+    Ok(match client_cert {
+        Some(cert) => config.with_client_cert_resolver(cert),
+        None => config.with_no_client_auth(),
+    })
 }
 
 #[cfg(test)]
@@ -273,16 +347,24 @@ mod tests {
         let a = UpstreamUrl::parse("http://127.0.0.1:9/one").unwrap();
         let a2 = UpstreamUrl::parse("http://127.0.0.1:9/two").unwrap();
         let b = UpstreamUrl::parse("http://127.0.0.1:10").unwrap();
-        let pa = clients.pool(None, t, &a).unwrap();
-        assert!(Arc::ptr_eq(&pa, &clients.pool(None, t, &a2).unwrap()));
-        assert!(!Arc::ptr_eq(&pa, &clients.pool(None, t, &b).unwrap()));
-        let other_timeout = clients.pool(None, Duration::from_secs(2), &a).unwrap();
+        let pa = clients.pool(UpstreamTls::default(), t, &a).unwrap();
+        assert!(Arc::ptr_eq(
+            &pa,
+            &clients.pool(UpstreamTls::default(), t, &a2).unwrap()
+        ));
+        assert!(!Arc::ptr_eq(
+            &pa,
+            &clients.pool(UpstreamTls::default(), t, &b).unwrap()
+        ));
+        let other_timeout = clients
+            .pool(UpstreamTls::default(), Duration::from_secs(2), &a)
+            .unwrap();
         assert!(!Arc::ptr_eq(&pa, &other_timeout));
         // No route holds it any more: the next build gets a new one.
         let weak = Arc::downgrade(&pa);
         drop(pa);
         assert!(weak.upgrade().is_none(), "the cache does not keep it alive");
-        let again = clients.pool(None, t, &a).unwrap();
+        let again = clients.pool(UpstreamTls::default(), t, &a).unwrap();
         assert_eq!(Arc::strong_count(&again), 1);
     }
 
@@ -292,7 +374,7 @@ mod tests {
         let t = Duration::from_secs(1);
         for port in 1..=200u16 {
             let u = UpstreamUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap();
-            drop(clients.pool(None, t, &u).unwrap());
+            drop(clients.pool(UpstreamTls::default(), t, &u).unwrap());
         }
         let cache = clients.cache.lock().unwrap();
         assert!(cache.pools.len() < 130, "{} entries", cache.pools.len());

@@ -288,6 +288,32 @@ fn default_posture_refusals_name_the_field_and_the_fix() {
     ] {
         Config::from_yaml(&base("127.0.0.1:0", route), "ok.yaml").unwrap();
     }
+    // An upstream client certificate: both files, and only over https.
+    for (files, upstream, expected) in [
+        (
+            "client_cert_file: c.pem",
+            "https://x",
+            "bad.yaml: routes[0].client_key_file: needed with client_cert_file",
+        ),
+        (
+            "client_key_file: k.pem",
+            "https://x",
+            "bad.yaml: routes[0].client_cert_file: needed with client_key_file",
+        ),
+        (
+            "client_cert_file: c.pem, client_key_file: k.pem",
+            "http://127.0.0.1:9",
+            "bad.yaml: routes[0].client_cert_file: http://127.0.0.1:9 is not https",
+        ),
+    ] {
+        let e = err_of(&base(
+            "127.0.0.1:0",
+            &format!(
+                "{{ id: r, match: {{ path_prefix: /a/ }}, upstream: \"{upstream}\", public: true, {files} }}"
+            ),
+        ));
+        assert!(e.starts_with(expected), "{e}");
+    }
 }
 
 #[test]

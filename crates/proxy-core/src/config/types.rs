@@ -335,6 +335,13 @@ pub struct RouteConfig {
     /// Extra PEM CA bundle trusted for this upstream, beside the web PKI roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain presented to an https upstream that asks for
+    /// a client certificate (with `client_key_file`).
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
     /// Largest request body accepted, e.g. `10MiB` (default: no limit).
     #[serde(default, deserialize_with = "de_opt_size")]
     pub max_request_body: Option<u64>,

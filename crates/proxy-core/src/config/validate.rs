@@ -481,4 +481,24 @@ fn check_posture(i: usize, r: &super::RouteConfig, config: &Config, errs: &mut V
             ),
         ));
     }
+    match (&r.client_cert_file, &r.client_key_file) {
+        (Some(_), None) => errs.push(FieldError::new(
+            format!("routes[{i}].client_key_file"),
+            "needed with client_cert_file (the certificate's private key)",
+        )),
+        (None, Some(_)) => errs.push(FieldError::new(
+            format!("routes[{i}].client_cert_file"),
+            "needed with client_key_file (the certificate the key belongs to)",
+        )),
+        (Some(_), Some(_)) if r.upstream.scheme != http::uri::Scheme::HTTPS => {
+            errs.push(FieldError::new(
+                format!("routes[{i}].client_cert_file"),
+                format!(
+                    "{} is not https: a client certificate is presented only in a TLS handshake",
+                    r.upstream
+                ),
+            ));
+        }
+        _ => {}
+    }
 }

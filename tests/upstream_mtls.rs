@@ -1,0 +1,95 @@
+//! A client certificate for upstreams that require one
+//! (`routes[].client_cert_file` / `client_key_file`, nginx's
+//! `proxy_ssl_certificate`): presented in the handshake, re-read when the
+//! files change (no reload), and checked at startup, naming the field.
+
+mod support;
+
+use std::path::Path;
+use support::harness::start_proxy;
+use support::pki::{mtls_echo_upstream, replace};
+use support::{TestCa, echoed_header, get, json, with_timeout};
+
+const CLIENT_TOKEN: &str = "mtls-test-client-token";
+
+fn config(upstream: &str, ca_file: &Path, cert: &Path, key: &Path) -> String {
+    format!(
+        "proxy: {{ listen: 127.0.0.1:0 }}
+clients:
+  - {{ id: app, token: {{ value: \"{CLIENT_TOKEN}\" }}, routes: [\"*\"] }}
+credentials:
+  - {{ id: key, static: {{ value: mtls-upstream-key }} }}
+routes:
+  - {{ id: plain, match: {{ path_prefix: /plain/ }}, strip_prefix: true, upstream: \"{upstream}\", ca_file: \"{ca}\", credential: key }}
+  - {{ id: mtls, match: {{ path_prefix: /mtls/ }}, strip_prefix: true, upstream: \"{upstream}\", ca_file: \"{ca}\", client_cert_file: \"{cert}\", client_key_file: \"{key}\", credential: key }}
+",
+        ca = ca_file.display(),
+        cert = cert.display(),
+        key = key.display(),
+    )
+}
+
+#[tokio::test]
+async fn a_client_certificate_is_presented_to_an_upstream_that_requires_one() {
+    let (server_ca, client_ca, other_ca) = (TestCa::new(), TestCa::new(), TestCa::new());
+    let up = mtls_echo_upstream(&server_ca, &client_ca);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = server_ca.write_ca(dir.path());
+    let (cert, key) = (dir.path().join("client.crt"), dir.path().join("client.key"));
+    let url = up.https_url();
+
+    // A key that does not belong to the certificate stops startup.
+    let (good_cert, _) = client_ca.issue_client(&["spiffe://test/latchkey"]);
+    let (_, other_key) = client_ca.issue_client(&["spiffe://test/latchkey"]);
+    std::fs::write(&cert, &good_cert).unwrap();
+    std::fs::write(&key, &other_key).unwrap();
+    let cfg = latchkey::Config::from_yaml(&config(&url, &ca_file, &cert, &key), "t.yaml").unwrap();
+    let err = latchkey::start(cfg, "t.yaml")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("routes[1].client_key_file"), "{err}");
+    assert!(
+        !err.contains("PRIVATE KEY"),
+        "key material in an error: {err}"
+    );
+
+    // A certificate the upstream does not trust: refused, as is no
+    // certificate at all.
+    let (untrusted_cert, untrusted_key) = other_ca.issue_client(&["spiffe://test/latchkey"]);
+    std::fs::write(&cert, &untrusted_cert).unwrap();
+    std::fs::write(&key, &untrusted_key).unwrap();
+    let p = start_proxy(&config(&url, &ca_file, &cert, &key)).await;
+    let auth = format!("Bearer {CLIENT_TOKEN}");
+    let headers = [("authorization", auth.as_str())];
+    for path in ["/plain/x", "/mtls/x"] {
+        let (status, _, body) = get(&p.url(path), &headers).await;
+        assert_eq!(status, 502, "{path}: {}", String::from_utf8_lossy(&body));
+    }
+    assert_eq!(up.hit_count(), 0);
+
+    // Rotated in place (as cert-manager does): presented from the next
+    // connection, without a reload.
+    let (good_cert, good_key) = client_ca.issue_client(&["spiffe://test/latchkey"]);
+    replace(dir.path(), &key, &good_key);
+    replace(dir.path(), &cert, &good_cert);
+    let body = with_timeout(async {
+        loop {
+            let (status, _, body) = get(&p.url("/mtls/x"), &headers).await;
+            match status.as_u16() {
+                200 => break body,
+                502 => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+                other => panic!("{other}: {}", String::from_utf8_lossy(&body)),
+            }
+        }
+    })
+    .await;
+    let echo = json(&body);
+    assert_eq!(
+        echoed_header(&echo, "authorization").as_deref(),
+        Some("Bearer mtls-upstream-key")
+    );
+    // The route without a certificate still gets none.
+    assert_eq!(get(&p.url("/plain/x"), &headers).await.0, 502);
+    assert!(p.stop().await);
+}
