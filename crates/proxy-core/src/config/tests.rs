@@ -595,3 +595,52 @@ fn a_duplicate_key_names_the_field() {
     );
     assert!(!e.contains("DuplicateKeyPolicy"), "{e}");
 }
+
+/// Every secret written as a literal in the file is warned about, by
+/// field, without its value.
+#[test]
+fn literal_secrets_are_warned_about_by_field() {
+    let yaml = "proxy: { listen: 127.0.0.1:0 }
+admin: { listen: 127.0.0.1:0, management_key: { value: mk-canary-1 } }
+redis: { url: { value: \"redis://127.0.0.1:6379\" }, encryption_keys: [{ value: \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\" }] }
+clients:
+  - { id: c, token: { value: ct-canary-2 }, routes: [\"*\"] }
+credentials:
+  - id: o
+    oauth2:
+      grant: refresh_token
+      token_url: http://127.0.0.1:9/token
+      client_id: x
+      client_secret: { value: cs-canary-3 }
+      refresh_token: { value: rt-canary-4 }
+    store: redis
+  - { id: s, static: { env: S } }
+routes:
+  - { id: r, match: { path_prefix: /a/ }, upstream: \"http://127.0.0.1:9\", credential: o }
+";
+    let c = Config::from_yaml(yaml, "t.yaml").unwrap();
+    let w = warnings(&c).join("\n");
+    for field in [
+        "clients[0].token",
+        "credentials[0].oauth2.client_secret",
+        "credentials[0].oauth2.refresh_token",
+        "admin.management_key",
+        "redis.url",
+        "redis.encryption_keys[0]",
+    ] {
+        assert!(
+            w.contains(&format!("{field} is a literal value")),
+            "{field} not warned about: {w}"
+        );
+    }
+    assert!(!w.contains("credentials[1]"), "{w}");
+    for canary in [
+        "mk-canary-1",
+        "ct-canary-2",
+        "cs-canary-3",
+        "rt-canary-4",
+        "AAAA",
+    ] {
+        assert!(!w.contains(canary), "a value in a warning: {w}");
+    }
+}

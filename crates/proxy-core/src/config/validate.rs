@@ -323,11 +323,37 @@ pub fn warnings(config: &Config) -> Vec<String> {
             ));
         }
     }
-    for (i, c) in config.credentials.iter().enumerate() {
-        if c.static_.as_ref().is_some_and(|s| s.is_literal()) {
+    let mut literal = |field: String, secret: Option<&crate::secret::SecretRef>| {
+        if secret.is_some_and(|s| s.is_literal()) {
             out.push(format!(
-                "credentials[{i}].static is a literal value in the config file; prefer env or file"
+                "{field} is a literal value in the config file; prefer env or file"
             ));
+        }
+    };
+    for (i, c) in config.credentials.iter().enumerate() {
+        literal(format!("credentials[{i}].static"), c.static_.as_ref());
+        if let Some(o) = &c.oauth2 {
+            literal(
+                format!("credentials[{i}].oauth2.client_secret"),
+                o.client_secret.as_ref(),
+            );
+            literal(
+                format!("credentials[{i}].oauth2.refresh_token"),
+                o.refresh_token.as_ref(),
+            );
+        }
+    }
+    literal(
+        "admin.management_key".to_owned(),
+        config
+            .admin
+            .as_ref()
+            .and_then(|a| a.management_key.as_ref()),
+    );
+    if let Some(r) = &config.redis {
+        literal("redis.url".to_owned(), Some(&r.url));
+        for (k, key) in r.encryption_keys.iter().enumerate() {
+            literal(format!("redis.encryption_keys[{k}]"), Some(key));
         }
     }
     out
