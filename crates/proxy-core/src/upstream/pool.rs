@@ -509,8 +509,17 @@ async fn reap(pool: Weak<OriginPool>, timeout: Duration) {
     }
 }
 
-/// Back to `/path?query` (HTTP/1.1 to an origin server).
+/// Back to `/path?query` (HTTP/1.1 to an origin server), with the
+/// `Host` that [`absolute_form`] took out put back from the authority.
 fn origin_form<B>(req: &mut Request<B>) {
+    if !req.headers().contains_key(http::header::HOST)
+        && let Some(host) = req
+            .uri()
+            .authority()
+            .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(http::header::HOST, host);
+    }
     let pq = req
         .uri()
         .path_and_query()

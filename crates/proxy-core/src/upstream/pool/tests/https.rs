@@ -117,13 +117,23 @@ async fn a_waiting_request_takes_over_from_a_cancelled_connect() {
 
 #[test]
 fn h2_requests_get_scheme_and_authority() {
-    let mut req = Request::builder().uri("/a/b?c=d").body(()).unwrap();
+    let mut req = Request::builder()
+        .uri("/a/b?c=d")
+        .header(http::header::HOST, "api.example.com:8443")
+        .body(())
+        .unwrap();
     absolute_form(
         &mut req,
         &Scheme::HTTPS,
         &Authority::from_static("api.example.com:8443"),
     );
     assert_eq!(req.uri(), "https://api.example.com:8443/a/b?c=d");
+    // `:authority` only on h2.
+    assert!(req.headers().get(http::header::HOST).is_none());
+    // Handed back unsent and sent on HTTP/1.1 instead: `Host` is back.
+    origin_form(&mut req);
+    assert_eq!(req.uri(), "/a/b?c=d");
+    assert_eq!(req.headers()[http::header::HOST], "api.example.com:8443");
 }
 
 /// An h2 client connection to an in-process h2 server over an in-memory
