@@ -104,6 +104,17 @@ pub fn credential_sources_with(
     };
     let mut out = HashMap::new();
     for (i, c) in config.credentials.iter().enumerate() {
+        // Checked at every build, also for a source kept from the last one
+        // (which reads the file again before each token request).
+        if let Some(ca) = c.oauth2.as_ref().and_then(|o| o.ca_file.as_deref())
+            && let Err(e) = proxy_core::upstream::check_ca_file(ca)
+        {
+            errs.push(FieldError::new(
+                format!("credentials[{i}].oauth2.ca_file"),
+                e.0,
+            ));
+            continue;
+        }
         if let Some(src) = previous.and_then(|p| unchanged_source(p, config, c)) {
             out.insert(c.id.clone(), src);
             continue;

@@ -488,10 +488,25 @@ pub fn summary(config: &Config, file: &str) -> String {
     }
     let mut w = warnings(config);
     for (i, r) in config.routes.iter().enumerate() {
-        if let Some(ca) = &r.ca_file
-            && let Err(e) = proxy_core::upstream::build_client(Some(ca), r.connect_timeout)
+        let tls = proxy_core::upstream::UpstreamTls {
+            ca_file: r.ca_file.as_deref(),
+            client_cert: r
+                .client_cert_file
+                .as_deref()
+                .zip(r.client_key_file.as_deref()),
+        };
+        if let Err(e) = proxy_core::upstream::check_tls(tls) {
+            w.push(format!(
+                "routes[{i}].{} does not load here ({}); `latchkey run` refuses to start without it",
+                e.field, e.message
+            ));
+        }
+    }
+    for (i, c) in config.credentials.iter().enumerate() {
+        if let Some(ca) = c.oauth2.as_ref().and_then(|o| o.ca_file.as_deref())
+            && let Err(e) = proxy_core::upstream::check_ca_file(ca)
         {
-            w.push(format!("routes[{i}].ca_file does not load here ({e}); `latchkey run` refuses to start without it"));
+            w.push(format!("credentials[{i}].oauth2.ca_file does not load here ({e}); `latchkey run` refuses to start without it"));
         }
     }
     if let Some(t) = &config.proxy.tls {

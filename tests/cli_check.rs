@@ -286,3 +286,34 @@ fn check_reports_a_missing_file() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_warns_about_tls_files_that_do_not_load_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = |name: &str| dir.path().join(name).display().to_string();
+    let yaml = format!(
+        "proxy: {{ listen: 127.0.0.1:0 }}
+credentials:
+  - id: o
+    oauth2: {{ grant: client_credentials, token_url: \"http://127.0.0.1:9/token\", client_id: x, ca_file: \"{idp}\" }}
+routes:
+  - {{ id: a, match: {{ path_prefix: /a/ }}, upstream: \"https://a.example.com\", ca_file: \"{ca}\", public: true }}
+  - {{ id: b, match: {{ path_prefix: /b/ }}, upstream: \"https://b.example.com\", client_cert_file: \"{cert}\", client_key_file: \"{key}\", public: true }}
+",
+        idp = missing("idp-ca.pem"),
+        ca = missing("ca.pem"),
+        cert = missing("client.crt"),
+        key = missing("client.key"),
+    );
+    let path = write_file(dir.path(), "latchkey.yaml", &yaml);
+    let out = check(&path);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    for want in [
+        "routes[0].ca_file does not load here (cannot read CA file ",
+        "routes[1].client_cert_file does not load here (cannot read ",
+        "credentials[0].oauth2.ca_file does not load here (cannot read CA file ",
+    ] {
+        assert!(stdout.contains(want), "want {want:?} in:\n{stdout}");
+    }
+}

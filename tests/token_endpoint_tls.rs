@@ -49,8 +49,8 @@ async fn a_token_endpoint_behind_a_private_ca_is_trusted_through_ca_file() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("credentials[0].oauth2"), "{err}");
-    assert!(err.contains("ca_file"), "{err}");
+    assert!(err.contains("credentials[0].oauth2.ca_file"), "{err}");
+    assert!(err.contains("holds no certificate"), "{err}");
 
     // The wrong CA: the endpoint is not trusted, nothing is injected.
     std::fs::write(&ca_file, other_ca.ca_pem()).unwrap();
@@ -82,4 +82,38 @@ async fn a_token_endpoint_behind_a_private_ca_is_trusted_through_ca_file() {
     );
     assert!(idp.hit_count() >= 1);
     assert!(p.stop().await);
+}
+
+/// A bundle that stops loading fails the next reload, naming the field,
+/// though the credential's config did not change (its source is kept).
+#[tokio::test]
+async fn a_broken_oauth2_ca_file_fails_the_reload() {
+    let idp_ca = TestCa::new();
+    let idp = tls_token_endpoint(&idp_ca).await;
+    let up = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("idp-ca.pem");
+    std::fs::write(&ca_file, idp_ca.ca_pem()).unwrap();
+    let token_url = format!("https://localhost:{}/token", idp.addr.port());
+    let path = dir.path().join("latchkey.yaml");
+    std::fs::write(&path, config(&token_url, &ca_file, &up.url())).unwrap();
+    let options = latchkey::StartOptions {
+        config_path: Some(path.clone()),
+        watch_config: false,
+        ..Default::default()
+    };
+    let running = latchkey::start_with(
+        latchkey::Config::load(&path).unwrap(),
+        &path.display().to_string(),
+        options,
+    )
+    .await
+    .unwrap();
+    std::fs::write(&ca_file, "not a certificate\n").unwrap();
+    let err = with_timeout(running.reload())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("credentials[0].oauth2.ca_file"), "{err}");
+    assert!(running.shutdown().await);
 }

@@ -226,6 +226,34 @@ pub fn build_h1_connector(
     connector(ca, connect_timeout, false)
 }
 
+/// Whether the CA bundle at `path` loads now (read and parsed as
+/// [`build_client`] would).
+pub fn check_ca_file(path: &Path) -> Result<(), ClientBuildError> {
+    let pem = read_ca(path)?;
+    tls_config(Some((path, &pem)), None).map(|_| ())
+}
+
+/// Whether a route's TLS files load now (as [`UpstreamClients::pool`]
+/// would read them), without building or caching anything.
+pub fn check_tls(tls: UpstreamTls<'_>) -> Result<(), PoolError> {
+    if let Some(path) = tls.ca_file {
+        check_ca_file(path).map_err(|e| PoolError {
+            field: "ca_file",
+            message: e.0,
+        })?;
+    }
+    if let Some((cert, key)) = tls.client_cert {
+        ClientCert::load(cert, key, provider()).map_err(|(field, message)| PoolError {
+            field: match field {
+                ClientCertField::Cert => "client_cert_file",
+                ClientCertField::Key => "client_key_file",
+            },
+            message,
+        })?;
+    }
+    Ok(())
+}
+
 /// The CA bundle at `path`, as read now.
 pub fn read_ca(path: &Path) -> Result<Arc<[u8]>, ClientBuildError> {
     std::fs::read(path)
