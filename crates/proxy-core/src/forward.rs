@@ -36,6 +36,9 @@ pub struct ForwardTarget {
     /// Limit for connecting: TCP, TLS and the HTTP handshake (enforced by
     /// the pool; kept here to name it in errors).
     pub connect_timeout: Duration,
+    /// Close a WebSocket tunnel after this long without a byte either
+    /// way (zero: never).
+    pub tunnel_idle_timeout: Duration,
     /// Largest request body accepted.
     pub max_request_body: Option<u64>,
 }
@@ -317,7 +320,12 @@ impl After {
         let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
             match client_upgrade {
-                Some(client_side) => crate::tunnel::bridge(client_side, &mut parts, scope),
+                Some(client_side) => crate::tunnel::bridge(
+                    client_side,
+                    &mut parts,
+                    scope,
+                    shared.target.tunnel_idle_timeout,
+                ),
                 None => {
                     return Err(UpstreamUnreachable {
                         upstream: origin.to_string(),
@@ -386,6 +394,7 @@ mod tests {
                 strip_prefix: strip.map(str::to_owned),
                 timeout: Duration::from_secs(1),
                 connect_timeout: Duration::from_secs(1),
+                tunnel_idle_timeout: Duration::ZERO,
                 max_request_body: None,
             },
         )

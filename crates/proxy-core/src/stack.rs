@@ -277,6 +277,7 @@ where
                     .flatten(),
                 timeout: rc.timeout,
                 connect_timeout: rc.connect_timeout,
+                tunnel_idle_timeout: rc.tunnel_idle_timeout,
                 max_request_body: rc.max_request_body,
             },
         ) {

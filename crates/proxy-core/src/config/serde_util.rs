@@ -50,6 +50,9 @@ pub(super) fn default_timeout() -> Duration {
 pub(super) fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
 }
+pub(super) fn default_tunnel_idle_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
 pub(super) fn default_retry_statuses() -> Vec<u16> {
     vec![401]
 }

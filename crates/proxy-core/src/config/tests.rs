@@ -305,6 +305,11 @@ fn default_posture_refusals_name_the_field_and_the_fix() {
             "http://127.0.0.1:9",
             "bad.yaml: routes[0].client_cert_file: http://127.0.0.1:9 is not https",
         ),
+        (
+            "tunnel_idle_timeout: 25h",
+            "https://x",
+            "bad.yaml: routes[0].tunnel_idle_timeout: must be 0s (never) or between 1s and 24h",
+        ),
     ] {
         let e = err_of(&base(
             "127.0.0.1:0",
