@@ -22,7 +22,9 @@ use refresh_layer::provider::exec::ExecProvider;
 use refresh_layer::provider::file::FileTokenProvider;
 use refresh_layer::provider::oauth2::OAuth2Provider;
 use refresh_layer::store::crypto::Keyring;
-use refresh_layer::store::{FileStore, MemoryStore, RedisStore, RedisStoreSettings, Store};
+use refresh_layer::store::{
+    FileStore, MemoryStore, RedisStore, RedisStoreSettings, RedisTls, Store,
+};
 use refresh_layer::{RefreshSettings, RefreshingSource};
 use retry401_layer::{Retry401Layer, RetryPolicy};
 use std::collections::HashMap;
@@ -221,14 +223,77 @@ fn redis_store(r: &RedisSettings, poll: std::time::Duration) -> Result<RedisStor
     }
     let keyring = Keyring::from_base64(keys.iter().map(|k| k.expose()))
         .map_err(|e| FieldError::new("redis.encryption_keys", e.to_string()))?;
+    let tls = redis_tls(r, url.expose())?;
     RedisStore::new(RedisStoreSettings {
         url: url.expose().to_string(),
         key_prefix: r.key_prefix.clone(),
         keys: keyring,
         lease: r.lock_lease,
         timeout: r.timeout,
+        tls,
     })
     .map_err(|e| FieldError::new("redis.url", e.to_string()))
+}
+
+/// `redis.ca_file` and the client certificate, read and checked now (the
+/// files are read when the store is built: at startup, and on a reload that
+/// changes the `redis` settings).
+fn redis_tls(r: &RedisSettings, url: &str) -> Result<Option<RedisTls>, FieldError> {
+    let (ca, cert, key) = (&r.ca_file, &r.client_cert_file, &r.client_key_file);
+    if ca.is_none() && cert.is_none() && key.is_none() {
+        return Ok(None);
+    }
+    let field = if ca.is_some() {
+        "redis.ca_file"
+    } else {
+        "redis.client_cert_file"
+    };
+    if !url.starts_with("rediss://") {
+        return Err(FieldError::new(
+            field,
+            "needs a rediss:// URL (TLS); redis.url is not one",
+        ));
+    }
+    let ca_pem = match ca {
+        Some(path) => {
+            proxy_core::upstream::check_ca_file(path)
+                .map_err(|e| FieldError::new("redis.ca_file", e.0))?;
+            Some(std::fs::read(path).map_err(|e| FieldError::new("redis.ca_file", e.to_string()))?)
+        }
+        None => None,
+    };
+    let client = match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let tls = proxy_core::upstream::UpstreamTls {
+                ca_file: None,
+                client_cert: Some((cert, key)),
+            };
+            proxy_core::upstream::check_tls(tls)
+                .map_err(|e| FieldError::new(format!("redis.{}", e.field), e.message))?;
+            let read = |p: &std::path::Path, f: &str| {
+                std::fs::read(p)
+                    .map_err(|e| FieldError::new(f, format!("cannot read {}: {e}", p.display())))
+            };
+            Some((
+                read(cert, "redis.client_cert_file")?,
+                read(key, "redis.client_key_file")?,
+            ))
+        }
+        (Some(_), None) => {
+            return Err(FieldError::new(
+                "redis.client_key_file",
+                "needed with client_cert_file (the certificate's private key)",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(FieldError::new(
+                "redis.client_cert_file",
+                "needed with client_key_file (the certificate the key belongs to)",
+            ));
+        }
+        (None, None) => None,
+    };
+    Ok(Some(RedisTls { ca_pem, client }))
 }
 
 /// The layers the `latchkey` crate adds to every route's credential stack:

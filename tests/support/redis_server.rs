@@ -23,6 +23,9 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: std::path::PathBuf,
+    /// TLS only (no plain port): its certificate, key, and the CA client
+    /// certificates must chain to (`tls-auth-clients yes`).
+    tls: Option<[std::path::PathBuf; 3]>,
 }
 
 fn free_port() -> u16 {
@@ -45,6 +48,34 @@ impl RedisServer {
             port: free_port(),
             child: None,
             dir,
+            tls: None,
+        };
+        s.spawn().await;
+        s
+    }
+
+    /// Starts a fresh server that speaks only TLS, presenting `cert`/`key`
+    /// and requiring client certificates that chain to `client_ca`.
+    pub async fn start_tls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        client_ca: &std::path::Path,
+    ) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "latchkey-redis-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut s = Self {
+            port: free_port(),
+            child: None,
+            dir,
+            tls: Some([
+                cert.to_path_buf(),
+                key.to_path_buf(),
+                client_ca.to_path_buf(),
+            ]),
         };
         s.spawn().await;
         s
@@ -56,8 +87,21 @@ impl RedisServer {
     }
 
     async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        let mut cmd = Command::new("redis-server");
+        match &self.tls {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some([cert, key, ca]) => cmd
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .arg("--tls-ca-cert-file")
+                .arg(ca)
+                .args(["--tls-auth-clients", "yes"]),
+        };
+        let child = cmd
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -68,7 +112,14 @@ impl RedisServer {
             });
         self.child = Some(child);
         for _ in 0..200 {
-            if ping(self.port).await {
+            let up = match self.tls {
+                None => ping(self.port).await,
+                // Listening is all a TLS port shows without a handshake.
+                Some(_) => tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                    .await
+                    .is_ok(),
+            };
+            if up {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -32,6 +32,7 @@ fn store(redis: &RedisServer, key: &str) -> RedisStore {
         keys: Keyring::from_base64([key]).unwrap(),
         lease: Duration::from_secs(2),
         timeout: Duration::from_millis(500),
+        tls: None,
     })
     .unwrap()
 }
@@ -214,6 +215,7 @@ async fn values_are_ciphertext_and_a_wrong_key_is_a_clear_error() {
         keys: Keyring::from_base64([OTHER_KEY, KEY]).unwrap(),
         lease: Duration::from_secs(2),
         timeout: Duration::from_millis(500),
+        tls: None,
     })
     .unwrap();
     assert_eq!(

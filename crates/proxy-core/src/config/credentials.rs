@@ -276,4 +276,15 @@ pub struct RedisSettings {
         serialize_with = "ser_duration"
     )]
     pub timeout: Duration,
+    /// PEM CA bundle that a `rediss://` server's certificate must chain
+    /// to, instead of the web PKI roots (a Redis behind a private CA).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM certificate chain presented to a `rediss://` server that asks
+    /// for one (Redis's `tls-auth-clients`), with `client_key_file`.
+    #[serde(default)]
+    pub client_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    #[serde(default)]
+    pub client_key_file: Option<std::path::PathBuf>,
 }

@@ -16,7 +16,7 @@ mod redis;
 
 pub use file::FileStore;
 pub use memory::MemoryStore;
-pub use redis::{RedisStore, RedisStoreSettings};
+pub use redis::{RedisStore, RedisStoreSettings, RedisTls};
 
 use crate::token::StoredCredential;
 use futures_util::future::BoxFuture;

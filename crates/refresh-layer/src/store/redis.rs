@@ -46,6 +46,27 @@ pub struct RedisStoreSettings {
     pub lease: Duration,
     /// Per-command timeout.
     pub timeout: Duration,
+    /// TLS material for a `rediss://` URL beyond the defaults.
+    pub tls: Option<RedisTls>,
+}
+
+/// TLS material for a `rediss://` server: PEM bytes, read by the caller.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// CA bundle the server's certificate must chain to (instead of the
+    /// web PKI roots).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate chain and private key, for a server that asks.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_cert", &self.client.is_some())
+            .finish()
+    }
 }
 
 impl fmt::Debug for RedisStoreSettings {
@@ -55,6 +76,7 @@ impl fmt::Debug for RedisStoreSettings {
             .field("key_prefix", &self.key_prefix)
             .field("lease", &self.lease)
             .field("timeout", &self.timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -98,10 +120,27 @@ impl RedisStore {
     /// Connects lazily (startup does not wait for Redis, and a Redis that
     /// is down at startup is picked up when it comes back).
     pub fn new(settings: RedisStoreSettings) -> Result<Self, StoreError> {
-        let client = redis::Client::open(settings.url.as_str()).map_err(|e| StoreError::Io {
+        let client = match &settings.tls {
+            None => redis::Client::open(settings.url.as_str()),
+            Some(tls) => redis::Client::build_with_tls(
+                settings.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: tls
+                        .client
+                        .as_ref()
+                        .map(|(cert, key)| redis::ClientTlsConfig {
+                            client_cert: cert.clone(),
+                            client_key: key.clone(),
+                        }),
+                    root_cert: tls.ca_pem.clone(),
+                },
+            ),
+        }
+        .map_err(|e| StoreError::Io {
             op: "connect",
-            // The URL may carry a password: report the kind of error only.
-            problem: format!("invalid Redis URL ({:?})", e.kind()),
+            // The URL may carry a password, the TLS material a key: report
+            // the kind of error only.
+            problem: format!("invalid Redis URL or TLS material ({:?})", e.kind()),
         })?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout))

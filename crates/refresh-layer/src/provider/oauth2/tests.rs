@@ -27,6 +27,7 @@ fn refresh_cfg(url: &str, refresh_token: &str) -> OAuth2Config {
         refresh_token: Some(lit(refresh_token)),
         scopes: Vec::new(),
         params: BTreeMap::new(),
+        ca_file: None,
     }
 }
 
@@ -206,6 +207,7 @@ async fn client_credentials_sends_scopes_and_params() {
             ("audience".to_owned(), "https://api.example".to_owned()),
             ("resource".to_owned(), "a b".to_owned()),
         ]),
+        ca_file: None,
     };
     let p = provider(&cfg);
     assert!(!p.rotates());
