@@ -502,6 +502,21 @@ pub fn summary(config: &Config, file: &str) -> String {
             ));
         }
     }
+    if let Some(r) = &config.redis {
+        let tls = proxy_core::upstream::UpstreamTls {
+            ca_file: r.ca_file.as_deref(),
+            client_cert: r
+                .client_cert_file
+                .as_deref()
+                .zip(r.client_key_file.as_deref()),
+        };
+        if let Err(e) = proxy_core::upstream::check_tls(tls) {
+            w.push(format!(
+                "redis.{} does not load here ({}); `latchkey run` refuses to start without it",
+                e.field, e.message
+            ));
+        }
+    }
     for (i, c) in config.credentials.iter().enumerate() {
         if let Some(ca) = c.oauth2.as_ref().and_then(|o| o.ca_file.as_deref())
             && let Err(e) = proxy_core::upstream::check_ca_file(ca)

@@ -293,6 +293,7 @@ fn check_warns_about_tls_files_that_do_not_load_here() {
     let missing = |name: &str| dir.path().join(name).display().to_string();
     let yaml = format!(
         "proxy: {{ listen: 127.0.0.1:0 }}
+redis: {{ url: {{ env: LATCHKEY_TEST_UNSET_REDIS_URL }}, encryption_keys: [{{ env: LATCHKEY_TEST_UNSET_KEY }}], ca_file: \"{redis_ca}\" }}
 credentials:
   - id: o
     oauth2: {{ grant: client_credentials, token_url: \"http://127.0.0.1:9/token\", client_id: x, ca_file: \"{idp}\" }}
@@ -301,6 +302,7 @@ routes:
   - {{ id: b, match: {{ path_prefix: /b/ }}, upstream: \"https://b.example.com\", client_cert_file: \"{cert}\", client_key_file: \"{key}\", public: true }}
 ",
         idp = missing("idp-ca.pem"),
+        redis_ca = missing("redis-ca.pem"),
         ca = missing("ca.pem"),
         cert = missing("client.crt"),
         key = missing("client.key"),
@@ -313,6 +315,7 @@ routes:
         "routes[0].ca_file does not load here (cannot read CA file ",
         "routes[1].client_cert_file does not load here (cannot read ",
         "credentials[0].oauth2.ca_file does not load here (cannot read CA file ",
+        "redis.ca_file does not load here (cannot read CA file ",
     ] {
         assert!(stdout.contains(want), "want {want:?} in:\n{stdout}");
     }

@@ -91,5 +91,17 @@ async fn a_client_certificate_is_presented_to_an_upstream_that_requires_one() {
     );
     // The route without a certificate still gets none.
     assert_eq!(get(&p.url("/plain/x"), &headers).await.0, 502);
+
+    // Rotated again, to a certificate the upstream does not trust: the
+    // next connection presents it (and is refused), rather than resuming
+    // the session of the trusted one.
+    replace(dir.path(), &key, &untrusted_key);
+    replace(dir.path(), &cert, &untrusted_cert);
+    with_timeout(async {
+        while get(&p.url("/mtls/x"), &headers).await.0 != 502 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
     assert!(p.stop().await);
 }

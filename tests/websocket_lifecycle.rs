@@ -147,3 +147,27 @@ async fn the_drain_timeout_cuts_an_open_websocket() {
         }
     }
 }
+
+/// The route's `tunnel_idle_timeout` reaches the tunnel: a WebSocket that
+/// goes quiet is closed (the timing itself is tested on the paused clock
+/// in `proxy_core::tunnel`; here only that it happens, bounded).
+#[tokio::test]
+async fn a_quiet_websocket_is_closed_after_the_routes_idle_timeout() {
+    let (ws_up, api_up) = (ws_echo_upstream().await, echo_upstream().await);
+    let yaml = config("", &ws_up, &api_up).replacen(
+        "strip_prefix: true, upstream",
+        "strip_prefix: true, tunnel_idle_timeout: 1s, upstream",
+        1,
+    );
+    assert!(yaml.contains("tunnel_idle_timeout: 1s"));
+    let p = start_proxy(&yaml).await;
+    let mut ws = open_ws(&p).await;
+    loop {
+        match with_timeout(ws.next()).await {
+            None | Some(Err(_)) => break,
+            Some(Ok(Message::Close(_))) => {}
+            Some(Ok(m)) => panic!("unexpected {m:?}"),
+        }
+    }
+    assert!(p.stop().await);
+}

@@ -206,7 +206,8 @@ impl Caller {
 
 /// The echo server behind TLS (a leaf from `server_ca` for `localhost` and
 /// `127.0.0.1`, ALPN `http/1.1`) that requires a client certificate
-/// chaining to `client_ca`: a handshake without one fails.
+/// chaining to `client_ca`: a handshake without one fails. Every response
+/// closes its connection, so each request makes a new handshake.
 pub fn mtls_echo_upstream(server_ca: &TestCa, client_ca: &TestCa) -> super::Upstream {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
@@ -230,6 +231,13 @@ pub fn mtls_echo_upstream(server_ca: &TestCa, client_ca: &TestCa) -> super::Upst
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     super::spawn_http(
         Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
-        super::echo_handler,
+        |req| async move {
+            let mut resp = super::echo_handler(req).await;
+            resp.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            resp
+        },
     )
 }

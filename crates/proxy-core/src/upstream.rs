@@ -359,7 +359,15 @@ fn tls_config(
         .map_err(|e| ClientBuildError(format!("TLS setup failed: {e}")))?
         .with_root_certificates(roots);
     Ok(match client_cert {
-        Some(cert) => config.with_client_cert_resolver(cert),
+        Some(cert) => {
+            let mut config = config.with_client_cert_resolver(cert);
+            // A resumed session skips the certificate request, and the
+            // upstream would go on seeing the identity of the certificate
+            // the session began with: a rotated one would never be
+            // presented. Every connection makes a full handshake instead.
+            config.resumption = rustls::client::Resumption::disabled();
+            config
+        }
         None => config.with_no_client_auth(),
     })
 }

@@ -6,12 +6,15 @@
 //! when the config is built (an unreadable file, a chain without a
 //! certificate, a key that is not PEM or does not match the certificate is
 //! an error naming the field). Before each new upstream TLS connection the
-//! two files' size and modification time are compared with what was loaded
-//! (two `stat` calls per handshake, nothing per request): a pair rotated in
-//! place by cert-manager or a Secret volume is presented from the next
-//! connection on, without a reload. A pair that does not load (half
-//! written, key and certificate from different rotations) leaves the last
-//! good one in use and is logged, once per change.
+//! two files' size, modification and change times and inode are compared
+//! with what was loaded (two `stat` calls per handshake, nothing per
+//! request): a pair rotated in place by cert-manager or a Secret volume is
+//! presented from the next connection on, without a reload (sessions are
+//! not resumed for such connections, see `tls_config`). A pair that does
+//! not load (half written, key and certificate from different rotations,
+//! unreadable) leaves the last good one in use and is logged, once per
+//! change; any later change to either file (a fixed permission changes
+//! the change time) makes it try again.
 
 use rustls::SignatureScheme;
 use rustls::client::ResolvesClientCert;
@@ -40,8 +43,9 @@ struct Loaded {
     stamp: Stamp,
 }
 
-/// Size and modification time of both files.
-type Stamp = [Option<(u64, SystemTime)>; 2];
+/// Of both files: size, modification time, and (on Unix) the change time
+/// and inode, which a `chmod` or a rename changes where the rest may not.
+type Stamp = [Option<(u64, SystemTime, i64, i64, u64)>; 2];
 
 /// Which file a load error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +108,14 @@ impl ResolvesClientCert for ClientCert {
 fn stamp(cert_file: &Path, key_file: &Path) -> Stamp {
     let one = |p: &Path| {
         let m = std::fs::metadata(p).ok()?;
-        Some((m.len(), m.modified().ok()?))
+        #[cfg(unix)]
+        let (ctime, ctime_ns, ino) = {
+            use std::os::unix::fs::MetadataExt as _;
+            (m.ctime(), m.ctime_nsec(), m.ino())
+        };
+        #[cfg(not(unix))]
+        let (ctime, ctime_ns, ino) = (0, 0, 0);
+        Some((m.len(), m.modified().ok()?, ctime, ctime_ns, ino))
     };
     [one(cert_file), one(key_file)]
 }
@@ -152,4 +163,56 @@ fn read_pair(
             ),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A change that leaves size and modification time alone (a fixed
+    /// permission, a file replaced by a rename) still changes the stamp, so
+    /// a pair that failed to load for such a reason is read again.
+    #[test]
+    #[cfg(unix)]
+    fn the_stamp_sees_permission_changes_and_renames() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, "cert").unwrap();
+        std::fs::write(&key, "key").unwrap();
+        let before = stamp(&cert, &key);
+        assert_eq!(before, stamp(&cert, &key), "stable while nothing changes");
+
+        // Only the change time moves (it ticks at the kernel's timestamp
+        // granularity, so toggle the mode until it has).
+        let mtime = std::fs::metadata(&key).unwrap().modified().unwrap();
+        let mut chmodded = before;
+        for i in 0..100_000u32 {
+            let mode = if i % 2 == 0 { 0o600 } else { 0o644 };
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            chmodded = stamp(&cert, &key);
+            if chmodded != before {
+                break;
+            }
+        }
+        assert_ne!(before, chmodded, "a chmod went unnoticed");
+        assert_eq!(
+            chmodded[1].map(|s| (s.0, s.1)),
+            Some((3, mtime)),
+            "size and mtime unchanged"
+        );
+
+        // The same size and mtime, by a rename: another inode.
+        let next = dir.path().join("next.pem");
+        std::fs::write(&next, "cer2").unwrap();
+        let cert_mtime = std::fs::metadata(&cert).unwrap().modified().unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&next)
+            .unwrap()
+            .set_modified(cert_mtime)
+            .unwrap();
+        std::fs::rename(&next, &cert).unwrap();
+        assert_ne!(chmodded, stamp(&cert, &key), "a rename went unnoticed");
+    }
 }
