@@ -487,35 +487,32 @@ pub fn summary(config: &Config, file: &str) -> String {
         );
     }
     let mut w = warnings(config);
-    for (i, r) in config.routes.iter().enumerate() {
-        let tls = proxy_core::upstream::UpstreamTls {
-            ca_file: r.ca_file.as_deref(),
-            client_cert: r
-                .client_cert_file
-                .as_deref()
-                .zip(r.client_key_file.as_deref()),
+    let mut tls_files =
+        |at: String, ca: Option<&PathBuf>, cert: Option<&PathBuf>, key: Option<&PathBuf>| {
+            let tls = proxy_core::upstream::UpstreamTls::from_files(
+                ca.map(PathBuf::as_path),
+                cert.map(PathBuf::as_path),
+                key.map(PathBuf::as_path),
+            );
+            if let Err(e) = proxy_core::upstream::check_tls(tls) {
+                w.push(format!(
+                    "{at}.{} does not load here ({}); `latchkey run` refuses to start without it",
+                    e.field, e.message
+                ));
+            }
         };
-        if let Err(e) = proxy_core::upstream::check_tls(tls) {
-            w.push(format!(
-                "routes[{i}].{} does not load here ({}); `latchkey run` refuses to start without it",
-                e.field, e.message
-            ));
-        }
+    for (i, r) in config.routes.iter().enumerate() {
+        let (ca, cert, key) = (&r.ca_file, &r.client_cert_file, &r.client_key_file);
+        tls_files(
+            format!("routes[{i}]"),
+            ca.as_ref(),
+            cert.as_ref(),
+            key.as_ref(),
+        );
     }
     if let Some(r) = &config.redis {
-        let tls = proxy_core::upstream::UpstreamTls {
-            ca_file: r.ca_file.as_deref(),
-            client_cert: r
-                .client_cert_file
-                .as_deref()
-                .zip(r.client_key_file.as_deref()),
-        };
-        if let Err(e) = proxy_core::upstream::check_tls(tls) {
-            w.push(format!(
-                "redis.{} does not load here ({}); `latchkey run` refuses to start without it",
-                e.field, e.message
-            ));
-        }
+        let (ca, cert, key) = (&r.ca_file, &r.client_cert_file, &r.client_key_file);
+        tls_files("redis".to_owned(), ca.as_ref(), cert.as_ref(), key.as_ref());
     }
     for (i, c) in config.credentials.iter().enumerate() {
         if let Some(ca) = c.oauth2.as_ref().and_then(|o| o.ca_file.as_deref())

@@ -38,20 +38,7 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// Starts a fresh server.
     pub async fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "latchkey-redis-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).expect("redis dir");
-        let mut s = Self {
-            port: free_port(),
-            child: None,
-            dir,
-            tls: None,
-        };
-        s.spawn().await;
-        s
+        Self::start_with(None).await
     }
 
     /// Starts a fresh server that speaks only TLS, presenting `cert`/`key`
@@ -61,6 +48,15 @@ impl RedisServer {
         key: &std::path::Path,
         client_ca: &std::path::Path,
     ) -> Self {
+        Self::start_with(Some([
+            cert.to_path_buf(),
+            key.to_path_buf(),
+            client_ca.to_path_buf(),
+        ]))
+        .await
+    }
+
+    async fn start_with(tls: Option<[std::path::PathBuf; 3]>) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "latchkey-redis-{}-{}",
             std::process::id(),
@@ -71,11 +67,7 @@ impl RedisServer {
             port: free_port(),
             child: None,
             dir,
-            tls: Some([
-                cert.to_path_buf(),
-                key.to_path_buf(),
-                client_ca.to_path_buf(),
-            ]),
+            tls,
         };
         s.spawn().await;
         s

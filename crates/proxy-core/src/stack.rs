@@ -250,13 +250,11 @@ where
             ));
             continue;
         }
-        let tls = crate::upstream::UpstreamTls {
-            ca_file: rc.ca_file.as_deref(),
-            client_cert: rc
-                .client_cert_file
-                .as_deref()
-                .zip(rc.client_key_file.as_deref()),
-        };
+        let tls = crate::upstream::UpstreamTls::from_files(
+            rc.ca_file.as_deref(),
+            rc.client_cert_file.as_deref(),
+            rc.client_key_file.as_deref(),
+        );
         let pool = match upstreams.pool(tls, rc.connect_timeout, &rc.upstream) {
             Ok(c) => c,
             Err(e) => {

@@ -69,6 +69,21 @@ pub struct UpstreamTls<'a> {
     pub client_cert: Option<(&'a Path, &'a Path)>,
 }
 
+impl<'a> UpstreamTls<'a> {
+    /// From the config's optional files (a client certificate needs both
+    /// of its files).
+    pub fn from_files(
+        ca_file: Option<&'a Path>,
+        client_cert_file: Option<&'a Path>,
+        client_key_file: Option<&'a Path>,
+    ) -> Self {
+        Self {
+            ca_file,
+            client_cert: client_cert_file.zip(client_key_file),
+        }
+    }
+}
+
 /// The connector settings a pool is built with: the CA bundle (its path,
 /// for errors, and the contents read), the client certificate's files and
 /// the connect timeout.
