@@ -76,29 +76,11 @@ config() { # name audit_and_metrics(true|false)
     local port admin
     port=$(free_port)
     admin=$(free_port)
-    cat >"$TMP/$1.yaml" <<EOF
-proxy:
-  listen: 127.0.0.1:$port
-admin:
-  listen: 127.0.0.1:$admin
-audit:
-  enabled: $2
-metrics:
-  enabled: $2
-clients:
-  - id: bench
-    token: { env: BENCH_PROXY_TOKEN }
-    routes: ["*"]
-credentials:
-  - id: bench-key
-    static: { env: BENCH_API_KEY }
-routes:
-  - id: bench
-    match: { path_prefix: /bench/ }
-    upstream: http://127.0.0.1:$UPSTREAM_PORT
-    credential: bench-key
-    inject: { header: Authorization, format: "Bearer {token}" }
-EOF
+    # The config compare.sh benchmarks (one route, a static key); audit
+    # and metrics at their defaults (on) or both off.
+    python3 "$ROOT/benches/compare/latchkey_config.py" --listen "127.0.0.1:$port" \
+        --admin "127.0.0.1:$admin" --upstream "http://127.0.0.1:$UPSTREAM_PORT" \
+        $([[ $2 == false ]] && echo --no-audit) -o "$TMP/$1.yaml" >/dev/null
     echo "$port"
 }
 
