@@ -255,30 +255,18 @@ fn redis_tls(r: &RedisSettings, url: &str) -> Result<Option<RedisTls>, FieldErro
         ));
     }
     let ca_pem = match ca {
-        Some(path) => {
-            proxy_core::upstream::check_ca_file(path)
-                .map_err(|e| FieldError::new("redis.ca_file", e.0))?;
-            Some(std::fs::read(path).map_err(|e| FieldError::new("redis.ca_file", e.to_string()))?)
-        }
+        Some(path) => Some(
+            proxy_core::upstream::read_checked_ca(path)
+                .map_err(|e| FieldError::new("redis.ca_file", e.0))?
+                .to_vec(),
+        ),
         None => None,
     };
     let client = match (cert, key) {
-        (Some(cert), Some(key)) => {
-            let tls = proxy_core::upstream::UpstreamTls {
-                ca_file: None,
-                client_cert: Some((cert, key)),
-            };
-            proxy_core::upstream::check_tls(tls)
-                .map_err(|e| FieldError::new(format!("redis.{}", e.field), e.message))?;
-            let read = |p: &std::path::Path, f: &str| {
-                std::fs::read(p)
-                    .map_err(|e| FieldError::new(f, format!("cannot read {}: {e}", p.display())))
-            };
-            Some((
-                read(cert, "redis.client_cert_file")?,
-                read(key, "redis.client_key_file")?,
-            ))
-        }
+        (Some(cert), Some(key)) => Some(
+            proxy_core::upstream::read_checked_client_cert(cert, key)
+                .map_err(|e| FieldError::new(format!("redis.{}", e.field), e.message))?,
+        ),
         (Some(_), None) => {
             return Err(FieldError::new(
                 "redis.client_key_file",

@@ -69,6 +69,18 @@ pub struct UpstreamTls<'a> {
     pub client_cert: Option<(&'a Path, &'a Path)>,
 }
 
+impl From<(ClientCertField, String)> for PoolError {
+    fn from((field, message): (ClientCertField, String)) -> Self {
+        Self {
+            field: match field {
+                ClientCertField::Cert => "client_cert_file",
+                ClientCertField::Key => "client_key_file",
+            },
+            message,
+        }
+    }
+}
+
 impl<'a> UpstreamTls<'a> {
     /// From the config's optional files (a client certificate needs both
     /// of its files).
@@ -147,15 +159,7 @@ impl UpstreamClients {
         };
         // Loaded (and checked) at every config build, like the CA bundle.
         let client_cert = match tls.client_cert {
-            Some((cert, key)) => Some(Arc::new(ClientCert::load(cert, key, provider()).map_err(
-                |(field, message)| PoolError {
-                    field: match field {
-                        ClientCertField::Cert => "client_cert_file",
-                        ClientCertField::Key => "client_key_file",
-                    },
-                    message,
-                },
-            )?)),
+            Some((cert, key)) => Some(Arc::new(ClientCert::load(cert, key, provider())?)),
             None => None,
         };
         let key = (
@@ -244,8 +248,21 @@ pub fn build_h1_connector(
 /// Whether the CA bundle at `path` loads now (read and parsed as
 /// [`build_client`] would).
 pub fn check_ca_file(path: &Path) -> Result<(), ClientBuildError> {
+    read_checked_ca(path).map(|_| ())
+}
+
+/// The CA bundle at `path`, read once and checked as [`check_ca_file`]
+/// does: for a client that takes the bytes itself (Redis).
+pub fn read_checked_ca(path: &Path) -> Result<Arc<[u8]>, ClientBuildError> {
     let pem = read_ca(path)?;
-    tls_config(Some((path, &pem)), None).map(|_| ())
+    tls_config(Some((path, &pem)), None)?;
+    Ok(pem)
+}
+
+/// A client certificate pair's PEM bytes, read once and checked as
+/// [`check_tls`] does.
+pub fn read_checked_client_cert(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), PoolError> {
+    Ok(client_cert::read_checked(cert, key, &provider())?)
 }
 
 /// Whether a route's TLS files load now (as [`UpstreamClients::pool`]
@@ -258,13 +275,7 @@ pub fn check_tls(tls: UpstreamTls<'_>) -> Result<(), PoolError> {
         })?;
     }
     if let Some((cert, key)) = tls.client_cert {
-        ClientCert::load(cert, key, provider()).map_err(|(field, message)| PoolError {
-            field: match field {
-                ClientCertField::Cert => "client_cert_file",
-                ClientCertField::Key => "client_key_file",
-            },
-            message,
-        })?;
+        ClientCert::load(cert, key, provider())?;
     }
     Ok(())
 }

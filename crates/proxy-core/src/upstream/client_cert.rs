@@ -120,18 +120,51 @@ fn stamp(cert_file: &Path, key_file: &Path) -> Stamp {
     [one(cert_file), one(key_file)]
 }
 
+/// The pair's PEM bytes, read once and checked (a chain, a key that fits
+/// it): for a client that takes the bytes itself (Redis).
+pub fn read_checked(
+    cert_file: &Path,
+    key_file: &Path,
+    provider: &CryptoProvider,
+) -> Result<(Vec<u8>, Vec<u8>), (ClientCertField, String)> {
+    let (cert_pem, key_pem) = read_files(cert_file, key_file)?;
+    parse_pair(cert_file, key_file, &cert_pem, &key_pem, provider)?;
+    Ok((cert_pem, key_pem))
+}
+
+fn read_files(
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<(Vec<u8>, Vec<u8>), (ClientCertField, String)> {
+    let read = |p: &Path, f| {
+        std::fs::read(p).map_err(|e| (f, format!("cannot read {}: {e}", p.display())))
+    };
+    Ok((
+        read(cert_file, ClientCertField::Cert)?,
+        read(key_file, ClientCertField::Key)?,
+    ))
+}
+
 fn read_pair(
     cert_file: &Path,
     key_file: &Path,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, (ClientCertField, String)> {
+    let (cert_pem, key_pem) = read_files(cert_file, key_file)?;
+    parse_pair(cert_file, key_file, &cert_pem, &key_pem, provider)
+}
+
+/// `cert_pem` and `key_pem` (read from the two files, named in errors) as
+/// a key rustls can present.
+fn parse_pair(
+    cert_file: &Path,
+    key_file: &Path,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, (ClientCertField, String)> {
     use ClientCertField::{Cert, Key};
-    let read = |p: &Path, f| {
-        std::fs::read(p).map_err(|e| (f, format!("cannot read {}: {e}", p.display())))
-    };
-    let cert_pem = read(cert_file, Cert)?;
-    let key_pem = read(key_file, Key)?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| {
             (
@@ -147,7 +180,7 @@ fn read_pair(
     }
     // The PEM parser's messages name only markers and offsets, never key
     // material; a fixed message keeps that a guarantee.
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| {
         (
             Key,
             format!("{} holds no PEM private key", key_file.display()),
