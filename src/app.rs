@@ -68,6 +68,7 @@ pub async fn start_with(
     let max_header_bytes = usize::try_from(config.proxy.max_header_bytes).unwrap_or(usize::MAX);
     let header_timeout = config.proxy.client_header_timeout;
     let idle_timeout = config.proxy.client_idle_timeout;
+    let delayed_close = config.proxy.delayed_close_timeout;
     let proxy_listen = config.proxy.listen;
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
     for w in proxy_core::config::warnings(&config) {
@@ -159,6 +160,7 @@ pub async fn start_with(
             max_header_bytes,
             header_timeout,
             idle_timeout,
+            delayed_close,
         },
         tls,
     ));

@@ -56,9 +56,11 @@ use tokio_rustls::TlsAcceptor;
 
 mod conn;
 mod idle;
+mod linger;
 mod stop;
 
 use conn::ConnService;
+use linger::Lingering;
 
 /// Longest a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,6 +99,7 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let stream = Lingering::new(stream, builders.delayed_close);
                 let Some(local_addr) = local_addr else { continue };
                 let conn = ConnInfo { remote_addr, local_addr, tls: tls.is_some() };
                 // A watcher, not `graceful.watch`, because a TLS connection
@@ -177,6 +180,8 @@ struct Builders {
     /// `proxy.client_idle_timeout`, for connections served as h2 or on
     /// the auto builder (see [`idle`]).
     idle_timeout: Duration,
+    /// `proxy.delayed_close_timeout` (see [`linger`]).
+    delayed_close: Duration,
 }
 
 /// What bounds a caller's connection.
@@ -190,6 +195,9 @@ pub struct ConnLimits {
     /// Longest an h2 connection may go without a byte from its caller
     /// (`proxy.client_idle_timeout`; zero: no limit).
     pub idle_timeout: Duration,
+    /// Longest a connection the proxy closes first is drained before its
+    /// socket closes (`proxy.delayed_close_timeout`; zero: not at all).
+    pub delayed_close: Duration,
 }
 
 impl Builders {
@@ -198,6 +206,7 @@ impl Builders {
             max_header_bytes,
             header_timeout,
             idle_timeout,
+            delayed_close,
         } = limits;
         let mut auto = auto::Builder::new(TokioExecutor::new());
         let mut h1 = http1::Builder::new();
@@ -225,6 +234,7 @@ impl Builders {
             h2,
             header_timeout,
             idle_timeout,
+            delayed_close,
         }
     }
 }
@@ -301,14 +311,14 @@ async fn serve_plain(
     builders: &Builders,
     watcher: Watcher,
     shutdown: watch::Receiver<bool>,
-    stream: TcpStream,
+    stream: Lingering,
     svc: ConnService,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let sniffed = tokio::select! {
         // Bytes already there are served (the h1 path then finishes the
         // request and closes), not dropped for a stop that came with them.
         biased;
-        s = first_bytes(&stream, builders.header_timeout) => match s {
+        s = first_bytes(stream.get_ref()?, builders.header_timeout) => match s {
             Some(s) => s?,
             // Silent, or stalled inside the h2 preface: closed.
             None => return Ok(()),
@@ -493,7 +503,7 @@ async fn serve_tls(
     builders: &Builders,
     watcher: Watcher,
     shutdown: watch::Receiver<bool>,
-    stream: TcpStream,
+    stream: Lingering,
     acceptor: TlsAcceptor,
     mut svc: ConnService,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -519,9 +529,9 @@ async fn serve_tls(
 /// (logged at debug; the caller drops the connection).
 async fn handshake(
     acceptor: &TlsAcceptor,
-    stream: TcpStream,
+    stream: Lingering,
     remote_addr: std::net::SocketAddr,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+) -> Option<tokio_rustls::server::TlsStream<Lingering>> {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(s)) => Some(s),
         Ok(Err(e)) => {

@@ -363,3 +363,54 @@ async fn a_silent_http1_long_poll_without_alpn_gets_its_answer() {
     assert_eq!(resp.status(), 200);
     resp.into_body().collect().await.unwrap();
 }
+
+/// A caller still uploading when it is refused (413 for a body over
+/// `max_request_body`) reads the response and sees a clean close, not a
+/// reset: the proxy half-closes the connection and drains what still
+/// comes (`proxy.delayed_close_timeout`) instead of closing a socket the
+/// caller is writing to, which the kernel answers with a RST that can
+/// destroy the 413 before the caller reads it.
+#[tokio::test]
+async fn a_refused_upload_is_drained_not_reset() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let up = echo_upstream().await;
+    let p = start_proxy(&api_config("", &up.url(), "    max_request_body: 1KiB\n")).await;
+    let addr = p.base.trim_start_matches("http://").to_owned();
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /api/upload HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {CLIENT_TOKEN}\r\n\
+         Content-Length: 10000000\r\n\r\n"
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    with_timeout(async {
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = c.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the response head");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let got = String::from_utf8_lossy(&got).into_owned();
+    assert!(got.starts_with("HTTP/1.1 413"), "{got}");
+    // The caller goes on with its body, as one that writes it all before
+    // reading would: every write is taken.
+    let chunk = vec![b'x'; 64 << 10];
+    with_timeout(async {
+        for i in 0..64 {
+            if let Err(e) = c.write_all(&chunk).await {
+                panic!(
+                    "write {i} after the 413 failed ({e}): the connection was reset, not drained"
+                );
+            }
+        }
+    })
+    .await;
+    // Done sending: the proxy closes its side too, cleanly.
+    c.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    with_timeout(c.read_to_end(&mut rest))
+        .await
+        .expect("the connection was reset, not closed");
+}

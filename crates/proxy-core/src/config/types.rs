@@ -8,10 +8,10 @@
 use super::credentials::{CredentialConfig, FileStoreSettings, RedisSettings};
 use super::serde_util::{
     de_duration, de_duration_or_zero, de_opt_size, de_size, default_client_header_timeout,
-    default_client_idle_timeout, default_connect_timeout, default_drain, default_max_concurrent,
-    default_max_header, default_poll, default_replay_limit, default_retry_statuses,
-    default_timeout, default_true, default_tunnel_idle_timeout, default_upstream_h2_keepalive,
-    default_upstream_idle, default_upstream_max_idle, ser_duration,
+    default_client_idle_timeout, default_connect_timeout, default_delayed_close_timeout,
+    default_drain, default_max_concurrent, default_max_header, default_poll, default_replay_limit,
+    default_retry_statuses, default_timeout, default_true, default_tunnel_idle_timeout,
+    default_upstream_h2_keepalive, default_upstream_idle, default_upstream_max_idle, ser_duration,
 };
 use crate::secret::SecretRef;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -138,6 +138,17 @@ pub struct ProxySettings {
         serialize_with = "ser_duration"
     )]
     pub client_idle_timeout: Duration,
+    /// How long a caller's connection that the proxy closes first is
+    /// half-closed and drained before its socket closes, so a caller still
+    /// sending (a large upload refused with 413) reads the response
+    /// instead of a reset (default `1s`, Envoy's `delayed_close_timeout`;
+    /// `0s` turns it off).
+    #[serde(
+        default = "default_delayed_close_timeout",
+        deserialize_with = "de_duration_or_zero",
+        serialize_with = "ser_duration"
+    )]
+    pub delayed_close_timeout: Duration,
     /// What to do with a percent-encoded slash or backslash (`%2F`,
     /// `%5C`) in a request path: `keep` (the default) routes and forwards
     /// it as it is, `reject` answers 400 (see [`crate::path`]).

@@ -95,6 +95,12 @@ pub fn validate(config: &Config) -> Result<(), Vec<FieldError>> {
             "must be 0s (off) or between 1s and 24h",
         ));
     }
+    if config.proxy.delayed_close_timeout > Duration::from_secs(60) {
+        errs.push(FieldError::new(
+            "proxy.delayed_close_timeout",
+            "must be at most 60s (0s turns it off)",
+        ));
+    }
     if !(8 << 10..=16 << 20).contains(&config.proxy.max_header_bytes) {
         errs.push(FieldError::new(
             "proxy.max_header_bytes",
