@@ -171,3 +171,114 @@ async fn a_quiet_websocket_is_closed_after_the_routes_idle_timeout() {
     }
     assert!(p.stop().await);
 }
+
+/// Reads from `s` until the end of a message head (or EOF, or 5 s).
+async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// An upstream that answers every request with a 101 switching to h2c if
+/// h2c was offered, else to `answer`; it reports each request head it got.
+async fn switching_upstream(
+    answer: &'static str,
+) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use tokio::io::AsyncWriteExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let head = read_head(&mut s).await;
+                let proto = if head.to_ascii_lowercase().contains("h2c") {
+                    "h2c"
+                } else {
+                    answer
+                };
+                let _ = tx.send(head);
+                let _ = s
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {proto}\r\n\
+                             Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+                // Held open (a tunnel's upstream end) until the test ends.
+                let _ = read_head(&mut s).await;
+            });
+        }
+    });
+    (url, rx)
+}
+
+/// A WebSocket handshake through the proxy, with `upgrade` lines; the
+/// status line the caller got.
+async fn handshake(p: &TestProxy, upgrade: &str) -> String {
+    use tokio::io::AsyncWriteExt as _;
+    let addr = p.base.trim_start_matches("http://").to_owned();
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let req = format!(
+        "GET /api/ws HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {CLIENT_TOKEN}\r\n\
+         Connection: Upgrade\r\n{upgrade}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    c.write_all(req.as_bytes()).await.unwrap();
+    read_head(&mut c)
+        .await
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// h2c listed beside websocket is not offered to the upstream (an h2c
+/// upstream would switch to it, and the tunnel would carry requests that
+/// skip routing, client routes and the audit trail), and an upstream
+/// that switches to anything but websocket gets the caller a 502, never a
+/// tunnel.
+#[tokio::test]
+async fn only_websocket_is_ever_tunnelled() {
+    let api_to = |url: &str| {
+        billing_config_with(
+            "",
+            "[\"*\"]",
+            &format!(
+                "  - {{ id: api, match: {{ path_prefix: /api/ }}, upstream: \"{url}\", credential: upstream-key }}\n"
+            ),
+        )
+    };
+    let (url, mut heads) = switching_upstream("websocket").await;
+    let p = start_proxy(&api_to(&url)).await;
+    for upgrade in [
+        "Upgrade: websocket, h2c\r\n",
+        "Upgrade: h2c\r\nUpgrade: websocket\r\n",
+    ] {
+        let status = handshake(&p, upgrade).await;
+        let head = with_timeout(heads.recv())
+            .await
+            .unwrap()
+            .to_ascii_lowercase();
+        let offered: Vec<&str> = head.lines().filter(|l| l.starts_with("upgrade:")).collect();
+        assert_eq!(offered, ["upgrade: websocket"], "{upgrade:?}");
+        assert_eq!(status, "HTTP/1.1 101 Switching Protocols", "{upgrade:?}");
+    }
+    let (url, _heads) = switching_upstream("h2c").await;
+    let p = start_proxy(&api_to(&url)).await;
+    let status = handshake(&p, "Upgrade: websocket\r\n").await;
+    assert!(status.starts_with("HTTP/1.1 502"), "{status}");
+}

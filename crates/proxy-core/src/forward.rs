@@ -319,6 +319,14 @@ impl After {
         let (mut parts, body) = resp.into_parts();
         let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
+            // The upstream may only switch to what was offered: WebSocket.
+            if !is_upgrade(&parts.headers) {
+                return Err(UpstreamUnreachable {
+                    upstream: origin.to_string(),
+                    source: "upstream switched to a protocol other than websocket".into(),
+                }
+                .into());
+            }
             match client_upgrade {
                 Some(client_side) => crate::tunnel::bridge(
                     client_side,

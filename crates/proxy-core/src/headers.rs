@@ -67,9 +67,12 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 
 /// Removes hop-by-hop headers, including any named in `Connection`.
 ///
-/// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive so a
-/// WebSocket handshake reaches the upstream. `TE: trailers` survives because
-/// gRPC over HTTP/2 needs it.
+/// With `keep_upgrade` (a WebSocket handshake, [`is_upgrade`]), the
+/// message leaves with `Connection: upgrade` and `Upgrade: websocket`:
+/// only the one protocol tunnelled, whatever else the caller listed
+/// (`Upgrade: websocket, h2c` would let an h2c upstream switch to h2c and
+/// carry requests that skip routing and the audit trail). `TE: trailers`
+/// survives because gRPC over HTTP/2 needs it.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most requests carry none: one pass over the names instead of a hash
     // probe per hop-by-hop name.
@@ -84,18 +87,15 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .filter(|n| !protected(n))
         .collect();
-    let upgrade = keep_upgrade
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten();
     let te_trailers = headers
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
-    if let Some(u) = upgrade {
+    if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, u);
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -261,6 +261,27 @@ mod tests {
             let upgrade = is_upgrade(&h);
             remove_hop_by_hop(&mut h, upgrade);
             assert!(h.get("upgrade").is_none() && h.get("connection").is_none());
+        }
+    }
+
+    /// A handshake that lists another protocol beside `websocket`, on
+    /// one line or two, reaches the upstream offering `websocket` only:
+    /// an h2c upstream must not be able to switch to h2c.
+    #[test]
+    fn only_websocket_is_offered_upstream() {
+        let mut one = HeaderMap::new();
+        one.insert("connection", "Upgrade".parse().unwrap());
+        one.insert("upgrade", "websocket, h2c".parse().unwrap());
+        let mut two = HeaderMap::new();
+        two.insert("connection", "Upgrade".parse().unwrap());
+        two.append("upgrade", "h2c".parse().unwrap());
+        two.append("upgrade", "websocket".parse().unwrap());
+        for mut h in [one, two] {
+            assert!(is_upgrade(&h));
+            remove_hop_by_hop(&mut h, true);
+            let kept: Vec<_> = h.get_all("upgrade").iter().collect();
+            assert_eq!(kept, ["websocket"]);
+            assert_eq!(h["connection"], "upgrade");
         }
     }
 
