@@ -425,3 +425,41 @@ async fn upstream_401_passes_through_unchanged() {
     assert_uuid(header(&headers, "x-request-id").unwrap());
     assert_eq!(up.hit_count(), 1);
 }
+
+/// `x-latchkey-*` is latchkey's own: an upstream that sets
+/// `x-latchkey-error` (or `x-latchkey-retry`) cannot pass its answer off
+/// as one of latchkey's errors.
+#[tokio::test]
+async fn an_upstreams_own_x_latchkey_headers_do_not_reach_the_caller() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 503 Service Unavailable\r\nx-latchkey-error: credential_unavailable\r\n\
+                      x-latchkey-retry: recovered\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+        }
+    });
+    let p = start_proxy(&billing_config(
+        "[api]",
+        &format!(
+            "  - id: api
+    match: {{ path_prefix: /api/ }}
+    upstream: http://{up}
+    credential: upstream-key
+    retry: {{ enabled: false }}
+"
+        ),
+    ))
+    .await;
+    let (status, headers, _) = get_as_billing(&p, "/api/x", &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header(&headers, "x-latchkey-error"), None);
+    assert_eq!(header(&headers, "x-latchkey-retry"), None);
+}

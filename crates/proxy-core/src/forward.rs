@@ -343,7 +343,7 @@ impl After {
                 }
             }
         }
-        remove_hop_by_hop(&mut parts.headers, switching);
+        crate::headers::clean_response(&mut parts.headers, switching);
         Ok(Response::from_parts(parts, boxed(body)))
     }
 }

@@ -102,6 +102,33 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Readies an upstream's response head for the caller: hop-by-hop
+/// headers go as in [`remove_hop_by_hop`] (`switching`: a 101 to
+/// WebSocket), and so does any `x-latchkey-*` header the upstream set.
+/// That prefix is latchkey's own (`x-latchkey-error` marks the proxy's
+/// errors, `x-latchkey-retry` the 401 retry's outcome), so a caller can
+/// trust it never comes from an upstream.
+pub fn clean_response(headers: &mut HeaderMap, switching: bool) {
+    // One pass over the names, as in `remove_hop_by_hop`.
+    if !headers.keys().any(|n| is_hop_by_hop(n) || is_latchkeys(n)) {
+        return;
+    }
+    let ours: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_latchkeys(n))
+        .cloned()
+        .collect();
+    for name in &ours {
+        headers.remove(name);
+    }
+    remove_hop_by_hop(headers, switching);
+}
+
+/// Whether `name` has latchkey's own prefix, `x-latchkey-`.
+fn is_latchkeys(name: &HeaderName) -> bool {
+    name.as_str().starts_with("x-latchkey-")
+}
+
 /// Whether `name` is hop-by-hop by itself (names listed in `Connection`
 /// aside). The length test first: few common names have one of these
 /// lengths, and it spares comparing each name with all nine.
@@ -282,6 +309,29 @@ mod tests {
             let kept: Vec<_> = h.get_all("upgrade").iter().collect();
             assert_eq!(kept, ["websocket"]);
             assert_eq!(h["connection"], "upgrade");
+        }
+    }
+
+    /// An upstream's own `x-latchkey-*` headers never reach the caller,
+    /// with hop-by-hop ones or without.
+    #[test]
+    fn an_upstreams_latchkey_headers_are_removed() {
+        for hop in [false, true] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "x-latchkey-error",
+                "credential_unavailable".parse().unwrap(),
+            );
+            h.insert("x-latchkey-retry", "recovered".parse().unwrap());
+            h.insert("x-latchkey", "kept".parse().unwrap());
+            h.insert("content-type", "text/plain".parse().unwrap());
+            if hop {
+                h.insert("keep-alive", "timeout=5".parse().unwrap());
+            }
+            clean_response(&mut h, false);
+            let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+            names.sort_unstable();
+            assert_eq!(names, ["content-type", "x-latchkey"], "hop-by-hop: {hop}");
         }
     }
 
