@@ -232,3 +232,43 @@ async fn callers_proxy_token_never_reaches_the_upstream() {
     }
     assert_eq!(up.hit_count(), 2);
 }
+
+/// An upstream's trailing-slash redirect keeps the query, and with query
+/// injection the query holds the credential: the caller gets the
+/// `Location` without it.
+#[tokio::test]
+async fn a_query_credential_does_not_come_back_in_a_redirect() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let target = head.split(' ').nth(1).unwrap_or("/").to_owned();
+            let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+            let _ = s
+                .write_all(
+                    format!(
+                        "HTTP/1.1 301 Moved Permanently\r\nlocation: {path}/?{query}\r\n\
+                         content-location: {target}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    )
+                    .as_bytes(),
+                )
+                .await;
+        }
+    });
+    let p = start_proxy(&api_config(
+        "",
+        &format!("http://{up}"),
+        "    inject: { query: api_key }\n",
+    ))
+    .await;
+    let auth = bearer(CLIENT_TOKEN);
+    let (status, headers, _) =
+        get(&p.url("/api/dir?x=1"), &[("authorization", auth.as_str())]).await;
+    assert_eq!(status, 301);
+    assert_eq!(header(&headers, "location"), Some("/api/dir/?x=1"));
+    assert_eq!(header(&headers, "content-location"), Some("/api/dir?x=1"));
+}

@@ -12,6 +12,11 @@
 //!
 //! The rendered header value is cached per credential value, so the steady
 //! state costs an atomic load and a pointer comparison, not a `format!`.
+//!
+//! On a route that injects into the query, the parameter is also removed
+//! from the response's `Location` and `Content-Location` ([`Scrub`]): an
+//! upstream's redirect that keeps the query would otherwise hand the
+//! credential to the caller.
 
 use crate::config::{InjectConfig, Username};
 use crate::credential::Credential;
@@ -389,13 +394,13 @@ impl<S> Inject<S> {
     }
 }
 
-impl<S, B> Service<Request<B>> for Inject<S>
+impl<S, B, RB> Service<Request<B>> for Inject<S>
 where
-    S: Service<Request<B>, Error = BoxError>,
+    S: Service<Request<B>, Response = http::Response<RB>, Error = BoxError>,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Either<S::Future, Ready<Result<S::Response, BoxError>>>;
+    type Future = Either<Scrub<S::Future>, Ready<Result<S::Response, BoxError>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -435,9 +440,12 @@ where
             };
             crate::facts::record(&req, |f| f.credential = Some(fact));
         }
-        Either::Left(self.inner.call(req))
+        Either::Left(Scrub::new(self.inner.call(req), &self.injection))
     }
 }
+
+mod scrub;
+pub use scrub::Scrub;
 
 #[cfg(test)]
 mod tests;

@@ -181,7 +181,7 @@ async fn a_credential_that_cannot_be_injected_is_recorded_unavailable() {
         std::time::Duration::from_secs(1),
     ))
     .layer(tower::service_fn(|_: Request<()>| async {
-        Ok::<_, BoxError>(())
+        Ok::<_, BoxError>(http::Response::new(()))
     }));
     let mut req = Request::new(());
     let ctx = crate::context::RequestContext::of_mut(req.extensions_mut());
@@ -203,4 +203,40 @@ async fn a_credential_that_cannot_be_injected_is_recorded_unavailable() {
         (c.outcome, c.generation),
         (CredentialOutcome::Unavailable, None)
     );
+}
+
+/// The credential parameter leaves a redirect's `Location` (and
+/// `Content-Location`); every other byte stays, fragment included.
+#[test]
+fn the_query_credential_is_scrubbed_from_location() {
+    use super::scrub::{scrub, without_param};
+    let cases = [
+        ("/api/dir/?x=1&api_key=s3cr%26t", Some("/api/dir/?x=1")),
+        ("/dir/?api_key=s", Some("/dir/")),
+        (
+            "https://h.example/d/?a=1&api%5Fkey=s&b=2#top",
+            Some("https://h.example/d/?a=1&b=2#top"),
+        ),
+        ("/d/?api_key", Some("/d/")),
+        ("/d/?x=api_key", None),
+        ("/d/#api_key=s", None),
+        ("/d/", None),
+    ];
+    for (uri, want) in cases {
+        assert_eq!(without_param(uri, "api_key").as_deref(), want, "{uri}");
+    }
+    let mut h = http::HeaderMap::new();
+    h.insert(
+        header::LOCATION,
+        HeaderValue::from_static("/a/?api_key=s&q=1"),
+    );
+    h.insert(
+        header::CONTENT_LOCATION,
+        HeaderValue::from_static("/a?api_key=s"),
+    );
+    h.insert("link", HeaderValue::from_static("</a?q=1>"));
+    scrub(&mut h, "api_key");
+    assert_eq!(h[header::LOCATION], "/a/?q=1");
+    assert_eq!(h[header::CONTENT_LOCATION], "/a");
+    assert_eq!(h["link"], "</a?q=1>");
 }
