@@ -1,8 +1,8 @@
 //! What a caller sends that the proxy must not pass on or blame on the
 //! upstream: a malformed body (400, the caller's fault), a body that stalls
 //! while the 401 retry would read it (answered, never held for ever), an
-//! `h2c` upgrade (never a tunnel past routing and the audit trail), and an
-//! ambiguous host (400).
+//! `h2c` upgrade (never a tunnel past routing and the audit trail), an
+//! ambiguous host (400), and its proxy token sent as a trailer.
 
 #![expect(
     clippy::unwrap_used,
@@ -135,4 +135,64 @@ async fn an_ambiguous_host_is_a_bad_request() {
             assert!(resp.contains("x-latchkey-error: bad_request"), "{resp}");
         }
     }
+}
+
+/// The caller's `Authorization` and `Proxy-Authorization` are removed
+/// from its trailers as from its headers: sent as trailers of a chunked
+/// body, they do not reach an h2 upstream (which, unlike an HTTP/1.1 one,
+/// is sent trailers). Its other trailers are.
+#[tokio::test]
+async fn the_callers_token_in_a_trailer_does_not_reach_the_upstream() {
+    use http_body_util::BodyExt as _;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use std::sync::{Arc, Mutex};
+    let ca = support::TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = ca.write_ca(dir.path());
+    let acceptor = tokio_rustls::TlsAcceptor::from(ca.server_config(&["127.0.0.1"], &[b"h2"]));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let trailers: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = trailers.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let Ok(tls) = acceptor.accept(s).await else {
+                continue;
+            };
+            let seen = seen.clone();
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let collected = req.into_body().collect().await.unwrap();
+                        for (k, v) in collected.trailers().into_iter().flatten() {
+                            let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                            seen.lock().unwrap().push(format!("{k}: {v}"));
+                        }
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                        ))
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc),
+            );
+        }
+    });
+    let route_extra = format!(
+        "    ca_file: \"{}\"\n    retry: {{ enabled: false }}\n",
+        ca_path.display()
+    );
+    let p = start_proxy(&one_route(&format!("https://{up}"), &route_extra, "")).await;
+    let request = format!(
+        "POST /api/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {CLIENT_TOKEN}\r\n\
+         Transfer-Encoding: chunked\r\nTrailer: authorization, proxy-authorization, x-checksum\r\n\
+         Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\
+         authorization: Bearer {CLIENT_TOKEN}\r\nproxy-authorization: Bearer {CLIENT_TOKEN}\r\n\
+         x-checksum: abc\r\n\r\n"
+    );
+    let out = raw(addr_of(&p), request.as_bytes(), Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(*trailers.lock().unwrap(), ["x-checksum: abc"]);
 }

@@ -4,10 +4,9 @@
 use crate::build::{AppService, Proxy};
 use arc_swap::ArcSwap;
 use http::{Request, Response};
-use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
+use proxy_core::body::CallerBody;
 use proxy_core::context::{ConnInfo, PeerIdentity, RequestContext, RequestId};
-use proxy_core::error::CallerBodyError;
 use proxy_core::stack::{CallNowOrWait, call_now_or_wait};
 use proxy_core::tunnel::TunnelScope;
 use proxy_core::{ProxyBody, boxed};
@@ -55,8 +54,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = CallNowOrWait<AppService, Request<ProxyBody>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        // Its errors marked as the caller's (see `CallerBodyError`).
-        let mut req = req.map(|b| boxed(b.map_err(CallerBodyError::new)));
+        // Its errors marked as the caller's, its trailers without
+        // credential headers (see `CallerBody`).
+        let mut req = req.map(|b| boxed(CallerBody::new(b)));
         let id = RequestId::from_headers(req.headers());
         let ext = req.extensions_mut();
         let mut ctx = RequestContext::new(self.conn, id);

@@ -8,7 +8,7 @@
 //! rather than wrapping the body in a second box that holds it, saves an
 //! allocation per request.
 
-use crate::error::BoxError;
+use crate::error::{BoxError, CallerBodyError};
 use crate::limit::Slot;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -81,6 +81,60 @@ where
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A caller's request body as the proxy forwards it: its errors marked
+    /// as the caller's ([`CallerBodyError`]), and its trailers without
+    /// `Authorization` or `Proxy-Authorization`. Client auth removes those
+    /// from the request's headers; a caller could otherwise send them as
+    /// trailers (a chunked HTTP/1.1 body, or h2), and an h2 upstream would
+    /// get the caller's proxy token. Per data frame it costs one check.
+    pub struct CallerBody<B> {
+        #[pin]
+        inner: B,
+    }
+}
+
+impl<B> CallerBody<B> {
+    /// Wraps the body a caller sent.
+    pub fn new(inner: B) -> Self {
+        Self { inner }
+    }
+}
+
+impl<B> Body for CallerBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = CallerBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, CallerBodyError>>> {
+        match std::task::ready!(self.project().inner.poll_frame(cx)) {
+            Some(Ok(mut frame)) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    trailers.remove(http::header::AUTHORIZATION);
+                    trailers.remove(http::header::PROXY_AUTHORIZATION);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(CallerBodyError::new(e)))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// An empty [`ProxyBody`].
 pub fn empty() -> ProxyBody {
     boxed(http_body_util::Empty::new())
@@ -107,6 +161,26 @@ mod tests {
         assert!(body.is_end_stream());
         assert_eq!(body.size_hint().exact(), Some(0));
         assert!(ProxyBody::default().is_end_stream());
+    }
+
+    /// The caller's credential headers never leave in its trailers; its
+    /// other trailers and its data do.
+    #[tokio::test]
+    async fn a_callers_trailers_lose_their_credential_headers() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("authorization", "Bearer proxy-token".parse().unwrap());
+        trailers.insert("proxy-authorization", "Basic x".parse().unwrap());
+        trailers.insert("x-checksum", "abc".parse().unwrap());
+        let frames = [
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"hi"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        let got = boxed(CallerBody::new(body)).collect().await.unwrap();
+        let kept = got.trailers().cloned().unwrap();
+        assert_eq!(got.to_bytes(), "hi");
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept["x-checksum"], "abc");
     }
 
     #[test]
