@@ -54,6 +54,6 @@ pub mod provider;
 pub mod store;
 pub mod token;
 
-pub use cache::{RefreshError, RefreshSettings, RefreshingSource, Trigger};
+pub use cache::{Handover, RefreshError, RefreshSettings, RefreshingSource, Trigger};
 pub use layer::RefreshLayer;
 pub use proxy_core::credential::CredentialStatus;

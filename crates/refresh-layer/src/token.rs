@@ -30,8 +30,12 @@ impl fmt::Debug for Token {
 ///
 /// Times are Unix milliseconds so files and Redis values are portable across
 /// processes and hosts.
+///
+/// Unknown fields are ignored, not refused: during a rolling upgrade a newer
+/// version may store a field this one does not know, and a replica that
+/// cannot read the state would have nothing to refresh with but a spent
+/// refresh token. A known field with the wrong type is still refused.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct StoredCredential {
     /// The access token.
     pub access_token: String,
@@ -123,4 +127,24 @@ pub fn to_ms(t: SystemTime) -> u64 {
 /// Unix milliseconds to `SystemTime`.
 pub fn from_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoredCredential;
+
+    /// A state written by a newer version, with a field this one does not
+    /// know, is read (the field ignored); a known field of the wrong type
+    /// is still refused.
+    #[test]
+    fn unknown_fields_are_ignored_and_wrong_types_refused() {
+        let newer = r#"{"access_token":"a","refresh_token":"r","generation":3,"obtained_at_ms":1,"token_type":"Bearer"}"#;
+        let s: StoredCredential = serde_json::from_str(newer).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.generation, 3);
+        assert_eq!(s.refresh_token.as_deref(), Some("r"));
+        let wrong = r#"{"access_token":"a","generation":"3","obtained_at_ms":1}"#;
+        assert!(serde_json::from_str::<StoredCredential>(wrong).is_err());
+        let missing = r#"{"access_token":"a","obtained_at_ms":1}"#;
+        assert!(serde_json::from_str::<StoredCredential>(missing).is_err());
+    }
 }

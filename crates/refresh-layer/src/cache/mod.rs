@@ -20,19 +20,24 @@
 //! old value stays in memory and in the store.
 
 mod driver;
+mod error;
 mod forced;
+mod handover;
+mod persist;
 mod refresh;
 mod schedule;
 mod status;
 #[cfg(test)]
 mod tests;
 
+pub use error::RefreshError;
+pub use handover::Handover;
 pub use schedule::{backoff, refresh_at};
 
 use driver::DriverGuard;
 
-use crate::provider::{ProviderError, TokenProvider};
-use crate::store::{Store, StoreError};
+use crate::provider::TokenProvider;
+use crate::store::Store;
 use crate::token::StoredCredential;
 use arc_swap::ArcSwapOption;
 use futures_util::future::{BoxFuture, Either, FutureExt, Shared, ready};
@@ -112,96 +117,6 @@ impl Trigger {
     }
 }
 
-/// Why a refresh did not produce a token. Never contains a secret.
-#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
-pub enum RefreshError {
-    /// The provider failed.
-    #[error("{0}")]
-    Provider(ProviderError),
-    /// The store failed.
-    #[error("{0}")]
-    Store(StoreError),
-    /// The refresh task ended without a result (the runtime shut down).
-    #[error("the refresh task ended without a result")]
-    Aborted,
-    /// The refresh panicked (a bug; the panic is on standard error). It
-    /// counts as a failed attempt: the held credential stays, retries back
-    /// off.
-    #[error("the refresh failed unexpectedly (a panic; see the proxy's standard error)")]
-    Panicked,
-    /// The provider's token has already expired (less than
-    /// [`MIN_LIFETIME`] to live): a failed attempt, so retries back off
-    /// instead of fetching again at once, and the credential held is kept.
-    #[error("the provider returned a token that has already expired (expires in {} ms)", .0.as_millis())]
-    ShortLived(Duration),
-    /// The provider's access token cannot be sent (empty, or with control
-    /// characters): a failed attempt, so the credential held is kept and
-    /// retries back off, instead of a token that every request would fail
-    /// to inject until it expires.
-    #[error(
-        "the provider returned an access token that cannot be sent (empty, or with control characters)"
-    )]
-    Unusable,
-    /// Earlier attempts failed and the next is not due yet.
-    #[error("refresh failing ({attempts} attempt(s)); next attempt in {}s; last error: {last}", .retry_in.as_secs())]
-    BackingOff {
-        /// Failed attempts so far.
-        attempts: u32,
-        /// Until the next attempt.
-        retry_in: Duration,
-        /// The last error.
-        last: String,
-    },
-    /// The refresh did not finish within `refresh.timeout`.
-    #[error("refresh did not finish within {0:?}")]
-    Timeout(Duration),
-    /// The upstream rejected the token a forced refresh got, again: forced
-    /// refreshes are spaced out (see `forced.rs`); the token is kept.
-    #[error(
-        "the upstream rejected the token a forced refresh got {}s ago ({times} time(s) in a row): the credential itself is refused (check its permissions, scope or audience), not expired; next forced refresh in {}s",
-        .age.as_secs(), .retry_in.as_secs()
-    )]
-    Rejected {
-        /// Rejections in a row.
-        times: u32,
-        /// How old the rejected token was.
-        age: Duration,
-        /// Until the next forced refresh may start.
-        retry_in: Duration,
-    },
-}
-
-impl From<RefreshError> for CredentialError {
-    fn from(e: RefreshError) -> Self {
-        Self {
-            oauth_error: e.oauth_error().map(str::to_owned),
-            backing_off: matches!(
-                e,
-                RefreshError::BackingOff { .. } | RefreshError::Rejected { .. }
-            ),
-            reason: e.to_string(),
-        }
-    }
-}
-
-impl RefreshError {
-    /// How long the provider asked to wait (`Retry-After`), if it did.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Self::Provider(p) => p.retry_after(),
-            _ => None,
-        }
-    }
-
-    /// The token endpoint's `error` code, if that is what failed.
-    pub fn oauth_error(&self) -> Option<&str> {
-        match self {
-            Self::Provider(p) => p.oauth_error(),
-            _ => None,
-        }
-    }
-}
-
 /// What is served: the credential plus its schedule.
 struct Entry {
     cred: Arc<Credential>,
@@ -242,6 +157,9 @@ struct Inner {
     refreshing: AtomicBool,
     ctrl: Mutex<Ctrl>,
     wake: Notify,
+    /// A rotated state whose save failed and is being retried, with the
+    /// store lock kept meanwhile (see `persist.rs`).
+    unsaved: Mutex<Option<persist::Unsaved>>,
 }
 
 /// A credential that refreshes itself; see the module docs.
@@ -284,6 +202,19 @@ impl RefreshingSource {
         settings: RefreshSettings,
         observer: Option<Arc<dyn RefreshObserver>>,
     ) -> Self {
+        Self::build(id, provider, store, settings, observer, None)
+    }
+
+    /// Creates the source, starting from `from` (see [`Handover`]) if
+    /// given, then starts its scheduler.
+    fn build(
+        id: impl Into<Arc<str>>,
+        provider: Arc<dyn TokenProvider>,
+        store: Arc<dyn Store>,
+        settings: RefreshSettings,
+        observer: Option<Arc<dyn RefreshObserver>>,
+        from: Option<Handover>,
+    ) -> Self {
         let inner = Arc::new(Inner {
             observer,
             id: id.into(),
@@ -295,7 +226,11 @@ impl RefreshingSource {
             refreshing: AtomicBool::new(false),
             ctrl: Mutex::new(Ctrl::default()),
             wake: Notify::new(),
+            unsaved: Mutex::new(None),
         });
+        if let Some(from) = from {
+            inner.start_from(from);
+        }
         let driver = driver::spawn(inner.clone());
         Self {
             inner,

@@ -16,10 +16,19 @@
 //! the credential it holds until expiry, so replicas never fork a refresh
 //! token.
 //!
+//! When the store holds a state this process cannot read (sealed with a key
+//! not in its keyring, or not a credential), a rotating credential does not
+//! refresh at all: the live refresh token is in that state, and the one in
+//! memory or the config's seed may be spent. A non-rotating one refreshes
+//! locally. Neither overwrites what it cannot read.
+//!
+//! A rotated state whose save fails is saved again in the background until
+//! it is saved (`persist.rs`).
+//!
 //! A failure writes nothing.
 
-use super::{Entry, Inner, MIN_LIFETIME, RefreshError, Trigger, refresh_at};
-use crate::store::StoreError;
+use super::{Entry, Inner, MIN_LIFETIME, RefreshError, Trigger, persist, refresh_at};
+use crate::store::{StoreError, StoreLock};
 use crate::token::{StoredCredential, clamp_lifetime};
 use proxy_core::Credential;
 use secrecy::{ExposeSecret, SecretString};
@@ -34,23 +43,63 @@ pub(super) async fn run(
     trigger: Trigger,
     invalidated: Option<u64>,
 ) -> Result<(Arc<Credential>, bool), RefreshError> {
-    let mut lock = match inner.store.lock(&inner.id).await {
-        Ok(l) => Some(l),
-        // A shared store that is down must not stop a grant that can be
-        // repeated safely; a rotating refresh token must never be used
-        // outside the lock (two replicas would fork it).
-        Err(StoreError::Unavailable(e)) if !inner.provider.rotates() => {
-            tracing::warn!(credential = %inner.id, error = %e, "store unavailable; refreshing this non-rotating credential locally");
-            None
-        }
-        Err(e) => return Err(RefreshError::Store(e)),
+    // A rotated state still waiting to be saved holds this credential's
+    // lock: this refresh takes it over (see `persist.rs`), and hands the
+    // retries back if it leaves that state in place.
+    let (unsaved_gen, mut lock) = match inner.take_unsaved() {
+        Some((generation, held)) => (Some(generation), held),
+        None => (None, None),
     };
+    let result = attempt(inner, trigger, invalidated, &mut lock).await;
+    if let Some(generation) = unsaved_gen {
+        persist::resume(inner, generation, lock);
+    }
+    result
+}
+
+/// One refresh; `lock` is the store lock when already held (taken over
+/// from a pending save), and is taken here otherwise.
+async fn attempt(
+    inner: &Arc<Inner>,
+    trigger: Trigger,
+    invalidated: Option<u64>,
+    lock: &mut Option<StoreLock>,
+) -> Result<(Arc<Credential>, bool), RefreshError> {
+    if lock.is_none() {
+        match inner.store.lock(&inner.id).await {
+            Ok(l) => *lock = Some(l),
+            // A shared store that cannot serve must not stop a grant that
+            // can be repeated safely; a rotating refresh token must never
+            // be used outside the lock (two replicas would fork it).
+            Err(StoreError::Unavailable(e)) if !inner.provider.rotates() => {
+                tracing::warn!(credential = %inner.id, error = %e, "store unavailable; refreshing this non-rotating credential locally");
+            }
+            Err(e) => return Err(RefreshError::Store(e)),
+        }
+    }
     let ours = inner.current.load_full();
     let our_gen = ours.as_ref().map_or(0, |e| e.cred.generation);
+    // Set when the store holds a state this process cannot read: it is
+    // never overwritten (it may hold the only live refresh token).
+    let mut unreadable = false;
     let stored = match inner.store.load(&inner.id).await {
         Ok(s) => s,
+        // The live refresh token is in that state (the seed and the one in
+        // memory are spent once another holder rotated): sending either
+        // would be an `invalid_grant`, and a replay to an IdP that revokes
+        // the token family. Fail instead: the token held is served until
+        // it expires, and retries back off.
+        Err(e @ StoreError::Corrupt { .. }) if inner.provider.rotates() => {
+            tracing::error!(credential = %inner.id, error = %e, "stored credential unreadable; not refreshing with a refresh token that may be spent");
+            return Err(RefreshError::StoreUnreadable {
+                credential: inner.id.to_string(),
+                cause: e,
+            });
+        }
+        // Nothing to fork: refresh locally, and leave the state alone.
         Err(e @ StoreError::Corrupt { .. }) => {
-            tracing::error!(credential = %inner.id, error = %e, "stored credential unreadable; refreshing from what this process holds");
+            tracing::error!(credential = %inner.id, error = %e, "stored credential unreadable; refreshing this non-rotating credential locally, without overwriting it");
+            unreadable = true;
             None
         }
         Err(StoreError::Unavailable(_)) if lock.is_none() => None,
@@ -83,36 +132,13 @@ pub(super) async fn run(
                 base_gen.max(our_gen) + 1,
                 SystemTime::now(),
             );
-            let saved = match inner.store.save(&inner.id, &state).await {
-                Ok(()) => true,
-                // Someone wrote a newer generation while we refreshed (we
-                // lost the lease): theirs wins, ours is dropped.
-                Err(StoreError::Conflict { stored }) => match inner.store.load(&inner.id).await {
-                    Ok(Some(s)) if s.generation >= stored && sendable(&s.access_token) => {
-                        tracing::warn!(credential = %inner.id, generation = s.generation, "a newer credential was stored while refreshing; adopting it");
-                        return Ok((publish(inner, s.clone(), remaining(&s)), true));
-                    }
-                    other => {
-                        let found = match &other {
-                            Ok(Some(s)) => format!("generation {}", s.generation),
-                            Ok(None) => "nothing".to_owned(),
-                            Err(e) => e.to_string(),
-                        };
-                        tracing::warn!(credential = %inner.id, stored, found = %found, "the store refused the refreshed credential (it holds a newer generation) and reading it back failed; serving the refreshed one from memory");
-                        false
-                    }
-                },
-                // The endpoint already consumed the old refresh token, so the
-                // new one must be used even though it is only in memory now.
-                // A rotated one is saved again in the background, under the
-                // lock still held (other holders wait rather than send the
-                // consumed token); else the next refresh saves again.
-                Err(e) => {
-                    tracing::error!(credential = %inner.id, error = %e, "could not persist the refreshed credential; keeping it in memory");
-                    if inner.provider.rotates() && lock.is_some() {
-                        tokio::spawn(save_again(inner.clone(), state.clone(), lock.take()));
-                    }
-                    false
+            let saved = if unreadable {
+                false
+            } else {
+                match save(inner, &state, lock).await {
+                    Saved::Yes => true,
+                    Saved::No => false,
+                    Saved::Adopted(cred) => return Ok((cred, true)),
                 }
             };
             if !sendable(token.access_token.expose_secret()) {
@@ -151,41 +177,50 @@ pub(super) async fn run(
     }
 }
 
-/// Delays between the attempts of [`save_again`]: ~30 s in all.
-const SAVE_AGAIN: [Duration; 6] = [
-    Duration::from_millis(500),
-    Duration::from_secs(1),
-    Duration::from_secs(2),
-    Duration::from_secs(4),
-    Duration::from_secs(8),
-    Duration::from_secs(16),
-];
+/// What became of the save of a refreshed state.
+enum Saved {
+    Yes,
+    /// Kept in memory only (and saved again in the background if rotated).
+    No,
+    /// A newer stored state is served instead.
+    Adopted(Arc<Credential>),
+}
 
-/// Saves a rotated credential whose save failed, a few more times, holding
-/// the store's `lock` meanwhile: until it is saved, the refresh token other
-/// holders could read is one the endpoint has consumed, and this process
-/// is the only one holding the new one (a crash would lose it). Stops at
-/// once if something newer was stored.
-async fn save_again(
-    inner: Arc<Inner>,
-    state: StoredCredential,
-    lock: Option<crate::store::StoreLock>,
-) {
-    for (i, delay) in SAVE_AGAIN.into_iter().enumerate() {
-        tokio::time::sleep(delay).await;
-        match inner.store.save(&inner.id, &state).await {
-            Ok(()) => {
-                tracing::info!(credential = %inner.id, generation = state.generation, attempt = i + 2, "the rotated credential is persisted");
-                return;
+/// Saves the refreshed `state`; see [`Saved`].
+async fn save(inner: &Arc<Inner>, state: &StoredCredential, lock: &mut Option<StoreLock>) -> Saved {
+    match inner.store.save(&inner.id, state).await {
+        Ok(()) => Saved::Yes,
+        // Someone wrote a newer generation while we refreshed (we
+        // lost the lease): theirs wins, ours is dropped.
+        Err(StoreError::Conflict { stored }) => match inner.store.load(&inner.id).await {
+            Ok(Some(s)) if s.generation >= stored && sendable(&s.access_token) => {
+                tracing::warn!(credential = %inner.id, generation = s.generation, "a newer credential was stored while refreshing; adopting it");
+                Saved::Adopted(publish(inner, s.clone(), remaining(&s)))
             }
-            Err(StoreError::Conflict { .. }) => return,
-            Err(e) => {
-                tracing::debug!(credential = %inner.id, error = %e, attempt = i + 2, "saving the rotated credential failed again");
+            other => {
+                let found = match &other {
+                    Ok(Some(s)) => format!("generation {}", s.generation),
+                    Ok(None) => "nothing".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                tracing::warn!(credential = %inner.id, stored, found = %found, "the store refused the refreshed credential (it holds a newer generation) and reading it back failed; serving the refreshed one from memory");
+                Saved::No
             }
+        },
+        // The endpoint already consumed the old refresh token, so the
+        // new one must be used even though it is only in memory now.
+        // A rotated one is saved again in the background until it
+        // is saved, under the lock still held (other holders wait
+        // rather than send the consumed token); else the next
+        // refresh saves again.
+        Err(e) => {
+            tracing::error!(credential = %inner.id, error = %e, "could not persist the refreshed credential; keeping it in memory");
+            if inner.provider.rotates() {
+                persist::spawn(inner.clone(), state.clone(), lock.take(), &e);
+            }
+            Saved::No
         }
     }
-    drop(lock);
-    tracing::error!(credential = %inner.id, generation = state.generation, "the rotated refresh token could not be persisted; it lives only in this process until its next refresh saves it");
 }
 
 /// Whether `token` can be sent at all: not empty, no control characters
@@ -197,7 +232,11 @@ pub(super) fn sendable(token: &str) -> bool {
 }
 
 /// Makes `state` the served credential.
-fn publish(inner: &Inner, state: StoredCredential, lifetime: Option<Duration>) -> Arc<Credential> {
+pub(super) fn publish(
+    inner: &Inner,
+    state: StoredCredential,
+    lifetime: Option<Duration>,
+) -> Arc<Credential> {
     let now = Instant::now();
     let lifetime = lifetime.map(clamp_lifetime);
     let cred = Arc::new(Credential::new(
@@ -228,7 +267,12 @@ fn publish(inner: &Inner, state: StoredCredential, lifetime: Option<Duration>) -
 /// held if that is still valid; else `state`'s own is served if
 /// `servable`, or none (an entry already expired: requests wait for the
 /// next refresh, which starts from `state`).
-fn keep_state(inner: &Inner, state: StoredCredential, lifetime: Option<Duration>, servable: bool) {
+pub(super) fn keep_state(
+    inner: &Inner,
+    state: StoredCredential,
+    lifetime: Option<Duration>,
+    servable: bool,
+) {
     let now = Instant::now();
     match inner.current.load_full() {
         Some(held) if held.valid_at(now) => {
@@ -259,7 +303,7 @@ fn keep_state(inner: &Inner, state: StoredCredential, lifetime: Option<Duration>
     }
 }
 
-fn remaining(s: &StoredCredential) -> Option<Duration> {
+pub(super) fn remaining(s: &StoredCredential) -> Option<Duration> {
     s.expires_at().map(|e| {
         e.duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO)

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::provider::{ProviderError, TokenProvider};
-use crate::store::MemoryStore;
+use crate::store::{MemoryStore, StoreError};
 use crate::token::Token;
 use secrecy::SecretString;
 use std::sync::atomic::AtomicUsize;
@@ -494,6 +494,7 @@ async fn an_unsaved_expired_token_does_not_replace_a_valid_one() {
 
 mod adoption;
 mod forced;
+mod handover;
 mod persist;
 mod retry_after;
 mod unusable;

@@ -25,10 +25,11 @@ use std::fmt;
 /// Why a store operation failed. Never contains a secret.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
-    /// The stored state exists but cannot be parsed. It is kept untouched.
-    #[error(
-        "stored state {path} is unreadable ({problem}); it is kept and will only be replaced by a valid credential"
-    )]
+    /// The stored state exists but cannot be read (not decryptable with this
+    /// process's keys, or not a credential). It is left untouched: nothing
+    /// overwrites a state it cannot read, since that state may hold the only
+    /// live refresh token.
+    #[error("stored state {path} is unreadable ({problem}); it is left untouched")]
     Corrupt {
         /// Where it is.
         path: String,
@@ -41,7 +42,8 @@ pub enum StoreError {
         /// The stored generation.
         stored: u64,
     },
-    /// The store cannot be reached (Redis down).
+    /// The store cannot serve now: Redis down, or up and refusing (a
+    /// read-only replica after a failover, out of memory, loading, ...).
     #[error("store unavailable: {0}")]
     Unavailable(String),
     /// An I/O or connection failure.

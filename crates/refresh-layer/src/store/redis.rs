@@ -197,16 +197,17 @@ impl Inner {
                 if e.is_io_error()
                     || e.is_connection_dropped()
                     || e.is_connection_refusal()
-                    || e.is_timeout() =>
+                    || e.is_timeout()
+                    || refuses_for_now(&e) =>
             {
                 Err(StoreError::Unavailable(format!(
-                    "redis {op}: {:?}",
-                    e.kind()
+                    "redis {op}: {}",
+                    describe(&e)
                 )))
             }
             Ok(Err(e)) => Err(StoreError::Io {
                 op,
-                problem: format!("redis error {:?}", e.kind()),
+                problem: format!("redis error {}", describe(&e)),
             }),
             Err(_) => Err(StoreError::Unavailable(format!(
                 "redis {op}: no answer within {:?}",
@@ -219,6 +220,50 @@ impl Inner {
         };
         self.health.end(seq, health);
         result
+    }
+}
+
+/// Whether Redis answered but cannot serve this now: a read-only replica
+/// after a failover, out of memory under `noeviction`, loading its data,
+/// a cluster or master down, a busy script, writes refused for lack of
+/// replicas or a failing disk, or the ACL denying the command. For the
+/// refresh these are the same as Redis being down (a non-rotating
+/// credential refreshes locally; a rotating one waits), and the store's
+/// health says so. Protocol and type errors stay what they are (a bug,
+/// not an outage).
+fn refuses_for_now(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    match e.kind() {
+        ErrorKind::Server(
+            ServerErrorKind::ReadOnly
+            | ServerErrorKind::BusyLoading
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::NoPerm,
+        ) => true,
+        ErrorKind::AuthenticationFailed
+        | ErrorKind::ClusterConnectionNotFound
+        | ErrorKind::MasterNameNotFoundBySentinel
+        | ErrorKind::NoValidReplicasFoundBySentinel => true,
+        // Server errors the client library has no kind for: matched on
+        // Redis's error code (the first word of the reply, part of the
+        // protocol), never on the message.
+        ErrorKind::Extension => matches!(
+            e.code(),
+            Some("OOM" | "BUSY" | "MISCONF" | "NOREPLICAS" | "NOAUTH" | "WRONGPASS")
+        ),
+        _ => false,
+    }
+}
+
+/// The error's kind, and Redis's error code when Redis answered one
+/// (`READONLY`, `OOM`, ...). Never the message: it may echo a key or an
+/// argument.
+fn describe(e: &redis::RedisError) -> String {
+    match e.code() {
+        Some(code) => format!("{:?} (Redis answered {code})", e.kind()),
+        None => format!("{:?}", e.kind()),
     }
 }
 
@@ -508,20 +553,4 @@ async fn renew_lease(store: RedisStore, lock_key: String, token: String, lease_m
 }
 
 #[cfg(test)]
-mod tests {
-    use super::Health;
-
-    /// The command started last decides, whatever order they end in.
-    #[test]
-    fn health_is_the_outcome_of_the_command_started_last() {
-        let h = Health::default();
-        let release = h.begin();
-        let lock = h.begin();
-        h.end(lock, Err("redis lock: refused".into()));
-        h.end(release, Ok(()));
-        assert_eq!(h.get(), Err("redis lock: refused".into()));
-        let next = h.begin();
-        h.end(next, Ok(()));
-        assert_eq!(h.get(), Ok(()));
-    }
-}
+mod tests;

@@ -37,7 +37,14 @@ impl Store for Flaky {
         if down {
             return Box::pin(async { Err(StoreError::Unavailable("down".into())) });
         }
-        self.inner.save(id, state)
+        // Compare-and-set on the generation, as a shared store does.
+        Box::pin(async move {
+            let stored = self.inner.load(id).await?.map_or(0, |s| s.generation);
+            if state.generation <= stored {
+                return Err(StoreError::Conflict { stored });
+            }
+            self.inner.save(id, state).await
+        })
     }
 }
 
@@ -113,22 +120,159 @@ async fn a_failed_save_of_a_rotated_token_is_retried_under_the_lock() {
     );
 }
 
-/// A store that stays down: the lock is released after the last attempt
-/// (~30 s), and the credential keeps working from memory.
+/// A store down for longer than any fixed number of attempts: the save is
+/// tried again (at most 2 s apart) until it works, holding the
+/// lock all along, so no other holder reads the spent refresh token; the
+/// status says the rotated token is held only here meanwhile.
 #[tokio::test(start_paused = true)]
-async fn a_store_that_stays_down_releases_the_lock_after_the_last_attempt() {
-    let (store, src) = rotating_on_flaky(usize::MAX);
+async fn a_rotated_token_is_saved_however_long_the_store_is_down() {
+    // 40 failed saves take at least 0.25 + 0.5 + 38 x 1 s, at most
+    // 0.5 + 1 + 38 x 2 s: well past the ~31 s of a fixed schedule.
+    let (store, src) = rotating_on_flaky(40);
     assert_eq!(token(&src).await, "tok-1");
-    tokio::time::sleep(S(32)).await;
-    assert_eq!(
-        store.saves.load(Ordering::SeqCst),
-        7,
-        "one save and six more"
-    );
+    tokio::time::sleep(S(35)).await;
+    assert_eq!(store.inner.load("crm").await.unwrap(), None);
     assert!(
         tokio::time::timeout(Duration::from_millis(100), store.lock("crm"))
             .await
-            .is_ok()
+            .is_err(),
+        "the lock is still held while the rotated token is unsaved"
+    );
+    let last = src.status().last_error.unwrap_or_default();
+    assert!(
+        last.contains("credential crm") && last.contains("held only in this process"),
+        "{last}"
+    );
+    assert!(!last.contains("rt-1"), "{last}");
+    tokio::time::sleep(S(60)).await;
+    assert_eq!(store.saves.load(Ordering::SeqCst), 41, "saved at the 41st");
+    let saved = store.inner.load("crm").await.unwrap().unwrap();
+    assert_eq!(saved.refresh_token.as_deref(), Some("rt-1"));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), store.lock("crm"))
+            .await
+            .is_ok(),
+        "released once saved"
+    );
+    // Nothing more is tried once saved.
+    tokio::time::sleep(S(60)).await;
+    assert_eq!(store.saves.load(Ordering::SeqCst), 41);
+    assert_eq!(token(&src).await, "tok-1");
+}
+
+/// While the rotated token waits to be saved, the credential's own next
+/// refresh takes the lock over (it would otherwise wait on its own lock)
+/// and starts from the unsaved state; the newer state is then the one
+/// saved, and the older one is not tried any more.
+#[tokio::test(start_paused = true)]
+async fn a_refresh_while_the_save_is_retried_takes_the_lock_over() {
+    let (store, src) = rotating_on_flaky(usize::MAX);
+    assert_eq!(token(&src).await, "tok-1");
+    tokio::time::sleep(S(5)).await;
+    let st = src.refresh_now().await.unwrap();
+    assert_eq!(st.generation, 2);
+    assert_eq!(token(&src).await, "tok-2");
+    store.failing.store(0, Ordering::SeqCst);
+    tokio::time::sleep(S(30)).await;
+    let saved = store.inner.load("crm").await.unwrap().unwrap();
+    assert_eq!(saved.generation, 2);
+    assert_eq!(saved.refresh_token.as_deref(), Some("rt-2"));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), store.lock("crm"))
+            .await
+            .is_ok(),
+        "released once saved"
+    );
+}
+
+/// A newer generation stored meanwhile (the store refuses the save as a
+/// conflict) ends the retries, and the stored credential is adopted.
+#[tokio::test(start_paused = true)]
+async fn a_newer_stored_generation_ends_the_retries_and_is_adopted() {
+    let (store, src) = rotating_on_flaky(usize::MAX);
+    assert_eq!(token(&src).await, "tok-1");
+    let newer = StoredCredential {
+        access_token: "theirs".into(),
+        expires_at_ms: Some(crate::token::to_ms(SystemTime::now() + S(3600))),
+        refresh_token: Some("rt-theirs".into()),
+        generation: 5,
+        obtained_at_ms: crate::token::to_ms(SystemTime::now()),
+    };
+    store.inner.save("crm", &newer).await.unwrap();
+    store.failing.store(0, Ordering::SeqCst);
+    tokio::time::sleep(S(30)).await;
+    assert_eq!(token(&src).await, "theirs");
+    let saves = store.saves.load(Ordering::SeqCst);
+    tokio::time::sleep(S(60)).await;
+    assert_eq!(store.saves.load(Ordering::SeqCst), saves, "no more retries");
+    assert_eq!(store.inner.load("crm").await.unwrap().unwrap(), newer);
+}
+
+/// Rotates, or fails (without consuming anything) while `failing`.
+#[derive(Debug, Default)]
+pub(super) struct RotatingOrFailing {
+    pub(super) calls: AtomicUsize,
+    pub(super) failing: AtomicBool,
+}
+
+impl TokenProvider for RotatingOrFailing {
+    fn kind(&self) -> &'static str {
+        "rotating"
+    }
+    fn rotates(&self) -> bool {
+        true
+    }
+    fn fetch<'a>(
+        &'a self,
+        _: Option<&'a StoredCredential>,
+    ) -> BoxFuture<'a, Result<Token, ProviderError>> {
+        let failing = self.failing.load(Ordering::SeqCst);
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        Box::pin(async move {
+            if failing {
+                return Err(ProviderError::Http { status: 503 });
+            }
+            Ok(Token {
+                access_token: SecretString::from(format!("tok-{n}")),
+                expires_in: Some(S(3600)),
+                refresh_token: Some(SecretString::from(format!("rt-{n}"))),
+            })
+        })
+    }
+}
+
+/// A refresh that takes the retries over and then fails leaves the unsaved
+/// rotated state in place: its retries resume, under the same lock, and
+/// it is saved once the store is back.
+#[tokio::test(start_paused = true)]
+async fn a_failed_refresh_hands_the_unsaved_state_back_to_its_retries() {
+    let store = Arc::new(Flaky {
+        inner: MemoryStore::new(),
+        failing: AtomicUsize::new(usize::MAX),
+        saves: AtomicUsize::new(0),
+    });
+    let p = Arc::new(RotatingOrFailing::default());
+    let src = RefreshingSource::new("crm", p.clone(), store.clone(), RefreshSettings::default());
+    assert_eq!(token(&src).await, "tok-1");
+    tokio::time::sleep(S(2)).await;
+    p.failing.store(true, Ordering::SeqCst);
+    assert!(src.refresh_now().await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), store.lock("crm"))
+            .await
+            .is_err(),
+        "the lock is held again by the retries"
+    );
+    store.failing.store(0, Ordering::SeqCst);
+    tokio::time::sleep(S(30)).await;
+    let saved = store.inner.load("crm").await.unwrap().unwrap();
+    assert_eq!(saved.generation, 1);
+    assert_eq!(saved.refresh_token.as_deref(), Some("rt-1"));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), store.lock("crm"))
+            .await
+            .is_ok(),
+        "released once saved"
     );
     assert_eq!(token(&src).await, "tok-1");
 }
