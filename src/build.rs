@@ -25,7 +25,7 @@ use refresh_layer::store::crypto::Keyring;
 use refresh_layer::store::{
     FileStore, MemoryStore, RedisStore, RedisStoreSettings, RedisTls, Store,
 };
-use refresh_layer::{RefreshSettings, RefreshingSource};
+use refresh_layer::{Handover, RefreshSettings, RefreshingSource};
 use retry401_layer::{Retry401Layer, RetryPolicy};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -152,13 +152,23 @@ pub fn credential_sources_with(
                     memory.scoped(&c.id)
                 }
             };
-            Arc::new(RefreshingSource::with_observer(
-                c.id.as_str(),
-                provider,
-                store,
-                RefreshSettings::from(&c.refresh),
-                observer.clone(),
-            ))
+            let settings = RefreshSettings::from(&c.refresh);
+            let id = c.id.as_str();
+            let observer = observer.clone();
+            // A file or Redis credential rebuilt for a changed store
+            // section starts from what the old source held: the store may
+            // be unreadable now (Redis down during the reload, a new
+            // keyring), and a rotated token whose save failed lives only
+            // there.
+            let handover = (c.store != StoreKind::Memory)
+                .then(|| held_by_previous(previous, c))
+                .flatten();
+            Arc::new(match handover {
+                Some(h) => {
+                    RefreshingSource::with_handover(id, provider, store, settings, observer, h)
+                }
+                None => RefreshingSource::with_observer(id, provider, store, settings, observer),
+            })
         };
         out.insert(c.id.clone(), source);
     }
@@ -181,6 +191,23 @@ fn same_provider(previous: Option<&Proxy>, c: &CredentialConfig) -> bool {
                 && o.file == c.file
                 && o.static_ == c.static_
         })
+}
+
+/// What `previous`'s source of `c` holds, if `c`'s provider is the same
+/// (same endpoint, client and seed: the state is only meaningful to it).
+fn held_by_previous(previous: Option<&Proxy>, c: &CredentialConfig) -> Option<Handover> {
+    let previous = previous?;
+    let old = previous.config.credentials.iter().find(|o| o.id == c.id)?;
+    if old.oauth2 != c.oauth2 || old.exec != c.exec || old.file != c.file {
+        return None;
+    }
+    previous
+        .credentials
+        .iter()
+        .find(|s| s.id() == c.id)?
+        .as_any()?
+        .downcast_ref::<RefreshingSource>()?
+        .handover()
 }
 
 /// The previous source of `c` if nothing that shapes it changed: its own

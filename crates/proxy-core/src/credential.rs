@@ -189,6 +189,13 @@ pub trait CredentialSource: fmt::Debug + Send + Sync + 'static {
     fn generation(&self) -> Option<u64> {
         Some(self.status().generation).filter(|g| *g > 0)
     }
+
+    /// The source as `Any`, for the code that built it to reach its
+    /// concrete type (a reload handing a refreshing source's state to the
+    /// source that replaces it). `None` by default.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 /// Which credential a request carried: handed to inject with the value (in

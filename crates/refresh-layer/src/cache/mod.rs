@@ -268,6 +268,10 @@ impl CredentialSource for RefreshingSource {
         &self.inner.id
     }
 
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn kind(&self) -> &'static str {
         self.inner.provider.kind()
     }
