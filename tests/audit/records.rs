@@ -326,6 +326,38 @@ async fn no_route() {
     );
 }
 
+/// `TRACE` is refused before routing (its answer would echo the injected
+/// credential): 405, never forwarded.
+#[tokio::test]
+async fn method_not_allowed() {
+    let up = echo_upstream().await;
+    let (p, sink) = start(&setup("mn", "[mn]", "", &route("mn", &up.url(), ""))).await;
+    let req = Request::builder()
+        .method("TRACE")
+        .uri(p.url("/mn/x?q=1"))
+        .header("authorization", bearer(CLIENT_TOKEN))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, headers, _) = send(req).await;
+    assert_eq!(status, 405);
+    assert_eq!(headers["x-latchkey-error"], "method_not_allowed");
+    assert!(headers.contains_key("allow"));
+    assert_eq!(
+        norm(only_request(&sink)),
+        expected(
+            "TRACE",
+            "/mn/x",
+            "reject",
+            405,
+            json!({
+                "client": "billing", "rejected_by": "router", "denial_source": "local",
+                "reason": "method_not_allowed",
+            })
+        )
+    );
+    assert_eq!(up.hit_count(), 0);
+}
+
 #[tokio::test]
 async fn body_too_large() {
     let up = echo_upstream().await;

@@ -82,6 +82,8 @@ pub enum Reason {
     BodyTooLarge,
     /// The request could not be forwarded as sent.
     BadRequest,
+    /// The method is never forwarded (`TRACE`).
+    MethodNotAllowed,
     /// A bug or unexpected failure inside the proxy.
     InternalError,
     /// The upstream answered another 4xx or 5xx.
@@ -252,6 +254,7 @@ impl Reason {
             Self::NoRoute => "no_route",
             Self::BodyTooLarge => "body_too_large",
             Self::BadRequest => "bad_request",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::InternalError => "internal_error",
             Self::UpstreamError => "upstream_error",
             Self::Overloaded => "overloaded",
@@ -266,6 +269,7 @@ impl Reason {
             ErrorCode::NoRoute => Self::NoRoute,
             ErrorCode::BodyTooLarge => Self::BodyTooLarge,
             ErrorCode::BadRequest => Self::BadRequest,
+            ErrorCode::MethodNotAllowed => Self::MethodNotAllowed,
             ErrorCode::UpstreamUnreachable => Self::UpstreamUnreachable,
             ErrorCode::CredentialUnavailable => Self::CredentialUnavailable,
             ErrorCode::UpstreamTimeout => Self::UpstreamTimeout,

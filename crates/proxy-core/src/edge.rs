@@ -161,6 +161,14 @@ pub fn json_error(
     if code == ErrorCode::Overloaded {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
+    // RFC 9110 15.5.6: a 405 lists the methods allowed. The upstream
+    // decides among the others; `TRACE` is the one never forwarded.
+    if code == ErrorCode::MethodNotAllowed {
+        h.insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+    }
     if code == ErrorCode::ClientUnauthenticated {
         h.insert(
             header::WWW_AUTHENTICATE,

@@ -25,6 +25,8 @@ pub enum ErrorCode {
     BodyTooLarge,
     /// The request is malformed (400).
     BadRequest,
+    /// The method is never forwarded: `TRACE` (405).
+    MethodNotAllowed,
     /// The upstream could not be reached, or its TLS handshake failed (502).
     UpstreamUnreachable,
     /// No usable credential could be obtained for the route (503).
@@ -46,6 +48,7 @@ impl ErrorCode {
             Self::NoRoute => "no_route",
             Self::BodyTooLarge => "body_too_large",
             Self::BadRequest => "bad_request",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::UpstreamUnreachable => "upstream_unreachable",
             Self::CredentialUnavailable => "credential_unavailable",
             Self::Overloaded => "overloaded",
@@ -62,6 +65,7 @@ impl ErrorCode {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             Self::CredentialUnavailable | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -127,6 +131,15 @@ pub struct BodyTooLarge {
 #[derive(Debug, thiserror::Error)]
 #[error("bad request: {0}")]
 pub struct BadRequest(pub String);
+
+/// The request's method is never forwarded: `TRACE`, whose answer is the
+/// request as the upstream received it, injected credential included
+/// (nginx answers it with 405 too).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{0} is not forwarded: an upstream answering it would echo the request, with the injected credential, back to the caller"
+)]
+pub struct MethodNotAllowed(pub http::Method);
 
 /// The caller's request body failed while it was read (a malformed chunk,
 /// the caller gone mid-body): the listener wraps the inbound body's errors
@@ -214,6 +227,9 @@ pub fn classify(err: &(dyn StdError + 'static)) -> ErrorCode {
         }
         if e.is::<BadRequest>() {
             return ErrorCode::BadRequest;
+        }
+        if e.is::<MethodNotAllowed>() {
+            return ErrorCode::MethodNotAllowed;
         }
         if e.is::<CredentialUnavailable>() {
             return ErrorCode::CredentialUnavailable;

@@ -297,7 +297,8 @@ impl Acc {
                 | "client_forbidden"
                 | "no_route"
                 | "body_too_large"
-                | "bad_request"),
+                | "bad_request"
+                | "method_not_allowed"),
             ) => {
                 ev.categories.caller += 1;
                 let minute = ts
