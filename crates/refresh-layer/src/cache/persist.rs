@@ -19,7 +19,9 @@
 //!   (a rotating credential must still refresh before its token expires,
 //!   and waiting on its own lock would never end) and starts from the
 //!   unsaved state; if that refresh produces nothing newer, the retries
-//!   resume ([`resume`]).
+//!   resume ([`resume`]);
+//! - the source is dropped (a reload replaced it, and handed the unsaved
+//!   state to the source that replaces it, or removed it).
 //!
 //! While it is unsaved, the credential's `last_error` says so.
 
@@ -27,7 +29,7 @@ use super::refresh::{publish, remaining, sendable};
 use super::{Inner, backoff};
 use crate::store::{StoreError, StoreLock};
 use crate::token::StoredCredential;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 /// The first delay between two saves.
@@ -102,7 +104,7 @@ pub(super) fn spawn(
         generation: state.generation,
         lock,
     });
-    tokio::spawn(save_until_saved(inner, state));
+    tokio::spawn(save_until_saved(Arc::downgrade(&inner), state));
 }
 
 /// After a refresh that took the retries of `generation` over: if that
@@ -119,7 +121,10 @@ pub(super) fn resume(inner: &Arc<Inner>, generation: u64, lock: Option<StoreLock
     spawn(inner.clone(), entry.state.clone(), lock, &error);
 }
 
-async fn save_until_saved(inner: Arc<Inner>, state: StoredCredential) {
+/// Holds the source only weakly: once the source is dropped (a reload
+/// replaced it, handing the unsaved state to its successor, or removed
+/// it), the retries end, and with the source its store lock is released.
+async fn save_until_saved(inner: Weak<Inner>, state: StoredCredential) {
     let generation = state.generation;
     let mut attempt = 0u32;
     loop {
@@ -131,6 +136,9 @@ async fn save_until_saved(inner: Arc<Inner>, state: StoredCredential) {
             fastrand::f64(),
         ))
         .await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
         if !inner.still_unsaved(generation) {
             return;
         }

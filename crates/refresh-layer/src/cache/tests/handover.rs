@@ -63,3 +63,44 @@ async fn a_saved_state_is_handed_over_as_saved() {
     assert!(!h.unsaved());
     assert_eq!(h.generation(), 1);
 }
+
+/// A source dropped with an unsaved rotated state (replaced by a reload,
+/// which handed the state over, or removed) stops saving to its store: its
+/// retries do not keep it, its store and its lock alive for ever.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_source_stops_saving() {
+    let p = Arc::new(RotatingOrFailing::default());
+    let old_store = flaky(usize::MAX);
+    let old = RefreshingSource::new(
+        "crm",
+        p.clone(),
+        old_store.clone(),
+        RefreshSettings::default(),
+    );
+    assert_eq!(token(&old).await, "tok-1");
+    let h = old.handover().unwrap();
+    let new = RefreshingSource::with_handover(
+        "crm",
+        p.clone(),
+        flaky(0),
+        RefreshSettings::default(),
+        None,
+        h,
+    );
+    tokio::time::sleep(S(10)).await;
+    let before_drop = old_store.saves.load(Ordering::SeqCst);
+    assert!(
+        before_drop > 2,
+        "the unsaved state is retried: {before_drop} saves"
+    );
+    drop(old);
+    tokio::time::sleep(S(10)).await;
+    let after_drop = old_store.saves.load(Ordering::SeqCst);
+    tokio::time::sleep(S(600)).await;
+    let later = old_store.saves.load(Ordering::SeqCst);
+    assert_eq!(
+        later, after_drop,
+        "the dropped source still saves to its old store ({after_drop} -> {later} saves in 10 min)"
+    );
+    drop(new);
+}
