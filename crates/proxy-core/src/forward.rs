@@ -320,7 +320,7 @@ impl After {
         let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
             // The upstream may only switch to what was offered: WebSocket.
-            if !is_upgrade(&parts.headers) {
+            if !crate::headers::offers_websocket(&parts.headers) {
                 return Err(UpstreamUnreachable {
                     upstream: origin.to_string(),
                     source: "upstream switched to a protocol other than websocket".into(),

@@ -37,7 +37,14 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
     if !headers.contains_key(header::UPGRADE) {
         return false;
     }
-    let websocket = headers
+    offers_websocket(headers) && connection_has(headers, "upgrade")
+}
+
+/// Whether `Upgrade` names `websocket` (among others, on a request). A
+/// 101 is checked with this alone: it must switch to WebSocket, and a
+/// server that leaves out its `Connection: upgrade` still means it.
+pub fn offers_websocket(headers: &HeaderMap) -> bool {
+    headers
         .get_all(header::UPGRADE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -45,8 +52,7 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
         .any(|p| {
             let name = p.trim().split('/').next().unwrap_or_default();
             name.eq_ignore_ascii_case("websocket")
-        });
-    websocket && connection_has(headers, "upgrade")
+        })
 }
 
 /// Headers `Connection` may not name: removing them would change how the

@@ -411,6 +411,7 @@ where
             .extensions_mut()
             .get_mut::<crate::context::RequestContext>()
             .and_then(|c| c.acquired.take());
+        let mut injected = None;
         if let Some(acquired) = acquired {
             let used = acquired.used;
             if let Err(reason) = self.apply(&mut req, &acquired.credential) {
@@ -439,8 +440,9 @@ where
                 expires_at: used.expires_at,
             };
             crate::facts::record(&req, |f| f.credential = Some(fact));
+            injected = Some(acquired.credential);
         }
-        Either::Left(Scrub::new(self.inner.call(req), &self.injection))
+        Either::Left(Scrub::new(self.inner.call(req), &self.injection, injected))
     }
 }
 

@@ -205,8 +205,10 @@ async fn a_credential_that_cannot_be_injected_is_recorded_unavailable() {
     );
 }
 
-/// The credential parameter leaves a redirect's `Location` (and
-/// `Content-Location`); every other byte stays, fragment included.
+/// The credential parameter leaves every `Location` and
+/// `Content-Location` line; every other byte stays (fragment and non-ASCII
+/// bytes included), and a copy of the credential nested in another
+/// parameter (a login redirect's return URL) is cut out of the query.
 #[test]
 fn the_query_credential_is_scrubbed_from_location() {
     use super::scrub::{scrub, without_param};
@@ -223,20 +225,52 @@ fn the_query_credential_is_scrubbed_from_location() {
         ("/d/", None),
     ];
     for (uri, want) in cases {
-        assert_eq!(without_param(uri, "api_key").as_deref(), want, "{uri}");
+        let got = without_param(uri.as_bytes(), "api_key");
+        assert_eq!(got.as_deref(), want.map(str::as_bytes), "{uri}");
     }
+    let secret = "SECRET-k&y";
     let mut h = http::HeaderMap::new();
-    h.insert(
+    h.append(header::LOCATION, HeaderValue::from_static("/a/"));
+    h.append(
         header::LOCATION,
-        HeaderValue::from_static("/a/?api_key=s&q=1"),
+        HeaderValue::from_static("/a/?api_key=SECRET-k%26y&q=1"),
     );
     h.insert(
         header::CONTENT_LOCATION,
-        HeaderValue::from_static("/a?api_key=s"),
+        HeaderValue::from_bytes("/caf\u{e9}?api_key=SECRET-k%26y".as_bytes()).unwrap(),
     );
-    h.insert("link", HeaderValue::from_static("</a?q=1>"));
-    scrub(&mut h, "api_key");
-    assert_eq!(h[header::LOCATION], "/a/?q=1");
-    assert_eq!(h[header::CONTENT_LOCATION], "/a");
-    assert_eq!(h["link"], "</a?q=1>");
+    h.insert(
+        "link",
+        HeaderValue::from_static("</a?api_key=SECRET-k%26y>"),
+    );
+    scrub(&mut h, "api_key", secret);
+    let lines: Vec<_> = h.get_all(header::LOCATION).iter().collect();
+    assert_eq!(lines, ["/a/", "/a/?q=1"]);
+    assert_eq!(
+        h[header::CONTENT_LOCATION].as_bytes(),
+        "/caf\u{e9}".as_bytes()
+    );
+    assert_eq!(
+        h["link"], "</a?api_key=SECRET-k%26y>",
+        "other headers are not touched"
+    );
+
+    // Nested once more in a return URL, in a path-free position.
+    let mut h = http::HeaderMap::new();
+    h.insert(
+        header::LOCATION,
+        HeaderValue::from_static(
+            "/login/?next=%2Fapi%2Fdir%2F%3Fx%3D1%26api_key%3DSECRET-k%2526y#SECRET-k&y",
+        ),
+    );
+    scrub(&mut h, "api_key", secret);
+    assert_eq!(
+        h[header::LOCATION],
+        "/login/?next=%2Fapi%2Fdir%2F%3Fx%3D1%26api_key%3D#"
+    );
+    // The path is left alone, even where it spells the credential.
+    let mut h = http::HeaderMap::new();
+    h.insert(header::LOCATION, HeaderValue::from_static("/SECRET-k&y/"));
+    scrub(&mut h, "api_key", secret);
+    assert_eq!(h[header::LOCATION], "/SECRET-k&y/");
 }
