@@ -11,64 +11,19 @@
 //! keeps working when Redis cannot serve it.
 #![expect(clippy::unwrap_used, reason = "tests")]
 
-#[path = "../../../tests/support/redis_server.rs"]
-mod redis_server;
-#[path = "../../../tests/support/token_endpoint.rs"]
-mod token_endpoint;
+mod redis_common;
 
 use proxy_core::CredentialSource;
-use redis_server::RedisServer;
-use refresh_layer::provider::oauth2::OAuth2Provider;
+use redis_common::redis_server::RedisServer;
+use redis_common::{KEY, OTHER_KEY, endpoint, replica, store_with};
 use refresh_layer::provider::{ProviderError, TokenProvider};
 use refresh_layer::store::crypto::Keyring;
-use refresh_layer::store::{RedisStore, RedisStoreSettings, Store};
+use refresh_layer::store::{RedisStore, Store};
 use refresh_layer::token::{StoredCredential, Token};
 use refresh_layer::{RefreshError, RefreshSettings, RefreshingSource};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use token_endpoint::{EndpointOptions, TokenEndpoint};
-
-const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-const OTHER_KEY: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
-
-fn store_with(redis: &RedisServer, keys: &[&str]) -> RedisStore {
-    RedisStore::new(RedisStoreSettings {
-        url: redis.url(),
-        key_prefix: "lk-test".into(),
-        keys: Keyring::from_base64(keys.iter().copied()).unwrap(),
-        lease: Duration::from_secs(2),
-        timeout: Duration::from_millis(500),
-        tls: None,
-    })
-    .unwrap()
-}
-
-async fn endpoint() -> TokenEndpoint {
-    token_endpoint::start(EndpointOptions {
-        expires_in: 3600,
-        rotate: true,
-        initial_refresh_token: "rt-seed-canary".into(),
-        client_id: Some("latchkey".into()),
-        client_secret: Some("cs-canary".into()),
-    })
-    .await
-}
-
-fn replica(ep: &TokenEndpoint, store: RedisStore) -> RefreshingSource {
-    let cfg = serde_json::from_value(serde_json::json!({
-        "grant": "refresh_token", "token_url": ep.url, "client_id": "latchkey",
-        "client_secret": {"value": "cs-canary"}, "refresh_token": {"value": "rt-seed-canary"}
-    }))
-    .unwrap();
-    let provider = OAuth2Provider::new(&cfg, Duration::from_secs(1)).unwrap();
-    RefreshingSource::new(
-        "crm",
-        Arc::new(provider),
-        Arc::new(store),
-        RefreshSettings::default(),
-    )
-}
 
 async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(10), f)
