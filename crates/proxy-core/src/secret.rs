@@ -7,6 +7,12 @@
 //! volume swaps a `..data` symlink) is picked up without a restart. The hot path
 //! only loads an `Arc` from an [`ArcSwap`]; it never touches the filesystem.
 //!
+//! A value must be sendable in a header: after trimming surrounding
+//! whitespace it must be non-empty and hold no control character (the rule
+//! the refresh cache applies to tokens it is given). A rewrite of a `file`
+//! secret that breaks the rule is treated like an unreadable file: the last
+//! good value is kept (see the `watch` submodule).
+//!
 //! Nothing here prints a secret value: [`SecretRef`], [`SecretValue`] and
 //! [`SecretError`] all keep values out of `Debug` and `Display`.
 
@@ -15,9 +21,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
+
+mod watch;
 
 /// Default interval between re-reads of `file` secrets.
 pub const DEFAULT_FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -91,7 +99,7 @@ impl PartialEq for SecretRef {
     }
 }
 
-/// Why a secret could not be read. Never contains the value.
+/// Why a secret could not be read (or used). Never contains the value.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SecretError {
     /// The environment variable is not set (or not valid UTF-8).
@@ -100,6 +108,13 @@ pub enum SecretError {
     /// The secret resolved to an empty string.
     #[error("{0} is empty")]
     Empty(String),
+    /// The secret holds a control character (a line break inside the value:
+    /// two keys on two lines, a pasted PEM), so it cannot be sent in a
+    /// header. Names where the secret comes from, never the value.
+    #[error(
+        "{0} contains a control character (such as a line break inside the value), so it cannot be sent in a header"
+    )]
+    Unsendable(String),
     /// The file could not be read.
     #[error("cannot read file {path}: {reason}")]
     File {
@@ -181,7 +196,7 @@ impl SecretSource {
     pub fn resolve(r: &SecretRef, poll: Duration) -> Self {
         let initial = match r {
             SecretRef::Env(name) => read_env(name),
-            SecretRef::Value(v) => non_empty(v.expose_secret(), "literal value"),
+            SecretRef::Value(v) => usable(v.expose_secret(), "literal value"),
             SecretRef::File(path) => read_file(path),
         };
         let inner = Arc::new(Inner {
@@ -192,7 +207,12 @@ impl SecretSource {
         if let SecretRef::File(path) = r
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
-            handle.spawn(watch_file(Arc::downgrade(&inner), path.clone(), poll));
+            handle.spawn(watch::watch_file(
+                Arc::downgrade(&inner),
+                path.clone(),
+                poll,
+                read_file,
+            ));
         }
         Self { inner }
     }
@@ -240,14 +260,19 @@ fn read_env(name: &str) -> Result<SecretString, SecretError> {
 /// trimmed too) nor be sent in a header.
 fn env_value(name: &str, value: Option<String>) -> Result<SecretString, SecretError> {
     match value {
-        Some(v) => non_empty(v.trim(), &format!("environment variable {name}")),
+        Some(v) => usable(v.trim(), &format!("environment variable {name}")),
         None => Err(SecretError::EnvMissing(name.to_string())),
     }
 }
 
-fn non_empty(v: &str, what: &str) -> Result<SecretString, SecretError> {
+/// `v` if it can be sent in a header: non-empty and without control
+/// characters (as `sendable` in the refresh cache). `what` names the source
+/// in the error; the value never appears in it.
+fn usable(v: &str, what: &str) -> Result<SecretString, SecretError> {
     if v.is_empty() {
         Err(SecretError::Empty(what.to_string()))
+    } else if v.chars().any(char::is_control) {
+        Err(SecretError::Unsendable(what.to_string()))
     } else {
         Ok(SecretString::from(v.to_string()))
     }
@@ -255,7 +280,7 @@ fn non_empty(v: &str, what: &str) -> Result<SecretString, SecretError> {
 
 fn read_file(path: &Path) -> Result<SecretString, SecretError> {
     match std::fs::read_to_string(path) {
-        Ok(s) => non_empty(s.trim(), &format!("file {}", path.display())),
+        Ok(s) => usable(s.trim(), &format!("file {}", path.display())),
         Err(e) => Err(SecretError::File {
             path: path.to_path_buf(),
             reason: e.kind().to_string(),
@@ -263,119 +288,5 @@ fn read_file(path: &Path) -> Result<SecretString, SecretError> {
     }
 }
 
-/// Re-reads `path` every `poll` until the source is dropped.
-///
-/// Reading a small file once a second is cheaper and more robust than
-/// filesystem notifications, which miss Kubernetes' symlink swaps on some
-/// kernels and overlay filesystems.
-async fn watch_file(weak: Weak<Inner>, path: PathBuf, poll: Duration) {
-    let mut tick = tokio::time::interval(poll);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let Some(inner) = weak.upgrade() else { return };
-        // A secret file is a few hundred bytes on a local (usually tmpfs)
-        // volume: reading it inline costs microseconds once a second, and
-        // keeps the watcher on the runtime's clock (paused-clock tests).
-        let read = read_file(&path);
-        let current = inner.current.load();
-        match (read, current.as_ref()) {
-            (Ok(new), Ok(old)) if new.expose_secret() == old.expose() => {}
-            (Ok(new), _) => {
-                let version = inner.version.fetch_add(1, Ordering::AcqRel) + 1;
-                tracing::info!(secret = %inner.describe, version, "secret file changed; new value loaded");
-                inner
-                    .current
-                    .store(Arc::new(Ok(Arc::new(SecretValue::new(new, version)))));
-            }
-            // Keep serving the last good value: a file that vanishes for a
-            // moment (or for good) must not drop a working credential.
-            (Err(e), Ok(_)) => {
-                tracing::warn!(secret = %inner.describe, error = %e, "secret file unreadable; keeping the last value read");
-            }
-            (Err(e), Err(old)) => {
-                if &e != old {
-                    inner.current.store(Arc::new(Err(e)));
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn debug_never_shows_literal() {
-        let r = SecretRef::Value(SecretString::from("hunter2-canary".to_string()));
-        assert!(!format!("{r:?}").contains("hunter2"));
-        let s = SecretSource::resolve(&r, DEFAULT_FILE_POLL_INTERVAL);
-        assert!(!format!("{s:?}").contains("hunter2"));
-        let v = s.load().unwrap();
-        assert!(!format!("{v:?}").contains("hunter2"));
-        assert_eq!(v.expose(), "hunter2-canary");
-    }
-
-    #[test]
-    fn missing_env_is_an_error_naming_the_variable() {
-        let r = SecretRef::Env("LATCHKEY_TEST_SURELY_UNSET_VAR".into());
-        let err = SecretSource::resolve(&r, DEFAULT_FILE_POLL_INTERVAL)
-            .load()
-            .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "environment variable LATCHKEY_TEST_SURELY_UNSET_VAR is not set"
-        );
-    }
-
-    #[test]
-    fn env_values_are_trimmed_like_file_values() {
-        let v = env_value("TOKEN", Some("client-tok\n".into())).unwrap();
-        assert_eq!(v.expose_secret(), "client-tok");
-        let v = env_value("TOKEN", Some(" \tkey with inner space\r\n".into())).unwrap();
-        assert_eq!(v.expose_secret(), "key with inner space");
-        let err = env_value("TOKEN", Some(" \n".into())).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            SecretError::Empty("environment variable TOKEN".into()).to_string()
-        );
-        assert!(matches!(
-            env_value("TOKEN", None),
-            Err(SecretError::EnvMissing(_))
-        ));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn file_secret_follows_rewrites_and_keeps_last_good_value() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("key");
-        std::fs::write(&path, "first\n").unwrap();
-        let src = SecretSource::resolve(&SecretRef::File(path.clone()), Duration::from_secs(1));
-        assert_eq!(src.load().unwrap().expose(), "first");
-        assert_eq!(src.load().unwrap().version(), 1);
-
-        std::fs::write(&path, "second").unwrap();
-        wait_for(&src, |v| v.expose() == "second").await;
-        assert_eq!(src.load().unwrap().version(), 2);
-
-        std::fs::remove_file(&path).unwrap();
-        for _ in 0..3 {
-            tokio::time::advance(Duration::from_secs(1)).await;
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(src.load().unwrap().expose(), "second");
-    }
-
-    async fn wait_for(src: &SecretSource, f: impl Fn(&SecretValue) -> bool) {
-        for _ in 0..100 {
-            if src.load().map(|v| f(&v)).unwrap_or(false) {
-                return;
-            }
-            tokio::time::advance(Duration::from_millis(500)).await;
-            tokio::task::yield_now().await;
-        }
-        panic!("secret never changed");
-    }
-}
+mod tests;
