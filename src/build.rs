@@ -14,7 +14,7 @@ use proxy_core::config::{
 };
 use proxy_core::credential::{CredentialSource, StaticSource};
 use proxy_core::facts::RefreshObserver;
-use proxy_core::secret::SecretSource;
+use proxy_core::secret::{SecretRef, SecretSource};
 use proxy_core::stack::{self, EdgeStack, RouteLayers, RouteService};
 use proxy_core::upstream::UpstreamClients;
 use refresh_layer::provider::TokenProvider;
@@ -135,7 +135,18 @@ pub fn credential_sources_with(
                         continue;
                     }
                 },
-                (_, Some(e), _) => Arc::new(ExecProvider::new(e)),
+                // The command does not inherit the secrets latchkey reads
+                // from its own environment.
+                (_, Some(e), _) => Arc::new(
+                    ExecProvider::new(e).without_env(
+                        proxy_core::config::secret_refs(config)
+                            .into_iter()
+                            .filter_map(|(_, s)| match s {
+                                SecretRef::Env(name) => Some(name.clone()),
+                                _ => None,
+                            }),
+                    ),
+                ),
                 (_, _, Some(f)) => Arc::new(FileTokenProvider::new(f)),
                 _ => continue,
             };
@@ -434,4 +445,42 @@ fn build_proxy_once(
         audit,
         previous.map(|p| (&*p.config, p.clients.as_slice())),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::credential_sources;
+    use proxy_core::config::Config;
+
+    /// An exec credential's command does not see the variables latchkey's
+    /// own config reads with `{ env: NAME }` (here a client token), and
+    /// sees the rest of the environment. `CARGO_PKG_NAME` is set by cargo
+    /// for the test process (setting one would need `unsafe`).
+    #[tokio::test]
+    async fn exec_commands_do_not_inherit_latchkeys_env_secrets() {
+        let config = |client_token: &str| {
+            format!(
+                r#"
+proxy: {{ listen: "127.0.0.1:0" }}
+clients:
+  - {{ id: c, token: {client_token}, routes: ["*"] }}
+credentials:
+  - id: x
+    exec:
+      command: [sh, -c, 'printf "{{\"access_token\":\"seen-%s\"}}" "${{CARGO_PKG_NAME:-absent}}"']
+routes:
+  - {{ id: r, match: {{ path_prefix: / }}, upstream: "http://127.0.0.1:9", credential: x }}
+"#
+            )
+        };
+        for (token, want) in [
+            ("{ env: CARGO_PKG_NAME }", "seen-absent"),
+            ("{ value: a-literal-token }", "seen-latchkey"),
+        ] {
+            let c = Config::from_yaml(&config(token), "t.yaml").unwrap();
+            let sources = credential_sources(&c, "t.yaml").unwrap();
+            let got = sources["x"].get().await.unwrap();
+            assert_eq!(got.expose(), want, "client token {token}");
+        }
+    }
 }

@@ -20,7 +20,7 @@ pub use credentials::*;
 pub use error::{ConfigError, FieldError};
 pub use serde_util::{parse_duration, parse_size};
 pub use types::*;
-pub use validate::{check_token_url, is_valid_id, validate, warnings};
+pub use validate::{check_token_url, is_valid_id, secret_refs, validate, warnings};
 
 use std::path::Path;
 

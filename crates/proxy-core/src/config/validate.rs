@@ -311,6 +311,45 @@ fn check_ids<'a>(
     seen
 }
 
+/// Every secret reference in `config`, with the field it is in: client
+/// tokens, static keys, OAuth2 client secrets and refresh tokens, the
+/// management key, the Redis URL and encryption keys.
+pub fn secret_refs(config: &Config) -> Vec<(String, &crate::secret::SecretRef)> {
+    let mut out = Vec::new();
+    for (i, c) in config.clients.iter().enumerate() {
+        if let Some(t) = &c.token {
+            out.push((format!("clients[{i}].token"), t));
+        }
+    }
+    for (i, c) in config.credentials.iter().enumerate() {
+        if let Some(s) = &c.static_ {
+            out.push((format!("credentials[{i}].static"), s));
+        }
+        if let Some(o) = &c.oauth2 {
+            if let Some(s) = &o.client_secret {
+                out.push((format!("credentials[{i}].oauth2.client_secret"), s));
+            }
+            if let Some(s) = &o.refresh_token {
+                out.push((format!("credentials[{i}].oauth2.refresh_token"), s));
+            }
+        }
+    }
+    if let Some(k) = config
+        .admin
+        .as_ref()
+        .and_then(|a| a.management_key.as_ref())
+    {
+        out.push(("admin.management_key".to_owned(), k));
+    }
+    if let Some(r) = &config.redis {
+        out.push(("redis.url".to_owned(), &r.url));
+        for (k, key) in r.encryption_keys.iter().enumerate() {
+            out.push((format!("redis.encryption_keys[{k}]"), key));
+        }
+    }
+    out
+}
+
 /// Things that are allowed but worth a warning at startup.
 pub fn warnings(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
@@ -322,44 +361,11 @@ pub fn warnings(config: &Config) -> Vec<String> {
             ));
         }
     }
-    for (i, c) in config.clients.iter().enumerate() {
-        if c.token.as_ref().is_some_and(|t| t.is_literal()) {
-            out.push(format!(
-                "clients[{i}].token is a literal value in the config file; prefer env or file"
-            ));
-        }
-    }
-    let mut literal = |field: String, secret: Option<&crate::secret::SecretRef>| {
-        if secret.is_some_and(|s| s.is_literal()) {
+    for (field, secret) in secret_refs(config) {
+        if secret.is_literal() {
             out.push(format!(
                 "{field} is a literal value in the config file; prefer env or file"
             ));
-        }
-    };
-    for (i, c) in config.credentials.iter().enumerate() {
-        literal(format!("credentials[{i}].static"), c.static_.as_ref());
-        if let Some(o) = &c.oauth2 {
-            literal(
-                format!("credentials[{i}].oauth2.client_secret"),
-                o.client_secret.as_ref(),
-            );
-            literal(
-                format!("credentials[{i}].oauth2.refresh_token"),
-                o.refresh_token.as_ref(),
-            );
-        }
-    }
-    literal(
-        "admin.management_key".to_owned(),
-        config
-            .admin
-            .as_ref()
-            .and_then(|a| a.management_key.as_ref()),
-    );
-    if let Some(r) = &config.redis {
-        literal("redis.url".to_owned(), Some(&r.url));
-        for (k, key) in r.encryption_keys.iter().enumerate() {
-            literal(format!("redis.encryption_keys[{k}]"), Some(key));
         }
     }
     out

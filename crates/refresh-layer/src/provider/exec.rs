@@ -3,33 +3,29 @@
 //! The output is either a Kubernetes `ExecCredential` (what `kubectl`
 //! credential plugins such as `aws eks get-token` or `gke-gcloud-auth-plugin`
 //! print) or `{"access_token": ..., "expires_in": ...}`. The command runs
-//! without a shell, with stdin closed, and is killed when it overruns its
-//! timeout.
+//! without a shell, with stdin closed, in its own process group; the group
+//! is killed when the command exits, overruns its timeout, or the fetch is
+//! dropped (see [`process`]).
 //!
 //! Stdout holds the token, so it is never logged and never quoted in an
-//! error. Stderr is for humans and is logged line by line (capped), which is
-//! how a plugin's "please log in again" reaches the operator.
+//! error. Stderr is for humans and is logged line by line (capped) once the
+//! command has ended, which is how a plugin's "please log in again" reaches
+//! the operator; the token it printed is cut out of it first (a `sh -x`
+//! wrapper or a `--debug` flag echoes it there).
 
 use super::oauth2::parse_expires_in;
+use super::timestamp::parse_rfc3339;
 use super::{ProviderError, TokenProvider};
 use crate::token::{StoredCredential, Token};
 use futures_util::future::BoxFuture;
+use process::Outcome;
 use proxy_core::config::ExecConfig;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 use std::fmt;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, BufReader};
 
-/// Largest stdout read; an `ExecCredential` is a few KiB at most.
-const MAX_STDOUT: u64 = 1024 * 1024;
-
-/// Longest stderr line logged (longer lines are logged in pieces).
-const MAX_STDERR_LINE: u64 = 4096;
-
-/// Stderr lines logged per run; the rest is drained unlogged so a chatty
-/// command cannot flood the logs (or block on a full pipe).
-const MAX_STDERR_LINES: usize = 50;
+mod process;
 
 const UNPARSABLE: &str =
     "printed output that is not an ExecCredential or {access_token, expires_in}";
@@ -39,6 +35,7 @@ pub struct ExecProvider {
     program: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    without_env: Vec<String>,
     timeout: Duration,
 }
 
@@ -50,6 +47,7 @@ impl fmt::Debug for ExecProvider {
             .field("program", &self.program)
             .field("args", &self.args.len())
             .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field("without_env", &self.without_env)
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -68,8 +66,19 @@ impl ExecProvider {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            without_env: Vec::new(),
             timeout: cfg.timeout,
         }
+    }
+
+    /// Removes these variables from the environment the command inherits
+    /// (latchkey's own secrets: the variables its configuration reads with
+    /// `{ env: NAME }`). A variable set in the exec config's own `env` is
+    /// still passed. Calls add up.
+    #[must_use]
+    pub fn without_env<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.without_env.extend(names.into_iter().map(Into::into));
+        self
     }
 
     fn error(&self, problem: impl Into<String>) -> ProviderError {
@@ -83,45 +92,43 @@ impl ExecProvider {
         if self.program.is_empty() {
             return Err(ProviderError::Config("exec command is empty".into()));
         }
-        let mut child = tokio::process::Command::new(&self.program)
-            .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Dropping the fetch (the caller gave up) must not leave the
-            // command running.
-            .kill_on_drop(true)
-            .spawn()
+        let mut command = tokio::process::Command::new(&self.program);
+        command.args(&self.args);
+        for name in &self.without_env {
+            command.env_remove(name);
+        }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        let outcome = process::run(&mut command, self.timeout)
+            .await
             .map_err(|e| self.error(format!("could not be started: {e}")))?;
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-
-        let finished = async {
-            // Both pipes are drained concurrently with the wait, or a command
-            // writing more than a pipe buffer would block forever.
-            let (out, (), status) = tokio::join!(
-                read_stdout(stdout),
-                log_stderr(stderr, &self.program),
-                child.wait()
-            );
-            (out, status)
-        };
-        let (out, status) = match tokio::time::timeout(self.timeout, finished).await {
-            Ok(r) => r,
-            Err(_) => {
-                // Kill and reap now rather than leave it to kill_on_drop, so
-                // no zombie outlives the fetch.
-                let _ = child.kill().await;
+        let (status, stdout, stderr) = match outcome {
+            Outcome::TimedOut { stderr } => {
+                // Nothing parsed, so no token is known to cut out.
+                stderr.log(&self.program, &[]);
                 return Err(ProviderError::Timeout(self.timeout));
             }
+            Outcome::Exited {
+                status,
+                stdout,
+                stderr,
+            } => (status, stdout, stderr),
         };
+        // Parsed even after a failure exit: a token it printed is then known
+        // and cut out of the logged stderr too.
+        let parsed = stdout.and_then(|out| parse_output(&out));
+        match &parsed {
+            Ok(token) => {
+                let mut secrets = vec![token.access_token.expose_secret()];
+                secrets.extend(token.refresh_token.as_ref().map(|t| t.expose_secret()));
+                stderr.log(&self.program, &secrets);
+            }
+            Err(_) => stderr.log(&self.program, &[]),
+        }
         let status = status.map_err(|e| self.error(format!("could not be waited for: {e}")))?;
         if !status.success() {
             return Err(self.error(describe_exit(status)));
         }
-        let out = out.map_err(|problem| self.error(problem))?;
-        parse_output(&out).map_err(|problem| self.error(problem))
+        parsed.map_err(|problem| self.error(problem))
     }
 }
 
@@ -143,55 +150,6 @@ fn describe_exit(status: ExitStatus) -> String {
         Some(code) => format!("exited with status {code}"),
         // Unix: killed by a signal; the status' Display names it.
         None => format!("ended abnormally ({status})"),
-    }
-}
-
-/// Reads stdout up to [`MAX_STDOUT`], then drains the rest. The error text
-/// never includes what was read.
-async fn read_stdout(stdout: Option<impl AsyncRead + Unpin>) -> Result<Vec<u8>, String> {
-    let Some(mut stdout) = stdout else {
-        return Err("stdout was not captured".into());
-    };
-    let mut buf = Vec::new();
-    (&mut stdout)
-        .take(MAX_STDOUT + 1)
-        .read_to_end(&mut buf)
-        .await
-        .map_err(|e| format!("stdout could not be read: {e}"))?;
-    if buf.len() as u64 > MAX_STDOUT {
-        let _ = tokio::io::copy(&mut stdout, &mut tokio::io::sink()).await;
-        return Err(format!("printed more than {MAX_STDOUT} bytes"));
-    }
-    Ok(buf)
-}
-
-async fn log_stderr(stderr: Option<impl AsyncRead + Unpin>, program: &str) {
-    let Some(stderr) = stderr else { return };
-    let mut reader = BufReader::new(stderr);
-    let mut line = Vec::new();
-    let mut logged = 0;
-    loop {
-        line.clear();
-        match (&mut reader)
-            .take(MAX_STDERR_LINE)
-            .read_until(b'\n', &mut line)
-            .await
-        {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        if logged == MAX_STDERR_LINES {
-            tracing::warn!(target: "latchkey::exec", command = %program, "further stderr output not logged");
-        }
-        logged += 1;
-        if logged > MAX_STDERR_LINES {
-            continue;
-        }
-        let text = String::from_utf8_lossy(&line);
-        let text = text.trim_end();
-        if !text.is_empty() {
-            tracing::warn!(target: "latchkey::exec", command = %program, line = %text, "exec credential command stderr");
-        }
     }
 }
 
@@ -229,7 +187,7 @@ fn parse_exec_credential(json: &serde_json::Value) -> Result<Token, String> {
     let expires_in = match status.and_then(|s| s.get("expirationTimestamp")) {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(ts)) => {
-            let at = humantime::parse_rfc3339_weak(ts.trim()).map_err(|_| {
+            let at = parse_rfc3339(ts).ok_or_else(|| {
                 "printed an ExecCredential whose status.expirationTimestamp is not RFC 3339"
                     .to_owned()
             })?;
@@ -256,7 +214,6 @@ fn parse_exec_credential(json: &serde_json::Value) -> Result<Token, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret as _;
     use std::collections::BTreeMap;
 
     fn sh(script: &str, timeout: Duration) -> ExecProvider {

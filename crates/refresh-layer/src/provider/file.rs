@@ -8,6 +8,7 @@
 //!
 //! Errors name the file and the field, never the content.
 
+use super::timestamp::parse_rfc3339;
 use super::{ProviderError, TokenProvider};
 use crate::token::{StoredCredential, Token};
 use futures_util::future::BoxFuture;
@@ -20,12 +21,16 @@ use tokio::io::AsyncReadExt as _;
 /// Largest token file read; tokens are at most a few KiB.
 const MAX_FILE: u64 = 1024 * 1024;
 
+/// Default time limit on opening and reading the file.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Reads a token from a file on every fetch.
 #[derive(Debug)]
 pub struct FileTokenProvider {
     path: PathBuf,
     token_field: Option<String>,
     expiry_field: Option<String>,
+    read_timeout: Duration,
 }
 
 impl FileTokenProvider {
@@ -35,7 +40,15 @@ impl FileTokenProvider {
             path: cfg.path.clone(),
             token_field: cfg.token_field.clone(),
             expiry_field: cfg.expiry_field.clone(),
+            read_timeout: READ_TIMEOUT,
         }
+    }
+
+    /// Replaces the default time limit on one read ([`READ_TIMEOUT`]).
+    #[must_use]
+    pub fn with_read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
+        self
     }
 
     fn error(&self, problem: impl Into<String>) -> ProviderError {
@@ -45,7 +58,20 @@ impl FileTokenProvider {
         }
     }
 
+    /// Reads the file within [`Self::with_read_timeout`]: a hung network
+    /// or FUSE mount (or a FIFO nobody writes) fails the fetch, and the
+    /// refresh layer keeps serving the token it holds.
     async fn read(&self) -> Result<String, ProviderError> {
+        match tokio::time::timeout(self.read_timeout, self.read_unbounded()).await {
+            Ok(r) => r,
+            Err(_) => Err(self.error(format!(
+                "could not be read within {} (hung mount, or not a regular file?)",
+                humantime::format_duration(self.read_timeout)
+            ))),
+        }
+    }
+
+    async fn read_unbounded(&self) -> Result<String, ProviderError> {
         let file = tokio::fs::File::open(&self.path)
             .await
             .map_err(|e| self.error(format!("cannot be read: {e}")))?;
@@ -163,9 +189,7 @@ fn parse_expiry(v: &serde_json::Value) -> Option<SystemTime> {
         },
         serde_json::Value::String(s) => {
             let s = s.trim();
-            humantime::parse_rfc3339_weak(s)
-                .ok()
-                .or_else(|| from_secs(s.parse::<f64>().ok()?))
+            parse_rfc3339(s).or_else(|| from_secs(s.parse::<f64>().ok()?))
         }
         _ => None,
     }

@@ -11,6 +11,7 @@
 pub mod exec;
 pub mod file;
 pub mod oauth2;
+mod timestamp;
 
 use crate::token::{StoredCredential, Token};
 use futures_util::future::BoxFuture;
