@@ -337,7 +337,7 @@ routes:
     let msg = assert_proxy_error(&resp, 503, "credential_unavailable");
     assert_eq!(
         msg,
-        "credential \"bad-key\" is unavailable: the credential holds characters not allowed in a header value"
+        "credential \"bad-key\" is unavailable: literal value contains a control character (such as a line break inside the value), so it cannot be sent in a header"
     );
     assert_eq!(up.hit_count(), 0);
 }
