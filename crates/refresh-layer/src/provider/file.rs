@@ -3,7 +3,8 @@
 //! Typical writers are a Vault agent template, a Kubernetes projected
 //! service-account token or a sidecar. The file is either the token itself
 //! (surrounding whitespace trimmed) or JSON with the token in `token_field`
-//! and, optionally, its expiry in `expiry_field` (RFC 3339 or Unix seconds).
+//! and, optionally, its expiry in `expiry_field` (RFC 3339, or Unix seconds or
+//! milliseconds).
 //! Field names may be dotted (`status.token`) to reach into nested objects.
 //!
 //! Errors name the file and the field, never the content.
@@ -174,19 +175,24 @@ fn lookup<'v>(json: &'v serde_json::Value, field: &str) -> Option<&'v serde_json
         .or_else(|| field.split('.').try_fold(json, |v, key| v.get(key)))
 }
 
-/// RFC 3339 text, or Unix seconds as a number or numeric text.
+/// Unix times at or above this many seconds (the year 5138) are read as
+/// milliseconds: JavaScript's `Date.now()` and Java's
+/// `System.currentTimeMillis()` write those, and read as seconds they
+/// would put the expiry thousands of years away (never refreshed).
+const MILLIS_FROM: f64 = 1e11;
+
+/// RFC 3339 text, or Unix seconds (or milliseconds, see [`MILLIS_FROM`])
+/// as a number or numeric text.
 fn parse_expiry(v: &serde_json::Value) -> Option<SystemTime> {
     let from_secs = |s: f64| {
+        let s = if s >= MILLIS_FROM { s / 1000.0 } else { s };
         (s.is_finite() && s >= 0.0)
             .then(|| Duration::try_from_secs_f64(s).ok())
             .flatten()
             .and_then(|d| UNIX_EPOCH.checked_add(d))
     };
     match v {
-        serde_json::Value::Number(n) => match n.as_u64() {
-            Some(s) => UNIX_EPOCH.checked_add(Duration::from_secs(s)),
-            None => from_secs(n.as_f64()?),
-        },
+        serde_json::Value::Number(n) => from_secs(n.as_f64()?),
         serde_json::Value::String(s) => {
             let s = s.trim();
             parse_rfc3339(s).or_else(|| from_secs(s.parse::<f64>().ok()?))
@@ -276,6 +282,23 @@ mod tests {
             .expires_in
             .unwrap();
         assert!(left > Duration::from_secs(590), "{left:?}");
+
+        // Milliseconds (JavaScript's `Date.now()`), as a number or text.
+        for exp in [
+            format!("{}", (now_secs() + 600) * 1000),
+            format!("\"{}\"", (now_secs() + 600) * 1000 + 250),
+        ] {
+            let body = format!(r#"{{"token":"tok","exp":{exp}}}"#);
+            let left = fetch_from(&body, Some("token"), Some("exp"))
+                .await
+                .unwrap()
+                .expires_in
+                .unwrap();
+            assert!(
+                left > Duration::from_secs(590) && left <= Duration::from_secs(601),
+                "{exp}: {left:?}"
+            );
+        }
     }
 
     #[tokio::test]
