@@ -466,8 +466,14 @@ fn check_credential(i: usize, c: &CredentialConfig, config: &Config, errs: &mut 
 }
 
 /// Token endpoints must use https, except on loopback (tests and dev).
+/// A query is allowed (RFC 6749 3.2: the endpoint URI may have one, and it
+/// is kept: Azure AD B2C's `?p=<policy>`); a fragment is not.
 pub fn check_token_url(url: &str) -> Result<(), String> {
-    let u = super::UpstreamUrl::parse(url)?;
+    if url.contains('#') {
+        return Err("a token URL cannot have a fragment".to_owned());
+    }
+    let without_query = url.split_once('?').map_or(url, |(base, _)| base);
+    let u = super::UpstreamUrl::parse(without_query)?;
     if u.scheme == http::uri::Scheme::HTTPS || u.is_loopback() {
         Ok(())
     } else {

@@ -222,6 +222,15 @@ impl OAuth2Provider {
         if let Some(secret) = secret {
             sent.push(secret);
         }
+        // An endpoint (or a gateway in front of it) echoing the request's
+        // headers would show the Basic credentials in their encoded form.
+        if let Some(b64) = authorization
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+        {
+            sent.push(SecretString::from(b64.to_owned()));
+        }
 
         let mut builder = Request::builder()
             .method(Method::POST)
@@ -391,6 +400,7 @@ fn parse_response(
         Some(serde_json::Value::String(t)) if !t.is_empty() => SecretString::from(t.clone()),
         _ => return Err(ProviderError::MissingAccessToken),
     };
+    check_token_type(json.get("token_type"))?;
     let expires_in = parse_expires_in(json.get("expires_in"))?;
     let refresh_token = match json.get("refresh_token") {
         None | Some(serde_json::Value::Null) => None,
@@ -409,6 +419,34 @@ fn parse_response(
         access_token,
         expires_in,
         refresh_token,
+    })
+}
+
+/// `token_type` must be `Bearer` (any case), or absent (many servers leave
+/// it out): RFC 6749 7.1 says a client must not use a token of a type it
+/// does not understand, and a DPoP- or MAC-bound token sent as a bearer
+/// token would be refused by every upstream, then refreshed and refused
+/// again.
+fn check_token_type(v: Option<&serde_json::Value>) -> Result<(), ProviderError> {
+    let problem = match v {
+        None | Some(serde_json::Value::Null) => return Ok(()),
+        Some(serde_json::Value::String(t)) if t.eq_ignore_ascii_case("bearer") => return Ok(()),
+        // Endpoint-supplied: shown only if it looks like a type name.
+        Some(serde_json::Value::String(t))
+            if t.len() <= 32
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
+        {
+            format!("{t:?} is not a bearer token; latchkey sends only bearer tokens")
+        }
+        Some(serde_json::Value::String(_)) => {
+            "not a bearer token; latchkey sends only bearer tokens".to_owned()
+        }
+        Some(_) => "expected a string".to_owned(),
+    };
+    Err(ProviderError::BadField {
+        field: "token_type",
+        problem,
     })
 }
 

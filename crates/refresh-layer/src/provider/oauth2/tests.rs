@@ -511,3 +511,93 @@ fn retry_after_values() {
     assert_eq!(h("-5"), None);
     assert_eq!(super::retry_after(&http::HeaderMap::new(), now), None);
 }
+
+fn cc_cfg(url: &str, secret: &str) -> OAuth2Config {
+    OAuth2Config {
+        grant: Grant::ClientCredentials,
+        token_url: url.to_owned(),
+        client_id: "client".to_owned(),
+        client_secret: Some(lit(secret)),
+        client_auth: ClientAuthMethod::Basic,
+        refresh_token: None,
+        scopes: Vec::new(),
+        params: BTreeMap::new(),
+        ca_file: None,
+    }
+}
+
+/// RFC 6749 3.2: "The endpoint URI MAY include an
+/// application/x-www-form-urlencoded formatted query component ... which
+/// MUST be retained". Azure AD B2C's documented token URL form carries the
+/// policy as `?p=B2C_1_...`: config accepts it and the provider sends it.
+#[tokio::test]
+async fn a_token_url_with_a_query_is_accepted_and_kept() {
+    let ep = endpoint().await;
+    let url = format!("{}?p=B2C_1_signin", ep.url);
+    let mut cfg = cc_cfg(&url, "s");
+    cfg.client_secret = None;
+    // The provider works with it (the endpoint serves /token, query kept).
+    let token = provider(&cfg).fetch(None).await.unwrap();
+    assert_eq!(token.access_token.expose_secret(), "at-1");
+    // Config accepts it, local or https; a fragment is still refused.
+    let b2c =
+        "https://contoso.b2clogin.com/contoso.onmicrosoft.com/oauth2/v2.0/token?p=B2C_1_signin";
+    let local = proxy_core::config::check_token_url(&url);
+    let remote = proxy_core::config::check_token_url(b2c);
+    assert!(
+        local.is_ok() && remote.is_ok(),
+        "local: {local:?}\nb2c: {remote:?}"
+    );
+    assert!(proxy_core::config::check_token_url(&format!("{b2c}#f")).is_err());
+}
+
+/// An endpoint (or a WAF/gateway in front of it) that echoes the request's
+/// Authorization header into error_description: the Basic credentials
+/// (base64 of `client:secret`) are redacted like everything else sent.
+#[tokio::test]
+async fn echoed_basic_credentials_are_redacted() {
+    let ep = endpoint().await;
+    let secret = "cs-canary-2";
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("client:{secret}"));
+    ep.set_failure(Some(Failure::Status(
+        401,
+        format!(
+            r#"{{"error":"invalid_client","error_description":"bad header Authorization: Basic {basic}"}}"#
+        ),
+    )));
+    let err = provider(&cc_cfg(&ep.url, secret))
+        .fetch(None)
+        .await
+        .unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(
+        !text.contains(&basic),
+        "client secret (base64) leaks: {text}"
+    );
+}
+
+/// RFC 6749 7.1: "The client MUST NOT use an access token if it does not
+/// understand the token type." A DPoP- or MAC-typed token is refused (it
+/// would be injected as `Bearer {token}` and refused upstream); `bearer` in
+/// any case, or no `token_type` at all, is fine.
+#[tokio::test]
+async fn a_token_that_is_not_bearer_is_refused_and_bearer_in_any_case_is_not() {
+    for tt in ["DPoP", "MAC", "N_A"] {
+        let ep = endpoint().await;
+        ep.set_failure(Some(Failure::Status(
+            200,
+            format!(r#"{{"access_token":"at-x","token_type":"{tt}","expires_in":3600}}"#),
+        )));
+        let got = provider(&cc_cfg(&ep.url, "s")).fetch(None).await;
+        assert!(got.is_err(), "token_type {tt} accepted as a bearer token");
+    }
+    for tt in [r#","token_type":"bearer""#, r#","token_type":"BEARER""#, ""] {
+        let ep = endpoint().await;
+        ep.set_failure(Some(Failure::Status(
+            200,
+            format!(r#"{{"access_token":"at-x"{tt},"expires_in":3600}}"#),
+        )));
+        let got = provider(&cc_cfg(&ep.url, "s")).fetch(None).await;
+        assert!(got.is_ok(), "{tt:?}: {got:?}");
+    }
+}
