@@ -99,6 +99,7 @@ struct State {
     delay: Duration,
     last_form: Vec<(String, String)>,
     last_authorization: Option<String>,
+    last_user_agent: Option<String>,
     expires_in_f64: Option<f64>,
 }
 
@@ -145,6 +146,7 @@ pub async fn start(opts: EndpointOptions) -> TokenEndpoint {
         delay: Duration::ZERO,
         last_form: Vec::new(),
         last_authorization: None,
+        last_user_agent: None,
         expires_in_f64: None,
     }));
     let loop_state = Arc::clone(&state);
@@ -286,6 +288,11 @@ impl TokenEndpoint {
     pub fn last_authorization(&self) -> Option<String> {
         self.with(|s| s.last_authorization.clone())
     }
+
+    /// The `User-Agent` header of the last call.
+    pub fn last_user_agent(&self) -> Option<String> {
+        self.with(|s| s.last_user_agent.clone())
+    }
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -327,6 +334,10 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Answer {
         .headers()
         .get(http::header::AUTHORIZATION)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let user_agent = req
+        .headers()
+        .get(http::header::USER_AGENT)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return oauth_error(400, "invalid_request", "body could not be read"),
@@ -338,6 +349,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Answer {
         s.calls += 1;
         s.last_form = form.clone();
         s.last_authorization = authorization.clone();
+        s.last_user_agent = user_agent;
         (s.delay, s.failure.clone())
     };
     if !delay.is_zero() {

@@ -15,7 +15,7 @@ use super::{ProviderError, TokenProvider};
 use crate::token::{StoredCredential, Token};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use http::{HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt as _, Limited};
 use proxy_core::config::{ClientAuthMethod, Grant, OAuth2Config};
@@ -236,7 +236,10 @@ impl OAuth2Provider {
             .method(Method::POST)
             .uri(self.token_url.clone())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(ACCEPT, "application/json");
+            .header(ACCEPT, "application/json")
+            // Some token endpoints and the WAFs in front of them refuse
+            // requests without one.
+            .header(USER_AGENT, concat!("latchkey/", env!("CARGO_PKG_VERSION")));
         if let Some(auth) = authorization {
             builder = builder.header(AUTHORIZATION, auth);
         }

@@ -73,6 +73,10 @@ async fn refresh_grant_sends_form_and_basic_auth() {
     );
     assert_eq!(token.expires_in, Some(Duration::from_secs(3600)));
 
+    assert_eq!(
+        ep.last_user_agent().as_deref(),
+        Some(concat!("latchkey/", env!("CARGO_PKG_VERSION")))
+    );
     // Basic auth carries the credentials, so the form must not repeat them.
     assert_eq!(
         ep.last_form(),
