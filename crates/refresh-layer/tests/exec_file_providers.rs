@@ -3,15 +3,17 @@
 //! scrubbing and bounded file reads.
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] fns")]
 
+mod common;
+
+use common::LogSink;
 use proxy_core::config::{ExecConfig, TokenFileConfig};
 use refresh_layer::provider::exec::ExecProvider;
 use refresh_layer::provider::file::FileTokenProvider;
 use refresh_layer::provider::{ProviderError, TokenProvider as _};
 use secrecy::ExposeSecret as _;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
@@ -126,25 +128,6 @@ async fn file_expiry_offsets_are_applied() {
     for exp in [format!("{at}"), format!("\"{at}\""), format!("{at}.5")] {
         std::fs::write(&path, format!(r#"{{"token":"t","exp":{exp}}}"#)).unwrap();
         assert_about_one_hour(&exp, p.fetch(None).await.unwrap().expires_in);
-    }
-}
-
-#[derive(Clone, Default)]
-struct LogSink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl LogSink {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
     }
 }
 

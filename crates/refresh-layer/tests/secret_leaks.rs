@@ -7,36 +7,16 @@
 //! The endpoint, the paused-clock conventions and the helpers are described
 //! in `common/mod.rs`.
 
-#![expect(
-    clippy::unwrap_used,
-    reason = "test helpers fail the test by panicking"
-)]
-
 mod common;
 
 use common::token_endpoint::{self, EndpointOptions, Failure};
 use common::{
-    CLIENT_ID, CLIENT_SECRET, S, cfg, invalidate, memory, opts, quiesce, source_with, token,
+    CLIENT_ID, CLIENT_SECRET, LogSink, S, cfg, invalidate, memory, opts, quiesce, source_with,
+    token,
 };
 use proxy_core::CredentialSource as _;
 use refresh_layer::RefreshSettings;
 use serde_json::json;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
-/// Collects everything the subscriber writes.
-#[derive(Clone, Default)]
-struct LogSink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test(start_paused = true)]
 async fn secrets_never_appear_in_logs_errors_debug_or_status() {

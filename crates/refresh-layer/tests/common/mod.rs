@@ -171,3 +171,24 @@ pub async fn load(store: &dyn Store) -> StoredCredential {
 pub fn now_ms() -> u64 {
     to_ms(SystemTime::now())
 }
+
+/// Collects everything a tracing subscriber writes.
+#[derive(Clone, Default)]
+pub struct LogSink(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogSink {
+    /// What was written, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
