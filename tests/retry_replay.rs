@@ -22,8 +22,8 @@ use tokio::task::JoinSet;
 use std::sync::Arc;
 use support::harness::{TestProxy, start_proxy};
 use support::retry::{
-    AuthUpstream, Hit, assert_upstream_rejection, auth_upstream, config, connect, endpoint,
-    retry_header, route, warm_up,
+    AuthUpstream, Hit, STATIC_KEY, assert_upstream_rejection, auth_upstream, config, connect,
+    endpoint, retry_header, route, warm_up,
 };
 use support::token_endpoint::TokenEndpoint;
 use support::{echoed_header, json, send, with_timeout};
@@ -274,5 +274,54 @@ async fn a_chunked_body_is_replayed() {
     assert_eq!(hits.len(), 2, "one rejected attempt and one replay");
     assert_eq!(hits[0].body, "abcdefghij");
     assert_eq!(hits[1].body, "abcdefghij");
+    p.stop().await;
+}
+
+/// README: "Static keys are not replayed. ... the upstream's answer stands,
+/// without `x-latchkey-retry`", whether or not the body could have been
+/// replayed: a body over the replay cap gets no `not_replayable` either.
+#[tokio::test]
+async fn static_key_with_a_body_over_the_cap_gets_no_retry_header() {
+    let ep = endpoint().await;
+    let up = auth_upstream(ep.clone(), StatusCode::UNAUTHORIZED).await;
+    let yaml = format!(
+        r#"proxy: {{ listen: "127.0.0.1:0", drain_timeout: 2s }}
+credentials:
+  - id: key
+    static: {{ value: {STATIC_KEY} }}
+routes:
+{}"#,
+        route(
+            "api",
+            "/api/",
+            &up.url(),
+            "key",
+            "    retry: { max_replay_body: 16 }"
+        )
+    );
+    let p = start_proxy(&yaml).await;
+    // Within the cap: the upstream's answer, no header (as documented).
+    let small = Request::post(p.url("/api/small"))
+        .header(header::CONTENT_LENGTH, 4)
+        .body(Full::new(Bytes::from_static(b"abcd")))
+        .unwrap();
+    let (status, headers, body) = send(small).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_upstream_rejection(&headers, &body);
+    assert_eq!(retry_header(&headers), None, "small body, static key");
+    // Over the cap: same credential, same upstream answer.
+    let big = Bytes::from(vec![b'x'; 64]);
+    let req = Request::post(p.url("/api/big"))
+        .header(header::CONTENT_LENGTH, big.len())
+        .body(Full::new(big))
+        .unwrap();
+    let (status, headers, body) = send(req).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_upstream_rejection(&headers, &body);
+    assert_eq!(
+        retry_header(&headers),
+        None,
+        "a static key has no other credential: no x-latchkey-retry"
+    );
     p.stop().await;
 }

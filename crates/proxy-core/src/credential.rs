@@ -190,6 +190,13 @@ pub trait CredentialSource: fmt::Debug + Send + Sync + 'static {
         Some(self.status().generation).filter(|g| *g > 0)
     }
 
+    /// Whether [`invalidate`](Self::invalidate) can bring a new value (a
+    /// source that refreshes). A static source cannot: the 401 retry then
+    /// leaves the upstream's answer as it is. `false` by default.
+    fn refreshes(&self) -> bool {
+        false
+    }
+
     /// The source as `Any`, for the code that built it to reach its
     /// concrete type (a reload handing a refreshing source's state to the
     /// source that replaces it). `None` by default.

@@ -431,6 +431,12 @@ where
         return Ok(resp);
     };
     let first_status = resp.status();
+    // A static key the upstream refuses, still the one held: nothing to
+    // refresh and nothing new to send, so the upstream's answer stands,
+    // whether or not the request could have been replayed.
+    if !source.refreshes() && source.generation() == Some(rejected.generation) {
+        return Ok(resp);
+    }
     let Some(again) = again else {
         // This request cannot be replayed, but the credential it carried
         // was refused: the forced refresh still starts, so the requests

@@ -25,6 +25,9 @@ impl CredentialSource for Source {
     fn id(&self) -> &str {
         "crm"
     }
+    fn refreshes(&self) -> bool {
+        true
+    }
     fn kind(&self) -> &'static str {
         "test"
     }

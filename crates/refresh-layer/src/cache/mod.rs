@@ -272,6 +272,10 @@ impl CredentialSource for RefreshingSource {
         Some(self)
     }
 
+    fn refreshes(&self) -> bool {
+        true
+    }
+
     fn kind(&self) -> &'static str {
         self.inner.provider.kind()
     }
