@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use support::harness::start_proxy;
 use support::retry::{
     STATIC_KEY, assert_upstream_rejection, auth_upstream, config, endpoint, retry_header, route,
-    warm_up,
+    static_config, warm_up,
 };
 use support::{echoed_header, get, json};
 
@@ -189,15 +189,7 @@ async fn configurable_statuses_403() {
 async fn static_credential_401_passes_through_without_replay() {
     let ep = endpoint().await;
     let up = auth_upstream(ep.clone(), StatusCode::UNAUTHORIZED).await;
-    let yaml = format!(
-        r#"proxy: {{ listen: "127.0.0.1:0", drain_timeout: 2s }}
-credentials:
-  - id: key
-    static: {{ value: {STATIC_KEY} }}
-routes:
-{}"#,
-        route("api", "/api/", &up.url(), "key", "")
-    );
+    let yaml = static_config(&route("api", "/api/", &up.url(), "key", ""));
     let p = start_proxy(&yaml).await;
     let (status, headers, body) = get(&p.url("/api/x"), &[]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);

@@ -22,8 +22,8 @@ use tokio::task::JoinSet;
 use std::sync::Arc;
 use support::harness::{TestProxy, start_proxy};
 use support::retry::{
-    AuthUpstream, Hit, STATIC_KEY, assert_upstream_rejection, auth_upstream, config, connect,
-    endpoint, retry_header, route, warm_up,
+    AuthUpstream, Hit, assert_upstream_rejection, auth_upstream, config, connect, endpoint,
+    retry_header, route, static_config, warm_up,
 };
 use support::token_endpoint::TokenEndpoint;
 use support::{echoed_header, json, send, with_timeout};
@@ -284,21 +284,13 @@ async fn a_chunked_body_is_replayed() {
 async fn static_key_with_a_body_over_the_cap_gets_no_retry_header() {
     let ep = endpoint().await;
     let up = auth_upstream(ep.clone(), StatusCode::UNAUTHORIZED).await;
-    let yaml = format!(
-        r#"proxy: {{ listen: "127.0.0.1:0", drain_timeout: 2s }}
-credentials:
-  - id: key
-    static: {{ value: {STATIC_KEY} }}
-routes:
-{}"#,
-        route(
-            "api",
-            "/api/",
-            &up.url(),
-            "key",
-            "    retry: { max_replay_body: 16 }"
-        )
-    );
+    let yaml = static_config(&route(
+        "api",
+        "/api/",
+        &up.url(),
+        "key",
+        "    retry: { max_replay_body: 16 }",
+    ));
     let p = start_proxy(&yaml).await;
     // Within the cap: the upstream's answer, no header (as documented).
     let small = Request::post(p.url("/api/small"))

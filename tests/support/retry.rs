@@ -227,6 +227,19 @@ routes:
     )
 }
 
+/// A proxy whose one credential `key` is the static [`STATIC_KEY`], with
+/// `routes`.
+pub fn static_config(routes: &str) -> String {
+    format!(
+        r#"proxy: {{ listen: "127.0.0.1:0", drain_timeout: 2s }}
+credentials:
+  - id: key
+    static: {{ value: {STATIC_KEY} }}
+routes:
+{routes}"#
+    )
+}
+
 /// A public route on `prefix` (not stripped) injecting `credential` with
 /// the default `Authorization: Bearer`, plus `extra` lines.
 pub fn route(id: &str, prefix: &str, upstream: &str, credential: &str, extra: &str) -> String {
