@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::LogSink;
+use common::capture_logs;
 use proxy_core::config::{ExecConfig, TokenFileConfig};
 use refresh_layer::provider::exec::ExecProvider;
 use refresh_layer::provider::file::FileTokenProvider;
@@ -129,21 +129,6 @@ async fn file_expiry_offsets_are_applied() {
         std::fs::write(&path, format!(r#"{{"token":"t","exp":{exp}}}"#)).unwrap();
         assert_about_one_hour(&exp, p.fetch(None).await.unwrap().expires_in);
     }
-}
-
-/// Captures this thread's logs (the tests run on a current-thread runtime).
-fn capture_logs() -> (LogSink, tracing::subscriber::DefaultGuard) {
-    let logs = LogSink::default();
-    let sink = logs.clone();
-    let guard = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_writer(move || sink.clone())
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .finish(),
-    );
-    tracing::callsite::rebuild_interest_cache();
-    (logs, guard)
 }
 
 #[tokio::test]

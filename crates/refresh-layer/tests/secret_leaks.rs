@@ -11,7 +11,7 @@ mod common;
 
 use common::token_endpoint::{self, EndpointOptions, Failure};
 use common::{
-    CLIENT_ID, CLIENT_SECRET, LogSink, S, cfg, invalidate, memory, opts, quiesce, source_with,
+    CLIENT_ID, CLIENT_SECRET, S, capture_logs, cfg, invalidate, memory, opts, quiesce, source_with,
     token,
 };
 use proxy_core::CredentialSource as _;
@@ -20,27 +20,7 @@ use serde_json::json;
 
 #[tokio::test(start_paused = true)]
 async fn secrets_never_appear_in_logs_errors_debug_or_status() {
-    let logs = LogSink::default();
-    let sink = logs.clone();
-    // tracing caches per-callsite interest globally. With exactly one
-    // dispatcher registered, a callsite first hit on another test's thread
-    // (which has no subscriber) is cached as "never" and this test would miss
-    // its events; a second live dispatcher makes tracing consult every
-    // registered dispatcher instead.
-    let _second = tracing::Dispatch::new(
-        tracing_subscriber::fmt()
-            .with_writer(std::io::sink)
-            .finish(),
-    );
-    // Thread-local: the current-thread runtime runs every task on this thread.
-    let _guard = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_writer(move || sink.clone())
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .finish(),
-    );
-    tracing::callsite::rebuild_interest_cache();
+    let (logs, _capture) = capture_logs();
 
     let ep = token_endpoint::start(EndpointOptions {
         initial_refresh_token: "rt-canary-0".to_owned(),
@@ -131,7 +111,7 @@ async fn secrets_never_appear_in_logs_errors_debug_or_status() {
         texts.push(e);
     }
 
-    let log = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let log = logs.text();
     assert!(log.contains("credential refreshed"), "{log}");
     assert!(log.contains("credential refresh failed"), "{log}");
     texts.push(log);

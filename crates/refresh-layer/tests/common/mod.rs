@@ -192,3 +192,42 @@ impl LogSink {
         String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
     }
 }
+
+/// Keeps a [`capture_logs`] capture running; dropping it ends it.
+pub struct LogCapture {
+    _default: tracing::subscriber::DefaultGuard,
+    _second: tracing::Dispatch,
+}
+
+/// Captures this thread's logs, every level (the tests run on a
+/// current-thread runtime, so every task logs on this thread).
+///
+/// tracing caches per-callsite interest globally. With exactly one
+/// dispatcher registered, a callsite first hit on another test's thread
+/// (which has no subscriber) is cached as "never" and this capture would
+/// miss its events; a second live dispatcher makes tracing consult every
+/// registered dispatcher instead.
+pub fn capture_logs() -> (LogSink, LogCapture) {
+    let logs = LogSink::default();
+    let sink = logs.clone();
+    let second = tracing::Dispatch::new(
+        tracing_subscriber::fmt()
+            .with_writer(std::io::sink)
+            .finish(),
+    );
+    let default = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .finish(),
+    );
+    tracing::callsite::rebuild_interest_cache();
+    (
+        logs,
+        LogCapture {
+            _default: default,
+            _second: second,
+        },
+    )
+}
