@@ -358,6 +358,51 @@ async fn method_not_allowed() {
     assert_eq!(up.hit_count(), 0);
 }
 
+/// `CONNECT` asks for a tunnel: refused the same way, with a message that
+/// says so, even where a host-only route would match its authority.
+#[tokio::test]
+async fn connect_is_not_allowed() {
+    let up = echo_upstream().await;
+    let (p, sink) = start(&setup(
+        "cn",
+        "[cn]",
+        "",
+        &format!(
+            "  - id: cn\n    match: {{ host: 127.0.0.1 }}\n    upstream: {}\n    credential: cn-key\n",
+            up.url()
+        ),
+    ))
+    .await;
+    let authority = p
+        .url("/")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&authority).await.unwrap();
+    let head = format!(
+        "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {CLIENT_TOKEN}\r\nConnection: close\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer)
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 405 "), "{answer}");
+    assert!(
+        answer.contains("x-latchkey-error: method_not_allowed"),
+        "{answer}"
+    );
+    assert!(answer.contains("opens no tunnels"), "{answer}");
+    let record = only_request(&sink);
+    assert_eq!(record["audit"]["method"], "CONNECT");
+    assert_eq!(record["audit"]["status_code"], 405);
+    assert_eq!(record["rejected_by"], "router");
+    assert_eq!(record["reason"], "method_not_allowed");
+    assert_eq!(up.hit_count(), 0);
+}
+
 #[tokio::test]
 async fn body_too_large() {
     let up = echo_upstream().await;

@@ -162,7 +162,7 @@ pub fn json_error(
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     // RFC 9110 15.5.6: a 405 lists the methods allowed. The upstream
-    // decides among the others; `TRACE` is the one never forwarded.
+    // decides among the others; `TRACE` and `CONNECT` are never forwarded.
     if code == ErrorCode::MethodNotAllowed {
         h.insert(
             header::ALLOW,

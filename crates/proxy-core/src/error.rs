@@ -7,6 +7,7 @@
 
 use http::StatusCode;
 use std::error::Error as StdError;
+use std::fmt;
 
 /// The error type at every layer boundary.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -25,7 +26,7 @@ pub enum ErrorCode {
     BodyTooLarge,
     /// The request is malformed (400).
     BadRequest,
-    /// The method is never forwarded: `TRACE` (405).
+    /// The method is never forwarded: `TRACE` or `CONNECT` (405).
     MethodNotAllowed,
     /// The upstream could not be reached, or its TLS handshake failed (502).
     UpstreamUnreachable,
@@ -134,12 +135,29 @@ pub struct BadRequest(pub String);
 
 /// The request's method is never forwarded: `TRACE`, whose answer is the
 /// request as the upstream received it, injected credential included
-/// (nginx answers it with 405 too).
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "{0} is not forwarded: an upstream answering it would echo the request, with the injected credential, back to the caller"
-)]
+/// (nginx answers it with 405 too), and `CONNECT`, a request for a tunnel,
+/// which a reverse proxy does not open.
+#[derive(Debug)]
 pub struct MethodNotAllowed(pub http::Method);
+
+impl fmt::Display for MethodNotAllowed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == http::Method::CONNECT {
+            write!(
+                f,
+                "CONNECT is not supported: latchkey is a reverse proxy and opens no tunnels; send the request itself to the route's path"
+            )
+        } else {
+            write!(
+                f,
+                "{} is not forwarded: an upstream answering it would echo the request, with the injected credential, back to the caller",
+                self.0
+            )
+        }
+    }
+}
+
+impl StdError for MethodNotAllowed {}
 
 /// The caller's request body failed while it was read (a malformed chunk,
 /// the caller gone mid-body): the listener wraps the inbound body's errors

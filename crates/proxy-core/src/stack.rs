@@ -382,10 +382,11 @@ impl Service<Request<ProxyBody>> for Dispatch {
 
     fn call(&mut self, mut req: Request<ProxyBody>) -> Self::Future {
         // The upstream's answer to a TRACE is the request it got, injected
-        // credential included: refused before any route is chosen.
-        if req.method() == http::Method::TRACE {
+        // credential included; a CONNECT asks for a tunnel, which a reverse
+        // proxy does not open: both refused before any route is chosen.
+        if req.method() == http::Method::TRACE || req.method() == http::Method::CONNECT {
             crate::facts::record(&req, |f| f.rejected_by = Some("router"));
-            let e = crate::error::MethodNotAllowed(http::Method::TRACE);
+            let e = crate::error::MethodNotAllowed(req.method().clone());
             return Either::Right(ready(Err(e.into())));
         }
         match crate::path::normalize(req.uri().path(), self.escaped_slashes) {
