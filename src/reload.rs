@@ -223,9 +223,26 @@ impl Reloader {
             .filter(|o| !new.credentials.iter().any(|n| n.id() == o.id()))
             .map(|o| o.id().to_string())
             .collect();
+        // A credential that no longer refreshes under its id (removed, or
+        // rebuilt as a static one) has no expiry: its timestamp gauges
+        // would otherwise keep the old token's, and the expiry alert would
+        // fire on a working credential. A rebuilt refreshing one keeps them
+        // until its next refresh sets them (it starts from the token its
+        // predecessor held).
+        let no_longer_refreshing: Vec<String> = new
+            .credentials
+            .iter()
+            .filter(|src| !src.refreshes() && added.iter().any(|id| id == src.id()))
+            .filter(|src| {
+                old.credentials
+                    .iter()
+                    .any(|o| o.id() == src.id() && o.refreshes())
+            })
+            .map(|src| src.id().to_string())
+            .collect();
         let routes = new.config.routes.len();
         self.proxy.store(Arc::new(new));
-        for id in &removed {
+        for id in removed.iter().chain(&no_longer_refreshing) {
             audit::metrics::forget_credential(id);
         }
         Ok(ReloadOutcome {

@@ -1,0 +1,146 @@
+//! The credential timestamp gauges across reloads
+//! (`latchkey_credential_expiration_timestamp_seconds`,
+//! `latchkey_credential_last_refresh_success_timestamp_seconds`): a
+//! credential that stops refreshing under its id (removed, or rebuilt as a
+//! static one) loses them, so the dashboard stops counting down a token
+//! nobody holds and the expiry alert cannot page for a working credential;
+//! a refreshing credential rebuilt by a reload keeps them.
+//!
+//! Its own test binary: the metrics recorder is per process.
+
+#![expect(clippy::expect_used, reason = "test helpers outside #[test] fns")]
+
+mod support;
+
+use support::token_endpoint::{self, EndpointOptions, TokenEndpoint};
+use support::{echo_upstream, get};
+
+const TOKEN: &str = "gauge-client-token";
+
+/// One client, credentials `a` and `b` as given, one route per credential.
+fn yaml(upstream: &str, a: &str, b: &str) -> String {
+    let mut out = format!(
+        r#"proxy: {{ listen: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0", management_key: {{ value: mgmt-key }} }}
+clients:
+  - id: app
+    token: {{ value: {TOKEN} }}
+    routes: ["*"]
+credentials:
+  - id: gauge-a
+{a}
+"#
+    );
+    if !b.is_empty() {
+        out.push_str(&format!("  - id: gauge-b\n{b}\n"));
+    }
+    out.push_str(&format!(
+        "routes:\n  - id: a\n    match: {{ path_prefix: /a/ }}\n    upstream: {upstream}\n    credential: gauge-a\n"
+    ));
+    if !b.is_empty() {
+        out.push_str(&format!(
+            "  - id: b\n    match: {{ path_prefix: /b/ }}\n    upstream: {upstream}\n    credential: gauge-b\n"
+        ));
+    }
+    out
+}
+
+fn oauth(ep: &TokenEndpoint, scope: &str) -> String {
+    format!(
+        "    oauth2:\n      grant: client_credentials\n      token_url: {}\n      client_id: latchkey\n      client_secret: {{ value: cs }}\n      scopes: [{scope}]",
+        ep.url
+    )
+}
+
+/// The gauge `name`'s value for `credential`, as the exporter renders it.
+fn gauge(name: &str, credential: &str) -> Option<String> {
+    let text = audit::metrics::handle()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    let label = format!("credential=\"{credential}\"");
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(&label))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(str::to_owned)
+}
+
+fn is_set(value: Option<&str>) -> bool {
+    value.is_some_and(|v| v != "NaN" && v.parse::<f64>().is_ok_and(|f| f > 1e9))
+}
+
+#[tokio::test]
+async fn credentials_that_stop_refreshing_lose_their_timestamps_rebuilt_ones_keep_them() {
+    let up = echo_upstream().await;
+    let ep = token_endpoint::start(EndpointOptions {
+        expires_in: 3600,
+        rotate: false,
+        initial_refresh_token: "unused".into(),
+        client_id: Some("latchkey".into()),
+        client_secret: Some("cs".into()),
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("latchkey.yaml");
+    std::fs::write(&path, yaml(&up.url(), &oauth(&ep, "r1"), &oauth(&ep, "r1"))).expect("write");
+    let config = latchkey::Config::load(&path).expect("valid config");
+    let options = latchkey::StartOptions {
+        config_path: Some(path.clone()),
+        watch_config: false,
+        ..Default::default()
+    };
+    let running = latchkey::start_with(config, &path.display().to_string(), options)
+        .await
+        .expect("start");
+    let base = format!("http://{}", running.proxy_addr);
+    let auth = format!("Bearer {TOKEN}");
+    for route in ["a", "b"] {
+        let (status, _, _) = get(&format!("{base}/{route}/x"), &[("authorization", &auth)]).await;
+        assert_eq!(status.as_u16(), 200);
+    }
+    let names = [
+        audit::metrics::EXPIRATION_TIMESTAMP,
+        audit::metrics::LAST_REFRESH_SUCCESS,
+    ];
+    for name in names {
+        for id in ["gauge-a", "gauge-b"] {
+            assert!(is_set(gauge(name, id).as_deref()), "{name} {id}");
+        }
+    }
+
+    // `gauge-a` becomes a static key; `gauge-b` is rebuilt (a new scope):
+    // its gauges stay set (the new source's first token sets them anew).
+    std::fs::write(
+        &path,
+        yaml(
+            &up.url(),
+            "    static: { value: a-static-key }",
+            &oauth(&ep, "r2"),
+        ),
+    )
+    .expect("rewrite");
+    let outcome = running.reload().await.expect("reload");
+    assert_eq!(outcome.credentials_new, ["gauge-a", "gauge-b"]);
+    let (status, _, _) = get(&format!("{base}/a/x"), &[("authorization", &auth)]).await;
+    assert_eq!(status.as_u16(), 200);
+    for name in names {
+        assert_eq!(
+            gauge(name, "gauge-a").as_deref(),
+            Some("NaN"),
+            "{name}: a static key has no token expiry"
+        );
+        assert!(is_set(gauge(name, "gauge-b").as_deref()), "{name} gauge-b");
+    }
+
+    // Removed outright: NaN too.
+    std::fs::write(
+        &path,
+        yaml(&up.url(), "    static: { value: a-static-key }", ""),
+    )
+    .expect("rewrite");
+    let outcome = running.reload().await.expect("reload");
+    assert_eq!(outcome.credentials_removed, ["gauge-b"]);
+    for name in names {
+        assert_eq!(gauge(name, "gauge-b").as_deref(), Some("NaN"), "{name}");
+    }
+    running.shutdown().await;
+}
