@@ -203,9 +203,10 @@ impl Shared {
                 self.room.notify_all();
             }
             if !batch.is_empty() {
-                if let Err(e) = output.write_all(&batch).and_then(|()| output.flush()) {
-                    // The batch is gone (there is nowhere else to keep it
-                    // without stopping every request); say so, not per batch.
+                if let Err(e) = write_batch(&mut output, &batch) {
+                    // The rest of the batch is gone (there is nowhere else
+                    // to keep it without stopping every request); say so,
+                    // not per batch.
                     failures += 1;
                     if failures.is_power_of_two() {
                         eprintln!(
@@ -222,6 +223,35 @@ impl Shared {
             }
         }
     }
+}
+
+/// Writes `batch` (whole lines) to `output`, waiting out `WouldBlock` (a
+/// non-blocking stdout that is full: records wait, as on a blocking one).
+/// On any other error the rest of the batch is dropped, but never half a
+/// line: a record cut short is ended with a newline, so the next batch's
+/// first record starts a line of its own instead of being glued to the
+/// fragment (and lost to every JSON-lines reader with it).
+fn write_batch<W: Write>(output: &mut W, batch: &[u8]) -> io::Result<()> {
+    let mut written = 0;
+    let result = loop {
+        let Some(rest) = batch.get(written..).filter(|r| !r.is_empty()) else {
+            break output.flush();
+        };
+        match output.write(rest) {
+            Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    if result.is_err() && written > 0 && batch.get(written - 1) != Some(&b'\n') {
+        // Best effort: if this fails too, the output is gone anyway.
+        let _ = output.write_all(b"\n");
+    }
+    result
 }
 
 impl Drop for BatchGuard {
@@ -422,5 +452,86 @@ mod tests {
         }
         // Returns: the writer kept going and exits on close.
         drop(guard);
+    }
+
+    /// Accepts `budget` bytes, then fails once (`ENOSPC`), then accepts
+    /// everything; `WouldBlock` first on every write if `full`.
+    struct FailsOnceMidBatch {
+        out: Arc<Mutex<Vec<u8>>>,
+        budget: usize,
+        failed: bool,
+        would_block: usize,
+    }
+
+    impl Write for FailsOnceMidBatch {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.would_block > 0 {
+                self.would_block -= 1;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = if self.failed {
+                buf.len()
+            } else {
+                buf.len().min(self.budget)
+            };
+            if n == 0 {
+                self.failed = true;
+                return Err(io::Error::from_raw_os_error(28));
+            }
+            self.budget -= n.min(self.budget);
+            self.out.lock().unwrap().extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_write_never_glues_half_a_record_to_the_next() {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink = FailsOnceMidBatch {
+            out: out.clone(),
+            budget: 20,
+            failed: false,
+            would_block: 0,
+        };
+        let (w, guard) = BatchWriter::spawn(sink, "t", only_when_dropped()).unwrap();
+        // A quiet writer writes its first record at once: cut after 20 bytes.
+        w.append_line(br#"{"kind":"request","n":1}"#);
+        let cut = || out.lock().unwrap().len() >= 20;
+        for _ in 0..30_000 {
+            if cut() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(cut(), "the first record was never written");
+        w.append_line(br#"{"kind":"request","n":2}"#);
+        drop(guard);
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text,
+            "{\"kind\":\"request\",\"n\n{\"kind\":\"request\",\"n\":2}\n"
+        );
+    }
+
+    #[test]
+    fn a_full_non_blocking_output_is_waited_for_not_dropped() {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink = FailsOnceMidBatch {
+            out: out.clone(),
+            budget: usize::MAX,
+            failed: false,
+            would_block: 3,
+        };
+        let (w, guard) = BatchWriter::spawn(sink, "t", only_when_dropped()).unwrap();
+        w.append_line(b"one");
+        w.append_line(b"two");
+        drop(guard);
+        assert_eq!(
+            String::from_utf8(out.lock().unwrap().clone()).unwrap(),
+            "one\ntwo\n"
+        );
     }
 }
