@@ -47,8 +47,18 @@ struct Output {
 
 /// Runs `latchkey ctl`.
 pub fn run(args: CtlArgs) -> ExitCode {
-    let Some(key) = args.key.clone().map(SecretString::from) else {
-        eprintln!("latchkey ctl: no management key; set LATCHKEY_MANAGEMENT_KEY or pass --key");
+    // An empty key (an empty Secret key, `$(cat missing-file)`) is no key:
+    // sent, it could only be refused.
+    let Some(key) = args
+        .key
+        .as_deref()
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(|k| SecretString::from(k.to_owned()))
+    else {
+        eprintln!(
+            "latchkey ctl: no management key (or an empty one); set LATCHKEY_MANAGEMENT_KEY or pass --key"
+        );
         return ExitCode::from(2);
     };
     let (method, path) = match request_for(&args.action) {

@@ -193,6 +193,28 @@ async fn unknown_admin_path_is_404_json() {
         json!({ "error": { "code": "not_found", "message": "no admin endpoint /nope" } })
     );
 }
+/// A wrong method on a known admin endpoint is 405 with `Allow`; on an
+/// unknown path it is 404, as for GET (a typo is not a method problem).
+#[tokio::test]
+async fn wrong_method_is_405_with_allow_unknown_path_404() {
+    let p = start_proxy(&config("")).await;
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let req = Request::post(format!("{}{path}", p.admin))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let (status, headers, body) = send(req).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        assert_eq!(header(&headers, "allow"), Some("GET, HEAD"), "{path}");
+        assert_eq!(json(&body)["error"]["code"], "method_not_allowed");
+    }
+    let req = Request::post(format!("{}/v0/reload", p.admin))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, _, body) = send(req).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(json(&body)["error"]["code"], "not_found");
+}
+
 // ---------------------------------------------------------------------------
 // Graceful stop
 // ---------------------------------------------------------------------------

@@ -256,6 +256,20 @@ async fn five_wrong_keys_lock_the_address_out() {
             "unauthorized",
         );
     }
+    // Requests with no key (or an empty one) are refused but are no
+    // guess: they do not count.
+    for _ in 0..5 {
+        assert_error(
+            &call(p, "GET", "/credentials", None).await,
+            401,
+            "unauthorized",
+        );
+        assert_error(
+            &call(p, "GET", "/credentials", Some(("authorization", "Bearer "))).await,
+            401,
+            "unauthorized",
+        );
+    }
     // A success resets the count.
     assert_eq!(authed(p, "GET", "/credentials").await.0, 200);
     for _ in 0..5 {
@@ -479,6 +493,18 @@ async fn ctl_refresh_moves_expiry_forward() {
     .env("LATCHKEY_MANAGEMENT_KEY", KEY);
     let refused = with_timeout(cmd.output()).await.unwrap();
     assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    // An empty key (an empty Secret key) is no key: exit 2, nothing sent.
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"));
+    cmd.args(["ctl", "--admin-url", &p.admin, "credentials"])
+        .env_remove("LATCHKEY_ADMIN_URL")
+        .env("LATCHKEY_MANAGEMENT_KEY", " ");
+    let empty = with_timeout(cmd.output()).await.unwrap();
+    assert_eq!(empty.status.code(), Some(2), "{}", stderr(&empty));
+    assert!(
+        stderr(&empty).contains("no management key"),
+        "{}",
+        stderr(&empty)
+    );
 
     let texts: Vec<String> = [out, table, unknown, static_, refused]
         .iter()

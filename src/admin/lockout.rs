@@ -2,7 +2,8 @@
 //!
 //! After [`MAX_FAILURES`] wrong keys from one IP address, that address is
 //! refused for [`LOCKOUT`] without its key even being compared, so guessing
-//! the key from one host costs 30 minutes per 5 guesses. A success resets the
+//! the key from one host costs 30 minutes per 5 guesses. Every loopback
+//! address counts as one, and an IPv6 address as its /64 (see `bucket`). A success resets the
 //! address's count; failures older than [`LOCKOUT`] are forgotten, each on
 //! its own (a sliding window: one wrong key every 10 minutes never locks an
 //! address out).
@@ -111,7 +112,7 @@ impl Lockout {
         now: Instant,
         authenticate: impl FnOnce() -> bool,
     ) -> Attempt {
-        let ip = ip.to_canonical();
+        let ip = bucket(ip);
         // A panic while holding this lock leaves plain counters behind.
         let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = map.get_mut(&ip) {
@@ -161,6 +162,21 @@ impl Lockout {
             };
             map.remove(&oldest);
         }
+    }
+}
+
+/// The address a failure counts against: every loopback address is one
+/// (127.0.0.0/8 is all this host: rotating through it must not buy fresh
+/// guesses), and an IPv6 address counts for its /64 (what one host or
+/// subscriber is usually given).
+fn bucket(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) if v4.is_loopback() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_loopback() => IpAddr::V6(v6),
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6) & !u128::from(u64::MAX),
+        )),
+        other => other,
     }
 }
 
@@ -238,6 +254,34 @@ mod tests {
             fail(&l, ip("::ffff:10.0.0.1")),
             Attempt::Locked { .. }
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn loopback_is_one_address_and_ipv6_counts_per_64() {
+        let l = Lockout::default();
+        for i in 0..5 {
+            // Rotating through 127.0.0.0/8 buys no fresh guesses.
+            assert_eq!(
+                fail(&l, ip(&format!("127.0.0.{}", 2 + i))),
+                Attempt::Rejected
+            );
+        }
+        assert!(matches!(ok(&l, ip("127.0.0.1")), Attempt::Locked { .. }));
+        assert!(matches!(
+            ok(&l, ip("::ffff:127.9.9.9")),
+            Attempt::Locked { .. }
+        ));
+        // IPv6 loopback is its own address.
+        assert_eq!(ok(&l, ip("::1")), Attempt::Accepted);
+
+        for i in 0..5 {
+            fail(&l, ip(&format!("2001:db8:1:2::{i:x}")));
+        }
+        assert!(matches!(
+            ok(&l, ip("2001:db8:1:2:ffff::1")),
+            Attempt::Locked { .. }
+        ));
+        assert_eq!(ok(&l, ip("2001:db8:1:3::1")), Attempt::Accepted);
     }
 
     #[tokio::test(start_paused = true)]

@@ -120,13 +120,20 @@ pub async fn handle(state: &AdminState, req: &Parts, peer: SocketAddr) -> Respon
         }
     };
     let presented = presented_keys(&req.headers);
-    let verdict = m.lockout.attempt(peer.ip(), Instant::now(), || {
-        // Every presented key is compared, so timing does not say which
-        // header was checked.
-        presented.iter().fold(false, |ok, p| {
-            ok | bool::from(p.as_bytes().ct_eq(expected.expose().as_bytes()))
+    // No key is no guess: it is refused without counting towards the
+    // lockout, or a few keyless probes (a `curl` without the header, a
+    // `ctl` with an empty key) would lock the operator out.
+    let verdict = if presented.is_empty() {
+        Attempt::Rejected
+    } else {
+        m.lockout.attempt(peer.ip(), Instant::now(), || {
+            // Every presented key is compared, so timing does not say which
+            // header was checked.
+            presented.iter().fold(false, |ok, p| {
+                ok | bool::from(p.as_bytes().ct_eq(expected.expose().as_bytes()))
+            })
         })
-    });
+    };
     match verdict {
         Attempt::Accepted => {}
         Attempt::Rejected => {

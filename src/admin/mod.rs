@@ -135,13 +135,19 @@ pub async fn handle<B>(
     if management::is_management_path(parts.uri.path()) {
         return management::handle(state, &parts, peer).await;
     }
-    if parts.method != Method::GET && parts.method != Method::HEAD {
-        return json_response(
+    let path = parts.uri.path();
+    let known = matches!(path, "/healthz" | "/metrics" | "/readyz");
+    if known && parts.method != Method::GET && parts.method != Method::HEAD {
+        // RFC 9110 15.5.6: a 405 says what is allowed.
+        let mut resp = json_response(
             StatusCode::METHOD_NOT_ALLOWED,
-            &json!({"error": {"code": "method_not_allowed", "message": "use GET"}}),
+            &json!({"error": {"code": "method_not_allowed", "message": format!("{path} answers GET and HEAD")}}),
         );
+        resp.headers_mut()
+            .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+        return resp;
     }
-    match parts.uri.path() {
+    match path {
         "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
         "/metrics" => metrics::response(state),
         "/readyz" => {

@@ -99,6 +99,12 @@ pub fn install() -> PrometheusHandle {
             }
             describe();
             metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            // Both results exist from the start, at 0: `increase()` cannot
+            // see a series' first sample, so a pod's first refused reload
+            // would otherwise never show.
+            for result in ["ok", "error"] {
+                metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => result).absolute(0);
+            }
             let upkeep = handle.clone();
             let spawned = std::thread::Builder::new()
                 .name("latchkey-metrics".into())

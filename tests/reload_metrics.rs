@@ -1,4 +1,5 @@
-//! The credential timestamp gauges across reloads
+//! `latchkey_config_reloads_total` from startup, and the credential
+//! timestamp gauges across reloads
 //! (`latchkey_credential_expiration_timestamp_seconds`,
 //! `latchkey_credential_last_refresh_success_timestamp_seconds`): a
 //! credential that stops refreshing under its id (removed, or rebuilt as a
@@ -64,6 +65,16 @@ fn gauge(name: &str, credential: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+fn reloads(result: &str) -> Option<String> {
+    let text = audit::metrics::handle()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    let prefix = format!("latchkey_config_reloads_total{{result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(str::to_owned)
+}
+
 fn is_set(value: Option<&str>) -> bool {
     value.is_some_and(|v| v != "NaN" && v.parse::<f64>().is_ok_and(|f| f > 1e9))
 }
@@ -91,6 +102,11 @@ async fn credentials_that_stop_refreshing_lose_their_timestamps_rebuilt_ones_kee
     let running = latchkey::start_with(config, &path.display().to_string(), options)
         .await
         .expect("start");
+    // Both results exist before any reload, at 0 (`increase()` cannot see
+    // a series' first sample).
+    for result in ["ok", "error"] {
+        assert_eq!(reloads(result).as_deref(), Some("0"), "{result}");
+    }
     let base = format!("http://{}", running.proxy_addr);
     let auth = format!("Bearer {TOKEN}");
     for route in ["a", "b"] {
@@ -142,5 +158,7 @@ async fn credentials_that_stop_refreshing_lose_their_timestamps_rebuilt_ones_kee
     for name in names {
         assert_eq!(gauge(name, "gauge-b").as_deref(), Some("NaN"), "{name}");
     }
+    assert_eq!(reloads("ok").as_deref(), Some("2"));
+    assert_eq!(reloads("error").as_deref(), Some("0"));
     running.shutdown().await;
 }
