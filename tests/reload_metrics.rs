@@ -9,8 +9,6 @@
 //!
 //! Its own test binary: the metrics recorder is per process.
 
-#![expect(clippy::expect_used, reason = "test helpers outside #[test] fns")]
-
 mod support;
 
 use support::token_endpoint::{self, EndpointOptions, TokenEndpoint};
