@@ -54,7 +54,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -173,6 +173,8 @@ enum Conn {
 
 mod connecting;
 mod forms;
+mod h2;
+pub use h2::{H2_CONNECTION_WINDOW, H2_MAX_HEADER_LIST, H2_STREAM_WINDOW};
 
 use forms::{absolute_form, origin_form};
 
@@ -193,17 +195,7 @@ impl OriginPool {
         settings: PoolSettings,
         connect_timeout: Duration,
     ) -> Self {
-        let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new());
-        if let Some(every) = settings.h2_keepalive {
-            // Only while requests are in flight (hyper's default): the idle
-            // timeout closes unused connections, and PINGs on an idle
-            // connection are what servers police hardest. The answer may
-            // take 20 s (hyper's and gRPC's default): a PING can queue
-            // behind a large upload.
-            h2.keep_alive_interval(every)
-                .keep_alive_timeout(Duration::from_secs(20));
-        }
+        let h2 = h2::builder(settings.h2_keepalive);
         Self {
             connector,
             h1_connector: None,

@@ -448,4 +448,5 @@ async fn the_request_uri_goes_out_in_origin_form() {
     assert_eq!(body, format!("/x {}", s.addr));
 }
 
+mod h2;
 mod https;
