@@ -135,6 +135,72 @@ where
     }
 }
 
+/// Why a request body failed while it was sent upstream, as
+/// [`Witnessed`] saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BodyFailure {
+    /// It went over the route's `max_request_body`.
+    TooLarge,
+    /// The caller's side broke (a malformed chunk, the caller gone).
+    Caller(String),
+}
+
+/// Where [`Witnessed`] keeps the first failure it saw.
+pub type FailureSlot = std::sync::Arc<std::sync::OnceLock<BodyFailure>>;
+
+pin_project_lite::pin_project! {
+    /// A request body that remembers why it failed. Over HTTP/1.1 hyper
+    /// returns a body's error as the request's; over h2 it only resets
+    /// the stream, and the request fails with "stream error sent by
+    /// user". The forwarder reads the slot to answer 413 or 400, as over
+    /// HTTP/1.1, instead of blaming the upstream.
+    pub struct Witnessed {
+        #[pin]
+        inner: ProxyBody,
+        slot: FailureSlot,
+    }
+}
+
+impl Witnessed {
+    /// Wraps `inner`; its first failure goes to `slot`.
+    pub fn new(inner: ProxyBody, slot: FailureSlot) -> Self {
+        Self { inner, slot }
+    }
+}
+
+impl Body for Witnessed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = std::task::ready!(this.inner.poll_frame(cx));
+        if let Some(Err(e)) = &polled {
+            let failure = if crate::error::is_caused_by::<http_body_util::LengthLimitError>(&**e) {
+                Some(BodyFailure::TooLarge)
+            } else {
+                crate::error::find_cause::<CallerBodyError>(&**e)
+                    .map(|c| BodyFailure::Caller(c.to_string()))
+            };
+            if let Some(failure) = failure {
+                let _ = this.slot.set(failure);
+            }
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// An empty [`ProxyBody`].
 pub fn empty() -> ProxyBody {
     boxed(http_body_util::Empty::new())

@@ -8,6 +8,7 @@
 //! streams (SSE) are not cut. `Upgrade` requests (WebSocket) are bridged byte
 //! for byte after the upstream answers 101 ([`crate::tunnel`]).
 
+use crate::body::{BodyFailure, FailureSlot, Witnessed};
 use crate::config::UpstreamUrl;
 use crate::context::RequestId;
 use crate::error::{BodyTooLarge, BoxError, UpstreamTimeout, UpstreamUnreachable, is_caused_by};
@@ -196,13 +197,20 @@ impl Service<Request<ProxyBody>> for Forward {
         // The pool picks h1 or h2 per connection (ALPN); the caller's version
         // must not force one.
         parts.version = Version::HTTP_11;
-        let body = match limit {
-            // A request without a body cannot exceed the limit: sent as
-            // it is, not boxed again.
-            Some(l) if !http_body::Body::is_end_stream(&body) => boxed(
-                http_body_util::Limited::new(body, usize::try_from(l).unwrap_or(usize::MAX)),
-            ),
-            _ => body,
+        // A request without a body can neither exceed the limit nor fail:
+        // sent as it is, not boxed again.
+        let (body, body_failure) = if http_body::Body::is_end_stream(&body) {
+            (body, None)
+        } else {
+            let body = match limit {
+                Some(l) => boxed(http_body_util::Limited::new(
+                    body,
+                    usize::try_from(l).unwrap_or(usize::MAX),
+                )),
+                None => body,
+            };
+            let slot = FailureSlot::default();
+            (boxed(Witnessed::new(body, slot.clone())), Some(slot))
         };
         let facts = crate::facts::slot(&parts.extensions).cloned();
         let req = Request::from_parts(parts, body);
@@ -217,6 +225,7 @@ impl Service<Request<ProxyBody>> for Forward {
                 client_upgrade,
                 scope,
                 limit,
+                body_failure,
             }),
         })
     }
@@ -245,6 +254,8 @@ struct After {
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     scope: Option<crate::tunnel::TunnelScope>,
     limit: Option<u64>,
+    /// Why the request body failed, if it did (see [`Witnessed`]).
+    body_failure: Option<FailureSlot>,
 }
 
 type SendResult = Result<Result<Response<PooledBody>, SendError>, tokio::time::error::Elapsed>;
@@ -285,6 +296,7 @@ impl After {
             client_upgrade,
             scope,
             limit,
+            body_failure,
         } = self;
         let (timeout, connect_timeout) = (shared.target.timeout, shared.target.connect_timeout);
         let origin = &shared.origin;
@@ -308,7 +320,18 @@ impl After {
                 .into());
             }
             Ok(Err(e)) => {
-                let e = map_client_error(e, origin, limit, connect_timeout);
+                let e = match body_failure.as_ref().and_then(|slot| slot.get()) {
+                    // Seen on the body itself: over h2 the send's error
+                    // does not carry it.
+                    Some(BodyFailure::TooLarge) => match limit {
+                        Some(limit) => BodyTooLarge { limit }.into(),
+                        None => map_client_error(e, origin, limit, connect_timeout),
+                    },
+                    Some(BodyFailure::Caller(reason)) => {
+                        crate::error::BadRequest(reason.clone()).into()
+                    }
+                    None => map_client_error(e, origin, limit, connect_timeout),
+                };
                 if let Some(f) = facts.as_ref().filter(|_| e.is::<BodyTooLarge>()) {
                     f.update(|f| f.rejected_by = Some("limits"));
                 }

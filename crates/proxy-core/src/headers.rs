@@ -127,6 +127,13 @@ pub fn clean_response(headers: &mut HeaderMap, switching: bool) {
     for name in &ours {
         headers.remove(name);
     }
+    // RFC 9112 6.3: with `Transfer-Encoding`, `Content-Length` is void and
+    // the client read the body as chunked; passed on next to the
+    // re-framed body, the stale length would cut it short or hang the
+    // caller. nginx and Envoy drop it too.
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        headers.remove(http::header::CONTENT_LENGTH);
+    }
     remove_hop_by_hop(headers, switching);
 }
 

@@ -88,3 +88,45 @@ async fn large_response_headers_pass_over_h2() {
     let resp = pool.clone().send(request("/x")).await.unwrap();
     assert_eq!(resp.headers()["x-big"].len(), 100 << 10);
 }
+
+/// A caller's body that breaks while it is sent to an h2 upstream is the
+/// caller's fault (400), as over HTTP/1.1: hyper's h2 client only resets
+/// the stream, and the send's error says nothing of why.
+#[tokio::test]
+async fn a_caller_body_that_breaks_over_h2_is_a_bad_request() {
+    use crate::error::{ErrorCode, classify};
+    use tower::ServiceExt as _;
+    let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let pool = pool_for(addr, PoolSettings::default());
+    share_h2(&pool, |req: Request<hyper::body::Incoming>| async move {
+        let _ = req.into_body().collect().await;
+        ok_response()
+    })
+    .await;
+    let forward = crate::forward::Forward::new(
+        pool,
+        crate::forward::ForwardTarget {
+            upstream: crate::config::UpstreamUrl::parse(&format!("http://{addr}")).unwrap(),
+            strip_prefix: None,
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            tunnel_idle_timeout: Duration::ZERO,
+            max_request_body: None,
+        },
+    )
+    .unwrap();
+    let frames = futures_util::stream::iter(vec![
+        Ok(hyper::body::Frame::data(Bytes::from_static(b"partial"))),
+        Err(crate::error::CallerBodyError::new("the caller went away")),
+    ]);
+    let req = Request::post("/upload")
+        .body(boxed(StreamBody::new(frames)))
+        .unwrap();
+    let err = forward.oneshot(req).await.expect_err("the body broke");
+    assert_eq!(
+        classify(&*err),
+        ErrorCode::BadRequest,
+        "{}",
+        crate::error::display_chain(&*err)
+    );
+}
