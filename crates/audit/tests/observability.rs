@@ -276,9 +276,9 @@ fn rules_parse_and_have_the_alerts() {
             "LatchkeyRefreshFailing",
             "5m",
             &[
-                "result=\"error\"}[5m]",
-                "result=\"ok\"}[5m]",
-                "by (credential)",
+                "result=\"error\"}[10m]",
+                "result=\"ok\"}[10m]",
+                "by (credential, pod)",
             ][..],
         ),
         (
