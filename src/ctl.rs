@@ -86,8 +86,8 @@ pub fn run(args: CtlArgs) -> ExitCode {
             code: 2,
         },
     };
-    print!("{}", out.stdout);
-    eprint!("{}", out.stderr);
+    print!("{}", printable(&out.stdout));
+    eprint!("{}", printable(&out.stderr));
     ExitCode::from(out.code)
 }
 
@@ -299,6 +299,22 @@ fn table(rows: &[&Value]) -> String {
     out
 }
 
+/// `s` with control characters other than newline and tab shown as
+/// U+FFFD: errors can carry a token endpoint's `error_description` or an
+/// upstream's text, and an escape sequence in them must not reach the
+/// operator's terminal as one (retitling it, hiding lines, ...).
+fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if s.chars().any(bad) {
+        s.chars()
+            .map(|c| if bad(c) { '\u{fffd}' } else { c })
+            .collect::<String>()
+            .into()
+    } else {
+        s.into()
+    }
+}
+
 /// `s` cut to `max` characters, with `...` when cut. Errors are one line.
 fn shorten(s: &str, max: usize) -> String {
     let s = s.replace(['\n', '\r'], " ");
@@ -313,6 +329,16 @@ fn shorten(s: &str, max: usize) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn escape_sequences_never_reach_the_terminal() {
+        assert_eq!(printable("plain\tline\n"), "plain\tline\n");
+        assert_eq!(
+            printable("bad\u{1b}]0;pwned\u{7}\u{1b}[2Jx\r\n"),
+            "bad\u{fffd}]0;pwned\u{fffd}\u{fffd}[2Jx\u{fffd}\n"
+        );
+        assert_eq!(printable("\u{9b}31m"), "\u{fffd}31m", "C1 CSI too");
+    }
 
     fn status(id: &str, err: Option<&str>) -> Value {
         json!({
