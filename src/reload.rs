@@ -24,6 +24,7 @@ use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecursiveMode, Watcher};
 use proxy_core::config::{Config, ConfigError};
 use serde::Serialize;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -240,10 +241,24 @@ impl Reloader {
             })
             .map(|src| src.id().to_string())
             .collect();
+        // A shared store no credential uses any more: its up gauge would
+        // otherwise keep its last value (0 keeps a "store down" alert
+        // firing for a store nothing uses).
+        let stores = |p: &Proxy| -> BTreeSet<&'static str> {
+            p.credentials.iter().map(|c| c.status().store).collect()
+        };
+        let unused_stores: Vec<&'static str> = stores(&old)
+            .difference(&stores(&new))
+            .copied()
+            .filter(|kind| !matches!(*kind, "none" | "memory"))
+            .collect();
         let routes = new.config.routes.len();
         self.proxy.store(Arc::new(new));
         for id in removed.iter().chain(&no_longer_refreshing) {
             audit::metrics::forget_credential(id);
+        }
+        for store in unused_stores {
+            audit::metrics::forget_store(store);
         }
         Ok(ReloadOutcome {
             changed: true,

@@ -470,3 +470,11 @@ pub fn record_store_health<'a>(stores: impl IntoIterator<Item = (&'a str, bool)>
         metrics::gauge!(STORE_UP, "store" => store.to_string()).set(if up { 1.0 } else { 0.0 });
     }
 }
+
+/// A reload left no credential on shared store `store` (`file`, `redis`):
+/// its `latchkey_store_up` becomes NaN (the exporter cannot drop a series),
+/// so a "store down" alert stops firing for a store nothing uses, and
+/// `/metrics` agrees with `/readyz`, which no longer names it.
+pub fn forget_store(store: &str) {
+    metrics::gauge!(STORE_UP, "store" => store.to_string()).set(f64::NAN);
+}

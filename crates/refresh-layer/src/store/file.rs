@@ -7,7 +7,16 @@
 //!   the whole refresh, so two processes never send the same refresh token.
 //!
 //! Blocking file work runs on tokio's blocking pool.
+//!
+//! The store's health (readiness, `store_error`, `latchkey_store_up`) is
+//! the outcome of the lock, load or save started last: an I/O failure (the
+//! directory gone or replaced by a file, a full disk, a stale NFS handle)
+//! or a lock wait that ran out says down, with the error (paths, never
+//! content); the next operation that succeeds says up again. An unreadable
+//! state file is that credential's problem, not the store's: the store
+//! answered.
 
+use super::health::Health;
 use super::{Store, StoreError, StoreLock};
 use crate::token::StoredCredential;
 use futures_util::future::{BoxFuture, FutureExt};
@@ -15,6 +24,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Stores credentials as files under one directory.
 #[derive(Debug, Clone)]
@@ -22,6 +32,8 @@ pub struct FileStore {
     dir: PathBuf,
     /// See [`FileStore::with_lock_wait`].
     lock_wait: std::time::Duration,
+    /// Shared by clones: they are the same store.
+    health: Arc<Health>,
 }
 
 impl FileStore {
@@ -36,6 +48,7 @@ impl FileStore {
         Ok(Self {
             dir,
             lock_wait: LOCK_WAIT,
+            health: Arc::default(),
         })
     }
 
@@ -52,6 +65,24 @@ impl FileStore {
     /// The state file of `id`.
     pub fn path_of(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.json"))
+    }
+
+    /// Runs one store operation, recording its outcome as the store's
+    /// health.
+    async fn tracked<T>(
+        &self,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let seq = self.health.begin();
+        let result = op.await;
+        let health = match &result {
+            Err(e @ (StoreError::Io { .. } | StoreError::Unavailable(_))) => Err(e.to_string()),
+            // The store answered: a corrupt file is the credential's
+            // problem (reported with its refresh), a conflict is not one.
+            Ok(_) | Err(StoreError::Corrupt { .. } | StoreError::Conflict { .. }) => Ok(()),
+        };
+        self.health.end(seq, health);
+        result
     }
 }
 
@@ -151,7 +182,8 @@ impl Store for FileStore {
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<StoredCredential>, StoreError>> {
         let path = self.path_of(id);
-        blocking("load", move || read_state(&path)).boxed()
+        self.tracked(blocking("load", move || read_state(&path)))
+            .boxed()
     }
 
     /// Waits at most [`FileStore::with_lock_wait`] for the lock. The
@@ -161,7 +193,7 @@ impl Store for FileStore {
     fn lock<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoreLock, StoreError>> {
         let path = self.dir.join(format!("{id}.lock"));
         let wait = self.lock_wait;
-        async move {
+        self.tracked(async move {
             let locking = blocking("lock", {
                 let path = path.clone();
                 move || {
@@ -186,7 +218,7 @@ impl Store for FileStore {
                         wait.as_secs_f64()
                     )))
                 })
-        }
+        })
         .boxed()
     }
 
@@ -198,110 +230,15 @@ impl Store for FileStore {
         let path = self.path_of(id);
         let dir = self.dir.clone();
         let state = state.clone();
-        blocking("save", move || write_state(&dir, &path, &state)).boxed()
+        self.tracked(blocking("save", move || write_state(&dir, &path, &state)))
+            .boxed()
+    }
+
+    /// The outcome of the lock, load or save started last.
+    fn health(&self) -> Result<(), String> {
+        self.health.get()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    fn state(generation: u64) -> StoredCredential {
-        StoredCredential {
-            access_token: format!("at-{generation}"),
-            expires_at_ms: Some(1_000),
-            refresh_token: Some(format!("rt-{generation}")),
-            generation,
-            obtained_at_ms: 1,
-        }
-    }
-
-    #[tokio::test]
-    async fn round_trip_with_mode_0600() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::new(dir.path().join("creds")).unwrap();
-        assert_eq!(store.load("crm").await.unwrap(), None);
-        store.save("crm", &state(3)).await.unwrap();
-        assert_eq!(store.load("crm").await.unwrap(), Some(state(3)));
-        let mode = std::fs::metadata(store.path_of("crm"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-        let dir_mode = std::fs::metadata(dir.path().join("creds"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(dir_mode & 0o777, 0o700);
-        // No temp files left behind.
-        let names: Vec<_> = std::fs::read_dir(dir.path().join("creds"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names.len(), 1, "{names:?}");
-    }
-
-    #[tokio::test]
-    async fn corrupt_file_is_reported_and_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::new(dir.path()).unwrap();
-        std::fs::write(
-            store.path_of("crm"),
-            "{\"access_token\": \"secret-canary\", oops",
-        )
-        .unwrap();
-        let err = store.load("crm").await.unwrap_err();
-        assert!(matches!(err, StoreError::Corrupt { .. }));
-        assert!(!err.to_string().contains("secret-canary"));
-        assert!(
-            std::fs::read_to_string(store.path_of("crm"))
-                .unwrap()
-                .contains("oops")
-        );
-    }
-
-    /// A holder that never lets go (a stopped process): the wait ends after
-    /// the lock wait with the store unavailable, and the lock is free again
-    /// once the holder lets go (the abandoned `flock` releases what it got).
-    #[tokio::test]
-    async fn a_lock_held_for_too_long_is_unavailable_not_a_hang() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = FileStore::new(dir.path()).unwrap();
-        let wait = std::time::Duration::from_millis(200);
-        let b = FileStore::new(dir.path()).unwrap().with_lock_wait(wait);
-        let held = a.lock("crm").await.unwrap();
-        let got = tokio::time::timeout(wait * 20, b.lock("crm"))
-            .await
-            .expect("bounded");
-        assert!(
-            matches!(&got, Err(StoreError::Unavailable(m)) if m.contains("held by another process for 0.2s")),
-            "{got:?}"
-        );
-        drop(held);
-        tokio::time::timeout(std::time::Duration::from_secs(5), b.lock("crm"))
-            .await
-            .expect("free again")
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn lock_excludes_a_second_holder_until_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = FileStore::new(dir.path()).unwrap();
-        let b = FileStore::new(dir.path()).unwrap();
-        let guard = a.lock("crm").await.unwrap();
-        let mut second = Box::pin(b.lock("crm"));
-        // The second lock cannot be taken while the first is held.
-        assert!(
-            tokio::time::timeout(std::time::Duration::from_millis(100), &mut second)
-                .await
-                .is_err()
-        );
-        drop(guard);
-        tokio::time::timeout(std::time::Duration::from_secs(5), second)
-            .await
-            .unwrap()
-            .unwrap();
-    }
-}
+mod tests;

@@ -11,6 +11,7 @@
 
 pub mod crypto;
 mod file;
+mod health;
 mod memory;
 mod redis;
 

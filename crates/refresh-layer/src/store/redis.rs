@@ -23,14 +23,14 @@
 //!   reconnect by themselves.
 
 use super::crypto::Keyring;
+use super::health::Health;
 use super::{Store, StoreError, StoreLock};
 use crate::token::StoredCredential;
 use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt};
 use redis::aio::ConnectionManager;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How to reach and use Redis.
@@ -264,46 +264,6 @@ fn describe(e: &redis::RedisError) -> String {
     match e.code() {
         Some(code) => format!("{:?} (Redis answered {code})", e.kind()),
         None => format!("{:?}", e.kind()),
-    }
-}
-
-/// The store's health: the outcome of the command started last. A
-/// command that started before another but finished after it (a lock
-/// release still in flight when Redis went down) does not overwrite what
-/// the later one found.
-#[derive(Debug)]
-struct Health {
-    started: AtomicU64,
-    /// The sequence number of the command that set `result`, and it.
-    last: Mutex<(u64, Result<(), String>)>,
-}
-
-impl Default for Health {
-    fn default() -> Self {
-        Self {
-            started: AtomicU64::new(0),
-            last: Mutex::new((0, Ok(()))),
-        }
-    }
-}
-
-impl Health {
-    /// A command starts: its sequence number.
-    fn begin(&self) -> u64 {
-        self.started.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// Command `seq` ended with `result`.
-    fn end(&self, seq: u64, result: Result<(), String>) {
-        if let Ok(mut last) = self.last.lock()
-            && seq >= last.0
-        {
-            *last = (seq, result);
-        }
-    }
-
-    fn get(&self) -> Result<(), String> {
-        self.last.lock().map_or(Ok(()), |l| l.1.clone())
     }
 }
 

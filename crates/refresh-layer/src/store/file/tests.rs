@@ -1,0 +1,152 @@
+use super::*;
+use std::os::unix::fs::PermissionsExt;
+
+fn state(generation: u64) -> StoredCredential {
+    StoredCredential {
+        access_token: format!("at-{generation}"),
+        expires_at_ms: Some(1_000),
+        refresh_token: Some(format!("rt-{generation}")),
+        generation,
+        obtained_at_ms: 1,
+    }
+}
+
+#[tokio::test]
+async fn round_trip_with_mode_0600() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path().join("creds")).unwrap();
+    assert_eq!(store.load("crm").await.unwrap(), None);
+    store.save("crm", &state(3)).await.unwrap();
+    assert_eq!(store.load("crm").await.unwrap(), Some(state(3)));
+    let mode = std::fs::metadata(store.path_of("crm"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let dir_mode = std::fs::metadata(dir.path().join("creds"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(dir_mode & 0o777, 0o700);
+    // No temp files left behind.
+    let names: Vec<_> = std::fs::read_dir(dir.path().join("creds"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+}
+
+#[tokio::test]
+async fn corrupt_file_is_reported_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path()).unwrap();
+    std::fs::write(
+        store.path_of("crm"),
+        "{\"access_token\": \"secret-canary\", oops",
+    )
+    .unwrap();
+    let err = store.load("crm").await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }));
+    assert!(!err.to_string().contains("secret-canary"));
+    // The store answered: the credential's problem, not the store's.
+    assert_eq!(store.health(), Ok(()));
+    assert!(
+        std::fs::read_to_string(store.path_of("crm"))
+            .unwrap()
+            .contains("oops")
+    );
+}
+
+/// A holder that never lets go (a stopped process): the wait ends after
+/// the lock wait with the store unavailable, and the lock is free again
+/// once the holder lets go (the abandoned `flock` releases what it got).
+#[tokio::test]
+async fn a_lock_held_for_too_long_is_unavailable_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = FileStore::new(dir.path()).unwrap();
+    let wait = std::time::Duration::from_millis(200);
+    let b = FileStore::new(dir.path()).unwrap().with_lock_wait(wait);
+    let held = a.lock("crm").await.unwrap();
+    let got = tokio::time::timeout(wait * 20, b.lock("crm"))
+        .await
+        .expect("bounded");
+    assert!(
+        matches!(&got, Err(StoreError::Unavailable(m)) if m.contains("held by another process for 0.2s")),
+        "{got:?}"
+    );
+    let down = b.health().unwrap_err();
+    assert!(down.contains("held by another process"), "{down}");
+    drop(held);
+    tokio::time::timeout(std::time::Duration::from_secs(5), b.lock("crm"))
+        .await
+        .expect("free again")
+        .unwrap();
+    assert_eq!(b.health(), Ok(()));
+}
+
+#[tokio::test]
+async fn lock_excludes_a_second_holder_until_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = FileStore::new(dir.path()).unwrap();
+    let b = FileStore::new(dir.path()).unwrap();
+    let guard = a.lock("crm").await.unwrap();
+    let mut second = Box::pin(b.lock("crm"));
+    // The second lock cannot be taken while the first is held.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(100), &mut second)
+            .await
+            .is_err()
+    );
+    drop(guard);
+    tokio::time::timeout(std::time::Duration::from_secs(5), second)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Every operation fails while the directory is replaced by a file: the
+/// store is down with the failure (a path, never content), for clones
+/// too; the first operation that succeeds once it is back clears it.
+#[tokio::test]
+async fn health_is_the_outcome_of_the_last_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("creds");
+    let store = FileStore::new(&root).unwrap();
+    let clone = store.clone();
+    store.save("crm", &state(1)).await.unwrap();
+    assert_eq!(store.health(), Ok(()));
+
+    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::write(&root, "not a directory").unwrap();
+    assert!(store.lock("crm").await.is_err());
+    let down = store.health().unwrap_err();
+    assert!(down.contains("lock") && down.contains("crm.lock"), "{down}");
+    assert!(down.contains("Not a directory"), "{down}");
+    assert_eq!(clone.health(), Err(down));
+    assert!(store.save("crm", &state(2)).await.is_err());
+    let down = store.health().unwrap_err();
+    assert!(down.contains("save"), "{down}");
+    assert!(!down.contains("at-2") && !down.contains("rt-2"), "{down}");
+    assert!(store.load("crm").await.is_err());
+    assert!(store.health().unwrap_err().contains("load"));
+
+    std::fs::remove_file(&root).unwrap();
+    std::fs::create_dir(&root).unwrap();
+    assert_eq!(store.load("crm").await.unwrap(), None);
+    assert_eq!(store.health(), Ok(()));
+    assert_eq!(clone.health(), Ok(()));
+}
+
+/// The operation started last decides, whatever order they end in.
+#[test]
+fn an_operation_that_ends_late_does_not_overwrite_a_later_one() {
+    let h = Health::default();
+    let lock = h.begin();
+    let load = h.begin();
+    h.end(load, Ok(()));
+    h.end(lock, Err("store unavailable: held".into()));
+    assert_eq!(h.get(), Ok(()));
+    let next = h.begin();
+    h.end(next, Err("store save failed: full".into()));
+    assert_eq!(h.get(), Err("store save failed: full".into()));
+}
