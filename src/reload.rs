@@ -23,6 +23,7 @@ use arc_swap::ArcSwap;
 use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecursiveMode, Watcher};
 use proxy_core::config::{Config, ConfigError};
+use proxy_core::credential::CredentialSource;
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -252,8 +253,21 @@ impl Reloader {
             .copied()
             .filter(|kind| !matches!(*kind, "none" | "memory"))
             .collect();
+        // Sources not carried over live on while requests of the old
+        // config are in flight (a WebSocket tunnel for up to an hour), and
+        // may refresh: retired, they no longer set the gauges forgotten
+        // below, nor those of the source that replaced them.
+        let retired: Vec<Arc<dyn CredentialSource>> = old
+            .credentials
+            .iter()
+            .filter(|o| !new.credentials.iter().any(|n| Arc::ptr_eq(n, o)))
+            .cloned()
+            .collect();
         let routes = new.config.routes.len();
         self.proxy.store(Arc::new(new));
+        for source in &retired {
+            source.retire();
+        }
         for id in removed.iter().chain(&no_longer_refreshing) {
             audit::metrics::forget_credential(id);
         }

@@ -5,9 +5,13 @@
 //! credential that stops refreshing under its id (removed, or rebuilt as a
 //! static one) loses them, so the dashboard stops counting down a token
 //! nobody holds and the expiry alert cannot page for a working credential;
-//! a refreshing credential rebuilt by a reload keeps them.
+//! a refreshing credential rebuilt by a reload keeps them; a replaced or
+//! removed source that still refreshes (requests of the old config in
+//! flight) sets them no more.
 //!
 //! Its own test binary: the metrics recorder is per process.
+
+#![expect(clippy::expect_used, reason = "test helpers outside #[test] fns")]
 
 mod support;
 
@@ -156,7 +160,71 @@ async fn credentials_that_stop_refreshing_lose_their_timestamps_rebuilt_ones_kee
     for name in names {
         assert_eq!(gauge(name, "gauge-b").as_deref(), Some("NaN"), "{name}");
     }
-    assert_eq!(reloads("ok").as_deref(), Some("2"));
+    running.shutdown().await;
+
+    // One test, so that no other reload in this process moves the counts.
+    a_removed_source_that_still_refreshes_leaves_its_gauges_nan().await;
+    assert_eq!(reloads("ok").as_deref(), Some("3"));
     assert_eq!(reloads("error").as_deref(), Some("0"));
+}
+
+/// A source a reload removed lives on while requests of the old config
+/// are in flight (here: the test holds the old proxy, as a WebSocket
+/// tunnel would), and may still refresh. Its refreshes no longer set the
+/// removed credential's gauges, which stay NaN: an expiry alert cannot
+/// page for a credential that is gone. (Run by the test above.)
+async fn a_removed_source_that_still_refreshes_leaves_its_gauges_nan() {
+    let up = echo_upstream().await;
+    let ep = token_endpoint::start(EndpointOptions {
+        expires_in: 3600,
+        rotate: false,
+        initial_refresh_token: "unused".into(),
+        client_id: Some("latchkey".into()),
+        client_secret: Some("cs".into()),
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("latchkey.yaml");
+    // `gauge-c` is what this test watches; `gauge-a` stays.
+    let with_c = yaml(&up.url(), "    static: { value: a-key }", &oauth(&ep, "r1"))
+        .replace("gauge-b", "gauge-c");
+    std::fs::write(&path, &with_c).expect("write");
+    let config = latchkey::Config::load(&path).expect("valid config");
+    let options = latchkey::StartOptions {
+        config_path: Some(path.clone()),
+        watch_config: false,
+        ..Default::default()
+    };
+    let running = latchkey::start_with(config, &path.display().to_string(), options)
+        .await
+        .expect("start");
+    let old = running.proxy();
+    let source = old
+        .credentials
+        .iter()
+        .find(|c| c.id() == "gauge-c")
+        .expect("gauge-c")
+        .clone();
+    source.refresh_now().await.expect("first token");
+    assert!(is_set(
+        gauge(audit::metrics::EXPIRATION_TIMESTAMP, "gauge-c").as_deref()
+    ));
+
+    std::fs::write(&path, yaml(&up.url(), "    static: { value: a-key }", "")).expect("rewrite");
+    let outcome = running.reload().await.expect("reload");
+    assert_eq!(outcome.credentials_removed, ["gauge-c"]);
+    let calls = ep.calls();
+    source
+        .refresh_now()
+        .await
+        .expect("the old source still refreshes");
+    assert_eq!(ep.calls(), calls + 1, "a real token call");
+    for name in [
+        audit::metrics::EXPIRATION_TIMESTAMP,
+        audit::metrics::LAST_REFRESH_SUCCESS,
+    ] {
+        assert_eq!(gauge(name, "gauge-c").as_deref(), Some("NaN"), "{name}");
+    }
+    drop(old);
     running.shutdown().await;
 }

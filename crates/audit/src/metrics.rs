@@ -388,7 +388,10 @@ pub fn record_refresh(event: &RefreshEvent, now: SystemTime) {
     .increment(1);
     metrics::histogram!(REFRESH_DURATION, "credential" => credential.clone())
         .record(event.duration.as_secs_f64());
-    if event.ok {
+    // A retired source's token is not the credential's any more: the
+    // gauges belong to the source configured now, or, for a removed
+    // credential, stay NaN.
+    if event.ok && !event.retired {
         // A token without an expiry: NaN, not the last token's expiry,
         // which would look like a credential about to expire for ever.
         let expires = event.expires_at.map_or(f64::NAN, unix_seconds);

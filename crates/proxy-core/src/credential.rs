@@ -197,6 +197,14 @@ pub trait CredentialSource: fmt::Debug + Send + Sync + 'static {
         false
     }
 
+    /// A reload replaced or removed this source; it lives on only while
+    /// requests of the old config are in flight. Its refreshes are still
+    /// reported, marked [`RefreshEvent::retired`](crate::facts::RefreshEvent::retired),
+    /// so they no longer set the credential's timestamp gauges, which
+    /// belong to the source now configured (or to none). Nothing by
+    /// default.
+    fn retire(&self) {}
+
     /// The source as `Any`, for the code that built it to reach its
     /// concrete type (a reload handing a refreshing source's state to the
     /// source that replaces it). `None` by default.

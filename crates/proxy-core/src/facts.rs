@@ -228,6 +228,11 @@ pub struct RefreshEvent {
     pub generation: u64,
     /// Expiry of the token now served.
     pub expires_at: Option<SystemTime>,
+    /// The source was retired by a reload (see
+    /// [`CredentialSource::retire`](crate::credential::CredentialSource::retire)):
+    /// still counted and recorded, but the credential's timestamp gauges
+    /// are no longer its.
+    pub retired: bool,
 }
 
 /// Receives refresh events (the audit layer writes them as records and

@@ -166,6 +166,7 @@ fn the_observer_writes_records_counts_refreshes_and_sets_gauges() {
         oauth_error: None,
         generation: 2,
         expires_at: Some(exp),
+        retired: false,
     };
     obs.on_refresh(&ok);
     obs.on_refresh(&RefreshEvent {
@@ -207,6 +208,7 @@ fn the_observer_writes_records_counts_refreshes_and_sets_gauges() {
     // about to expire for ever.
     obs.on_refresh(&RefreshEvent {
         expires_at: None,
+        retired: false,
         ..ok.clone()
     });
     let text = handle.render();

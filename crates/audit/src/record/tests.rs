@@ -396,6 +396,7 @@ fn refresh_record_shape() {
         oauth_error: Some("invalid_grant".into()),
         generation: 4,
         expires_at: Some(now()),
+        retired: false,
     };
     let r = RefreshRecord::from_event(&event, now());
     let v: Value = r.with_json(|s| serde_json::from_str(s).unwrap());

@@ -61,6 +61,7 @@ fn refresh_event(ok: bool) -> RefreshEvent {
         oauth_error: None,
         generation: 2,
         expires_at: None,
+        retired: false,
     }
 }
 

@@ -155,6 +155,8 @@ struct Inner {
     /// for the refresh instead of sending a token the upstream refused.
     invalid_gen: AtomicU64,
     refreshing: AtomicBool,
+    /// See [`CredentialSource::retire`].
+    retired: AtomicBool,
     ctrl: Mutex<Ctrl>,
     wake: Notify,
     /// A rotated state whose save failed and is being retried, with the
@@ -224,6 +226,7 @@ impl RefreshingSource {
             current: ArcSwapOption::empty(),
             invalid_gen: AtomicU64::new(0),
             refreshing: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
             ctrl: Mutex::new(Ctrl::default()),
             wake: Notify::new(),
             unsaved: Mutex::new(None),
@@ -274,6 +277,10 @@ impl CredentialSource for RefreshingSource {
 
     fn refreshes(&self) -> bool {
         true
+    }
+
+    fn retire(&self) {
+        self.inner.retired.store(true, Ordering::Relaxed);
     }
 
     fn kind(&self) -> &'static str {
@@ -511,6 +518,7 @@ impl Inner {
                     .and_then(|e| e.oauth_error().map(str::to_owned)),
                 generation,
                 expires_at,
+                retired: self.retired.load(Ordering::Relaxed),
             });
         }
     }
