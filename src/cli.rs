@@ -160,12 +160,14 @@ pub enum AuditOutput {
 }
 
 impl AuditOutput {
-    /// The destination `audit:` asks for.
+    /// The destination `audit:` names, opened at startup whether or not
+    /// `audit.enabled` is on: a reload may turn records on (the audit
+    /// layer is rebuilt with the proxy), and they need somewhere to go.
+    /// While audit is off, nothing is written to it.
     pub fn from_config(audit: &proxy_core::config::AuditSettings) -> Self {
-        match (&audit.file, audit.enabled) {
-            (_, false) => Self::Off,
-            (Some(f), true) => Self::File(f.clone()),
-            (None, true) => Self::Stdout,
+        match &audit.file {
+            Some(f) => Self::File(f.clone()),
+            None => Self::Stdout,
         }
     }
 }

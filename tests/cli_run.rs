@@ -270,3 +270,71 @@ fn demo_passes_its_own_checks() {
     assert!(stdout.contains("all checks passed"), "{stdout}");
     assert!(!stdout.contains("FAIL"), "{stdout}");
 }
+
+/// `audit.enabled` applies at a reload: a proxy started with records off
+/// writes them once a SIGHUP turns them on (the destination, here
+/// `audit.file`, is opened at startup either way).
+#[test]
+#[expect(clippy::panic, reason = "test")]
+fn audit_turned_on_by_a_reload_writes_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = write_file(dir.path(), "search-key", SEARCH_CANARY);
+    let log = dir.path().join("audit.jsonl");
+    let (proxy_port, admin_port) = (free_port(), free_port());
+    let with = |enabled: bool| {
+        format!(
+            "{}\naudit:\n  enabled: {enabled}\n  file: {}\n",
+            example_with(proxy_port, admin_port, &key),
+            log.display()
+        )
+    };
+    let path = write_file(dir.path(), "latchkey.yaml", &with(false));
+    let mut child = spawn(
+        latchkey()
+            .env("PAYMENTS_API_KEY", PAYMENTS_CANARY)
+            .env("BILLING_PROXY_TOKEN", BILLING_CANARY)
+            .arg("run")
+            .arg("--config")
+            .arg(&path),
+    );
+    let (proxy, admin) = (loopback(proxy_port), loopback(admin_port));
+    let ready = (0..200).any(|_| {
+        let up = http_get(admin, "/readyz").is_some_and(|r| r.0 == 200);
+        if !up {
+            std::thread::sleep(POLL);
+        }
+        up
+    });
+    assert!(ready, "/readyz never answered 200");
+    assert_eq!(http_get(proxy, "/payments/charges").map(|r| r.0), Some(401));
+    let records = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(records(), "", "audit is off");
+
+    write_file(dir.path(), "latchkey.yaml", &with(true));
+    let pid = child.child().id().to_string();
+    let hup = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(hup.success());
+    let written = (0..200).any(|_| {
+        assert_eq!(http_get(proxy, "/payments/charges").map(|r| r.0), Some(401));
+        let got = records().contains("\"client_unauthenticated\"");
+        if !got {
+            std::thread::sleep(POLL);
+        }
+        got
+    });
+    let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(kill.success());
+    let status = child.wait_for_exit(PROCESS_LIMIT);
+    let out = child.output();
+    assert!(
+        written,
+        "no record after the reload turned audit on:\n{}",
+        text(&out.stderr)
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    let first = records();
+    let first = first.lines().next().unwrap_or_default();
+    let record: serde_json::Value =
+        serde_json::from_str(first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert_eq!(record["audit"]["status_code"], 401);
+}
