@@ -150,6 +150,25 @@ fn check_summarises_tls_and_certificate_clients() {
     }
 }
 
+/// A token URL's query can hold a key (an Azure Function's `?code=`):
+/// the summary shows `?***`.
+#[test]
+fn check_hides_a_token_urls_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "proxy: {{ listen: 127.0.0.1:0 }}\ncredentials:\n  - id: fn\n    oauth2:\n      grant: client_credentials\n      token_url: https://fn.example.net/api/token?code={LITERAL_CANARY}\n      client_id: x\n      client_secret: {{ env: FN_SECRET }}\nroutes:\n  - {{ id: r, match: {{ path_prefix: /r/ }}, upstream: \"https://api.example.net\", credential: fn, public: true }}\n"
+    );
+    let path = write_file(dir.path(), "latchkey.yaml", &yaml);
+    let out = check(&path);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("at https://fn.example.net/api/token?*** as client x"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(LITERAL_CANARY), "{stdout}");
+}
+
 fn with_route(route: &str) -> String {
     format!(
         "proxy: {{ listen: 127.0.0.1:0 }}\ncredentials:\n  - id: k\n    static: {{ value: {LITERAL_CANARY} }}\nroutes:\n  - {route}\n"

@@ -275,7 +275,6 @@ fn demo_passes_its_own_checks() {
 /// writes them once a SIGHUP turns them on (the destination, here
 /// `audit.file`, is opened at startup either way).
 #[test]
-#[expect(clippy::panic, reason = "test")]
 fn audit_turned_on_by_a_reload_writes_records() {
     let dir = tempfile::tempdir().unwrap();
     let key = write_file(dir.path(), "search-key", SEARCH_CANARY);

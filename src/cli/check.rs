@@ -1,0 +1,234 @@
+//! `latchkey check`: validation and the config summary.
+
+use proxy_core::config::{Config, warnings};
+use proxy_core::inject::InjectSpec;
+use proxy_core::secret::SecretSource;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// `latchkey check`: validates and prints a summary.
+pub fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            print!("{}", summary(&config, &path.display().to_string()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("config invalid: {} problem(s)", e.errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A human summary of a valid config. Shows where secrets come from and
+/// whether they resolve here, never their values.
+pub fn summary(config: &Config, file: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "config ok: {file}");
+    let _ = writeln!(
+        out,
+        "proxy: listen {}, drain {:?}",
+        config.proxy.listen, config.proxy.drain_timeout
+    );
+    if let Some(t) = &config.proxy.tls {
+        let clients = match (t.client_cert_mode(), &t.client_ca_file) {
+            (Some(mode), Some(ca)) => format!(
+                "client certificate {} (CA {})",
+                match mode {
+                    proxy_core::config::ClientCertMode::Required => "required",
+                    proxy_core::config::ClientCertMode::Optional => "optional",
+                },
+                ca.display()
+            ),
+            _ => "no client certificates".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "proxy tls: cert {}, key {} (re-read every {:?}); {clients}",
+            t.cert_file.display(),
+            t.key_file.display(),
+            t.reload_interval
+        );
+    }
+    match &config.admin {
+        Some(a) => {
+            let _ = writeln!(out, "admin: listen {}", a.listen);
+        }
+        None => {
+            let _ = writeln!(out, "admin: none (no /healthz or /readyz)");
+        }
+    }
+    let poll = config.secrets.file_poll_interval;
+    let _ = writeln!(out, "credentials ({}):", config.credentials.len());
+    for c in &config.credentials {
+        let detail = match (&c.static_, &c.oauth2, &c.exec, &c.file) {
+            (Some(r), ..) => format!(
+                "{} ({})",
+                r.describe(),
+                resolve_state(&SecretSource::resolve(r, poll))
+            ),
+            (_, Some(o), ..) => {
+                // A token URL may carry a key in its query (an Azure
+                // Function's `?code=`): not printed.
+                let url = match o.token_url.split_once('?') {
+                    Some((base, _)) => format!("{base}?***"),
+                    None => o.token_url.clone(),
+                };
+                let mut d = format!(
+                    "grant {} at {url} as client {}",
+                    grant_name(o.grant),
+                    o.client_id
+                );
+                if let Some(rt) = &o.refresh_token {
+                    let _ = write!(
+                        d,
+                        ", refresh token from {} ({})",
+                        rt.describe(),
+                        resolve_state(&SecretSource::resolve(rt, poll))
+                    );
+                }
+                d
+            }
+            (_, _, Some(e), _) => format!(
+                "command {:?} (timeout {:?})",
+                e.command.first().map(String::as_str).unwrap_or(""),
+                e.timeout
+            ),
+            (_, _, _, Some(f)) => format!("token file {}", f.path.display()),
+            _ => String::new(),
+        };
+        let lifecycle = if c.static_.is_some() {
+            String::new()
+        } else {
+            format!(
+                "; store {}, refresh {:?} before expiry",
+                c.store.as_str(),
+                c.refresh.buffer
+            )
+        };
+        let _ = writeln!(out, "  {:<20} {:<8} {detail}{lifecycle}", c.id, c.kind());
+    }
+    let _ = writeln!(out, "routes ({}):", config.routes.len());
+    for r in &config.routes {
+        let mut m = Vec::new();
+        if let Some(h) = &r.matcher.host {
+            m.push(format!("host {h}"));
+        }
+        if let Some(p) = &r.matcher.path_prefix {
+            m.push(format!(
+                "prefix {p}{}",
+                if r.strip_prefix { " (stripped)" } else { "" }
+            ));
+        }
+        let inject = match (&r.credential, InjectSpec::parse(r.inject.as_ref())) {
+            (None, _) => "no credential".to_string(),
+            (Some(c), Ok(InjectSpec::Header { name, .. })) => format!("{c} -> header {name}"),
+            (Some(c), Ok(InjectSpec::Query { param })) => format!("{c} -> query {param}"),
+            (Some(c), Ok(InjectSpec::Basic { .. })) => format!("{c} -> basic auth"),
+            (Some(c), Err(_)) => c.clone(),
+        };
+        let who = if r.public {
+            "public".to_string()
+        } else {
+            let ids: Vec<&str> = config
+                .clients
+                .iter()
+                .filter(|c| c.routes.iter().any(|x| x == "*" || *x == r.id))
+                .map(|c| c.id.as_str())
+                .collect();
+            format!("clients [{}]", ids.join(", "))
+        };
+        let _ = writeln!(
+            out,
+            "  {:<20} {} -> {}  [{inject}; {who}; timeout {:?}]",
+            r.id,
+            m.join(", "),
+            r.upstream,
+            r.timeout
+        );
+    }
+    let _ = writeln!(out, "clients ({}):", config.clients.len());
+    for c in &config.clients {
+        let mut how = Vec::new();
+        if let Some(token) = &c.token {
+            let state = resolve_state(&SecretSource::resolve(token, poll));
+            how.push(format!("token {} ({state})", token.describe()));
+        }
+        if !c.tls_san.is_empty() {
+            how.push(format!("certificate SAN {}", c.tls_san.join(", ")));
+        }
+        let _ = writeln!(
+            out,
+            "  {:<20} {}; routes [{}]",
+            c.id,
+            how.join("; "),
+            c.routes.join(", ")
+        );
+    }
+    let mut w = warnings(config);
+    let mut tls_files =
+        |at: String, ca: Option<&PathBuf>, cert: Option<&PathBuf>, key: Option<&PathBuf>| {
+            let tls = proxy_core::upstream::UpstreamTls::from_files(
+                ca.map(PathBuf::as_path),
+                cert.map(PathBuf::as_path),
+                key.map(PathBuf::as_path),
+            );
+            if let Err(e) = proxy_core::upstream::check_tls(tls) {
+                w.push(format!(
+                    "{at}.{} does not load here ({}); `latchkey run` refuses to start without it",
+                    e.field, e.message
+                ));
+            }
+        };
+    for (i, r) in config.routes.iter().enumerate() {
+        let (ca, cert, key) = (&r.ca_file, &r.client_cert_file, &r.client_key_file);
+        tls_files(
+            format!("routes[{i}]"),
+            ca.as_ref(),
+            cert.as_ref(),
+            key.as_ref(),
+        );
+    }
+    if let Some(r) = &config.redis {
+        let (ca, cert, key) = (&r.ca_file, &r.client_cert_file, &r.client_key_file);
+        tls_files("redis".to_owned(), ca.as_ref(), cert.as_ref(), key.as_ref());
+    }
+    for (i, c) in config.credentials.iter().enumerate() {
+        if let Some(ca) = c.oauth2.as_ref().and_then(|o| o.ca_file.as_deref())
+            && let Err(e) = proxy_core::upstream::check_ca_file(ca)
+        {
+            w.push(format!("credentials[{i}].oauth2.ca_file does not load here ({e}); `latchkey run` refuses to start without it"));
+        }
+    }
+    if let Some(t) = &config.proxy.tls {
+        for e in crate::tls::check(t) {
+            w.push(format!(
+                "{}: {} (does not load here; `latchkey run` refuses to start without it)",
+                e.path, e.message
+            ));
+        }
+    }
+    if !w.is_empty() {
+        let _ = writeln!(out, "warnings ({}):", w.len());
+        for w in w {
+            let _ = writeln!(out, "  - {w}");
+        }
+    }
+    out
+}
+
+fn resolve_state(s: &SecretSource) -> String {
+    match s.load() {
+        Ok(_) => "resolves here".to_string(),
+        Err(e) => format!("does not resolve here: {e}"),
+    }
+}
+
+fn grant_name(g: proxy_core::config::Grant) -> &'static str {
+    match g {
+        proxy_core::config::Grant::RefreshToken => "refresh_token",
+        proxy_core::config::Grant::ClientCredentials => "client_credentials",
+    }
+}
