@@ -278,14 +278,34 @@ fn usable(v: &str, what: &str) -> Result<SecretString, SecretError> {
     }
 }
 
+/// The largest `file` secret read (64 KiB): a key, a token or a PEM is far
+/// smaller; anything larger is the wrong file (a log, `/dev/zero`), read
+/// whole at every poll.
+pub const MAX_FILE_SECRET: u64 = 64 << 10;
+
 fn read_file(path: &Path) -> Result<SecretString, SecretError> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => usable(s.trim(), &format!("file {}", path.display())),
-        Err(e) => Err(SecretError::File {
-            path: path.to_path_buf(),
-            reason: e.kind().to_string(),
-        }),
+    use std::io::Read as _;
+    use std::os::unix::fs::FileTypeExt as _;
+    let failed = |reason: String| SecretError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    // A FIFO would block the open until a writer comes, for ever.
+    let meta = std::fs::metadata(path).map_err(|e| failed(e.kind().to_string()))?;
+    if meta.file_type().is_fifo() {
+        return Err(failed("a named pipe, not a file".into()));
     }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_SECRET + 1).read_to_string(&mut text))
+        .map_err(|e| failed(e.kind().to_string()))?;
+    if text.len() as u64 > MAX_FILE_SECRET {
+        return Err(failed(format!(
+            "larger than {} KiB: not a secret (the wrong file?)",
+            MAX_FILE_SECRET >> 10
+        )));
+    }
+    usable(text.trim(), &format!("file {}", path.display()))
 }
 
 #[cfg(test)]

@@ -128,6 +128,39 @@ fn a_multi_line_file_is_refused_at_startup_by_name() {
     assert!(!e.to_string().contains("MIIB"), "{e}");
 }
 
+/// A file far larger than any secret (the wrong file, `/dev/zero`) is read
+/// no further than the cap and refused by name; a named pipe is refused
+/// without waiting for a writer. A file of exactly the cap is read.
+#[test]
+fn oversized_files_and_pipes_are_refused_without_reading_them_whole() {
+    let load = |path: &std::path::Path| {
+        SecretSource::resolve(
+            &SecretRef::File(path.to_path_buf()),
+            DEFAULT_FILE_POLL_INTERVAL,
+        )
+        .load()
+    };
+    let e = load(std::path::Path::new("/dev/zero")).unwrap_err();
+    assert!(e.to_string().contains("larger than 64 KiB"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    let cap = usize::try_from(MAX_FILE_SECRET).unwrap();
+    std::fs::write(&big, "k".repeat(cap + 1)).unwrap();
+    assert!(load(&big).unwrap_err().to_string().contains("larger than"));
+    std::fs::write(&big, "k".repeat(cap)).unwrap();
+    assert_eq!(load(&big).unwrap().expose().len(), cap);
+
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let e = load(&fifo).unwrap_err();
+    assert!(e.to_string().contains("named pipe"), "{e}");
+}
+
 /// A rewrite that cannot be sent (a rotation tool that appends the new key
 /// on a second line) keeps the last good value; the next good rewrite is
 /// loaded. The warning names the file, never the value.
