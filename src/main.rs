@@ -78,7 +78,20 @@ async fn run(
             return ExitCode::FAILURE;
         }
     };
-    latchkey::app::shutdown_signal().await;
-    running.shutdown().await;
-    ExitCode::SUCCESS
+    let signal = latchkey::app::shutdown_signal().await;
+    tracing::info!("{signal} received; draining");
+    // A second signal stops at once (nginx's and Envoy's operators expect
+    // a second Ctrl-C to cut a long drain short): exit 1, since requests
+    // in flight were cut.
+    let drain = running.shutdown();
+    tokio::pin!(drain);
+    tokio::select! {
+        _ = &mut drain => ExitCode::SUCCESS,
+        signal = latchkey::app::shutdown_signal() => {
+            tracing::warn!(
+                "{signal} received again; stopping now, without waiting for the requests still in flight"
+            );
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -337,3 +337,73 @@ fn audit_turned_on_by_a_reload_writes_records() {
         serde_json::from_str(first).unwrap_or_else(|e| panic!("{e}: {first}"));
     assert_eq!(record["audit"]["status_code"], 401);
 }
+
+/// A second SIGTERM (or Ctrl-C) while draining stops at once, exit 1,
+/// instead of waiting `proxy.drain_timeout` for a request that hangs.
+#[test]
+fn a_second_signal_cuts_the_drain_short() {
+    // An upstream that accepts and never answers.
+    let hang = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    let (accepted, upstream_got_it) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in hang.incoming().flatten() {
+            held.push(s);
+            let _ = accepted.send(());
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy_port, admin_port) = (free_port(), free_port());
+    let yaml = format!(
+        "proxy: {{ listen: 127.0.0.1:{proxy_port}, drain_timeout: 10m }}\nadmin: {{ listen: 127.0.0.1:{admin_port} }}\ncredentials:\n  - {{ id: k, static: {{ env: PAYMENTS_API_KEY }} }}\nroutes:\n  - {{ id: h, match: {{ path_prefix: /h/ }}, upstream: \"http://{hang_addr}\", credential: k, public: true, timeout: 10m }}\n"
+    );
+    let path = write_file(dir.path(), "latchkey.yaml", &yaml);
+    let mut child = spawn(
+        latchkey()
+            .env("PAYMENTS_API_KEY", PAYMENTS_CANARY)
+            .arg("run")
+            .arg("--config")
+            .arg(&path),
+    );
+    let (proxy, admin) = (loopback(proxy_port), loopback(admin_port));
+    let ready = (0..200).any(|_| {
+        let up = http_get(admin, "/readyz").is_some_and(|r| r.0 == 200);
+        if !up {
+            std::thread::sleep(POLL);
+        }
+        up
+    });
+    assert!(ready, "/readyz never answered 200");
+    // A request that hangs at the upstream holds the drain.
+    std::thread::spawn(move || http_get(proxy, "/h/x"));
+    let pid = child.child().id().to_string();
+    let signal = |name: &str| {
+        let ok = Command::new("kill").args([name, &pid]).status().unwrap();
+        assert!(ok.success());
+    };
+    upstream_got_it
+        .recv_timeout(PROCESS_LIMIT)
+        .expect("the request reached the upstream");
+    signal("-TERM");
+    // Draining: the listener is closed.
+    let draining = (0..200).any(|_| {
+        let closed = !listening(proxy);
+        if !closed {
+            std::thread::sleep(POLL);
+        }
+        closed
+    });
+    assert!(draining, "the listener never closed");
+    signal("-INT");
+    let status = child.wait_for_exit(PROCESS_LIMIT);
+    let out = child.output();
+    let stderr = text(&out.stderr);
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{stderr}");
+    assert!(stderr.contains("SIGTERM received; draining"), "{stderr}");
+    assert!(
+        stderr.contains("SIGINT received again; stopping now"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(PAYMENTS_CANARY));
+}
