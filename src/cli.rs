@@ -20,7 +20,8 @@ pub struct Cli {
         long,
         global = true,
         default_value = "text",
-        env = "LATCHKEY_LOG_FORMAT"
+        env = "LATCHKEY_LOG_FORMAT",
+        ignore_case = true
     )]
     pub log_format: LogFormat,
 }

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
             let audit_guard = match cli::init_tracing_with(cli.log_format, "info", &audit) {
                 Ok(g) => g,
                 Err(e) => {
-                    eprintln!("cannot open the audit log {e}");
+                    eprintln!("audit.file: cannot open the audit log {e}");
                     return ExitCode::FAILURE;
                 }
             };

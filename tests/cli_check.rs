@@ -169,6 +169,23 @@ fn check_hides_a_token_urls_query() {
     assert!(!stdout.contains(LITERAL_CANARY), "{stdout}");
 }
 
+/// `LATCHKEY_LOG_FORMAT` is read in any case (`JSON` as `json`).
+#[test]
+fn the_log_format_ignores_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "latchkey.yaml", EXAMPLE);
+    for format in ["JSON", "Text"] {
+        let out = run_to_end(
+            latchkey()
+                .env("LATCHKEY_LOG_FORMAT", format)
+                .arg("check")
+                .arg("--config")
+                .arg(&path),
+        );
+        assert!(out.status.success(), "{format}: {}", text(&out.stderr));
+    }
+}
+
 fn with_route(route: &str) -> String {
     format!(
         "proxy: {{ listen: 127.0.0.1:0 }}\ncredentials:\n  - id: k\n    static: {{ value: {LITERAL_CANARY} }}\nroutes:\n  - {route}\n"
