@@ -226,7 +226,7 @@ fn check_rejects_bad_configs_naming_file_field_and_problem() {
             "listen address",
             "proxy: { listen: nowhere }\n".into(),
             Some("proxy.listen"),
-            "invalid socket address syntax",
+            "is not an IP address and port such as 127.0.0.1:8080",
         ),
         (
             "timeout syntax",

@@ -175,7 +175,8 @@ pub struct OAuth2Config {
     /// Scopes to request.
     #[serde(default)]
     pub scopes: Vec<String>,
-    /// Extra form parameters (e.g. `audience`).
+    /// Extra form parameters (e.g. `audience`); not the ones in
+    /// [`OAUTH2_RESERVED_PARAMS`].
     #[serde(default)]
     pub params: std::collections::BTreeMap<String, String>,
     /// Extra PEM CA bundle to trust for the token endpoint, beside the web
@@ -185,6 +186,17 @@ pub struct OAuth2Config {
     #[serde(default)]
     pub ca_file: Option<std::path::PathBuf>,
 }
+
+/// Form fields the OAuth2 provider sets itself from the grant and client
+/// settings; `oauth2.params` may not set them, or a token request would
+/// carry each twice and servers differ in which one they use.
+pub const OAUTH2_RESERVED_PARAMS: &[&str] = &[
+    "grant_type",
+    "refresh_token",
+    "client_id",
+    "client_secret",
+    "scope",
+];
 
 /// OAuth2 grant types latchkey can run.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]

@@ -73,6 +73,21 @@ impl std::error::Error for ConfigError {}
 /// serde-saphyr renders a snippet of the offending YAML line, which may hold
 /// a literal secret; only the message and the line/column are kept.
 pub(super) fn from_parse_error(file: &str, err: &serde_saphyr::Error) -> ConfigError {
+    match err.without_snippet() {
+        // The library's message names its own multi-document API.
+        serde_saphyr::Error::MultipleDocuments { location, .. } => {
+            return ConfigError::single(
+                file,
+                "",
+                format!(
+                    "the file holds several YAML documents (a second `---` at line {}); latchkey reads one",
+                    location.line()
+                ),
+            );
+        }
+        serde_saphyr::Error::Eof { .. } => return empty(file),
+        _ => {}
+    }
     let full = err.to_string();
     let (path, message) = match full.split_once(PATH_MARK) {
         Some((_, rest)) => match rest.split_once(PATH_MARK) {
@@ -86,6 +101,20 @@ pub(super) fn from_parse_error(file: &str, err: &serde_saphyr::Error) -> ConfigE
         return ConfigError::single(file, &path, message);
     }
     ConfigError::single(file, &path, redact_found_values(&message))
+}
+
+/// A file with no YAML content: only what is missing is worth saying.
+pub(super) fn empty(file: &str) -> ConfigError {
+    ConfigError::single(file, "", "the config is empty: proxy.listen is required")
+}
+
+/// Whether `text` holds no YAML content: only blank lines, comments and
+/// document markers.
+pub(super) fn is_blank_yaml(text: &str) -> bool {
+    text.trim_start_matches('\u{feff}').lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#') || l == "---" || l == "..."
+    })
 }
 
 /// saphyr's `duplicate mapping key: KEY, set DuplicateKeyPolicy in Options

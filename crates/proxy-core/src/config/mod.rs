@@ -10,6 +10,7 @@
 //! The types here are the config as written, with values that have a syntax
 //! (durations, URLs, header names, socket addresses) already parsed.
 
+mod checks;
 mod credentials;
 mod error;
 mod serde_util;
@@ -36,6 +37,9 @@ impl Config {
 
     /// Parses and validates YAML `text`; `file` names it in errors.
     pub fn from_yaml(text: &str, file: &str) -> Result<Config, ConfigError> {
+        if error::is_blank_yaml(text) {
+            return Err(error::empty(file));
+        }
         let config: Config = serde_saphyr::with_deserializer_from_str(text, |de| {
             serde_path_to_error::deserialize(de).map_err(|e| {
                 let path = e.path().to_string();

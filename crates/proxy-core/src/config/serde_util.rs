@@ -1,12 +1,14 @@
 //! Serde helpers for the config types: human-friendly durations (`30s`,
-//! `5m`) and byte sizes (`10MiB`), and the field defaults that are not the
-//! type's own `Default`.
+//! `5m`), byte sizes (`10MiB`), listener addresses and basic-auth user
+//! names (hand-written visitors, so a wrong value says what is expected),
+//! and the field defaults that are not the type's own `Default`.
 //!
 //! Kept apart from the types so `types.rs` and `credentials.rs` read as the
 //! shape of the file; fields name these functions in their `#[serde(...)]`
 //! attributes, and several `Default` impls call the same defaults.
 
 use serde::{Deserialize, Deserializer, Serializer};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 // === defaults: shared ===
@@ -145,6 +147,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
+    if !num.is_empty() && num.parse::<u64>().is_err() {
+        return Err(format!("{s:?} is too large"));
+    }
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{s:?} is not a size like 1048576, 512KiB or 10MiB"))?;
@@ -167,19 +172,171 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 pub(super) fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    de_opt_size(d)?.ok_or_else(|| serde::de::Error::custom("a size is required"))
+    Size::deserialize(d).map(|s| s.0)
 }
 
 pub(super) fn de_opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        N(u64),
-        S(String),
+    Ok(Option::<Size>::deserialize(d)?.map(|s| s.0))
+}
+
+/// What a size field holds: a whole number of bytes or a string with a
+/// unit. Hand-written so a wrong type says what a size is (an untagged
+/// enum would report its own internal name).
+struct Size(u64);
+
+const SIZE_EXPECTED: &str = "a size such as 1048576 or 10MiB";
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SizeVisitor)
     }
-    match Option::<Raw>::deserialize(d)? {
-        None => Ok(None),
-        Some(Raw::N(n)) => Ok(Some(n)),
-        Some(Raw::S(s)) => parse_size(&s).map(Some).map_err(serde::de::Error::custom),
+}
+
+struct SizeVisitor;
+
+impl serde::de::Visitor<'_> for SizeVisitor {
+    type Value = Size;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(SIZE_EXPECTED)
     }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Size, E> {
+        Ok(Size(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Size, E> {
+        u64::try_from(v)
+            .map(Size)
+            .map_err(|_| E::custom(format!("{v} is negative; expected {SIZE_EXPECTED}")))
+    }
+
+    fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Size, E> {
+        u64::try_from(v)
+            .map(Size)
+            .map_err(|_| E::custom(format!("{v} is too large; expected {SIZE_EXPECTED}")))
+    }
+
+    fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Size, E> {
+        u64::try_from(v)
+            .map(Size)
+            .map_err(|_| E::custom(format!("{v} is out of range; expected {SIZE_EXPECTED}")))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Size, E> {
+        // YAML reads `1e6`, `1.5` and integers past u64 as floats.
+        let why = if v < 0.0 {
+            "a negative number"
+        } else if v.fract() != 0.0 || !v.is_finite() {
+            "not a whole number of bytes"
+        } else if v >= 18_446_744_073_709_551_616.0 {
+            "too large"
+        } else {
+            "a floating-point number (write the digits, or use a unit)"
+        };
+        Err(E::custom(format!(
+            "this is {why}; expected {SIZE_EXPECTED}"
+        )))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Size, E> {
+        parse_size(v).map(Size).map_err(E::custom)
+    }
+}
+
+// === basic-auth user names ===
+
+/// Hand-written rather than `untagged` so a mistake says what a user name
+/// is, not the enum's internal name; a map is read as a [`SecretRef`],
+/// whose own errors name the keys it takes (and never the value).
+impl<'de> Deserialize<'de> for super::Username {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UsernameVisitor)
+    }
+}
+
+struct UsernameVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UsernameVisitor {
+    type Value = super::Username;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a user name, or { env | file | value: ... }")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<super::Username, E> {
+        Ok(super::Username::Plain(v.to_owned()))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<super::Username, A::Error> {
+        crate::secret::SecretRef::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            .map(super::Username::Secret)
+    }
+}
+
+// === listen addresses ===
+
+/// A listener address: an IP address and a port. Anything else (a host
+/// name, a bare port) is refused with the form that is wanted.
+pub(super) fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    d.deserialize_any(ListenVisitor)
+}
+
+struct ListenVisitor;
+
+impl serde::de::Visitor<'_> for ListenVisitor {
+    type Value = SocketAddr;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an IP address and port such as 127.0.0.1:8080")
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SocketAddr, E> {
+        Err(E::custom(format!(
+            "{v} is a port alone; write an IP address and port such as 127.0.0.1:{v} \
+             (this machine only) or 0.0.0.0:{v} (every interface)"
+        )))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SocketAddr, E> {
+        Err(E::custom(format!(
+            "{v} is not an IP address and port such as 127.0.0.1:8080"
+        )))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SocketAddr, E> {
+        parse_listen(v).map_err(E::custom)
+    }
+}
+
+/// Parses a listener address, with a hint for the usual mistakes.
+pub(super) fn parse_listen(v: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = v.trim().parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let hint = match v.trim().rsplit_once(':') {
+        Some(("", port)) if port.parse::<u16>().is_ok() => format!(
+            " (write 127.0.0.1:{port} for this machine only, 0.0.0.0:{port} for every interface)"
+        ),
+        Some((host, port))
+            if port.parse::<u16>().is_ok() && host.eq_ignore_ascii_case("localhost") =>
+        {
+            format!(" (write 127.0.0.1:{port}; host names are not resolved)")
+        }
+        Some((host, port))
+            if port.parse::<u16>().is_ok() && host.parse::<std::net::Ipv6Addr>().is_ok() =>
+        {
+            format!(" (an IPv6 address is written in brackets: [{host}]:{port})")
+        }
+        Some((_, port)) if port.parse::<u16>().is_ok() => {
+            " (host names are not resolved; write the IP address to listen on)".to_owned()
+        }
+        _ if v.trim().parse::<u16>().is_ok() => {
+            " (a port alone: write 127.0.0.1:PORT or 0.0.0.0:PORT)".to_owned()
+        }
+        _ => String::new(),
+    };
+    Err(format!(
+        "{v:?} is not an IP address and port such as 127.0.0.1:8080{hint}"
+    ))
 }

@@ -84,7 +84,7 @@ fn bad_configs_name_file_and_field() {
         ),
         (
             "proxy: { listen: nowhere }\n",
-            "bad.yaml: proxy.listen: invalid socket address syntax",
+            "bad.yaml: proxy.listen: \"nowhere\" is not an IP address and port such as 127.0.0.1:8080",
         ),
         (
             "proxy: { listen: 127.0.0.1:0 }\ncredentials:\n  - id: k\n",
@@ -559,4 +559,5 @@ fn a_duplicate_key_names_the_field() {
     assert!(!e.contains("DuplicateKeyPolicy"), "{e}");
 }
 
+mod checks;
 mod secrets;

@@ -7,11 +7,12 @@
 
 use super::credentials::{CredentialConfig, FileStoreSettings, RedisSettings};
 use super::serde_util::{
-    de_duration, de_duration_or_zero, de_opt_size, de_size, default_client_header_timeout,
-    default_client_idle_timeout, default_connect_timeout, default_delayed_close_timeout,
-    default_drain, default_max_concurrent, default_max_header, default_poll, default_replay_limit,
-    default_retry_statuses, default_timeout, default_true, default_tunnel_idle_timeout,
-    default_upstream_h2_keepalive, default_upstream_idle, default_upstream_max_idle, ser_duration,
+    de_duration, de_duration_or_zero, de_listen, de_opt_size, de_size,
+    default_client_header_timeout, default_client_idle_timeout, default_connect_timeout,
+    default_delayed_close_timeout, default_drain, default_max_concurrent, default_max_header,
+    default_poll, default_replay_limit, default_retry_statuses, default_timeout, default_true,
+    default_tunnel_idle_timeout, default_upstream_h2_keepalive, default_upstream_idle,
+    default_upstream_max_idle, ser_duration,
 };
 use crate::secret::SecretRef;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -97,6 +98,7 @@ impl Default for MetricsSettings {
 #[serde(deny_unknown_fields)]
 pub struct ProxySettings {
     /// Address to listen on, e.g. `127.0.0.1:8080` (port 0 picks a free one).
+    #[serde(deserialize_with = "de_listen")]
     pub listen: SocketAddr,
     /// How long in-flight requests may finish after SIGTERM (default `30s`).
     #[serde(
@@ -253,6 +255,7 @@ impl ProxySettings {
 #[serde(deny_unknown_fields)]
 pub struct AdminSettings {
     /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`).
+    #[serde(deserialize_with = "de_listen")]
     pub listen: SocketAddr,
     /// Enables the management API under `/v0/management/`; without it every
     /// management path answers 404.
@@ -442,8 +445,10 @@ pub struct BasicConfig {
     pub username: Username,
 }
 
-/// A basic-auth user name, inline or from a secret reference.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+/// A basic-auth user name, inline or from a secret reference. Its
+/// `Deserialize` is hand-written in `serde_util.rs`, so an error says what
+/// a user name is rather than naming an untagged enum.
+#[derive(Clone, Debug, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum Username {
     /// Written inline (a user name is not a secret).
@@ -468,7 +473,7 @@ pub struct UpstreamUrl {
 /// shown as `***@` (a password may itself hold `/`, `?` or `#`, so the
 /// authority cannot be cut at them first), and a query or fragment as
 /// `?***` (an Azure Functions `?code=` is a key).
-fn shown(url: &str) -> String {
+pub(super) fn shown(url: &str) -> String {
     let (scheme, rest) = match url.split_once("://") {
         Some((scheme, rest)) => (format!("{scheme}://"), rest),
         None => (String::new(), url),

@@ -43,6 +43,9 @@ pub fn validate(config: &Config) -> Result<(), Vec<FieldError>> {
     }
 
     check_client_identities(config, &mut errs);
+    super::checks::check_shared_tokens(config, &mut errs);
+    super::checks::check_listeners(config, &mut errs);
+    super::checks::check_duration_bounds(config, &mut errs);
     if let Some(tls) = &config.proxy.tls
         && tls.client_cert.is_some()
         && tls.client_ca_file.is_none()
@@ -154,12 +157,9 @@ pub fn validate(config: &Config) -> Result<(), Vec<FieldError>> {
             }
         }
         if let Some(h) = &m.host
-            && (h.is_empty() || h.contains('/') || h.contains(char::is_whitespace))
+            && let Err(problem) = super::checks::check_host(h)
         {
-            errs.push(FieldError::new(
-                at("match.host"),
-                format!("{h:?} is not a host name"),
-            ));
+            errs.push(FieldError::new(at("match.host"), problem));
         }
         if r.strip_prefix && m.path_prefix.is_none() {
             errs.push(FieldError::new(
@@ -281,10 +281,13 @@ pub(super) fn is_uri_like(s: &str) -> bool {
         && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-/// Whether `id` is a valid id: non-empty, made of `[A-Za-z0-9_.-]` (ids
-/// become log fields, metric labels and management API path segments).
+/// Whether `id` is a valid id: non-empty, made of `[A-Za-z0-9_.-]`, and
+/// not `.` or `..` (ids become log fields, metric labels and management API
+/// path segments, where clients remove dot segments before sending).
 pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
+        && id != "."
+        && id != ".."
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
@@ -299,7 +302,14 @@ fn check_ids<'a>(
     let mut seen = HashSet::new();
     for (i, id) in ids.enumerate() {
         let path = format!("{section}[{i}].id");
-        if !is_valid_id(id) {
+        if id == "." || id == ".." {
+            errs.push(FieldError::new(
+                path,
+                format!(
+                    "{id:?} cannot be an id: ids are URL path segments, where . and .. are removed"
+                ),
+            ));
+        } else if !is_valid_id(id) {
             errs.push(FieldError::new(
                 path,
                 format!("{id:?}: ids use only letters, digits, '_', '-' and '.'"),
@@ -425,6 +435,14 @@ fn check_credential(i: usize, c: &CredentialConfig, config: &Config, errs: &mut 
         if let Err(e) = check_token_url(&o.token_url) {
             errs.push(FieldError::new(at("oauth2.token_url"), e));
         }
+        for k in o.params.keys() {
+            if super::OAUTH2_RESERVED_PARAMS.contains(&k.as_str()) {
+                errs.push(FieldError::new(
+                    at(&format!("oauth2.params.{k}")),
+                    "is set by latchkey from the grant and client settings; remove it from params",
+                ));
+            }
+        }
         if o.client_id.is_empty() {
             errs.push(FieldError::new(at("oauth2.client_id"), "cannot be empty"));
         }
@@ -478,7 +496,8 @@ pub fn check_token_url(url: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{url:?} must use https (plain http is allowed only on loopback)"
+            "{} must use https (plain http is allowed only on loopback)",
+            super::types::shown(url)
         ))
     }
 }

@@ -18,7 +18,11 @@ use futures_util::future::BoxFuture;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use http::{HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt as _, Limited};
-use proxy_core::config::{ClientAuthMethod, Grant, OAuth2Config};
+// Form fields the provider sets itself; `params` may not override them.
+// Config validation refuses them too, so `latchkey check` agrees.
+use proxy_core::config::{
+    ClientAuthMethod, Grant, OAUTH2_RESERVED_PARAMS as RESERVED_PARAMS, OAuth2Config,
+};
 use proxy_core::secret::SecretSource;
 use secrecy::{ExposeSecret as _, SecretString};
 use std::fmt;
@@ -40,16 +44,6 @@ const MAX_BODY: usize = 1024 * 1024;
 /// Longest `error`/`error_description` kept, so a chatty server cannot flood
 /// logs and status pages.
 const MAX_ERROR_TEXT: usize = 512;
-
-/// Form fields the provider sets itself; `params` may not override them, or
-/// the request would carry each twice and servers differ in which they use.
-const RESERVED_PARAMS: &[&str] = &[
-    "grant_type",
-    "refresh_token",
-    "client_id",
-    "client_secret",
-    "scope",
-];
 
 /// Obtains tokens from an OAuth2 token endpoint.
 pub struct OAuth2Provider {
