@@ -25,6 +25,18 @@ fn main() -> ExitCode {
             // Held until after shutdown: dropping it flushes the audit trail.
             let audit_guard = match cli::init_tracing_with(cli.log_format, "info", &audit) {
                 Ok(g) => g,
+                // Audit is off: the destination is opened only so that a
+                // reload can turn records on. One that cannot be opened (a
+                // read-only filesystem) does not stop the proxy.
+                Err(e) if !config.audit.enabled => {
+                    let guard =
+                        cli::init_tracing_with(cli.log_format, "info", &cli::AuditOutput::Off);
+                    tracing::warn!(
+                        error = %e,
+                        "audit.file cannot be opened; audit is off, and a reload cannot turn it on until a restart"
+                    );
+                    guard.unwrap_or_default()
+                }
                 Err(e) => {
                     eprintln!("audit.file: cannot open the audit log {e}");
                     return ExitCode::FAILURE;

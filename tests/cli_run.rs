@@ -407,3 +407,46 @@ fn a_second_signal_cuts_the_drain_short() {
     );
     assert!(!stderr.contains(PAYMENTS_CANARY));
 }
+
+/// With audit off, an `audit.file` that cannot be opened (a read-only
+/// filesystem, a missing directory) does not stop the proxy: it is opened
+/// only so that a reload could turn records on. It is said on stderr.
+#[test]
+fn an_unopenable_audit_file_does_not_stop_a_proxy_with_audit_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = write_file(dir.path(), "search-key", SEARCH_CANARY);
+    let (proxy_port, admin_port) = (free_port(), free_port());
+    let yaml = format!(
+        "{}\naudit:\n  enabled: false\n  file: {}\n",
+        example_with(proxy_port, admin_port, &key),
+        dir.path().join("missing-dir/audit.jsonl").display()
+    );
+    let path = write_file(dir.path(), "latchkey.yaml", &yaml);
+    let mut child = spawn(
+        latchkey()
+            .env("PAYMENTS_API_KEY", PAYMENTS_CANARY)
+            .env("BILLING_PROXY_TOKEN", BILLING_CANARY)
+            .arg("run")
+            .arg("--config")
+            .arg(&path),
+    );
+    let admin = loopback(admin_port);
+    let ready = (0..200).any(|_| {
+        let up = http_get(admin, "/readyz").is_some_and(|r| r.0 == 200);
+        if !up && child.child().try_wait().unwrap().is_none() {
+            std::thread::sleep(POLL);
+        }
+        up
+    });
+    let pid = child.child().id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let status = child.wait_for_exit(PROCESS_LIMIT);
+    let out = child.output();
+    let stderr = text(&out.stderr);
+    assert!(ready, "never ready:\n{stderr}");
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("audit.file cannot be opened; audit is off"),
+        "{stderr}"
+    );
+}
