@@ -43,7 +43,15 @@ fn main() -> ExitCode {
                 }
             };
             let sink = audit_guard.sink();
-            runtime(workers).map_or(ExitCode::FAILURE, |rt| rt.block_on(run(config, path, sink)))
+            runtime(workers).map_or(ExitCode::FAILURE, |rt| {
+                let code = rt.block_on(run(config, path, sink));
+                // Not a plain drop, which waits for every blocking task:
+                // a file-store lock wait abandoned on a holder that never
+                // lets go would keep the process alive after the drain (or
+                // after a second signal said it stops now).
+                rt.shutdown_timeout(std::time::Duration::from_secs(1));
+                code
+            })
         }
         Command::Ctl(args) => latchkey::ctl::run(args),
         Command::Triage(args) => audit::triage::run(args.into()),

@@ -450,3 +450,51 @@ fn an_unopenable_audit_file_does_not_stop_a_proxy_with_audit_off() {
         "{stderr}"
     );
 }
+
+/// A file-store lock held by a process that never lets go leaves a lock
+/// wait on tokio's blocking pool; SIGTERM still ends latchkey promptly
+/// (the runtime no longer waits for that thread on the way out).
+#[test]
+fn a_lock_wait_in_progress_does_not_keep_latchkey_alive_after_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let lock = store.join("x.lock");
+    std::fs::write(&lock, "").unwrap();
+    // Another process holds the credential's lock for a minute.
+    let mut holder = Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(POLL * 4);
+    let (proxy_port, admin_port) = (free_port(), free_port());
+    let yaml = format!(
+        "proxy: {{ listen: 127.0.0.1:{proxy_port} }}\nadmin: {{ listen: 127.0.0.1:{admin_port} }}\nfile_store: {{ dir: {} }}\ncredentials:\n  - id: x\n    exec: {{ command: [/bin/sh, -c, 'echo {{\"access_token\":\"t\",\"expires_in\":3600}}'] }}\n    store: file\nroutes:\n  - {{ id: r, match: {{ path_prefix: /r/ }}, upstream: \"http://127.0.0.1:9\", credential: x, public: true }}\n",
+        store.display()
+    );
+    let path = write_file(dir.path(), "latchkey.yaml", &yaml);
+    let mut child = spawn(latchkey().arg("run").arg("--config").arg(&path));
+    let admin = loopback(admin_port);
+    // Up (not ready: the credential waits for the lock).
+    let up = (0..200).any(|_| {
+        let answered = http_get(admin, "/healthz").is_some_and(|r| r.0 == 200);
+        if !answered {
+            std::thread::sleep(POLL);
+        }
+        answered
+    });
+    std::thread::sleep(POLL * 4);
+    let pid = child.child().id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let status = child.wait_for_exit(PROCESS_LIMIT);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let out = child.output();
+    let stderr = text(&out.stderr);
+    assert!(up, "never answered /healthz:\n{stderr}");
+    assert!(
+        status.is_some(),
+        "still running {PROCESS_LIMIT:?} after SIGTERM:\n{stderr}"
+    );
+}
