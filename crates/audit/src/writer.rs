@@ -172,6 +172,8 @@ impl Shared {
     fn run<W: Write>(&self, mut output: W) {
         let mut batch = Vec::new();
         let mut failures = 0_u64;
+        // A write failed mid-record and its line is not ended yet.
+        let mut mid_line = false;
         // Whether the last round wrote something (the proxy is busy).
         let mut busy = false;
         loop {
@@ -203,7 +205,7 @@ impl Shared {
                 self.room.notify_all();
             }
             if !batch.is_empty() {
-                if let Err(e) = write_batch(&mut output, &batch) {
+                if let Err(e) = write_batch(&mut output, &batch, &mut mid_line) {
                     // The rest of the batch is gone (there is nowhere else
                     // to keep it without stopping every request); say so,
                     // not per batch.
@@ -230,28 +232,40 @@ impl Shared {
 /// On any other error the rest of the batch is dropped, but never half a
 /// line: a record cut short is ended with a newline, so the next batch's
 /// first record starts a line of its own instead of being glued to the
-/// fragment (and lost to every JSON-lines reader with it).
-fn write_batch<W: Write>(output: &mut W, batch: &[u8]) -> io::Result<()> {
+/// fragment (and lost to every JSON-lines reader with it). While that
+/// newline cannot be written either (a disk still full), `mid_line` stays
+/// set and the next batch is written only after it.
+fn write_batch<W: Write>(output: &mut W, batch: &[u8], mid_line: &mut bool) -> io::Result<()> {
+    if *mid_line {
+        write_counting(output, b"\n").1?;
+        *mid_line = false;
+    }
+    let (written, result) = write_counting(output, batch);
+    let result = result.and_then(|()| output.flush());
+    if result.is_err() && written > 0 && batch.get(written - 1) != Some(&b'\n') {
+        *mid_line = write_counting(output, b"\n").1.is_err();
+    }
+    result
+}
+
+/// Writes all of `bytes` unless an error other than `Interrupted` or
+/// `WouldBlock` stops it: how many were written, and that error.
+fn write_counting<W: Write>(output: &mut W, bytes: &[u8]) -> (usize, io::Result<()>) {
     let mut written = 0;
-    let result = loop {
-        let Some(rest) = batch.get(written..).filter(|r| !r.is_empty()) else {
-            break output.flush();
+    loop {
+        let Some(rest) = bytes.get(written..).filter(|r| !r.is_empty()) else {
+            return (written, Ok(()));
         };
         match output.write(rest) {
-            Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+            Ok(0) => return (written, Err(io::ErrorKind::WriteZero.into())),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            Err(e) => break Err(e),
+            Err(e) => return (written, Err(e)),
         }
-    };
-    if result.is_err() && written > 0 && batch.get(written - 1) != Some(&b'\n') {
-        // Best effort: if this fails too, the output is gone anyway.
-        let _ = output.write_all(b"\n");
     }
-    result
 }
 
 impl Drop for BatchGuard {
@@ -454,12 +468,13 @@ mod tests {
         drop(guard);
     }
 
-    /// Accepts `budget` bytes, then fails once (`ENOSPC`), then accepts
-    /// everything; `WouldBlock` first on every write if `full`.
+    /// A disk: accepts `budget` bytes, then fails the next `full_for`
+    /// writes (`ENOSPC`), then accepts everything; `WouldBlock` first on
+    /// the first `would_block` writes.
     struct FailsOnceMidBatch {
         out: Arc<Mutex<Vec<u8>>>,
         budget: usize,
-        failed: bool,
+        full_for: usize,
         would_block: usize,
     }
 
@@ -469,13 +484,13 @@ mod tests {
                 self.would_block -= 1;
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            let n = if self.failed {
+            let n = if self.full_for == 0 {
                 buf.len()
             } else {
                 buf.len().min(self.budget)
             };
             if n == 0 {
-                self.failed = true;
+                self.full_for -= 1;
                 return Err(io::Error::from_raw_os_error(28));
             }
             self.budget -= n.min(self.budget);
@@ -487,13 +502,22 @@ mod tests {
         }
     }
 
+    /// The disk fills mid-record and stays full for one write (the rest of
+    /// the batch), or for two (the newline that ends the fragment too):
+    /// either way the next record starts a line of its own.
     #[test]
     fn a_failed_write_never_glues_half_a_record_to_the_next() {
+        for full_for in [1, 2] {
+            a_full_disk_cuts_one_record(full_for);
+        }
+    }
+
+    fn a_full_disk_cuts_one_record(full_for: usize) {
         let out = Arc::new(Mutex::new(Vec::new()));
         let sink = FailsOnceMidBatch {
             out: out.clone(),
             budget: 20,
-            failed: false,
+            full_for,
             would_block: 0,
         };
         let (w, guard) = BatchWriter::spawn(sink, "t", only_when_dropped()).unwrap();
@@ -511,8 +535,8 @@ mod tests {
         drop(guard);
         let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
         assert_eq!(
-            text,
-            "{\"kind\":\"request\",\"n\n{\"kind\":\"request\",\"n\":2}\n"
+            text, "{\"kind\":\"request\",\"n\n{\"kind\":\"request\",\"n\":2}\n",
+            "full for {full_for} writes"
         );
     }
 
@@ -522,7 +546,7 @@ mod tests {
         let sink = FailsOnceMidBatch {
             out: out.clone(),
             budget: usize::MAX,
-            failed: false,
+            full_for: 0,
             would_block: 3,
         };
         let (w, guard) = BatchWriter::spawn(sink, "t", only_when_dropped()).unwrap();
