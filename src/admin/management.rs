@@ -198,7 +198,10 @@ async fn dispatch(
             ok(&json!({ "credentials": all }))
         }
         Endpoint::Config => match serde_json::to_value(&*proxy.config) {
-            Ok(v) => ok(&v),
+            Ok(mut v) => {
+                mask_token_url_queries(&mut v);
+                ok(&v)
+            }
             Err(e) => error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -304,6 +307,22 @@ fn presented_keys(headers: &HeaderMap) -> Vec<&str> {
     bearer.chain(header).filter(|k| !k.is_empty()).collect()
 }
 
+/// A token URL's query can hold a key (an Azure Function's `?code=`): the
+/// config view shows it as `?***`, as `latchkey check` and config errors
+/// do.
+fn mask_token_url_queries(config: &mut Value) {
+    let Some(credentials) = config.get_mut("credentials").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for c in credentials {
+        if let Some(url) = c.pointer_mut("/oauth2/token_url")
+            && let Some((base, _)) = url.as_str().and_then(|u| u.split_once('?'))
+        {
+            *url = Value::String(format!("{base}?***"));
+        }
+    }
+}
+
 fn ok(body: &Value) -> Response<ProxyBody> {
     respond(StatusCode::OK, body)
 }
@@ -369,6 +388,24 @@ mod tests {
         assert!(is_management_path("/v0/management"));
         assert!(is_management_path("/v0/management/x"));
         assert!(!is_management_path("/v0/managementx"));
+    }
+
+    /// The config view masks a token URL's query, from a real config.
+    #[test]
+    fn the_config_view_masks_token_url_queries() {
+        let yaml = "proxy: { listen: 127.0.0.1:0 }\ncredentials:\n  - id: fn\n    oauth2:\n      grant: client_credentials\n      token_url: https://fn.example.net/api/token?code=canary-code\n      client_id: x\n      client_secret: { env: FN_SECRET }\n  - id: plain\n    oauth2:\n      grant: client_credentials\n      token_url: https://idp.example.net/token\n      client_id: y\n      client_secret: { env: FN_SECRET }\nroutes:\n  - { id: r, match: { path_prefix: /r/ }, upstream: \"https://api.example.net\", credential: fn, public: true }\n";
+        let config = proxy_core::config::Config::from_yaml(yaml, "t.yaml").unwrap();
+        let mut v = serde_json::to_value(&config).unwrap();
+        mask_token_url_queries(&mut v);
+        assert_eq!(
+            v["credentials"][0]["oauth2"]["token_url"],
+            "https://fn.example.net/api/token?***"
+        );
+        assert_eq!(
+            v["credentials"][1]["oauth2"]["token_url"],
+            "https://idp.example.net/token"
+        );
+        assert!(!v.to_string().contains("canary-code"));
     }
 
     #[test]
