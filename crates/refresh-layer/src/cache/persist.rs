@@ -13,8 +13,10 @@
 //!
 //! It stops when
 //! - the save works;
-//! - the store holds a newer generation ([`StoreError::Conflict`]): that
-//!   one is adopted if it can be served;
+//! - the store holds a newer generation (read before each save, as a file
+//!   or memory store saves without compare-and-set, or
+//!   [`StoreError::Conflict`] from one that has it): that one is adopted
+//!   if it can be served;
 //! - a newer refresh of this credential starts: it takes the lock over
 //!   (a rotating credential must still refresh before its token expires,
 //!   and waiting on its own lock would never end) and starts from the
@@ -140,6 +142,17 @@ async fn save_until_saved(inner: Weak<Inner>, state: StoredCredential) {
             return;
         };
         if !inner.still_unsaved(generation) {
+            return;
+        }
+        // Not over a newer generation: a file or memory store saves
+        // without compare-and-set, and a spent refresh token written over
+        // the live one would cost the credential.
+        if let Ok(Some(stored)) = inner.store.load(&inner.id).await
+            && stored.generation > generation
+        {
+            tracing::info!(credential = %inner.id, generation, stored = stored.generation, "a newer credential is stored; not saving the older rotated one");
+            inner.done(generation);
+            adopt_stored(&inner).await;
             return;
         }
         match inner.store.save(&inner.id, &state).await {

@@ -132,32 +132,25 @@ async fn attempt(
                 base_gen.max(our_gen) + 1,
                 SystemTime::now(),
             );
-            let saved = if unreadable {
-                false
-            } else {
-                match save(inner, &state, lock).await {
-                    Saved::Yes => true,
-                    Saved::No => false,
-                    Saved::Adopted(cred) => return Ok((cred, true)),
-                }
-            };
+            if !unreadable && let Saved::Adopted(cred) = save(inner, &state, lock).await {
+                return Ok((cred, true));
+            }
+            // Whether or not it was saved, the new state is held in memory
+            // from here on: it may carry a rotated refresh token (the old
+            // one is spent), and the state held is what the next refresh,
+            // a resumed background save and a reload's hand-over start
+            // from.
             if !sendable(token.access_token.expose_secret()) {
-                // As a short-lived token below, the state is kept, as it
-                // may carry a rotated refresh token; but never served,
-                // even when nothing valid is held.
-                if !saved {
-                    keep_state(inner, state, None, false);
-                }
+                // As a short-lived token below, the state is kept; but
+                // never served, even when nothing valid is held.
+                keep_state(inner, state, None, false);
                 return Err(RefreshError::Unusable);
             }
             if let Some(lifetime) = token.expires_in.filter(|l| *l < MIN_LIFETIME) {
                 // Useless to requests, and taken as a success it would be
                 // refreshed again at once, in a loop. The credential held is
-                // kept; the new state is kept too (in the store, or else in
-                // memory), as it may carry a rotated refresh token.
-                if !saved {
-                    keep_state(inner, state, token.expires_in, true);
-                }
+                // kept, with the new state (see above).
+                keep_state(inner, state, token.expires_in, true);
                 return Err(RefreshError::ShortLived(lifetime));
             }
             Ok((publish(inner, state, token.expires_in), false))

@@ -497,4 +497,5 @@ mod forced;
 mod handover;
 mod persist;
 mod retry_after;
+mod rotation_kept;
 mod unusable;
