@@ -64,6 +64,14 @@ pub enum RefreshError {
     /// The refresh did not finish within `refresh.timeout`.
     #[error("refresh did not finish within {0:?}")]
     Timeout(Duration),
+    /// The refresh itself ran past [`RUN_LIMIT`](super::RUN_LIMIT) (a
+    /// provider or store that never answers) and was abandoned: a failed
+    /// attempt, so the held credential stays and retries back off.
+    #[error(
+        "the refresh did not end within {}s (a token endpoint, command or store that never answers) and was abandoned",
+        .0.as_secs()
+    )]
+    Overran(Duration),
     /// The upstream rejected the token a forced refresh got, again: forced
     /// refreshes are spaced out (see `forced.rs`); the token is kept.
     #[error(

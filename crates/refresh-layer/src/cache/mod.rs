@@ -59,6 +59,11 @@ use tokio::time::Instant;
 /// their life, one refresh at a time.)
 pub const MIN_LIFETIME: Duration = Duration::from_millis(1);
 
+/// The least time one refresh may run before it is abandoned as hung
+/// (counted as a failed attempt, backed off, reported): 5 minutes, or
+/// more for an `exec` command with a long `timeout`.
+pub const RUN_LIMIT: Duration = Duration::from_secs(300);
+
 /// Timing settings of one credential.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RefreshSettings {
@@ -426,14 +431,20 @@ impl Inner {
     ) -> Inflight {
         let me = self.clone();
         self.refreshing.store(true, Ordering::Release);
+        let limit = self.run_limit();
         let task = tokio::spawn(async move {
             let started = Instant::now();
             // A panic below (a provider's or store's bug) still ends the
             // attempt: counted, backed off, reported, `refreshing` cleared.
-            let result = AssertUnwindSafe(refresh::run(&me, trigger, invalidated))
-                .catch_unwind()
-                .await
-                .unwrap_or(Err(RefreshError::Panicked));
+            // So does one that never ends (a provider or store future
+            // that never answers): it would otherwise hold the single
+            // in-flight slot for good, with no error, no backoff and no
+            // further attempt.
+            let run = AssertUnwindSafe(refresh::run(&me, trigger, invalidated)).catch_unwind();
+            let result = match tokio::time::timeout(limit, run).await {
+                Ok(ran) => ran.unwrap_or(Err(RefreshError::Panicked)),
+                Err(_) => Err(RefreshError::Overran(limit)),
+            };
             let adopted = matches!(result, Ok((_, true)));
             let result = result.map(|(c, _)| c);
             me.finish(trigger, &result, adopted, started.elapsed());
@@ -444,6 +455,17 @@ impl Inner {
             .shared();
         ctrl.inflight = Some(fut.clone());
         fut
+    }
+
+    /// How long one refresh may run before it is abandoned: far past
+    /// every bound of its own (the token endpoint's 10 s, a store's lock
+    /// wait, an `exec` command's `timeout`), so only a future that never
+    /// answers meets it.
+    fn run_limit(&self) -> Duration {
+        let own = self.provider.time_limit().unwrap_or_default();
+        RUN_LIMIT
+            .max(own + RUN_LIMIT / 5)
+            .max(self.settings.timeout * 2)
     }
 
     fn finish(

@@ -495,6 +495,7 @@ async fn an_unsaved_expired_token_does_not_replace_a_valid_one() {
 mod adoption;
 mod forced;
 mod handover;
+mod hung;
 mod persist;
 mod retry_after;
 mod rotation_kept;

@@ -137,6 +137,10 @@ impl TokenProvider for ExecProvider {
         "exec"
     }
 
+    fn time_limit(&self) -> Option<Duration> {
+        Some(self.timeout)
+    }
+
     fn fetch<'a>(
         &'a self,
         _current: Option<&'a StoredCredential>,

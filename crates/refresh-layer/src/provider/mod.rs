@@ -139,6 +139,13 @@ pub trait TokenProvider: fmt::Debug + Send + Sync + 'static {
         None
     }
 
+    /// The longest a fetch may take by the provider's own bounds (an
+    /// `exec` command's `timeout`), if any: a refresh is abandoned only
+    /// well after it (see `cache::RUN_LIMIT`).
+    fn time_limit(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Fetches a new token. `current` is the stored state, whose refresh
     /// token a rotating provider must use (never the seed once a state
     /// exists).
