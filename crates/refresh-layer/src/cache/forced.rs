@@ -84,16 +84,14 @@ impl Spacing {
                 "the upstream rejected the token a forced refresh just got; further forced refreshes of this credential are spaced out"
             );
         }
-        // The first rejection is refreshed at once; then like failures.
-        let delay = match self.rejected {
-            1 => Duration::ZERO,
-            n => backoff(
-                n - 1,
-                settings.backoff_min,
-                settings.backoff_max,
-                fastrand::f64(),
-            ),
-        };
+        // This rejection is refreshed at once; the next waits, like a
+        // failure: so only the first is refreshed again without a pause.
+        let delay = backoff(
+            self.rejected,
+            settings.backoff_min,
+            settings.backoff_max,
+            fastrand::f64(),
+        );
         self.next = Some(now + delay.min(crate::token::MAX_LIFETIME));
         Ok(())
     }
