@@ -246,14 +246,37 @@ pub(super) fn publish(
         .duration_since(state.obtained_at())
         .unwrap_or(Duration::ZERO);
     let max_age = s.max_age.map(|m| m.saturating_sub(age));
+    let jitter = fastrand::f64();
+    // A token obtained a while ago (adopted from the store after a restart
+    // or from another replica, handed over by a reload) is refreshed when
+    // its whole lifetime says, `buffer` before its expiry: scheduled from
+    // the time left alone, a 1 h token with 100 s left would count as a
+    // 100 s token and be refreshed at half of that, 50 s before expiry.
+    // Past that moment already: at once.
+    let whole = state
+        .expires_at()
+        .and_then(|e| e.duration_since(state.obtained_at()).ok())
+        .map(clamp_lifetime);
+    let refresh = match (lifetime, whole) {
+        (Some(_), Some(whole)) if age >= ADOPTED_AGE => {
+            refresh_at(now, Some(whole), s.buffer, None, jitter)
+                .map(|at| at.checked_sub(age).unwrap_or(now).max(now))
+        }
+        _ => refresh_at(now, lifetime, s.buffer, max_age, jitter),
+    };
     inner.current.store(Some(Arc::new(Entry {
         cred: cred.clone(),
         expires: lifetime.map(|l| now + l),
-        refresh_at: refresh_at(now, lifetime, s.buffer, max_age, fastrand::f64()),
+        refresh_at: refresh,
         state,
     })));
     cred
 }
+
+/// A token at least this old when published was obtained earlier (by
+/// this process before a restart, another replica, a replaced source),
+/// not just now: see [`publish`].
+const ADOPTED_AGE: Duration = Duration::from_secs(1);
 
 /// Keeps `state` (and the rotated refresh token it may carry) for the
 /// next refresh, in memory only, while the credential served stays the one

@@ -39,14 +39,16 @@ async fn a_valid_stored_token_inside_its_buffer_is_served_while_the_endpoint_fai
     )
     .await;
     assert_eq!(token(&src).await, "stored-valid");
-    assert_eq!(p.calls(), 0, "served without waiting for a token call");
+    // Past its refresh time (60 s before expiry), the refresh starts at
+    // once, in the background: the request did not wait for it.
+    assert!(p.calls() <= 1, "{} token calls", p.calls());
     for _ in 0..25 {
         tokio::time::advance(S(1)).await;
         settle().await;
         assert_eq!(token(&src).await, "stored-valid");
     }
-    // Refreshed ahead (at half its remaining life), failed, backed off:
-    // a few calls, not one per request.
+    // Refreshed ahead, failed, backed off: a few calls, not one per
+    // request.
     assert!(
         (1..=5).contains(&p.calls()),
         "{} token calls in 25 s",
@@ -58,6 +60,27 @@ async fn a_valid_stored_token_inside_its_buffer_is_served_while_the_endpoint_fai
         token(&src).await.starts_with("ERR"),
         "an expired token is never served"
     );
+}
+
+/// A 1 h token adopted with 100 s left (outside the 60 s buffer) is
+/// refreshed 60 s before its expiry, as its whole lifetime says: not at
+/// half the time left (50 s before expiry), as if it were a 100 s token.
+#[tokio::test(start_paused = true)]
+async fn an_adopted_token_is_refreshed_buffer_before_its_expiry() {
+    let p = Scripted::new(Some(S(3600)));
+    let src = with_stored(
+        &p,
+        stored("stored-valid", Some(100_000), 3_500_000),
+        RefreshSettings::default(),
+    )
+    .await;
+    assert_eq!(token(&src).await, "stored-valid");
+    assert_eq!(p.calls(), 0, "not due yet");
+    // 41 s on: 59 s before expiry, inside the buffer (jitter only moves
+    // the refresh earlier).
+    tokio::time::advance(S(41)).await;
+    settle().await;
+    assert_eq!(p.calls(), 1, "refreshed buffer before expiry");
 }
 
 /// The same stored token with the endpoint up: served at once, replaced
