@@ -15,7 +15,7 @@ use std::process::Command;
 
 use support::cli::{
     BILLING_CANARY, EXAMPLE, PAYMENTS_CANARY, POLL, PROCESS_LIMIT, SEARCH_CANARY, SEARCH_KEY_FILE,
-    http_get, latchkey, listening, loopback, run_to_end, spawn, text, write_file,
+    http_get, latchkey, listening, loopback, poll_until, run_to_end, spawn, text, write_file,
 };
 use support::free_port;
 
@@ -297,13 +297,7 @@ fn audit_turned_on_by_a_reload_writes_records() {
             .arg(&path),
     );
     let (proxy, admin) = (loopback(proxy_port), loopback(admin_port));
-    let ready = (0..200).any(|_| {
-        let up = http_get(admin, "/readyz").is_some_and(|r| r.0 == 200);
-        if !up {
-            std::thread::sleep(POLL);
-        }
-        up
-    });
+    let ready = poll_until(|| http_get(admin, "/readyz").is_some_and(|r| r.0 == 200));
     assert!(ready, "/readyz never answered 200");
     assert_eq!(http_get(proxy, "/payments/charges").map(|r| r.0), Some(401));
     let records = || std::fs::read_to_string(&log).unwrap_or_default();
@@ -313,13 +307,9 @@ fn audit_turned_on_by_a_reload_writes_records() {
     let pid = child.child().id().to_string();
     let hup = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
     assert!(hup.success());
-    let written = (0..200).any(|_| {
+    let written = poll_until(|| {
         assert_eq!(http_get(proxy, "/payments/charges").map(|r| r.0), Some(401));
-        let got = records().contains("\"client_unauthenticated\"");
-        if !got {
-            std::thread::sleep(POLL);
-        }
-        got
+        records().contains("\"client_unauthenticated\"")
     });
     let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(kill.success());
@@ -367,13 +357,7 @@ fn a_second_signal_cuts_the_drain_short() {
             .arg(&path),
     );
     let (proxy, admin) = (loopback(proxy_port), loopback(admin_port));
-    let ready = (0..200).any(|_| {
-        let up = http_get(admin, "/readyz").is_some_and(|r| r.0 == 200);
-        if !up {
-            std::thread::sleep(POLL);
-        }
-        up
-    });
+    let ready = poll_until(|| http_get(admin, "/readyz").is_some_and(|r| r.0 == 200));
     assert!(ready, "/readyz never answered 200");
     // A request that hangs at the upstream holds the drain.
     std::thread::spawn(move || http_get(proxy, "/h/x"));
@@ -387,13 +371,7 @@ fn a_second_signal_cuts_the_drain_short() {
         .expect("the request reached the upstream");
     signal("-TERM");
     // Draining: the listener is closed.
-    let draining = (0..200).any(|_| {
-        let closed = !listening(proxy);
-        if !closed {
-            std::thread::sleep(POLL);
-        }
-        closed
-    });
+    let draining = poll_until(|| !listening(proxy));
     assert!(draining, "the listener never closed");
     signal("-INT");
     let status = child.wait_for_exit(PROCESS_LIMIT);
@@ -431,13 +409,10 @@ fn an_unopenable_audit_file_does_not_stop_a_proxy_with_audit_off() {
             .arg(&path),
     );
     let admin = loopback(admin_port);
-    let ready = (0..200).any(|_| {
-        let up = http_get(admin, "/readyz").is_some_and(|r| r.0 == 200);
-        if !up && child.child().try_wait().unwrap().is_none() {
-            std::thread::sleep(POLL);
-        }
-        up
-    });
+    let ready = poll_until(|| {
+        http_get(admin, "/readyz").is_some_and(|r| r.0 == 200)
+            || child.child().try_wait().unwrap().is_some()
+    }) && child.child().try_wait().unwrap().is_none();
     let pid = child.child().id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let status = child.wait_for_exit(PROCESS_LIMIT);
@@ -477,13 +452,7 @@ fn a_lock_wait_in_progress_does_not_keep_latchkey_alive_after_sigterm() {
     let mut child = spawn(latchkey().arg("run").arg("--config").arg(&path));
     let admin = loopback(admin_port);
     // Up (not ready: the credential waits for the lock).
-    let up = (0..200).any(|_| {
-        let answered = http_get(admin, "/healthz").is_some_and(|r| r.0 == 200);
-        if !answered {
-            std::thread::sleep(POLL);
-        }
-        answered
-    });
+    let up = poll_until(|| http_get(admin, "/healthz").is_some_and(|r| r.0 == 200));
     std::thread::sleep(POLL * 4);
     let pid = child.child().id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();

@@ -27,6 +27,18 @@ pub const SEARCH_KEY_FILE: &str = "/var/run/secrets/search/api-key";
 pub const PROCESS_LIMIT: Duration = Duration::from_secs(20);
 pub const POLL: Duration = Duration::from_millis(50);
 
+/// Whether `ok` holds within 200 tries, `POLL` apart (10 s: a bound that
+/// turns a hang into a failure, not a timing assertion).
+pub fn poll_until(mut ok: impl FnMut() -> bool) -> bool {
+    (0..200).any(|_| {
+        let done = ok();
+        if !done {
+            std::thread::sleep(POLL);
+        }
+        done
+    })
+}
+
 /// A `latchkey` command with a clean environment for the variables it reads.
 pub fn latchkey() -> Command {
     let mut cmd = Command::new(BIN);
