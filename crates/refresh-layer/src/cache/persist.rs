@@ -190,6 +190,13 @@ async fn adopt_stored(inner: &Arc<Inner>) {
         tracing::info!(credential = %inner.id, generation = s.generation, "adopting the newer stored credential");
         let lifetime = remaining(&s);
         publish(inner, s, lifetime);
+        // A good credential is served: failures before it (and their
+        // backoff) are over, as after a refresh that worked.
+        {
+            let mut ctrl = inner.lock();
+            ctrl.failures = 0;
+            ctrl.next_attempt = None;
+        }
         inner.wake.notify_one();
     }
 }

@@ -276,3 +276,69 @@ async fn a_failed_refresh_hands_the_unsaved_state_back_to_its_retries() {
     );
     assert_eq!(token(&src).await, "tok-1");
 }
+
+/// Rotates (`rt-n`) on its first call; fails every later one.
+#[derive(Debug, Default)]
+struct RotatesOnceThenFails(AtomicUsize);
+
+impl TokenProvider for RotatesOnceThenFails {
+    fn kind(&self) -> &'static str {
+        "rotating"
+    }
+    fn rotates(&self) -> bool {
+        true
+    }
+    fn fetch<'a>(
+        &'a self,
+        _: Option<&'a StoredCredential>,
+    ) -> BoxFuture<'a, Result<Token, ProviderError>> {
+        let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+        Box::pin(async move {
+            if n > 1 {
+                return Err(ProviderError::Http { status: 503 });
+            }
+            Ok(Token {
+                access_token: SecretString::from("tok-1"),
+                expires_in: Some(S(3600)),
+                refresh_token: Some(SecretString::from("rt-1")),
+            })
+        })
+    }
+}
+
+/// While the rotated state waits to be saved and refreshes fail, another
+/// replica stores a newer generation: it is adopted, and the status no
+/// longer says "failing" (nor does a backoff from before still hold).
+#[tokio::test(start_paused = true)]
+async fn adopting_a_newer_stored_credential_ends_the_failing_state() {
+    let store = Arc::new(Flaky {
+        inner: MemoryStore::new(),
+        failing: AtomicUsize::new(1_000),
+        saves: AtomicUsize::new(0),
+    });
+    let src = RefreshingSource::new(
+        "crm",
+        Arc::new(RotatesOnceThenFails::default()),
+        store.clone(),
+        RefreshSettings::default(),
+    );
+    assert_eq!(token(&src).await, "tok-1");
+    assert!(src.invalidate(1).await.is_err(), "the forced refresh fails");
+    assert_eq!(src.status().state, "failing");
+
+    let now = crate::token::to_ms(SystemTime::now());
+    let newer = StoredCredential {
+        access_token: "tok-5".into(),
+        expires_at_ms: Some(now + 3_600_000),
+        refresh_token: Some("rt-5".into()),
+        generation: 5,
+        obtained_at_ms: now,
+    };
+    store.inner.save("crm", &newer).await.unwrap();
+    tokio::time::sleep(S(5)).await;
+    settle().await;
+    let st = src.status();
+    assert_eq!(st.generation, 5, "{st:?}");
+    assert_eq!(st.consecutive_failures, 0, "{st:?}");
+    assert_ne!(st.state, "failing", "{st:?}");
+}
