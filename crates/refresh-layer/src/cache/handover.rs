@@ -31,6 +31,10 @@ use std::sync::Arc;
 pub struct Handover {
     state: StoredCredential,
     unsaved: bool,
+    /// The token served, when it is not `state`'s own (a rotation whose
+    /// new access token was of no use: `state` carries its refresh token,
+    /// the older token is still served while valid).
+    served: Option<StoredCredential>,
 }
 
 impl fmt::Debug for Handover {
@@ -60,9 +64,20 @@ impl RefreshingSource {
     pub fn handover(&self) -> Option<Handover> {
         let entry = self.inner.current.load_full()?;
         let unsaved = self.inner.unsaved_generation() == Some(entry.state.generation);
+        let cred = &entry.cred;
+        let served = (cred.generation != entry.state.generation
+            && entry.valid_at(tokio::time::Instant::now()))
+        .then(|| StoredCredential {
+            access_token: cred.expose().to_owned(),
+            expires_at_ms: cred.expires_at.map(crate::token::to_ms),
+            refresh_token: None,
+            generation: cred.generation,
+            obtained_at_ms: crate::token::to_ms(cred.obtained_at),
+        });
         Some(Handover {
             state: entry.state.clone(),
             unsaved,
+            served,
         })
     }
 
@@ -87,10 +102,18 @@ impl Inner {
     /// starts from it). An unsaved rotated state is saved to this store.
     pub(super) fn start_from(self: &Arc<Self>, from: Handover) {
         let state = from.state;
-        let left = remaining(&state);
-        if sendable(&state.access_token) && left.is_none_or(|l| !l.is_zero()) {
+        let usable = |s: &StoredCredential| {
+            let left = remaining(s);
+            (sendable(&s.access_token) && left.is_none_or(|l| !l.is_zero())).then_some(left)
+        };
+        if let Some(left) = usable(&state) {
             publish(self, state.clone(), left);
         } else {
+            // The older token the old source still served, while valid;
+            // the state (and its refresh token) is kept beside it.
+            if let Some((served, left)) = from.served.and_then(|s| usable(&s).map(|l| (s, l))) {
+                publish(self, served, left);
+            }
             keep_state(self, state.clone(), None, false);
         }
         if from.unsaved && self.provider.rotates() {

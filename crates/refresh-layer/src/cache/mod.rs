@@ -59,9 +59,10 @@ use tokio::time::Instant;
 /// their life, one refresh at a time.)
 pub const MIN_LIFETIME: Duration = Duration::from_millis(1);
 
-/// The least time one refresh may run before it is abandoned as hung
-/// (counted as a failed attempt, backed off, reported): 5 minutes, or
-/// more for an `exec` command with a long `timeout`.
+/// The least time a refresh's lock wait, store read or token call may
+/// take before the attempt is abandoned as hung (counted as a failed
+/// attempt, backed off, reported): 5 minutes, or more for an `exec`
+/// command with a long `timeout`.
 pub const RUN_LIMIT: Duration = Duration::from_secs(300);
 
 /// Timing settings of one credential.
@@ -431,20 +432,16 @@ impl Inner {
     ) -> Inflight {
         let me = self.clone();
         self.refreshing.store(true, Ordering::Release);
-        let limit = self.run_limit();
         let task = tokio::spawn(async move {
             let started = Instant::now();
             // A panic below (a provider's or store's bug) still ends the
             // attempt: counted, backed off, reported, `refreshing` cleared.
-            // So does one that never ends (a provider or store future
-            // that never answers): it would otherwise hold the single
-            // in-flight slot for good, with no error, no backoff and no
-            // further attempt.
-            let run = AssertUnwindSafe(refresh::run(&me, trigger, invalidated)).catch_unwind();
-            let result = match tokio::time::timeout(limit, run).await {
-                Ok(ran) => ran.unwrap_or(Err(RefreshError::Panicked)),
-                Err(_) => Err(RefreshError::Overran(limit)),
-            };
+            // (A part that never answers is bounded inside: see
+            // `refresh::attempt`.)
+            let result = AssertUnwindSafe(refresh::run(&me, trigger, invalidated))
+                .catch_unwind()
+                .await
+                .unwrap_or(Err(RefreshError::Panicked));
             let adopted = matches!(result, Ok((_, true)));
             let result = result.map(|(c, _)| c);
             me.finish(trigger, &result, adopted, started.elapsed());
@@ -457,11 +454,12 @@ impl Inner {
         fut
     }
 
-    /// How long one refresh may run before it is abandoned: far past
-    /// every bound of its own (the token endpoint's 10 s, a store's lock
-    /// wait, an `exec` command's `timeout`), so only a future that never
-    /// answers meets it.
-    fn run_limit(&self) -> Duration {
+    /// How long a refresh's lock wait, store read or token call may take
+    /// before the attempt is abandoned: far past every bound of their own
+    /// (the token endpoint's 10 s, a store's lock wait, an `exec`
+    /// command's `timeout`), so only a future that never answers meets
+    /// it. Saves are never abandoned (see `refresh::attempt`).
+    pub(super) fn run_limit(&self) -> Duration {
         let own = self.provider.time_limit().unwrap_or_default();
         RUN_LIMIT
             .max(own + RUN_LIMIT / 5)

@@ -19,9 +19,10 @@
 //!   if it can be served;
 //! - a newer refresh of this credential starts: it takes the lock over
 //!   (a rotating credential must still refresh before its token expires,
-//!   and waiting on its own lock would never end) and starts from the
-//!   unsaved state; if that refresh produces nothing newer, the retries
-//!   resume ([`resume`]);
+//!   and waiting on its own lock would never end), saves the unsaved state
+//!   once (so a refresh whose token call keeps failing cannot keep it out
+//!   of the store) and starts from it; if that refresh produces nothing
+//!   newer, the retries resume ([`resume`]);
 //! - the source is dropped (a reload replaced it, and handed the unsaved
 //!   state to the source that replaces it, or removed it).
 //!

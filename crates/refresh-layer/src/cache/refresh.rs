@@ -46,10 +46,22 @@ pub(super) async fn run(
     // A rotated state still waiting to be saved holds this credential's
     // lock: this refresh takes it over (see `persist.rs`), and hands the
     // retries back if it leaves that state in place.
-    let (unsaved_gen, mut lock) = match inner.take_unsaved() {
+    let (mut unsaved_gen, mut lock) = match inner.take_unsaved() {
         Some((generation, held)) => (Some(generation), held),
         None => (None, None),
     };
+    // It saves that state first, once: the retries are paused while this
+    // refresh runs, and one whose token call keeps failing (or hanging
+    // until abandoned) must not keep the live refresh token out of the
+    // store meanwhile.
+    if let Some(generation) = unsaved_gen
+        && let Some(entry) = inner.current.load_full()
+        && entry.state.generation == generation
+        && inner.store.save(&inner.id, &entry.state).await.is_ok()
+    {
+        tracing::info!(credential = %inner.id, generation, "the rotated credential is persisted");
+        unsaved_gen = None;
+    }
     let result = attempt(inner, trigger, invalidated, &mut lock).await;
     if let Some(generation) = unsaved_gen {
         persist::resume(inner, generation, lock);
@@ -65,8 +77,18 @@ async fn attempt(
     invalidated: Option<u64>,
     lock: &mut Option<StoreLock>,
 ) -> Result<(Arc<Credential>, bool), RefreshError> {
+    // Bounded up to the token call, where nothing has been spent yet: a
+    // lock wait, load or fetch that never answers is abandoned as a
+    // failed attempt. The saves after it are not: abandoning one would
+    // drop a rotated refresh token the endpoint has already spent the old
+    // one for.
+    let limit = inner.run_limit();
+    let overran = |_| RefreshError::Overran(limit);
     if lock.is_none() {
-        match inner.store.lock(&inner.id).await {
+        match tokio::time::timeout(limit, inner.store.lock(&inner.id))
+            .await
+            .map_err(overran)?
+        {
             Ok(l) => *lock = Some(l),
             // A shared store that cannot serve must not stop a grant that
             // can be repeated safely; a rotating refresh token must never
@@ -82,7 +104,10 @@ async fn attempt(
     // Set when the store holds a state this process cannot read: it is
     // never overwritten (it may hold the only live refresh token).
     let mut unreadable = false;
-    let stored = match inner.store.load(&inner.id).await {
+    let stored = match tokio::time::timeout(limit, inner.store.load(&inner.id))
+        .await
+        .map_err(overran)?
+    {
         Ok(s) => s,
         // The live refresh token is in that state (the seed and the one in
         // memory are spent once another holder rotated): sending either
@@ -120,7 +145,10 @@ async fn attempt(
         (None, o) => o.cloned(),
     };
     let base_gen = base.as_ref().map_or(0, |b| b.generation);
-    match inner.provider.fetch(base.as_ref()).await {
+    let fetched = tokio::time::timeout(limit, inner.provider.fetch(base.as_ref()))
+        .await
+        .map_err(overran)?;
+    match fetched {
         Ok(token) => {
             let prior = base
                 .as_ref()

@@ -1,0 +1,201 @@
+//! Refreshes whose parts never answer: the lock wait, store read and token
+//! call are abandoned after [`RUN_LIMIT`], a save never is; and a reload's
+//! hand-over after a rotation whose new access token was of no use.
+
+use super::*;
+use crate::store::{Store, StoreLock};
+use std::sync::Mutex;
+
+/// Per-call behaviour: 'o' = ok 3600 s, 's' = ok but 120 s, 'z' = expired (0 s),
+/// 'h' = hang for ever, 'e' = HTTP 503. Past the script: 'e'.
+#[derive(Debug)]
+struct Script {
+    plan: Vec<u8>,
+    calls: AtomicUsize,
+    seen: Mutex<Vec<Option<String>>>,
+}
+impl Script {
+    fn new(plan: &str) -> Arc<Self> {
+        Arc::new(Self {
+            plan: plan.as_bytes().to_vec(),
+            calls: AtomicUsize::new(0),
+            seen: Mutex::new(vec![]),
+        })
+    }
+    fn seen(&self) -> Vec<Option<String>> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+impl TokenProvider for Script {
+    fn kind(&self) -> &'static str {
+        "rotating"
+    }
+    fn rotates(&self) -> bool {
+        true
+    }
+    fn fetch<'a>(
+        &'a self,
+        current: Option<&'a StoredCredential>,
+    ) -> BoxFuture<'a, Result<Token, ProviderError>> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        self.seen
+            .lock()
+            .unwrap()
+            .push(current.and_then(|c| c.refresh_token.clone()));
+        let what = self.plan.get(n - 1).copied().unwrap_or(b'e');
+        Box::pin(async move {
+            let life = match what {
+                b'o' => S(3600),
+                b's' => S(120),
+                b'z' => Duration::ZERO,
+                b'h' => {
+                    futures_util::future::pending::<()>().await;
+                    unreachable!()
+                }
+                _ => return Err(ProviderError::Http { status: 503 }),
+            };
+            Ok(Token {
+                access_token: SecretString::from(format!("tok-{n}")),
+                expires_in: Some(life),
+                refresh_token: Some(SecretString::from(format!("rt-{n}"))),
+            })
+        })
+    }
+}
+
+/// Save number k (1-based): per `plan` char: 'o' ok, 'f' fails, 'h' hangs. Past the plan: ok.
+#[derive(Debug)]
+struct Saves {
+    inner: MemoryStore,
+    plan: Vec<u8>,
+    saves: AtomicUsize,
+}
+impl Saves {
+    fn new(plan: &str) -> Arc<Self> {
+        Arc::new(Self {
+            inner: MemoryStore::new(),
+            plan: plan.as_bytes().to_vec(),
+            saves: AtomicUsize::new(0),
+        })
+    }
+}
+impl Store for Saves {
+    fn kind(&self) -> &'static str {
+        "file-like"
+    }
+    fn load<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredCredential>, StoreError>> {
+        self.inner.load(id)
+    }
+    fn lock<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoreLock, StoreError>> {
+        self.inner.lock(id)
+    }
+    fn save<'a>(
+        &'a self,
+        id: &'a str,
+        state: &'a StoredCredential,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let k = self.saves.fetch_add(1, Ordering::SeqCst);
+        match self.plan.get(k).copied().unwrap_or(b'o') {
+            b'f' => Box::pin(ready(Err(StoreError::Io {
+                op: "save",
+                problem: "No space left on device".into(),
+            }))),
+            b'h' => Box::pin(futures_util::future::pending()),
+            _ => self.inner.save(id, state),
+        }
+    }
+}
+
+/// After a useless rotation that was saved, the old source still serves
+/// its valid tok-1 (the new state carries rt-2): a reload's hand-over
+/// serves tok-1 too, and refreshes from rt-2.
+#[tokio::test(start_paused = true)]
+async fn a_handover_after_a_saved_useless_rotation_keeps_serving_the_valid_token() {
+    let p = Script::new("oz"); // then the endpoint answers 503
+    let store = Saves::new("");
+    let old = RefreshingSource::new("crm", p.clone(), store.clone(), RefreshSettings::default());
+    assert_eq!(token(&old).await, "tok-1");
+    assert!(old.invalidate(1).await.is_err(), "tok-2 arrives expired");
+    assert_eq!(
+        token(&old).await,
+        "tok-1",
+        "the old source still serves the valid tok-1"
+    );
+    let h = old.handover().unwrap();
+    let new = RefreshingSource::with_handover(
+        "crm",
+        p.clone(),
+        store.clone(),
+        RefreshSettings::default(),
+        None,
+        h,
+    );
+    drop(old);
+    assert_eq!(
+        token(&new).await,
+        "tok-1",
+        "the replacement dropped the valid held token"
+    );
+    let _ = new.refresh_now().await;
+    assert_eq!(p.seen().last().cloned().flatten().as_deref(), Some("rt-2"));
+}
+
+/// A save that never answers is never abandoned: it may carry a rotated
+/// refresh token the endpoint has spent the old one for. The refresh
+/// stays in progress (the token held is served while valid), and the
+/// spent refresh token is never sent.
+#[tokio::test(start_paused = true)]
+async fn a_save_that_never_answers_is_not_abandoned() {
+    let p = Script::new("soo");
+    let store = Saves::new("oh"); // the first save works, the rotation's hangs
+    let src = RefreshingSource::new("crm", p.clone(), store.clone(), RefreshSettings::default());
+    assert_eq!(token(&src).await, "tok-1");
+    tokio::time::sleep(S(70)).await; // the proactive refresh: rt-2 fetched, its save hangs
+    settle().await;
+    tokio::time::sleep(RUN_LIMIT + S(10)).await;
+    settle().await;
+    assert_eq!(
+        p.seen(),
+        [None, Some("rt-1".to_owned())],
+        "no refresh with the spent rt-1"
+    );
+    assert!(src.status().refreshing);
+}
+
+/// A rotated state is unsaved (store failing; retries hold the lock); a
+/// refresh takes the retries over and its token call hangs; after
+/// RUN_LIMIT it is abandoned. The retries must resume (the live rt-1 is
+/// only in memory): once the store is back, rt-1 is saved within seconds.
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_takeover_resumes_the_unsaved_retries() {
+    let p = Script::new("shhhhhhhhhhhhhhh");
+    // initial save fails, then ~ (60 s / 2 s) retries fail, then OK
+    let fails: String = std::iter::repeat('f').take(40).collect();
+    let store = Saves::new(&fails);
+    let src = RefreshingSource::new("crm", p.clone(), store.clone(), RefreshSettings::default());
+    assert_eq!(token(&src).await, "tok-1");
+    tokio::time::sleep(S(70)).await; // takeover: call 2 hangs
+    settle().await;
+    assert_eq!(p.calls.load(Ordering::SeqCst), 2);
+    tokio::time::sleep(RUN_LIMIT).await; // abandoned
+    settle().await;
+    assert!(
+        src.status().consecutive_failures >= 1,
+        "the hung call counted"
+    );
+    tokio::time::sleep(S(10)).await; // store is back (saves past 40 succeed)
+    settle().await;
+    let stored = store.inner.load("crm").await.unwrap();
+    assert_eq!(
+        stored
+            .as_ref()
+            .and_then(|s| s.refresh_token.clone())
+            .as_deref(),
+        Some("rt-1"),
+        "the live rotated refresh token was never saved; unsaved flag now {}",
+        src.handover().unwrap().unsaved()
+    );
+}
