@@ -173,7 +173,7 @@ async fn a_save_that_never_answers_is_not_abandoned() {
 async fn an_abandoned_takeover_resumes_the_unsaved_retries() {
     let p = Script::new("shhhhhhhhhhhhhhh");
     // initial save fails, then ~ (60 s / 2 s) retries fail, then OK
-    let fails: String = std::iter::repeat('f').take(40).collect();
+    let fails = "f".repeat(40);
     let store = Saves::new(&fails);
     let src = RefreshingSource::new("crm", p.clone(), store.clone(), RefreshSettings::default());
     assert_eq!(token(&src).await, "tok-1");
