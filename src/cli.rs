@@ -146,6 +146,12 @@ pub enum CtlAction {
     },
 }
 
+/// `latchkey run`'s log filter when `RUST_LOG` is not set: `info`, but
+/// only errors from the h2 library, which logs a WARN for every PING ACK
+/// it never asked for: an unauthenticated caller could turn 17-byte
+/// frames into ~160-byte log lines, without limit.
+pub const DEFAULT_LOG_FILTER: &str = "info,h2=error";
+
 /// Where `latchkey run` writes the audit records.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum AuditOutput {

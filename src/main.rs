@@ -23,14 +23,21 @@ fn main() -> ExitCode {
             };
             let audit = cli::AuditOutput::from_config(&config.audit);
             // Held until after shutdown: dropping it flushes the audit trail.
-            let audit_guard = match cli::init_tracing_with(cli.log_format, "info", &audit) {
+            let audit_guard = match cli::init_tracing_with(
+                cli.log_format,
+                cli::DEFAULT_LOG_FILTER,
+                &audit,
+            ) {
                 Ok(g) => g,
                 // Audit is off: the destination is opened only so that a
                 // reload can turn records on. One that cannot be opened (a
                 // read-only filesystem) does not stop the proxy.
                 Err(e) if !config.audit.enabled => {
-                    let guard =
-                        cli::init_tracing_with(cli.log_format, "info", &cli::AuditOutput::Off);
+                    let guard = cli::init_tracing_with(
+                        cli.log_format,
+                        cli::DEFAULT_LOG_FILTER,
+                        &cli::AuditOutput::Off,
+                    );
                     tracing::warn!(
                         error = %e,
                         "audit.file cannot be opened; audit is off, and a reload cannot turn it on until a restart"

@@ -467,3 +467,48 @@ fn a_lock_wait_in_progress_does_not_keep_latchkey_alive_after_sigterm() {
         "still running {PROCESS_LIMIT:?} after SIGTERM:\n{stderr}"
     );
 }
+
+/// h2 logs a warning for every PING acknowledgement it never asked for:
+/// with latchkey's default filter, a caller sending thousands of them
+/// (no token needed: they come before any request) does not flood the log.
+#[test]
+fn unsolicited_ping_acks_do_not_flood_the_log() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy_port, admin_port) = (free_port(), free_port());
+    let yaml = format!(
+        "proxy: {{ listen: 127.0.0.1:{proxy_port} }}\nadmin: {{ listen: 127.0.0.1:{admin_port} }}\nroutes:\n  - {{ id: any, match: {{ path_prefix: / }}, upstream: \"http://127.0.0.1:9\", public: true }}\n"
+    );
+    let path = write_file(dir.path(), "latchkey.yaml", &yaml);
+    let mut child = spawn(latchkey().arg("run").arg("--config").arg(&path));
+    let proxy = loopback(proxy_port);
+    assert!(poll_until(|| listening(proxy)), "the proxy never listened");
+    let mut s = std::net::TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(PROCESS_LIMIT)).unwrap();
+    // Preface, empty SETTINGS, 10,000 PING ACKs, then one real PING: its
+    // answer comes after every frame before it was handled (and logged).
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    s.write_all(&b"\x00\x00\x08\x06\x01\x00\x00\x00\x00floodack".repeat(10_000))
+        .unwrap();
+    s.write_all(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00lastping")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(8).any(|w| w == b"lastping") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the connection closed before the PING was answered");
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(s);
+    let pid = child.child().id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let _ = child.wait_for_exit(PROCESS_LIMIT);
+    let stderr = text(&child.output().stderr);
+    let warnings = stderr.matches("PING ack").count();
+    assert!(
+        warnings < 10,
+        "{warnings} log lines from PING ACKs:\n{}",
+        &stderr[..stderr.len().min(2000)]
+    );
+}
