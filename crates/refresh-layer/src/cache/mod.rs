@@ -163,6 +163,10 @@ struct Inner {
     refreshing: AtomicBool,
     /// See [`CredentialSource::retire`].
     retired: AtomicBool,
+    /// Held by a background save across its check, read and write, and
+    /// by a refresh taking the retries over: a save already in flight
+    /// ends before the refresh that takes over writes anything newer.
+    save_gate: tokio::sync::Mutex<()>,
     ctrl: Mutex<Ctrl>,
     wake: Notify,
     /// A rotated state whose save failed and is being retried, with the
@@ -233,6 +237,7 @@ impl RefreshingSource {
             invalid_gen: AtomicU64::new(0),
             refreshing: AtomicBool::new(false),
             retired: AtomicBool::new(false),
+            save_gate: tokio::sync::Mutex::new(()),
             ctrl: Mutex::new(Ctrl::default()),
             wake: Notify::new(),
             unsaved: Mutex::new(None),

@@ -142,6 +142,9 @@ async fn save_until_saved(inner: Weak<Inner>, state: StoredCredential) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
+        // Until this save ends, no refresh takes the retries over (and
+        // then writes a newer generation this one could land on).
+        let _gate = inner.save_gate.lock().await;
         if !inner.still_unsaved(generation) {
             return;
         }

@@ -46,7 +46,13 @@ pub(super) async fn run(
     // A rotated state still waiting to be saved holds this credential's
     // lock: this refresh takes it over (see `persist.rs`), and hands the
     // retries back if it leaves that state in place.
-    let (mut unsaved_gen, mut lock) = match inner.take_unsaved() {
+    // After any background save in flight: it could otherwise land over
+    // the newer generation this refresh is about to save.
+    let taken = {
+        let _gate = inner.save_gate.lock().await;
+        inner.take_unsaved()
+    };
+    let (mut unsaved_gen, mut lock) = match taken {
         Some((generation, held)) => (Some(generation), held),
         None => (None, None),
     };

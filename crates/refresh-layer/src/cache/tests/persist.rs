@@ -342,3 +342,72 @@ async fn adopting_a_newer_stored_credential_ends_the_failing_state() {
     assert_eq!(st.consecutive_failures, 0, "{st:?}");
     assert_ne!(st.state, "failing", "{st:?}");
 }
+
+/// A store without compare-and-set whose first save fails and whose
+/// second (the first background retry) takes 5 s.
+#[derive(Debug, Default)]
+struct SlowSecondSave {
+    inner: MemoryStore,
+    saves: AtomicUsize,
+}
+
+impl Store for SlowSecondSave {
+    fn kind(&self) -> &'static str {
+        "file-like"
+    }
+    fn load<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredCredential>, StoreError>> {
+        self.inner.load(id)
+    }
+    fn lock<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoreLock, StoreError>> {
+        self.inner.lock(id)
+    }
+    fn save<'a>(
+        &'a self,
+        id: &'a str,
+        state: &'a StoredCredential,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let k = self.saves.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            if k == 0 {
+                return Err(StoreError::Io {
+                    op: "save",
+                    problem: "disk full".into(),
+                });
+            }
+            if k == 1 {
+                tokio::time::sleep(S(5)).await;
+            }
+            self.inner.save(id, state).await
+        })
+    }
+}
+
+/// A background save of generation 1 is in flight (slow) when a 401
+/// forces a refresh that takes the retries over and saves generation 2:
+/// the refresh waits for that save to end, so the spent `rt-1` never
+/// lands over the live `rt-2`.
+#[tokio::test(start_paused = true)]
+async fn a_save_in_flight_never_lands_over_the_takeovers_newer_generation() {
+    let store = Arc::new(SlowSecondSave::default());
+    let src = RefreshingSource::new(
+        "crm",
+        Arc::new(Rotating(AtomicUsize::new(0))),
+        store.clone(),
+        RefreshSettings::default(),
+    );
+    assert_eq!(token(&src).await, "tok-1");
+    tokio::time::sleep(S(2)).await; // the first retry (save 1) is in flight
+    settle().await;
+    assert_eq!(store.saves.load(Ordering::SeqCst), 2);
+    src.invalidate(1).await.unwrap();
+    tokio::time::sleep(S(10)).await;
+    let s = store.inner.load("crm").await.unwrap().unwrap();
+    assert_eq!(
+        (s.generation, s.refresh_token.as_deref()),
+        (2, Some("rt-2")),
+        "the spent rt-1 was written over the live rt-2"
+    );
+}
