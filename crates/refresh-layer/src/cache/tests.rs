@@ -494,6 +494,7 @@ async fn an_unsaved_expired_token_does_not_replace_a_valid_one() {
 
 mod abandon;
 mod adoption;
+mod doubles;
 mod forced;
 mod handover;
 mod hung;

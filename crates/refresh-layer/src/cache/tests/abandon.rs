@@ -2,112 +2,8 @@
 //! call are abandoned after [`RUN_LIMIT`], a save never is; and a reload's
 //! hand-over after a rotation whose new access token was of no use.
 
+use super::doubles::{Down, Saves, Script};
 use super::*;
-use crate::store::{Store, StoreLock};
-use std::sync::Mutex;
-
-/// Per-call behaviour: 'o' = ok 3600 s, 's' = ok but 120 s, 'z' = expired (0 s),
-/// 'h' = hang for ever, 'e' = HTTP 503. Past the script: 'e'.
-#[derive(Debug)]
-struct Script {
-    plan: Vec<u8>,
-    calls: AtomicUsize,
-    seen: Mutex<Vec<Option<String>>>,
-}
-impl Script {
-    fn new(plan: &str) -> Arc<Self> {
-        Arc::new(Self {
-            plan: plan.as_bytes().to_vec(),
-            calls: AtomicUsize::new(0),
-            seen: Mutex::new(vec![]),
-        })
-    }
-    fn seen(&self) -> Vec<Option<String>> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-impl TokenProvider for Script {
-    fn kind(&self) -> &'static str {
-        "rotating"
-    }
-    fn rotates(&self) -> bool {
-        true
-    }
-    fn fetch<'a>(
-        &'a self,
-        current: Option<&'a StoredCredential>,
-    ) -> BoxFuture<'a, Result<Token, ProviderError>> {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        self.seen
-            .lock()
-            .unwrap()
-            .push(current.and_then(|c| c.refresh_token.clone()));
-        let what = self.plan.get(n - 1).copied().unwrap_or(b'e');
-        Box::pin(async move {
-            let life = match what {
-                b'o' => S(3600),
-                b's' => S(120),
-                b'z' => Duration::ZERO,
-                b'h' => {
-                    futures_util::future::pending::<()>().await;
-                    unreachable!()
-                }
-                _ => return Err(ProviderError::Http { status: 503 }),
-            };
-            Ok(Token {
-                access_token: SecretString::from(format!("tok-{n}")),
-                expires_in: Some(life),
-                refresh_token: Some(SecretString::from(format!("rt-{n}"))),
-            })
-        })
-    }
-}
-
-/// Save number k (1-based): per `plan` char: 'o' ok, 'f' fails, 'h' hangs. Past the plan: ok.
-#[derive(Debug)]
-struct Saves {
-    inner: MemoryStore,
-    plan: Vec<u8>,
-    saves: AtomicUsize,
-}
-impl Saves {
-    fn new(plan: &str) -> Arc<Self> {
-        Arc::new(Self {
-            inner: MemoryStore::new(),
-            plan: plan.as_bytes().to_vec(),
-            saves: AtomicUsize::new(0),
-        })
-    }
-}
-impl Store for Saves {
-    fn kind(&self) -> &'static str {
-        "file-like"
-    }
-    fn load<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<StoredCredential>, StoreError>> {
-        self.inner.load(id)
-    }
-    fn lock<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoreLock, StoreError>> {
-        self.inner.lock(id)
-    }
-    fn save<'a>(
-        &'a self,
-        id: &'a str,
-        state: &'a StoredCredential,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let k = self.saves.fetch_add(1, Ordering::SeqCst);
-        match self.plan.get(k).copied().unwrap_or(b'o') {
-            b'f' => Box::pin(ready(Err(StoreError::Io {
-                op: "save",
-                problem: "No space left on device".into(),
-            }))),
-            b'h' => Box::pin(futures_util::future::pending()),
-            _ => self.inner.save(id, state),
-        }
-    }
-}
 
 /// After a useless rotation that was saved, the old source still serves
 /// its valid tok-1 (the new state carries rt-2): a reload's hand-over
@@ -163,41 +59,6 @@ async fn a_save_that_never_answers_is_not_abandoned() {
         "no refresh with the spent rt-1"
     );
     assert!(src.status().refreshing);
-}
-
-/// A store whose saves fail while `down`.
-#[derive(Debug, Default)]
-struct Down {
-    inner: MemoryStore,
-    down: std::sync::atomic::AtomicBool,
-}
-
-impl Store for Down {
-    fn kind(&self) -> &'static str {
-        "file-like"
-    }
-    fn load<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<StoredCredential>, StoreError>> {
-        self.inner.load(id)
-    }
-    fn lock<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoreLock, StoreError>> {
-        self.inner.lock(id)
-    }
-    fn save<'a>(
-        &'a self,
-        id: &'a str,
-        state: &'a StoredCredential,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        if self.down.load(Ordering::SeqCst) {
-            return Box::pin(ready(Err(StoreError::Io {
-                op: "save",
-                problem: "No space left on device".into(),
-            })));
-        }
-        self.inner.save(id, state)
-    }
 }
 
 /// A rotated state is unsaved (the store is down; the retries hold the

@@ -1,5 +1,6 @@
 //! A rotated credential whose save failed is saved again, under the lock.
 
+use super::doubles::{Saves, Script};
 use super::*;
 use crate::store::{Store, StoreError, StoreLock};
 
@@ -277,35 +278,6 @@ async fn a_failed_refresh_hands_the_unsaved_state_back_to_its_retries() {
     assert_eq!(token(&src).await, "tok-1");
 }
 
-/// Rotates (`rt-n`) on its first call; fails every later one.
-#[derive(Debug, Default)]
-struct RotatesOnceThenFails(AtomicUsize);
-
-impl TokenProvider for RotatesOnceThenFails {
-    fn kind(&self) -> &'static str {
-        "rotating"
-    }
-    fn rotates(&self) -> bool {
-        true
-    }
-    fn fetch<'a>(
-        &'a self,
-        _: Option<&'a StoredCredential>,
-    ) -> BoxFuture<'a, Result<Token, ProviderError>> {
-        let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
-        Box::pin(async move {
-            if n > 1 {
-                return Err(ProviderError::Http { status: 503 });
-            }
-            Ok(Token {
-                access_token: SecretString::from("tok-1"),
-                expires_in: Some(S(3600)),
-                refresh_token: Some(SecretString::from("rt-1")),
-            })
-        })
-    }
-}
-
 /// While the rotated state waits to be saved and refreshes fail, another
 /// replica stores a newer generation: it is adopted, and the status no
 /// longer says "failing" (nor does a backoff from before still hold).
@@ -318,7 +290,7 @@ async fn adopting_a_newer_stored_credential_ends_the_failing_state() {
     });
     let src = RefreshingSource::new(
         "crm",
-        Arc::new(RotatesOnceThenFails::default()),
+        Script::new("o"), // rotates on its first call, then fails
         store.clone(),
         RefreshSettings::default(),
     );
@@ -343,55 +315,14 @@ async fn adopting_a_newer_stored_credential_ends_the_failing_state() {
     assert_ne!(st.state, "failing", "{st:?}");
 }
 
-/// A store without compare-and-set whose first save fails and whose
-/// second (the first background retry) takes 5 s.
-#[derive(Debug, Default)]
-struct SlowSecondSave {
-    inner: MemoryStore,
-    saves: AtomicUsize,
-}
-
-impl Store for SlowSecondSave {
-    fn kind(&self) -> &'static str {
-        "file-like"
-    }
-    fn load<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<StoredCredential>, StoreError>> {
-        self.inner.load(id)
-    }
-    fn lock<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoreLock, StoreError>> {
-        self.inner.lock(id)
-    }
-    fn save<'a>(
-        &'a self,
-        id: &'a str,
-        state: &'a StoredCredential,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let k = self.saves.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async move {
-            if k == 0 {
-                return Err(StoreError::Io {
-                    op: "save",
-                    problem: "disk full".into(),
-                });
-            }
-            if k == 1 {
-                tokio::time::sleep(S(5)).await;
-            }
-            self.inner.save(id, state).await
-        })
-    }
-}
-
 /// A background save of generation 1 is in flight (slow) when a 401
 /// forces a refresh that takes the retries over and saves generation 2:
 /// the refresh waits for that save to end, so the spent `rt-1` never
 /// lands over the live `rt-2`.
 #[tokio::test(start_paused = true)]
 async fn a_save_in_flight_never_lands_over_the_takeovers_newer_generation() {
-    let store = Arc::new(SlowSecondSave::default());
+    // The first save fails; the second (the first retry) takes 5 s.
+    let store = Saves::new("fs");
     let src = RefreshingSource::new(
         "crm",
         Arc::new(Rotating(AtomicUsize::new(0))),

@@ -3,82 +3,9 @@
 //! memory whether or not it was saved, so neither a resumed background
 //! save nor a reload's hand-over goes back to the spent refresh token.
 
+use super::doubles::{Saves, Script};
 use super::*;
-use crate::store::{Store, StoreLock};
-use std::sync::Mutex;
-
-/// Rotates on every call (`rt-n`); the second access token arrives
-/// expired.
-#[derive(Debug, Default)]
-struct RotatesThenShort {
-    calls: AtomicUsize,
-    seen: Mutex<Vec<Option<String>>>,
-}
-
-impl TokenProvider for RotatesThenShort {
-    fn kind(&self) -> &'static str {
-        "rotating"
-    }
-    fn rotates(&self) -> bool {
-        true
-    }
-    fn fetch<'a>(
-        &'a self,
-        current: Option<&'a StoredCredential>,
-    ) -> BoxFuture<'a, Result<Token, ProviderError>> {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        self.seen
-            .lock()
-            .unwrap()
-            .push(current.and_then(|c| c.refresh_token.clone()));
-        Box::pin(async move {
-            Ok(Token {
-                access_token: SecretString::from(format!("tok-{n}")),
-                expires_in: Some(if n == 2 { Duration::ZERO } else { S(3600) }),
-                refresh_token: Some(SecretString::from(format!("rt-{n}"))),
-            })
-        })
-    }
-}
-
-/// A store without compare-and-set (as the file store) whose first save
-/// fails.
-#[derive(Debug, Default)]
-struct FirstSaveFails {
-    inner: MemoryStore,
-    saves: AtomicUsize,
-}
-
-impl Store for FirstSaveFails {
-    fn kind(&self) -> &'static str {
-        "file-like"
-    }
-    fn load<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<StoredCredential>, crate::store::StoreError>> {
-        self.inner.load(id)
-    }
-    fn lock<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<StoreLock, crate::store::StoreError>> {
-        self.inner.lock(id)
-    }
-    fn save<'a>(
-        &'a self,
-        id: &'a str,
-        state: &'a StoredCredential,
-    ) -> BoxFuture<'a, Result<(), crate::store::StoreError>> {
-        if self.saves.fetch_add(1, Ordering::SeqCst) == 0 {
-            return Box::pin(ready(Err(crate::store::StoreError::Io {
-                op: "save",
-                problem: "No space left on device".into(),
-            })));
-        }
-        self.inner.save(id, state)
-    }
-}
+use crate::store::Store;
 
 /// Generation 1's save fails and is retried in the background; the next
 /// rotation (`rt-2`) is saved, but its access token is expired on
@@ -86,8 +13,10 @@ impl Store for FirstSaveFails {
 /// spent `rt-1` over the live `rt-2`.
 #[tokio::test(start_paused = true)]
 async fn resumed_retries_never_write_a_spent_refresh_token_over_a_newer_one() {
-    let p = Arc::new(RotatesThenShort::default());
-    let store = Arc::new(FirstSaveFails::default());
+    // Rotates on every call (`rt-n`); the second access token arrives
+    // expired. The first save fails.
+    let p = Script::new("ozoooo");
+    let store = Saves::new("f");
     let src = RefreshingSource::new("crm", p.clone(), store.clone(), RefreshSettings::default());
     assert_eq!(token(&src).await, "tok-1");
     assert!(src.invalidate(1).await.is_err(), "tok-2 arrives expired");
@@ -106,7 +35,7 @@ async fn resumed_retries_never_write_a_spent_refresh_token_over_a_newer_one() {
 /// spent `rt-1`.
 #[tokio::test(start_paused = true)]
 async fn a_handover_after_a_useless_rotation_carries_the_new_refresh_token() {
-    let p = Arc::new(RotatesThenShort::default());
+    let p = Script::new("ozoooo");
     let old_store = Arc::new(MemoryStore::new());
     let old = RefreshingSource::new(
         "crm",
@@ -127,7 +56,7 @@ async fn a_handover_after_a_useless_rotation_carries_the_new_refresh_token() {
     );
     drop(old);
     let _ = new.refresh_now().await;
-    let seen = p.seen.lock().unwrap().clone();
+    let seen = p.seen();
     assert_eq!(
         seen.last().cloned().flatten().as_deref(),
         Some("rt-2"),
