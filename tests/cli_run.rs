@@ -442,7 +442,16 @@ fn a_lock_wait_in_progress_does_not_keep_latchkey_alive_after_sigterm() {
         .args(["sleep", "60"])
         .spawn()
         .unwrap();
-    std::thread::sleep(POLL * 4);
+    // `/proc/locks`: "N: FLOCK ADVISORY WRITE <pid> ..." for a holder,
+    // "N: -> FLOCK ..." for a process blocked waiting.
+    let locks = || std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    let holder_pid = format!(" {} ", holder.id());
+    assert!(
+        poll_until(|| locks()
+            .lines()
+            .any(|l| l.contains("FLOCK") && l.contains(&holder_pid))),
+        "the holder never took the lock"
+    );
     let (proxy_port, admin_port) = (free_port(), free_port());
     let yaml = format!(
         "proxy: {{ listen: 127.0.0.1:{proxy_port} }}\nadmin: {{ listen: 127.0.0.1:{admin_port} }}\nfile_store: {{ dir: {} }}\ncredentials:\n  - id: x\n    exec: {{ command: [/bin/sh, -c, 'echo {{\"access_token\":\"t\",\"expires_in\":3600}}'] }}\n    store: file\nroutes:\n  - {{ id: r, match: {{ path_prefix: /r/ }}, upstream: \"http://127.0.0.1:9\", credential: x, public: true }}\n",
@@ -453,8 +462,16 @@ fn a_lock_wait_in_progress_does_not_keep_latchkey_alive_after_sigterm() {
     let admin = loopback(admin_port);
     // Up (not ready: the credential waits for the lock).
     let up = poll_until(|| http_get(admin, "/healthz").is_some_and(|r| r.0 == 200));
-    std::thread::sleep(POLL * 4);
     let pid = child.child().id().to_string();
+    // latchkey's refresh is blocked in its lock wait.
+    let waiting = format!(" {pid} ");
+    assert!(
+        poll_until(|| locks()
+            .lines()
+            .any(|l| l.contains("->") && l.contains(&waiting))),
+        "latchkey never waited for the lock:\n{}",
+        locks()
+    );
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let status = child.wait_for_exit(PROCESS_LIMIT);
     let _ = holder.kill();
