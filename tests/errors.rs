@@ -229,6 +229,88 @@ async fn slow_upstream_is_504_upstream_timeout() {
     );
 }
 
+/// A route with a 200 ms `timeout` in front of `up`, whose requests are
+/// not buffered for a 401 replay (so the body goes out as it arrives).
+async fn short_timeout_proxy(up: &Upstream) -> TestProxy {
+    start_proxy(&billing_config(
+        "[api]",
+        &format!(
+            "  - id: api
+    match: {{ path_prefix: /api/ }}
+    upstream: {}
+    credential: upstream-key
+    timeout: 200ms
+    retry: {{ max_replay_body: 1 }}
+",
+            up.url()
+        ),
+    ))
+    .await
+}
+
+/// POSTs `first`, declaring `declared` bytes, and then sends nothing more
+/// while holding the body open (when `stall`) or ends it.
+#[expect(clippy::unwrap_used, reason = "a failed request fails the test")]
+async fn post_declared(p: &TestProxy, declared: usize, first: &'static [u8], stall: bool) -> Resp {
+    let chunks =
+        futures_util::stream::iter([Ok::<_, Infallible>(Frame::data(Bytes::from_static(first)))]);
+    let rest = futures_util::stream::poll_fn(move |_| {
+        if stall {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(None)
+        }
+    });
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<StreamBody<_>>();
+    let req = Request::post(p.url("/api/upload"))
+        .header("authorization", bearer(CLIENT_TOKEN))
+        .header("content-length", declared)
+        .body(StreamBody::new(futures_util::StreamExt::chain(
+            chunks, rest,
+        )))
+        .unwrap();
+    with_timeout(async {
+        let (parts, body) = client.request(req).await.unwrap().into_parts();
+        (
+            parts.status,
+            parts.headers,
+            body.collect().await.unwrap().to_bytes(),
+        )
+    })
+    .await
+}
+
+/// A caller that stops sending its body: the route's timeout runs out
+/// while the upstream (which reads the whole body before it answers)
+/// waits for the rest. The caller is told the stall was its own (408),
+/// not the upstream's (504).
+#[tokio::test]
+async fn stalled_upload_is_408_request_timeout_not_the_upstreams() {
+    let up = echo_upstream().await;
+    let p = short_timeout_proxy(&up).await;
+    let resp = post_declared(&p, 100, b"0123456789", true).await;
+    let msg = assert_proxy_error(&resp, 408, "request_timeout");
+    assert_eq!(
+        msg,
+        "the caller had not sent the whole request body when the route's timeout of 200ms ran out: the request waited for the caller, not for the upstream"
+    );
+}
+
+/// The whole body sent, and the upstream still silent: the upstream's
+/// timeout, as before.
+#[tokio::test]
+async fn an_upload_sent_in_full_to_a_slow_upstream_is_504() {
+    let up = slow_upstream(Duration::from_secs(3)).await;
+    let p = short_timeout_proxy(&up).await;
+    let resp = post_declared(&p, 10, b"0123456789", false).await;
+    let msg = assert_proxy_error(&resp, 504, "upstream_timeout");
+    assert_eq!(
+        msg,
+        format!("upstream {} did not respond within 200ms", up.url())
+    );
+}
+
 #[tokio::test]
 async fn connect_timeout_is_504_naming_the_configured_limit() {
     // A listener whose accept queue is full: Linux drops further SYNs, so a

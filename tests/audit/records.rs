@@ -440,6 +440,56 @@ async fn body_too_large() {
 }
 
 #[tokio::test]
+async fn request_timeout() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    // The echo upstream reads the whole body before it answers; the caller
+    // sends 10 of the 100 bytes it declared and then nothing.
+    let up = echo_upstream().await;
+    let (p, sink) = start(&setup(
+        "rt",
+        "[rt]",
+        "",
+        &route(
+            "rt",
+            &up.url(),
+            "    credential: rt-key
+    timeout: 200ms
+    retry: { max_replay_body: 1 }
+",
+        ),
+    ))
+    .await;
+    let first = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(
+        Bytes::from_static(b"0123456789"),
+    ))]);
+    let stalled = futures_util::StreamExt::chain(first, futures_util::stream::pending());
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<StreamBody<_>>();
+    let req = Request::post(p.url("/rt/upload"))
+        .header("authorization", bearer(CLIENT_TOKEN))
+        .header("content-length", 100)
+        .body(StreamBody::new(stalled))
+        .unwrap();
+    let resp = with_timeout(client.request(req)).await.unwrap();
+    assert_eq!(resp.status(), 408);
+    assert_eq!(
+        norm_age(only_request(&sink)),
+        expected(
+            "POST",
+            "/rt/upload",
+            "reject",
+            408,
+            json!({
+                "client": "billing", "route": "rt", "upstream_ms": "<ms>",
+                "denial_source": "local", "reason": "request_timeout",
+                "credential": static_injected("rt-key"),
+            })
+        )
+    );
+}
+
+#[tokio::test]
 async fn a_caller_that_hangs_up_is_recorded_as_client_cancel() {
     use tokio::io::AsyncWriteExt as _;
     let up = slow_upstream(Duration::from_secs(5)).await;

@@ -72,6 +72,9 @@ pub enum Reason {
     UpstreamUnreachable,
     /// The upstream did not answer in time.
     UpstreamTimeout,
+    /// The caller had not sent its whole request body when the route's
+    /// timeout ran out.
+    RequestTimeout,
     /// The caller did not authenticate to the proxy.
     ClientUnauthenticated,
     /// The caller may not use the route.
@@ -249,6 +252,7 @@ impl Reason {
             Self::RefreshFailed => "refresh_failed",
             Self::UpstreamUnreachable => "upstream_unreachable",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::RequestTimeout => "request_timeout",
             Self::ClientUnauthenticated => "client_unauthenticated",
             Self::ClientForbidden => "client_forbidden",
             Self::NoRoute => "no_route",
@@ -273,6 +277,7 @@ impl Reason {
             ErrorCode::UpstreamUnreachable => Self::UpstreamUnreachable,
             ErrorCode::CredentialUnavailable => Self::CredentialUnavailable,
             ErrorCode::UpstreamTimeout => Self::UpstreamTimeout,
+            ErrorCode::RequestTimeout => Self::RequestTimeout,
             ErrorCode::Internal => Self::InternalError,
             ErrorCode::Overloaded => Self::Overloaded,
         }

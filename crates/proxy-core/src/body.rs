@@ -145,8 +145,33 @@ pub enum BodyFailure {
     Caller(String),
 }
 
-/// Where [`Witnessed`] keeps the first failure it saw.
-pub type FailureSlot = std::sync::Arc<std::sync::OnceLock<BodyFailure>>;
+/// What [`Witnessed`] saw of a request body while it was sent, shared
+/// with the forwarder, which reads it once the send is over.
+#[derive(Debug, Default)]
+pub struct BodyWatch {
+    failure: std::sync::OnceLock<BodyFailure>,
+    /// The body's last poll found nothing from the caller yet (it had not
+    /// ended). hyper polls the body only when the upstream connection can
+    /// take more, so this tells a send held up by the caller from one held
+    /// up by the upstream.
+    waiting_on_caller: std::sync::atomic::AtomicBool,
+}
+
+impl BodyWatch {
+    /// The first failure seen, if any.
+    pub fn failure(&self) -> Option<&BodyFailure> {
+        self.failure.get()
+    }
+
+    /// Whether the body was last seen waiting for the caller to send more.
+    pub fn waiting_on_caller(&self) -> bool {
+        self.waiting_on_caller
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Where [`Witnessed`] keeps what it saw.
+pub type FailureSlot = std::sync::Arc<BodyWatch>;
 
 pin_project_lite::pin_project! {
     /// A request body that remembers why it failed. Over HTTP/1.1 hyper
@@ -177,7 +202,18 @@ impl Body for Witnessed {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        let polled = std::task::ready!(this.inner.poll_frame(cx));
+        let waiting = &this.slot.waiting_on_caller;
+        let polled = match this.inner.poll_frame(cx) {
+            Poll::Pending => {
+                waiting.store(true, std::sync::atomic::Ordering::Relaxed);
+                return Poll::Pending;
+            }
+            Poll::Ready(polled) => polled,
+        };
+        // A plain store only on a change: most bodies are never pending.
+        if waiting.load(std::sync::atomic::Ordering::Relaxed) {
+            waiting.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(Err(e)) = &polled {
             let failure = if crate::error::is_caused_by::<http_body_util::LengthLimitError>(&**e) {
                 Some(BodyFailure::TooLarge)
@@ -186,7 +222,7 @@ impl Body for Witnessed {
                     .map(|c| BodyFailure::Caller(c.to_string()))
             };
             if let Some(failure) = failure {
-                let _ = this.slot.set(failure);
+                let _ = this.slot.failure.set(failure);
             }
         }
         Poll::Ready(polled)

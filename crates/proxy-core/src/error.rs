@@ -36,6 +36,9 @@ pub enum ErrorCode {
     Overloaded,
     /// The upstream did not answer in time (504).
     UpstreamTimeout,
+    /// The caller had not sent the whole request body when the route's
+    /// `timeout` ran out, and the upstream was waiting for it (408).
+    RequestTimeout,
     /// A bug or an unexpected failure inside the proxy (500).
     Internal,
 }
@@ -54,6 +57,7 @@ impl ErrorCode {
             Self::CredentialUnavailable => "credential_unavailable",
             Self::Overloaded => "overloaded",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::RequestTimeout => "request_timeout",
             Self::Internal => "internal_error",
         }
     }
@@ -70,6 +74,7 @@ impl ErrorCode {
             Self::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             Self::CredentialUnavailable | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -207,6 +212,17 @@ pub struct UpstreamTimeout {
     pub after: std::time::Duration,
 }
 
+/// The caller stopped sending its request body: the route's `timeout` ran
+/// out while the upstream was still waiting for the rest of it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the caller had not sent the whole request body when the route's timeout of {after:?} ran out: the request waited for the caller, not for the upstream"
+)]
+pub struct RequestTimeout {
+    /// The route's `timeout`.
+    pub after: std::time::Duration,
+}
+
 /// Returns true if `err` or any error in its `source()` chain is an `E`.
 pub fn is_caused_by<E: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool {
     find_cause::<E>(err).is_some()
@@ -257,6 +273,9 @@ pub fn classify(err: &(dyn StdError + 'static)) -> ErrorCode {
         }
         if e.is::<UpstreamTimeout>() {
             return ErrorCode::UpstreamTimeout;
+        }
+        if e.is::<RequestTimeout>() {
+            return ErrorCode::RequestTimeout;
         }
         if e.is::<UpstreamUnreachable>() {
             return ErrorCode::UpstreamUnreachable;
@@ -311,6 +330,7 @@ mod tests {
         assert_eq!(ErrorCode::NoRoute.status(), 404);
         assert_eq!(ErrorCode::CredentialUnavailable.status(), 503);
         assert_eq!(ErrorCode::UpstreamTimeout.status(), 504);
+        assert_eq!(ErrorCode::RequestTimeout.status(), 408);
         assert_eq!(ErrorCode::UpstreamUnreachable.status(), 502);
         assert_eq!(ErrorCode::BodyTooLarge.status(), 413);
     }

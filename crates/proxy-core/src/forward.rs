@@ -5,13 +5,18 @@
 //! the upstream's; hop-by-hop headers removed; `X-Forwarded-*` and
 //! `x-request-id` added) and streams both bodies without buffering. The route
 //! `timeout` bounds the wait for the response headers only, so long-lived
-//! streams (SSE) are not cut. `Upgrade` requests (WebSocket) are bridged byte
+//! streams (SSE) are not cut; a response body the upstream stops sending is
+//! cut after the route's `response_idle_timeout` ([`crate::idle`]). A route
+//! timeout that runs out while the upstream waits for the rest of the
+//! caller's body is the caller's 408, not a 504 ([`Witnessed`]). `Upgrade` requests (WebSocket) are bridged byte
 //! for byte after the upstream answers 101 ([`crate::tunnel`]).
 
 use crate::body::{BodyFailure, FailureSlot, Witnessed};
 use crate::config::UpstreamUrl;
 use crate::context::RequestId;
-use crate::error::{BodyTooLarge, BoxError, UpstreamTimeout, UpstreamUnreachable, is_caused_by};
+use crate::error::{
+    BodyTooLarge, BoxError, RequestTimeout, UpstreamTimeout, UpstreamUnreachable, is_caused_by,
+};
 use crate::headers::{add_forwarded, is_upgrade, remove_hop_by_hop};
 use crate::upstream::{OriginPool, PooledBody, SendError};
 use crate::{ProxyBody, boxed};
@@ -40,6 +45,9 @@ pub struct ForwardTarget {
     /// Close a WebSocket tunnel after this long without a byte either
     /// way (zero: never).
     pub tunnel_idle_timeout: Duration,
+    /// Cut a response body after this long without a frame from the
+    /// upstream (zero: never; see [`crate::idle`]).
+    pub response_idle_timeout: Duration,
     /// Largest request body accepted.
     pub max_request_body: Option<u64>,
 }
@@ -189,8 +197,9 @@ impl Service<Request<ProxyBody>> for Forward {
             conn.is_some_and(|c| c.tls),
             caller_host,
         );
-        if let Some(id) = crate::context::request_id(&parts.extensions) {
-            parts.headers.insert(RequestId::HEADER, id.0.clone());
+        let request_id = crate::context::request_id(&parts.extensions).map(|id| id.0.clone());
+        if let Some(id) = &request_id {
+            parts.headers.insert(RequestId::HEADER, id.clone());
         }
         parts.headers.insert(header::HOST, self.shared.host.clone());
         parts.uri = uri;
@@ -226,6 +235,7 @@ impl Service<Request<ProxyBody>> for Forward {
                 scope,
                 limit,
                 body_failure,
+                request_id,
             }),
         })
     }
@@ -256,6 +266,8 @@ struct After {
     limit: Option<u64>,
     /// Why the request body failed, if it did (see [`Witnessed`]).
     body_failure: Option<FailureSlot>,
+    /// Names the response in [`crate::idle`]'s warning.
+    request_id: Option<HeaderValue>,
 }
 
 type SendResult = Result<Result<Response<PooledBody>, SendError>, tokio::time::error::Elapsed>;
@@ -297,6 +309,7 @@ impl After {
             scope,
             limit,
             body_failure,
+            request_id,
         } = self;
         let (timeout, connect_timeout) = (shared.target.timeout, shared.target.connect_timeout);
         let origin = &shared.origin;
@@ -311,6 +324,11 @@ impl After {
             });
         }
         let resp = match result {
+            // The upstream was still waiting for the rest of the body
+            // from the caller: the caller's stall, not the upstream's.
+            Err(_) if body_failure.as_ref().is_some_and(|w| w.waiting_on_caller()) => {
+                return Err(RequestTimeout { after: timeout }.into());
+            }
             Err(_) => {
                 return Err(UpstreamTimeout {
                     upstream: origin.to_string(),
@@ -320,7 +338,7 @@ impl After {
                 .into());
             }
             Ok(Err(e)) => {
-                let e = match body_failure.as_ref().and_then(|slot| slot.get()) {
+                let e = match body_failure.as_ref().and_then(|w| w.failure()) {
                     // Seen on the body itself: over h2 the send's error
                     // does not carry it.
                     Some(BodyFailure::TooLarge) => match limit {
@@ -367,7 +385,18 @@ impl After {
             }
         }
         crate::headers::clean_response(&mut parts.headers, switching);
-        Ok(Response::from_parts(parts, boxed(body)))
+        let idle = shared.target.response_idle_timeout;
+        let body = if switching || idle.is_zero() || http_body::Body::is_end_stream(&body) {
+            boxed(body)
+        } else {
+            boxed(crate::idle::IdleBody::new(
+                body,
+                idle,
+                shared.origin.clone(),
+                request_id,
+            ))
+        };
+        Ok(Response::from_parts(parts, body))
     }
 }
 
@@ -426,6 +455,7 @@ mod tests {
                 timeout: Duration::from_secs(1),
                 connect_timeout: Duration::from_secs(1),
                 tunnel_idle_timeout: Duration::ZERO,
+                response_idle_timeout: Duration::ZERO,
                 max_request_body: None,
             },
         )

@@ -18,6 +18,7 @@
 //! - [`client_auth`]: who may use which route (proxy tokens).
 //! - [`limit`]: load shedding past the concurrency limit.
 //! - [`body`]: [`ProxyBody`], the one body type of the request path.
+//! - [`idle`]: the upstream response body's idle timeout.
 //! - [`router`]: host + path prefix to route.
 //! - [`edge`]: the one place errors become HTTP responses.
 //! - [`stack`]: builds per-route stacks and the whole proxy service
@@ -39,6 +40,7 @@ pub mod error;
 pub mod facts;
 pub mod forward;
 pub mod headers;
+pub mod idle;
 pub mod inject;
 pub mod limit;
 pub mod path;

@@ -276,6 +276,7 @@ where
                 timeout: rc.timeout,
                 connect_timeout: rc.connect_timeout,
                 tunnel_idle_timeout: rc.tunnel_idle_timeout,
+                response_idle_timeout: rc.response_idle_timeout,
                 max_request_body: rc.max_request_body,
             },
         ) {

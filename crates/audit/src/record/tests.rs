@@ -116,6 +116,7 @@ fn local_errors_reject_on_4xx_and_error_on_5xx_with_the_code_as_reason() {
             "upstream_unreachable",
         ),
         (ErrorCode::UpstreamTimeout, "error", "upstream_timeout"),
+        (ErrorCode::RequestTimeout, "reject", "request_timeout"),
         (
             ErrorCode::CredentialUnavailable,
             "error",

@@ -298,6 +298,7 @@ impl Acc {
                 | "no_route"
                 | "body_too_large"
                 | "bad_request"
+                | "request_timeout"
                 | "method_not_allowed"),
             ) => {
                 ev.categories.caller += 1;

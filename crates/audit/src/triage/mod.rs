@@ -30,8 +30,8 @@
 //! `refresh_failed`), upstream errors (`upstream_unreachable`,
 //! `upstream_timeout`, `upstream_error`), rejected caller requests
 //! (`client_unauthenticated`, `client_forbidden`, `no_route`,
-//! `body_too_large`, `bad_request`, `method_not_allowed`) and internal
-//! errors (anything else).
+//! `body_too_large`, `bad_request`, `request_timeout`, `method_not_allowed`)
+//! and internal errors (anything else).
 //! An upstream denial of an injected token with more than 30 s left
 //! (`token_ttl_s`), or without expiry, was a *fresh* token: the upstream
 //! refuses the credential itself. A 401 for a token with at most 30 s left (or

@@ -55,6 +55,9 @@ pub(super) fn default_timeout() -> Duration {
 pub(super) fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
 }
+pub(super) fn default_response_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
 pub(super) fn default_tunnel_idle_timeout() -> Duration {
     Duration::from_secs(3600)
 }

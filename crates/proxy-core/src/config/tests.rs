@@ -314,6 +314,11 @@ fn default_posture_refusals_name_the_field_and_the_fix() {
             "https://x",
             "bad.yaml: routes[0].tunnel_idle_timeout: must be 0s (never) or between 1s and 24h",
         ),
+        (
+            "response_idle_timeout: 500ms",
+            "https://x",
+            "bad.yaml: routes[0].response_idle_timeout: must be 0s (never) or between 1s and 24h",
+        ),
     ] {
         let e = err_of(&base(
             "127.0.0.1:0",

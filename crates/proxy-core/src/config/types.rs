@@ -10,9 +10,9 @@ use super::serde_util::{
     de_duration, de_duration_or_zero, de_listen, de_opt_size, de_size,
     default_client_header_timeout, default_client_idle_timeout, default_connect_timeout,
     default_delayed_close_timeout, default_drain, default_max_concurrent, default_max_header,
-    default_poll, default_replay_limit, default_retry_statuses, default_timeout, default_true,
-    default_tunnel_idle_timeout, default_upstream_h2_keepalive, default_upstream_idle,
-    default_upstream_max_idle, ser_duration,
+    default_poll, default_replay_limit, default_response_idle_timeout, default_retry_statuses,
+    default_timeout, default_true, default_tunnel_idle_timeout, default_upstream_h2_keepalive,
+    default_upstream_idle, default_upstream_max_idle, ser_duration,
 };
 use crate::secret::SecretRef;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -354,6 +354,14 @@ pub struct RouteConfig {
         serialize_with = "ser_duration"
     )]
     pub tunnel_idle_timeout: Duration,
+    /// Cut a response whose body gets no byte from the upstream for this
+    /// long (default `5m`; `0s`: never).
+    #[serde(
+        default = "default_response_idle_timeout",
+        deserialize_with = "de_duration_or_zero",
+        serialize_with = "ser_duration"
+    )]
+    pub response_idle_timeout: Duration,
     /// Extra PEM CA bundle trusted for this upstream, beside the web PKI roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,

@@ -544,12 +544,16 @@ fn check_posture(i: usize, r: &super::RouteConfig, config: &Config, errs: &mut V
             ),
         ));
     }
-    let t = r.tunnel_idle_timeout;
-    if !t.is_zero() && !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&t) {
-        errs.push(FieldError::new(
-            format!("routes[{i}].tunnel_idle_timeout"),
-            "must be 0s (never) or between 1s and 24h",
-        ));
+    for (name, t) in [
+        ("tunnel_idle_timeout", r.tunnel_idle_timeout),
+        ("response_idle_timeout", r.response_idle_timeout),
+    ] {
+        if !t.is_zero() && !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&t) {
+            errs.push(FieldError::new(
+                format!("routes[{i}].{name}"),
+                "must be 0s (never) or between 1s and 24h",
+            ));
+        }
     }
     match (&r.client_cert_file, &r.client_key_file) {
         (Some(_), None) => errs.push(FieldError::new(

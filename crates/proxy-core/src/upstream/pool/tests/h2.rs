@@ -111,6 +111,7 @@ async fn a_caller_body_that_breaks_over_h2_is_a_bad_request() {
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             tunnel_idle_timeout: Duration::ZERO,
+            response_idle_timeout: Duration::ZERO,
             max_request_body: None,
         },
     )
