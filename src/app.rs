@@ -114,6 +114,11 @@ pub async fn start_with(
         None => None,
     };
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    // Built inactive (see `CredentialSource::activate`); the config is in
+    // service now that its listeners are bound.
+    for source in &proxy.load().credentials {
+        source.activate();
+    }
 
     let (shutdown, rx) = watch::channel(false);
     // The admin listener outlives the drain, so probes see "not ready"

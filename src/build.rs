@@ -174,12 +174,12 @@ pub fn credential_sources_with(
             let handover = (c.store != StoreKind::Memory)
                 .then(|| held_by_previous(previous, c))
                 .flatten();
-            Arc::new(match handover {
-                Some(h) => {
-                    RefreshingSource::with_handover(id, provider, store, settings, observer, h)
-                }
-                None => RefreshingSource::with_observer(id, provider, store, settings, observer),
-            })
+            // Inactive until the config is in service (`activate`): a
+            // config refused after this point must not have fetched,
+            // loaded or saved anything.
+            Arc::new(RefreshingSource::inactive(
+                id, provider, store, settings, observer, handover,
+            ))
         };
         out.insert(c.id.clone(), source);
     }
@@ -360,15 +360,20 @@ pub struct StartOptions {
 }
 
 /// Builds the proxy service for `config` (no listeners), with the audit
-/// trail going to the `latchkey::audit` tracing target.
+/// trail going to the `latchkey::audit` tracing target, its credentials
+/// active (refreshing in the background) at once.
 pub fn build_proxy(config: Config, file: &str) -> Result<Proxy, ConfigError> {
-    build_proxy_with(
+    let proxy = build_proxy_with(
         config,
         file,
         &StartOptions::default(),
         None,
         &Kept::default(),
-    )
+    )?;
+    for source in &proxy.credentials {
+        source.activate();
+    }
+    Ok(proxy)
 }
 
 /// What a running proxy keeps across reloads.
@@ -385,6 +390,11 @@ pub struct Kept {
 /// `proxy_core::stack`, wrapped in the audit layer (outermost), with
 /// refreshing credentials reporting to the audit trail. Installs the
 /// Prometheus recorder when `metrics.enabled`.
+///
+/// Refreshing credentials are built inactive: whoever puts the proxy in
+/// service calls [`CredentialSource::activate`] on each (a reload only once
+/// the new config is accepted, so a refused one never reaches a token
+/// endpoint or a store).
 ///
 /// With `previous` (a reload), unchanged credentials keep their sources;
 /// `kept` is shared across reloads so connection pools stay warm and

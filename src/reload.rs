@@ -264,7 +264,11 @@ impl Reloader {
             .cloned()
             .collect();
         let routes = new.config.routes.len();
-        self.proxy.store(Arc::new(new));
+        let new = Arc::new(new);
+        self.proxy.store(new.clone());
+        for source in &new.credentials {
+            source.activate();
+        }
         for source in &retired {
             source.retire();
         }

@@ -15,70 +15,14 @@
 
 mod support;
 
-use support::token_endpoint::{self, EndpointOptions, TokenEndpoint};
+use support::gauges::{gauge, is_set, oauth, reloads};
+use support::token_endpoint::{self, EndpointOptions};
 use support::{echo_upstream, get};
 
 const TOKEN: &str = "gauge-client-token";
 
-/// One client, credentials `a` and `b` as given, one route per credential.
 fn yaml(upstream: &str, a: &str, b: &str) -> String {
-    let mut out = format!(
-        r#"proxy: {{ listen: "127.0.0.1:0" }}
-admin: {{ listen: "127.0.0.1:0", management_key: {{ value: mgmt-key }} }}
-clients:
-  - id: app
-    token: {{ value: {TOKEN} }}
-    routes: ["*"]
-credentials:
-  - id: gauge-a
-{a}
-"#
-    );
-    if !b.is_empty() {
-        out.push_str(&format!("  - id: gauge-b\n{b}\n"));
-    }
-    out.push_str(&format!(
-        "routes:\n  - id: a\n    match: {{ path_prefix: /a/ }}\n    upstream: {upstream}\n    credential: gauge-a\n"
-    ));
-    if !b.is_empty() {
-        out.push_str(&format!(
-            "  - id: b\n    match: {{ path_prefix: /b/ }}\n    upstream: {upstream}\n    credential: gauge-b\n"
-        ));
-    }
-    out
-}
-
-fn oauth(ep: &TokenEndpoint, scope: &str) -> String {
-    format!(
-        "    oauth2:\n      grant: client_credentials\n      token_url: {}\n      client_id: latchkey\n      client_secret: {{ value: cs }}\n      scopes: [{scope}]",
-        ep.url
-    )
-}
-
-/// The gauge `name`'s value for `credential`, as the exporter renders it.
-fn gauge(name: &str, credential: &str) -> Option<String> {
-    let text = audit::metrics::handle()
-        .map(|h| h.render())
-        .unwrap_or_default();
-    let label = format!("credential=\"{credential}\"");
-    text.lines()
-        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(&label))
-        .and_then(|l| l.rsplit(' ').next())
-        .map(str::to_owned)
-}
-
-fn reloads(result: &str) -> Option<String> {
-    let text = audit::metrics::handle()
-        .map(|h| h.render())
-        .unwrap_or_default();
-    let prefix = format!("latchkey_config_reloads_total{{result=\"{result}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map(str::to_owned)
-}
-
-fn is_set(value: Option<&str>) -> bool {
-    value.is_some_and(|v| v != "NaN" && v.parse::<f64>().is_ok_and(|f| f > 1e9))
+    support::gauges::yaml(TOKEN, upstream, a, b)
 }
 
 #[tokio::test]

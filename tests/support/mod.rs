@@ -21,6 +21,7 @@
 //! That lets a test observe the proxy's behaviour when an upstream vanishes.
 
 pub mod cli;
+pub mod gauges;
 pub mod harness;
 pub mod pki;
 pub mod proxy_helpers;

@@ -205,6 +205,13 @@ pub trait CredentialSource: fmt::Debug + Send + Sync + 'static {
     /// default.
     fn retire(&self) {}
 
+    /// The config holding this source is now in service: start any
+    /// background work (a refreshing source's scheduler). Sources are
+    /// built inactive, so that one of a config that is then refused does
+    /// nothing. Called again for a source a reload kept; must be
+    /// idempotent. Nothing by default.
+    fn activate(&self) {}
+
     /// The source as `Any`, for the code that built it to reach its
     /// concrete type (a reload handing a refreshing source's state to the
     /// source that replaces it). `None` by default.

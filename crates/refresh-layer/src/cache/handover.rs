@@ -17,9 +17,9 @@
 //! to it), and drops the old source once the new one is in service.
 
 use super::refresh::{keep_state, publish, remaining, sendable};
-use super::{Inner, RefreshSettings, RefreshingSource, persist};
+use super::{Inner, RefreshSettings, RefreshingSource};
 use crate::provider::TokenProvider;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 use crate::token::StoredCredential;
 use proxy_core::facts::RefreshObserver;
 use std::fmt;
@@ -91,7 +91,9 @@ impl RefreshingSource {
         observer: Option<Arc<dyn RefreshObserver>>,
         from: Handover,
     ) -> Self {
-        Self::build(id, provider, store, settings, observer, Some(from))
+        let source = Self::inactive(id, provider, store, settings, observer, Some(from));
+        source.activate();
+        source
     }
 }
 
@@ -99,8 +101,9 @@ impl Inner {
     /// Starts from `from`, before the scheduler runs: a valid token is
     /// served (and refreshed on its schedule); one that expired or cannot
     /// be sent is kept only for its refresh token (the first refresh
-    /// starts from it). An unsaved rotated state is saved to this store.
-    pub(super) fn start_from(self: &Arc<Self>, from: Handover) {
+    /// starts from it). An unsaved rotated state is returned, to be saved
+    /// to this store once the source is active.
+    pub(super) fn start_from(self: &Arc<Self>, from: Handover) -> Option<StoredCredential> {
         let state = from.state;
         let usable = |s: &StoredCredential| {
             let left = remaining(s);
@@ -116,9 +119,6 @@ impl Inner {
             }
             keep_state(self, state.clone(), None, false);
         }
-        if from.unsaved && self.provider.rotates() {
-            let why = StoreError::Unavailable("handed over unsaved by the source replaced".into());
-            persist::spawn(self.clone(), state, None, &why);
-        }
+        (from.unsaved && self.provider.rotates()).then_some(state)
     }
 }

@@ -178,7 +178,10 @@ struct Inner {
 #[derive(Clone)]
 pub struct RefreshingSource {
     inner: Arc<Inner>,
-    _driver: Arc<DriverGuard>,
+    /// Set once the source is active (see [`activate`](Self::activate)).
+    driver: Arc<std::sync::OnceLock<DriverGuard>>,
+    /// A handed-over rotated state still to be saved, once active.
+    deferred_save: Arc<Mutex<Option<StoredCredential>>>,
 }
 
 impl fmt::Debug for RefreshingSource {
@@ -214,12 +217,19 @@ impl RefreshingSource {
         settings: RefreshSettings,
         observer: Option<Arc<dyn RefreshObserver>>,
     ) -> Self {
-        Self::build(id, provider, store, settings, observer, None)
+        let source = Self::inactive(id, provider, store, settings, observer, None);
+        source.activate();
+        source
     }
 
     /// Creates the source, starting from `from` (see [`Handover`]) if
-    /// given, then starts its scheduler.
-    fn build(
+    /// given, but does nothing in the background (no refresh, no load, no
+    /// save) until [`activate`](Self::activate). A config is built whole
+    /// before it is known to be accepted: a source of a config that is
+    /// then refused must not have asked a token endpoint for a token,
+    /// written to a store or set a gauge. Requests only reach a source
+    /// once its config is in service, which activates it.
+    pub fn inactive(
         id: impl Into<Arc<str>>,
         provider: Arc<dyn TokenProvider>,
         store: Arc<dyn Store>,
@@ -242,14 +252,32 @@ impl RefreshingSource {
             wake: Notify::new(),
             unsaved: Mutex::new(None),
         });
-        if let Some(from) = from {
-            inner.start_from(from);
-        }
-        let driver = driver::spawn(inner.clone());
+        let deferred_save = from.and_then(|from| inner.start_from(from));
         Self {
             inner,
-            _driver: Arc::new(driver),
+            driver: Arc::default(),
+            deferred_save: Arc::new(Mutex::new(deferred_save)),
         }
+    }
+
+    /// Starts the source's background work: the scheduler (which loads
+    /// the stored state, or fetches the first token, at once) and the
+    /// save of a handed-over rotated state. Once; later calls do nothing.
+    pub fn activate(&self) {
+        self.driver.get_or_init(|| {
+            let unsaved = self
+                .deferred_save
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(state) = unsaved {
+                let why = crate::store::StoreError::Unavailable(
+                    "handed over unsaved by the source replaced".into(),
+                );
+                persist::spawn(self.inner.clone(), state, None, &why);
+            }
+            driver::spawn(self.inner.clone())
+        });
     }
 
     /// Forces a refresh now (operator action): joins a running refresh or
@@ -292,6 +320,10 @@ impl CredentialSource for RefreshingSource {
 
     fn retire(&self) {
         self.inner.retired.store(true, Ordering::Relaxed);
+    }
+
+    fn activate(&self) {
+        RefreshingSource::activate(self);
     }
 
     fn kind(&self) -> &'static str {
