@@ -166,12 +166,14 @@ pub fn credential_sources_with(
             let settings = RefreshSettings::from(&c.refresh);
             let id = c.id.as_str();
             let observer = observer.clone();
-            // A file or Redis credential rebuilt for a changed store
-            // section starts from what the old source held: the store may
-            // be unreadable now (Redis down during the reload, a new
+            // A credential rebuilt for a changed store (or store section)
+            // starts from what the old source held: the store may be
+            // unreadable now (Redis down during the reload, a new
             // keyring), and a rotated token whose save failed lives only
-            // there.
-            let handover = (c.store != StoreKind::Memory)
+            // there. A memory credential whose state is already in the
+            // shared memory store (same provider, memory before) needs
+            // none; one moved to memory from a file or Redis store does.
+            let handover = (c.store != StoreKind::Memory || !same_provider(previous, c))
                 .then(|| held_by_previous(previous, c))
                 .flatten();
             // Inactive until the config is in service (`activate`): a
