@@ -191,6 +191,68 @@ async fn inject_basic_with_username_from_a_secret() {
     );
 }
 
+/// A user name from a secret that holds ':' is not sent: the upstream
+/// would split `svc:team:<key>` into user `svc` and password `team:<key>`
+/// and answer 401 to every request, while the audit said "injected".
+/// (An inline name with ':' is refused at load.)
+#[tokio::test]
+async fn a_basic_user_name_with_a_colon_from_a_secret_is_not_sent() {
+    let up = echo_upstream().await;
+    let p = start_proxy(&billing_config(
+        "[api]",
+        &format!(
+            "  - id: api
+    match: {{ path_prefix: /api/ }}
+    upstream: {}
+    credential: upstream-key
+    inject: {{ basic: {{ username: {{ value: \"svc:team\" }} }} }}
+",
+            up.url()
+        ),
+    ))
+    .await;
+    let resp = get_as_billing(&p, "/api/x", &[]).await;
+    let msg = assert_proxy_error(&resp, 503, "credential_unavailable");
+    assert!(msg.contains("contains ':'"), "{msg}");
+    assert!(!msg.contains("svc:team"), "the name is not echoed: {msg}");
+    assert_eq!(up.hit_count(), 0, "nothing was sent");
+}
+
+/// Headers the forwarder writes for every request cannot carry a
+/// credential: it would be overwritten (`x-request-id`) or altered
+/// (`x-forwarded-for` gets the caller's address appended). Refused at
+/// load, naming the field.
+#[test]
+fn headers_the_forwarder_writes_cannot_carry_a_credential() {
+    for name in [
+        "x-request-id",
+        "X-Forwarded-For",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+    ] {
+        let yaml = billing_config(
+            "[api]",
+            &format!(
+                "  - id: api
+    match: {{ path_prefix: /api/ }}
+    upstream: http://127.0.0.1:9
+    credential: upstream-key
+    inject: {{ header: {name} }}
+"
+            ),
+        );
+        let err = latchkey::Config::from_yaml(&yaml, "t.yaml")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("routes[0].inject.header")
+                && err.contains("latchkey writes it for every forwarded request"),
+            "{name}: {err}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The caller's proxy token
 // ---------------------------------------------------------------------------

@@ -98,6 +98,16 @@ const FORBIDDEN_HEADERS: &[&str] = &[
     "proxy-authenticate",
 ];
 
+/// Headers the forwarder writes after injection: a credential put there
+/// would be overwritten (`x-request-id`) or altered (`x-forwarded-for`
+/// gets the caller's address appended) on its way to the upstream.
+const FORWARDER_HEADERS: &[&str] = &[
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+];
+
 impl InjectSpec {
     /// Parses an `inject:` block; `None` means the default
     /// `Authorization: Bearer {token}`.
@@ -133,6 +143,14 @@ impl InjectSpec {
                 return Err(spec_err(
                     ".header",
                     format!("{h:?} cannot carry a credential (connection or framing header)"),
+                ));
+            }
+            if FORWARDER_HEADERS.contains(&name.as_str()) {
+                return Err(spec_err(
+                    ".header",
+                    format!(
+                        "{h:?} cannot carry a credential: latchkey writes it for every forwarded request"
+                    ),
                 ));
             }
             let default = if name == header::AUTHORIZATION {
@@ -263,6 +281,12 @@ impl Injection {
                 let user = username
                     .load()
                     .map_err(|e| format!("basic-auth user name: {e}"))?;
+                // Checked at load for an inline name; one from a secret is
+                // checked here. The upstream would split `svc:team:key`
+                // into user `svc` and password `team:key` (RFC 7617).
+                if user.expose().contains(':') {
+                    return Err("the basic-auth user name (from its secret) contains ':', which would split it into another user and password".into());
+                }
                 let pair = format!("{}:{}", user.expose(), cred.expose());
                 format!(
                     "Basic {}",
