@@ -439,8 +439,8 @@ where
 /// with the first GOAWAY, with no limit of its own: a caller that sends
 /// nothing at all (hung, gone, or a slowloris after its SETTINGS) would
 /// hold the connection forever. So after an idle shutdown an h2 caller has
-/// [`idle::grace`] to show any sign of life; without one the connection
-/// is dropped. A live caller answers within a round trip, and its
+/// [`idle::grace`] (after a stop, [`stop::STOP_GRACE`]) to show any sign of
+/// life; without one the connection is dropped. A live caller answers within a round trip, and its
 /// requests in flight then finish as usual. (An HTTP/1.1 caller on the
 /// auto builder, e.g. TLS without ALPN, has no PING to answer and may be
 /// waiting for a long poll: its connection just closes after the response.)
@@ -475,12 +475,18 @@ where
     // Only h2 waits for an answer (to the GOAWAY's PING); HTTP/1.1 closes
     // once its response in flight is written, and a caller of a long poll
     // sends nothing meanwhile.
-    if idled && caller.h2.load(Ordering::Relaxed) {
+    // After a stop too, or a gone peer would hold the drain.
+    if caller.h2.load(Ordering::Relaxed) {
         caller.heard.store(false, Ordering::Relaxed);
+        let grace = if idled {
+            idle::grace(idle_timeout)
+        } else {
+            stop::STOP_GRACE
+        };
         let r = tokio::select! {
             biased;
             r = conn.as_mut() => Some(r),
-            () = tokio::time::sleep(idle::grace(idle_timeout)) => None,
+            () = tokio::time::sleep(grace) => None,
         };
         match r {
             Some(r) => return r.map_err(Into::into),

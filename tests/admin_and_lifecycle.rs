@@ -254,6 +254,45 @@ async fn stop_returns_true_and_closes_the_ports() {
     }
 }
 
+/// An idle h2 caller that does not answer the GOAWAY's PING (a peer that is
+/// gone, a NAT that dropped the flow, a suspended client) has nothing in
+/// flight: it does not hold the drain to `drain_timeout` (3 s here) nor
+/// make the stop unclean; it is dropped after the 2 s stop grace.
+#[tokio::test]
+async fn stop_does_not_wait_for_an_idle_h2_caller_that_does_not_answer() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let p = start_proxy(
+        "proxy: { listen: 127.0.0.1:0, drain_timeout: 3s }\nadmin: { listen: 127.0.0.1:0 }\n",
+    )
+    .await;
+    let (proxy_addr, _) = addrs(&p);
+    let mut c = tokio::net::TcpStream::connect(proxy_addr).await.unwrap();
+    // The preface and an empty SETTINGS, then the ACK of the server's
+    // SETTINGS; after that, silence.
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    c.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let mut buf = [0u8; 256];
+    let n = with_timeout(c.read(&mut buf)).await.unwrap();
+    assert!(
+        n >= 9 && buf[3] == 4,
+        "the server's SETTINGS: {:?}",
+        &buf[..n]
+    );
+    c.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = tokio::time::Instant::now();
+    let clean = with_timeout(p.stop()).await;
+    let took = started.elapsed();
+    assert!(clean, "a clean stop (took {took:?})");
+    assert!(
+        took < Duration::from_millis(2900),
+        "the silent h2 caller held the drain for {took:?}"
+    );
+    drop(c);
+}
+
 /// A proxy with one route to an SSE upstream whose second event waits for
 /// the returned gate, plus a request to it that is in flight (headers and
 /// first event received, body still open).

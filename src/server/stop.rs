@@ -23,6 +23,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 
+/// How long an h2 caller has, after the GOAWAY of a stop, to show any sign
+/// of life (the PING's answer, a WINDOW_UPDATE as it reads a response,
+/// anything) before its connection is dropped: a caller that is gone (or
+/// a NAT that dropped the flow) would otherwise hold the drain to
+/// `proxy.drain_timeout`. A live caller answers within a round trip.
+pub(crate) const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Resolves once `rx` holds `true` (or its sender is gone), polling the
 /// channel only when it changed; see the module docs.
 pub(super) fn stopped(rx: tokio::sync::watch::Receiver<bool>) -> OnWake<impl Future<Output = ()>> {
