@@ -126,3 +126,31 @@ async fn a_response_with_both_framings_reaches_the_caller_whole() {
         assert_ne!(header(&headers, "content-length"), Some("3"));
     }
 }
+
+/// hyper takes at most 100 header lines in an upstream's response head (as
+/// Envoy's `max_headers_count`): more is a 502 that says so, not a
+/// connection failure.
+#[tokio::test]
+async fn a_response_head_of_too_many_lines_is_a_502_that_says_so() {
+    let mut answer = String::from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n");
+    for i in 0..120 {
+        answer.push_str(&format!("set-cookie: c{i}=v\r\n"));
+    }
+    answer.push_str("\r\nok");
+    let addr = raw_upstream(answer.leak().as_bytes()).await;
+    let proxy = start_proxy(&config(&route("raw", &format!("http://{addr}"), ""))).await;
+    let (status, _, body) = get(
+        &proxy.url("/raw/x"),
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let v = json(&body);
+    assert_eq!(v["error"]["code"], "upstream_unreachable");
+    assert_eq!(
+        v["error"]["message"],
+        format!(
+            "upstream http://{addr} is unreachable: its response head was refused: more than 100 header lines, or over ~400 KB"
+        )
+    );
+}

@@ -427,6 +427,17 @@ fn map_client_error(
         }
         .into();
     }
+    // hyper refuses a response head of more than 100 header lines (as
+    // Envoy's `max_headers_count`), or one over its read buffer, as a
+    // parse error: name that, not a connection failure.
+    if crate::error::find_cause::<hyper::Error>(&e).is_some_and(hyper::Error::is_parse_too_large) {
+        return UpstreamUnreachable {
+            upstream: origin.to_string(),
+            source: "its response head was refused: more than 100 header lines, or over ~400 KB"
+                .into(),
+        }
+        .into();
+    }
     UpstreamUnreachable {
         upstream: origin.to_string(),
         source: Box::new(e),
