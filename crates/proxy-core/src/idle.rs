@@ -135,20 +135,15 @@ mod tests {
     use tokio::sync::mpsc;
 
     /// A body fed by the test through a channel.
-    fn fed() -> (
-        mpsc::Sender<Bytes>,
-        IdleBody<
-            http_body_util::StreamBody<
-                impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>>,
-            >,
-        >,
-    ) {
+    fn fed() -> (mpsc::Sender<Bytes>, IdleBody<crate::ProxyBody>) {
         let (tx, rx) = mpsc::channel::<Bytes>(4);
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|b| (Ok(Frame::data(b)), rx))
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
         });
         let body = IdleBody::new(
-            http_body_util::StreamBody::new(stream),
+            crate::boxed(http_body_util::StreamBody::new(stream)),
             Duration::from_secs(60),
             Arc::from("https://api.example.com"),
             Some(HeaderValue::from_static("req-1")),
