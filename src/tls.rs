@@ -3,7 +3,9 @@
 //! [`acceptor`] turns `proxy.tls` into a [`TlsAcceptor`] (rustls with the
 //! ring provider, ALPN `h2` then `http/1.1`). Everything it reads is checked
 //! at startup, before the listener binds: an unreadable or invalid
-//! certificate, key or CA is a [`ConfigError`] naming the field.
+//! certificate, key or CA (a serving certificate outside its validity
+//! period, an encrypted key, a key type rustls cannot sign with) is a
+//! [`ConfigError`] naming the field.
 //!
 //! The certificate is served by [`CertResolver`], which holds the current
 //! [`CertifiedKey`] in an [`ArcSwap`]. A background task re-reads
@@ -13,9 +15,14 @@
 //! by swapping a symlink, which notifications miss on some filesystems. A
 //! new pair is used for the next handshake; established connections keep
 //! the certificate they negotiated. A pair that does not load (a half
-//! written file, a key that does not match the certificate) is logged and
-//! the previous certificate stays in service. `client_ca_file` is read once:
-//! changing the client CA needs a restart.
+//! written file, a key that does not match the certificate, a certificate
+//! that has expired or is not valid yet) is logged once and the previous
+//! certificate stays in service. The reads run on the blocking pool,
+//! bounded by a timeout, at most one outstanding, and only regular files
+//! are read ([`proxy_core::upstream::client_cert::files`]): a hung mount
+//! or a FIFO must not stall the runtime, which may have a single worker. A
+//! read that does not finish counts as a pair that does not load.
+//! `client_ca_file` is read once: changing the client CA needs a restart.
 //!
 //! With `client_ca_file`, the handshake asks for a client certificate and
 //! verifies it against that CA (webpki); [`peer_identity`] then extracts the
@@ -27,9 +34,10 @@
 use arc_swap::ArcSwap;
 use proxy_core::config::{ClientCertMode, ConfigError, FieldError, TlsSettings};
 use proxy_core::context::PeerIdentity;
+use proxy_core::upstream::client_cert::files::{self as cert_files, BlockingReads};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -40,6 +48,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio_rustls::TlsAcceptor;
 use x509_parser::extensions::GeneralName;
+use x509_parser::time::ASN1Time;
 
 /// Builds the listener's acceptor from `settings`; `file` names the config in
 /// errors. Starts the certificate reload task when a tokio runtime is
@@ -180,8 +189,7 @@ fn fingerprint(cert: &[u8], key: &[u8]) -> u64 {
 }
 
 fn read(path: &Path, field: &str) -> Result<Vec<u8>, FieldError> {
-    std::fs::read(path)
-        .map_err(|e| FieldError::new(field, format!("cannot read {}: {e}", path.display())))
+    cert_files::read_pem_file(path).map_err(|e| FieldError::new(field, e))
 }
 
 /// Reads and checks a certificate chain and its key. Returns the key and the
@@ -191,40 +199,65 @@ fn load_pair(
     key_file: &Path,
     provider: &CryptoProvider,
 ) -> Result<(CertifiedKey, u64), FieldError> {
-    let cert_pem = read(cert_file, "proxy.tls.cert_file")?;
-    let key_pem = read(key_file, "proxy.tls.key_file")?;
-    let print = fingerprint(&cert_pem, &key_pem);
-    let chain = parse_certs(&cert_pem, cert_file, "proxy.tls.cert_file")?;
-    // The PEM parser's messages name only markers and offsets, never key
-    // material, but a generic message is enough here.
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        FieldError::new(
-            "proxy.tls.key_file",
-            format!(
-                "{} holds no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {}",
-                key_file.display(),
-                match e {
-                    rustls::pki_types::pem::Error::NoItemsFound => "none found".to_string(),
-                    other => other.to_string(),
-                }
-            ),
-        )
-    })?;
-    let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => FieldError::new(
-            "proxy.tls.key_file",
-            format!(
-                "{} does not match the certificate in {} (proxy.tls.cert_file)",
-                key_file.display(),
-                cert_file.display()
-            ),
-        ),
-        other => FieldError::new(
-            "proxy.tls.key_file",
-            format!("{}: unusable private key: {other}", key_file.display()),
-        ),
-    })?;
-    Ok((key, print))
+    let (cert_pem, key_pem) = read_pair(cert_file, key_file)?;
+    let key = parse_pair(cert_file, key_file, &cert_pem, &key_pem, provider)?;
+    Ok((key, fingerprint(&cert_pem, &key_pem)))
+}
+
+fn read_pair(cert_file: &Path, key_file: &Path) -> Result<(Vec<u8>, Vec<u8>), FieldError> {
+    Ok((
+        read(cert_file, "proxy.tls.cert_file")?,
+        read(key_file, "proxy.tls.key_file")?,
+    ))
+}
+
+/// The chain and key read from `cert_file` and `key_file`, checked: X.509,
+/// a leaf valid now, a usable key that matches it.
+fn parse_pair(
+    cert_file: &Path,
+    key_file: &Path,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, FieldError> {
+    let chain = parse_certs(cert_pem, cert_file, "proxy.tls.cert_file")?;
+    check_validity(&chain, cert_file)?;
+    let key_err = |e| FieldError::new("proxy.tls.key_file", e);
+    let key = cert_files::private_key(key_pem, key_file).map_err(key_err)?;
+    cert_files::certified_key(
+        chain,
+        key,
+        provider,
+        key_file,
+        &format!("{} (proxy.tls.cert_file)", cert_file.display()),
+    )
+    .map_err(key_err)
+}
+
+/// Refuses a leaf that has expired or is not valid yet: clients would
+/// refuse every handshake, so it must neither start latchkey nor replace
+/// a certificate that works.
+fn check_validity(chain: &[CertificateDer<'_>], cert_file: &Path) -> Result<(), FieldError> {
+    let Some(leaf) = chain.first() else {
+        return Ok(());
+    };
+    // Parsed (and checked) by `parse_certs` already.
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
+        return Ok(());
+    };
+    let validity = cert.validity();
+    let now = ASN1Time::now();
+    let problem = if now > validity.not_after {
+        format!("the certificate expired on {}", validity.not_after)
+    } else if now < validity.not_before {
+        format!("the certificate is not valid until {}", validity.not_before)
+    } else {
+        return Ok(());
+    };
+    Err(FieldError::new(
+        "proxy.tls.cert_file",
+        format!("{}: {problem}", cert_file.display()),
+    ))
 }
 
 /// PEM certificates, each checked to be X.509, at least one.
@@ -300,24 +333,33 @@ async fn watch_files(
     // The last problem logged, so a file that stays broken is reported once
     // rather than every second.
     let mut last_problem: Option<String> = None;
+    let mut reads = BlockingReads::default();
     loop {
         tick.tick().await;
+        if weak.strong_count() == 0 {
+            return;
+        }
+        let (cert, key, known) = (files.cert.clone(), files.key.clone(), files.fingerprint);
+        let provider = provider.clone();
+        let reloaded = reads
+            .run(cert_files::READ_TIMEOUT, move || {
+                reload(&cert, &key, known, &provider)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(FieldError::new(
+                    "proxy.tls.cert_file",
+                    format!("{} and {}: {e}", files.cert.display(), files.key.display()),
+                ))
+            });
+        // Not held across the read: a resolver dropped meanwhile ends the
+        // task.
         let Some(resolver) = weak.upgrade() else {
             return;
         };
-        // Two small files on a local volume: reading them inline once a
-        // second is cheap and keeps the task on the runtime's clock.
-        let changed = match (std::fs::read(&files.cert), std::fs::read(&files.key)) {
-            (Ok(c), Ok(k)) => fingerprint(&c, &k) != files.fingerprint,
-            // Unreadable now: let load_pair say why (below).
-            _ => true,
-        };
-        if !changed {
-            last_problem = None;
-            continue;
-        }
-        match load_pair(&files.cert, &files.key, &provider) {
-            Ok((key, print)) => {
+        match reloaded {
+            Ok(None) => last_problem = None,
+            Ok(Some((key, print))) => {
                 files.fingerprint = print;
                 last_problem = None;
                 tracing::info!(
@@ -339,6 +381,23 @@ async fn watch_files(
             }
         }
     }
+}
+
+/// Runs on the blocking pool: the pair if it changed since `known` (a
+/// fingerprint) and loads, None if it did not change. A file that cannot
+/// be read counts as a change (the error says why).
+fn reload(
+    cert_file: &Path,
+    key_file: &Path,
+    known: u64,
+    provider: &CryptoProvider,
+) -> Result<Option<(CertifiedKey, u64)>, FieldError> {
+    let (cert_pem, key_pem) = read_pair(cert_file, key_file)?;
+    let print = fingerprint(&cert_pem, &key_pem);
+    if print == known {
+        return Ok(None);
+    }
+    parse_pair(cert_file, key_file, &cert_pem, &key_pem, provider).map(|key| Some((key, print)))
 }
 
 /// The leaf's expiry, for the reload log line.

@@ -3,44 +3,47 @@
 //! `proxy_ssl_certificate_key`, Envoy's upstream `tls_certificates`).
 //!
 //! `routes[].client_cert_file` and `client_key_file` are read and checked
-//! when the config is built (an unreadable file, a chain without a
-//! certificate, a key that is not PEM or does not match the certificate is
-//! an error naming the field). Before each new upstream TLS connection the
-//! two files' size, modification and change times and inode are compared
-//! with what was loaded (two `stat` calls per handshake, nothing per
-//! request): a pair rotated in place by cert-manager or a Secret volume is
-//! presented from the next connection on, without a reload (sessions are
-//! not resumed for such connections, see `tls_config`). A pair that does
-//! not load (half written, key and certificate from different rotations,
-//! unreadable) leaves the last good one in use and is logged, once per
-//! change; any later change to either file (a fixed permission changes
-//! the change time) makes it try again.
+//! when the config is built (an unreadable or non-regular file, a chain
+//! without a certificate, an encrypted key, a key that is not PEM, does not
+//! match the certificate or is of a type rustls cannot use is an error
+//! naming the field). A background task then compares the two files' size,
+//! modification and change times and inode with what was loaded every
+//! [`POLL`] (two `stat` calls a second, nothing per handshake or request):
+//! a pair rotated in place by cert-manager or a Secret volume is presented
+//! from the next connection after it is seen, without a reload (sessions
+//! are not resumed for such connections, see `tls_config`). A pair that
+//! does not load (half written, key and certificate from different
+//! rotations, unreadable) leaves the last good one in use and is logged,
+//! once per change; any later change to either file (a fixed permission
+//! changes the change time) makes it try again.
+//!
+//! The handshake only loads the current pair: the `stat` and the reads run
+//! on the blocking pool, bounded by [`files::READ_TIMEOUT`], so a hung
+//! mount cannot stall the runtime ([`files`]). The task ends once the
+//! [`ClientCert`] (the connector that uses it) is dropped.
 
+use arc_swap::ArcSwap;
+use files::BlockingReads;
 use rustls::SignatureScheme;
 use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+pub mod files;
+
+/// How often the files' metadata is compared with what was loaded.
+pub const POLL: Duration = Duration::from_secs(1);
 
 /// A certificate file and its key file; see the module docs.
 #[derive(Debug)]
 pub struct ClientCert {
-    cert_file: PathBuf,
-    key_file: PathBuf,
-    provider: Arc<CryptoProvider>,
-    current: Mutex<Loaded>,
-}
-
-#[derive(Debug)]
-struct Loaded {
-    key: Arc<CertifiedKey>,
-    /// The files as they were when `key` (or the last failed attempt) was
-    /// read.
-    stamp: Stamp,
+    /// The last pair that loaded; the watch task holds a weak reference.
+    current: Arc<ArcSwap<CertifiedKey>>,
 }
 
 /// Of both files: size, modification time, and (on Unix) the change time
@@ -57,7 +60,10 @@ pub enum ClientCertField {
 }
 
 impl ClientCert {
-    /// Reads and checks the pair now.
+    /// Reads and checks the pair now (synchronously: this runs before the
+    /// config serves; FIFOs and other non-regular files are refused rather
+    /// than read). Inside a tokio runtime, starts the task that picks up
+    /// rotations.
     pub fn load(
         cert_file: &Path,
         key_file: &Path,
@@ -65,43 +71,118 @@ impl ClientCert {
     ) -> Result<Self, (ClientCertField, String)> {
         let stamp = stamp(cert_file, key_file);
         let key = read_pair(cert_file, key_file, &provider)?;
-        Ok(Self {
-            cert_file: cert_file.to_path_buf(),
-            key_file: key_file.to_path_buf(),
-            provider,
-            current: Mutex::new(Loaded {
-                key: Arc::new(key),
+        let current = Arc::new(ArcSwap::from_pointee(key));
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(watch(
+                Arc::downgrade(&current),
+                Files {
+                    cert: cert_file.to_path_buf(),
+                    key: key_file.to_path_buf(),
+                    provider,
+                },
                 stamp,
-            }),
-        })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Loaded> {
-        // Replaced whole: a panic cannot leave it half updated.
-        self.current.lock().unwrap_or_else(|p| p.into_inner())
+                POLL,
+            ));
+        }
+        Ok(Self { current })
     }
 }
 
 impl ResolvesClientCert for ClientCert {
     fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        let now = stamp(&self.cert_file, &self.key_file);
-        let mut current = self.lock();
-        if now != current.stamp {
-            current.stamp = now;
-            match read_pair(&self.cert_file, &self.key_file, &self.provider) {
-                Ok(key) => current.key = Arc::new(key),
-                Err((_, e)) => tracing::warn!(
-                    cert_file = %self.cert_file.display(),
-                    error = %e,
-                    "the upstream client certificate changed but does not load; the previous one stays in use"
-                ),
-            }
-        }
-        Some(current.key.clone())
+        Some(self.current.load_full())
     }
 
     fn has_certs(&self) -> bool {
         true
+    }
+}
+
+/// The watched pair.
+#[derive(Clone)]
+struct Files {
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<CryptoProvider>,
+}
+
+/// What one poll found: the files' stamp, and the pair read if it changed.
+type Polled = (
+    Stamp,
+    Option<Result<CertifiedKey, (ClientCertField, String)>>,
+);
+
+/// Every `every`, re-reads the pair if its stamp changed since `loaded`,
+/// until `weak`'s [`ClientCert`] is dropped.
+async fn watch(
+    weak: Weak<ArcSwap<CertifiedKey>>,
+    files: Files,
+    mut loaded: Stamp,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut reads = BlockingReads::<Polled>::default();
+    // Whether a stuck read was logged, so it is logged once.
+    let mut stuck_logged = false;
+    loop {
+        tick.tick().await;
+        if weak.strong_count() == 0 {
+            return;
+        }
+        let polled = reads
+            .run(files::READ_TIMEOUT, {
+                let files = files.clone();
+                move || {
+                    let now = stamp(&files.cert, &files.key);
+                    if now == loaded {
+                        return (now, None);
+                    }
+                    let pair = read_pair(&files.cert, &files.key, &files.provider);
+                    (now, Some(pair))
+                }
+            })
+            .await;
+        // Not held across the read: a certificate dropped meanwhile ends
+        // the task.
+        let Some(current) = weak.upgrade() else {
+            return;
+        };
+        match polled {
+            Ok((now, pair)) => {
+                stuck_logged = false;
+                loaded = now;
+                match pair {
+                    None => {}
+                    Some(Ok(key)) => {
+                        tracing::info!(
+                            cert_file = %files.cert.display(),
+                            "the upstream client certificate changed; new connections present the new one"
+                        );
+                        current.store(Arc::new(key));
+                    }
+                    Some(Err((_, e))) => tracing::warn!(
+                        cert_file = %files.cert.display(),
+                        error = %e,
+                        "the upstream client certificate changed but does not load; the previous one stays in use"
+                    ),
+                }
+            }
+            // The stamp stays: the files are read again once the stuck
+            // read returns.
+            Err(e) => {
+                if !stuck_logged {
+                    stuck_logged = true;
+                    tracing::warn!(
+                        cert_file = %files.cert.display(),
+                        key_file = %files.key.display(),
+                        error = %e,
+                        "the upstream client certificate files could not be checked; the previous pair stays in use"
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -136,9 +217,7 @@ fn read_files(
     cert_file: &Path,
     key_file: &Path,
 ) -> Result<(Vec<u8>, Vec<u8>), (ClientCertField, String)> {
-    let read = |p: &Path, f| {
-        std::fs::read(p).map_err(|e| (f, format!("cannot read {}: {e}", p.display())))
-    };
+    let read = |p: &Path, f| files::read_pem_file(p).map_err(|e| (f, e));
     Ok((
         read(cert_file, ClientCertField::Cert)?,
         read(key_file, ClientCertField::Key)?,
@@ -178,74 +257,16 @@ fn parse_pair(
             format!("{} holds no certificate", cert_file.display()),
         ));
     }
-    // The PEM parser's messages name only markers and offsets, never key
-    // material; a fixed message keeps that a guarantee.
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| {
-        (
-            Key,
-            format!("{} holds no PEM private key", key_file.display()),
-        )
-    })?;
-    CertifiedKey::from_der(chain, key, provider).map_err(|e| {
-        (
-            Key,
-            format!(
-                "{} does not fit {}: {e}",
-                key_file.display(),
-                cert_file.display()
-            ),
-        )
-    })
+    let key = files::private_key(key_pem, key_file).map_err(|e| (Key, e))?;
+    files::certified_key(
+        chain,
+        key,
+        provider,
+        key_file,
+        &cert_file.display().to_string(),
+    )
+    .map_err(|e| (Key, e))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A change that leaves size and modification time alone (a fixed
-    /// permission, a file replaced by a rename) still changes the stamp, so
-    /// a pair that failed to load for such a reason is read again.
-    #[test]
-    #[cfg(unix)]
-    fn the_stamp_sees_permission_changes_and_renames() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-        std::fs::write(&cert, "cert").unwrap();
-        std::fs::write(&key, "key").unwrap();
-        let before = stamp(&cert, &key);
-        assert_eq!(before, stamp(&cert, &key), "stable while nothing changes");
-
-        // Only the change time moves (it ticks at the kernel's timestamp
-        // granularity, so toggle the mode until it has).
-        let mtime = std::fs::metadata(&key).unwrap().modified().unwrap();
-        let mut chmodded = before;
-        for i in 0..100_000u32 {
-            let mode = if i % 2 == 0 { 0o600 } else { 0o644 };
-            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
-            chmodded = stamp(&cert, &key);
-            if chmodded != before {
-                break;
-            }
-        }
-        assert_ne!(before, chmodded, "a chmod went unnoticed");
-        assert_eq!(
-            chmodded[1].map(|s| (s.0, s.1)),
-            Some((3, mtime)),
-            "size and mtime unchanged"
-        );
-
-        // The same size and mtime, by a rename: another inode.
-        let next = dir.path().join("next.pem");
-        std::fs::write(&next, "cer2").unwrap();
-        let cert_mtime = std::fs::metadata(&cert).unwrap().modified().unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&next)
-            .unwrap()
-            .set_modified(cert_mtime)
-            .unwrap();
-        std::fs::rename(&next, &cert).unwrap();
-        assert_ne!(chmodded, stamp(&cert, &key), "a rename went unnoticed");
-    }
-}
+mod tests;
