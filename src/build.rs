@@ -337,10 +337,15 @@ impl RouteLayers for LatchkeyLayers {
         inner: RouteService,
     ) -> RouteService {
         match source {
-            Some(src) if route.retry.enabled => RouteService::new(
-                Retry401Layer::new(src.clone(), RetryPolicy::from_config(&route.retry))
-                    .layer(inner),
-            ),
+            Some(src) if route.retry.enabled => {
+                let mut policy = RetryPolicy::from_config(&route.retry);
+                // No more is read for a replay than the route accepts: a
+                // longer body streams on to the forwarder's 413.
+                if let Some(limit) = route.max_request_body {
+                    policy.max_replay_body = policy.max_replay_body.min(limit);
+                }
+                RouteService::new(Retry401Layer::new(src.clone(), policy).layer(inner))
+            }
             _ => inner,
         }
     }

@@ -414,3 +414,47 @@ async fn a_refused_upload_is_drained_not_reset() {
         .await
         .expect("the connection was reset, not closed");
 }
+
+/// `Expect: 100-continue` with a declared body over the route's
+/// `max_request_body`: the final 413 at once (RFC 9110 10.1.1), not `100
+/// Continue` and then the upload. Before, the 401 retry read the body for
+/// a replay first, so the caller was told to send it.
+#[tokio::test]
+async fn expect_continue_over_the_limit_gets_413_not_100() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    for retry in ["", "    retry: { enabled: false }\n"] {
+        let up = echo_upstream().await;
+        let p = start_proxy(&api_config(
+            "",
+            &up.url(),
+            &format!("    max_request_body: 1KiB\n{retry}"),
+        ))
+        .await;
+        let addr = p.base.trim_start_matches("http://").to_owned();
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        c.write_all(
+            format!(
+                "POST /api/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {CLIENT_TOKEN}\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        with_timeout(async {
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = c.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed before a response head");
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+        let head = String::from_utf8_lossy(&got);
+        assert!(
+            head.starts_with("HTTP/1.1 413"),
+            "retry {retry:?}: told to send a body it will refuse: {head}"
+        );
+        assert_eq!(up.hit_count(), 0);
+    }
+}

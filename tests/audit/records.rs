@@ -423,7 +423,7 @@ async fn body_too_large() {
         .unwrap();
     assert_eq!(send(req).await.0, 413);
     assert_eq!(
-        norm_age(only_request(&sink)),
+        norm(only_request(&sink)),
         expected(
             "POST",
             "/bt/upload",
@@ -432,7 +432,7 @@ async fn body_too_large() {
             json!({
                 "client": "billing", "route": "bt", "rejected_by": "limits",
                 "denial_source": "local", "reason": "body_too_large",
-                "credential": static_injected("bt-key"),
+                "credential": {"id": "bt-key", "generation": null, "outcome": "none", "token_age_s": null, "token_ttl_s": null},
             })
         )
     );

@@ -208,6 +208,9 @@ struct RoutePolicy {
     credential: Option<Arc<str>>,
     public: bool,
     clients: HashSet<Arc<str>>,
+    /// The route's `max_request_body`: a declared `Content-Length` over
+    /// it is refused here, before any layer reads the body.
+    max_request_body: Option<u64>,
 }
 
 impl AuthorizeLayer {
@@ -219,8 +222,22 @@ impl AuthorizeLayer {
                 credential: None,
                 public,
                 clients: clients.into_iter().collect(),
+                max_request_body: None,
             }),
         }
+    }
+
+    /// Refuses a request whose declared `Content-Length` is over `limit`
+    /// (413 `body_too_large`) once its client is authorized, before any
+    /// layer reads the body: the 401 retry would otherwise read it for a
+    /// replay (answering `Expect: 100-continue` with `100 Continue`, then
+    /// taking up to `retry.max_replay_body` of it) before the forwarder
+    /// refused it.
+    pub fn with_max_request_body(mut self, limit: Option<u64>) -> Self {
+        if let Some(p) = Arc::get_mut(&mut self.policy) {
+            p.max_request_body = limit;
+        }
+        self
     }
 
     /// Names the route's credential in the request facts (for the audit
@@ -250,6 +267,23 @@ pub struct Authorize<S> {
     policy: Arc<RoutePolicy>,
 }
 
+impl<S> Authorize<S> {
+    /// Calls the route for an authorized request, unless its declared body
+    /// is over the route's limit.
+    fn admit<B>(&mut self, req: Request<B>) -> <Self as Service<Request<B>>>::Future
+    where
+        S: Service<Request<B>, Error = BoxError>,
+    {
+        if let Some(limit) = self.policy.max_request_body
+            && crate::headers::declared_length(req.headers()).is_some_and(|len| len > limit)
+        {
+            crate::facts::record(&req, |f| f.rejected_by = Some("limits"));
+            return Either::Right(ready(Err(crate::error::BodyTooLarge { limit }.into())));
+        }
+        Either::Left(self.inner.call(req))
+    }
+}
+
 impl<S, B> Service<Request<B>> for Authorize<S>
 where
     S: Service<Request<B>, Error = BoxError>,
@@ -269,7 +303,7 @@ where
             f.route_credential.clone_from(&p.credential);
         });
         if p.public {
-            return Either::Left(self.inner.call(req));
+            return self.admit(req);
         }
         let client = crate::context::client(req.extensions()).and_then(|c| c.0.clone());
         if !client.as_ref().is_some_and(|c| p.clients.contains(c)) {
@@ -282,7 +316,7 @@ where
                 Either::Right(ready(Err(ClientUnauthenticated::UnknownCertificate.into())))
             }
             None => Either::Right(ready(Err(ClientUnauthenticated::Missing.into()))),
-            Some(c) if p.clients.contains(&c) => Either::Left(self.inner.call(req)),
+            Some(c) if p.clients.contains(&c) => self.admit(req),
             Some(c) => Either::Right(ready(Err(ClientForbidden {
                 client: c.to_string(),
                 route: p.route.to_string(),

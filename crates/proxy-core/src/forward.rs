@@ -149,11 +149,7 @@ impl Service<Request<ProxyBody>> for Forward {
         };
         let limit = self.shared.target.max_request_body;
         if let Some(limit) = limit
-            && parts
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                .is_some_and(|len| len > limit)
+            && crate::headers::declared_length(&parts.headers).is_some_and(|len| len > limit)
         {
             if let Some(f) = crate::facts::slot(&parts.extensions) {
                 f.update(|f| f.rejected_by = Some("limits"));

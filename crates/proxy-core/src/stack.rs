@@ -314,6 +314,7 @@ where
         let inner = extra.wrap(rc, source, inner);
         let service = AuthorizeLayer::new(Arc::from(rc.id.as_str()), rc.public, allowed)
             .with_credential(rc.credential.as_deref().map(Arc::from))
+            .with_max_request_body(rc.max_request_body)
             .layer(inner);
         let route = Arc::new(Route {
             id: Arc::from(rc.id.as_str()),
