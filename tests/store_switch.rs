@@ -15,6 +15,11 @@ const TOKEN: &str = "switch-client-token";
 /// A rotating `refresh_token` credential `oauth` on `store` (with
 /// `file_store.dir` = `dir`), behind `/a/`.
 fn yaml(store: &str, dir: &Path, upstream: &str, token_url: &str) -> String {
+    yaml_seeded(store, dir, upstream, token_url, "rt-seed")
+}
+
+/// Like [`yaml`], seeded with `seed`.
+fn yaml_seeded(store: &str, dir: &Path, upstream: &str, token_url: &str, seed: &str) -> String {
     format!(
         r#"proxy: {{ listen: "127.0.0.1:0" }}
 admin: {{ listen: "127.0.0.1:0" }}
@@ -27,7 +32,7 @@ credentials:
   - id: oauth
     oauth2:
       grant: refresh_token
-      refresh_token: {{ value: rt-seed }}
+      refresh_token: {{ value: {seed} }}
       token_url: {token_url}
       client_id: latchkey
       client_secret: {{ value: cs }}
@@ -112,6 +117,196 @@ async fn file_to_memory_keeps_the_held_token_and_the_rotated_refresh_token() {
         ep.last_form_value("refresh_token"),
         Some(rotated),
         "the rotated refresh token, not the spent seed ({refreshed:?})"
+    );
+    assert_eq!(ep.invalid_grants(), 0);
+    running.shutdown().await;
+}
+
+/// The access token the upstream received with a request to `/a/x`.
+async fn injected(base: &str) -> Option<String> {
+    let auth = format!("Bearer {TOKEN}");
+    let (code, _, body) = get(&format!("{base}/a/x"), &[("authorization", auth.as_str())]).await;
+    assert_eq!(code.as_u16(), 200);
+    support::echoed_header(&support::json(&body), "authorization")
+        .map(|v| v.trim_start_matches("Bearer ").to_owned())
+}
+
+/// A `file` credential whose provider changes (another token endpoint and
+/// seed) does not keep the old provider's stored state: the new IdP's
+/// token is injected, and the old IdP's refresh token is never sent to the
+/// new endpoint (a live secret to another party, then `invalid_grant` for
+/// ever).
+#[tokio::test]
+async fn file_credential_whose_provider_changes_starts_from_the_new_seed() {
+    let up = support::echo_upstream().await;
+    let old_idp = rotating_endpoint("rt-seed").await;
+    let new_idp = rotating_endpoint("rt-new-seed").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = dir.path().join("store");
+    let path = dir.path().join("latchkey.yaml");
+    let url = up.url();
+    std::fs::write(&path, yaml("file", &store_dir, &url, &old_idp.url)).expect("write");
+    let running = start(&path).await;
+    let base = format!("http://{}", running.proxy_addr);
+    assert_eq!(status(&base, "/a/x").await, 200);
+    running.proxy().credentials[0]
+        .refresh_now()
+        .await
+        .expect("manual refresh");
+    let old_rt = old_idp.current_refresh_token().expect("a refresh token");
+    let new_yaml = yaml_seeded("file", &store_dir, &url, &new_idp.url, "rt-new-seed");
+    std::fs::write(&path, &new_yaml).expect("rewrite");
+    running.reload().await.expect("reload");
+    let sent = injected(&base).await.expect("a token injected");
+    assert!(
+        new_idp.is_access_token_valid(&sent),
+        "a token the new IdP issued is injected, not the old IdP's"
+    );
+    let refreshed = running.proxy().credentials[0].refresh_now().await;
+    assert!(refreshed.is_ok(), "{refreshed:?}");
+    assert_ne!(
+        new_idp.last_form_value("refresh_token"),
+        Some(old_rt.clone())
+    );
+    assert_eq!(new_idp.invalid_grants(), 0);
+    let sent = injected(&base).await.expect("a token injected");
+    assert!(new_idp.is_access_token_valid(&sent));
+    running.shutdown().await;
+
+    // A restart with the provider changed back: the state the new IdP
+    // left is not the old IdP's, whose seed starts it again.
+    let calls = new_idp.calls();
+    std::fs::write(&path, yaml("file", &store_dir, &url, &old_idp.url)).expect("rewrite");
+    old_idp.set_refresh_token("rt-seed");
+    let running = start(&path).await;
+    let base = format!("http://{}", running.proxy_addr);
+    let sent = injected(&base).await.expect("a token injected");
+    assert!(
+        old_idp.is_access_token_valid(&sent),
+        "the old IdP's token after the restart"
+    );
+    assert_eq!(
+        old_idp.last_form_value("refresh_token").as_deref(),
+        Some("rt-seed")
+    );
+    assert_eq!(
+        new_idp.calls(),
+        calls,
+        "nothing sent to the IdP no longer configured"
+    );
+    assert_eq!(old_idp.invalid_grants(), 0);
+    running.shutdown().await;
+}
+
+/// `memory` to `file` over a directory holding an older run's state (an
+/// expired token, a refresh token spent long ago, a high generation): the
+/// handed-over state is the live one and is written into the new store,
+/// so the first refresh sends the live rotated refresh token, not the
+/// stale one.
+#[tokio::test]
+async fn memory_to_file_over_a_stale_state_keeps_the_live_refresh_token() {
+    let up = support::echo_upstream().await;
+    let ep = rotating_endpoint("rt-seed").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = dir.path().join("store");
+    std::fs::create_dir(&store_dir).expect("mkdir");
+    std::fs::write(
+        store_dir.join("oauth.json"),
+        r#"{"access_token":"at-old","expires_at_ms":1000,"refresh_token":"rt-spent-long-ago","generation":7,"obtained_at_ms":1}"#,
+    )
+    .expect("write stale state");
+    let path = dir.path().join("latchkey.yaml");
+    let url = up.url();
+    std::fs::write(&path, yaml("memory", &store_dir, &url, &ep.url)).expect("write");
+    let running = start(&path).await;
+    let base = format!("http://{}", running.proxy_addr);
+    assert_eq!(status(&base, "/a/x").await, 200);
+    running.proxy().credentials[0]
+        .refresh_now()
+        .await
+        .expect("manual refresh");
+    let rotated = ep.current_refresh_token().expect("a refresh token");
+    std::fs::write(&path, yaml("file", &store_dir, &url, &ep.url)).expect("rewrite");
+    running.reload().await.expect("reload");
+    assert_eq!(status(&base, "/a/x").await, 200, "the held token is served");
+    // Written into the new store at once (a restart before the next
+    // refresh must find the live refresh token there), above the stale
+    // generation.
+    let state_file = store_dir.join("oauth.json");
+    let mut stored = serde_json::Value::Null;
+    for _ in 0..200 {
+        stored = serde_json::from_slice(&std::fs::read(&state_file).expect("read state"))
+            .expect("a JSON state");
+        if stored["refresh_token"] == rotated.as_str() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(stored["refresh_token"], rotated.as_str(), "{stored}");
+    assert_eq!(stored["generation"], 8, "{stored}");
+    let refreshed = running.proxy().credentials[0].refresh_now().await;
+    assert_eq!(
+        ep.last_form_value("refresh_token"),
+        Some(rotated),
+        "the live rotated refresh token, not the stale stored one ({refreshed:?})"
+    );
+    assert!(refreshed.is_ok(), "{refreshed:?}");
+    assert_eq!(ep.invalid_grants(), 0);
+    running.shutdown().await;
+}
+
+/// Editing what is not the provider's identity (here the scopes, and the
+/// seed's value) keeps the rotated refresh token in the file: starting
+/// over from a seed spent long ago would replay it, and an IdP that
+/// detects reuse would revoke the whole family, the live token included.
+/// After a restart too.
+#[tokio::test]
+async fn a_scope_edit_keeps_the_stored_refresh_token() {
+    let up = support::echo_upstream().await;
+    let ep = rotating_endpoint("rt-seed").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = dir.path().join("store");
+    let path = dir.path().join("latchkey.yaml");
+    let url = up.url();
+    let config = yaml("file", &store_dir, &url, &ep.url);
+    std::fs::write(&path, &config).expect("write");
+    let running = start(&path).await;
+    let base = format!("http://{}", running.proxy_addr);
+    assert_eq!(status(&base, "/a/x").await, 200);
+    running.proxy().credentials[0]
+        .refresh_now()
+        .await
+        .expect("manual refresh");
+    let rotated = ep.current_refresh_token().expect("a refresh token");
+    let edited = config
+        .replace(
+            "      client_secret: { value: cs }\n",
+            "      client_secret: { value: cs }\n      scopes: [read]\n",
+        )
+        .replace("{ value: rt-seed }", "{ value: rt-seed-spent-long-ago }");
+    assert_ne!(edited, config);
+    std::fs::write(&path, &edited).expect("rewrite");
+    running.reload().await.expect("reload");
+    assert_eq!(status(&base, "/a/x").await, 200);
+    let refreshed = running.proxy().credentials[0].refresh_now().await;
+    assert_eq!(
+        ep.last_form_value("refresh_token"),
+        Some(rotated),
+        "{refreshed:?}"
+    );
+    running.shutdown().await;
+    // A restart reads the file: its first refresh adopts the stored state
+    // (newer than none), the next one refreshes from it.
+    let rotated = ep.current_refresh_token().expect("a refresh token");
+    let running = start(&path).await;
+    let source = running.proxy().credentials[0].clone();
+    let adopted = source.refresh_now().await.expect("adopted");
+    assert_eq!(adopted.generation, 3, "{adopted:?}");
+    let refreshed = source.refresh_now().await;
+    assert_eq!(
+        ep.last_form_value("refresh_token"),
+        Some(rotated),
+        "{refreshed:?}"
     );
     assert_eq!(ep.invalid_grants(), 0);
     running.shutdown().await;

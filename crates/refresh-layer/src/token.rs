@@ -50,6 +50,13 @@ pub struct StoredCredential {
     pub generation: u64,
     /// When the access token was obtained, Unix ms.
     pub obtained_at_ms: u64,
+    /// The fingerprint of the provider whose state this is (see
+    /// `TokenProvider::identity`): a stored state is only meaningful to the
+    /// provider (endpoint, client, grant, scopes, seed) that produced it.
+    /// Set on every save; absent in states written by older versions,
+    /// which are taken as the current provider's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
 }
 
 impl fmt::Debug for StoredCredential {
@@ -60,6 +67,7 @@ impl fmt::Debug for StoredCredential {
             .field("refresh_token", &self.refresh_token.as_ref().map(|_| "***"))
             .field("generation", &self.generation)
             .field("obtained_at_ms", &self.obtained_at_ms)
+            .field("provider", &self.provider)
             .finish()
     }
 }
@@ -92,6 +100,7 @@ impl StoredCredential {
                 .map(|t| t.expose_secret().to_string()),
             generation,
             obtained_at_ms: to_ms(now),
+            provider: None,
         }
     }
 

@@ -29,6 +29,7 @@ fn state(generation: u64, token: &str) -> StoredCredential {
         refresh_token: Some(format!("rt-{generation}")),
         generation,
         obtained_at_ms: 1,
+        provider: None,
     }
 }
 
@@ -213,6 +214,7 @@ async fn a_waiting_replica_adopts_instead_of_refreshing() {
             refresh_token: Some("rt-from-a".into()),
             generation: 1,
             obtained_at_ms: refresh_layer::token::to_ms(std::time::SystemTime::now()),
+            provider: None,
         },
     )
     .await

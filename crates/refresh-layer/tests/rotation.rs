@@ -345,6 +345,7 @@ async fn client_credentials_and_seeding() {
         refresh_token: Some("rt-stored-7".to_owned()),
         generation: 7,
         obtained_at_ms: now_ms() - 3_601_000,
+        provider: None,
     };
     let store = seed_store(dir.path(), &expired).await;
     let src = source(&ep, store.clone(), RefreshSettings::default());
@@ -370,6 +371,7 @@ async fn client_credentials_and_seeding() {
         refresh_token: Some("rt-1".to_owned()),
         generation: 9,
         obtained_at_ms: now_ms(),
+        provider: None,
     };
     let store = seed_store(dir.path(), &valid).await;
     let src = source(&ep, store, RefreshSettings::default());

@@ -15,15 +15,42 @@
 //! dropped. The caller hands over only between sources of the same
 //! provider (same endpoint, client and seed: the state is only meaningful
 //! to it), and drops the old source once the new one is in service.
+//!
+//! A rotating credential's handed state is reconciled with the new store
+//! once, under the store's lock, before the new source's first refresh
+//! ([`settle`]), when it was not saved yet or comes from another store
+//! (another kind, or another `file_store` directory). Generations of two
+//! stores are not one lineage: a directory holding an older run's state
+//! (generation 7, its refresh token spent long ago) must not beat the live
+//! state handed over (generation 2). The rule, stored state S against
+//! handed state H:
+//! - nothing stored (or another provider's state): H is written;
+//! - S older than H (a lower generation): H is written;
+//! - the same store (an unsaved H): S as new as H or newer is another
+//!   holder's rotation and wins; H is written only over an older or equal
+//!   generation that differs (as the background save of an unsaved state
+//!   always did);
+//! - another store, S at H's generation or above: S wins if it carries H's
+//!   refresh token or was obtained at or after H (another process moved
+//!   first, copied the same lineage and may have rotated since); S obtained
+//!   *before* H cannot descend from H: it is a stale lineage, and H is
+//!   written, renumbered above S (max + 1) so that it wins everywhere
+//!   (Redis's compare-and-set, every later comparison of generations).
+//!
+//! A Redis store cannot say where it is ([`Store::location`]): a hand-over
+//! from one Redis to another is taken as within one store (S newer wins).
 
+use super::persist::{self, SAVE_RETRY_MAX, SAVE_RETRY_MIN};
 use super::refresh::{keep_state, publish, remaining, sendable};
-use super::{Inner, RefreshSettings, RefreshingSource};
+use super::{Entry, Inner, RefreshSettings, RefreshingSource, backoff};
 use crate::provider::TokenProvider;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::token::StoredCredential;
+use proxy_core::Credential;
 use proxy_core::facts::RefreshObserver;
+use secrecy::SecretString;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 
 /// A credential's state as a source held it; see the module docs. Its
 /// `Debug` prints no secret.
@@ -35,6 +62,15 @@ pub struct Handover {
     /// new access token was of no use: `state` carries its refresh token,
     /// the older token is still served while valid).
     served: Option<StoredCredential>,
+    /// The old source's store: its kind and location (see [`settle`]).
+    from_store: (&'static str, Option<String>),
+}
+
+/// A handed-over state still to be reconciled with the new store.
+pub(super) struct Pending {
+    state: StoredCredential,
+    other_store: bool,
+    unsaved: bool,
 }
 
 impl fmt::Debug for Handover {
@@ -63,7 +99,13 @@ impl RefreshingSource {
     /// when it holds nothing yet).
     pub fn handover(&self) -> Option<Handover> {
         let entry = self.inner.current.load_full()?;
-        let unsaved = self.inner.unsaved_generation() == Some(entry.state.generation);
+        // A state still to be reconciled with this store is not in it yet.
+        let unsaved = self.inner.unsaved_generation() == Some(entry.state.generation)
+            || self
+                .inner
+                .pending()
+                .as_ref()
+                .is_some_and(|p| p.state.generation == entry.state.generation);
         let cred = &entry.cred;
         let served = (cred.generation != entry.state.generation
             && entry.valid_at(tokio::time::Instant::now()))
@@ -73,11 +115,13 @@ impl RefreshingSource {
             refresh_token: None,
             generation: cred.generation,
             obtained_at_ms: crate::token::to_ms(cred.obtained_at),
+            provider: None,
         });
         Some(Handover {
             state: entry.state.clone(),
             unsaved,
             served,
+            from_store: (self.inner.store.kind(), self.inner.store.location()),
         })
     }
 
@@ -101,10 +145,14 @@ impl Inner {
     /// Starts from `from`, before the scheduler runs: a valid token is
     /// served (and refreshed on its schedule); one that expired or cannot
     /// be sent is kept only for its refresh token (the first refresh
-    /// starts from it). An unsaved rotated state is returned, to be saved
-    /// to this store once the source is active.
-    pub(super) fn start_from(self: &Arc<Self>, from: Handover) -> Option<StoredCredential> {
+    /// starts from it). A rotating credential's state that is unsaved or
+    /// comes from another store is kept to be reconciled with this store
+    /// once the source is active ([`settle`]).
+    pub(super) fn start_from(self: &Arc<Self>, from: Handover) {
         let state = from.state;
+        let (kind, location) = &from.from_store;
+        let other_store = *kind != self.store.kind()
+            || matches!((location, self.store.location()), (Some(a), Some(b)) if *a != b);
         let usable = |s: &StoredCredential| {
             let left = remaining(s);
             (sendable(&s.access_token) && left.is_none_or(|l| !l.is_zero())).then_some(left)
@@ -119,6 +167,223 @@ impl Inner {
             }
             keep_state(self, state.clone(), None, false);
         }
-        (from.unsaved && self.provider.rotates()).then_some(state)
+        if self.provider.rotates() && (from.unsaved || other_store) {
+            *self.pending() = Some(Pending {
+                state,
+                other_store,
+                unsaved: from.unsaved,
+            });
+        }
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Option<Pending>> {
+        self.handed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Once the source is active: reconciles a pending hand-over with the
+/// store ([`settle`]) in the background, again with capped backoff while
+/// the store cannot be locked or read. (A refresh settles it first too.)
+pub(super) fn spawn_settle(inner: &Arc<Inner>) {
+    if inner.pending().is_none() {
+        return;
+    }
+    let weak = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        let mut attempt = 0u32;
+        loop {
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            if !settle(&inner).await {
+                return;
+            }
+            drop(inner);
+            attempt = attempt.saturating_add(1);
+            let delay = backoff(attempt, SAVE_RETRY_MIN, SAVE_RETRY_MAX, fastrand::f64());
+            tokio::time::sleep(delay).await;
+        }
+    });
+}
+
+/// Reconciles the pending hand-over, if any, with the store under its
+/// lock (see the module docs for the rule). Returns whether it is still
+/// pending (the store could not be locked or read).
+pub(super) async fn settle(inner: &Arc<Inner>) -> bool {
+    let _gate = inner.save_gate.lock().await;
+    let Some(p) = inner.pending().take() else {
+        return false;
+    };
+    // A refresh since (or an adoption) superseded the handed state.
+    if inner
+        .current
+        .load()
+        .as_ref()
+        .is_none_or(|e| e.state.generation != p.state.generation)
+    {
+        return false;
+    }
+    let limit = inner.run_limit();
+    let read = async {
+        let lock = inner.store.lock(&inner.id).await?;
+        let stored = inner.store.load(&inner.id).await?;
+        Ok::<_, StoreError>((lock, stored))
+    };
+    let (lock, stored) = match tokio::time::timeout(limit, read).await {
+        Ok(Ok(read)) => read,
+        // It may hold the only live refresh token: never written over.
+        Ok(Err(e @ StoreError::Corrupt { .. })) => {
+            tracing::error!(credential = %inner.id, error = %e, "the handed-over credential is not saved over a stored state that cannot be read");
+            return false;
+        }
+        failed => {
+            let e = match failed {
+                Ok(Err(e)) => e,
+                _ => StoreError::Unavailable(format!("no answer in {}s", limit.as_secs())),
+            };
+            tracing::warn!(credential = %inner.id, error = %e, "the handed-over credential could not be reconciled with its store yet; retrying");
+            if p.unsaved {
+                inner.note_unsaved(p.state.generation, &e);
+            }
+            *inner.pending() = Some(p);
+            return true;
+        }
+    };
+    let floor = stored.as_ref().map_or(0, |s| s.generation);
+    let stored = inner.own(stored);
+    let Some(generation) = written_as(&p, stored.as_ref(), floor) else {
+        drop(lock);
+        if stored.is_some_and(|s| s.generation > p.state.generation) {
+            persist::adopt_stored(inner).await;
+        }
+        return false;
+    };
+    let mut state = p.state;
+    if generation != state.generation {
+        tracing::warn!(credential = %inner.id, stored = floor, held = state.generation, generation, "the new store holds an older lineage's state (obtained before the token handed over); the handed-over state replaces it");
+        renumber(inner, state.generation, generation);
+        state.generation = generation;
+    }
+    match inner.save_own(&state).await {
+        Ok(()) => {
+            tracing::info!(credential = %inner.id, generation, "the handed-over credential is saved to its store");
+        }
+        Err(StoreError::Conflict { .. }) => {
+            drop(lock);
+            persist::adopt_stored(inner).await;
+        }
+        // Saved again in the background until it is, with the lock.
+        Err(e) => persist::spawn(inner.clone(), state, Some(lock), &e),
+    }
+    false
+}
+
+/// The generation to write the handed state `p` as, over `stored` (this
+/// provider's state, if any; `floor`: the generation of whatever is
+/// stored), or `None` to leave the store alone. See the module docs.
+fn written_as(p: &Pending, stored: Option<&StoredCredential>, floor: u64) -> Option<u64> {
+    let held = &p.state;
+    let above = held.generation.max(floor) + 1;
+    match stored {
+        // Nothing, or another provider's state: above it.
+        None if floor >= held.generation => Some(above),
+        None => Some(held.generation),
+        Some(s) if s.generation < held.generation => Some(held.generation),
+        Some(s) if s.refresh_token == held.refresh_token && s.access_token == held.access_token => {
+            None
+        }
+        Some(s) if !p.other_store => (s.generation == held.generation).then_some(held.generation),
+        Some(s) if s.refresh_token == held.refresh_token => None,
+        Some(s) if s.obtained_at_ms < held.obtained_at_ms => Some(above),
+        Some(_) => None,
+    }
+}
+
+/// Makes the state held (generation `from`) generation `to`: the same
+/// token, renumbered to win over an older lineage's higher generation.
+fn renumber(inner: &Inner, from: u64, to: u64) {
+    let Some(e) = inner.current.load_full() else {
+        return;
+    };
+    if e.state.generation != from {
+        return;
+    }
+    let mut state = e.state.clone();
+    state.generation = to;
+    let cred = if e.cred.generation == from {
+        Arc::new(Credential::new(
+            SecretString::from(e.cred.expose().to_owned()),
+            to,
+            e.cred.obtained_at,
+            e.cred.expires_at,
+        ))
+    } else {
+        e.cred.clone()
+    };
+    inner.current.store(Some(Arc::new(Entry {
+        cred,
+        state,
+        expires: e.expires,
+        refresh_at: e.refresh_at,
+    })));
+}
+
+#[cfg(test)]
+mod rule_tests {
+    use super::{Pending, written_as};
+    use crate::token::StoredCredential;
+
+    fn state(generation: u64, rt: &str, obtained_at_ms: u64) -> StoredCredential {
+        StoredCredential {
+            access_token: format!("at-{rt}"),
+            expires_at_ms: None,
+            refresh_token: Some(rt.to_owned()),
+            generation,
+            obtained_at_ms,
+            provider: None,
+        }
+    }
+
+    fn pending(held: StoredCredential, other_store: bool) -> Pending {
+        Pending {
+            state: held,
+            other_store,
+            unsaved: !other_store,
+        }
+    }
+
+    /// Another store's state obtained before the handed one is a stale
+    /// lineage: the handed state is written above it.
+    #[test]
+    fn another_store_older_lineage_loses_to_the_held_state() {
+        let p = pending(state(2, "rt-live", 5_000), true);
+        let stale = state(7, "rt-spent", 1);
+        assert_eq!(written_as(&p, Some(&stale), 7), Some(8));
+        assert_eq!(written_as(&p, None, 0), Some(2));
+        assert_eq!(written_as(&p, Some(&state(1, "rt-old", 1)), 1), Some(2));
+        // Another provider's state at generation 9: written above it.
+        assert_eq!(written_as(&p, None, 9), Some(10));
+    }
+
+    /// Another store's state obtained at or after the handed one (another
+    /// process moved first and may have rotated since), or carrying its
+    /// refresh token, is kept.
+    #[test]
+    fn another_store_newer_or_same_lineage_is_kept() {
+        let p = pending(state(2, "rt-live", 5_000), true);
+        assert_eq!(written_as(&p, Some(&state(3, "rt-next", 6_000)), 3), None);
+        assert_eq!(written_as(&p, Some(&state(3, "rt-live", 5_000)), 3), None);
+        assert_eq!(written_as(&p, Some(&state(2, "rt-live", 5_000)), 2), None);
+    }
+
+    /// Within one store, a newer generation is another holder's rotation
+    /// and always wins; an older or equal one that differs is written over
+    /// (an unsaved rotated state, as before).
+    #[test]
+    fn the_same_store_keeps_a_newer_generation() {
+        let p = pending(state(2, "rt-live", 5_000), false);
+        assert_eq!(written_as(&p, Some(&state(7, "rt-x", 1)), 7), None);
+        assert_eq!(written_as(&p, Some(&state(2, "rt-x", 1)), 2), Some(2));
+        assert_eq!(written_as(&p, Some(&state(1, "rt-x", 1)), 1), Some(2));
     }
 }

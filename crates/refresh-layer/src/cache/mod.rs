@@ -23,12 +23,16 @@ mod driver;
 mod error;
 mod forced;
 mod handover;
+mod lineage;
 mod persist;
 mod refresh;
 mod schedule;
+mod settings;
 mod status;
 #[cfg(test)]
 mod tests;
+
+pub use settings::RefreshSettings;
 
 pub use error::RefreshError;
 pub use handover::Handover;
@@ -42,7 +46,6 @@ use crate::token::StoredCredential;
 use arc_swap::ArcSwapOption;
 use futures_util::future::{BoxFuture, Either, FutureExt, Shared, ready};
 use proxy_core::Credential;
-use proxy_core::config::RefreshConfig;
 use proxy_core::credential::{CredentialError, CredentialSource, CredentialStatus, GetCredential};
 use proxy_core::facts::{RefreshEvent, RefreshObserver};
 use std::fmt;
@@ -64,39 +67,6 @@ pub const MIN_LIFETIME: Duration = Duration::from_millis(1);
 /// attempt, backed off, reported): 5 minutes, or more for an `exec`
 /// command with a long `timeout`.
 pub const RUN_LIMIT: Duration = Duration::from_secs(300);
-
-/// Timing settings of one credential.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RefreshSettings {
-    /// Refresh this long before expiry.
-    pub buffer: Duration,
-    /// How long a request waits for a refresh when no valid token exists.
-    pub timeout: Duration,
-    /// Refresh tokens without expiry after this long.
-    pub max_age: Option<Duration>,
-    /// First backoff delay.
-    pub backoff_min: Duration,
-    /// Backoff cap.
-    pub backoff_max: Duration,
-}
-
-impl Default for RefreshSettings {
-    fn default() -> Self {
-        Self::from(&RefreshConfig::default())
-    }
-}
-
-impl From<&RefreshConfig> for RefreshSettings {
-    fn from(c: &RefreshConfig) -> Self {
-        Self {
-            buffer: c.buffer,
-            timeout: c.timeout,
-            max_age: c.max_age,
-            backoff_min: c.backoff_min,
-            backoff_max: c.backoff_max,
-        }
-    }
-}
 
 /// Why a refresh ran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -172,6 +142,11 @@ struct Inner {
     /// A rotated state whose save failed and is being retried, with the
     /// store lock kept meanwhile (see `persist.rs`).
     unsaved: Mutex<Option<persist::Unsaved>>,
+    /// See `lineage.rs`.
+    lineage: lineage::Lineage,
+    /// A handed-over state still to be reconciled with the store (see
+    /// `handover.rs`).
+    handed: Mutex<Option<handover::Pending>>,
 }
 
 /// A credential that refreshes itself; see the module docs.
@@ -180,8 +155,6 @@ pub struct RefreshingSource {
     inner: Arc<Inner>,
     /// Set once the source is active (see [`activate`](Self::activate)).
     driver: Arc<std::sync::OnceLock<DriverGuard>>,
-    /// A handed-over rotated state still to be saved, once active.
-    deferred_save: Arc<Mutex<Option<StoredCredential>>>,
 }
 
 impl fmt::Debug for RefreshingSource {
@@ -251,31 +224,25 @@ impl RefreshingSource {
             ctrl: Mutex::new(Ctrl::default()),
             wake: Notify::new(),
             unsaved: Mutex::new(None),
+            lineage: lineage::Lineage::default(),
+            handed: Mutex::new(None),
         });
-        let deferred_save = from.and_then(|from| inner.start_from(from));
+        if let Some(from) = from {
+            inner.start_from(from);
+        }
         Self {
             inner,
             driver: Arc::default(),
-            deferred_save: Arc::new(Mutex::new(deferred_save)),
         }
     }
 
     /// Starts the source's background work: the scheduler (which loads
     /// the stored state, or fetches the first token, at once) and the
-    /// save of a handed-over rotated state. Once; later calls do nothing.
+    /// reconciliation of a handed-over rotated state with the store (see
+    /// `handover.rs`). Once; later calls do nothing.
     pub fn activate(&self) {
         self.driver.get_or_init(|| {
-            let unsaved = self
-                .deferred_save
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
-            if let Some(state) = unsaved {
-                let why = crate::store::StoreError::Unavailable(
-                    "handed over unsaved by the source replaced".into(),
-                );
-                persist::spawn(self.inner.clone(), state, None, &why);
-            }
+            handover::spawn_settle(&self.inner);
             driver::spawn(self.inner.clone())
         });
     }

@@ -36,7 +36,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 /// The first delay between two saves.
-const SAVE_RETRY_MIN: Duration = Duration::from_millis(500);
+pub(super) const SAVE_RETRY_MIN: Duration = Duration::from_millis(500);
 /// The longest delay between two saves: how long after the store comes
 /// back the rotated refresh token is in it at the latest. Short, because
 /// until then another replica may read the spent one from the store and
@@ -81,7 +81,7 @@ impl Inner {
         }
     }
 
-    fn note_unsaved(&self, generation: u64, e: &StoreError) {
+    pub(super) fn note_unsaved(&self, generation: u64, e: &StoreError) {
         let mut ctrl = self.lock();
         ctrl.last_error = Some((
             format!(
@@ -151,7 +151,7 @@ async fn save_until_saved(inner: Weak<Inner>, state: StoredCredential) {
         // Not over a newer generation: a file or memory store saves
         // without compare-and-set, and a spent refresh token written over
         // the live one would cost the credential.
-        if let Ok(Some(stored)) = inner.store.load(&inner.id).await
+        if let Ok(Some(stored)) = inner.load_own().await
             && stored.generation > generation
         {
             tracing::info!(credential = %inner.id, generation, stored = stored.generation, "a newer credential is stored; not saving the older rotated one");
@@ -159,7 +159,7 @@ async fn save_until_saved(inner: Weak<Inner>, state: StoredCredential) {
             adopt_stored(&inner).await;
             return;
         }
-        match inner.store.save(&inner.id, &state).await {
+        match inner.save_own(&state).await {
             Ok(()) => {
                 tracing::info!(credential = %inner.id, generation, attempt = attempt + 1, "the rotated credential is persisted");
                 inner.done(generation);
@@ -180,13 +180,13 @@ async fn save_until_saved(inner: Weak<Inner>, state: StoredCredential) {
 }
 
 /// Serves the stored state if it is newer than the one held and usable.
-async fn adopt_stored(inner: &Arc<Inner>) {
+pub(super) async fn adopt_stored(inner: &Arc<Inner>) {
     let held = inner
         .current
         .load()
         .as_ref()
         .map_or(0, |e| e.state.generation);
-    if let Ok(Some(s)) = inner.store.load(&inner.id).await
+    if let Ok(Some(s)) = inner.load_own().await
         && s.generation > held
         && sendable(&s.access_token)
         && remaining(&s).is_none_or(|r| !r.is_zero())

@@ -43,6 +43,9 @@ pub(super) async fn run(
     trigger: Trigger,
     invalidated: Option<u64>,
 ) -> Result<(Arc<Credential>, bool), RefreshError> {
+    // A handed-over state not yet reconciled with this store is first
+    // (see `handover.rs`): the refresh must start from the live lineage.
+    super::handover::settle(inner).await;
     // A rotated state still waiting to be saved holds this credential's
     // lock: this refresh takes it over (see `persist.rs`), and hands the
     // retries back if it leaves that state in place.
@@ -63,7 +66,7 @@ pub(super) async fn run(
     if let Some(generation) = unsaved_gen
         && let Some(entry) = inner.current.load_full()
         && entry.state.generation == generation
-        && inner.store.save(&inner.id, &entry.state).await.is_ok()
+        && inner.save_own(&entry.state).await.is_ok()
     {
         tracing::info!(credential = %inner.id, generation, "the rotated credential is persisted");
         unsaved_gen = None;
@@ -136,6 +139,11 @@ async fn attempt(
         Err(StoreError::Unavailable(_)) if lock.is_none() => None,
         Err(e) => return Err(RefreshError::Store(e)),
     };
+    // The new state's generation exceeds whatever is stored, even another
+    // provider's state (not ours to use, but a store with compare-and-set
+    // refuses a generation that is not newer).
+    let stored_gen = stored.as_ref().map_or(0, |s| s.generation);
+    let stored = inner.own(stored);
     if let Some(s) = &stored
         && s.generation > our_gen
         && invalidated.is_none_or(|g| s.generation > g)
@@ -163,7 +171,7 @@ async fn attempt(
             let state = StoredCredential::from_token(
                 &token,
                 prior.as_ref(),
-                base_gen.max(our_gen) + 1,
+                base_gen.max(our_gen).max(stored_gen) + 1,
                 SystemTime::now(),
             );
             if !unreadable && let Saved::Adopted(cred) = save(inner, &state, lock).await {
@@ -190,7 +198,7 @@ async fn attempt(
             Ok((publish(inner, state, token.expires_in), false))
         }
         Err(e) if e.is_invalid_grant() => {
-            if let Ok(Some(s)) = inner.store.load(&inner.id).await
+            if let Ok(Some(s)) = inner.load_own().await
                 && s.generation > base_gen
                 && !expired(&s)
                 && sendable(&s.access_token)
@@ -215,11 +223,11 @@ enum Saved {
 
 /// Saves the refreshed `state`; see [`Saved`].
 async fn save(inner: &Arc<Inner>, state: &StoredCredential, lock: &mut Option<StoreLock>) -> Saved {
-    match inner.store.save(&inner.id, state).await {
+    match inner.save_own(state).await {
         Ok(()) => Saved::Yes,
         // Someone wrote a newer generation while we refreshed (we
         // lost the lease): theirs wins, ours is dropped.
-        Err(StoreError::Conflict { stored }) => match inner.store.load(&inner.id).await {
+        Err(StoreError::Conflict { stored }) => match inner.load_own().await {
             Ok(Some(s)) if s.generation >= stored && sendable(&s.access_token) => {
                 tracing::warn!(credential = %inner.id, generation = s.generation, "a newer credential was stored while refreshing; adopting it");
                 Saved::Adopted(publish(inner, s.clone(), remaining(&s)))

@@ -137,6 +137,15 @@ impl TokenProvider for ExecProvider {
         "exec"
     }
 
+    /// The command (program and arguments, hashed: an argument may be a
+    /// secret).
+    fn identity(&self) -> Option<String> {
+        let parts = std::iter::once(b"exec".as_slice())
+            .chain(std::iter::once(self.program.as_bytes()))
+            .chain(self.args.iter().map(String::as_bytes));
+        Some(super::fingerprint(parts))
+    }
+
     fn time_limit(&self) -> Option<Duration> {
         Some(self.timeout)
     }

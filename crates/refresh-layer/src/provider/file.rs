@@ -161,6 +161,14 @@ impl TokenProvider for FileTokenProvider {
         "file"
     }
 
+    /// The token file's path.
+    fn identity(&self) -> Option<String> {
+        Some(super::fingerprint([
+            b"file".as_slice(),
+            self.path.as_os_str().as_encoded_bytes(),
+        ]))
+    }
+
     fn fetch<'a>(
         &'a self,
         _current: Option<&'a StoredCredential>,

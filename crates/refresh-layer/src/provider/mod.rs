@@ -139,6 +139,16 @@ pub trait TokenProvider: fmt::Debug + Send + Sync + 'static {
         None
     }
 
+    /// A fingerprint of what a stored state is meaningful to (see
+    /// [`fingerprint`]): the provider's kind and what makes its tokens
+    /// (endpoint, client and grant; the command; the file). Saved with every state; a stored state with another
+    /// fingerprint belongs to a provider this credential no longer has
+    /// (its config changed) and is not used. `None`: any stored state is
+    /// taken as this provider's.
+    fn identity(&self) -> Option<String> {
+        None
+    }
+
     /// The longest a fetch may take by the provider's own bounds (an
     /// `exec` command's `timeout`), if any: a refresh is abandoned only
     /// well after it (see `cache::RUN_LIMIT`).
@@ -153,4 +163,43 @@ pub trait TokenProvider: fmt::Debug + Send + Sync + 'static {
         &'a self,
         current: Option<&'a StoredCredential>,
     ) -> BoxFuture<'a, Result<Token, ProviderError>>;
+}
+
+/// A stable fingerprint of `parts` (64-bit FNV-1a over each part's length
+/// and bytes, in hex): the same on every platform, version and process,
+/// so files and Redis values written by one process are recognised by
+/// another. No part is a secret (an `exec` argument might be: it only
+/// enters hashed). Collisions between two configs of one credential
+/// are a 2^-64 chance.
+pub(crate) fn fingerprint<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(PRIME);
+        }
+    };
+    for part in parts {
+        // Length-prefixed: ("ab", "c") and ("a", "bc") differ.
+        eat(&(part.len() as u64).to_le_bytes());
+        eat(part);
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::fingerprint;
+
+    #[test]
+    fn stable_and_length_prefixed() {
+        let a = fingerprint([b"ab".as_slice(), b"c".as_slice()]);
+        assert_eq!(a, fingerprint([b"ab".as_slice(), b"c".as_slice()]));
+        assert_ne!(a, fingerprint([b"a".as_slice(), b"bc".as_slice()]));
+        assert_eq!(a.len(), 16);
+        // Fixed across versions: a stored fingerprint must keep matching.
+        assert_eq!(fingerprint([]), "cbf29ce484222325");
+    }
 }

@@ -37,7 +37,9 @@ pub struct FileStore {
 }
 
 impl FileStore {
-    /// A store under `dir`, created (mode 0700) if missing.
+    /// A store under `dir`, created (mode 0700) if missing. An existing
+    /// directory open to group or others is closed to 0700 (see
+    /// [`restrict`]).
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
         std::fs::DirBuilder::new()
@@ -45,6 +47,7 @@ impl FileStore {
             .mode(0o700)
             .create(&dir)
             .map_err(|e| io("create", &dir, &e))?;
+        restrict(&dir);
         Ok(Self {
             dir,
             lock_wait: LOCK_WAIT,
@@ -83,6 +86,35 @@ impl FileStore {
         };
         self.health.end(seq, health);
         result
+    }
+}
+
+/// Closes `dir` to group and others (0700) if it is open to them: the
+/// directory may predate the store (a Kubernetes emptyDir is 0777, one a
+/// package made 0755), and any local user who can write to it could
+/// replace a state file or hold the refresh lock. Where that fails (the
+/// directory belongs to someone else) a warning names it and its mode; the
+/// store still works, as the operator may have a reason for the mode.
+fn restrict(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = match std::fs::metadata(dir) {
+        Ok(m) => m.permissions().mode() & 0o7777,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not read the file store directory's mode");
+            return;
+        }
+    };
+    if mode & 0o077 == 0 {
+        return;
+    }
+    let closed = mode & !0o077;
+    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(closed)) {
+        tracing::warn!(
+            dir = %dir.display(), mode = %format!("{mode:o}"), error = %e,
+            "the file store directory is open to other users (group or others may replace a state file or hold a refresh lock) and could not be closed to 0700; restrict it"
+        );
+    } else {
+        tracing::info!(dir = %dir.display(), was = %format!("{mode:o}"), now = %format!("{closed:o}"), "closed the file store directory to its owner");
     }
 }
 
@@ -232,6 +264,12 @@ impl Store for FileStore {
         let state = state.clone();
         self.tracked(blocking("save", move || write_state(&dir, &path, &state)))
             .boxed()
+    }
+
+    /// The directory (canonical, so two spellings of one are one).
+    fn location(&self) -> Option<String> {
+        let dir = std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
+        Some(dir.display().to_string())
     }
 
     /// The outcome of the lock, load or save started last.

@@ -208,6 +208,7 @@ mod tests {
             refresh_token: Some(format!("rt-{token}")),
             generation,
             obtained_at_ms: 1,
+            provider: None,
         }
     }
 

@@ -97,6 +97,14 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
         state: &'a StoredCredential,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
+    /// Where the store keeps its states, to tell two stores of one kind
+    /// apart (a hand-over from one to another: `cache::handover`). `None`
+    /// when it cannot say: then two stores of one kind are taken as the
+    /// same one.
+    fn location(&self) -> Option<String> {
+        None
+    }
+
     /// Whether the store was reachable at the last operation, and if not,
     /// why (for readiness and metrics).
     fn health(&self) -> Result<(), String> {

@@ -11,6 +11,7 @@ fn stored(token: &str, expires_in_ms: Option<u64>, age_ms: u64) -> StoredCredent
         refresh_token: Some("rt".into()),
         generation: 7,
         obtained_at_ms: now - age_ms,
+        provider: None,
     }
 }
 

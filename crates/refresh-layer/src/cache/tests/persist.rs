@@ -198,6 +198,7 @@ async fn a_newer_stored_generation_ends_the_retries_and_is_adopted() {
         refresh_token: Some("rt-theirs".into()),
         generation: 5,
         obtained_at_ms: crate::token::to_ms(SystemTime::now()),
+        provider: None,
     };
     store.inner.save("crm", &newer).await.unwrap();
     store.failing.store(0, Ordering::SeqCst);
@@ -305,6 +306,7 @@ async fn adopting_a_newer_stored_credential_ends_the_failing_state() {
         refresh_token: Some("rt-5".into()),
         generation: 5,
         obtained_at_ms: now,
+        provider: None,
     };
     store.inner.save("crm", &newer).await.unwrap();
     tokio::time::sleep(S(5)).await;

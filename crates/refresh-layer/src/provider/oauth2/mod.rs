@@ -56,6 +56,8 @@ pub struct OAuth2Provider {
     scopes: Vec<String>,
     params: Vec<(String, String)>,
     trust: trust::Trust,
+    /// See [`TokenProvider::identity`]; computed once from the config.
+    identity: String,
 }
 
 mod trust;
@@ -141,6 +143,7 @@ impl OAuth2Provider {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             trust,
+            identity: identity(cfg),
         })
     }
 
@@ -307,6 +310,10 @@ impl TokenProvider for OAuth2Provider {
         self.grant == Grant::RefreshToken
     }
 
+    fn identity(&self) -> Option<String> {
+        Some(self.identity.clone())
+    }
+
     fn seed_refresh_token(&self) -> Option<SecretString> {
         self.refresh_token
             .as_ref()?
@@ -326,6 +333,26 @@ impl TokenProvider for OAuth2Provider {
                 .unwrap_or(Err(ProviderError::Timeout(EXCHANGE_TIMEOUT)))
         })
     }
+}
+
+/// The provider's fingerprint ([`TokenProvider::identity`]): what makes a
+/// stored refresh token meaningless, and sending it a leak: another token
+/// endpoint (another IdP, or tenant), another client, another grant. Not
+/// the scopes, `params`, client secret or seed: a refresh token stays
+/// valid across those edits, and starting over from a seed that was spent
+/// long ago would replay it (an IdP that detects reuse then revokes the
+/// whole family, the live refresh token included).
+fn identity(cfg: &OAuth2Config) -> String {
+    let grant: &[u8] = match cfg.grant {
+        Grant::RefreshToken => b"refresh_token",
+        Grant::ClientCredentials => b"client_credentials",
+    };
+    super::fingerprint([
+        b"oauth2".as_slice(),
+        cfg.token_url.trim().as_bytes(),
+        cfg.client_id.as_bytes(),
+        grant,
+    ])
 }
 
 /// `Basic base64(urlencode(id) ":" urlencode(secret))`: RFC 6749 2.3.1 says

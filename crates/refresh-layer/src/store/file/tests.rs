@@ -8,6 +8,7 @@ fn state(generation: u64) -> StoredCredential {
         refresh_token: Some(format!("rt-{generation}")),
         generation,
         obtained_at_ms: 1,
+        provider: None,
     }
 }
 
@@ -149,4 +150,28 @@ fn an_operation_that_ends_late_does_not_overwrite_a_later_one() {
     let next = h.begin();
     h.end(next, Err("store save failed: full".into()));
     assert_eq!(h.get(), Err("store save failed: full".into()));
+}
+
+/// An existing directory open to group or others (an emptyDir is 0777, a
+/// package-made one 0755) is closed to 0700: otherwise any local user
+/// could replace the state file or hold the refresh lock.
+#[test]
+fn an_existing_directory_open_to_others_is_closed_to_0700() {
+    let dir = tempfile::tempdir().unwrap();
+    for mode in [0o777, 0o755, 0o710] {
+        let creds = dir.path().join(format!("creds-{mode:o}"));
+        std::fs::create_dir(&creds).unwrap();
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(mode)).unwrap();
+        FileStore::new(&creds).unwrap();
+        let now = std::fs::metadata(&creds).unwrap().permissions().mode();
+        assert_eq!(now & 0o777, 0o700, "was {mode:o}");
+    }
+    // Stricter than 0700 is left alone.
+    let strict = dir.path().join("strict");
+    std::fs::create_dir(&strict).unwrap();
+    std::fs::set_permissions(&strict, std::fs::Permissions::from_mode(0o500)).unwrap();
+    FileStore::new(&strict).unwrap();
+    let now = std::fs::metadata(&strict).unwrap().permissions().mode();
+    assert_eq!(now & 0o777, 0o500);
+    std::fs::set_permissions(&strict, std::fs::Permissions::from_mode(0o700)).unwrap();
 }
