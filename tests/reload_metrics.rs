@@ -16,7 +16,6 @@
 mod support;
 
 use support::gauges::{gauge, is_set, oauth, reloads};
-use support::token_endpoint::{self, EndpointOptions};
 use support::{echo_upstream, get};
 
 const TOKEN: &str = "gauge-client-token";
@@ -28,26 +27,11 @@ fn yaml(upstream: &str, a: &str, b: &str) -> String {
 #[tokio::test]
 async fn credentials_that_stop_refreshing_lose_their_timestamps_rebuilt_ones_keep_them() {
     let up = echo_upstream().await;
-    let ep = token_endpoint::start(EndpointOptions {
-        expires_in: 3600,
-        rotate: false,
-        initial_refresh_token: "unused".into(),
-        client_id: Some("latchkey".into()),
-        client_secret: Some("cs".into()),
-    })
-    .await;
+    let ep = support::gauges::endpoint().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("latchkey.yaml");
     std::fs::write(&path, yaml(&up.url(), &oauth(&ep, "r1"), &oauth(&ep, "r1"))).expect("write");
-    let config = latchkey::Config::load(&path).expect("valid config");
-    let options = latchkey::StartOptions {
-        config_path: Some(path.clone()),
-        watch_config: false,
-        ..Default::default()
-    };
-    let running = latchkey::start_with(config, &path.display().to_string(), options)
-        .await
-        .expect("start");
+    let running = support::gauges::start(&path).await;
     // Both results exist before any reload, at 0 (`increase()` cannot see
     // a series' first sample).
     for result in ["ok", "error"] {
@@ -119,29 +103,14 @@ async fn credentials_that_stop_refreshing_lose_their_timestamps_rebuilt_ones_kee
 /// page for a credential that is gone. (Run by the test above.)
 async fn a_removed_source_that_still_refreshes_leaves_its_gauges_nan() {
     let up = echo_upstream().await;
-    let ep = token_endpoint::start(EndpointOptions {
-        expires_in: 3600,
-        rotate: false,
-        initial_refresh_token: "unused".into(),
-        client_id: Some("latchkey".into()),
-        client_secret: Some("cs".into()),
-    })
-    .await;
+    let ep = support::gauges::endpoint().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("latchkey.yaml");
     // `gauge-c` is what this test watches; `gauge-a` stays.
     let with_c = yaml(&up.url(), "    static: { value: a-key }", &oauth(&ep, "r1"))
         .replace("gauge-b", "gauge-c");
     std::fs::write(&path, &with_c).expect("write");
-    let config = latchkey::Config::load(&path).expect("valid config");
-    let options = latchkey::StartOptions {
-        config_path: Some(path.clone()),
-        watch_config: false,
-        ..Default::default()
-    };
-    let running = latchkey::start_with(config, &path.display().to_string(), options)
-        .await
-        .expect("start");
+    let running = support::gauges::start(&path).await;
     let old = running.proxy();
     let source = old
         .credentials

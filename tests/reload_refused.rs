@@ -7,7 +7,6 @@
 mod support;
 
 use support::gauges::{gauge, is_set, oauth};
-use support::token_endpoint::{self, EndpointOptions};
 use support::{echo_upstream, get};
 
 const TOKEN: &str = "refused-client-token";
@@ -26,26 +25,11 @@ fn yaml(upstream: &str, a: &str, b: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_reload_asks_no_token_endpoint_for_a_token() {
     let up = echo_upstream().await;
-    let ep = token_endpoint::start(EndpointOptions {
-        expires_in: 3600,
-        rotate: false,
-        initial_refresh_token: "unused".into(),
-        client_id: Some("latchkey".into()),
-        client_secret: Some("cs".into()),
-    })
-    .await;
+    let ep = support::gauges::endpoint().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("latchkey.yaml");
     std::fs::write(&path, yaml(&up.url(), &oauth(&ep, "r1"), "")).expect("write");
-    let config = latchkey::Config::load(&path).expect("valid config");
-    let options = latchkey::StartOptions {
-        config_path: Some(path.clone()),
-        watch_config: false,
-        ..Default::default()
-    };
-    let running = latchkey::start_with(config, &path.display().to_string(), options)
-        .await
-        .expect("start");
+    let running = support::gauges::start(&path).await;
     let base = format!("http://{}", running.proxy_addr);
     let auth = format!("Bearer {TOKEN}");
     let (status, _, _) = get(&format!("{base}/a/x"), &[("authorization", &auth)]).await;

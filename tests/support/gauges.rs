@@ -1,7 +1,35 @@
 //! Config and metric helpers for the tests of the credential gauges
 //! across reloads (`reload_metrics`, `reload_refused`).
 
-use super::token_endpoint::TokenEndpoint;
+use super::token_endpoint::{self, EndpointOptions, TokenEndpoint};
+use std::path::Path;
+
+/// A `client_credentials` token endpoint for client `latchkey` / `cs`,
+/// issuing 1 h tokens.
+pub async fn endpoint() -> TokenEndpoint {
+    token_endpoint::start(EndpointOptions {
+        expires_in: 3600,
+        rotate: false,
+        initial_refresh_token: "unused".into(),
+        client_id: Some("latchkey".into()),
+        client_secret: Some("cs".into()),
+    })
+    .await
+}
+
+/// latchkey from the config file at `path`, reloadable through
+/// [`latchkey::Running::reload`] (no file watch).
+pub async fn start(path: &Path) -> latchkey::Running {
+    let config = latchkey::Config::load(path).expect("valid config");
+    let options = latchkey::StartOptions {
+        config_path: Some(path.to_path_buf()),
+        watch_config: false,
+        ..Default::default()
+    };
+    latchkey::start_with(config, &path.display().to_string(), options)
+        .await
+        .expect("start")
+}
 
 /// One client (proxy token `token`), credential `gauge-a` as given and
 /// `gauge-b` when `b` is not empty, one route per credential (`/a/`,
