@@ -59,7 +59,11 @@ async fn a_refused_reload_asks_no_token_endpoint_for_a_token() {
     std::fs::write(&path, yaml(&up.url(), &oauth(&ep, "r2"), &oauth(&ep, "r1"))).expect("write");
     running.reload().await.expect("accepted");
     support::with_timeout(async {
-        while !is_set(gauge(audit::metrics::EXPIRATION_TIMESTAMP, "gauge-b").as_deref()) {
+        // Both fetches (gauge-a rebuilt, gauge-b added) run in the
+        // background; wait for both.
+        while !is_set(gauge(audit::metrics::EXPIRATION_TIMESTAMP, "gauge-b").as_deref())
+            || ep.calls() < calls + 2
+        {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     })
