@@ -60,8 +60,9 @@ async fn a_malformed_body_is_a_bad_request_not_an_upstream_failure() {
 
 /// A body that declares 10 bytes and sends 3 while the 401 retry would
 /// read it for replay: after a second's pause the request goes on, and
-/// the route's timeout answers it (504); the request's slot is free again
-/// for the next caller.
+/// the route's timeout answers it as the caller's stall (408
+/// `request_timeout`: the upstream was waiting for the rest of the body);
+/// the request's slot is free again for the next caller.
 #[tokio::test]
 async fn a_stalled_body_is_answered_and_frees_its_slot() {
     let up = echo_upstream().await;
@@ -77,9 +78,10 @@ async fn a_stalled_body_is_answered_and_frees_its_slot() {
     );
     let resp = raw(addr_of(&p), req.as_bytes(), Duration::from_secs(10)).await;
     assert!(
-        resp.lines().next().unwrap_or_default().contains(" 504 "),
+        resp.lines().next().unwrap_or_default().contains(" 408 "),
         "{resp}"
     );
+    assert!(resp.contains("x-latchkey-error: request_timeout"), "{resp}");
     let ok = format!(
         "GET /api/y HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {CLIENT_TOKEN}\r\n\
          Connection: close\r\n\r\n"
