@@ -42,17 +42,23 @@ pub type Proxy = stack::Proxy<AppService>;
 
 /// Builds one [`CredentialSource`] per configured credential: static
 /// secrets directly, everything that expires behind a
-/// [`RefreshingSource`] with its store.
+/// [`RefreshingSource`] with its store, active (refreshing in the
+/// background) at once.
 pub fn credential_sources(
     config: &Config,
     file: &str,
 ) -> Result<HashMap<String, Arc<dyn CredentialSource>>, ConfigError> {
-    credential_sources_with(config, file, None, None, &Arc::new(MemoryStore::new()))
+    let sources = credential_sources_with(config, file, None, None, &Arc::new(MemoryStore::new()))?;
+    for source in sources.values() {
+        source.activate();
+    }
+    Ok(sources)
 }
 
 /// Like [`credential_sources`], reporting every refresh attempt to
 /// `observer` (audit records and metrics), and reusing the sources of
-/// `previous` for credentials whose config did not change.
+/// `previous` for credentials whose config did not change. The sources it
+/// builds are inactive until [`CredentialSource::activate`].
 ///
 /// Credentials with `store: memory` keep their state in `memory`, the
 /// running process's one memory store, kept across reloads like a file
@@ -199,11 +205,34 @@ fn same_provider(previous: Option<&Proxy>, c: &CredentialConfig) -> bool {
         .and_then(|p| p.config.credentials.iter().find(|o| o.id == c.id))
         .is_some_and(|o| {
             o.store == StoreKind::Memory
-                && o.oauth2 == c.oauth2
+                && same_issuer(o.oauth2.as_ref(), c.oauth2.as_ref())
                 && o.exec == c.exec
                 && o.file == c.file
                 && o.static_ == c.static_
         })
+}
+
+/// Whether two `oauth2` sections issue the same tokens: the same token
+/// endpoint, client, grant and seed. Scopes, `params`, the client secret
+/// and how it is sent, and the CA may change: a refresh token stays valid
+/// across those edits (a client secret rotated by a reload, say), and
+/// starting over from the seed, which the endpoint consumed long ago,
+/// would replay it (an IdP that detects reuse then revokes the whole
+/// family, the live refresh token included).
+fn same_issuer(
+    old: Option<&proxy_core::config::OAuth2Config>,
+    new: Option<&proxy_core::config::OAuth2Config>,
+) -> bool {
+    match (old, new) {
+        (None, None) => true,
+        (Some(o), Some(n)) => {
+            o.token_url.trim() == n.token_url.trim()
+                && o.client_id == n.client_id
+                && o.grant == n.grant
+                && o.refresh_token == n.refresh_token
+        }
+        _ => false,
+    }
 }
 
 /// What `previous`'s source of `c` holds, if `c`'s provider is the same
@@ -211,7 +240,10 @@ fn same_provider(previous: Option<&Proxy>, c: &CredentialConfig) -> bool {
 fn held_by_previous(previous: Option<&Proxy>, c: &CredentialConfig) -> Option<Handover> {
     let previous = previous?;
     let old = previous.config.credentials.iter().find(|o| o.id == c.id)?;
-    if old.oauth2 != c.oauth2 || old.exec != c.exec || old.file != c.file {
+    if !same_issuer(old.oauth2.as_ref(), c.oauth2.as_ref())
+        || old.exec != c.exec
+        || old.file != c.file
+    {
         return None;
     }
     previous

@@ -6,8 +6,8 @@
 //! static one) loses them, so the dashboard stops counting down a token
 //! nobody holds and the expiry alert cannot page for a working credential;
 //! a refreshing credential rebuilt by a reload keeps them; a replaced or
-//! removed source that still refreshes (requests of the old config in
-//! flight) sets them no more.
+//! removed source (kept alive by requests of the old config in flight)
+//! refreshes no more, so it cannot set them.
 //!
 //! Its own test binary: the metrics recorder is per process.
 
@@ -126,12 +126,15 @@ async fn a_removed_source_that_still_refreshes_leaves_its_gauges_nan() {
     std::fs::write(&path, yaml(&up.url(), "    static: { value: a-key }", "")).expect("rewrite");
     let outcome = running.reload().await.expect("reload");
     assert_eq!(outcome.credentials_removed, ["gauge-c"]);
+    // Retired, the old source refreshes no more (its successor, if any,
+    // does): nothing is fetched, and nothing sets the gauges.
     let calls = ep.calls();
-    source
-        .refresh_now()
-        .await
-        .expect("the old source still refreshes");
-    assert_eq!(ep.calls(), calls + 1, "a real token call");
+    let refused = source.refresh_now().await.expect_err("retired");
+    assert!(
+        refused.reason.contains("replaced by a reload"),
+        "{refused:?}"
+    );
+    assert_eq!(ep.calls(), calls, "no token call");
     for name in [
         audit::metrics::EXPIRATION_TIMESTAMP,
         audit::metrics::LAST_REFRESH_SUCCESS,

@@ -311,3 +311,42 @@ async fn a_scope_edit_keeps_the_stored_refresh_token() {
     assert_eq!(ep.invalid_grants(), 0);
     running.shutdown().await;
 }
+
+/// The same on a `memory` store: a scope edit (or a client secret rotated
+/// by a reload) rebuilds the source, which starts from the state the old
+/// one left in the process's memory store, not from the spent seed.
+#[tokio::test]
+async fn a_scope_edit_keeps_the_rotated_refresh_token_in_memory() {
+    let up = support::echo_upstream().await;
+    let ep = rotating_endpoint("rt-seed").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("latchkey.yaml");
+    let config = yaml("memory", dir.path(), &up.url(), &ep.url);
+    std::fs::write(&path, &config).expect("write");
+    let running = start(&path).await;
+    let base = format!("http://{}", running.proxy_addr);
+    assert_eq!(status(&base, "/a/x").await, 200);
+    running.proxy().credentials[0]
+        .refresh_now()
+        .await
+        .expect("manual refresh");
+    let rotated = ep.current_refresh_token().expect("a refresh token");
+    let calls = ep.calls();
+    let edited = config.replace(
+        "      client_secret: { value: cs }\n",
+        "      client_secret: { value: cs }\n      scopes: [read]\n",
+    );
+    std::fs::write(&path, &edited).expect("rewrite");
+    let o = running.reload().await.expect("reload");
+    assert_eq!(o.credentials_new, ["oauth"], "rebuilt");
+    assert_eq!(status(&base, "/a/x").await, 200);
+    assert_eq!(ep.calls(), calls, "the held token is served");
+    let refreshed = running.proxy().credentials[0].refresh_now().await;
+    assert_eq!(
+        ep.last_form_value("refresh_token"),
+        Some(rotated),
+        "{refreshed:?}"
+    );
+    assert_eq!(ep.invalid_grants(), 0);
+    running.shutdown().await;
+}

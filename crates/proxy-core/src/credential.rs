@@ -198,11 +198,12 @@ pub trait CredentialSource: fmt::Debug + Send + Sync + 'static {
     }
 
     /// A reload replaced or removed this source; it lives on only while
-    /// requests of the old config are in flight. Its refreshes are still
-    /// reported, marked [`RefreshEvent::retired`](crate::facts::RefreshEvent::retired),
-    /// so they no longer set the credential's timestamp gauges, which
-    /// belong to the source now configured (or to none). Nothing by
-    /// default.
+    /// requests of the old config are in flight. A refreshing source then
+    /// starts no refresh (the source now configured refreshes the
+    /// credential); one already running is still reported, marked
+    /// [`RefreshEvent::retired`](crate::facts::RefreshEvent::retired), so
+    /// it does not set the credential's timestamp gauges, which belong to
+    /// the source now configured (or to none). Nothing by default.
     fn retire(&self) {}
 
     /// The config holding this source is now in service: start any

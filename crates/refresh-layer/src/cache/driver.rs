@@ -47,6 +47,10 @@ async fn drive(inner: Arc<Inner>) {
         let notified = inner.wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        // Retired by a reload: its successor refreshes (see `retire`).
+        if inner.retired.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let due = {
             let mut ctrl = inner.lock();
             inner.next_due(&mut ctrl)

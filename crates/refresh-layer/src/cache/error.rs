@@ -30,6 +30,12 @@ pub enum RefreshError {
         /// What the store said.
         cause: StoreError,
     },
+    /// A reload replaced this source: it no longer refreshes (the source
+    /// now configured does), and serves the token it holds while valid.
+    #[error(
+        "replaced by a reload: this credential source of the previous config no longer refreshes; the current one does"
+    )]
+    Retired,
     /// The refresh task ended without a result (the runtime shut down).
     #[error("the refresh task ended without a result")]
     Aborted,

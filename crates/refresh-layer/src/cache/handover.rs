@@ -67,10 +67,15 @@ pub struct Handover {
 }
 
 /// A handed-over state still to be reconciled with the new store.
+#[derive(Clone)]
 pub(super) struct Pending {
     state: StoredCredential,
     other_store: bool,
     unsaved: bool,
+    /// Where the state was last in a store (the store of the source that
+    /// handed it over): handed over again before it is reconciled (a
+    /// second reload while this store is down), it still comes from there.
+    from_store: (&'static str, Option<String>),
 }
 
 impl fmt::Debug for Handover {
@@ -99,13 +104,18 @@ impl RefreshingSource {
     /// when it holds nothing yet).
     pub fn handover(&self) -> Option<Handover> {
         let entry = self.inner.current.load_full()?;
-        // A state still to be reconciled with this store is not in it yet.
-        let unsaved = self.inner.unsaved_generation() == Some(entry.state.generation)
-            || self
-                .inner
-                .pending()
-                .as_ref()
-                .is_some_and(|p| p.state.generation == entry.state.generation);
+        // A state still to be reconciled with this store is not in it yet,
+        // and still comes from the store it was handed over from.
+        let pending = self
+            .inner
+            .pending()
+            .as_ref()
+            .filter(|p| p.state.generation == entry.state.generation)
+            .map(|p| p.from_store.clone());
+        let unsaved =
+            self.inner.unsaved_generation() == Some(entry.state.generation) || pending.is_some();
+        let from_store =
+            pending.unwrap_or_else(|| (self.inner.store.kind(), self.inner.store.location()));
         let cred = &entry.cred;
         let served = (cred.generation != entry.state.generation
             && entry.valid_at(tokio::time::Instant::now()))
@@ -121,7 +131,7 @@ impl RefreshingSource {
             state: entry.state.clone(),
             unsaved,
             served,
-            from_store: (self.inner.store.kind(), self.inner.store.location()),
+            from_store,
         })
     }
 
@@ -172,6 +182,7 @@ impl Inner {
                 state,
                 other_store,
                 unsaved: from.unsaved,
+                from_store: from.from_store,
             });
         }
     }
@@ -211,9 +222,21 @@ pub(super) fn spawn_settle(inner: &Arc<Inner>) {
 /// pending (the store could not be locked or read).
 pub(super) async fn settle(inner: &Arc<Inner>) -> bool {
     let _gate = inner.save_gate.lock().await;
-    let Some(p) = inner.pending().take() else {
+    // Cleared only once reconciled: a hand-over made while this waits for
+    // the store (a second reload) still carries it.
+    let Some(p) = inner.pending().clone() else {
         return false;
     };
+    let pending = settle_once(inner, p).await;
+    if !pending {
+        *inner.pending() = None;
+    }
+    pending
+}
+
+/// [`settle`]'s work on the pending hand-over `p`: whether it is still
+/// pending.
+async fn settle_once(inner: &Arc<Inner>, p: Pending) -> bool {
     // A refresh since (or an adoption) superseded the handed state.
     if inner
         .current
@@ -245,7 +268,6 @@ pub(super) async fn settle(inner: &Arc<Inner>) -> bool {
             if p.unsaved {
                 inner.note_unsaved(p.state.generation, &e);
             }
-            *inner.pending() = Some(p);
             return true;
         }
     };
@@ -349,6 +371,7 @@ mod rule_tests {
             state: held,
             other_store,
             unsaved: !other_store,
+            from_store: ("memory", None),
         }
     }
 

@@ -285,8 +285,15 @@ impl CredentialSource for RefreshingSource {
         true
     }
 
+    /// Also stops refreshing: its successor (built from its hand-over, or
+    /// from the same store) refreshes the credential now, and two sources
+    /// refreshing one rotating refresh token from two stores would spend
+    /// it twice (`invalid_grant`). A refresh already running finishes; its
+    /// save retries go on. Requests of the old config still in flight are
+    /// served the token it holds while valid.
     fn retire(&self) {
-        self.inner.retired.store(true, Ordering::Relaxed);
+        self.inner.retired.store(true, Ordering::SeqCst);
+        self.inner.wake.notify_waiters();
     }
 
     fn activate(&self) {
@@ -434,6 +441,11 @@ impl Inner {
         trigger: Trigger,
         invalidated: Option<u64>,
     ) -> Inflight {
+        if self.retired.load(Ordering::SeqCst) {
+            return futures_util::future::ready(Err(RefreshError::Retired))
+                .boxed()
+                .shared();
+        }
         let me = self.clone();
         self.refreshing.store(true, Ordering::Release);
         let task = tokio::spawn(async move {
