@@ -205,7 +205,7 @@ fn same_provider(previous: Option<&Proxy>, c: &CredentialConfig) -> bool {
         .and_then(|p| p.config.credentials.iter().find(|o| o.id == c.id))
         .is_some_and(|o| {
             o.store == StoreKind::Memory
-                && same_issuer(o.oauth2.as_ref(), c.oauth2.as_ref())
+                && o.oauth2 == c.oauth2
                 && o.exec == c.exec
                 && o.file == c.file
                 && o.static_ == c.static_
@@ -237,6 +237,8 @@ fn same_issuer(
 
 /// What `previous`'s source of `c` holds, if `c`'s provider is the same
 /// (same endpoint, client and seed: the state is only meaningful to it).
+/// With other scopes, `params` or client secret, only its refresh token
+/// (see [`Handover::refresh_token_only`]).
 fn held_by_previous(previous: Option<&Proxy>, c: &CredentialConfig) -> Option<Handover> {
     let previous = previous?;
     let old = previous.config.credentials.iter().find(|o| o.id == c.id)?;
@@ -246,13 +248,18 @@ fn held_by_previous(previous: Option<&Proxy>, c: &CredentialConfig) -> Option<Ha
     {
         return None;
     }
-    previous
+    let held = previous
         .credentials
         .iter()
         .find(|s| s.id() == c.id)?
         .as_any()?
         .downcast_ref::<RefreshingSource>()?
-        .handover()
+        .handover()?;
+    Some(if old.oauth2 == c.oauth2 {
+        held
+    } else {
+        held.refresh_token_only()
+    })
 }
 
 /// The previous source of `c` if nothing that shapes it changed: its own

@@ -99,6 +99,21 @@ impl Handover {
     }
 }
 
+impl Handover {
+    /// This hand-over for a source whose tokens are issued differently
+    /// (new scopes, `params`, client secret): its refresh token is still
+    /// good, but the access token held was issued for the old settings.
+    /// The new source serves nothing from it and refreshes at once from
+    /// the refresh token (a `client_credentials` credential fetches anew).
+    #[must_use]
+    pub fn refresh_token_only(mut self) -> Self {
+        // Expired long ago: kept only for its refresh token.
+        self.state.expires_at_ms = Some(1);
+        self.served = None;
+        self
+    }
+}
+
 impl RefreshingSource {
     /// What this source holds, for the source that replaces it (`None`
     /// when it holds nothing yet).
