@@ -179,9 +179,13 @@ pub fn credential_sources_with(
             // there. A memory credential whose state is already in the
             // shared memory store (same provider, memory before) needs
             // none; one moved to memory from a file or Redis store does.
-            let handover = (c.store != StoreKind::Memory || !same_provider(previous, c))
-                .then(|| held_by_previous(previous, c))
-                .flatten();
+            let issued_differently = previous
+                .and_then(|p| p.config.credentials.iter().find(|o| o.id == c.id))
+                .is_some_and(|o| o.oauth2 != c.oauth2);
+            let handover =
+                (c.store != StoreKind::Memory || !same_provider(previous, c) || issued_differently)
+                    .then(|| held_by_previous(previous, c))
+                    .flatten();
             // Inactive until the config is in service (`activate`): a
             // config refused after this point must not have fetched,
             // loaded or saved anything.
@@ -205,7 +209,7 @@ fn same_provider(previous: Option<&Proxy>, c: &CredentialConfig) -> bool {
         .and_then(|p| p.config.credentials.iter().find(|o| o.id == c.id))
         .is_some_and(|o| {
             o.store == StoreKind::Memory
-                && o.oauth2 == c.oauth2
+                && same_issuer(o.oauth2.as_ref(), c.oauth2.as_ref())
                 && o.exec == c.exec
                 && o.file == c.file
                 && o.static_ == c.static_
@@ -237,8 +241,8 @@ fn same_issuer(
 
 /// What `previous`'s source of `c` holds, if `c`'s provider is the same
 /// (same endpoint, client and seed: the state is only meaningful to it).
-/// With other scopes, `params` or client secret, only its refresh token
-/// (see [`Handover::refresh_token_only`]).
+/// With other scopes, `params` or client secret, to be refreshed at once
+/// (see [`Handover::refresh_first`]).
 fn held_by_previous(previous: Option<&Proxy>, c: &CredentialConfig) -> Option<Handover> {
     let previous = previous?;
     let old = previous.config.credentials.iter().find(|o| o.id == c.id)?;
@@ -258,7 +262,7 @@ fn held_by_previous(previous: Option<&Proxy>, c: &CredentialConfig) -> Option<Ha
     Some(if old.oauth2 == c.oauth2 {
         held
     } else {
-        held.refresh_token_only()
+        held.refresh_first()
     })
 }
 

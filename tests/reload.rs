@@ -441,9 +441,16 @@ async fn a_changed_credential_is_rebuilt_and_an_unchanged_one_keeps_its_token() 
         ),
     )
     .expect("rewrite");
+    // The token held is served while the new one is fetched at once.
     let o = running.reload().await.expect("reload");
     assert_eq!(o.credentials_new, ["oauth"]);
     assert_eq!(get_as_app(&base, "/a/x").await.0, 200);
+    with_timeout(async {
+        while ep.calls() < calls + 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
     assert_eq!(ep.calls(), calls + 1);
     running.shutdown().await;
 }

@@ -313,9 +313,9 @@ async fn a_scope_edit_keeps_the_stored_refresh_token() {
 }
 
 /// The same on a `memory` store: a scope edit (or a client secret rotated
-/// by a reload) rebuilds the source, which refreshes at once (the access
-/// token held was issued for the old scopes) from the rotated refresh
-/// token the old one held, not from the spent seed.
+/// by a reload) rebuilds the source, which serves the token held and
+/// refreshes at once (that token was issued for the old scopes) from the
+/// rotated refresh token the old one held, not from the spent seed.
 #[tokio::test]
 async fn a_scope_edit_keeps_the_rotated_refresh_token_in_memory() {
     let up = support::echo_upstream().await;
@@ -341,8 +341,79 @@ async fn a_scope_edit_keeps_the_rotated_refresh_token_in_memory() {
     let o = running.reload().await.expect("reload");
     assert_eq!(o.credentials_new, ["oauth"], "rebuilt");
     assert_eq!(status(&base, "/a/x").await, 200);
+    support::with_timeout(async {
+        while ep.calls() < calls + 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
     assert_eq!(ep.calls(), calls + 1, "one refresh, for the new scopes");
     assert_eq!(ep.last_form_value("refresh_token"), Some(rotated));
     assert_eq!(ep.invalid_grants(), 0);
     running.shutdown().await;
 }
+
+/// A scope edit that lands while the old source's refresh is in flight:
+/// the old source's save reaches the memory store both share, and the new
+/// source's refresh, serialised behind it, adopts its result instead of
+/// sending the refresh token that refresh spent.
+#[tokio::test]
+async fn a_scope_edit_during_a_refresh_keeps_the_rotated_refresh_token_in_memory() {
+    let up = support::echo_upstream().await;
+    let ep = rotating_endpoint("rt-seed").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("latchkey.yaml");
+    let config = yaml("memory", dir.path(), &up.url(), &ep.url);
+    std::fs::write(&path, &config).expect("write");
+    let running = start(&path).await;
+    let base = format!("http://{}", running.proxy_addr);
+    assert_eq!(status(&base, "/a/x").await, 200);
+    ep.set_delay(std::time::Duration::from_millis(500));
+    let old = running.proxy().credentials[0].clone();
+    let in_flight = tokio::spawn(old.refresh_now());
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    std::fs::write(&path, config.replace(SECRET_LINE, SCOPED)).expect("rewrite");
+    let o = running.reload().await.expect("reload");
+    assert_eq!(o.credentials_new, ["oauth"], "rebuilt");
+    let old_result = in_flight.await.expect("join");
+    assert!(old_result.is_ok(), "{old_result:?}");
+    ep.set_delay(std::time::Duration::ZERO);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let now = status(&base, "/a/x").await;
+    let st = running.proxy().credentials[0].status();
+    assert_eq!(
+        ep.invalid_grants(),
+        0,
+        "a spent refresh token was sent: {st:?}"
+    );
+    assert_eq!(now, 200, "{st:?}");
+    running.shutdown().await;
+}
+
+/// A scope edit while the token endpoint is down: the token held (valid
+/// for another hour) is still served while the refresh fails.
+#[tokio::test]
+async fn a_scope_edit_while_the_endpoint_is_down_keeps_serving() {
+    let up = support::echo_upstream().await;
+    let ep = rotating_endpoint("rt-seed").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("latchkey.yaml");
+    let config = yaml("memory", dir.path(), &up.url(), &ep.url);
+    std::fs::write(&path, &config).expect("write");
+    let running = start(&path).await;
+    let base = format!("http://{}", running.proxy_addr);
+    assert_eq!(status(&base, "/a/x").await, 200);
+    ep.set_failure(Some(token_endpoint::Failure::Status(
+        503,
+        "maintenance".into(),
+    )));
+    std::fs::write(&path, config.replace(SECRET_LINE, SCOPED)).expect("rewrite");
+    running.reload().await.expect("reload");
+    let now = status(&base, "/a/x").await;
+    let st = running.proxy().credentials[0].status();
+    assert_eq!(now, 200, "{st:?}");
+    running.shutdown().await;
+}
+
+const SECRET_LINE: &str = "      client_secret: { value: cs }\n";
+const SCOPED: &str = "      client_secret: { value: cs }\n      scopes: [read]\n";

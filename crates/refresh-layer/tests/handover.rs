@@ -203,3 +203,20 @@ async fn a_second_handover_before_the_store_is_back_keeps_the_live_refresh_token
     );
     assert_eq!(ep.last_form_value("refresh_token"), Some(live), "{r:?}");
 }
+
+/// A retired source whose token an upstream refused (a request of the old
+/// config got a 401) starts no forced refresh, and keeps serving the token
+/// it holds while it is valid, as after any failed refresh.
+#[tokio::test(start_paused = true)]
+async fn a_retired_source_keeps_serving_after_a_401() {
+    let ep = endpoint(3600, true).await;
+    let old = source(&ep, memory(), RefreshSettings::default());
+    assert_eq!(token(&old).await.unwrap(), "at-1");
+    quiesce(&old).await;
+    old.retire();
+    let generation = old.generation().unwrap();
+    let forced = common::invalidate(&old, generation).await;
+    assert!(forced.is_err(), "{forced:?}");
+    assert_eq!(token(&old).await.unwrap(), "at-1");
+    assert_eq!(ep.calls(), 1);
+}

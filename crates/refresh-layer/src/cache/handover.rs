@@ -64,6 +64,8 @@ pub struct Handover {
     served: Option<StoredCredential>,
     /// The old source's store: its kind and location (see [`settle`]).
     from_store: (&'static str, Option<String>),
+    /// Refresh at once (see [`Handover::refresh_first`]).
+    refresh_first: bool,
 }
 
 /// A handed-over state still to be reconciled with the new store.
@@ -103,13 +105,13 @@ impl Handover {
     /// This hand-over for a source whose tokens are issued differently
     /// (new scopes, `params`, client secret): its refresh token is still
     /// good, but the access token held was issued for the old settings.
-    /// The new source serves nothing from it and refreshes at once from
-    /// the refresh token (a `client_credentials` credential fetches anew).
+    /// The new source refreshes at once (a `client_credentials` credential
+    /// fetches anew), and serves the token held meanwhile, and for as long
+    /// as that refresh fails (an IdP down at the reload): the upstream
+    /// decides whether it still works, as before the reload.
     #[must_use]
-    pub fn refresh_token_only(mut self) -> Self {
-        // Expired long ago: kept only for its refresh token.
-        self.state.expires_at_ms = Some(1);
-        self.served = None;
+    pub fn refresh_first(mut self) -> Self {
+        self.refresh_first = true;
         self
     }
 }
@@ -147,6 +149,7 @@ impl RefreshingSource {
             unsaved,
             served,
             from_store,
+            refresh_first: false,
         })
     }
 
@@ -191,6 +194,16 @@ impl Inner {
                 publish(self, served, left);
             }
             keep_state(self, state.clone(), None, false);
+        }
+        if from.refresh_first
+            && let Some(e) = self.current.load_full()
+        {
+            self.current.store(Some(Arc::new(Entry {
+                cred: e.cred.clone(),
+                state: e.state.clone(),
+                expires: e.expires,
+                refresh_at: Some(tokio::time::Instant::now()),
+            })));
         }
         if self.provider.rotates() && (from.unsaved || other_store) {
             *self.pending() = Some(Pending {

@@ -442,6 +442,9 @@ impl Inner {
         invalidated: Option<u64>,
     ) -> Inflight {
         if self.retired.load(Ordering::SeqCst) {
+            // A forced refresh that will not come: the token held (still
+            // valid) is served again, as after any failed refresh.
+            self.invalid_gen.store(0, Ordering::Release);
             return futures_util::future::ready(Err(RefreshError::Retired))
                 .boxed()
                 .shared();
