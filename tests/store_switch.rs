@@ -84,42 +84,81 @@ async fn rotating_endpoint(seed: &str) -> TokenEndpoint {
 /// `file` to `memory` (and `redis` to `memory` alike): the new source
 /// starts from the old one's token and rotated refresh token, instead of
 /// an empty memory store and the spent seed (503 at once, then
-/// `invalid_grant`, and a family revoked by an IdP that detects reuse).
-#[tokio::test]
-async fn file_to_memory_keeps_the_held_token_and_the_rotated_refresh_token() {
+/// latchkey serving a rotating credential on `store` (`file_store.dir`:
+/// `store_dir`), after one request: what most tests here start from.
+struct Serving {
+    _up: support::Upstream,
+    ep: TokenEndpoint,
+    _dir: tempfile::TempDir,
+    store_dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+    url: String,
+    config: String,
+    running: latchkey::Running,
+    base: String,
+}
+
+async fn serving(store: &str) -> Serving {
     let up = support::echo_upstream().await;
     let ep = rotating_endpoint("rt-seed").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let store_dir = dir.path().join("store");
     let path = dir.path().join("latchkey.yaml");
     let url = up.url();
-    std::fs::write(&path, yaml("file", &store_dir, &url, &ep.url)).expect("write");
+    let config = yaml(store, &store_dir, &url, &ep.url);
+    std::fs::write(&path, &config).expect("write");
     let running = start(&path).await;
     let base = format!("http://{}", running.proxy_addr);
     assert_eq!(status(&base, "/a/x").await, 200);
-    running.proxy().credentials[0]
+    Serving {
+        _up: up,
+        ep,
+        _dir: dir,
+        store_dir,
+        path,
+        url,
+        config,
+        running,
+        base,
+    }
+}
+
+/// A manual refresh; the refresh token it rotated to.
+async fn rotate(f: &Serving) -> String {
+    f.running.proxy().credentials[0]
         .refresh_now()
         .await
         .expect("manual refresh");
-    let rotated = ep.current_refresh_token().expect("a refresh token");
-    let calls = ep.calls();
-    std::fs::write(&path, yaml("memory", &store_dir, &url, &ep.url)).expect("rewrite");
-    let o = running.reload().await.expect("reload");
+    f.ep.current_refresh_token().expect("a refresh token")
+}
+
+/// `invalid_grant`, and a family revoked by an IdP that detects reuse).
+#[tokio::test]
+async fn file_to_memory_keeps_the_held_token_and_the_rotated_refresh_token() {
+    let f = serving("file").await;
+    let rotated = rotate(&f).await;
+    let calls = f.ep.calls();
+    std::fs::write(&f.path, yaml("memory", &f.store_dir, &f.url, &f.ep.url)).expect("rewrite");
+    let o = f.running.reload().await.expect("reload");
     assert_eq!(o.credentials_new, ["oauth"]);
-    assert_eq!(status(&base, "/a/x").await, 200, "the held token is served");
     assert_eq!(
-        ep.calls(),
+        status(&f.base, "/a/x").await,
+        200,
+        "the held token is served"
+    );
+    assert_eq!(
+        f.ep.calls(),
         calls,
         "the held token was taken over, not fetched"
     );
-    let refreshed = running.proxy().credentials[0].refresh_now().await;
+    let refreshed = f.running.proxy().credentials[0].refresh_now().await;
     assert_eq!(
-        ep.last_form_value("refresh_token"),
+        f.ep.last_form_value("refresh_token"),
         Some(rotated),
         "the rotated refresh token, not the spent seed ({refreshed:?})"
     );
-    assert_eq!(ep.invalid_grants(), 0);
-    running.shutdown().await;
+    assert_eq!(f.ep.invalid_grants(), 0);
+    f.running.shutdown().await;
 }
 
 /// The access token the upstream received with a request to `/a/x`.
@@ -262,53 +301,38 @@ async fn memory_to_file_over_a_stale_state_keeps_the_live_refresh_token() {
 /// After a restart too.
 #[tokio::test]
 async fn a_scope_edit_keeps_the_stored_refresh_token() {
-    let up = support::echo_upstream().await;
-    let ep = rotating_endpoint("rt-seed").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store_dir = dir.path().join("store");
-    let path = dir.path().join("latchkey.yaml");
-    let url = up.url();
-    let config = yaml("file", &store_dir, &url, &ep.url);
-    std::fs::write(&path, &config).expect("write");
-    let running = start(&path).await;
-    let base = format!("http://{}", running.proxy_addr);
-    assert_eq!(status(&base, "/a/x").await, 200);
-    running.proxy().credentials[0]
-        .refresh_now()
-        .await
-        .expect("manual refresh");
-    let rotated = ep.current_refresh_token().expect("a refresh token");
-    let edited = config
-        .replace(
-            "      client_secret: { value: cs }\n",
-            "      client_secret: { value: cs }\n      scopes: [read]\n",
-        )
+    let f = serving("file").await;
+    let rotated = rotate(&f).await;
+    let edited = f
+        .config
+        .replace(SECRET_LINE, SCOPED)
         .replace("{ value: rt-seed }", "{ value: rt-seed-spent-long-ago }");
-    assert_ne!(edited, config);
-    std::fs::write(&path, &edited).expect("rewrite");
-    running.reload().await.expect("reload");
-    assert_eq!(status(&base, "/a/x").await, 200);
-    let refreshed = running.proxy().credentials[0].refresh_now().await;
+    assert_ne!(edited, f.config);
+    std::fs::write(&f.path, &edited).expect("rewrite");
+    let o = f.running.reload().await.expect("reload");
+    assert_eq!(o.credentials_new, ["oauth"], "rebuilt");
+    assert_eq!(status(&f.base, "/a/x").await, 200);
+    let refreshed = f.running.proxy().credentials[0].refresh_now().await;
     assert_eq!(
-        ep.last_form_value("refresh_token"),
+        f.ep.last_form_value("refresh_token"),
         Some(rotated),
         "{refreshed:?}"
     );
-    running.shutdown().await;
+    f.running.shutdown().await;
     // A restart reads the file: its first refresh adopts the stored state
     // (newer than none), the next one refreshes from it.
-    let rotated = ep.current_refresh_token().expect("a refresh token");
-    let running = start(&path).await;
+    let rotated = f.ep.current_refresh_token().expect("a refresh token");
+    let running = start(&f.path).await;
     let source = running.proxy().credentials[0].clone();
     let adopted = source.refresh_now().await.expect("adopted");
     assert_eq!(adopted.generation, 3, "{adopted:?}");
     let refreshed = source.refresh_now().await;
     assert_eq!(
-        ep.last_form_value("refresh_token"),
+        f.ep.last_form_value("refresh_token"),
         Some(rotated),
         "{refreshed:?}"
     );
-    assert_eq!(ep.invalid_grants(), 0);
+    assert_eq!(f.ep.invalid_grants(), 0);
     running.shutdown().await;
 }
 
@@ -318,39 +342,23 @@ async fn a_scope_edit_keeps_the_stored_refresh_token() {
 /// rotated refresh token the old one held, not from the spent seed.
 #[tokio::test]
 async fn a_scope_edit_keeps_the_rotated_refresh_token_in_memory() {
-    let up = support::echo_upstream().await;
-    let ep = rotating_endpoint("rt-seed").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("latchkey.yaml");
-    let config = yaml("memory", dir.path(), &up.url(), &ep.url);
-    std::fs::write(&path, &config).expect("write");
-    let running = start(&path).await;
-    let base = format!("http://{}", running.proxy_addr);
-    assert_eq!(status(&base, "/a/x").await, 200);
-    running.proxy().credentials[0]
-        .refresh_now()
-        .await
-        .expect("manual refresh");
-    let rotated = ep.current_refresh_token().expect("a refresh token");
-    let calls = ep.calls();
-    let edited = config.replace(
-        "      client_secret: { value: cs }\n",
-        "      client_secret: { value: cs }\n      scopes: [read]\n",
-    );
-    std::fs::write(&path, &edited).expect("rewrite");
-    let o = running.reload().await.expect("reload");
+    let f = serving("memory").await;
+    let rotated = rotate(&f).await;
+    let calls = f.ep.calls();
+    std::fs::write(&f.path, f.config.replace(SECRET_LINE, SCOPED)).expect("rewrite");
+    let o = f.running.reload().await.expect("reload");
     assert_eq!(o.credentials_new, ["oauth"], "rebuilt");
-    assert_eq!(status(&base, "/a/x").await, 200);
+    assert_eq!(status(&f.base, "/a/x").await, 200);
     support::with_timeout(async {
-        while ep.calls() < calls + 1 {
+        while f.ep.calls() < calls + 1 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     })
     .await;
-    assert_eq!(ep.calls(), calls + 1, "one refresh, for the new scopes");
-    assert_eq!(ep.last_form_value("refresh_token"), Some(rotated));
-    assert_eq!(ep.invalid_grants(), 0);
-    running.shutdown().await;
+    assert_eq!(f.ep.calls(), calls + 1, "one refresh, for the new scopes");
+    assert_eq!(f.ep.last_form_value("refresh_token"), Some(rotated));
+    assert_eq!(f.ep.invalid_grants(), 0);
+    f.running.shutdown().await;
 }
 
 /// A scope edit that lands while the old source's refresh is in flight:
@@ -359,60 +367,45 @@ async fn a_scope_edit_keeps_the_rotated_refresh_token_in_memory() {
 /// sending the refresh token that refresh spent.
 #[tokio::test]
 async fn a_scope_edit_during_a_refresh_keeps_the_rotated_refresh_token_in_memory() {
-    let up = support::echo_upstream().await;
-    let ep = rotating_endpoint("rt-seed").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("latchkey.yaml");
-    let config = yaml("memory", dir.path(), &up.url(), &ep.url);
-    std::fs::write(&path, &config).expect("write");
-    let running = start(&path).await;
-    let base = format!("http://{}", running.proxy_addr);
-    assert_eq!(status(&base, "/a/x").await, 200);
-    ep.set_delay(std::time::Duration::from_millis(500));
-    let old = running.proxy().credentials[0].clone();
+    let f = serving("memory").await;
+    f.ep.set_delay(std::time::Duration::from_millis(500));
+    let old = f.running.proxy().credentials[0].clone();
     let in_flight = tokio::spawn(old.refresh_now());
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    std::fs::write(&path, config.replace(SECRET_LINE, SCOPED)).expect("rewrite");
-    let o = running.reload().await.expect("reload");
+    std::fs::write(&f.path, f.config.replace(SECRET_LINE, SCOPED)).expect("rewrite");
+    let o = f.running.reload().await.expect("reload");
     assert_eq!(o.credentials_new, ["oauth"], "rebuilt");
     let old_result = in_flight.await.expect("join");
     assert!(old_result.is_ok(), "{old_result:?}");
-    ep.set_delay(std::time::Duration::ZERO);
+    f.ep.set_delay(std::time::Duration::ZERO);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let now = status(&base, "/a/x").await;
-    let st = running.proxy().credentials[0].status();
+    let now = status(&f.base, "/a/x").await;
+    let st = f.running.proxy().credentials[0].status();
     assert_eq!(
-        ep.invalid_grants(),
+        f.ep.invalid_grants(),
         0,
         "a spent refresh token was sent: {st:?}"
     );
     assert_eq!(now, 200, "{st:?}");
-    running.shutdown().await;
+    f.running.shutdown().await;
 }
 
 /// A scope edit while the token endpoint is down: the token held (valid
 /// for another hour) is still served while the refresh fails.
 #[tokio::test]
 async fn a_scope_edit_while_the_endpoint_is_down_keeps_serving() {
-    let up = support::echo_upstream().await;
-    let ep = rotating_endpoint("rt-seed").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("latchkey.yaml");
-    let config = yaml("memory", dir.path(), &up.url(), &ep.url);
-    std::fs::write(&path, &config).expect("write");
-    let running = start(&path).await;
-    let base = format!("http://{}", running.proxy_addr);
-    assert_eq!(status(&base, "/a/x").await, 200);
-    ep.set_failure(Some(token_endpoint::Failure::Status(
+    let f = serving("memory").await;
+    f.ep.set_failure(Some(token_endpoint::Failure::Status(
         503,
         "maintenance".into(),
     )));
-    std::fs::write(&path, config.replace(SECRET_LINE, SCOPED)).expect("rewrite");
-    running.reload().await.expect("reload");
-    let now = status(&base, "/a/x").await;
-    let st = running.proxy().credentials[0].status();
+    std::fs::write(&f.path, f.config.replace(SECRET_LINE, SCOPED)).expect("rewrite");
+    let o = f.running.reload().await.expect("reload");
+    assert_eq!(o.credentials_new, ["oauth"], "rebuilt");
+    let now = status(&f.base, "/a/x").await;
+    let st = f.running.proxy().credentials[0].status();
     assert_eq!(now, 200, "{st:?}");
-    running.shutdown().await;
+    f.running.shutdown().await;
 }
 
 const SECRET_LINE: &str = "      client_secret: { value: cs }\n";

@@ -142,6 +142,25 @@ async fn settle() {
     tokio::task::yield_now().await;
 }
 
+/// A resolver serving the pair in `s`'s files, and its watch task.
+fn serve_and_watch(s: &TlsSettings) -> (Arc<CertResolver>, tokio::task::JoinHandle<()>) {
+    let (key, print) = load_pair(&s.cert_file, &s.key_file, &provider()).unwrap();
+    let resolver = Arc::new(CertResolver {
+        current: ArcSwap::from_pointee(key),
+    });
+    let task = tokio::spawn(watch_files(
+        Arc::downgrade(&resolver),
+        Files {
+            cert: s.cert_file.clone(),
+            key: s.key_file.clone(),
+            fingerprint: print,
+        },
+        provider(),
+        s.reload_interval,
+    ));
+    (resolver, task)
+}
+
 fn serving(r: &CertResolver) -> Vec<u8> {
     r.current.load().cert[0].to_vec()
 }
@@ -158,20 +177,7 @@ async fn rotated_files_are_served_and_broken_ones_keep_the_previous_pair() {
     let s = settings(dir.path());
     let first = leaf(&["localhost"], &[]);
     write_pair(&s, &first);
-    let (key, print) = load_pair(&s.cert_file, &s.key_file, &provider()).unwrap();
-    let resolver = Arc::new(CertResolver {
-        current: ArcSwap::from_pointee(key),
-    });
-    let task = tokio::spawn(watch_files(
-        Arc::downgrade(&resolver),
-        Files {
-            cert: s.cert_file.clone(),
-            key: s.key_file.clone(),
-            fingerprint: print,
-        },
-        provider(),
-        s.reload_interval,
-    ));
+    let (resolver, task) = serve_and_watch(&s);
     let tick = || async {
         for _ in 0..3 {
             tokio::time::advance(Duration::from_millis(500)).await;
@@ -349,20 +355,7 @@ async fn an_expired_certificate_is_not_rotated_in() {
     let s = settings(dir.path());
     let first = leaf(&["localhost"], &[]);
     write_pair(&s, &first);
-    let (key, print) = load_pair(&s.cert_file, &s.key_file, &provider()).unwrap();
-    let resolver = Arc::new(CertResolver {
-        current: ArcSwap::from_pointee(key),
-    });
-    let task = tokio::spawn(watch_files(
-        Arc::downgrade(&resolver),
-        Files {
-            cert: s.cert_file.clone(),
-            key: s.key_file.clone(),
-            fingerprint: print,
-        },
-        provider(),
-        s.reload_interval,
-    ));
+    let (resolver, task) = serve_and_watch(&s);
     write_pair(&s, &expired());
     for _ in 0..10 {
         tokio::time::advance(Duration::from_millis(500)).await;
