@@ -178,7 +178,9 @@ pub fn credential_sources_with(
             // keyring), and a rotated token whose save failed lives only
             // there. A memory credential whose state is already in the
             // shared memory store (same provider, memory before) needs
-            // none; one moved to memory from a file or Redis store does.
+            // none, unless its tokens are now issued differently (scopes,
+            // `params`, client secret: the hand-over makes it refresh at
+            // once); one moved to memory from a file or Redis store does.
             let issued_differently = previous
                 .and_then(|p| p.config.credentials.iter().find(|o| o.id == c.id))
                 .is_some_and(|o| o.oauth2 != c.oauth2);
