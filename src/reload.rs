@@ -30,6 +30,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long a reload waits for a refresh running at that moment before it
+/// takes the hand-overs (see `RefreshingSource::quiesce`).
+const HANDOVER_WAIT: Duration = Duration::from_secs(15);
 /// What a reload did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ReloadOutcome {
@@ -205,6 +208,19 @@ impl Reloader {
             }
             ConfigError::new(&self.file, errors)
         })?;
+        // A hand-over (taken while building) must include what a refresh
+        // running now rotates to: wait for those, briefly (a token call
+        // is bounded by 10 s; one that hangs is abandoned later anyway).
+        let until = tokio::time::Instant::now() + HANDOVER_WAIT;
+        for source in &old.credentials {
+            if let Some(s) = source
+                .as_any()
+                .and_then(|a| a.downcast_ref::<refresh_layer::RefreshingSource>())
+            {
+                s.quiesce(until.saturating_duration_since(tokio::time::Instant::now()))
+                    .await;
+            }
+        }
         let new = build_proxy_with(config, &self.file, &self.options, Some(&old), &self.kept)?;
 
         let (mut kept, mut added) = (Vec::new(), Vec::new());

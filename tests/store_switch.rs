@@ -410,3 +410,32 @@ async fn a_scope_edit_while_the_endpoint_is_down_keeps_serving() {
 
 const SECRET_LINE: &str = "      client_secret: { value: cs }\n";
 const SCOPED: &str = "      client_secret: { value: cs }\n      scopes: [read]\n";
+
+/// A store move (another `file_store.dir`) that lands while the old
+/// source's refresh is in flight: the reload waits for that refresh before
+/// it takes the hand-over, so the new store starts from the refresh token
+/// it rotated to, not from the one it spent.
+#[tokio::test]
+async fn a_store_move_during_a_refresh_keeps_the_rotated_refresh_token() {
+    let f = serving("file").await;
+    f.ep.set_delay(std::time::Duration::from_millis(500));
+    let old = f.running.proxy().credentials[0].clone();
+    let in_flight = tokio::spawn(old.refresh_now());
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let moved = f.store_dir.with_file_name("store2");
+    std::fs::write(&f.path, yaml("file", &moved, &f.url, &f.ep.url)).expect("rewrite");
+    let o = f.running.reload().await.expect("reload");
+    assert_eq!(o.credentials_new, ["oauth"], "rebuilt");
+    let old_result = in_flight.await.expect("join");
+    assert!(old_result.is_ok(), "{old_result:?}");
+    f.ep.set_delay(std::time::Duration::ZERO);
+    let refreshed = f.running.proxy().credentials[0].refresh_now().await;
+    assert_eq!(
+        f.ep.invalid_grants(),
+        0,
+        "a spent refresh token was sent ({:?}): {refreshed:?}",
+        f.ep.last_form_value("refresh_token")
+    );
+    assert!(refreshed.is_ok(), "{refreshed:?}");
+    f.running.shutdown().await;
+}
