@@ -37,8 +37,8 @@
 //!   written, renumbered above S (max + 1) so that it wins everywhere
 //!   (Redis's compare-and-set, every later comparison of generations).
 //!
-//! A Redis store cannot say where it is ([`Store::location`]): a hand-over
-//! from one Redis to another is taken as within one store (S newer wins).
+//! Where a store is ([`Store::location`]): a file store's directory, a
+//! Redis store's URL and key prefix (fingerprinted).
 
 use super::persist::{self, SAVE_RETRY_MAX, SAVE_RETRY_MIN};
 use super::refresh::{keep_state, publish, remaining, sendable};

@@ -97,6 +97,10 @@ struct Inner {
     /// Identifies this process in lock values.
     owner: String,
     health: Health,
+    /// Where the credentials live (see [`Store::location`]): a
+    /// fingerprint of the URL and key prefix (the URL may hold a password,
+    /// so it is never kept in clear).
+    location: String,
 }
 
 impl fmt::Debug for RedisStore {
@@ -154,8 +158,16 @@ impl RedisStore {
                     problem: format!("{:?}", e.kind()),
                 }
             })?;
+        let location = format!(
+            "redis:{}",
+            crate::provider::fingerprint([
+                settings.url.trim().as_bytes(),
+                settings.key_prefix.as_bytes(),
+            ])
+        );
         Ok(Self {
             inner: Arc::new(Inner {
+                location,
                 client,
                 conn,
                 prefix: settings.key_prefix,
@@ -305,6 +317,13 @@ impl Drop for RedisLockGuard {
 impl Store for RedisStore {
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    /// The server and key prefix: another `redis.url` or `key_prefix` is
+    /// another store (a hand-over to it is written there at once, and
+    /// above an older run's state found there).
+    fn location(&self) -> Option<String> {
+        Some(self.inner.location.clone())
     }
 
     fn load<'a>(
