@@ -117,6 +117,21 @@ impl Handover {
 }
 
 impl RefreshingSource {
+    /// Waits for the refresh running now, if any (its outcome does not
+    /// matter), for at most `limit`. A reload calls it before it takes
+    /// the hand-overs: a hand-over taken while a refresh runs would miss
+    /// the refresh token that refresh rotates to, and a successor on
+    /// another store would start from the spent one.
+    pub async fn quiesce(&self, limit: std::time::Duration) {
+        let running = {
+            let mut ctrl = self.inner.lock();
+            self.inner.running(&mut ctrl)
+        };
+        if let Some(f) = running {
+            let _ = tokio::time::timeout(limit, f).await;
+        }
+    }
+
     /// What this source holds, for the source that replaces it (`None`
     /// when it holds nothing yet).
     pub fn handover(&self) -> Option<Handover> {

@@ -266,21 +266,6 @@ impl RefreshingSource {
         self.inner.status()
     }
 
-    /// Waits for the refresh running now, if any (its outcome does not
-    /// matter), for at most `limit`. A reload calls it before it takes
-    /// the hand-overs: a hand-over taken while a refresh runs would miss
-    /// the refresh token that refresh rotates to, and a successor on
-    /// another store would start from the spent one.
-    pub async fn quiesce(&self, limit: Duration) {
-        let running = {
-            let mut ctrl = self.inner.lock();
-            self.inner.running(&mut ctrl)
-        };
-        if let Some(f) = running {
-            let _ = tokio::time::timeout(limit, f).await;
-        }
-    }
-
     /// The credential's id.
     pub fn id(&self) -> &str {
         &self.inner.id
