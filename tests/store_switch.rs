@@ -123,6 +123,17 @@ async fn serving(store: &str) -> Serving {
     }
 }
 
+/// Returns once `source` has a refresh running (the token endpoint is
+/// slowed down, so it is still running then).
+async fn refreshing(source: &dyn proxy_core::CredentialSource) {
+    support::with_timeout(async {
+        while !source.status().refreshing {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+}
+
 /// A manual refresh; the refresh token it rotated to.
 async fn rotate(f: &Serving) -> String {
     f.running.proxy().credentials[0]
@@ -371,7 +382,7 @@ async fn a_scope_edit_during_a_refresh_keeps_the_rotated_refresh_token_in_memory
     f.ep.set_delay(std::time::Duration::from_millis(500));
     let old = f.running.proxy().credentials[0].clone();
     let in_flight = tokio::spawn(old.refresh_now());
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    refreshing(old.as_ref()).await;
     std::fs::write(&f.path, f.config.replace(SECRET_LINE, SCOPED)).expect("rewrite");
     let o = f.running.reload().await.expect("reload");
     assert_eq!(o.credentials_new, ["oauth"], "rebuilt");
@@ -421,7 +432,7 @@ async fn a_store_move_during_a_refresh_keeps_the_rotated_refresh_token() {
     f.ep.set_delay(std::time::Duration::from_millis(500));
     let old = f.running.proxy().credentials[0].clone();
     let in_flight = tokio::spawn(old.refresh_now());
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    refreshing(old.as_ref()).await;
     let moved = f.store_dir.with_file_name("store2");
     std::fs::write(&f.path, yaml("file", &moved, &f.url, &f.ep.url)).expect("rewrite");
     let o = f.running.reload().await.expect("reload");
