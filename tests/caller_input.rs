@@ -2,7 +2,8 @@
 //! upstream: a malformed body (400, the caller's fault), a body that stalls
 //! while the 401 retry would read it (answered, never held for ever), an
 //! `h2c` upgrade (never a tunnel past routing and the audit trail), an
-//! ambiguous host (400), and its proxy token sent as a trailer.
+//! ambiguous host (400), and its proxy token (or a value for the injected
+//! credential header) sent as a trailer.
 
 #![expect(
     clippy::unwrap_used,
@@ -145,6 +146,37 @@ async fn an_ambiguous_host_is_a_bad_request() {
 /// is sent trailers). Its other trailers are.
 #[tokio::test]
 async fn the_callers_token_in_a_trailer_does_not_reach_the_upstream() {
+    let trailers = format!(
+        "authorization: Bearer {CLIENT_TOKEN}\r\nproxy-authorization: Bearer {CLIENT_TOKEN}\r\n\
+         x-checksum: abc\r\n"
+    );
+    let (status, seen) = trailers_at_an_h2_upstream("", &trailers).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(seen, ["x-checksum: abc"]);
+}
+
+/// On a route that injects into a header of its own (`x-api-key`), a
+/// trailer of that name from the caller is dropped too: it would reach an
+/// h2 upstream beside the injected header, and an upstream that reads
+/// trailers could take the caller's value for the credential.
+#[tokio::test]
+async fn a_trailer_named_like_the_injected_header_does_not_reach_the_upstream() {
+    let (status, seen) = trailers_at_an_h2_upstream(
+        "    inject: { header: x-api-key }\n",
+        "x-api-key: forged-by-the-caller\r\nX-Api-Key: again\r\nx-checksum: abc\r\n",
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(seen, ["x-checksum: abc"]);
+}
+
+/// Sends a chunked POST with `trailer_lines` as its trailers through a
+/// route (`route_extra` added) to an h2 upstream over TLS; returns the
+/// caller's status line and the trailers the upstream got.
+async fn trailers_at_an_h2_upstream(
+    route_extra: &str,
+    trailer_lines: &str,
+) -> (String, Vec<String>) {
     use http_body_util::BodyExt as _;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use std::sync::{Arc, Mutex};
@@ -183,18 +215,22 @@ async fn the_callers_token_in_a_trailer_does_not_reach_the_upstream() {
         }
     });
     let route_extra = format!(
-        "    ca_file: \"{}\"\n    retry: {{ enabled: false }}\n",
+        "    ca_file: \"{}\"\n    retry: {{ enabled: false }}\n{route_extra}",
         ca_path.display()
     );
     let p = start_proxy(&one_route(&format!("https://{up}"), &route_extra, "")).await;
+    let declared: Vec<&str> = trailer_lines
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':').map(|(k, _)| k))
+        .collect();
     let request = format!(
         "POST /api/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {CLIENT_TOKEN}\r\n\
-         Transfer-Encoding: chunked\r\nTrailer: authorization, proxy-authorization, x-checksum\r\n\
-         Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\
-         authorization: Bearer {CLIENT_TOKEN}\r\nproxy-authorization: Bearer {CLIENT_TOKEN}\r\n\
-         x-checksum: abc\r\n\r\n"
+         Transfer-Encoding: chunked\r\nTrailer: {}\r\n\
+         Connection: close\r\n\r\n5\r\nhello\r\n0\r\n{trailer_lines}\r\n",
+        declared.join(", ")
     );
     let out = raw(addr_of(&p), request.as_bytes(), Duration::from_secs(5)).await;
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    assert_eq!(*trailers.lock().unwrap(), ["x-checksum: abc"]);
+    let status = out.lines().next().unwrap_or_default().to_owned();
+    let seen = trailers.lock().unwrap().clone();
+    (status, seen)
 }

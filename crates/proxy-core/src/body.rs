@@ -183,13 +183,15 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: ProxyBody,
         slot: FailureSlot,
+        strip: Option<http::HeaderName>,
     }
 }
 
 impl Witnessed {
-    /// Wraps `inner`; its first failure goes to `slot`.
-    pub fn new(inner: ProxyBody, slot: FailureSlot) -> Self {
-        Self { inner, slot }
+    /// Wraps `inner`; its first failure goes to `slot`, and a trailer
+    /// named `strip` (the route's credential header) is dropped.
+    pub fn new(inner: ProxyBody, slot: FailureSlot, strip: Option<http::HeaderName>) -> Self {
+        Self { inner, slot, strip }
     }
 }
 
@@ -213,6 +215,12 @@ impl Body for Witnessed {
         // A plain store only on a change: most bodies are never pending.
         if waiting.load(std::sync::atomic::Ordering::Relaxed) {
             waiting.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut polled = polled;
+        if let (Some(Ok(frame)), Some(name)) = (&mut polled, this.strip.as_ref())
+            && let Some(trailers) = frame.trailers_mut()
+        {
+            trailers.remove(name);
         }
         if let Some(Err(e)) = &polled {
             let failure = if crate::error::is_caused_by::<http_body_util::LengthLimitError>(&**e) {

@@ -50,6 +50,12 @@ pub struct ForwardTarget {
     pub response_idle_timeout: Duration,
     /// Largest request body accepted.
     pub max_request_body: Option<u64>,
+    /// The header the route injects its credential into, when not
+    /// `Authorization` (a caller's `Authorization` trailer is dropped
+    /// already, see [`crate::body::CallerBody`]): a caller's trailer of
+    /// this name is dropped, so it can neither reach an upstream beside
+    /// the injected value nor stand in for it.
+    pub credential_header: Option<http::HeaderName>,
 }
 
 /// Forwards requests to one upstream; see the module docs.
@@ -215,7 +221,8 @@ impl Service<Request<ProxyBody>> for Forward {
                 None => body,
             };
             let slot = FailureSlot::default();
-            (boxed(Witnessed::new(body, slot.clone())), Some(slot))
+            let strip = self.shared.target.credential_header.clone();
+            (boxed(Witnessed::new(body, slot.clone(), strip)), Some(slot))
         };
         let facts = crate::facts::slot(&parts.extensions).cloned();
         let req = Request::from_parts(parts, body);
@@ -464,6 +471,7 @@ mod tests {
                 tunnel_idle_timeout: Duration::ZERO,
                 response_idle_timeout: Duration::ZERO,
                 max_request_body: None,
+                credential_header: None,
             },
         )
         .unwrap()

@@ -265,6 +265,25 @@ where
                 continue;
             }
         };
+        // Parsed before the forwarder, which drops a caller's trailer of
+        // the credential's header name.
+        let spec = match source.map(|_| InjectSpec::parse(rc.inject.as_ref())) {
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                errs.push(FieldError::new(
+                    format!("routes[{i}].inject{}", e.path),
+                    e.message,
+                ));
+                continue;
+            }
+            None => None,
+        };
+        let credential_header = match &spec {
+            Some(InjectSpec::Header { name, .. }) if name != http::header::AUTHORIZATION => {
+                Some(name.clone())
+            }
+            _ => None,
+        };
         let forward = match Forward::new(
             pool,
             ForwardTarget {
@@ -278,6 +297,7 @@ where
                 tunnel_idle_timeout: rc.tunnel_idle_timeout,
                 response_idle_timeout: rc.response_idle_timeout,
                 max_request_body: rc.max_request_body,
+                credential_header,
             },
         ) {
             Ok(f) => f,
@@ -289,18 +309,8 @@ where
                 continue;
             }
         };
-        let inner: RouteService = match source {
-            Some(src) => {
-                let spec = match InjectSpec::parse(rc.inject.as_ref()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        errs.push(FieldError::new(
-                            format!("routes[{i}].inject{}", e.path),
-                            e.message,
-                        ));
-                        continue;
-                    }
-                };
+        let inner: RouteService = match (source, spec) {
+            (Some(src), Some(spec)) => {
                 let injection = Injection::from_spec(spec, rc.inject.as_ref(), poll);
                 SharedService::new(
                     ServiceBuilder::new()
@@ -309,7 +319,7 @@ where
                         .service(forward),
                 )
             }
-            None => SharedService::new(forward),
+            _ => SharedService::new(forward),
         };
         let inner = extra.wrap(rc, source, inner);
         let service = AuthorizeLayer::new(Arc::from(rc.id.as_str()), rc.public, allowed)

@@ -113,6 +113,7 @@ async fn a_caller_body_that_breaks_over_h2_is_a_bad_request() {
             tunnel_idle_timeout: Duration::ZERO,
             response_idle_timeout: Duration::ZERO,
             max_request_body: None,
+            credential_header: None,
         },
     )
     .unwrap();
