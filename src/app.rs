@@ -69,6 +69,7 @@ pub async fn start_with(
     let header_timeout = config.proxy.client_header_timeout;
     let idle_timeout = config.proxy.client_idle_timeout;
     let delayed_close = config.proxy.delayed_close_timeout;
+    let send_timeout = config.proxy.send_timeout;
     let proxy_listen = config.proxy.listen;
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
     for w in proxy_core::config::warnings(&config) {
@@ -166,6 +167,7 @@ pub async fn start_with(
             header_timeout,
             idle_timeout,
             delayed_close,
+            send_timeout,
         },
         tls,
     ));

@@ -319,6 +319,7 @@ fn keep_startup_bound(running: &Config, new: &mut Config) {
     n.client_header_timeout = r.client_header_timeout;
     n.client_idle_timeout = r.client_idle_timeout;
     n.delayed_close_timeout = r.delayed_close_timeout;
+    n.send_timeout = r.send_timeout;
     n.upstream_max_idle = r.upstream_max_idle;
     n.upstream_idle_timeout = r.upstream_idle_timeout;
     n.upstream_h2_keepalive = r.upstream_h2_keepalive;
@@ -344,9 +345,10 @@ fn startup_bound_changes(old: &Config, new: &Config) -> Vec<String> {
         || o.client_header_timeout != n.client_header_timeout
         || o.client_idle_timeout != n.client_idle_timeout
         || o.delayed_close_timeout != n.delayed_close_timeout
+        || o.send_timeout != n.send_timeout
     {
         out.push(
-            "proxy.drain_timeout / proxy.max_header_bytes / proxy.client_header_timeout / proxy.client_idle_timeout / proxy.delayed_close_timeout changed; they apply after a restart"
+            "proxy.drain_timeout / proxy.max_header_bytes / proxy.client_header_timeout / proxy.client_idle_timeout / proxy.delayed_close_timeout / proxy.send_timeout changed; they apply after a restart"
                 .to_string(),
         );
     }
@@ -488,7 +490,8 @@ mod tests {
         let old = config("");
         let new = Config::from_yaml(
             "proxy: { listen: 127.0.0.1:1, drain_timeout: 3s, max_header_bytes: 16KiB, \
-             client_header_timeout: 90s, client_idle_timeout: 2m, delayed_close_timeout: 3s, upstream_max_idle: 3, \
+             client_header_timeout: 90s, client_idle_timeout: 2m, delayed_close_timeout: 3s, send_timeout: 2m, \
+             upstream_max_idle: 3, \
              upstream_idle_timeout: 20s, upstream_h2_keepalive: 30s, \
              tls: { cert_file: /tmp/c.pem, key_file: /tmp/k.pem } }\n\
              admin: { listen: 127.0.0.1:2, allow_remote: true }\n\

@@ -30,7 +30,9 @@
 //! (`proxy.client_header_timeout`) bounds an HTTP/1.1 caller's request
 //! head and its idle keep-alive wait; an h2 connection (and whatever the
 //! auto builder serves) is closed gracefully once its caller has sent
-//! nothing for `proxy.client_idle_timeout` (see [`idle`]).
+//! nothing for `proxy.client_idle_timeout` (see [`idle`]). A caller that
+//! stops taking its response is cut once the writes to it made no progress
+//! for `proxy.send_timeout` (see [`send`]).
 //!
 //! Shutdown: stop accepting, ask every connection to finish its in-flight
 //! requests (HTTP/1.1 keep-alive off, h2 GOAWAY), and wait for them up to the
@@ -57,6 +59,7 @@ use tokio_rustls::TlsAcceptor;
 mod conn;
 mod idle;
 mod linger;
+mod send;
 mod stop;
 
 use conn::ConnService;
@@ -99,7 +102,7 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let stream = Lingering::new(stream, builders.delayed_close);
+                let stream = Lingering::new(stream, builders.delayed_close, builders.send_timeout);
                 let Some(local_addr) = local_addr else { continue };
                 let conn = ConnInfo { remote_addr, local_addr, tls: tls.is_some() };
                 // A watcher, not `graceful.watch`, because a TLS connection
@@ -182,6 +185,8 @@ struct Builders {
     idle_timeout: Duration,
     /// `proxy.delayed_close_timeout` (see [`linger`]).
     delayed_close: Duration,
+    /// `proxy.send_timeout` (see [`send`]).
+    send_timeout: Duration,
 }
 
 /// What bounds a caller's connection.
@@ -198,6 +203,9 @@ pub struct ConnLimits {
     /// Longest a connection the proxy closes first is drained before its
     /// socket closes (`proxy.delayed_close_timeout`; zero: not at all).
     pub delayed_close: Duration,
+    /// Longest a write to a caller may make no progress before its
+    /// connection is closed (`proxy.send_timeout`; zero: no limit).
+    pub send_timeout: Duration,
 }
 
 impl Builders {
@@ -207,6 +215,7 @@ impl Builders {
             header_timeout,
             idle_timeout,
             delayed_close,
+            send_timeout,
         } = limits;
         let mut auto = auto::Builder::new(TokioExecutor::new());
         let mut h1 = http1::Builder::new();
@@ -235,6 +244,7 @@ impl Builders {
             header_timeout,
             idle_timeout,
             delayed_close,
+            send_timeout,
         }
     }
 }
@@ -552,51 +562,4 @@ async fn handshake(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::{H2_PREFACE, Sniffed, sniff};
-    use tokio::io::AsyncWriteExt;
-    use tokio::net::{TcpListener, TcpStream};
-
-    /// A connected pair: (client end, server end).
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (client, server)
-    }
-
-    /// What `sniff` makes of `sent`, and that it consumed nothing.
-    async fn sniffed(sent: &[u8]) -> Sniffed {
-        let (mut client, server) = pair().await;
-        client.write_all(sent).await.unwrap();
-        let s = sniff(&server).await.unwrap();
-        let mut buf = vec![0; sent.len()];
-        assert_eq!(server.peek(&mut buf).await.unwrap(), sent.len());
-        assert_eq!(buf, sent, "sniffing must not consume the bytes");
-        s
-    }
-
-    #[tokio::test]
-    async fn sniff_tells_http1_from_the_h2_preface() {
-        assert_eq!(sniffed(b"GET / HTTP/1.1\r\n\r\n").await, Sniffed::H1);
-        // Starts like the preface ("P"), then is not it.
-        assert_eq!(sniffed(b"POST / HTTP/1.1\r\n\r\n").await, Sniffed::H1);
-        assert_eq!(sniffed(b"PRI / HTTP/1.1\r\n\r\n").await, Sniffed::H1);
-        assert_eq!(sniffed(H2_PREFACE).await, Sniffed::H2);
-        let mut preface_and_settings = H2_PREFACE.to_vec();
-        preface_and_settings.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
-        assert_eq!(sniffed(&preface_and_settings).await, Sniffed::H2);
-        // Part of the preface: only the rest can tell.
-        assert_eq!(sniffed(&H2_PREFACE[..10]).await, Sniffed::Unsure);
-        assert_eq!(sniffed(b"P").await, Sniffed::Unsure);
-    }
-
-    #[tokio::test]
-    async fn sniff_sees_a_caller_that_closed_without_a_word() {
-        let (client, server) = pair().await;
-        drop(client);
-        assert_eq!(sniff(&server).await.unwrap(), Sniffed::Closed);
-    }
-}
+mod tests;

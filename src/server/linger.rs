@@ -29,6 +29,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::send::SendTimer;
+
 /// An accepted stream that lingers when it is dropped before its caller
 /// closed its side (see the module docs).
 pub(super) struct Lingering {
@@ -38,15 +40,19 @@ pub(super) struct Lingering {
     timeout: Duration,
     /// A read returned end of file (or failed): the caller closed its side.
     caller_closed: bool,
+    /// `proxy.send_timeout` (see [`super::send`]).
+    send: SendTimer,
 }
 
 impl Lingering {
-    /// Wraps `stream`, lingering for at most `timeout` (zero: never).
-    pub(super) fn new(stream: TcpStream, timeout: Duration) -> Self {
+    /// Wraps `stream`, lingering for at most `timeout` (zero: never), and
+    /// failing a write that stays pending for `send_timeout` (zero: never).
+    pub(super) fn new(stream: TcpStream, timeout: Duration, send_timeout: Duration) -> Self {
         Self {
             stream: Some(stream),
             timeout,
             caller_closed: timeout.is_zero(),
+            send: SendTimer::new(send_timeout),
         }
     }
 
@@ -115,7 +121,10 @@ impl AsyncWrite for Lingering {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.stream()?.poll_write(cx, buf)
+        let this = &mut *self;
+        let stream = this.stream.as_mut().ok_or_else(gone)?;
+        let polled = Pin::new(&mut *stream).poll_write(cx, buf);
+        this.send.watch(cx, polled, || stream.peer_addr().ok())
     }
 
     fn poll_write_vectored(
@@ -123,7 +132,10 @@ impl AsyncWrite for Lingering {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.stream()?.poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let stream = this.stream.as_mut().ok_or_else(gone)?;
+        let polled = Pin::new(&mut *stream).poll_write_vectored(cx, bufs);
+        this.send.watch(cx, polled, || stream.peer_addr().ok())
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -153,7 +165,7 @@ mod tests {
             .await
             .unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
-        (caller, Lingering::new(accepted, timeout))
+        (caller, Lingering::new(accepted, timeout, Duration::ZERO))
     }
 
     /// Dropped while the caller still sends: the caller's writes go on

@@ -37,6 +37,9 @@ pub(super) fn default_client_idle_timeout() -> Duration {
 pub(super) fn default_delayed_close_timeout() -> Duration {
     Duration::from_secs(1)
 }
+pub(super) fn default_send_timeout() -> Duration {
+    Duration::from_secs(60)
+}
 pub(super) fn default_max_header() -> u64 {
     64 << 10
 }

@@ -127,6 +127,10 @@ fn bad_configs_name_file_and_field() {
             "bad.yaml: proxy.client_idle_timeout: must be 0s (off) or between 1s and 24h",
         ),
         (
+            "proxy: { listen: 127.0.0.1:0, send_timeout: 500ms }\n",
+            "bad.yaml: proxy.send_timeout: must be 0s (off) or between 1s and 1h",
+        ),
+        (
             "proxy: { listen: 127.0.0.1:0, delayed_close_timeout: 2m }\n",
             "bad.yaml: proxy.delayed_close_timeout: must be at most 60s (0s turns it off)",
         ),
@@ -546,6 +550,7 @@ fn the_client_header_timeout_defaults_to_a_minute_and_can_be_off() {
         c.proxy.delayed_close_timeout,
         std::time::Duration::from_secs(1)
     );
+    assert_eq!(c.proxy.send_timeout, std::time::Duration::from_secs(60));
 }
 
 /// A key written twice names the field, not the YAML library's option.

@@ -11,8 +11,8 @@ use super::serde_util::{
     default_client_header_timeout, default_client_idle_timeout, default_connect_timeout,
     default_delayed_close_timeout, default_drain, default_max_concurrent, default_max_header,
     default_poll, default_replay_limit, default_response_idle_timeout, default_retry_statuses,
-    default_timeout, default_true, default_tunnel_idle_timeout, default_upstream_h2_keepalive,
-    default_upstream_idle, default_upstream_max_idle, ser_duration,
+    default_send_timeout, default_timeout, default_true, default_tunnel_idle_timeout,
+    default_upstream_h2_keepalive, default_upstream_idle, default_upstream_max_idle, ser_duration,
 };
 use crate::secret::SecretRef;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -151,6 +151,16 @@ pub struct ProxySettings {
         serialize_with = "ser_duration"
     )]
     pub delayed_close_timeout: Duration,
+    /// How long a write to a caller may make no progress (the caller takes
+    /// none of its response) before the connection is closed (default
+    /// `60s`, nginx's `send_timeout`; `0s` turns it off). Runs between two
+    /// successive writes, not over a whole response.
+    #[serde(
+        default = "default_send_timeout",
+        deserialize_with = "de_duration_or_zero",
+        serialize_with = "ser_duration"
+    )]
+    pub send_timeout: Duration,
     /// What to do with a percent-encoded slash or backslash (`%2F`,
     /// `%5C`) in a request path: `keep` (the default) routes and forwards
     /// it as it is, `reject` answers 400 (see [`crate::path`]).

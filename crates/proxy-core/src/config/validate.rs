@@ -98,6 +98,13 @@ pub fn validate(config: &Config) -> Result<(), Vec<FieldError>> {
             "must be 0s (off) or between 1s and 24h",
         ));
     }
+    let t = config.proxy.send_timeout;
+    if !t.is_zero() && !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&t) {
+        errs.push(FieldError::new(
+            "proxy.send_timeout",
+            "must be 0s (off) or between 1s and 1h",
+        ));
+    }
     if config.proxy.delayed_close_timeout > Duration::from_secs(60) {
         errs.push(FieldError::new(
             "proxy.delayed_close_timeout",
