@@ -75,6 +75,10 @@ pub async fn start_with(
     for w in proxy_core::config::warnings(&config) {
         tracing::warn!("{file}: {w}");
     }
+    // The recorder first: the TLS acceptor records its certificate's expiry.
+    if config.metrics.enabled {
+        audit::metrics::install();
+    }
     // Certificate, key and client CA are checked here, before binding.
     let tls = match &config.proxy.tls {
         Some(t) => Some(crate::tls::acceptor(t, file)?),

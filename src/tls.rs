@@ -85,6 +85,9 @@ pub fn acceptor(settings: &TlsSettings, file: &str) -> Result<TlsAcceptor, Confi
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
     };
+    if let Some((_, at)) = not_after(&key) {
+        audit::metrics::record_tls_certificate(at);
+    }
     let resolver = Arc::new(CertResolver {
         current: ArcSwap::from_pointee(key),
     });
@@ -362,14 +365,20 @@ async fn watch_files(
             Ok(Some((key, print))) => {
                 files.fingerprint = print;
                 last_problem = None;
+                let expires = not_after(&key);
                 tracing::info!(
                     cert_file = %files.cert.display(),
-                    not_after = not_after(&key).as_deref().unwrap_or("unknown"),
+                    not_after = expires.as_ref().map_or("unknown", |(text, _)| text.as_str()),
                     "proxy TLS certificate reloaded; new connections use it"
                 );
                 resolver.current.store(Arc::new(key));
+                audit::metrics::record_tls_certificate_reload(true);
+                if let Some((_, at)) = expires {
+                    audit::metrics::record_tls_certificate(at);
+                }
             }
             Err(e) => {
+                audit::metrics::record_tls_certificate_reload(false);
                 let problem = format!("{}: {}", e.path, e.message);
                 if last_problem.as_ref() != Some(&problem) {
                     tracing::warn!(
@@ -400,11 +409,16 @@ fn reload(
     parse_pair(cert_file, key_file, &cert_pem, &key_pem, provider).map(|key| Some((key, print)))
 }
 
-/// The leaf's expiry, for the reload log line.
-fn not_after(key: &CertifiedKey) -> Option<String> {
+/// The leaf's expiry, as the reload log line writes it and as a time.
+fn not_after(key: &CertifiedKey) -> Option<(String, std::time::SystemTime)> {
     let leaf = key.cert.first()?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
-    Some(cert.validity().not_after.to_string())
+    let at = cert.validity().not_after;
+    let secs = u64::try_from(at.timestamp()).ok()?;
+    Some((
+        at.to_string(),
+        std::time::UNIX_EPOCH + Duration::from_secs(secs),
+    ))
 }
 
 pub mod failures;

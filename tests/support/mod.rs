@@ -410,8 +410,17 @@ impl TestCa {
     /// Issues a server leaf for `names`; entries that parse as IP addresses
     /// become IP SANs, everything else DNS SANs. Returns `(cert_pem, key_pem)`.
     pub fn issue(&self, names: &[&str]) -> (String, String) {
+        self.issue_until(names, None)
+    }
+
+    /// [`TestCa::issue`], valid until January 1st of `until_year` (rcgen's
+    /// default, 4096, when `None`).
+    pub fn issue_until(&self, names: &[&str], until_year: Option<i32>) -> (String, String) {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let mut params = CertificateParams::new(names.clone()).unwrap();
+        if let Some(year) = until_year {
+            params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        }
         if let Some(first) = names.first() {
             params
                 .distinguished_name

@@ -62,6 +62,14 @@ pub const TLS_HANDSHAKE_FAILURES: &str = "latchkey_tls_handshake_failures_total"
 /// Gauge: 1 when a shared credential store (file, redis) answered its last
 /// operation, 0 when it did not.
 pub const STORE_UP: &str = "latchkey_store_up";
+/// Gauge: Unix time at which the proxy listener's serving certificate (the
+/// one in use) expires.
+pub const TLS_CERT_EXPIRATION: &str = "latchkey_tls_certificate_expiration_timestamp_seconds";
+/// `latchkey_tls_certificate_reloads_total{result}`: attempts to load
+/// changed serving certificate files, `ok` (now served) or `error` (the
+/// previous pair is still served; counted on every check while the files
+/// stay broken).
+pub const TLS_CERT_RELOADS: &str = "latchkey_tls_certificate_reloads_total";
 
 /// Histogram buckets, seconds: 1 ms to 30 s (the default route timeout).
 pub const BUCKETS: &[f64] = &[
@@ -182,6 +190,16 @@ fn describe() {
         TLS_HANDSHAKE_FAILURES,
         Unit::Count,
         "Failed TLS handshakes on the proxy listener, by reason (no_client_certificate, untrusted_client_certificate, ...)."
+    );
+    describe_gauge!(
+        TLS_CERT_EXPIRATION,
+        Unit::Seconds,
+        "Unix time at which the proxy listener's serving certificate now in use expires."
+    );
+    describe_counter!(
+        TLS_CERT_RELOADS,
+        Unit::Count,
+        "Loads of changed serving certificate files by result (ok: now served; error: the previous certificate is still served, counted on every check while the files stay broken)."
     );
     describe_gauge!(
         STORE_UP,
@@ -414,6 +432,16 @@ pub fn forget_credential(id: &str) {
 /// a closed set (the listener's).
 pub fn record_tls_handshake_failure(reason: &'static str) {
     metrics::counter!(TLS_HANDSHAKE_FAILURES, "reason" => reason).increment(1);
+}
+
+/// The serving certificate now in use expires at `not_after`.
+pub fn record_tls_certificate(not_after: SystemTime) {
+    metrics::gauge!(TLS_CERT_EXPIRATION).set(unix_seconds(not_after));
+}
+
+/// Counts one load of changed serving certificate files.
+pub fn record_tls_certificate_reload(ok: bool) {
+    metrics::counter!(TLS_CERT_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
 }
 
 /// Counts one config reload.

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 /// Every metric latchkey exports (see `src/metrics.rs`).
-const KNOWN: [&str; 10] = [
+const KNOWN: [&str; 12] = [
     "latchkey_requests_total",
     "latchkey_request_duration_seconds",
     "latchkey_upstream_responses_total",
@@ -23,6 +23,8 @@ const KNOWN: [&str; 10] = [
     "latchkey_credential_last_refresh_success_timestamp_seconds",
     "latchkey_config_reloads_total",
     "latchkey_build_info",
+    "latchkey_tls_certificate_expiration_timestamp_seconds",
+    "latchkey_tls_certificate_reloads_total",
 ];
 
 /// Histograms, which are queried through these series.
@@ -91,6 +93,49 @@ fn check_expr(what: &str, expr: &str) {
         !in_string && stack.is_empty(),
         "{what}: unclosed in {expr:?}"
     );
+}
+
+/// The serving certificate's alerts: a renewal that does not load, and a
+/// served certificate near its end; every alert's query is well formed.
+#[test]
+fn the_serving_certificate_has_its_alerts() {
+    let alerts = alerts();
+    for alert in &alerts {
+        let name = alert["alert"].as_str().expect("alert name");
+        check_expr(name, alert["expr"].as_str().expect("expr"));
+    }
+    let want = [
+        (
+            "LatchkeyServingCertificateReloadFailing",
+            "5m",
+            "latchkey_tls_certificate_reloads_total{result=\"error\"}[5m])) > 0",
+        ),
+        (
+            "LatchkeyServingCertificateExpiresSoon",
+            "10m",
+            "latchkey_tls_certificate_expiration_timestamp_seconds) - time() < 7 * 86400",
+        ),
+    ];
+    for (name, for_, fragment) in want {
+        let alert = alerts
+            .iter()
+            .find(|a| a["alert"] == name)
+            .unwrap_or_else(|| panic!("{name}"));
+        let expr = alert["expr"].as_str().expect("expr");
+        assert!(
+            expr.contains(fragment),
+            "{name}: {fragment:?} not in {expr:?}"
+        );
+        assert!(expr.contains("by (pod)"), "{name}: per replica");
+        assert_eq!(alert["for"], for_, "{name}: for");
+        assert_eq!(alert["labels"]["severity"], "warning", "{name}");
+        let summary = alert["annotations"]["summary"].as_str().expect("summary");
+        assert!(summary.contains("{{ $labels.pod }}"), "{name}: {summary}");
+        let description = alert["annotations"]["description"]
+            .as_str()
+            .expect("description");
+        assert!(description.contains("kubectl"), "{name}: {description}");
+    }
 }
 
 #[test]
