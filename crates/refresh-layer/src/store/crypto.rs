@@ -54,9 +54,11 @@ impl Keyring {
         for (index, k) in keys.into_iter().enumerate() {
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(k.trim())
-                .map_err(|e| CryptoError::BadKey {
+                // Not the decoder's message: it quotes a character of the
+                // key and where it sits.
+                .map_err(|_| CryptoError::BadKey {
                     index,
-                    problem: e.to_string(),
+                    problem: "not standard base64: A-Z, a-z, 0-9, + and /, padded with =".into(),
                 })?;
             if raw.len() != 32 {
                 return Err(CryptoError::BadKey {
@@ -151,6 +153,16 @@ mod tests {
                 index: 1,
                 problem: "5 bytes".into()
             }
+        );
+        // A key with a bad character (here one URL-safe base64 character
+        // in a real key): neither the character nor its place is told.
+        let url_safe = format!("{}-{}", &K1[..4], &K1[5..]);
+        let e = Keyring::from_base64([url_safe.as_str()])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "encryption key 0 is not base64 of 32 bytes (not standard base64: A-Z, a-z, 0-9, + and /, padded with =)"
         );
         assert!(Keyring::from_base64(["!!!"]).is_err());
         assert_eq!(Keyring::from_base64([]).unwrap_err(), CryptoError::NoKeys);
