@@ -66,6 +66,10 @@ pub enum RefreshError {
         retry_in: Duration,
         /// The last error.
         last: String,
+        /// The token endpoint's `error` code in the last error, if it
+        /// answered one (`invalid_grant`: someone must log in again), so
+        /// requests and invalidations answered from backoff still carry it.
+        oauth_error: Option<String>,
     },
     /// The refresh did not finish within `refresh.timeout`.
     #[error("refresh did not finish within {0:?}")]
@@ -120,6 +124,7 @@ impl RefreshError {
     pub fn oauth_error(&self) -> Option<&str> {
         match self {
             Self::Provider(p) => p.oauth_error(),
+            Self::BackingOff { oauth_error, .. } => oauth_error.as_deref(),
             _ => None,
         }
     }

@@ -115,6 +115,8 @@ struct Ctrl {
     failures: u32,
     next_attempt: Option<Instant>,
     last_error: Option<(String, SystemTime)>,
+    /// The token endpoint's `error` code in the last failed attempt.
+    last_oauth_error: Option<String>,
     last_refresh: Option<(SystemTime, bool, Trigger)>,
     /// Spaces out forced refreshes whose tokens are rejected too.
     forced: forced::Spacing,
@@ -423,6 +425,7 @@ impl Inner {
                 .as_ref()
                 .map(|e| e.0.clone())
                 .unwrap_or_default(),
+            oauth_error: ctrl.last_oauth_error.clone(),
         })
     }
 
@@ -522,6 +525,7 @@ impl Inner {
                 // lifetime instead (never a panic).
                 ctrl.next_attempt = Some(Instant::now() + delay.min(crate::token::MAX_LIFETIME));
                 ctrl.last_error = Some((e.to_string(), now));
+                ctrl.last_oauth_error = e.oauth_error().map(str::to_owned);
                 ctrl.last_refresh = Some((now, false, trigger));
                 // Serve the old value again: the upstream decides whether it
                 // still works; dropping it would turn a refresh outage into

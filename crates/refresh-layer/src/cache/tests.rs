@@ -181,6 +181,11 @@ async fn failures_back_off_and_keep_the_old_token_until_expiry() {
     let err = token(&src).await;
     assert!(err.starts_with("ERR refresh failing"), "{err}");
     assert!(p.calls() <= calls + 1);
+    // Answered from backoff, the error still carries the token endpoint's
+    // code: `invalid_grant` says someone must log in again.
+    let backing_off = src.get().await.unwrap_err();
+    assert!(backing_off.backing_off, "{}", backing_off.reason);
+    assert_eq!(backing_off.oauth_error.as_deref(), Some("invalid_grant"));
     // Over a simulated hour the calls stay bounded by the backoff schedule
     // (1 s doubling to 5 min: at most ~25).
     let start = p.calls();
