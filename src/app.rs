@@ -91,6 +91,7 @@ pub async fn start_with(
             h2_keepalive: Some(config.proxy.upstream_h2_keepalive).filter(|d| !d.is_zero()),
         }),
         memory: Arc::default(),
+        observer: Arc::default(),
     });
     let proxy = Arc::new(ArcSwap::from_pointee(build_proxy_with(
         config, file, &options, None, &kept,
@@ -121,8 +122,13 @@ pub async fn start_with(
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     // Built inactive (see `CredentialSource::activate`); the config is in
     // service now that its listeners are bound.
-    for source in &proxy.load().credentials {
-        source.activate();
+    {
+        let serving = proxy.load();
+        kept.observer
+            .serve(&serving.config, &options, &serving.credentials);
+        for source in &serving.credentials {
+            source.activate();
+        }
     }
 
     let (shutdown, rx) = watch::channel(false);

@@ -8,7 +8,7 @@
 //! causes a refresh storm, and removed credentials stop refreshing once the
 //! old proxy's last in-flight request finishes.
 
-use audit::{AuditLayer, AuditObserver, AuditSink, TracingSink};
+use audit::{AuditLayer, AuditSink, TracingSink};
 use proxy_core::config::{
     Config, ConfigError, CredentialConfig, FieldError, RedisSettings, RouteConfig, StoreKind,
 };
@@ -415,13 +415,11 @@ pub struct StartOptions {
 /// trail going to the `latchkey::audit` tracing target, its credentials
 /// active (refreshing in the background) at once.
 pub fn build_proxy(config: Config, file: &str) -> Result<Proxy, ConfigError> {
-    let proxy = build_proxy_with(
-        config,
-        file,
-        &StartOptions::default(),
-        None,
-        &Kept::default(),
-    )?;
+    let kept = Kept::default();
+    let options = StartOptions::default();
+    let proxy = build_proxy_with(config, file, &options, None, &kept)?;
+    kept.observer
+        .serve(&proxy.config, &options, &proxy.credentials);
     for source in &proxy.credentials {
         source.activate();
     }
@@ -436,6 +434,9 @@ pub struct Kept {
     /// The state of `store: memory` credentials (see
     /// [`credential_sources_with`]).
     pub memory: Arc<MemoryStore>,
+    /// What every refreshing source reports to: the audit settings of the
+    /// config in service (see [`crate::observer`]).
+    pub observer: Arc<crate::observer::CurrentObserver>,
 }
 
 /// Builds the proxy service for `config` (no listeners): the stack from
@@ -487,8 +488,9 @@ fn build_proxy_once(
     if metrics {
         audit::metrics::install();
     }
-    let observer: Option<Arc<dyn RefreshObserver>> = (sink.is_some() || metrics)
-        .then(|| Arc::new(AuditObserver::new(sink.clone(), metrics)) as Arc<dyn RefreshObserver>);
+    // Reports as the config in service says, whatever config built the
+    // source (this one, or an earlier one a reload kept it from).
+    let observer: Option<Arc<dyn RefreshObserver>> = Some(kept.observer.clone());
     let sources = credential_sources_with(&config, file, observer, previous, &kept.memory)?;
     let audit = match (sink, metrics) {
         (Some(sink), metrics) => AuditLayer::new(sink, metrics),

@@ -21,6 +21,7 @@ pub mod build;
 pub mod cli;
 pub mod ctl;
 pub mod demo;
+pub mod observer;
 pub mod reload;
 pub mod server;
 pub mod tls;

@@ -282,6 +282,9 @@ impl Reloader {
         let routes = new.config.routes.len();
         let new = Arc::new(new);
         self.proxy.store(new.clone());
+        self.kept
+            .observer
+            .serve(&new.config, &self.options, &new.credentials);
         for source in &new.credentials {
             source.activate();
         }

@@ -428,6 +428,22 @@ pub fn forget_credential(id: &str) {
     metrics::gauge!(LAST_REFRESH_SUCCESS, "credential" => credential).set(f64::NAN);
 }
 
+/// Sets a credential's gauges from the state it holds, when metrics start
+/// while it runs (a reload turned them on): its token's expiry (NaN for
+/// a token without one) and, if known, its last successful refresh.
+pub fn record_credential_state(
+    id: &str,
+    expires_at: Option<SystemTime>,
+    last_success: Option<SystemTime>,
+) {
+    let credential = SharedString::from(id.to_owned());
+    let expires = expires_at.map_or(f64::NAN, unix_seconds);
+    metrics::gauge!(EXPIRATION_TIMESTAMP, "credential" => credential.clone()).set(expires);
+    if let Some(at) = last_success {
+        metrics::gauge!(LAST_REFRESH_SUCCESS, "credential" => credential).set(unix_seconds(at));
+    }
+}
+
 /// Counts one failed TLS handshake on the proxy listener; `reason` is from
 /// a closed set (the listener's).
 pub fn record_tls_handshake_failure(reason: &'static str) {
@@ -470,6 +486,11 @@ impl AuditObserver {
     /// metrics if `metrics`.
     pub fn new(sink: Option<Arc<dyn AuditSink>>, metrics: bool) -> Self {
         Self { sink, metrics }
+    }
+
+    /// Whether it updates the refresh metrics.
+    pub fn metrics(&self) -> bool {
+        self.metrics
     }
 }
 
