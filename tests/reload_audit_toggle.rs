@@ -8,7 +8,10 @@
 //!
 //! Its own test binary: the metrics recorder is per process.
 
-#![expect(clippy::unwrap_used, reason = "test helpers fail the test by panicking")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
+)]
 
 mod support;
 

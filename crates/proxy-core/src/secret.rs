@@ -196,7 +196,9 @@ impl SecretSource {
     pub fn resolve(r: &SecretRef, poll: Duration) -> Self {
         let initial = match r {
             SecretRef::Env(name) => read_env(name),
-            SecretRef::Value(v) => usable(v.expose_secret(), "literal value"),
+            // Trimmed as env and file values are (a YAML block scalar ends
+            // in a newline).
+            SecretRef::Value(v) => usable(v.expose_secret().trim(), "literal value"),
             SecretRef::File(path) => read_file(path),
         };
         let inner = Arc::new(Inner {

@@ -45,6 +45,34 @@ fn env_values_are_trimmed_like_file_values() {
     ));
 }
 
+/// A literal is trimmed as an env or file value is: a YAML block scalar
+/// (`value: |`) ends in a newline, and a stray space would make a client
+/// token that no caller's (trimmed) token matches. One that is only
+/// whitespace is empty.
+#[test]
+fn literal_values_are_trimmed_like_env_and_file_values() {
+    let literal = |v: &str| {
+        SecretSource::resolve(
+            &SecretRef::Value(SecretString::from(v.to_string())),
+            Duration::from_secs(1),
+        )
+        .load()
+    };
+    for v in ["sk_live_abc\n", "sk_live_abc ", " \tsk_live_abc\r\n"] {
+        let got = literal(v).unwrap();
+        assert_eq!(got.expose(), "sk_live_abc", "{v:?}");
+    }
+    let err = literal("  ").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        SecretError::Empty("literal value".into()).to_string()
+    );
+    assert!(
+        literal("two\nlines").is_err(),
+        "a line break inside stays refused"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn file_secret_follows_rewrites_and_keeps_last_good_value() {
     let dir = tempfile::tempdir().unwrap();
