@@ -138,6 +138,34 @@ fn the_serving_certificate_has_its_alerts() {
     }
 }
 
+/// Routes answering 503 for want of a usable credential (which `/readyz`
+/// does not show once the pod is ready) page.
+#[test]
+fn an_unavailable_credential_pages() {
+    let alerts = alerts();
+    let alert = alerts
+        .iter()
+        .find(|a| a["alert"] == "LatchkeyCredentialUnavailable")
+        .expect("LatchkeyCredentialUnavailable");
+    let expr = alert["expr"].as_str().expect("expr");
+    check_expr("LatchkeyCredentialUnavailable", expr);
+    for fragment in [
+        "sum by (route)",
+        "latchkey_requests_total{reason=~\"credential_unavailable|refresh_failed\"}[5m]",
+        "> 0",
+    ] {
+        assert!(expr.contains(fragment), "{fragment:?} not in {expr:?}");
+    }
+    assert_eq!(alert["for"], "5m");
+    assert_eq!(alert["labels"]["severity"], "critical");
+    let description = alert["annotations"]["description"]
+        .as_str()
+        .expect("description");
+    for command in ["latchkey triage", "latchkey ctl credentials"] {
+        assert!(description.contains(command), "lacks `{command}`");
+    }
+}
+
 #[test]
 fn known_metrics_are_the_ones_the_code_exports() {
     let source = read("crates/audit/src/metrics.rs");
