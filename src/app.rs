@@ -51,6 +51,8 @@ pub struct Running {
     watchers: Vec<JoinHandle<()>>,
     proxy_task: JoinHandle<usize>,
     admin_task: Option<JoinHandle<()>>,
+    /// See [`Running::cut_flag`].
+    cut: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Starts the proxy described by `config`; `file` names it in errors.
@@ -92,6 +94,7 @@ pub async fn start_with(
         }),
         memory: Arc::default(),
         observer: Arc::default(),
+        cut: Arc::default(),
     });
     let proxy = Arc::new(ArcSwap::from_pointee(build_proxy_with(
         config, file, &options, None, &kept,
@@ -180,6 +183,7 @@ pub async fn start_with(
             send_timeout,
         },
         tls,
+        kept.cut.clone(),
     ));
     let admin_task = admin_listener.map(|l| {
         tokio::spawn(admin::serve(
@@ -192,6 +196,7 @@ pub async fn start_with(
     });
     tracing::info!(%proxy_addr, admin_addr = ?admin_addr, "latchkey serving");
     Ok(Running {
+        cut: kept.cut.clone(),
         proxy_addr,
         admin_addr,
         state,
@@ -216,6 +221,14 @@ impl Running {
         self.state.clone()
     }
 
+    /// Set it before dropping a drain that is cut short (`latchkey run`
+    /// on a second stop signal): the requests still in flight are then
+    /// recorded as cut by the proxy (`action: error`, 503, reason
+    /// `shutdown`), not as callers that went away.
+    pub fn cut_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.cut.clone()
+    }
+
     /// The reloader, when started with a config file.
     pub fn reloader(&self) -> Option<Arc<Reloader>> {
         self.reloader.clone()
@@ -234,6 +247,9 @@ impl Running {
     /// Graceful stop: not ready, stop accepting, drain, close admin.
     /// Returns true if every in-flight request finished within the drain
     /// timeout.
+    ///
+    /// Requests still in flight when the drain timeout runs out are cut,
+    /// and recorded so (`action: error`, reason `shutdown`).
     pub async fn shutdown(self) -> bool {
         for w in &self.watchers {
             w.abort();

@@ -437,6 +437,10 @@ pub struct Kept {
     /// What every refreshing source reports to: the audit settings of the
     /// config in service (see [`crate::observer`]).
     pub observer: Arc<crate::observer::CurrentObserver>,
+    /// Set when the requests still in flight are cut (the drain timeout
+    /// ran out, or a second stop signal): the audit trail records them as
+    /// cut by the proxy, not as callers that went away.
+    pub cut: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Builds the proxy service for `config` (no listeners): the stack from
@@ -496,7 +500,8 @@ fn build_proxy_once(
         (Some(sink), metrics) => AuditLayer::new(sink, metrics),
         (None, true) => AuditLayer::metrics_only(),
         (None, false) => AuditLayer::disabled(),
-    };
+    }
+    .with_cut(kept.cut.clone());
     // Not type-erased: the listener calls the concrete stack, and hyper
     // keeps its future in the connection's one reused allocation instead
     // of a boxed future per request.

@@ -110,6 +110,7 @@ async fn run(
     // A second signal stops at once (nginx's and Envoy's operators expect
     // a second Ctrl-C to cut a long drain short): exit 1, since requests
     // in flight were cut.
+    let cut = running.cut_flag();
     let drain = running.shutdown();
     tokio::pin!(drain);
     tokio::select! {
@@ -118,6 +119,8 @@ async fn run(
             tracing::warn!(
                 "{signal} received again; stopping now, without waiting for the requests still in flight"
             );
+            // Their audit records say the proxy cut them.
+            cut.store(true, std::sync::atomic::Ordering::SeqCst);
             ExitCode::FAILURE
         }
     }

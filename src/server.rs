@@ -79,6 +79,7 @@ pub async fn serve(
     drain: Duration,
     limits: ConnLimits,
     tls: Option<TlsAcceptor>,
+    cut: Arc<std::sync::atomic::AtomicBool>,
 ) -> usize {
     let graceful = GracefulShutdown::new();
     // Fired when the drain timeout expires: connections still open are
@@ -164,6 +165,9 @@ pub async fn serve(
                 ?drain,
                 "drain timeout reached; closing remaining connections"
             );
+            // Before the close: the audit records of the requests it drops
+            // say the proxy cut them.
+            cut.store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = force_close.send(true);
             1
         }

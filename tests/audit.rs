@@ -1,7 +1,8 @@
 //! End-to-end tests of the audit trail: the whole proxy in-process, records
 //! captured with a `MemorySink`, real upstreams and a real OAuth2 token
 //! endpoint. One test per `reason`, plus allow, client cancel and a
-//! proactive refresh (`records`); the `/metrics` series after a known mix
+//! proactive refresh (`records`); a request cut at the drain timeout
+//! (`shutdown`); the `/metrics` series after a known mix
 //! of traffic and the secrets canary (`metrics_and_secrets`); the real
 //! binary's stdout / file / stderr split (`binary`).
 //!
@@ -226,3 +227,5 @@ mod binary;
 mod metrics_and_secrets;
 #[path = "audit/records.rs"]
 mod records;
+#[path = "audit/shutdown.rs"]
+mod shutdown;

@@ -384,6 +384,26 @@ fn a_second_signal_cuts_the_drain_short() {
         "{stderr}"
     );
     assert!(!stderr.contains(PAYMENTS_CANARY));
+    // The request it cut is recorded as cut by the proxy, not as a caller
+    // that went away.
+    let stdout = text(&out.stdout);
+    let record: serde_json::Value = stdout
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no audit record on stdout: {stdout}"));
+    assert_eq!(
+        (
+            &record["audit"]["action"],
+            &record["audit"]["status_code"],
+            &record["reason"]
+        ),
+        (
+            &serde_json::json!("error"),
+            &serde_json::json!(503),
+            &serde_json::json!("shutdown")
+        ),
+        "{record}"
+    );
 }
 
 /// With audit off, an `audit.file` that cannot be opened (a read-only

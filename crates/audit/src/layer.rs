@@ -59,6 +59,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 use tower::{Layer, Service};
@@ -80,6 +81,9 @@ pub struct Audit<S> {
 struct Shared {
     sink: Option<Arc<dyn AuditSink>>,
     metrics: bool,
+    /// Set when the process cuts the requests still in flight (see
+    /// [`AuditLayer::with_cut`]).
+    cut: Option<Arc<AtomicBool>>,
 }
 
 pin_project! {
@@ -113,6 +117,7 @@ impl AuditLayer {
             shared: Arc::new(Shared {
                 sink: Some(sink),
                 metrics,
+                cut: None,
             }),
         }
     }
@@ -126,6 +131,23 @@ impl AuditLayer {
             shared: Arc::new(Shared {
                 sink: None,
                 metrics: false,
+                cut: None,
+            }),
+        }
+    }
+
+    /// Records a request dropped while `cut` is set as cut by the proxy
+    /// (`action: error`, 503, reason `shutdown`) instead of as a caller
+    /// that went away (`client_cancel`, 499). The listener sets it when it
+    /// closes the connections still open at the drain timeout, and the
+    /// binary when a second stop signal ends the process: both drop
+    /// requests the caller was still waiting for.
+    pub fn with_cut(self, cut: Arc<AtomicBool>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                sink: self.shared.sink.clone(),
+                metrics: self.shared.metrics,
+                cut: Some(cut),
             }),
         }
     }
@@ -136,6 +158,7 @@ impl AuditLayer {
             shared: Arc::new(Shared {
                 sink: None,
                 metrics: true,
+                cut: None,
             }),
         }
     }
@@ -249,6 +272,18 @@ impl Drop for Guard {
                 p.finish(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     Some(ErrorCode::Internal),
+                    false,
+                );
+            } else if p
+                .shared
+                .cut
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::SeqCst))
+            {
+                // The proxy closed the connection, not the caller.
+                p.finish(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some(ErrorCode::Shutdown),
                     false,
                 );
             } else {

@@ -93,6 +93,9 @@ pub enum Reason {
     UpstreamError,
     /// Too many requests in flight (load shed).
     Overloaded,
+    /// The proxy stopped while the request was in flight (drain timeout,
+    /// or a second stop signal); the caller got no answer.
+    Shutdown,
 }
 
 /// Whether a failed request was refused by the proxy or by the upstream.
@@ -262,6 +265,7 @@ impl Reason {
             Self::InternalError => "internal_error",
             Self::UpstreamError => "upstream_error",
             Self::Overloaded => "overloaded",
+            Self::Shutdown => "shutdown",
         }
     }
 
@@ -280,6 +284,7 @@ impl Reason {
             ErrorCode::RequestTimeout => Self::RequestTimeout,
             ErrorCode::Internal => Self::InternalError,
             ErrorCode::Overloaded => Self::Overloaded,
+            ErrorCode::Shutdown => Self::Shutdown,
         }
     }
 }

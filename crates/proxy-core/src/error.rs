@@ -41,6 +41,11 @@ pub enum ErrorCode {
     RequestTimeout,
     /// A bug or an unexpected failure inside the proxy (500).
     Internal,
+    /// The proxy stopped while the request was in flight (its drain
+    /// timeout ran out, or a second stop signal): the caller's connection
+    /// was closed without an answer. Recorded as 503 in the audit trail;
+    /// never sent.
+    Shutdown,
 }
 
 impl ErrorCode {
@@ -59,6 +64,7 @@ impl ErrorCode {
             Self::UpstreamTimeout => "upstream_timeout",
             Self::RequestTimeout => "request_timeout",
             Self::Internal => "internal_error",
+            Self::Shutdown => "shutdown",
         }
     }
 
@@ -72,7 +78,9 @@ impl ErrorCode {
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
-            Self::CredentialUnavailable | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::CredentialUnavailable | Self::Overloaded | Self::Shutdown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -97,6 +97,34 @@ async fn a_caller_that_goes_away_is_recorded_as_client_cancel() {
     assert_eq!(v["denial_source"], Value::Null);
 }
 
+/// A request dropped while the process cuts what is in flight (the
+/// drain timeout, a second stop signal) is the proxy's doing: `error`,
+/// 503, reason `shutdown`; the same drop before that is the caller's.
+#[tokio::test(start_paused = true)]
+async fn a_request_dropped_by_a_cut_is_recorded_as_shutdown() {
+    let sink = Arc::new(MemorySink::new());
+    let cut = Arc::new(AtomicBool::new(false));
+    let layer = AuditLayer::new(sink.clone(), false).with_cut(cut.clone());
+    let mut svc = layer.layer(service_fn(|_req: Request<()>| async move {
+        std::future::pending::<()>().await;
+        Ok::<Response<()>, Infallible>(Response::new(()))
+    }));
+    let left = svc.ready().await.unwrap().call(request("/left"));
+    drop(left);
+    let cut_off = svc.ready().await.unwrap().call(request("/cut"));
+    cut.store(true, Ordering::SeqCst);
+    drop(cut_off);
+    let recs = sink.requests();
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    assert_eq!(recs[0]["audit"]["action"], "client_cancel");
+    assert_eq!(recs[0]["reason"], Value::Null);
+    assert_eq!(recs[1]["audit"]["path"], "/cut");
+    assert_eq!(recs[1]["audit"]["action"], "error");
+    assert_eq!(recs[1]["audit"]["status_code"], 503);
+    assert_eq!(recs[1]["reason"], "shutdown");
+    assert_eq!(recs[1]["denial_source"], "local");
+}
+
 #[tokio::test]
 async fn an_inner_error_is_a_local_500() {
     let (layer, sink) = layer();

@@ -327,6 +327,15 @@ fn route_failure(
                  requests open (a slow upstream)"
             ),
         ),
+        "shutdown" => (
+            FindingKind::InternalError,
+            format!(
+                "{n} cut when latchkey stopped ({when}): still waiting for the upstream \
+                 when proxy.drain_timeout ran out (or a second stop signal came); raise \
+                 drain_timeout above the route's longest requests, and the pod's \
+                 terminationGracePeriodSeconds with it"
+            ),
+        ),
         other => (
             FindingKind::InternalError,
             format!(

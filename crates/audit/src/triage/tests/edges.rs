@@ -128,6 +128,20 @@ fn overloaded_is_load_shedding_not_a_bug() {
     );
 }
 
+/// Requests cut by a stop are named for what happened, with what to do.
+#[test]
+fn shutdown_cuts_say_to_raise_the_drain_timeout() {
+    let mut cut = rejected("10:00:00", Some("crm"), 503, "shutdown", "h");
+    cut = set(cut, "/audit/action", json!("error"));
+    let r = run_triage(&log(&[cut]), &opts());
+    let f = find(&r, FindingKind::InternalError);
+    assert!(
+        f.message.contains("cut when latchkey stopped") && f.message.contains("drain_timeout"),
+        "{}",
+        f.message
+    );
+}
+
 /// A line longer than [`MAX_LINE`] is skipped without being held whole
 /// (even one that would parse: no record is that long), and the record
 /// after it is read.
