@@ -202,7 +202,7 @@ fn check_rejects_bad_configs_naming_file_field_and_problem() {
             "invalid inject header",
             two_routes_bad_header,
             Some("routes[1].inject.header"),
-            "\"bad header\" is not a valid header name",
+            "is not a valid header name",
         ),
         (
             "upstream scheme",
@@ -244,7 +244,7 @@ fn check_rejects_bad_configs_naming_file_field_and_problem() {
             "unknown credential reference",
             with_route("{ id: r, match: { path_prefix: /a/ }, upstream: https://x, credential: nope }"),
             Some("routes[0].credential"),
-            "no credential has id \"nope\"",
+            "no credential has this id (defined: k)",
         ),
         (
             "ambiguous routes",

@@ -137,19 +137,27 @@ impl InjectSpec {
             ));
         }
         if let Some(h) = &cfg.header {
-            let name = HeaderName::from_bytes(h.as_bytes())
-                .map_err(|_| spec_err(".header", format!("{h:?} is not a valid header name")))?;
+            // The value is not echoed: a pasted `Authorization: Bearer ...`
+            // line may have landed here. A name from the fixed lists below
+            // is no secret, so those errors say which header it is.
+            let name = HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                spec_err(
+                    ".header",
+                    "is not a valid header name (just the name, such as x-api-key: \
+                     letters, digits and -, no spaces or colon; the value is built by format)",
+                )
+            })?;
             if FORBIDDEN_HEADERS.contains(&name.as_str()) {
                 return Err(spec_err(
                     ".header",
-                    format!("{h:?} cannot carry a credential (connection or framing header)"),
+                    format!("{name} cannot carry a credential (connection or framing header)"),
                 ));
             }
             if FORWARDER_HEADERS.contains(&name.as_str()) {
                 return Err(spec_err(
                     ".header",
                     format!(
-                        "{h:?} cannot carry a credential: latchkey writes it for every forwarded request"
+                        "{name} cannot carry a credential: latchkey writes it for every forwarded request"
                     ),
                 ));
             }
@@ -158,20 +166,26 @@ impl InjectSpec {
             } else {
                 TOKEN
             };
+            // The format is not echoed: a token pasted in place of
+            // `{token}` is exactly the mistake these errors catch.
             let format = cfg.format.as_deref().unwrap_or(default);
-            let (prefix, suffix) = format
-                .split_once(TOKEN)
-                .ok_or_else(|| spec_err(".format", format!("{format:?} must contain {TOKEN}")))?;
-            if suffix.contains(TOKEN) {
-                return Err(spec_err(
+            let (prefix, suffix) = format.split_once(TOKEN).ok_or_else(|| {
+                spec_err(
                     ".format",
-                    format!("{format:?} must contain {TOKEN} once"),
-                ));
+                    format!(
+                        "must contain {TOKEN} where the token goes, such as \"Bearer {TOKEN}\" \
+                         (never the token itself)"
+                    ),
+                )
+            })?;
+            if suffix.contains(TOKEN) {
+                return Err(spec_err(".format", format!("must contain {TOKEN} once")));
             }
             if HeaderValue::from_str(prefix).is_err() || HeaderValue::from_str(suffix).is_err() {
                 return Err(spec_err(
                     ".format",
-                    format!("{format:?} has characters not allowed in a header value"),
+                    "has characters not allowed in a header value (a control character \
+                     such as a line break, or non-ASCII text)",
                 ));
             }
             return Ok(Self::Header {

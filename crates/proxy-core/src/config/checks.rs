@@ -6,6 +6,7 @@ use std::time::Duration;
 
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// Durations that hold something (a connection, a lock, a shutdown) and
 /// had no upper bound: past these the value is a typo (`5M` is five
@@ -38,6 +39,34 @@ pub(super) fn check_duration_bounds(config: &Config, errs: &mut Vec<FieldError>)
         bounded.push(("redis.timeout".to_owned(), r.timeout, 5 * MINUTE, "5m"));
     }
     for (i, c) in config.credentials.iter().enumerate() {
+        // The refresh schedule: a request waits at most `timeout`, a failing
+        // credential is retried `backoff_min` doubling to `backoff_max`
+        // apart, and a token is refreshed `buffer` before its expiry. Each
+        // bound is far past any sensible setting and below a month, so `2M`
+        // meant as minutes cannot put the next retry weeks away.
+        let r = &c.refresh;
+        let at = |f: &str| format!("credentials[{i}].refresh.{f}");
+        bounded.push((at("timeout"), r.timeout, HOUR, "1h"));
+        bounded.push((at("backoff_min"), r.backoff_min, DAY, "24h"));
+        bounded.push((at("backoff_max"), r.backoff_max, DAY, "24h"));
+        bounded.push((at("buffer"), r.buffer, 7 * DAY, "7d"));
+        if let Some(max_age) = r.max_age {
+            // Tokens without an expiry may well live for months, so
+            // max_age keeps a long bound; months written with `M` (most
+            // likely minutes) are refused instead: 90d, not 3M.
+            if max_age > 3650 * DAY {
+                bounded.push((at("max_age"), max_age, 3650 * DAY, "3650d"));
+            } else if !month_hint(max_age).is_empty() {
+                errs.push(FieldError::new(
+                    at("max_age"),
+                    format!(
+                        "is a whole number of months or years, most likely a typo{}; \
+                         write a long max_age in days, such as 90d",
+                        month_hint(max_age)
+                    ),
+                ));
+            }
+        }
         if let Some(e) = &c.exec {
             bounded.push((
                 format!("credentials[{i}].exec.timeout"),

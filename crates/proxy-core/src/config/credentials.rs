@@ -102,7 +102,7 @@ impl StoreKind {
 #[serde(deny_unknown_fields)]
 pub struct RefreshConfig {
     /// Refresh this long before expiry (default `60s`). A token that lives
-    /// less than twice this is refreshed at half its life.
+    /// less than twice this is refreshed at half its life. At most `7d`.
     #[serde(
         default = "default_buffer",
         deserialize_with = "de_duration",
@@ -110,7 +110,7 @@ pub struct RefreshConfig {
     )]
     pub buffer: Duration,
     /// How long a request waits for a refresh when there is no valid token
-    /// (default `10s`); then 503 `credential_unavailable`.
+    /// (default `10s`); then 503 `credential_unavailable`. At most `1h`.
     #[serde(
         default = "default_refresh_timeout",
         deserialize_with = "de_duration",
@@ -118,7 +118,8 @@ pub struct RefreshConfig {
     )]
     pub timeout: Duration,
     /// Refresh tokens that carry no expiry after this long (default: only
-    /// when invalidated).
+    /// when invalidated). At most `3650d`, and not a whole number of months
+    /// or years (`2M` was most likely meant as minutes).
     #[serde(
         default,
         deserialize_with = "de_opt_duration",
@@ -126,6 +127,7 @@ pub struct RefreshConfig {
     )]
     pub max_age: Option<Duration>,
     /// First retry delay after a failure (default `1s`), doubled per failure.
+    /// At most `24h`, like `backoff_max`.
     #[serde(
         default = "default_backoff_min",
         deserialize_with = "de_duration",

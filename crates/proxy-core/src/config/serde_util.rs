@@ -97,14 +97,33 @@ pub(super) fn default_redis_timeout() -> Duration {
 
 // === durations ===
 
+// Errors about durations and sizes never quote the value: it may be a
+// secret pasted into the wrong field. They say what form is expected.
+
 /// Parses `30s`, `5m`, `1h30m`, `250ms`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?} is not a duration like 30s or 5m ({e})"))?;
+        .map_err(|e| format!("is not a duration like 30s, 5m or 1h30m ({})", why_not(&e)))?;
     if d.is_zero() {
-        return Err(format!("{s:?}: must be greater than zero"));
+        return Err("must be greater than zero".to_owned());
     }
     Ok(d)
+}
+
+/// What is wrong with a duration, without the parts of it that
+/// humantime's own message quotes.
+fn why_not(e: &humantime::DurationError) -> String {
+    use humantime::DurationError as E;
+    match e {
+        E::InvalidCharacter(at) => format!("a character that is not a letter or digit at {at}"),
+        E::NumberExpected(at) => format!("a number was expected at {at}"),
+        E::UnknownUnit { unit, .. } if unit.is_empty() => {
+            "a number without a unit (ms, s, m, h, d)".to_owned()
+        }
+        E::UnknownUnit { .. } => "an unknown unit; use ms, s, m, h or d".to_owned(),
+        E::NumberOverflow => "too large".to_owned(),
+        E::Empty => "empty".to_owned(),
+    }
 }
 
 pub(super) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -116,7 +135,12 @@ pub(super) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D
 pub(super) fn de_duration_or_zero<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?} is not a duration like 30s or 5m, or 0s ({e})"))
+        .map_err(|e| {
+            format!(
+                "is not a duration like 30s, 5m or 1h30m, or 0s ({})",
+                why_not(&e)
+            )
+        })
         .map_err(serde::de::Error::custom)
 }
 
@@ -154,11 +178,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if !num.is_empty() && num.parse::<u64>().is_err() {
-        return Err(format!("{s:?} is too large"));
+        return Err(format!("is too large; expected {SIZE_EXPECTED}"));
     }
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a size like 1048576, 512KiB or 10MiB"))?;
+        .map_err(|_| "is not a size like 1048576, 512KiB or 10MiB".to_owned())?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -167,14 +191,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "KB" | "kB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "{s:?}: unknown size unit {other:?} (use KiB, MiB, GiB)"
-            ));
+        _ => {
+            return Err(
+                "has an unknown size unit (use B, KiB, MiB or GiB; KB, MB, GB are powers of 1000)"
+                    .to_owned(),
+            );
         }
     };
     n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
+        .ok_or_else(|| format!("is too large; expected {SIZE_EXPECTED}"))
 }
 
 pub(super) fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -214,19 +239,19 @@ impl serde::de::Visitor<'_> for SizeVisitor {
     fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Size, E> {
         u64::try_from(v)
             .map(Size)
-            .map_err(|_| E::custom(format!("{v} is negative; expected {SIZE_EXPECTED}")))
+            .map_err(|_| E::custom(format!("is negative; expected {SIZE_EXPECTED}")))
     }
 
     fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Size, E> {
         u64::try_from(v)
             .map(Size)
-            .map_err(|_| E::custom(format!("{v} is too large; expected {SIZE_EXPECTED}")))
+            .map_err(|_| E::custom(format!("is too large; expected {SIZE_EXPECTED}")))
     }
 
     fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Size, E> {
         u64::try_from(v)
             .map(Size)
-            .map_err(|_| E::custom(format!("{v} is out of range; expected {SIZE_EXPECTED}")))
+            .map_err(|_| E::custom(format!("is out of range; expected {SIZE_EXPECTED}")))
     }
 
     fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Size, E> {

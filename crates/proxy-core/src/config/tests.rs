@@ -38,13 +38,13 @@ fn bad_configs_name_file_and_field() {
             &with_route(
                 "{ id: r, match: { path_prefix: /a/ }, upstream: https://x, credential: k, inject: { header: \"x y\" } }",
             ),
-            "bad.yaml: routes[0].inject.header: \"x y\" is not a valid header name",
+            "bad.yaml: routes[0].inject.header: is not a valid header name",
         ),
         (
             &with_route(
                 "{ id: r, match: { path_prefix: /a/ }, upstream: https://x, credential: nope }",
             ),
-            "bad.yaml: routes[0].credential: no credential has id \"nope\"",
+            "bad.yaml: routes[0].credential: no credential has this id (defined: k)",
         ),
         (
             &with_route("{ id: r, match: { path_prefix: a/ }, upstream: https://x }"),
@@ -54,7 +54,7 @@ fn bad_configs_name_file_and_field() {
             &with_route(
                 "{ id: r, match: { path_prefix: /a/ }, upstream: https://x, timeout: 5 parsecs }",
             ),
-            "bad.yaml: routes[0].timeout: \"5 parsecs\" is not a duration like 30s or 5m",
+            "bad.yaml: routes[0].timeout: is not a duration like 30s, 5m or 1h30m (an unknown unit",
         ),
         (
             &with_route(
@@ -66,7 +66,7 @@ fn bad_configs_name_file_and_field() {
             &with_route(
                 "{ id: r, match: { path_prefix: /a/ }, upstream: https://x, credential: k, inject: { header: x-k, format: \"Bearer\" } }",
             ),
-            "bad.yaml: routes[0].inject.format: \"Bearer\" must contain {token}",
+            "bad.yaml: routes[0].inject.format: must contain {token} where the token goes",
         ),
         (
             &with_route(
@@ -104,7 +104,12 @@ fn bad_configs_name_file_and_field() {
         ),
         (
             "proxy: { listen: 127.0.0.1:0 }\ncredentials:\n  - id: k\n    static: { value: lit-canary-9f3 }\n    refresh: { buffer: 400d }\n",
-            "bad.yaml: credentials[0].refresh.buffer: must be at most 365d",
+            "bad.yaml: credentials[0].refresh.buffer: must be at most 7d",
+        ),
+        (
+            // 2M is two months: one failed refresh would wait 61 days.
+            "proxy: { listen: 127.0.0.1:0 }\ncredentials:\n  - id: k\n    static: { value: lit-canary-9f3 }\n    refresh: { backoff_min: 2M, backoff_max: 3M }\n",
+            "bad.yaml: credentials[0].refresh.backoff_min: must be at most 24h (M and month are months, y is years; minutes are m)",
         ),
         (
             "proxy: { listen: 127.0.0.1:0 }\ncredentials:\n  - id: k\n    static: { value: lit-canary-9f3 }\n    refresh: { max_age: 5000000000y }\n",

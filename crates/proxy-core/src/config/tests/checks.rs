@@ -164,6 +164,11 @@ fn durations_that_hold_something_are_bounded() {
             "credentials[0].exec.timeout",
             format!("{HEAD}credentials: [{{ id: c, exec: {{ command: [x], timeout: 2h }} }}]\n"),
         ),
+        ("credentials[0].refresh.timeout", refresh("timeout: 2h")),
+        ("credentials[0].refresh.backoff_min", refresh("backoff_min: 1M, backoff_max: 1M")),
+        ("credentials[0].refresh.backoff_max", refresh("backoff_max: 25h")),
+        ("credentials[0].refresh.buffer", refresh("buffer: 1M")),
+        ("credentials[0].refresh.max_age", refresh("max_age: 3651d")),
     ];
     for (field, yaml) in cases {
         let e = errors(&yaml);
@@ -180,10 +185,39 @@ fn durations_that_hold_something_are_bounded() {
     // The bounds themselves are allowed.
     let at_bounds = "proxy: { listen: 127.0.0.1:8080, drain_timeout: 1h }\nsecrets: { file_poll_interval: 1h }\n\
          redis: { url: { env: R }, encryption_keys: [{ env: K }], lock_lease: 1h, timeout: 5m }\n\
-         credentials: [{ id: c, exec: { command: [x], timeout: 1h } }]\n\
+         credentials: [{ id: c, exec: { command: [x], timeout: 1h }, refresh: \
+         { timeout: 1h, backoff_min: 24h, backoff_max: 24h, buffer: 7d, max_age: 3650d } }]\n\
          routes:\n  - { id: r, match: { path_prefix: / }, upstream: http://127.0.0.1:1, public: true, \
          timeout: 24h, connect_timeout: 5m }\n";
     assert_eq!(errors(at_bounds), "<accepted>");
+}
+
+fn refresh(settings: &str) -> String {
+    format!(
+        "{HEAD}credentials: [{{ id: c, exec: {{ command: [x] }}, refresh: {{ {settings} }} }}]\n"
+    )
+}
+
+/// Tokens without an expiry may live for months, so `max_age` keeps a
+/// long bound; a whole number of months (`M` meant as minutes) is refused.
+#[test]
+fn max_age_in_months_is_refused() {
+    for v in ["1M", "5M", "30M", "2months", "1y"] {
+        let e = errors(&refresh(&format!("max_age: {v}")));
+        assert!(
+            e.starts_with(
+                "t.yaml: credentials[0].refresh.max_age: is a whole number of months or years"
+            ) && e.contains("(M and month are months, y is years; minutes are m)"),
+            "{v}: {e}"
+        );
+    }
+    for v in ["10m", "30d", "90d", "365d", "3650d"] {
+        assert_eq!(
+            errors(&refresh(&format!("max_age: {v}"))),
+            "<accepted>",
+            "{v}"
+        );
+    }
 }
 
 #[test]
@@ -191,7 +225,7 @@ fn size_type_errors_say_what_a_size_is() {
     for (v, want) in [
         (
             "-1",
-            "-1 is negative; expected a size such as 1048576 or 10MiB",
+            "is negative; expected a size such as 1048576 or 10MiB",
         ),
         ("1e30", "a size such as 1048576 or 10MiB"),
         ("18446744073709551616", "this is too large"),

@@ -101,3 +101,95 @@ routes:
         assert!(!w.contains(canary), "a value in a warning: {w}");
     }
 }
+
+/// A token pasted into a field that is not a secret reference (a route's
+/// credential id, the inject format or header, a duration, a size) is
+/// refused by field, and the error never echoes it.
+#[test]
+fn misplaced_tokens_are_not_echoed() {
+    const C: &str = "sk_live_CANARY";
+    let route = |extra: &str| {
+        with_route(&format!(
+            "{{ id: r, match: {{ path_prefix: /a/ }}, upstream: https://x, credential: k{extra} }}"
+        ))
+    };
+    let cases = [
+        (
+            with_route(&format!(
+                "{{ id: r, match: {{ path_prefix: /a/ }}, upstream: https://x, credential: {C} }}"
+            )),
+            "routes[0].credential: no credential has this id (defined: k)",
+        ),
+        (
+            route(&format!(
+                ", inject: {{ header: authorization, format: \"Token {C}\" }}"
+            )),
+            "routes[0].inject.format: must contain {token}",
+        ),
+        (
+            route(&format!(
+                ", inject: {{ header: x-k, format: \"{{token}} {C} {{token}}\" }}"
+            )),
+            "routes[0].inject.format: must contain {token} once",
+        ),
+        (
+            route(&format!(
+                ", inject: {{ header: x-k, format: \"{C}\\n{{token}}\" }}"
+            )),
+            "routes[0].inject.format: has characters not allowed in a header value",
+        ),
+        (
+            route(&format!(
+                ", inject: {{ header: \"Authorization: Bearer {C}\" }}"
+            )),
+            "routes[0].inject.header: is not a valid header name",
+        ),
+        (
+            route(&format!(", timeout: {C}")),
+            "routes[0].timeout: is not a duration like 30s, 5m or 1h30m",
+        ),
+        (
+            route(&format!(", timeout: 5{C}")),
+            "routes[0].timeout: is not a duration like 30s, 5m or 1h30m",
+        ),
+        (
+            // Letters only, so humantime reads it as a unit.
+            route(", timeout: \"5 skliveCANARY\""),
+            "routes[0].timeout: is not a duration like 30s, 5m or 1h30m (an unknown unit",
+        ),
+        (
+            route(&format!(", tunnel_idle_timeout: {C}")),
+            "routes[0].tunnel_idle_timeout: is not a duration like 30s, 5m or 1h30m, or 0s",
+        ),
+        (
+            format!(
+                "proxy: {{ listen: 127.0.0.1:0 }}\ncredentials:\n  - {{ id: k, exec: {{ command: [x] }}, refresh: {{ max_age: {C} }} }}\n"
+            ),
+            "credentials[0].refresh.max_age: is not a duration",
+        ),
+        (
+            route(&format!(", max_request_body: {C}")),
+            "routes[0].max_request_body: is not a size like 1048576",
+        ),
+        (
+            route(&format!(", max_request_body: 10{C}")),
+            "routes[0].max_request_body: has an unknown size unit",
+        ),
+        (
+            route(&format!(", max_request_body: 999999999999999999999{C}")),
+            "routes[0].max_request_body: is too large",
+        ),
+        (
+            format!("proxy: {{ listen: 127.0.0.1:0, max_header_bytes: {C} }}\n"),
+            "proxy.max_header_bytes: is not a size like 1048576",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let got = err_of(&yaml);
+        assert!(
+            got.contains(&format!("bad.yaml: {want}")),
+            "want {want}\ngot  {got}"
+        );
+        assert!(!got.contains("CANARY"), "echoed: {got}");
+    }
+}
