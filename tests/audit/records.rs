@@ -181,7 +181,8 @@ async fn refresh_failed() {
                "error_code": "invalid_grant", "generation": 0, "expires_at": null})
     );
     // The next request makes no token call: the record says no refresh
-    // ran (it did not), and why the request failed all the same.
+    // ran (it did not), and why the request failed all the same, with the
+    // last attempt's error code (someone must log in again).
     let calls = ep.calls();
     sink.take();
     assert_eq!(get_as(&p, CLIENT_TOKEN, "/rf/y").await, 503);
@@ -190,7 +191,7 @@ async fn refresh_failed() {
     assert_eq!(v["reason"], "refresh_failed", "{v:#}");
     assert_eq!(
         v["refresh"],
-        json!({"ran": false, "trigger": "expired", "result": "backing_off", "duration_ms": "<ms>", "error_code": null})
+        json!({"ran": false, "trigger": "expired", "result": "backing_off", "duration_ms": "<ms>", "error_code": "invalid_grant"})
     );
     assert_eq!(up.hit_count(), 0);
 }
