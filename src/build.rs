@@ -299,15 +299,7 @@ fn redis_store(r: &RedisSettings, poll: std::time::Duration) -> Result<RedisStor
     let url = SecretSource::resolve(&r.url, poll)
         .load()
         .map_err(|e| FieldError::new("redis.url", e.to_string()))?;
-    let mut keys = Vec::new();
-    for (i, k) in r.encryption_keys.iter().enumerate() {
-        let v = SecretSource::resolve(k, poll)
-            .load()
-            .map_err(|e| FieldError::new(format!("redis.encryption_keys[{i}]"), e.to_string()))?;
-        keys.push(v);
-    }
-    let keyring = Keyring::from_base64(keys.iter().map(|k| k.expose()))
-        .map_err(|e| FieldError::new("redis.encryption_keys", e.to_string()))?;
+    let keyring = redis_keyring(r, poll)?;
     let tls = redis_tls(r, url.expose())?;
     RedisStore::new(RedisStoreSettings {
         url: url.expose().to_string(),
@@ -320,10 +312,28 @@ fn redis_store(r: &RedisSettings, poll: std::time::Duration) -> Result<RedisStor
     .map_err(|e| FieldError::new("redis.url", e.to_string()))
 }
 
+/// The keyring from `redis.encryption_keys`, each key resolved now (also
+/// used by `latchkey check`). A key that is not base64 of 32 bytes is named
+/// by its position, never shown.
+pub(crate) fn redis_keyring(
+    r: &RedisSettings,
+    poll: std::time::Duration,
+) -> Result<Keyring, FieldError> {
+    let mut keys = Vec::new();
+    for (i, k) in r.encryption_keys.iter().enumerate() {
+        let v = SecretSource::resolve(k, poll)
+            .load()
+            .map_err(|e| FieldError::new(format!("redis.encryption_keys[{i}]"), e.to_string()))?;
+        keys.push(v);
+    }
+    Keyring::from_base64(keys.iter().map(|k| k.expose()))
+        .map_err(|e| FieldError::new("redis.encryption_keys", e.to_string()))
+}
+
 /// `redis.ca_file` and the client certificate, read and checked now (the
 /// files are read when the store is built: at startup, and on a reload that
-/// changes the `redis` settings).
-fn redis_tls(r: &RedisSettings, url: &str) -> Result<Option<RedisTls>, FieldError> {
+/// changes the `redis` settings; `latchkey check` reads them too).
+pub(crate) fn redis_tls(r: &RedisSettings, url: &str) -> Result<Option<RedisTls>, FieldError> {
     let (ca, cert, key) = (&r.ca_file, &r.client_cert_file, &r.client_key_file);
     if ca.is_none() && cert.is_none() && key.is_none() {
         return Ok(None);

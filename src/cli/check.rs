@@ -1,10 +1,10 @@
 //! `latchkey check`: validation and the config summary.
 
-use proxy_core::config::{Config, warnings};
+use proxy_core::config::{Config, FieldError, StoreKind, warnings};
 use proxy_core::inject::InjectSpec;
 use proxy_core::secret::SecretSource;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// `latchkey check`: validates and prints a summary.
@@ -52,15 +52,44 @@ pub fn summary(config: &Config, file: &str) -> String {
             t.reload_interval
         );
     }
+    let poll = config.secrets.file_poll_interval;
     match &config.admin {
         Some(a) => {
-            let _ = writeln!(out, "admin: listen {}", a.listen);
+            let _ = write!(out, "admin: listen {}", a.listen);
+            if let Some(k) = &a.management_key {
+                let _ = write!(
+                    out,
+                    ", management key from {} ({})",
+                    k.describe(),
+                    resolve_state(&SecretSource::resolve(k, poll))
+                );
+            }
+            let _ = writeln!(out);
         }
         None => {
             let _ = writeln!(out, "admin: none (no /healthz or /readyz)");
         }
     }
-    let poll = config.secrets.file_poll_interval;
+    if let Some(r) = &config.redis {
+        let keys: Vec<String> = r
+            .encryption_keys
+            .iter()
+            .map(|k| {
+                let state = resolve_state(&SecretSource::resolve(k, poll));
+                format!("{} ({state})", k.describe())
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "redis: url from {} ({}); encryption keys [{}]",
+            r.url.describe(),
+            resolve_state(&SecretSource::resolve(&r.url, poll)),
+            keys.join(", ")
+        );
+    }
+    if let Some(fs) = &config.file_store {
+        let _ = writeln!(out, "file store: dir {}", fs.dir.display());
+    }
     let _ = writeln!(out, "credentials ({}):", config.credentials.len());
     for c in &config.credentials {
         let detail = match (&c.static_, &c.oauth2, &c.exec, &c.file) {
@@ -81,6 +110,14 @@ pub fn summary(config: &Config, file: &str) -> String {
                     grant_name(o.grant),
                     o.client_id
                 );
+                if let Some(cs) = &o.client_secret {
+                    let _ = write!(
+                        d,
+                        ", client secret from {} ({})",
+                        cs.describe(),
+                        resolve_state(&SecretSource::resolve(cs, poll))
+                    );
+                }
                 if let Some(rt) = &o.refresh_token {
                     let _ = write!(
                         d,
@@ -168,6 +205,7 @@ pub fn summary(config: &Config, file: &str) -> String {
         );
     }
     let mut w = warnings(config);
+    // Whether the files load (a warning names the one that does not).
     let mut tls_files =
         |at: String, ca: Option<&PathBuf>, cert: Option<&PathBuf>, key: Option<&PathBuf>| {
             let tls = proxy_core::upstream::UpstreamTls::from_files(
@@ -175,11 +213,16 @@ pub fn summary(config: &Config, file: &str) -> String {
                 cert.map(PathBuf::as_path),
                 key.map(PathBuf::as_path),
             );
-            if let Err(e) = proxy_core::upstream::check_tls(tls) {
-                w.push(format!(
-                    "{at}.{} does not load here ({}); `latchkey run` refuses to start without it",
-                    e.field, e.message
-                ));
+            match proxy_core::upstream::check_tls(tls) {
+                Ok(_) => true,
+                Err(e) => {
+                    let (field, problem) = (e.field, e.message);
+                    w.push(format!(
+                        "{at}.{field} does not load here ({problem}); \
+                         `latchkey run` refuses to start without it"
+                    ));
+                    false
+                }
             }
         };
     for (i, r) in config.routes.iter().enumerate() {
@@ -191,10 +234,11 @@ pub fn summary(config: &Config, file: &str) -> String {
             key.as_ref(),
         );
     }
-    if let Some(r) = &config.redis {
+    let redis_tls_loads = config.redis.as_ref().is_none_or(|r| {
         let (ca, cert, key) = (&r.ca_file, &r.client_cert_file, &r.client_key_file);
-        tls_files("redis".to_owned(), ca.as_ref(), cert.as_ref(), key.as_ref());
-    }
+        tls_files("redis".to_owned(), ca.as_ref(), cert.as_ref(), key.as_ref())
+    });
+    w.extend(store_problems(config, redis_tls_loads));
     for (i, c) in config.credentials.iter().enumerate() {
         if let Some(ca) = c.oauth2.as_ref().and_then(|o| o.ca_file.as_deref())
             && let Err(e) = proxy_core::upstream::check_ca_file(ca)
@@ -217,6 +261,83 @@ pub fn summary(config: &Config, file: &str) -> String {
         }
     }
     out
+}
+
+/// What keeps `latchkey run` from building the stores on this machine,
+/// checked the way `run` builds them (and only for a store a credential
+/// uses: `run` builds no other): the Redis URL and keys resolved, the keys
+/// decoded, the URL's scheme against the TLS settings (when the TLS files
+/// load: a file that does not is reported already), and whether the file
+/// store's directory exists or could be created. Creates nothing.
+fn store_problems(config: &Config, redis_tls_loads: bool) -> Vec<String> {
+    let poll = config.secrets.file_poll_interval;
+    let uses = |kind: StoreKind| config.credentials.iter().any(|c| c.store == kind);
+    let mut errs = Vec::new();
+    if let Some(r) = config.redis.as_ref().filter(|_| uses(StoreKind::Redis)) {
+        let url = SecretSource::resolve(&r.url, poll).load();
+        if let Err(e) = &url {
+            errs.push(FieldError::new("redis.url", e.to_string()));
+        }
+        if let Err(e) = crate::build::redis_keyring(r, poll) {
+            errs.push(e);
+        }
+        if let Ok(url) = &url
+            && redis_tls_loads
+            && let Err(e) = crate::build::redis_tls(r, url.expose())
+        {
+            errs.push(e);
+        }
+    }
+    if let Some(fs) = config.file_store.as_ref().filter(|_| uses(StoreKind::File))
+        && let Some(problem) = dir_problem(&fs.dir)
+    {
+        errs.push(FieldError::new("file_store.dir", problem));
+    }
+    errs.into_iter()
+        .map(|e| {
+            format!(
+                "{}: {} (on this machine; `latchkey run` refuses to start with it)",
+                e.path, e.message
+            )
+        })
+        .collect()
+}
+
+/// Why the file store could not use `dir`: `run` creates it (and any
+/// missing parents), so it must be a directory or creatable, i.e. its
+/// nearest existing ancestor a directory this user may write to. Nothing is
+/// created.
+fn dir_problem(dir: &Path) -> Option<String> {
+    use std::io::ErrorKind::{NotADirectory, NotFound};
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => return None,
+        Ok(_) => return Some(format!("{} is not a directory", dir.display())),
+        Err(e) if matches!(e.kind(), NotFound | NotADirectory) => {}
+        Err(e) => return Some(format!("cannot inspect {}: {e}", dir.display())),
+    }
+    for ancestor in dir.ancestors().skip(1) {
+        // A relative path's last ancestor is the empty path: the working
+        // directory.
+        let at = if ancestor.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            ancestor
+        };
+        let why = match std::fs::metadata(at) {
+            Ok(m) if m.is_dir() => {
+                use rustix::fs::{Access, access};
+                match access(at, Access::WRITE_OK | Access::EXEC_OK) {
+                    Ok(()) => return None,
+                    Err(e) => format!("{} is not writable by this user ({e})", at.display()),
+                }
+            }
+            Ok(_) => format!("{} is not a directory", at.display()),
+            Err(e) if matches!(e.kind(), NotFound | NotADirectory) => continue,
+            Err(e) => format!("cannot inspect {}: {e}", at.display()),
+        };
+        return Some(format!("{} cannot be created: {why}", dir.display()));
+    }
+    None
 }
 
 fn resolve_state(s: &SecretSource) -> String {

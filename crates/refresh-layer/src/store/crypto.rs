@@ -29,7 +29,7 @@ impl fmt::Debug for Keyring {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CryptoError {
     /// A configured key is not base64 of 32 bytes.
-    #[error("encryption key {index} is not base64 of 32 bytes ({problem})")]
+    #[error("encryption key {index} is not valid base64 of 32 bytes ({problem})")]
     BadKey {
         /// Position in `encryption_keys`.
         index: usize,
@@ -162,7 +162,7 @@ mod tests {
             .to_string();
         assert_eq!(
             e,
-            "encryption key 0 is not base64 of 32 bytes (not standard base64: A-Z, a-z, 0-9, + and /, padded with =)"
+            "encryption key 0 is not valid base64 of 32 bytes (not standard base64: A-Z, a-z, 0-9, + and /, padded with =)"
         );
         assert!(Keyring::from_base64(["!!!"]).is_err());
         assert_eq!(Keyring::from_base64([]).unwrap_err(), CryptoError::NoKeys);
