@@ -145,6 +145,11 @@ fn first_line(s: &str) -> String {
 /// ``unknown variant `abc` ``); the value may be a misplaced secret, so the
 /// quoted part is dropped.
 fn redact_found_values(msg: &str) -> String {
+    // saphyr's hint for an empty `key:` names a Rust type, not the config.
+    if msg.starts_with("cannot deserialize null into") {
+        return "is empty: give it a value (a key with nothing after the colon is null in YAML)"
+            .to_string();
+    }
     let msg = match msg.strip_prefix("unknown variant `") {
         Some(rest) => match rest.split_once('`') {
             Some((_, tail)) => format!("unknown variant (value hidden){tail}"),
@@ -190,5 +195,19 @@ mod tests {
             redact_found_values("unknown field `foo`, expected one of `id`"),
             "unknown field `foo`, expected one of `id`"
         );
+    }
+
+    /// An empty `client_id:` is named as empty, not as a Rust type.
+    #[test]
+    fn an_empty_value_says_so() {
+        let yaml = "proxy: { listen: 127.0.0.1:0 }\ncredentials:\n  - id: o\n    oauth2:\n      grant: client_credentials\n      token_url: https://idp.example/token\n      client_id:\n";
+        let e = crate::config::Config::from_yaml(yaml, "t.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("credentials[0].oauth2.client_id: is empty: give it a value"),
+            "{e}"
+        );
+        assert!(!e.contains("Option<"), "{e}");
     }
 }
