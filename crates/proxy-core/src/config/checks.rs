@@ -111,6 +111,28 @@ fn month_hint(d: Duration) -> &'static str {
 /// The admin listener cannot share the proxy listener's address: `run`
 /// would fail to bind. Port 0 picks a free port for each, and a wildcard
 /// address (`0.0.0.0`, `::`) takes its port on every address.
+/// Settings that are accepted but do nothing where they are (warnings, so
+/// an operator does not rely on them): a CA for a plain-http upstream,
+/// `refresh` on a static credential.
+pub(super) fn ignored_settings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, r) in config.routes.iter().enumerate() {
+        if r.ca_file.is_some() && r.upstream.scheme != http::uri::Scheme::HTTPS {
+            out.push(format!(
+                "routes[{i}].ca_file is ignored: the upstream is plain http, with no TLS to verify"
+            ));
+        }
+    }
+    for (i, c) in config.credentials.iter().enumerate() {
+        if c.static_.is_some() && c.refresh != super::RefreshConfig::default() {
+            out.push(format!(
+                "credentials[{i}].refresh is ignored: a static credential is never refreshed"
+            ));
+        }
+    }
+    out
+}
+
 pub(super) fn check_listeners(config: &Config, errs: &mut Vec<FieldError>) {
     let Some(admin) = &config.admin else {
         return;

@@ -395,6 +395,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
             ));
         }
     }
+    out.extend(super::checks::ignored_settings(config));
     for (field, secret) in secret_refs(config) {
         if secret.is_literal() {
             out.push(format!(

@@ -345,3 +345,30 @@ fn dot_ids_are_refused() {
         "{e}"
     );
 }
+
+/// Settings accepted but without effect where they are are warned about:
+/// a CA for a plain-http upstream, `refresh` on a static credential.
+#[test]
+fn settings_without_effect_are_warned_about() {
+    let yaml = "proxy: { listen: 127.0.0.1:0 }\nclients:\n  - { id: c, token: { env: T }, routes: [\"*\"] }\ncredentials:\n  - id: k\n    static: { env: K }\n    refresh: { buffer: 5m }\n  - id: j\n    static: { env: J }\nroutes:\n  - { id: a, match: { path_prefix: /a/ }, upstream: \"http://127.0.0.1:9\", credential: k, ca_file: /tmp/ca.pem }\n  - { id: b, match: { path_prefix: /b/ }, upstream: \"https://b.example\", credential: j, ca_file: /tmp/ca.pem }\n";
+    let c = Config::from_yaml(yaml, "t.yaml").unwrap();
+    let w = warnings(&c);
+    assert!(
+        w.contains(
+            &"routes[0].ca_file is ignored: the upstream is plain http, with no TLS to verify"
+                .to_owned()
+        ),
+        "{w:?}"
+    );
+    assert!(
+        w.contains(
+            &"credentials[0].refresh is ignored: a static credential is never refreshed".to_owned()
+        ),
+        "{w:?}"
+    );
+    assert!(
+        !w.iter()
+            .any(|w| w.starts_with("routes[1]") || w.starts_with("credentials[1]")),
+        "{w:?}"
+    );
+}
