@@ -35,6 +35,16 @@ pub(super) fn check_duration_bounds(config: &Config, errs: &mut Vec<FieldError>)
         ));
     }
     if let Some(r) = &config.redis {
+        // Renewed every third of itself: shorter than a second, a network
+        // or scheduling pause lets it lapse mid-refresh, and another
+        // replica takes the lock and spends the same refresh token.
+        if r.lock_lease < Duration::from_secs(1) {
+            errs.push(FieldError::new(
+                "redis.lock_lease",
+                "must be at least 1s: the lease is renewed every third of it, and one that \
+                 lapses mid-refresh lets another replica refresh the same token at once",
+            ));
+        }
         bounded.push(("redis.lock_lease".to_owned(), r.lock_lease, HOUR, "1h"));
         bounded.push(("redis.timeout".to_owned(), r.timeout, 5 * MINUTE, "5m"));
     }

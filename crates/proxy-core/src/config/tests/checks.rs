@@ -190,6 +190,14 @@ fn durations_that_hold_something_are_bounded() {
          routes:\n  - { id: r, match: { path_prefix: / }, upstream: http://127.0.0.1:1, public: true, \
          timeout: 24h, connect_timeout: 5m }\n";
     assert_eq!(errors(at_bounds), "<accepted>");
+    // The Redis lock lease has a floor too: renewed every third of it.
+    let e = errors(&format!(
+        "{HEAD}redis: {{ url: {{ env: R }}, encryption_keys: [{{ env: K }}], lock_lease: 500ms }}\n"
+    ));
+    assert!(
+        e.contains("t.yaml: redis.lock_lease: must be at least 1s"),
+        "{e}"
+    );
 }
 
 fn refresh(settings: &str) -> String {
