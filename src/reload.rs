@@ -343,26 +343,69 @@ fn startup_bound_changes(old: &Config, new: &Config) -> Vec<String> {
     if o.tls != n.tls {
         out.push("proxy.tls changed; the listener's TLS settings apply after a restart (certificate files themselves are reloaded as they change)".to_string());
     }
-    if o.drain_timeout != n.drain_timeout
-        || o.max_header_bytes != n.max_header_bytes
-        || o.client_header_timeout != n.client_header_timeout
-        || o.client_idle_timeout != n.client_idle_timeout
-        || o.delayed_close_timeout != n.delayed_close_timeout
-        || o.send_timeout != n.send_timeout
-    {
-        out.push(
-            "proxy.drain_timeout / proxy.max_header_bytes / proxy.client_header_timeout / proxy.client_idle_timeout / proxy.delayed_close_timeout / proxy.send_timeout changed; they apply after a restart"
-                .to_string(),
-        );
+    // Named one by one: the operator sees which edit waits for a restart.
+    let server: Vec<&str> = [
+        ("proxy.drain_timeout", o.drain_timeout != n.drain_timeout),
+        (
+            "proxy.max_header_bytes",
+            o.max_header_bytes != n.max_header_bytes,
+        ),
+        (
+            "proxy.client_header_timeout",
+            o.client_header_timeout != n.client_header_timeout,
+        ),
+        (
+            "proxy.client_idle_timeout",
+            o.client_idle_timeout != n.client_idle_timeout,
+        ),
+        (
+            "proxy.delayed_close_timeout",
+            o.delayed_close_timeout != n.delayed_close_timeout,
+        ),
+        ("proxy.send_timeout", o.send_timeout != n.send_timeout),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect();
+    if !server.is_empty() {
+        out.push(format!(
+            "{} changed; {} after a restart",
+            server.join(", "),
+            if server.len() == 1 {
+                "it applies"
+            } else {
+                "they apply"
+            }
+        ));
     }
-    if o.upstream_max_idle != n.upstream_max_idle
-        || o.upstream_idle_timeout != n.upstream_idle_timeout
-        || o.upstream_h2_keepalive != n.upstream_h2_keepalive
-    {
-        out.push(
-            "proxy.upstream_max_idle / proxy.upstream_idle_timeout / proxy.upstream_h2_keepalive changed; they apply after a restart (connection pools are made with them)"
-                .to_string(),
-        );
+    let pools: Vec<&str> = [
+        (
+            "proxy.upstream_max_idle",
+            o.upstream_max_idle != n.upstream_max_idle,
+        ),
+        (
+            "proxy.upstream_idle_timeout",
+            o.upstream_idle_timeout != n.upstream_idle_timeout,
+        ),
+        (
+            "proxy.upstream_h2_keepalive",
+            o.upstream_h2_keepalive != n.upstream_h2_keepalive,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect();
+    if !pools.is_empty() {
+        out.push(format!(
+            "{} changed; {} after a restart (connection pools are made with {})",
+            pools.join(", "),
+            if pools.len() == 1 {
+                "it applies"
+            } else {
+                "they apply"
+            },
+            if pools.len() == 1 { "it" } else { "them" }
+        ));
     }
     if old.admin != new.admin {
         out.push(
@@ -478,11 +521,21 @@ mod tests {
             notes.iter().any(|n| n.starts_with("audit.file changed")),
             "{notes:?}"
         );
+        // Only what changed is named.
         let slower = config(", client_header_timeout: 90s");
         let notes = startup_bound_changes(&old, &slower);
-        assert!(
-            notes.iter().any(|n| n.contains("client_header_timeout")),
-            "{notes:?}"
+        assert_eq!(
+            notes,
+            ["proxy.client_header_timeout changed; it applies after a restart"]
+        );
+        let two = config(", send_timeout: 2m, upstream_max_idle: 3, upstream_idle_timeout: 20s");
+        let notes = startup_bound_changes(&old, &two);
+        assert_eq!(
+            notes,
+            [
+                "proxy.send_timeout changed; it applies after a restart",
+                "proxy.upstream_max_idle, proxy.upstream_idle_timeout changed; they apply after a restart (connection pools are made with them)"
+            ]
         );
     }
 
