@@ -42,8 +42,12 @@ pub enum SecretRef {
     Value(#[serde(deserialize_with = "de_secret_string")] SecretString),
 }
 
+/// A literal, trimmed of surrounding whitespace as env and file values
+/// are (a block scalar ends in a newline), here already, so that config
+/// comparisons (two clients sharing a token, a reload's "unchanged")
+/// see what is used.
 fn de_secret_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
-    String::deserialize(d).map(SecretString::from)
+    String::deserialize(d).map(|s| SecretString::from(s.trim().to_owned()))
 }
 
 impl SecretRef {

@@ -63,10 +63,15 @@ pub(super) fn check_duration_bounds(config: &Config, errs: &mut Vec<FieldError>)
         if let Some(max_age) = r.max_age {
             // Tokens without an expiry may well live for months, so
             // max_age keeps a long bound; months written with `M` (most
-            // likely minutes) are refused instead: 90d, not 3M.
+            // likely minutes) are refused instead: 90d, not 3M. A month
+            // (30.44 days) or a year (365.25 days) is not a whole number
+            // of days until 25 months or 4 years, so a value written in
+            // days (1461d) is never taken for one.
             if max_age > 3650 * DAY {
                 bounded.push((at("max_age"), max_age, 3650 * DAY, "3650d"));
-            } else if !month_hint(max_age).is_empty() {
+            } else if !month_hint(max_age).is_empty()
+                && !max_age.as_secs().is_multiple_of(DAY.as_secs())
+            {
                 errs.push(FieldError::new(
                     at("max_age"),
                     format!(
@@ -118,9 +123,6 @@ fn month_hint(d: Duration) -> &'static str {
     }
 }
 
-/// The admin listener cannot share the proxy listener's address: `run`
-/// would fail to bind. Port 0 picks a free port for each, and a wildcard
-/// address (`0.0.0.0`, `::`) takes its port on every address.
 /// Settings that are accepted but do nothing where they are (warnings, so
 /// an operator does not rely on them): a CA for a plain-http upstream,
 /// `refresh` on a static credential.
@@ -143,6 +145,9 @@ pub(super) fn ignored_settings(config: &Config) -> Vec<String> {
     out
 }
 
+/// The admin listener cannot share the proxy listener's address: `run`
+/// would fail to bind. Port 0 picks a free port for each, and a wildcard
+/// address (`0.0.0.0`, `::`) takes its port on every address.
 pub(super) fn check_listeners(config: &Config, errs: &mut Vec<FieldError>) {
     let Some(admin) = &config.admin else {
         return;

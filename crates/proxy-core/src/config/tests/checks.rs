@@ -219,7 +219,10 @@ fn max_age_in_months_is_refused() {
             "{v}: {e}"
         );
     }
-    for v in ["10m", "30d", "90d", "365d", "3650d"] {
+    // Whole days, even those a whole number of months or years make.
+    for v in [
+        "10m", "30d", "90d", "365d", "761d", "1461d", "2922d", "3650d",
+    ] {
         assert_eq!(
             errors(&refresh(&format!("max_age: {v}"))),
             "<accepted>",
