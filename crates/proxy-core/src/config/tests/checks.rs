@@ -79,6 +79,17 @@ fn two_clients_with_one_token_are_refused() {
         errors(&yaml),
         "t.yaml: clients[2].token: the same token as clients[0] (\"a\"): a token names one client"
     );
+    // Literals are compared as used: trimmed.
+    let yaml = format!(
+        "{HEAD}clients:\n  - {{ id: a, token: {{ value: shared-tok }}, routes: [r1] }}\n  \
+         - {{ id: b, token: {{ value: \"shared-tok \" }}, routes: [r2] }}\n\
+         routes:\n  - {{ id: r1, match: {{ path_prefix: /a }}, upstream: http://127.0.0.1:1 }}\n  \
+         - {{ id: r2, match: {{ path_prefix: /b }}, upstream: http://127.0.0.1:1 }}\n"
+    );
+    assert_eq!(
+        errors(&yaml),
+        "t.yaml: clients[1].token: the same token as clients[0] (\"a\"): a token names one client"
+    );
 }
 
 #[test]
