@@ -127,14 +127,7 @@ pub async fn start_with(
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     // Built inactive (see `CredentialSource::activate`); the config is in
     // service now that its listeners are bound.
-    {
-        let serving = proxy.load();
-        kept.observer
-            .serve(&serving.config, &options, &serving.credentials);
-        for source in &serving.credentials {
-            source.activate();
-        }
-    }
+    crate::build::put_in_service(&proxy.load(), &options, &kept);
 
     let (shutdown, rx) = watch::channel(false);
     // The admin listener outlives the drain, so probes see "not ready"

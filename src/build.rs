@@ -428,12 +428,22 @@ pub fn build_proxy(config: Config, file: &str) -> Result<Proxy, ConfigError> {
     let kept = Kept::default();
     let options = StartOptions::default();
     let proxy = build_proxy_with(config, file, &options, None, &kept)?;
+    put_in_service(&proxy, &options, &kept);
+    Ok(proxy)
+}
+
+/// Puts a proxy that [`build_proxy_with`] built in service: its audit and
+/// metrics settings now apply to every credential's refresh reports (see
+/// [`crate::observer`]), and its credentials start refreshing
+/// ([`CredentialSource::activate`]). Call it once the proxy serves: at
+/// startup once the listeners are bound, at a reload once the new config is
+/// swapped in (never for a refused one).
+pub fn put_in_service(proxy: &Proxy, options: &StartOptions, kept: &Kept) {
     kept.observer
-        .serve(&proxy.config, &options, &proxy.credentials);
+        .serve(&proxy.config, options, &proxy.credentials);
     for source in &proxy.credentials {
         source.activate();
     }
-    Ok(proxy)
 }
 
 /// What a running proxy keeps across reloads.
@@ -459,9 +469,9 @@ pub struct Kept {
 /// Prometheus recorder when `metrics.enabled`.
 ///
 /// Refreshing credentials are built inactive: whoever puts the proxy in
-/// service calls [`CredentialSource::activate`] on each (a reload only once
-/// the new config is accepted, so a refused one never reaches a token
-/// endpoint or a store).
+/// service calls [`put_in_service`] (a reload only once the new config is
+/// accepted, so a refused one never reaches a token endpoint or a store, and
+/// its audit settings never apply).
 ///
 /// With `previous` (a reload), unchanged credentials keep their sources;
 /// `kept` is shared across reloads so connection pools stay warm and

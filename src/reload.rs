@@ -282,12 +282,7 @@ impl Reloader {
         let routes = new.config.routes.len();
         let new = Arc::new(new);
         self.proxy.store(new.clone());
-        self.kept
-            .observer
-            .serve(&new.config, &self.options, &new.credentials);
-        for source in &new.credentials {
-            source.activate();
-        }
+        crate::build::put_in_service(&new, &self.options, &self.kept);
         for source in &retired {
             source.retire();
         }

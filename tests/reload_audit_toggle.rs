@@ -110,3 +110,35 @@ async fn turning_audit_and_metrics_on_by_reload_covers_kept_credentials() {
     );
     assert!(running.shutdown().await);
 }
+
+/// An embedder that builds a proxy itself and puts it in service with
+/// `put_in_service` gets refresh records in its audit sink.
+#[tokio::test]
+async fn an_embedded_proxy_put_in_service_reports_refreshes() {
+    let ep = support::gauges::endpoint().await;
+    let up = echo_upstream().await;
+    let mut yaml = support::gauges::yaml("tok", &up.url(), &oauth(&ep, "s"), "");
+    yaml.push_str("audit: { enabled: true }\nmetrics: { enabled: false }\n");
+    let config = latchkey::Config::from_yaml(&yaml, "lk.yaml").unwrap();
+    let sink = Arc::new(audit::MemorySink::new());
+    let options = latchkey::StartOptions {
+        audit_sink: Some(sink.clone()),
+        ..Default::default()
+    };
+    let kept = latchkey::build::Kept::default();
+    let proxy =
+        latchkey::build::build_proxy_with(config, "lk.yaml", &options, None, &kept).unwrap();
+    latchkey::build::put_in_service(&proxy, &options, &kept);
+    let source = proxy
+        .credentials
+        .iter()
+        .find(|c| c.id() == "gauge-a")
+        .unwrap()
+        .clone();
+    source.refresh_now().await.unwrap();
+    assert!(
+        sink.refreshes().iter().any(|r| r["trigger"] == "manual"),
+        "{:?}",
+        sink.refreshes()
+    );
+}
