@@ -53,6 +53,7 @@ impl CurrentObserver {
             (sink.is_some() || metrics).then(|| Arc::new(AuditObserver::new(sink, metrics))),
         );
         if metrics && !had_metrics {
+            audit::metrics::republish_tls_certificate();
             for source in sources.iter().filter(|s| s.refreshes()) {
                 let status = source.status();
                 let last_ok = status

@@ -85,9 +85,7 @@ pub fn acceptor(settings: &TlsSettings, file: &str) -> Result<TlsAcceptor, Confi
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
     };
-    if let Some((_, at)) = not_after(&key) {
-        audit::metrics::record_tls_certificate(at);
-    }
+    audit::metrics::record_tls_certificate(not_after(&key).map(|(_, at)| at));
     let resolver = Arc::new(CertResolver {
         current: ArcSwap::from_pointee(key),
     });
@@ -361,7 +359,12 @@ async fn watch_files(
             return;
         };
         match reloaded {
-            Ok(None) => last_problem = None,
+            Ok(None) => {
+                // The files are the pair served (again).
+                if last_problem.take().is_some() {
+                    audit::metrics::record_tls_certificate_unchanged();
+                }
+            }
             Ok(Some((key, print))) => {
                 files.fingerprint = print;
                 last_problem = None;
@@ -373,9 +376,7 @@ async fn watch_files(
                 );
                 resolver.current.store(Arc::new(key));
                 audit::metrics::record_tls_certificate_reload(true);
-                if let Some((_, at)) = expires {
-                    audit::metrics::record_tls_certificate(at);
-                }
+                audit::metrics::record_tls_certificate(expires.map(|(_, at)| at));
             }
             Err(e) => {
                 audit::metrics::record_tls_certificate_reload(false);

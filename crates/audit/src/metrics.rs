@@ -70,6 +70,9 @@ pub const TLS_CERT_EXPIRATION: &str = "latchkey_tls_certificate_expiration_times
 /// previous pair is still served; counted on every check while the files
 /// stay broken).
 pub const TLS_CERT_RELOADS: &str = "latchkey_tls_certificate_reloads_total";
+/// Gauge: 1 while the serving certificate files have changed but do not
+/// load (the previous certificate is still served), else 0.
+pub const TLS_CERT_RELOAD_FAILING: &str = "latchkey_tls_certificate_reload_failing";
 
 /// Histogram buckets, seconds: 1 ms to 30 s (the default route timeout).
 pub const BUCKETS: &[f64] = &[
@@ -195,6 +198,10 @@ fn describe() {
         TLS_CERT_EXPIRATION,
         Unit::Seconds,
         "Unix time at which the proxy listener's serving certificate now in use expires."
+    );
+    describe_gauge!(
+        TLS_CERT_RELOAD_FAILING,
+        "1 while the serving certificate files have changed but do not load (the previous certificate is still served), else 0."
     );
     describe_counter!(
         TLS_CERT_RELOADS,
@@ -450,14 +457,68 @@ pub fn record_tls_handshake_failure(reason: &'static str) {
     metrics::counter!(TLS_HANDSHAKE_FAILURES, "reason" => reason).increment(1);
 }
 
-/// The serving certificate now in use expires at `not_after`.
-pub fn record_tls_certificate(not_after: SystemTime) {
-    metrics::gauge!(TLS_CERT_EXPIRATION).set(unix_seconds(not_after));
+/// The serving certificate's state, kept so that metrics turned on later
+/// (by a reload) show it at once rather than at its next change.
+#[derive(Clone, Copy)]
+struct TlsCertificate {
+    not_after: Option<SystemTime>,
+    failing: bool,
 }
 
-/// Counts one load of changed serving certificate files.
+static TLS_CERTIFICATE: std::sync::Mutex<Option<TlsCertificate>> = std::sync::Mutex::new(None);
+
+fn tls_certificate(update: impl FnOnce(&mut TlsCertificate)) -> TlsCertificate {
+    let mut slot = TLS_CERTIFICATE.lock().unwrap_or_else(|p| p.into_inner());
+    let state = slot.get_or_insert(TlsCertificate {
+        not_after: None,
+        failing: false,
+    });
+    update(state);
+    *state
+}
+
+fn publish_tls_certificate(state: TlsCertificate) {
+    metrics::gauge!(TLS_CERT_EXPIRATION).set(state.not_after.map_or(f64::NAN, unix_seconds));
+    metrics::gauge!(TLS_CERT_RELOAD_FAILING).set(if state.failing { 1.0 } else { 0.0 });
+    // Both results exist from the start, at 0 (`increase()` cannot see a
+    // series' first sample).
+    for result in ["ok", "error"] {
+        metrics::counter!(TLS_CERT_RELOADS, "result" => result).increment(0);
+    }
+}
+
+/// The serving certificate now in use expires at `not_after` (`None`: not
+/// known), and the files on disk are what it was loaded from.
+pub fn record_tls_certificate(not_after: Option<SystemTime>) {
+    publish_tls_certificate(tls_certificate(|s| {
+        s.not_after = not_after;
+        s.failing = false;
+    }));
+}
+
+/// Counts one load of changed serving certificate files; a failed one
+/// leaves `latchkey_tls_certificate_reload_failing` at 1 until the files
+/// load (or go back to what is served).
 pub fn record_tls_certificate_reload(ok: bool) {
     metrics::counter!(TLS_CERT_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
+    if !ok {
+        publish_tls_certificate(tls_certificate(|s| s.failing = true));
+    }
+}
+
+/// The files are what is served again (reverted) without a reload.
+pub fn record_tls_certificate_unchanged() {
+    let state = tls_certificate(|s| s.failing = false);
+    metrics::gauge!(TLS_CERT_RELOAD_FAILING).set(if state.failing { 1.0 } else { 0.0 });
+}
+
+/// Publishes the serving certificate's gauges again (metrics were turned
+/// on by a reload); nothing without a TLS listener.
+pub fn republish_tls_certificate() {
+    let state = *TLS_CERTIFICATE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(state) = state {
+        publish_tls_certificate(state);
+    }
 }
 
 /// Counts one config reload.

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 /// Every metric latchkey exports (see `src/metrics.rs`).
-const KNOWN: [&str; 12] = [
+const KNOWN: [&str; 13] = [
     "latchkey_requests_total",
     "latchkey_request_duration_seconds",
     "latchkey_upstream_responses_total",
@@ -25,6 +25,7 @@ const KNOWN: [&str; 12] = [
     "latchkey_build_info",
     "latchkey_tls_certificate_expiration_timestamp_seconds",
     "latchkey_tls_certificate_reloads_total",
+    "latchkey_tls_certificate_reload_failing",
 ];
 
 /// Histograms, which are queried through these series.
@@ -108,7 +109,7 @@ fn the_serving_certificate_has_its_alerts() {
         (
             "LatchkeyServingCertificateReloadFailing",
             "5m",
-            "latchkey_tls_certificate_reloads_total{result=\"error\"}[5m])) > 0",
+            "max by (pod) (latchkey_tls_certificate_reload_failing) == 1",
         ),
         (
             "LatchkeyServingCertificateExpiresSoon",
