@@ -7,18 +7,23 @@
 //! connected, and with it the response being streamed: its upstream
 //! connection, its in-flight slot (`proxy.max_concurrent_requests`) and
 //! the buffers of both sides. [`SendTimer`] closes such a connection when
-//! a write to the caller has made no progress for the timeout: nginx's
-//! `send_timeout` (same default, 60 s), which likewise runs only between
-//! two successive writes, not over a whole response, so a slow but moving
-//! download is never cut.
+//! a write to the caller has stayed pending for the timeout: nginx's
+//! `send_timeout` (same default, 60 s), which likewise runs between two
+//! successive writes, not over a whole response.
+//!
+//! Like nginx's, it sees progress only when the socket takes data again,
+//! and the kernel reports that only once about a third of the send buffer
+//! has drained (the buffer grows to a few MiB after a fast start): a caller
+//! that keeps reading, but less than that per timeout, is cut too.
 //!
 //! It watches the connection's socket (see [`super::linger::Lingering`],
-//! which holds it), so it bounds HTTP/1.1 and h2, plain and TLS alike: an
-//! h2 caller that stops reading the connection stalls its socket too. An
-//! h2 caller that keeps reading the connection but stops granting flow
-//! control window to one stream stalls only that stream, which this does
-//! not see (`routes[].response_idle_timeout` does not either: hyper stops
-//! polling a stream's body while it has no window).
+//! which holds it), plain or TLS. An h2 caller that stops reading usually
+//! does not fill the socket: each stream may be sent only its flow-control
+//! window, which the socket buffers take whole, and hyper then stops
+//! polling the stream's body (so `routes[].response_idle_timeout` does not
+//! see it either). Such a connection is closed by
+//! `proxy.client_idle_timeout` (see [`super::idle`]): the caller sends
+//! nothing either.
 //!
 //! The timer is armed only when a write finds the socket full, so a caller
 //! that keeps up costs one branch per write.

@@ -73,9 +73,11 @@ async fn a_caller_that_takes_nothing_is_cut_at_the_timeout() {
     assert_eq!(again.kind(), io::ErrorKind::TimedOut);
 }
 
-/// A slow caller that keeps taking bytes is never cut, however long the
-/// whole response takes: the timer runs between two writes, not over the
-/// response (nginx's `send_timeout`).
+/// A slow caller whose reads make room for the next write within the
+/// timeout is not cut, however long the whole response takes: the timer
+/// runs between two writes, not over the response (nginx's
+/// `send_timeout`). (A socket reports room only once about a third of its
+/// send buffer drained; this pipe reports any room at once.)
 #[tokio::test(start_paused = true)]
 async fn a_slow_caller_that_keeps_reading_is_not_cut() {
     let (mut ours, mut caller) = pipe(Duration::from_secs(60));
