@@ -264,3 +264,78 @@ fn check_shows_where_an_oauth2_client_secret_comes_from() {
         "{line}"
     );
 }
+
+/// A Redis URL that resolves but that `run` cannot parse (another scheme,
+/// a database that is not a number) is reported as `run` reports it.
+#[test]
+fn check_reports_a_redis_url_run_cannot_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config_with(
+        "redis",
+        &format!(
+            "redis: {{ url: {{ env: LK_REDIS_URL }}, encryption_keys: [{{ value: \"{GOOD_KEY}\" }}] }}\n"
+        ),
+    );
+    let path = write_file(dir.path(), "latchkey.yaml", &yaml);
+    for url in ["http://127.0.0.1:6379", "redis://127.0.0.1:6379/abc"] {
+        assert_check_warns_and_run_refuses(
+            &path,
+            &[("LK_REDIS_URL", url), ("FN_SECRET", "x")],
+            &["redis.url: store connect failed: invalid Redis URL"],
+            &["redis.url"],
+        );
+    }
+}
+
+/// With audit on, an `audit.file` that `run` cannot open (its directory
+/// missing, or a directory itself) is reported; with audit off it is not
+/// (run only warns then).
+#[test]
+fn check_reports_an_audit_file_run_cannot_open() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in [
+        dir.path().join("missing-dir/audit.log"),
+        dir.path().to_path_buf(),
+    ] {
+        let audit = format!("audit: {{ enabled: true, file: \"{}\" }}\n", file.display());
+        let path = write_file(dir.path(), "latchkey.yaml", &config_with("memory", &audit));
+        assert_check_warns_and_run_refuses(
+            &path,
+            &[("FN_SECRET", "x")],
+            &["audit.file: "],
+            &["audit.file"],
+        );
+    }
+    let off = format!(
+        "audit: {{ enabled: false, file: \"{}\" }}\n",
+        dir.path().join("missing-dir/audit.log").display()
+    );
+    let path = write_file(dir.path(), "off.yaml", &config_with("memory", &off));
+    let out = run_with(&path, &[("FN_SECRET", "x")], "check");
+    assert!(
+        !text(&out.stdout).contains("audit.file"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+/// A file store directory under a symbolic link to nothing cannot be
+/// created: reported, as `run` fails on it.
+#[test]
+fn check_reports_a_file_store_dir_under_a_dangling_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("dangling");
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), &link).unwrap();
+    let store = link.join("state");
+    let yaml = config_with(
+        "file",
+        &format!("file_store: {{ dir: \"{}\" }}\n", store.display()),
+    );
+    let path = write_file(dir.path(), "latchkey.yaml", &yaml);
+    assert_check_warns_and_run_refuses(
+        &path,
+        &[("FN_SECRET", "x")],
+        &["file_store.dir: ", "is a link (symlink) to a missing target"],
+        &["file_store.dir"],
+    );
+}

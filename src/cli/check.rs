@@ -263,12 +263,13 @@ pub fn summary(config: &Config, file: &str) -> String {
     out
 }
 
-/// What keeps `latchkey run` from building the stores on this machine,
-/// checked the way `run` builds them (and only for a store a credential
-/// uses: `run` builds no other): the Redis URL and keys resolved, the keys
-/// decoded, the URL's scheme against the TLS settings (when the TLS files
-/// load: a file that does not is reported already), and whether the file
-/// store's directory exists or could be created. Creates nothing.
+/// What keeps `latchkey run` from starting on this machine, checked the
+/// way `run` does it: for a store a credential uses (`run` builds no
+/// other), the Redis URL and keys resolved, the keys decoded, the URL parsed
+/// and its scheme checked against the TLS settings (when the TLS files load:
+/// a file that does not is reported already), and whether the file store's
+/// directory exists or could be created; with audit on, whether
+/// `audit.file` can be opened. Creates nothing, connects nowhere.
 fn store_problems(config: &Config, redis_tls_loads: bool) -> Vec<String> {
     let poll = config.secrets.file_poll_interval;
     let uses = |kind: StoreKind| config.credentials.iter().any(|c| c.store == kind);
@@ -283,10 +284,27 @@ fn store_problems(config: &Config, redis_tls_loads: bool) -> Vec<String> {
         }
         if let Ok(url) = &url
             && redis_tls_loads
-            && let Err(e) = crate::build::redis_tls(r, url.expose())
         {
-            errs.push(e);
+            match crate::build::redis_tls(r, url.expose()) {
+                Err(e) => errs.push(e),
+                // The URL parsed as `run` parses it (nothing connected).
+                Ok(tls) => {
+                    if let Err(e) =
+                        refresh_layer::store::check_redis_client(url.expose(), tls.as_ref())
+                    {
+                        errs.push(FieldError::new("redis.url", e.to_string()));
+                    }
+                }
+            }
         }
+    }
+    // `run` opens the audit file before it starts, and stops if it cannot
+    // while audit is on.
+    if config.audit.enabled
+        && let Some(file) = &config.audit.file
+        && let Some(problem) = file_problem(file)
+    {
+        errs.push(FieldError::new("audit.file", problem));
     }
     if let Some(fs) = config.file_store.as_ref().filter(|_| uses(StoreKind::File))
         && let Some(problem) = dir_problem(&fs.dir)
@@ -324,20 +342,55 @@ fn dir_problem(dir: &Path) -> Option<String> {
             ancestor
         };
         let why = match std::fs::metadata(at) {
-            Ok(m) if m.is_dir() => {
-                use rustix::fs::{Access, access};
-                match access(at, Access::WRITE_OK | Access::EXEC_OK) {
-                    Ok(()) => return None,
-                    Err(e) => format!("{} is not writable by this user ({e})", at.display()),
-                }
-            }
+            Ok(m) if m.is_dir() => match writable(at) {
+                Ok(()) => return None,
+                Err(why) => why,
+            },
             Ok(_) => format!("{} is not a directory", at.display()),
+            // A link to nothing: `run` could not create through it.
+            Err(_) if std::fs::symlink_metadata(at).is_ok() => {
+                format!("{} is a link (symlink) to a missing target", at.display())
+            }
             Err(e) if matches!(e.kind(), NotFound | NotADirectory) => continue,
             Err(e) => format!("cannot inspect {}: {e}", at.display()),
         };
         return Some(format!("{} cannot be created: {why}", dir.display()));
     }
     None
+}
+
+/// Why `run` could not open `file` to append to it (creating it, not its
+/// directory). Nothing is created.
+fn file_problem(file: &Path) -> Option<String> {
+    match std::fs::metadata(file) {
+        Ok(m) if m.is_dir() => Some(format!("{} is a directory", file.display())),
+        Ok(_) => writable(file).err(),
+        Err(_) => {
+            let parent = match file.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            match std::fs::metadata(parent) {
+                Ok(m) if m.is_dir() => writable(parent).err(),
+                Ok(_) => Some(format!("{} is not a directory", parent.display())),
+                Err(e) => Some(format!(
+                    "its directory {} cannot be used: {e}",
+                    parent.display()
+                )),
+            }
+        }
+    }
+}
+
+/// Whether this user may write to `at` (and, for a directory, create in it).
+fn writable(at: &Path) -> Result<(), String> {
+    use rustix::fs::{Access, access};
+    let mode = if at.is_dir() {
+        Access::WRITE_OK | Access::EXEC_OK
+    } else {
+        Access::WRITE_OK
+    };
+    access(at, mode).map_err(|e| format!("{} is not writable by this user ({e})", at.display()))
 }
 
 fn resolve_state(s: &SecretSource) -> String {

@@ -17,7 +17,7 @@ mod redis;
 
 pub use file::FileStore;
 pub use memory::MemoryStore;
-pub use redis::{RedisStore, RedisStoreSettings, RedisTls};
+pub use redis::{RedisStore, RedisStoreSettings, RedisTls, check_client as check_redis_client};
 
 use crate::token::StoredCredential;
 use futures_util::future::BoxFuture;

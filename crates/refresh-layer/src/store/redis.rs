@@ -120,32 +120,44 @@ redis.call('hset', KEYS[1], 'gen', ARGV[1], 'val', ARGV[2])
 redis.call('publish', KEYS[2], ARGV[1])
 return -1";
 
+/// Whether [`RedisStore::new`] would accept `url` and `tls` (the URL
+/// parsed, the TLS material read; nothing connected): for `latchkey
+/// check`.
+pub fn check_client(url: &str, tls: Option<&RedisTls>) -> Result<(), StoreError> {
+    client(url, tls).map(drop)
+}
+
+/// The Redis client for `url` and `tls`, nothing connected. The error names
+/// the kind of problem only: the URL may carry a password, the TLS material
+/// a key.
+fn client(url: &str, tls: Option<&RedisTls>) -> Result<redis::Client, StoreError> {
+    match tls {
+        None => redis::Client::open(url),
+        Some(tls) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: tls
+                    .client
+                    .as_ref()
+                    .map(|(cert, key)| redis::ClientTlsConfig {
+                        client_cert: cert.clone(),
+                        client_key: key.clone(),
+                    }),
+                root_cert: tls.ca_pem.clone(),
+            },
+        ),
+    }
+    .map_err(|e| StoreError::Io {
+        op: "connect",
+        problem: format!("invalid Redis URL or TLS material ({:?})", e.kind()),
+    })
+}
+
 impl RedisStore {
     /// Connects lazily (startup does not wait for Redis, and a Redis that
     /// is down at startup is picked up when it comes back).
     pub fn new(settings: RedisStoreSettings) -> Result<Self, StoreError> {
-        let client = match &settings.tls {
-            None => redis::Client::open(settings.url.as_str()),
-            Some(tls) => redis::Client::build_with_tls(
-                settings.url.as_str(),
-                redis::TlsCertificates {
-                    client_tls: tls
-                        .client
-                        .as_ref()
-                        .map(|(cert, key)| redis::ClientTlsConfig {
-                            client_cert: cert.clone(),
-                            client_key: key.clone(),
-                        }),
-                    root_cert: tls.ca_pem.clone(),
-                },
-            ),
-        }
-        .map_err(|e| StoreError::Io {
-            op: "connect",
-            // The URL may carry a password, the TLS material a key: report
-            // the kind of error only.
-            problem: format!("invalid Redis URL or TLS material ({:?})", e.kind()),
-        })?;
+        let client = client(&settings.url, settings.tls.as_ref())?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout))
             .set_response_timeout(Some(settings.timeout))
