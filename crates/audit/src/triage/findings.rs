@@ -330,10 +330,11 @@ fn route_failure(
         "shutdown" => (
             FindingKind::InternalError,
             format!(
-                "{n} cut when latchkey stopped ({when}): still waiting for the upstream \
-                 when proxy.drain_timeout ran out (or a second stop signal came); raise \
-                 drain_timeout above the route's longest requests, and the pod's \
-                 terminationGracePeriodSeconds with it"
+                "{n} cut when latchkey stopped ({when}): still waiting for their answer \
+                 (the upstream's, or a credential refresh) when proxy.drain_timeout ran \
+                 out (or a second stop signal came); raise drain_timeout above the \
+                 route's longest requests, and the pod's terminationGracePeriodSeconds \
+                 with it"
             ),
         ),
         other => (
