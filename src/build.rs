@@ -432,6 +432,17 @@ pub fn build_proxy(config: Config, file: &str) -> Result<Proxy, ConfigError> {
     Ok(proxy)
 }
 
+/// Where `config`'s audit records go: `options`' sink, else the
+/// `latchkey::audit` tracing target; `None` with audit off.
+pub(crate) fn audit_sink(config: &Config, options: &StartOptions) -> Option<Arc<dyn AuditSink>> {
+    config.audit.enabled.then(|| {
+        options
+            .audit_sink
+            .clone()
+            .unwrap_or_else(|| Arc::new(TracingSink) as Arc<dyn AuditSink>)
+    })
+}
+
 /// Puts a proxy that [`build_proxy_with`] built in service: its audit and
 /// metrics settings now apply to every credential's refresh reports (see
 /// [`crate::observer`]), and its credentials start refreshing
@@ -502,12 +513,7 @@ fn build_proxy_once(
     kept: &Kept,
 ) -> Result<Proxy, ConfigError> {
     let config = Arc::new(config);
-    let sink: Option<Arc<dyn AuditSink>> = config.audit.enabled.then(|| {
-        options
-            .audit_sink
-            .clone()
-            .unwrap_or_else(|| Arc::new(TracingSink))
-    });
+    let sink = audit_sink(&config, options);
     let metrics = config.metrics.enabled;
     if metrics {
         audit::metrics::install();

@@ -16,7 +16,6 @@
 use crate::build::StartOptions;
 use arc_swap::ArcSwapOption;
 use audit::metrics::AuditObserver;
-use audit::sink::{AuditSink, TracingSink};
 use proxy_core::config::Config;
 use proxy_core::credential::CredentialSource;
 use proxy_core::facts::{RefreshEvent, RefreshObserver};
@@ -41,12 +40,7 @@ impl CurrentObserver {
         options: &StartOptions,
         sources: &[Arc<dyn CredentialSource>],
     ) {
-        let sink: Option<Arc<dyn AuditSink>> = config.audit.enabled.then(|| {
-            options
-                .audit_sink
-                .clone()
-                .unwrap_or_else(|| Arc::new(TracingSink))
-        });
+        let sink = crate::build::audit_sink(config, options);
         let metrics = config.metrics.enabled;
         let had_metrics = self.current.load().as_ref().is_some_and(|o| o.metrics());
         self.current.store(

@@ -325,6 +325,26 @@ fn keep_startup_bound(running: &Config, new: &mut Config) {
     new.audit.file.clone_from(&running.audit.file);
 }
 
+/// "A, B changed; they apply after a restart{why}" for the settings of
+/// `settings` that changed, if any.
+fn restart_note(settings: &[(&str, bool)], why: &str) -> Option<String> {
+    let changed: Vec<&str> = settings
+        .iter()
+        .filter_map(|&(name, changed)| changed.then_some(name))
+        .collect();
+    let verb = if changed.len() == 1 {
+        "it applies"
+    } else {
+        "they apply"
+    };
+    (!changed.is_empty()).then(|| {
+        format!(
+            "{} changed; {verb} after a restart{why}",
+            changed.join(", ")
+        )
+    })
+}
+
 /// Settings read once at startup: reported, not applied, on reload.
 fn startup_bound_changes(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
@@ -339,69 +359,46 @@ fn startup_bound_changes(old: &Config, new: &Config) -> Vec<String> {
         out.push("proxy.tls changed; the listener's TLS settings apply after a restart (certificate files themselves are reloaded as they change)".to_string());
     }
     // Named one by one: the operator sees which edit waits for a restart.
-    let server: Vec<&str> = [
-        ("proxy.drain_timeout", o.drain_timeout != n.drain_timeout),
-        (
-            "proxy.max_header_bytes",
-            o.max_header_bytes != n.max_header_bytes,
-        ),
-        (
-            "proxy.client_header_timeout",
-            o.client_header_timeout != n.client_header_timeout,
-        ),
-        (
-            "proxy.client_idle_timeout",
-            o.client_idle_timeout != n.client_idle_timeout,
-        ),
-        (
-            "proxy.delayed_close_timeout",
-            o.delayed_close_timeout != n.delayed_close_timeout,
-        ),
-        ("proxy.send_timeout", o.send_timeout != n.send_timeout),
-    ]
-    .into_iter()
-    .filter_map(|(name, changed)| changed.then_some(name))
-    .collect();
-    if !server.is_empty() {
-        out.push(format!(
-            "{} changed; {} after a restart",
-            server.join(", "),
-            if server.len() == 1 {
-                "it applies"
-            } else {
-                "they apply"
-            }
-        ));
-    }
-    let pools: Vec<&str> = [
-        (
-            "proxy.upstream_max_idle",
-            o.upstream_max_idle != n.upstream_max_idle,
-        ),
-        (
-            "proxy.upstream_idle_timeout",
-            o.upstream_idle_timeout != n.upstream_idle_timeout,
-        ),
-        (
-            "proxy.upstream_h2_keepalive",
-            o.upstream_h2_keepalive != n.upstream_h2_keepalive,
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(name, changed)| changed.then_some(name))
-    .collect();
-    if !pools.is_empty() {
-        out.push(format!(
-            "{} changed; {} after a restart (connection pools are made with {})",
-            pools.join(", "),
-            if pools.len() == 1 {
-                "it applies"
-            } else {
-                "they apply"
-            },
-            if pools.len() == 1 { "it" } else { "them" }
-        ));
-    }
+    out.extend(restart_note(
+        &[
+            ("proxy.drain_timeout", o.drain_timeout != n.drain_timeout),
+            (
+                "proxy.max_header_bytes",
+                o.max_header_bytes != n.max_header_bytes,
+            ),
+            (
+                "proxy.client_header_timeout",
+                o.client_header_timeout != n.client_header_timeout,
+            ),
+            (
+                "proxy.client_idle_timeout",
+                o.client_idle_timeout != n.client_idle_timeout,
+            ),
+            (
+                "proxy.delayed_close_timeout",
+                o.delayed_close_timeout != n.delayed_close_timeout,
+            ),
+            ("proxy.send_timeout", o.send_timeout != n.send_timeout),
+        ],
+        "",
+    ));
+    out.extend(restart_note(
+        &[
+            (
+                "proxy.upstream_max_idle",
+                o.upstream_max_idle != n.upstream_max_idle,
+            ),
+            (
+                "proxy.upstream_idle_timeout",
+                o.upstream_idle_timeout != n.upstream_idle_timeout,
+            ),
+            (
+                "proxy.upstream_h2_keepalive",
+                o.upstream_h2_keepalive != n.upstream_h2_keepalive,
+            ),
+        ],
+        " (connection pools are made with them)",
+    ));
     if old.admin != new.admin {
         out.push(
             "admin changed (listener, management key or remote access); it applies after a restart"

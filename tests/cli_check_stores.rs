@@ -335,7 +335,10 @@ fn check_reports_a_file_store_dir_under_a_dangling_link() {
     assert_check_warns_and_run_refuses(
         &path,
         &[("FN_SECRET", "x")],
-        &["file_store.dir: ", "is a link (symlink) to a missing target"],
+        &[
+            "file_store.dir: ",
+            "is a link (symlink) to a missing target",
+        ],
         &["file_store.dir"],
     );
 }

@@ -79,6 +79,17 @@ async fn status_of(base: &str) -> u16 {
         .as_u16()
 }
 
+/// A raw connection to the proxy at `base` that has sent a GET of
+/// `/api/x` (and reads nothing yet).
+async fn caller_of(base: &str) -> TcpStream {
+    let addr = base.trim_start_matches("http://").to_owned();
+    let mut caller = TcpStream::connect(&addr).await.unwrap();
+    let req =
+        format!("GET /api/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {CLIENT_TOKEN}\r\n\r\n");
+    caller.write_all(req.as_bytes()).await.unwrap();
+    caller
+}
+
 /// A caller sends a request and never reads: once the socket is full and
 /// a second has passed without progress, its connection is closed, the
 /// upstream's response is let go of, and the one in-flight slot it held
@@ -93,18 +104,8 @@ async fn a_caller_that_stops_reading_is_cut_and_frees_its_slot() {
         "",
     ))
     .await;
-    let addr = p.base.trim_start_matches("http://").to_owned();
-    let mut caller = TcpStream::connect(&addr).await.unwrap();
+    let mut caller = caller_of(&p.base).await;
     let sent = tokio::time::Instant::now();
-    caller
-        .write_all(
-            format!(
-                "GET /api/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {CLIENT_TOKEN}\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
 
     // While the caller holds it, the one slot is taken.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -148,17 +149,7 @@ async fn a_caller_that_stops_reading_is_cut_and_frees_its_slot() {
 async fn zero_keeps_a_stalled_caller_connected() {
     let (upstream, dropped) = endless_upstream().await;
     let p = start_proxy(&api_config(", send_timeout: 0s", &upstream, "")).await;
-    let addr = p.base.trim_start_matches("http://").to_owned();
-    let mut caller = TcpStream::connect(&addr).await.unwrap();
-    caller
-        .write_all(
-            format!(
-                "GET /api/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {CLIENT_TOKEN}\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
+    let mut caller = caller_of(&p.base).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(dropped.load(Ordering::SeqCst), 0, "still streaming");
     let mut head = [0u8; 17];
