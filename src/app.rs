@@ -66,8 +66,6 @@ pub async fn start_with(
     file: &str,
     options: StartOptions,
 ) -> Result<Running, StartError> {
-    // Before any credential is activated (see `AdminState::started`).
-    let started = std::time::SystemTime::now();
     let drain = config.proxy.drain_timeout;
     let max_header_bytes = usize::try_from(config.proxy.max_header_bytes).unwrap_or(usize::MAX);
     let header_timeout = config.proxy.client_header_timeout;
@@ -164,11 +162,7 @@ pub async fn start_with(
             let _ = r.reload("startup", true).await;
         }));
     }
-    let state = Arc::new(
-        AdminState::new(proxy.clone())
-            .with_started(started)
-            .with_reloader(reloader.clone()),
-    );
+    let state = Arc::new(AdminState::new(proxy.clone()).with_reloader(reloader.clone()));
     let proxy_task = tokio::spawn(crate::server::serve(
         listener,
         proxy,

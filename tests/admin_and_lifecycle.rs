@@ -182,35 +182,6 @@ credentials:
     );
 }
 
-/// A credential that got its token after the process started and lost it
-/// (the token expired, the endpoint now refuses) before any readiness probe
-/// came has resolved in this process: `/readyz` is 200, with
-/// `all_resolved: false` naming it, as for one that fails after a probe
-/// saw it. (It was 503 until restart or recovery: the flag was set only by
-/// a probe that found everything resolved at that moment.)
-#[tokio::test]
-async fn readyz_counts_a_credential_that_resolved_before_the_first_probe() {
-    let up = echo_upstream().await;
-    let ep = support::gauges::endpoint().await;
-    ep.set_expires_in_f64(0.3);
-    let yaml = support::gauges::yaml(
-        CLIENT_TOKEN,
-        &up.url(),
-        &support::gauges::oauth(&ep, "r1"),
-        "",
-    );
-    let p = start_proxy(&yaml).await;
-    let (status, _, _) = get(&p.url("/a/x"), &[("authorization", &bearer(CLIENT_TOKEN))]).await;
-    assert_eq!(status, StatusCode::OK, "the first token was obtained");
-    ep.set_failure(Some(support::token_endpoint::Failure::InvalidGrant));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (status, _, body) = get(&format!("{}/readyz", p.admin), &[]).await;
-    let body = json(&body);
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["all_resolved"], json!(false), "{body}");
-    assert_ne!(body["credentials"]["gauge-a"], json!("ok"), "{body}");
-}
-
 #[tokio::test]
 async fn unknown_admin_path_is_404_json() {
     let p = start_proxy(&config("")).await;

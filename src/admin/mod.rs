@@ -37,15 +37,9 @@ pub struct AdminState {
     pub proxy: Arc<ArcSwap<Proxy>>,
     /// False once shutdown began.
     pub serving: AtomicBool,
-    /// Every credential and client token resolved since the process
-    /// started (seen by a readiness check, or a token obtained since
-    /// `started`): from then on their failures no longer make the process
-    /// unready.
+    /// Every credential and client token resolved at some readiness check:
+    /// from then on their failures no longer make the process unready.
     pub resolved_once: AtomicBool,
-    /// When the process started: a credential whose token was obtained
-    /// since then resolved in this process, even if no readiness check saw
-    /// it valid.
-    pub started: std::time::SystemTime,
     /// The management API's key, loopback rule and lockout.
     pub management: Management,
     /// Reloads the config file (`POST /v0/management/reload`); `None` when
@@ -66,15 +60,8 @@ impl AdminState {
             proxy,
             serving: AtomicBool::new(true),
             resolved_once: AtomicBool::new(false),
-            started: std::time::SystemTime::now(),
             reloader: None,
         }
-    }
-
-    /// Started at `started` (before the credentials were activated).
-    pub fn with_started(mut self, started: std::time::SystemTime) -> Self {
-        self.started = started;
-        self
     }
 
     /// With `reloader` behind `POST /v0/management/reload`.
@@ -194,24 +181,18 @@ pub async fn handle<B>(
 pub fn readiness(state: &AdminState) -> (bool, Value) {
     let proxy = state.proxy.load();
     let serving = state.serving.load(Ordering::Acquire);
-    // Whether everything resolves now, and whether everything has resolved
-    // since the process started: a credential that got a token here (or
-    // adopted one another replica got since) and lost it before any probe
-    // counts; a token left in a shared store by an earlier run does not.
+    // Whether everything resolves now.
     let mut ready = true;
-    let mut had_values = true;
     let mut creds = serde_json::Map::new();
     for src in &proxy.credentials {
         let status = match src.get().now_or_never() {
             Some(Ok(_)) => "ok".to_string(),
             Some(Err(e)) => {
                 ready = false;
-                had_values &= obtained_since(src.as_ref(), state.started);
                 e.reason
             }
             None => {
                 ready = false;
-                had_values &= obtained_since(src.as_ref(), state.started);
                 "waiting for the first value".to_string()
             }
         };
@@ -246,14 +227,13 @@ pub fn readiness(state: &AdminState) -> (bool, Value) {
             None | Some(Ok(_)) => "ok".to_string(),
             Some(Err(e)) => {
                 ready = false;
-                had_values = false;
                 e.to_string()
             }
         };
         clients.insert(c.id.to_string(), Value::String(status));
     }
     let resolved = ready;
-    if resolved || had_values {
+    if resolved {
         state.resolved_once.store(true, Ordering::Release);
     }
     let ready = serving && (resolved || state.resolved_once.load(Ordering::Acquire));
@@ -267,14 +247,6 @@ pub fn readiness(state: &AdminState) -> (bool, Value) {
         "clients": clients,
     });
     (ready, body)
-}
-
-/// Whether `src` holds a token obtained at or after `started`.
-fn obtained_since(
-    src: &dyn proxy_core::credential::CredentialSource,
-    started: std::time::SystemTime,
-) -> bool {
-    src.status().obtained_at.is_some_and(|at| at >= started)
 }
 
 pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
