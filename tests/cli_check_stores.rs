@@ -293,9 +293,13 @@ fn check_reports_a_redis_url_run_cannot_parse() {
 #[test]
 fn check_reports_an_audit_file_run_cannot_open() {
     let dir = tempfile::tempdir().unwrap();
+    // A link to a file in a missing directory, as well.
+    let link = dir.path().join("dangling.log");
+    std::os::unix::fs::symlink(dir.path().join("nodir/audit.log"), &link).unwrap();
     for file in [
         dir.path().join("missing-dir/audit.log"),
         dir.path().to_path_buf(),
+        link,
     ] {
         let audit = format!("audit: {{ enabled: true, file: \"{}\" }}\n", file.display());
         let path = write_file(dir.path(), "latchkey.yaml", &config_with("memory", &audit));
@@ -316,6 +320,21 @@ fn check_reports_an_audit_file_run_cannot_open() {
         !text(&out.stdout).contains("audit.file"),
         "{}",
         text(&out.stdout)
+    );
+    // A link to a file that opening would create is fine.
+    let fine = dir.path().join("fine.log");
+    std::os::unix::fs::symlink(dir.path().join("created.log"), &fine).unwrap();
+    let on = format!("audit: {{ enabled: true, file: \"{}\" }}\n", fine.display());
+    let path = write_file(dir.path(), "on.yaml", &config_with("memory", &on));
+    let out = run_with(&path, &[("FN_SECRET", "x")], "check");
+    assert!(
+        !text(&out.stdout).contains("audit.file"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        !dir.path().join("created.log").exists(),
+        "check creates nothing"
     );
 }
 

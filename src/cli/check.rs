@@ -360,11 +360,29 @@ fn dir_problem(dir: &Path) -> Option<String> {
 }
 
 /// Why `run` could not open `file` to append to it (creating it, not its
-/// directory). Nothing is created.
+/// directory; through a link to a missing file, creating that file).
+/// Nothing is created.
 fn file_problem(file: &Path) -> Option<String> {
+    file_problem_at(file, 0)
+}
+
+fn file_problem_at(file: &Path, links: u8) -> Option<String> {
     match std::fs::metadata(file) {
         Ok(m) if m.is_dir() => Some(format!("{} is a directory", file.display())),
         Ok(_) => writable(file).err(),
+        // A link to a missing file: opening creates the link's target.
+        Err(_) if links < 8 && std::fs::symlink_metadata(file).is_ok() => {
+            match std::fs::read_link(file) {
+                Ok(target) => {
+                    let target = match file.parent() {
+                        Some(dir) if target.is_relative() => dir.join(target),
+                        _ => target,
+                    };
+                    file_problem_at(&target, links + 1)
+                }
+                Err(e) => Some(format!("cannot read the link {}: {e}", file.display())),
+            }
+        }
         Err(_) => {
             let parent = match file.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p,

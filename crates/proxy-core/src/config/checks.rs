@@ -60,27 +60,9 @@ pub(super) fn check_duration_bounds(config: &Config, errs: &mut Vec<FieldError>)
         bounded.push((at("backoff_min"), r.backoff_min, DAY, "24h"));
         bounded.push((at("backoff_max"), r.backoff_max, DAY, "24h"));
         bounded.push((at("buffer"), r.buffer, 7 * DAY, "7d"));
+        // Months and years are refused as written (`de_opt_duration`).
         if let Some(max_age) = r.max_age {
-            // Tokens without an expiry may well live for months, so
-            // max_age keeps a long bound; months written with `M` (most
-            // likely minutes) are refused instead: 90d, not 3M. A month
-            // (30.44 days) or a year (365.25 days) is not a whole number
-            // of days until 25 months or 4 years, so a value written in
-            // days (1461d) is never taken for one.
-            if max_age > 3650 * DAY {
-                bounded.push((at("max_age"), max_age, 3650 * DAY, "3650d"));
-            } else if !month_hint(max_age).is_empty()
-                && !max_age.as_secs().is_multiple_of(DAY.as_secs())
-            {
-                errs.push(FieldError::new(
-                    at("max_age"),
-                    format!(
-                        "is a whole number of months or years, most likely a typo{}; \
-                         write a long max_age in days, such as 90d",
-                        month_hint(max_age)
-                    ),
-                ));
-            }
+            bounded.push((at("max_age"), max_age, 3650 * DAY, "3650d"));
         }
         if let Some(e) = &c.exec {
             bounded.push((

@@ -144,15 +144,28 @@ pub(super) fn de_duration_or_zero<'de, D: Deserializer<'de>>(d: D) -> Result<Dur
         .map_err(serde::de::Error::custom)
 }
 
+/// An optional duration written without months or years (`refresh.max_age`,
+/// whose bound is years, so a month is no typo its bound would catch):
+/// `3M` is most likely 3 minutes, and a month is 30.44 days anyway.
 pub(super) fn de_opt_duration<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Duration>, D::Error> {
     match Option::<String>::deserialize(d)? {
         None => Ok(None),
+        Some(s) if has_month_or_year(&s) => Err(serde::de::Error::custom(
+            "is written in months or years (M and month are months, y is years; minutes \
+             are m): write a long one in days, such as 90d or 365d",
+        )),
         Some(s) => parse_duration(&s)
             .map(Some)
             .map_err(serde::de::Error::custom),
     }
+}
+
+/// Whether `s` uses humantime's month or year units.
+fn has_month_or_year(s: &str) -> bool {
+    s.split(|c: char| !c.is_ascii_alphabetic())
+        .any(|unit| matches!(unit, "M" | "month" | "months" | "y" | "year" | "years"))
 }
 
 pub(super) fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -112,7 +112,7 @@ fn bad_configs_name_file_and_field() {
             "bad.yaml: credentials[0].refresh.backoff_min: must be at most 24h (M and month are months, y is years; minutes are m)",
         ),
         (
-            "proxy: { listen: 127.0.0.1:0 }\ncredentials:\n  - id: k\n    static: { value: lit-canary-9f3 }\n    refresh: { max_age: 5000000000y }\n",
+            "proxy: { listen: 127.0.0.1:0 }\ncredentials:\n  - id: k\n    static: { value: lit-canary-9f3 }\n    refresh: { max_age: 5000000000d }\n",
             "bad.yaml: credentials[0].refresh.max_age: must be at most 3650d",
         ),
         (

@@ -218,21 +218,22 @@ fn refresh(settings: &str) -> String {
 }
 
 /// Tokens without an expiry may live for months, so `max_age` keeps a
-/// long bound; a whole number of months (`M` meant as minutes) is refused.
+/// long bound; a value written in months or years (`M` meant as minutes)
+/// is refused as written, whatever number of days it makes.
 #[test]
 fn max_age_in_months_is_refused() {
-    for v in ["1M", "5M", "30M", "2months", "1y"] {
+    for v in [
+        "1M", "5M", "25M", "50M", "30M", "2months", "1y", "4y", "1y 2M", "3 months",
+    ] {
         let e = errors(&refresh(&format!("max_age: {v}")));
         assert!(
-            e.starts_with(
-                "t.yaml: credentials[0].refresh.max_age: is a whole number of months or years"
-            ) && e.contains("(M and month are months, y is years; minutes are m)"),
+            e.starts_with("t.yaml: credentials[0].refresh.max_age: is written in months or years")
+                && e.contains("(M and month are months, y is years; minutes are m)"),
             "{v}: {e}"
         );
     }
-    // Whole days, even those a whole number of months or years make.
     for v in [
-        "10m", "30d", "90d", "365d", "761d", "1461d", "2922d", "3650d",
+        "10m", "30d", "90d", "365d", "761d", "1461d", "2922d", "3650d", "8766h", "1w",
     ] {
         assert_eq!(
             errors(&refresh(&format!("max_age: {v}"))),
