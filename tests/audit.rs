@@ -122,6 +122,29 @@ async fn wait_for(sink: &MemorySink, pick: impl Fn(&[Value]) -> Option<Value>) -
     }
 }
 
+/// A raw connection that has sent `GET {path}` with the billing token,
+/// once the request reached `up` (which then holds it).
+async fn held_at_upstream(
+    p: &TestProxy,
+    up: &support::Upstream,
+    path: &str,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt as _;
+    let addr = p.running.as_ref().map(|r| r.proxy_addr).unwrap();
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {CLIENT_TOKEN}\r\n\r\n"
+    );
+    conn.write_all(req.as_bytes()).await.unwrap();
+    with_timeout(async {
+        while up.hit_count() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    conn
+}
+
 /// The one request record (there must be exactly one).
 fn only_request(sink: &MemorySink) -> Value {
     let recs = sink.requests();

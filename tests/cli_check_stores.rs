@@ -32,6 +32,17 @@ routes:
     )
 }
 
+/// [`config_with`] on a Redis store whose URL is `LK_REDIS_URL` and whose
+/// one key is the literal `key` (as written in YAML).
+fn redis_config(key: &str) -> String {
+    config_with(
+        "redis",
+        &format!(
+            "redis: {{ url: {{ env: LK_REDIS_URL }}, encryption_keys: [{{ value: {key} }}] }}\n"
+        ),
+    )
+}
+
 fn run_with(path: &Path, env: &[(&str, &str)], command: &str) -> Output {
     let mut cmd = latchkey();
     cmd.env_remove("LK_REDIS_URL").env_remove("FN_SECRET");
@@ -96,12 +107,7 @@ fn assert_check_warns_and_run_refuses(
 #[test]
 fn check_reports_a_redis_url_and_keys_that_run_refuses() {
     let dir = tempfile::tempdir().unwrap();
-    let yaml = config_with(
-        "redis",
-        &format!(
-            "redis: {{ url: {{ env: LK_REDIS_URL }}, encryption_keys: [{{ value: {LITERAL_CANARY} }}] }}\n"
-        ),
-    );
+    let yaml = redis_config(LITERAL_CANARY);
     let path = write_file(dir.path(), "latchkey.yaml", &yaml);
 
     // Neither resolves nor decodes: both named at once.
@@ -270,12 +276,7 @@ fn check_shows_where_an_oauth2_client_secret_comes_from() {
 #[test]
 fn check_reports_a_redis_url_run_cannot_parse() {
     let dir = tempfile::tempdir().unwrap();
-    let yaml = config_with(
-        "redis",
-        &format!(
-            "redis: {{ url: {{ env: LK_REDIS_URL }}, encryption_keys: [{{ value: \"{GOOD_KEY}\" }}] }}\n"
-        ),
-    );
+    let yaml = redis_config(&format!("\"{GOOD_KEY}\""));
     let path = write_file(dir.path(), "latchkey.yaml", &yaml);
     for url in ["http://127.0.0.1:6379", "redis://127.0.0.1:6379/abc"] {
         assert_check_warns_and_run_refuses(

@@ -492,7 +492,6 @@ async fn request_timeout() {
 
 #[tokio::test]
 async fn a_caller_that_hangs_up_is_recorded_as_client_cancel() {
-    use tokio::io::AsyncWriteExt as _;
     let up = slow_upstream(Duration::from_secs(5)).await;
     let (p, sink) = start(&setup(
         "cc",
@@ -501,19 +500,8 @@ async fn a_caller_that_hangs_up_is_recorded_as_client_cancel() {
         &route("cc", &up.url(), "    credential: cc-key\n"),
     ))
     .await;
-    let addr = p.running.as_ref().map(|r| r.proxy_addr).unwrap();
-    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "GET /cc/slow HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {CLIENT_TOKEN}\r\n\r\n"
-    );
-    conn.write_all(req.as_bytes()).await.unwrap();
+    let conn = held_at_upstream(&p, &up, "/cc/slow").await;
     // Hang up once the request is at the upstream.
-    with_timeout(async {
-        while up.hit_count() == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
     drop(conn);
     let v = wait_for(&sink, |r| {
         r.iter().find(|v| v["kind"] == "request").cloned()

@@ -7,7 +7,7 @@ use super::*;
 
 #[tokio::test]
 async fn a_request_cut_at_the_drain_timeout_is_recorded_as_shutdown() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncReadExt as _;
     let up = slow_upstream(Duration::from_secs(5)).await;
     let yaml = setup(
         "sd",
@@ -20,18 +20,7 @@ async fn a_request_cut_at_the_drain_timeout_is_recorded_as_shutdown() {
         "proxy: { listen: 127.0.0.1:0, drain_timeout: 200ms }",
     );
     let (p, sink) = start(&yaml).await;
-    let addr = p.running.as_ref().map(|r| r.proxy_addr).unwrap();
-    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "GET /sd/slow HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {CLIENT_TOKEN}\r\n\r\n"
-    );
-    conn.write_all(req.as_bytes()).await.unwrap();
-    with_timeout(async {
-        while up.hit_count() == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    let mut conn = held_at_upstream(&p, &up, "/sd/slow").await;
     assert!(!with_timeout(p.stop()).await, "the drain timed out");
     // The caller got no answer: its connection was closed.
     let mut got = Vec::new();
