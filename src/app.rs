@@ -163,6 +163,8 @@ pub async fn start_with(
         }));
     }
     let state = Arc::new(AdminState::new(proxy.clone()).with_reloader(reloader.clone()));
+    // "Resolved once" does not wait for the first readiness probe.
+    watchers.push(tokio::spawn(admin::watch_resolved(state.clone())));
     let proxy_task = tokio::spawn(crate::server::serve(
         listener,
         proxy,

@@ -182,6 +182,65 @@ credentials:
     );
 }
 
+/// A credential that had its token at startup and lost it (the token
+/// expired, the endpoint now refuses) before any readiness probe came has
+/// resolved once: latchkey checks by itself every second until everything
+/// has, so `/readyz` is 200 (with `all_resolved: false` naming it), as for
+/// one that fails after a probe saw it. One that never had a usable token
+/// (the endpoint hands out tokens already expired) stays 503: a broken new
+/// pod must not take traffic.
+#[tokio::test]
+async fn readyz_counts_a_credential_that_resolved_before_the_first_probe() {
+    let up = echo_upstream().await;
+    let (good, broken) = (
+        support::gauges::endpoint().await,
+        support::gauges::endpoint().await,
+    );
+    good.set_expires_in_f64(2.0);
+    broken.set_expires_in_f64(0.0);
+    let yaml = |ep: &support::token_endpoint::TokenEndpoint| {
+        // Refreshed 100 ms before expiry, not at half its life.
+        let credential = format!(
+            "{}\n    refresh: {{ buffer: 100ms }}",
+            support::gauges::oauth(ep, "r1")
+        );
+        support::gauges::yaml(CLIENT_TOKEN, &up.url(), &credential, "")
+    };
+    let p = start_proxy(&yaml(&good)).await;
+    let never = start_proxy(&yaml(&broken)).await;
+    // The self-check sees the first token (it runs every second), with no
+    // probe yet.
+    let state = p.running.as_ref().unwrap().admin_state();
+    with_timeout(async {
+        while !state
+            .resolved_once
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    good.set_failure(Some(support::token_endpoint::Failure::InvalidGrant));
+    // Past the 2 s token's expiry, its refresh failed.
+    with_timeout(async {
+        loop {
+            let body = json(&get(&format!("{}/readyz", p.admin), &[]).await.2);
+            if body["credentials"]["gauge-a"] != json!("ok") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let (status, _, body) = get(&format!("{}/readyz", p.admin), &[]).await;
+    let body = json(&body);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["all_resolved"], json!(false), "{body}");
+    assert_ne!(body["credentials"]["gauge-a"], json!("ok"), "{body}");
+    let (status, _, body) = get(&format!("{}/readyz", never.admin), &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{}", json(&body));
+}
+
 #[tokio::test]
 async fn unknown_admin_path_is_404_json() {
     let p = start_proxy(&config("")).await;

@@ -37,8 +37,9 @@ pub struct AdminState {
     pub proxy: Arc<ArcSwap<Proxy>>,
     /// False once shutdown began.
     pub serving: AtomicBool,
-    /// Every credential and client token resolved at some readiness check:
-    /// from then on their failures no longer make the process unready.
+    /// Every credential and client token resolved at some readiness check
+    /// (a probe's, or [`watch_resolved`]'s every second until then): from
+    /// then on their failures no longer make the process unready.
     pub resolved_once: AtomicBool,
     /// The management API's key, loopback rule and lockout.
     pub management: Management,
@@ -247,6 +248,24 @@ pub fn readiness(state: &AdminState) -> (bool, Value) {
         "clients": clients,
     });
     (ready, body)
+}
+
+/// How often [`watch_resolved`] checks.
+const RESOLVED_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs the readiness check every second until everything has resolved
+/// once, then ends. Without it, `resolved_once` would be set only by a
+/// probe: a credential that resolved at startup and failed before the
+/// first probe came (the probe's initial delay) would keep the pod unready
+/// although it had resolved. The check only reads what the credentials
+/// hold (its refresh kicks are single-flight and back off, as a probe's).
+pub async fn watch_resolved(state: Arc<AdminState>) {
+    let mut tick = tokio::time::interval(RESOLVED_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !state.resolved_once.load(Ordering::Acquire) {
+        tick.tick().await;
+        let _ = readiness(&state);
+    }
 }
 
 pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
