@@ -59,7 +59,7 @@ fn assert_no_secret(what: &str, out: &Output) {
     }
     // The base64 decoder's message quotes a character of the key and its
     // offset.
-    for leak in ["symbol", "offset"] {
+    for leak in ["Invalid symbol", ", offset "] {
         assert!(!all.contains(leak), "{what}: key material printed:\n{all}");
     }
 }
@@ -294,13 +294,27 @@ fn check_reports_a_redis_url_run_cannot_parse() {
 #[test]
 fn check_reports_an_audit_file_run_cannot_open() {
     let dir = tempfile::tempdir().unwrap();
-    // A link to a file in a missing directory, as well.
-    let link = dir.path().join("dangling.log");
-    std::os::unix::fs::symlink(dir.path().join("nodir/audit.log"), &link).unwrap();
+    // A link to a file in a missing directory, as well, also at the end of
+    // a chain of links; a link loop; a link to a directory path.
+    let link = |name: &str, to: &str| {
+        let at = dir.path().join(name);
+        std::os::unix::fs::symlink(to, &at).unwrap();
+        at
+    };
+    let dangling = link("dangling.log", "nodir/audit.log");
+    link("c11", "nodir/audit.log");
+    for i in (0..11).rev() {
+        link(&format!("c{i}"), &format!("c{}", i + 1));
+    }
+    let (looped, _) = (link("loop.log", "loop2.log"), link("loop2.log", "loop.log"));
+    let slash = link("slash.log", "created/");
     for file in [
         dir.path().join("missing-dir/audit.log"),
         dir.path().to_path_buf(),
-        link,
+        dangling,
+        dir.path().join("c0"),
+        looped,
+        slash,
     ] {
         let audit = format!("audit: {{ enabled: true, file: \"{}\" }}\n", file.display());
         let path = write_file(dir.path(), "latchkey.yaml", &config_with("memory", &audit));
@@ -357,7 +371,7 @@ fn check_reports_a_file_store_dir_under_a_dangling_link() {
         &[("FN_SECRET", "x")],
         &[
             "file_store.dir: ",
-            "is a link (symlink) to a missing target",
+            "is a symbolic link to a missing target",
         ],
         &["file_store.dir"],
     );

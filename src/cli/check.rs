@@ -349,7 +349,7 @@ fn dir_problem(dir: &Path) -> Option<String> {
             Ok(_) => format!("{} is not a directory", at.display()),
             // A link to nothing: `run` could not create through it.
             Err(_) if std::fs::symlink_metadata(at).is_ok() => {
-                format!("{} is a link (symlink) to a missing target", at.display())
+                format!("{} is a symbolic link to a missing target", at.display())
             }
             Err(e) if matches!(e.kind(), NotFound | NotADirectory) => continue,
             Err(e) => format!("cannot inspect {}: {e}", at.display()),
@@ -367,22 +367,31 @@ fn file_problem(file: &Path) -> Option<String> {
 }
 
 fn file_problem_at(file: &Path, links: u8) -> Option<String> {
+    use std::io::ErrorKind::NotFound;
     match std::fs::metadata(file) {
         Ok(m) if m.is_dir() => Some(format!("{} is a directory", file.display())),
         Ok(_) => writable(file).err(),
-        // A link to a missing file: opening creates the link's target.
-        Err(_) if links < 8 && std::fs::symlink_metadata(file).is_ok() => {
-            match std::fs::read_link(file) {
-                Ok(target) => {
-                    let target = match file.parent() {
-                        Some(dir) if target.is_relative() => dir.join(target),
-                        _ => target,
-                    };
-                    file_problem_at(&target, links + 1)
-                }
-                Err(e) => Some(format!("cannot read the link {}: {e}", file.display())),
-            }
+        // A link loop, a path through a file, no permission: as open says.
+        Err(e) if e.kind() != NotFound => Some(format!("{} cannot be opened: {e}", file.display())),
+        // A path ending in `/` names a directory, which opening cannot create.
+        Err(_) if file.as_os_str().as_encoded_bytes().ends_with(b"/") => {
+            Some(format!("{} names a directory", file.display()))
         }
+        // Past the kernel's own limit (40), open fails too.
+        Err(_) if links >= 40 && std::fs::symlink_metadata(file).is_ok() => {
+            Some(format!("{} is behind too many links", file.display()))
+        }
+        // A link to a missing file: opening creates the link's target.
+        Err(_) if std::fs::symlink_metadata(file).is_ok() => match std::fs::read_link(file) {
+            Ok(target) => {
+                let target = match file.parent() {
+                    Some(dir) if target.is_relative() => dir.join(target),
+                    _ => target,
+                };
+                file_problem_at(&target, links + 1)
+            }
+            Err(e) => Some(format!("cannot read the link {}: {e}", file.display())),
+        },
         Err(_) => {
             let parent = match file.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p,

@@ -164,12 +164,44 @@ pub(super) fn de_opt_duration<'de, D: Deserializer<'de>>(
 
 /// Whether `s` uses humantime's month or year units.
 fn has_month_or_year(s: &str) -> bool {
-    s.split(|c: char| !c.is_ascii_alphabetic())
-        .any(|unit| matches!(unit, "M" | "month" | "months" | "y" | "year" | "years"))
+    s.split(|c: char| !c.is_ascii_alphabetic()).any(|unit| {
+        matches!(
+            unit,
+            "M" | "month" | "months" | "y" | "yr" | "yrs" | "year" | "years"
+        )
+    })
 }
 
+/// Writes `d` as the config reads it, in days at most (`90d`, `1h 30m`,
+/// `250ms`): humantime's own formatter writes months and years (`90d` as
+/// `2months 29days 2h 52m 48s`), which `refresh.max_age` refuses.
 pub(super) fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_duration(*d))
+    s.collect_str(&format_days(*d))
+}
+
+/// `d` in units from days down to nanoseconds, zero ones left out.
+fn format_days(d: Duration) -> String {
+    let secs = d.as_secs();
+    let nanos = d.subsec_nanos();
+    let parts = [
+        (secs / 86_400, "d"),
+        (secs / 3600 % 24, "h"),
+        (secs / 60 % 60, "m"),
+        (secs % 60, "s"),
+        (u64::from(nanos / 1_000_000), "ms"),
+        (u64::from(nanos / 1_000 % 1_000), "us"),
+        (u64::from(nanos % 1_000), "ns"),
+    ];
+    let text: Vec<String> = parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect();
+    if text.is_empty() {
+        "0s".to_owned()
+    } else {
+        text.join(" ")
+    }
 }
 
 pub(super) fn ser_opt_duration<S: Serializer>(

@@ -223,7 +223,8 @@ fn refresh(settings: &str) -> String {
 #[test]
 fn max_age_in_months_is_refused() {
     for v in [
-        "1M", "5M", "25M", "50M", "30M", "2months", "1y", "4y", "1y 2M", "3 months",
+        "1M", "5M", "25M", "50M", "30M", "2months", "1y", "4y", "1y 2M", "3 months", "1yr", "2yrs",
+        "9 yrs", "1.5M",
     ] {
         let e = errors(&refresh(&format!("max_age: {v}")));
         assert!(
@@ -239,6 +240,32 @@ fn max_age_in_months_is_refused() {
             errors(&refresh(&format!("max_age: {v}"))),
             "<accepted>",
             "{v}"
+        );
+    }
+}
+
+/// Durations are shown (the management API's config view) as the config
+/// reads them back, in days at most: a `max_age` copied from the view is
+/// accepted, and means the same.
+#[test]
+fn durations_are_shown_in_days_and_read_back() {
+    for (written, shown) in [
+        ("90d", "90d"),
+        ("1h30m", "1h 30m"),
+        ("250ms", "250ms"),
+        ("3650d", "3650d"),
+        ("36h", "1d 12h"),
+    ] {
+        let c = Config::from_yaml(&refresh(&format!("max_age: {written}")), "t.yaml").unwrap();
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            v["credentials"][0]["refresh"]["max_age"], shown,
+            "{written}"
+        );
+        let back = Config::from_yaml(&refresh(&format!("max_age: {shown}")), "t.yaml").unwrap();
+        assert_eq!(
+            back.credentials[0].refresh.max_age,
+            c.credentials[0].refresh.max_age
         );
     }
 }
