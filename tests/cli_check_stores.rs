@@ -369,10 +369,7 @@ fn check_reports_a_file_store_dir_under_a_dangling_link() {
     assert_check_warns_and_run_refuses(
         &path,
         &[("FN_SECRET", "x")],
-        &[
-            "file_store.dir: ",
-            "is a symbolic link to a missing target",
-        ],
+        &["file_store.dir: ", "is a symbolic link to a missing target"],
         &["file_store.dir"],
     );
 }
