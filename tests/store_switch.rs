@@ -389,7 +389,15 @@ async fn a_scope_edit_during_a_refresh_keeps_the_rotated_refresh_token_in_memory
     let old_result = in_flight.await.expect("join");
     assert!(old_result.is_ok(), "{old_result:?}");
     f.ep.set_delay(std::time::Duration::ZERO);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The new source's own refresh (for the new scopes) has run: what it
+    // sent is what the assertions below look at.
+    let new = f.running.proxy().credentials[0].clone();
+    support::with_timeout(async {
+        while new.status().refreshing || new.status().last_refresh_result.is_none() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     let now = status(&f.base, "/a/x").await;
     let st = f.running.proxy().credentials[0].status();
     assert_eq!(

@@ -76,13 +76,30 @@ async fn a_retired_source_leaves_the_refresh_to_its_successor() {
 struct Flaky {
     inner: FileStore,
     down: Arc<AtomicBool>,
+    /// Operations refused while down.
+    refused: std::sync::atomic::AtomicUsize,
 }
 
 impl Flaky {
     fn gone(&self) -> Option<StoreError> {
-        self.down
-            .load(Ordering::SeqCst)
-            .then(|| StoreError::Unavailable("store down (test)".into()))
+        let down = self.down.load(Ordering::SeqCst);
+        if down {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+        }
+        down.then(|| StoreError::Unavailable("store down (test)".into()))
+    }
+
+    /// Waits until the store has refused an operation since `before`
+    /// refusals: a hand-over's reconciliation ran into it while down.
+    async fn refused_since(&self, before: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.refused.load(Ordering::SeqCst) <= before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the store was never tried"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
@@ -151,6 +168,7 @@ async fn moved_to_a_stale_store_that_is_down() -> (
     let flaky = Arc::new(Flaky {
         inner: files,
         down: down.clone(),
+        refused: std::sync::atomic::AtomicUsize::new(0),
     });
     (ep, old, live, dir, flaky, down)
 }
@@ -173,8 +191,9 @@ fn successor(ep: &TokenEndpoint, store: &Arc<Flaky>, from: &RefreshingSource) ->
 #[tokio::test]
 async fn one_handover_keeps_the_live_refresh_token() {
     let (ep, old, live, _dir, flaky, down) = moved_to_a_stale_store_that_is_down().await;
+    let before = flaky.refused.load(Ordering::SeqCst);
     let new = successor(&ep, &flaky, &old);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    flaky.refused_since(before).await;
     down.store(false, Ordering::SeqCst);
     let r = new.refresh_now().await;
     assert_eq!(ep.invalid_grants(), 0, "{r:?}");
@@ -186,14 +205,16 @@ async fn one_handover_keeps_the_live_refresh_token() {
 #[tokio::test]
 async fn a_second_handover_before_the_store_is_back_keeps_the_live_refresh_token() {
     let (ep, old, live, _dir, flaky, down) = moved_to_a_stale_store_that_is_down().await;
+    let before = flaky.refused.load(Ordering::SeqCst);
     let second = successor(&ep, &flaky, &old);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    flaky.refused_since(before).await;
     let handed = second.handover();
     assert!(handed.as_ref().is_some_and(|h| h.unsaved()), "{handed:?}");
+    let before = flaky.refused.load(Ordering::SeqCst);
     let third = successor(&ep, &flaky, &second);
     second.retire();
     drop(second);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    flaky.refused_since(before).await;
     down.store(false, Ordering::SeqCst);
     let r = third.refresh_now().await;
     assert_eq!(
