@@ -209,18 +209,21 @@ impl Reloader {
             ConfigError::new(&self.file, errors)
         })?;
         // A hand-over (taken while building) must include what a refresh
-        // running now rotates to: wait for those, briefly (a token call
-        // is bounded by 10 s; one that hangs is abandoned later anyway).
+        // running now rotates to: no source of the running config starts
+        // a refresh until this reload is applied or refused (the guard
+        // resumes them, after the replaced ones are retired), and the
+        // refreshes already running are waited for, together and briefly
+        // (a token call is bounded by 10 s; one that hangs is abandoned
+        // later anyway).
+        let paused = Paused::new(&old.credentials);
         let until = tokio::time::Instant::now() + HANDOVER_WAIT;
-        for source in &old.credentials {
-            if let Some(s) = source
-                .as_any()
-                .and_then(|a| a.downcast_ref::<refresh_layer::RefreshingSource>())
-            {
-                s.quiesce(until.saturating_duration_since(tokio::time::Instant::now()))
-                    .await;
-            }
-        }
+        futures_util::future::join_all(
+            paused
+                .0
+                .iter()
+                .map(|s| s.quiesce(until.saturating_duration_since(tokio::time::Instant::now()))),
+        )
+        .await;
         let new = build_proxy_with(config, &self.file, &self.options, Some(&old), &self.kept)?;
 
         let (mut kept, mut added) = (Vec::new(), Vec::new());
@@ -286,6 +289,7 @@ impl Reloader {
         for source in &retired {
             source.retire();
         }
+        drop(paused);
         for id in removed.iter().chain(&no_longer_refreshing) {
             audit::metrics::forget_credential(id);
         }
@@ -478,6 +482,37 @@ pub fn on_sighup(reloader: Arc<Reloader>) -> std::io::Result<tokio::task::JoinHa
             let _ = reloader.reload("sighup", false).await;
         }
     }))
+}
+
+/// The refreshing sources of the running config, paused while a reload
+/// decides (see [`refresh_layer::RefreshingSource::pause`]); resumed when
+/// dropped, whether the reload was applied (the replaced ones are retired
+/// by then, and stay so) or refused.
+struct Paused(Vec<refresh_layer::RefreshingSource>);
+
+impl Paused {
+    fn new(sources: &[Arc<dyn CredentialSource>]) -> Self {
+        let paused: Vec<_> = sources
+            .iter()
+            .filter_map(|s| {
+                s.as_any()
+                    .and_then(|a| a.downcast_ref::<refresh_layer::RefreshingSource>())
+                    .cloned()
+            })
+            .collect();
+        for s in &paused {
+            s.pause();
+        }
+        Self(paused)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        for s in &self.0 {
+            s.resume();
+        }
+    }
 }
 
 #[cfg(test)]

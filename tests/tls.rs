@@ -477,6 +477,52 @@ async fn websocket_over_https_is_bridged() {
     assert!(proxy.stop().await);
 }
 
+/// A `ca_file` on a plain-http upstream is ignored, as the config warning
+/// says: one that does not exist refuses neither the start nor a reload,
+/// and the route forwards with its credential.
+#[tokio::test]
+async fn a_ca_file_on_a_plain_http_upstream_is_not_read() {
+    let up = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latchkey.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "proxy: {{ listen: 127.0.0.1:0 }}
+credentials:
+  - {{ id: key, static: {{ value: \"{UPSTREAM_KEY}\" }} }}
+routes:
+  - {{ id: plain, match: {{ path_prefix: /plain/ }}, upstream: \"{}\", ca_file: /nonexistent/upstream-ca.pem, credential: key, public: true }}
+",
+            up.url(),
+        ),
+    )
+    .unwrap();
+    let config = latchkey::Config::load(&path).unwrap();
+    let warnings = proxy_core::config::warnings(&config);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("routes[0].ca_file is ignored")),
+        "{warnings:?}"
+    );
+    let options = latchkey::StartOptions {
+        config_path: Some(path.clone()),
+        watch_config: false,
+        ..Default::default()
+    };
+    let running = latchkey::start_with(config, &path.display().to_string(), options)
+        .await
+        .unwrap();
+    let url = format!("http://{}/plain/x", running.proxy_addr);
+    let (status, _, body) = get(&url, &[]).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    with_timeout(running.reload()).await.unwrap();
+    assert_eq!(get(&url, &[]).await.0, 200);
+    assert_eq!(up.hit_count(), 2);
+    assert!(running.shutdown().await);
+}
+
 /// A route's `ca_file` rotated in place (trust-manager, a Secret volume) is
 /// in force from the next reload; a bundle that no longer loads fails the
 /// reload, naming the field, and the running trust stays.

@@ -199,7 +199,7 @@ async fn dispatch(
         }
         Endpoint::Config => match serde_json::to_value(&*proxy.config) {
             Ok(mut v) => {
-                mask_token_url_queries(&mut v);
+                redact_config(&mut v);
                 ok(&v)
             }
             Err(e) => error(
@@ -307,10 +307,16 @@ fn presented_keys(headers: &HeaderMap) -> Vec<&str> {
     bearer.chain(header).filter(|k| !k.is_empty()).collect()
 }
 
-/// A token URL's query can hold a key (an Azure Function's `?code=`): the
-/// config view shows it as `?***`, as `latchkey check` and config errors
-/// do.
-fn mask_token_url_queries(config: &mut Value) {
+/// What the config view hides beyond the secrets the config types redact
+/// themselves, as `latchkey check` and config errors do:
+///
+/// - a token URL's query, shown as `?***`: it can hold a key (an Azure
+///   Function's `?code=`);
+/// - every value of `oauth2.params` and `exec.env`, shown as `***` (the
+///   names stay): plain strings that may carry a secret (a
+///   `client_assertion`, the API key an `exec` command needs, which it
+///   does not inherit from latchkey's environment).
+fn redact_config(config: &mut Value) {
     let Some(credentials) = config.get_mut("credentials").and_then(Value::as_array_mut) else {
         return;
     };
@@ -319,6 +325,13 @@ fn mask_token_url_queries(config: &mut Value) {
             && let Some((base, _)) = url.as_str().and_then(|u| u.split_once('?'))
         {
             *url = Value::String(format!("{base}?***"));
+        }
+        for map in ["/oauth2/params", "/exec/env"] {
+            if let Some(values) = c.pointer_mut(map).and_then(Value::as_object_mut) {
+                for v in values.values_mut() {
+                    *v = Value::String("***".to_owned());
+                }
+            }
         }
     }
 }
@@ -390,13 +403,36 @@ mod tests {
         assert!(!is_management_path("/v0/managementx"));
     }
 
-    /// The config view masks a token URL's query, from a real config.
+    /// The config view masks a token URL's query and the values of
+    /// `oauth2.params` and `exec.env`, from a real config.
     #[test]
-    fn the_config_view_masks_token_url_queries() {
-        let yaml = "proxy: { listen: 127.0.0.1:0 }\ncredentials:\n  - id: fn\n    oauth2:\n      grant: client_credentials\n      token_url: https://fn.example.net/api/token?code=canary-code\n      client_id: x\n      client_secret: { env: FN_SECRET }\n  - id: plain\n    oauth2:\n      grant: client_credentials\n      token_url: https://idp.example.net/token\n      client_id: y\n      client_secret: { env: FN_SECRET }\nroutes:\n  - { id: r, match: { path_prefix: /r/ }, upstream: \"https://api.example.net\", credential: fn, public: true }\n";
+    fn the_config_view_redacts_queries_params_and_exec_env() {
+        let yaml = r#"proxy: { listen: 127.0.0.1:0 }
+credentials:
+  - id: fn
+    oauth2:
+      grant: client_credentials
+      token_url: https://fn.example.net/api/token?code=canary-code
+      client_id: x
+      client_secret: { env: FN_SECRET }
+      params: { client_assertion: canary-assertion, audience: canary-audience }
+  - id: plain
+    oauth2:
+      grant: client_credentials
+      token_url: https://idp.example.net/token
+      client_id: y
+      client_secret: { env: FN_SECRET }
+  - id: ex
+    exec:
+      command: [sh, -c, 'echo "$API_SECRET"']
+      env: { API_SECRET: canary-exec-env }
+routes:
+  - { id: r, match: { path_prefix: /r/ }, upstream: "https://api.example.net", credential: fn, public: true }
+  - { id: s, match: { path_prefix: /s/ }, upstream: "https://api.example.net", credential: ex, public: true }
+"#;
         let config = proxy_core::config::Config::from_yaml(yaml, "t.yaml").unwrap();
         let mut v = serde_json::to_value(&config).unwrap();
-        mask_token_url_queries(&mut v);
+        redact_config(&mut v);
         assert_eq!(
             v["credentials"][0]["oauth2"]["token_url"],
             "https://fn.example.net/api/token?***"
@@ -405,7 +441,24 @@ mod tests {
             v["credentials"][1]["oauth2"]["token_url"],
             "https://idp.example.net/token"
         );
-        assert!(!v.to_string().contains("canary-code"));
+        // The names stay, the values go.
+        assert_eq!(
+            v["credentials"][0]["oauth2"]["params"],
+            serde_json::json!({ "client_assertion": "***", "audience": "***" })
+        );
+        assert_eq!(
+            v["credentials"][2]["exec"]["env"],
+            serde_json::json!({ "API_SECRET": "***" })
+        );
+        let text = v.to_string();
+        for canary in [
+            "canary-code",
+            "canary-assertion",
+            "canary-audience",
+            "canary-exec-env",
+        ] {
+            assert!(!text.contains(canary), "{canary} in {text}");
+        }
     }
 
     #[test]

@@ -227,12 +227,11 @@ pub fn summary(config: &Config, file: &str) -> String {
         };
     for (i, r) in config.routes.iter().enumerate() {
         let (ca, cert, key) = (&r.ca_file, &r.client_cert_file, &r.client_key_file);
-        tls_files(
-            format!("routes[{i}]"),
-            ca.as_ref(),
-            cert.as_ref(),
-            key.as_ref(),
-        );
+        // A plain-http upstream's CA is ignored (warned about as such), not read.
+        let ca = ca
+            .as_ref()
+            .filter(|_| r.upstream.scheme == http::uri::Scheme::HTTPS);
+        tls_files(format!("routes[{i}]"), ca, cert.as_ref(), key.as_ref());
     }
     let redis_tls_loads = config.redis.as_ref().is_none_or(|r| {
         let (ca, cert, key) = (&r.ca_file, &r.client_cert_file, &r.client_key_file);

@@ -250,8 +250,14 @@ where
             ));
             continue;
         }
+        // A CA for a plain-http upstream is ignored (a config warning), not
+        // read: a missing one must not refuse the config.
+        let ca_file = rc
+            .ca_file
+            .as_deref()
+            .filter(|_| rc.upstream.scheme == http::uri::Scheme::HTTPS);
         let tls = crate::upstream::UpstreamTls::from_files(
-            rc.ca_file.as_deref(),
+            ca_file,
             rc.client_cert_file.as_deref(),
             rc.client_key_file.as_deref(),
         );

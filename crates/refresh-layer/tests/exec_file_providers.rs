@@ -20,10 +20,11 @@ use tokio::time::Instant;
 fn exec_with_env(script: &str, env: &[(&str, &str)], timeout: Duration) -> ExecProvider {
     ExecProvider::new(&ExecConfig {
         command: vec!["sh".into(), "-c".into(), script.into()],
-        env: env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect::<BTreeMap<_, _>>(),
+        env: proxy_core::config::PlainValues(
+            env.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>(),
+        ),
         timeout,
     })
 }
@@ -141,7 +142,7 @@ async fn token_echoed_on_stderr_is_redacted_from_the_logs() {
             "-xc".into(),
             r#"T=$(echo tok-canary-stderr); echo "please log in again" >&2; echo "debug: token=$T." >&2; printf '{"access_token":"%s"}' "$T""#.into(),
         ],
-        env: BTreeMap::new(),
+        env: Default::default(),
         timeout: Duration::from_secs(10),
     });
     let token = p.fetch(None).await.unwrap();

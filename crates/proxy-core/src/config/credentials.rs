@@ -156,7 +156,7 @@ impl Default for RefreshConfig {
 }
 
 /// `credentials[].oauth2`
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct OAuth2Config {
     /// `refresh_token` or `client_credentials`.
@@ -180,7 +180,7 @@ pub struct OAuth2Config {
     /// Extra form parameters (e.g. `audience`); not the ones in
     /// [`OAUTH2_RESERVED_PARAMS`].
     #[serde(default)]
-    pub params: std::collections::BTreeMap<String, String>,
+    pub params: PlainValues,
     /// Extra PEM CA bundle to trust for the token endpoint, beside the web
     /// PKI roots (an in-cluster IdP with a private CA). Read before every
     /// token request, so a bundle rotated in place is used from the next
@@ -229,7 +229,7 @@ pub struct ExecConfig {
     pub command: Vec<String>,
     /// Extra environment variables for the command.
     #[serde(default)]
-    pub env: std::collections::BTreeMap<String, String>,
+    pub env: PlainValues,
     /// Limit for the command to finish (default `10s`).
     #[serde(
         default = "default_refresh_timeout",
@@ -301,4 +301,105 @@ pub struct RedisSettings {
     /// PEM private key of `client_cert_file`.
     #[serde(default)]
     pub client_key_file: Option<std::path::PathBuf>,
+}
+
+/// A map of names to plain-string values that may carry a secret
+/// (`oauth2.params`: a `client_assertion`; `exec.env`: the key an `exec`
+/// command needs). Its `Debug` shows the names only; the management API's
+/// config view shows the values as `***`.
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct PlainValues(pub std::collections::BTreeMap<String, String>);
+
+impl std::fmt::Debug for OAuth2Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field listed, so a new one is a compile error here rather
+        // than a derive that could print a secret.
+        let Self {
+            grant,
+            token_url,
+            client_id,
+            client_secret,
+            client_auth,
+            refresh_token,
+            scopes,
+            params,
+            ca_file,
+        } = self;
+        f.debug_struct("OAuth2Config")
+            .field("grant", grant)
+            // Its query may hold a key (an Azure Function's `?code=`).
+            .field(
+                "token_url",
+                &format_args!("{}", super::shown_url(token_url)),
+            )
+            .field("client_id", client_id)
+            .field("client_secret", client_secret)
+            .field("client_auth", client_auth)
+            .field("refresh_token", refresh_token)
+            .field("scopes", scopes)
+            .field("params", params)
+            .field("ca_file", ca_file)
+            .finish()
+    }
+}
+
+impl std::ops::Deref for PlainValues {
+    type Target = std::collections::BTreeMap<String, String>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for PlainValues {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl std::fmt::Debug for PlainValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, "***")))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A config's `Debug` shows the names of `oauth2.params` and
+    /// `exec.env`, never their values.
+    #[test]
+    fn debug_hides_param_and_exec_env_values() {
+        let yaml = r#"proxy: { listen: 127.0.0.1:0 }
+credentials:
+  - id: idp
+    oauth2:
+      grant: client_credentials
+      token_url: https://idp.example.net/token
+      client_id: x
+      params: { client_assertion: canary-assertion }
+  - id: ex
+    exec:
+      command: [sh, -c, 'echo "$API_SECRET"']
+      env: { API_SECRET: canary-exec-env }
+routes:
+  - { id: r, match: { path_prefix: /r/ }, upstream: "https://api.example.net", credential: idp, public: true }
+  - { id: s, match: { path_prefix: /s/ }, upstream: "https://api.example.net", credential: ex, public: true }
+"#;
+        let config = crate::config::Config::from_yaml(yaml, "t.yaml").unwrap();
+        let debug = format!("{config:?}");
+        assert!(debug.contains("client_assertion") && debug.contains("API_SECRET"));
+        assert!(!debug.contains("canary-assertion"), "{debug}");
+        assert!(!debug.contains("canary-exec-env"), "{debug}");
+        // The values still reach the providers.
+        let crate::config::CredentialConfig {
+            oauth2: Some(o), ..
+        } = &config.credentials[0]
+        else {
+            panic!("not oauth2");
+        };
+        assert_eq!(o.params["client_assertion"], "canary-assertion");
+    }
 }

@@ -492,6 +492,12 @@ pub struct UpstreamUrl {
 /// authority cannot be cut at them first), and a query or fragment as
 /// `?***` (an Azure Functions `?code=` is a key).
 pub(super) fn shown(url: &str) -> String {
+    shown_url(url)
+}
+
+/// `url` as errors and `Debug` output show it (see [`shown`]): quoted,
+/// with userinfo as `***@` and a query or fragment as `?***`.
+pub fn shown_url(url: &str) -> String {
     let (scheme, rest) = match url.split_once("://") {
         Some((scheme, rest)) => (format!("{scheme}://"), rest),
         None => (String::new(), url),

@@ -51,6 +51,12 @@ async fn drive(inner: Arc<Inner>) {
         if inner.retired.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
+        // Paused by a reload: nothing starts until it has decided (its
+        // `resume` or `retire` wakes this).
+        if inner.paused.load(std::sync::atomic::Ordering::SeqCst) {
+            notified.await;
+            continue;
+        }
         let due = {
             let mut ctrl = inner.lock();
             inner.next_due(&mut ctrl)

@@ -135,6 +135,9 @@ struct Inner {
     refreshing: AtomicBool,
     /// See [`CredentialSource::retire`].
     retired: AtomicBool,
+    /// Set by a reload for as long as it is deciding (see
+    /// [`RefreshingSource::pause`]).
+    paused: AtomicBool,
     /// Held by a background save across its check, read and write, and
     /// by a refresh taking the retries over: a save already in flight
     /// ends before the refresh that takes over writes anything newer.
@@ -222,6 +225,7 @@ impl RefreshingSource {
             invalid_gen: AtomicU64::new(0),
             refreshing: AtomicBool::new(false),
             retired: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
             save_gate: tokio::sync::Mutex::new(()),
             ctrl: Mutex::new(Ctrl::default()),
             wake: Notify::new(),
@@ -451,6 +455,9 @@ impl Inner {
             return futures_util::future::ready(Err(RefreshError::Retired))
                 .boxed()
                 .shared();
+        }
+        if self.paused.load(Ordering::SeqCst) {
+            return self.start_when_resumed(trigger, invalidated);
         }
         let me = self.clone();
         self.refreshing.store(true, Ordering::Release);

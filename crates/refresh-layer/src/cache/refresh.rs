@@ -162,19 +162,54 @@ async fn attempt(
     let fetched = tokio::time::timeout(limit, inner.provider.fetch(base.as_ref()))
         .await
         .map_err(overran)?;
+    // `expires_in` counts from here, not from the end of the save below.
+    let arrived = Instant::now();
     match fetched {
         Ok(token) => {
             let prior = base
                 .as_ref()
                 .and_then(StoredCredential::refresh_token)
                 .or_else(|| inner.provider.seed_refresh_token());
-            let state = StoredCredential::from_token(
+            let rotated = token.refresh_token.as_ref().is_some_and(|t| {
+                prior
+                    .as_ref()
+                    .is_none_or(|p| p.expose_secret() != t.expose_secret())
+            });
+            let mut state = StoredCredential::from_token(
                 &token,
                 prior.as_ref(),
                 base_gen.max(our_gen).max(stored_gen) + 1,
                 SystemTime::now(),
             );
-            if !unreadable && let Saved::Adopted(cred) = save(inner, &state, lock).await {
+            let failure = if !sendable(token.access_token.expose_secret()) {
+                Some(RefreshError::Unusable)
+            } else {
+                token
+                    .expires_in
+                    .filter(|l| *l < MIN_LIFETIME)
+                    .map(RefreshError::ShortLived)
+            };
+            if failure.is_some() {
+                // A failed refresh: the store keeps the valid token it may
+                // hold. A rotated refresh token must still be kept (the
+                // old one is spent): with the access token held, if that
+                // is still valid.
+                if let Some(held) = inner.current.load_full()
+                    && held.valid_at(Instant::now())
+                {
+                    let cred = &held.cred;
+                    state = StoredCredential {
+                        access_token: cred.expose().to_owned(),
+                        expires_at_ms: cred.expires_at.map(crate::token::to_ms),
+                        obtained_at_ms: crate::token::to_ms(cred.obtained_at),
+                        ..state
+                    };
+                }
+            }
+            if !unreadable
+                && (failure.is_none() || rotated)
+                && let Saved::Adopted(cred) = save(inner, &state, lock).await
+            {
                 return Ok((cred, true));
             }
             // Whether or not it was saved, the new state is held in memory
@@ -182,20 +217,25 @@ async fn attempt(
             // one is spent), and the state held is what the next refresh,
             // a resumed background save and a reload's hand-over start
             // from.
-            if !sendable(token.access_token.expose_secret()) {
+            let lifetime = token
+                .expires_in
+                .map(|l| l.saturating_sub(arrived.elapsed()));
+            match failure {
                 // As a short-lived token below, the state is kept; but
                 // never served, even when nothing valid is held.
-                keep_state(inner, state, None, false);
-                return Err(RefreshError::Unusable);
-            }
-            if let Some(lifetime) = token.expires_in.filter(|l| *l < MIN_LIFETIME) {
+                Some(e @ RefreshError::Unusable) => {
+                    keep_state(inner, state, None, false);
+                    Err(e)
+                }
                 // Useless to requests, and taken as a success it would be
                 // refreshed again at once, in a loop. The credential held is
                 // kept, with the new state (see above).
-                keep_state(inner, state, token.expires_in, true);
-                return Err(RefreshError::ShortLived(lifetime));
+                Some(e) => {
+                    keep_state(inner, state, lifetime, true);
+                    Err(e)
+                }
+                None => Ok((publish(inner, state, lifetime), false)),
             }
-            Ok((publish(inner, state, token.expires_in), false))
         }
         Err(e) if e.is_invalid_grant() => {
             if let Ok(Some(s)) = inner.load_own().await
@@ -212,6 +252,11 @@ async fn attempt(
     }
 }
 
+/// How long a non-rotating grant's save may take before the refreshed
+/// token is served from memory anyway (see [`save`]): below the default
+/// `refresh.timeout` (10 s), above a Redis command's 2 s timeout.
+pub(super) const NON_ROTATING_SAVE_LIMIT: Duration = Duration::from_secs(5);
+
 /// What became of the save of a refreshed state.
 enum Saved {
     Yes,
@@ -222,8 +267,27 @@ enum Saved {
 }
 
 /// Saves the refreshed `state`; see [`Saved`].
+///
+/// A save that does not answer (an fsync stuck on a failing disk) is
+/// abandoned after [`NON_ROTATING_SAVE_LIMIT`] only for a grant that does
+/// not rotate: it carries nothing that is not also in memory, and waiting
+/// on it would keep the new token from being served (requests wait
+/// `refresh.timeout` at most) and every later refresh from starting. A
+/// rotated refresh token's save is never abandoned (the old one is spent).
 async fn save(inner: &Arc<Inner>, state: &StoredCredential, lock: &mut Option<StoreLock>) -> Saved {
-    match inner.save_own(state).await {
+    let saved = if inner.provider.rotates() {
+        inner.save_own(state).await
+    } else {
+        let limit = NON_ROTATING_SAVE_LIMIT;
+        match tokio::time::timeout(limit, inner.save_own(state)).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::error!(credential = %inner.id, limit = ?limit, "the store did not answer the save; serving the refreshed credential from memory");
+                return Saved::No;
+            }
+        }
+    };
+    match saved {
         Ok(()) => Saved::Yes,
         // Someone wrote a newer generation while we refreshed (we
         // lost the lease): theirs wins, ours is dropped.

@@ -503,6 +503,7 @@ mod doubles;
 mod forced;
 mod handover;
 mod hung;
+mod pause;
 mod persist;
 mod retry_after;
 mod rotation_kept;

@@ -232,7 +232,10 @@ mod tests {
     fn sh(script: &str, timeout: Duration) -> ExecProvider {
         ExecProvider::new(&ExecConfig {
             command: vec!["sh".into(), "-c".into(), script.into()],
-            env: BTreeMap::from([("CANARY_TOKEN".to_owned(), "tok-canary".to_owned())]),
+            env: proxy_core::config::PlainValues(BTreeMap::from([(
+                "CANARY_TOKEN".to_owned(),
+                "tok-canary".to_owned(),
+            )])),
             timeout,
         })
     }
@@ -345,7 +348,7 @@ mod tests {
     async fn missing_program_and_empty_command() {
         let p = ExecProvider::new(&ExecConfig {
             command: vec!["/nonexistent/latchkey-plugin".into()],
-            env: BTreeMap::new(),
+            env: Default::default(),
             timeout: Duration::from_secs(1),
         });
         let err = p.fetch(None).await.unwrap_err();
@@ -355,7 +358,7 @@ mod tests {
         );
         let p = ExecProvider::new(&ExecConfig {
             command: Vec::new(),
-            env: BTreeMap::new(),
+            env: Default::default(),
             timeout: Duration::from_secs(1),
         });
         assert!(matches!(p.fetch(None).await, Err(ProviderError::Config(_))));

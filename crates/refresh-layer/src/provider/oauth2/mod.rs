@@ -68,7 +68,14 @@ impl fmt::Debug for OAuth2Provider {
         // future field cannot slip a secret in through a derive.
         f.debug_struct("OAuth2Provider")
             .field("grant", &self.grant)
-            .field("token_url", &self.token_url)
+            // Its query may hold a key (an Azure Function's `?code=`).
+            .field(
+                "token_url",
+                &format_args!(
+                    "{}",
+                    proxy_core::config::shown_url(&self.token_url.to_string())
+                ),
+            )
             .field("client_id", &self.client_id)
             .field(
                 "client_secret",
@@ -96,10 +103,12 @@ impl OAuth2Provider {
     /// an absolute http(s) URL or on `params` that collide with the fields
     /// the provider sets.
     pub fn new(cfg: &OAuth2Config, poll: Duration) -> Result<Self, String> {
-        let token_url: Uri = cfg
-            .token_url
-            .parse()
-            .map_err(|e| format!("token_url {:?} is not a valid URL: {e}", cfg.token_url))?;
+        let token_url: Uri = cfg.token_url.parse().map_err(|e| {
+            format!(
+                "token_url {} is not a valid URL: {e}",
+                proxy_core::config::shown_url(&cfg.token_url)
+            )
+        })?;
         match token_url.scheme_str() {
             Some("http" | "https") => {}
             _ => {

@@ -26,7 +26,7 @@ fn refresh_cfg(url: &str, refresh_token: &str) -> OAuth2Config {
         client_auth: ClientAuthMethod::Basic,
         refresh_token: Some(lit(refresh_token)),
         scopes: Vec::new(),
-        params: BTreeMap::new(),
+        params: Default::default(),
         ca_file: None,
     }
 }
@@ -207,10 +207,10 @@ async fn client_credentials_sends_scopes_and_params() {
         client_auth: ClientAuthMethod::Post,
         refresh_token: None,
         scopes: vec!["read".into(), "write:all".into()],
-        params: BTreeMap::from([
+        params: proxy_core::config::PlainValues(BTreeMap::from([
             ("audience".to_owned(), "https://api.example".to_owned()),
             ("resource".to_owned(), "a b".to_owned()),
-        ]),
+        ])),
         ca_file: None,
     };
     let p = provider(&cfg);
@@ -525,7 +525,7 @@ fn cc_cfg(url: &str, secret: &str) -> OAuth2Config {
         client_auth: ClientAuthMethod::Basic,
         refresh_token: None,
         scopes: Vec::new(),
-        params: BTreeMap::new(),
+        params: Default::default(),
         ca_file: None,
     }
 }

@@ -1,0 +1,148 @@
+//! A reload pauses every credential source of the running config until it
+//! is applied or refused: a refresh started while the reload waits for
+//! another credential's refresh cannot rotate a refresh token behind the
+//! hand-over's back.
+
+mod support;
+
+use std::time::Duration;
+use support::token_endpoint::{self, EndpointOptions};
+use support::{echo_upstream, with_timeout};
+
+fn config(up: &str, a_url: &str, b_url: &str, a_store: &str, dir: &str) -> String {
+    format!(
+        r#"proxy: {{ listen: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0", management_key: {{ value: mgmt-key }} }}
+file_store: {{ dir: "{dir}" }}
+clients:
+  - {{ id: app, token: {{ value: review-client }}, routes: ["*"] }}
+credentials:
+  - id: a
+    oauth2:
+      grant: refresh_token
+      token_url: {a_url}
+      client_id: latchkey
+      client_secret: {{ value: cs }}
+      refresh_token: {{ value: rt-seed }}
+    store: {a_store}
+  - id: b
+    oauth2:
+      grant: client_credentials
+      token_url: {b_url}
+      client_id: latchkey
+      client_secret: {{ value: cs }}
+routes:
+  - {{ id: a, match: {{ path_prefix: /a/ }}, upstream: "{up}", credential: a }}
+  - {{ id: b, match: {{ path_prefix: /b/ }}, upstream: "{up}", credential: b }}
+"#
+    )
+}
+
+fn opts(rotate: bool) -> EndpointOptions {
+    EndpointOptions {
+        expires_in: 3600,
+        rotate,
+        initial_refresh_token: "rt-seed".into(),
+        client_id: Some("latchkey".into()),
+        client_secret: Some("cs".into()),
+    }
+}
+
+/// Credential `a` (rotating) moves from `memory` to `file` in a reload
+/// while credential `b` has a refresh running (a slow token endpoint: the
+/// reload waits for it). Meanwhile an upstream 401 asks for a refresh of
+/// `a`. Before pausing, that refresh could start after `a` was waited for
+/// and still run when the hand-overs were taken: `a`'s successor started
+/// from the refresh token it spent, and its first refresh was an
+/// `invalid_grant` (a person must log in again; an IdP with reuse
+/// detection revokes the family). Now it waits for the reload, and the
+/// retired source refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_asked_for_while_the_reload_waits_does_not_fork_the_refresh_token() {
+    let up = echo_upstream().await;
+    let ea = token_endpoint::start(opts(true)).await;
+    let eb = token_endpoint::start(opts(false)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let path = dir.path().join("latchkey.yaml");
+    let store_s = store.display().to_string();
+    std::fs::write(
+        &path,
+        config(&up.url(), &ea.url, &eb.url, "memory", &store_s),
+    )
+    .unwrap();
+    let options = latchkey::StartOptions {
+        config_path: Some(path.clone()),
+        watch_config: false,
+        ..Default::default()
+    };
+    let running = latchkey::start_with(
+        latchkey::Config::load(&path).unwrap(),
+        &path.display().to_string(),
+        options,
+    )
+    .await
+    .unwrap();
+    let creds = running.proxy().credentials.clone();
+    let (a, b) = (creds[0].clone(), creds[1].clone());
+    assert_eq!((a.id(), b.id()), ("a", "b"));
+    with_timeout(async {
+        while a.generation().is_none() || b.generation().is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(ea.invalid_grants(), 0);
+
+    // b: a refresh that takes 1 s, running when the reload starts.
+    eb.set_delay(Duration::from_secs(1));
+    let b2 = b.clone();
+    let b_refresh = tokio::spawn(async move { b2.refresh_now().await });
+    with_timeout(async {
+        while eb.calls() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // The reload: a moves to the file store.
+    std::fs::write(&path, config(&up.url(), &ea.url, &eb.url, "file", &store_s)).unwrap();
+    let reloader = running.reloader().unwrap();
+    let reload = tokio::spawn(async move { reloader.reload("api", false).await });
+    // Where the 401 lands does not matter for the outcome: before the
+    // pause, its refresh is waited for (and handed over); after it, it
+    // waits for the reload. This sleep only puts it where the code before
+    // pausing forked the token (after `a` was waited for, before the
+    // hand-over), to keep this test a regression test for that.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A 401 for a's token while the reload waits for b: a forced refresh
+    // of a, whose token call takes 2 s.
+    ea.set_delay(Duration::from_secs(2));
+    let g = a.generation().unwrap();
+    let a2 = a.clone();
+    let forced = tokio::spawn(async move { a2.invalidate(g).await });
+    let outcome = reload.await.unwrap().expect("reload");
+    assert!(
+        outcome.credentials_new.contains(&"a".to_owned()),
+        "{outcome:?}"
+    );
+    let _ = forced.await;
+    let _ = b_refresh.await;
+    ea.set_delay(Duration::ZERO);
+    // a's successor refreshes (an operator's `ctl refresh`, or its schedule).
+    let new_a = running
+        .proxy()
+        .credentials
+        .iter()
+        .find(|c| c.id() == "a")
+        .unwrap()
+        .clone();
+    let r = new_a.refresh_now().await;
+    assert_eq!(
+        ea.invalid_grants(),
+        0,
+        "a's successor sent a spent refresh token ({r:?}); last sent {:?}, live {:?}",
+        ea.last_form_value("refresh_token"),
+        ea.current_refresh_token()
+    );
+    running.shutdown().await;
+}
