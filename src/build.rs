@@ -419,6 +419,10 @@ pub struct StartOptions {
     pub config_path: Option<PathBuf>,
     /// Reload by itself when the config file changes.
     pub watch_config: bool,
+    /// The audit destination could not be opened at startup (`audit.file`
+    /// with audit off, on a read-only filesystem say): a reload keeps
+    /// `audit.enabled` off and reports turning it on as needing a restart.
+    pub audit_unavailable: bool,
 }
 
 /// Builds the proxy service for `config` (no listeners), with the audit

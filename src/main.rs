@@ -23,12 +23,12 @@ fn main() -> ExitCode {
             };
             let audit = cli::AuditOutput::from_config(&config.audit);
             // Held until after shutdown: dropping it flushes the audit trail.
-            let audit_guard = match cli::init_tracing_with(
+            let (audit_guard, audit_unavailable) = match cli::init_tracing_with(
                 cli.log_format,
                 cli::DEFAULT_LOG_FILTER,
                 &audit,
             ) {
-                Ok(g) => g,
+                Ok(g) => (g, false),
                 // Audit is off: the destination is opened only so that a
                 // reload can turn records on. One that cannot be opened (a
                 // read-only filesystem) does not stop the proxy.
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
                         error = %e,
                         "audit.file cannot be opened; audit is off, and a reload cannot turn it on until a restart"
                     );
-                    guard.unwrap_or_default()
+                    (guard.unwrap_or_default(), true)
                 }
                 Err(e) => {
                     eprintln!("audit.file: cannot open the audit log {e}");
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
             };
             let sink = audit_guard.sink();
             runtime(workers).map_or(ExitCode::FAILURE, |rt| {
-                let code = rt.block_on(run(config, path, sink));
+                let code = rt.block_on(run(config, path, sink, audit_unavailable));
                 // Not a plain drop, which waits for every blocking task:
                 // a file-store lock wait abandoned on a holder that never
                 // lets go would keep the process alive after the drain (or
@@ -90,6 +90,7 @@ async fn run(
     config: latchkey::Config,
     path: std::path::PathBuf,
     audit_sink: Option<std::sync::Arc<dyn audit::AuditSink>>,
+    audit_unavailable: bool,
 ) -> ExitCode {
     let file = path.display().to_string();
     // Reload on file change and SIGHUP (and via the management API).
@@ -97,6 +98,7 @@ async fn run(
         config_path: Some(path),
         watch_config: true,
         audit_sink,
+        audit_unavailable,
     };
     let running = match latchkey::start_with(config, &file, options).await {
         Ok(r) => r,

@@ -180,9 +180,10 @@ impl Reloader {
         let text = String::from_utf8(bytes)
             .map_err(|_| ConfigError::single(&self.file, "", "the config file is not UTF-8"))?;
         let mut config = Config::from_yaml(&text, &self.file)?;
-        let restart_required = startup_bound_changes(&old.config, &config);
+        let restart_required =
+            startup_bound_changes(&old.config, &config, self.options.audit_unavailable);
         let listen_in_file = config.proxy.listen;
-        keep_startup_bound(&old.config, &mut config);
+        keep_startup_bound(&old.config, &mut config, self.options.audit_unavailable);
         // Checked again against what runs: a route made public in the same
         // edit that moves `proxy.listen` to loopback is public on the
         // listener still bound (perhaps 0.0.0.0) until a restart.
@@ -312,7 +313,9 @@ impl Reloader {
 /// listener actually bound, the management API's config view shows the
 /// admin settings in force, and a change that waits for a restart is
 /// reported again on every reload (the running config never takes it).
-fn keep_startup_bound(running: &Config, new: &mut Config) {
+/// With `audit_unavailable` (the audit destination could not be opened at
+/// startup) `audit.enabled` is one of them: there is nowhere to write.
+fn keep_startup_bound(running: &Config, new: &mut Config, audit_unavailable: bool) {
     let (r, n) = (&running.proxy, &mut new.proxy);
     n.listen = r.listen;
     n.tls.clone_from(&r.tls);
@@ -327,6 +330,9 @@ fn keep_startup_bound(running: &Config, new: &mut Config) {
     n.upstream_h2_keepalive = r.upstream_h2_keepalive;
     new.admin.clone_from(&running.admin);
     new.audit.file.clone_from(&running.audit.file);
+    if audit_unavailable {
+        new.audit.enabled = running.audit.enabled;
+    }
 }
 
 /// "A, B changed; they apply after a restart{why}" for the settings of
@@ -349,8 +355,9 @@ fn restart_note(settings: &[(&str, bool)], why: &str) -> Option<String> {
     })
 }
 
-/// Settings read once at startup: reported, not applied, on reload.
-fn startup_bound_changes(old: &Config, new: &Config) -> Vec<String> {
+/// Settings read once at startup: reported, not applied, on reload
+/// (`audit_unavailable`: see [`keep_startup_bound`]).
+fn startup_bound_changes(old: &Config, new: &Config, audit_unavailable: bool) -> Vec<String> {
     let mut out = Vec::new();
     let (o, n) = (&old.proxy, &new.proxy);
     if o.listen != n.listen {
@@ -410,9 +417,16 @@ fn startup_bound_changes(old: &Config, new: &Config) -> Vec<String> {
         );
     }
     // `audit.enabled` applies at once (the audit layer is rebuilt with the
-    // proxy); where records go is opened at startup.
+    // proxy); where records go is opened at startup, and one that could
+    // not be opened then has nothing to write to until a restart.
     if old.audit.file != new.audit.file {
         out.push("audit.file changed; the destination applies after a restart".to_string());
+    }
+    if audit_unavailable && old.audit.enabled != new.audit.enabled {
+        out.push(
+            "audit.enabled changed; the audit destination could not be opened at startup, so it applies after a restart"
+                .to_string(),
+        );
     }
     out
 }
@@ -516,78 +530,4 @@ impl Drop for Paused {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(extra: &str) -> Config {
-        Config::from_yaml(
-            &format!("proxy: {{ listen: 127.0.0.1:0{extra} }}\naudit: {{ enabled: true }}\n"),
-            "t.yaml",
-        )
-        .unwrap()
-    }
-
-    /// What a reload applies is not reported as needing a restart, and
-    /// what it does not apply is.
-    #[test]
-    fn restart_notes_name_exactly_what_a_reload_does_not_apply() {
-        let old = config("");
-        let off = Config::from_yaml(
-            "proxy: { listen: 127.0.0.1:0 }\naudit: { enabled: false }\n",
-            "t.yaml",
-        )
-        .unwrap();
-        assert!(startup_bound_changes(&old, &off).is_empty());
-        let to_file = Config::from_yaml(
-            "proxy: { listen: 127.0.0.1:0 }\naudit: { enabled: true, file: /tmp/x.log }\n",
-            "t.yaml",
-        )
-        .unwrap();
-        let notes = startup_bound_changes(&old, &to_file);
-        assert!(
-            notes.iter().any(|n| n.starts_with("audit.file changed")),
-            "{notes:?}"
-        );
-        // Only what changed is named.
-        let slower = config(", client_header_timeout: 90s");
-        let notes = startup_bound_changes(&old, &slower);
-        assert_eq!(
-            notes,
-            ["proxy.client_header_timeout changed; it applies after a restart"]
-        );
-        let two = config(", send_timeout: 2m, upstream_max_idle: 3, upstream_idle_timeout: 20s");
-        let notes = startup_bound_changes(&old, &two);
-        assert_eq!(
-            notes,
-            [
-                "proxy.send_timeout changed; it applies after a restart",
-                "proxy.upstream_max_idle, proxy.upstream_idle_timeout changed; they apply after a restart (connection pools are made with them)"
-            ]
-        );
-    }
-
-    /// The two lists of startup-bound settings agree: after the running
-    /// values are kept, nothing is left to report, whatever changed.
-    #[test]
-    fn keeping_the_running_values_leaves_nothing_to_restart_for() {
-        let old = config("");
-        let new = Config::from_yaml(
-            "proxy: { listen: 127.0.0.1:1, drain_timeout: 3s, max_header_bytes: 16KiB, \
-             client_header_timeout: 90s, client_idle_timeout: 2m, delayed_close_timeout: 3s, send_timeout: 2m, \
-             upstream_max_idle: 3, \
-             upstream_idle_timeout: 20s, upstream_h2_keepalive: 30s, \
-             tls: { cert_file: /tmp/c.pem, key_file: /tmp/k.pem } }\n\
-             admin: { listen: 127.0.0.1:2, allow_remote: true }\n\
-             audit: { enabled: false, file: /tmp/x.log }\n",
-            "t.yaml",
-        )
-        .unwrap();
-        let mut kept = new.clone();
-        let before = startup_bound_changes(&old, &kept);
-        assert_eq!(before.len(), 6, "{before:?}");
-        keep_startup_bound(&old, &mut kept);
-        assert_eq!(startup_bound_changes(&old, &kept), Vec::<String>::new());
-        // What a reload applies is not touched.
-        assert!(old.audit.enabled && !kept.audit.enabled);
-    }
-}
+mod tests;

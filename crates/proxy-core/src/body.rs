@@ -87,7 +87,11 @@ pin_project_lite::pin_project! {
     /// `Authorization` or `Proxy-Authorization`. Client auth removes those
     /// from the request's headers; a caller could otherwise send them as
     /// trailers (a chunked HTTP/1.1 body, or h2), and an h2 upstream would
-    /// get the caller's proxy token. Per data frame it costs one check.
+    /// get the caller's proxy token. The trailers lose their hop-by-hop,
+    /// framing and routing names too ([`crate::headers::clean_trailers`]):
+    /// an h2 upstream's client refuses a `te: gzip` or `connection`
+    /// trailer, and the body would never end. Per data frame it costs one
+    /// check.
     pub struct CallerBody<B> {
         #[pin]
         inner: B,
@@ -117,13 +121,59 @@ where
             Some(Ok(mut frame)) => {
                 if let Some(trailers) = frame.trailers_mut() {
                     trailers.remove(http::header::AUTHORIZATION);
-                    trailers.remove(http::header::PROXY_AUTHORIZATION);
+                    crate::headers::clean_trailers(trailers);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => Poll::Ready(Some(Err(CallerBodyError::new(e)))),
             None => Poll::Ready(None),
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream's response body, its trailers cleaned for the caller
+    /// ([`crate::headers::clean_response_trailers`]): hop-by-hop names go,
+    /// as from the head (an h2 caller's stream would be reset by a
+    /// `connection` trailer instead of ending), and so does any
+    /// `x-latchkey-*` name. Unboxed inside the response's one box; per
+    /// data frame it costs one check.
+    pub struct UpstreamBody<B> {
+        #[pin]
+        inner: B,
+    }
+}
+
+impl<B> UpstreamBody<B> {
+    /// Wraps the body an upstream sent.
+    pub fn new(inner: B) -> Self {
+        Self { inner }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for UpstreamBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut polled = std::task::ready!(self.project().inner.poll_frame(cx));
+        if let Some(Ok(frame)) = &mut polled
+            && let Some(trailers) = frame.trailers_mut()
+        {
+            crate::headers::clean_response_trailers(trailers);
+        }
+        Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -273,14 +323,16 @@ mod tests {
         assert!(ProxyBody::default().is_end_stream());
     }
 
-    /// The caller's credential headers never leave in its trailers; its
-    /// other trailers and its data do.
+    /// The caller's credential headers and hop-by-hop names never leave in
+    /// its trailers; its other trailers and its data do.
     #[tokio::test]
     async fn a_callers_trailers_lose_their_credential_headers() {
         let mut trailers = http::HeaderMap::new();
         trailers.insert("authorization", "Bearer proxy-token".parse().unwrap());
         trailers.insert("proxy-authorization", "Basic x".parse().unwrap());
         trailers.insert("x-checksum", "abc".parse().unwrap());
+        trailers.insert("te", "gzip".parse().unwrap());
+        trailers.insert("connection", "close".parse().unwrap());
         let frames = [
             Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"hi"))),
             Ok(Frame::trailers(trailers)),
@@ -291,6 +343,25 @@ mod tests {
         assert_eq!(got.to_bytes(), "hi");
         assert_eq!(kept.len(), 1);
         assert_eq!(kept["x-checksum"], "abc");
+    }
+
+    /// An upstream's trailers lose hop-by-hop and `x-latchkey-*` names;
+    /// its data and other trailers pass.
+    #[tokio::test]
+    async fn an_upstreams_trailers_are_cleaned() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("connection", "close".parse().unwrap());
+        trailers.insert("x-latchkey-retry", "recovered".parse().unwrap());
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let frames = [
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"hi"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        let got = boxed(UpstreamBody::new(body)).collect().await.unwrap();
+        let kept = got.trailers().cloned().unwrap();
+        assert_eq!(got.to_bytes(), "hi");
+        assert_eq!(kept.keys().collect::<Vec<_>>(), ["grpc-status"]);
     }
 
     #[test]

@@ -171,6 +171,16 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // Checked here, whoever the caller is, because `Transfer-Encoding`
+        // is hop-by-hop and gone after this layer; recorded as the
+        // router's, which refuses the other malformed requests.
+        if crate::headers::unsupported_transfer_coding(req.headers()) {
+            crate::facts::record(&req, |f| f.rejected_by = Some("router"));
+            let e = crate::error::BadRequest(
+                "the request's Transfer-Encoding is not supported: only chunked, alone, is accepted (RFC 9112 6.1); a coding such as gzip would reach the upstream still applied".to_owned(),
+            );
+            return Either::Right(ready(Err(e.into())));
+        }
         let identity = self.identify(req.headers(), req.extensions().get::<PeerIdentity>());
         let upgrade =
             req.version() == http::Version::HTTP_11 && crate::headers::is_upgrade(req.headers());

@@ -12,12 +12,13 @@
 //! upstream response with the same status. The status and code come from
 //! [`classify`], which walks the error's `source()` chain. The
 //! [`ErrorCode`] is also left in the response extensions for the audit layer.
-//! Every response gets the request's `x-request-id`.
+//! Every response gets the request's `x-request-id`, and a rendered error
+//! the headers a layer below attached to it with [`WithHeaders`].
 
 use crate::context::RequestId;
-use crate::error::{BoxError, ErrorCode, classify, display_chain};
+use crate::error::{BoxError, ErrorCode, classify, display_chain, find_cause};
 use crate::{ProxyBody, full};
-use http::{HeaderName, HeaderValue, Request, Response, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
 use pin_project_lite::pin_project;
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,6 +28,46 @@ use tower::{Layer, Service};
 
 /// `x-latchkey-error`
 pub const X_LATCHKEY_ERROR: HeaderName = HeaderName::from_static("x-latchkey-error");
+
+/// An error that brings headers for the response it is rendered as: a
+/// layer that has something to say about the request even when it ends in
+/// an error (the 401 retry's `x-latchkey-retry` on a replay that failed)
+/// wraps the error in it. Its message and [`ErrorCode`] are those of the
+/// error it wraps (its `source()`); headers the rendering sets itself
+/// (`x-latchkey-error`, `content-type`) are not replaced.
+#[derive(Debug)]
+pub struct WithHeaders {
+    headers: HeaderMap,
+    source: BoxError,
+}
+
+// === impl WithHeaders ===
+
+impl WithHeaders {
+    /// `source`, rendered with `headers` added.
+    pub fn new(source: BoxError, headers: HeaderMap) -> Self {
+        Self { headers, source }
+    }
+
+    /// The headers the rendered error gets.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+}
+
+impl std::fmt::Display for WithHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The wrapped error's own words: `display_chain` then prints them
+        // once, as it would without the wrapper.
+        self.source.fmt(f)
+    }
+}
+
+impl std::error::Error for WithHeaders {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
 
 /// Turns errors into JSON responses; see the module docs.
 #[derive(Clone, Copy, Debug, Default)]
@@ -121,7 +162,8 @@ where
     }
 }
 
-/// Renders `err` as the JSON error response.
+/// Renders `err` as the JSON error response, with the headers of the
+/// first [`WithHeaders`] in its `source()` chain.
 pub fn error_response(
     err: &(dyn std::error::Error + 'static),
     request_id: Option<&RequestId>,
@@ -134,7 +176,18 @@ pub fn error_response(
         }
         _ => tracing::debug!(code = %code, error = %message, "request refused"),
     }
-    json_error(code, &message, request_id)
+    let mut resp = json_error(code, &message, request_id);
+    if let Some(extra) = find_cause::<WithHeaders>(err) {
+        let h = resp.headers_mut();
+        for name in extra.headers.keys() {
+            if !h.contains_key(name) {
+                for value in extra.headers.get_all(name) {
+                    h.append(name.clone(), value.clone());
+                }
+            }
+        }
+    }
+    resp
 }
 
 /// A JSON error response for `code` with `message`.
@@ -212,5 +265,28 @@ mod tests {
         assert_eq!(v["error"]["code"], "no_route");
         assert_eq!(v["error"]["request_id"], "rid-1");
         assert!(v["error"]["message"].as_str().unwrap().contains("/p"));
+    }
+
+    /// A wrapped error is rendered as the error it wraps (status, code,
+    /// message), plus the wrapper's headers, which never replace the
+    /// rendering's own.
+    #[test]
+    fn an_error_with_headers_is_rendered_as_its_source_plus_them() {
+        let source = || -> BoxError {
+            Box::new(NoRoute {
+                host: "h".into(),
+                path: "/p".into(),
+            })
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("x-latchkey-retry", HeaderValue::from_static("recovered"));
+        headers.insert(X_LATCHKEY_ERROR, HeaderValue::from_static("other"));
+        let wrapped = WithHeaders::new(source(), headers);
+        let plain = error_response(&*source(), None);
+        let resp = error_response(&wrapped, None);
+        assert_eq!(resp.status(), plain.status());
+        assert_eq!(resp.headers()["x-latchkey-retry"], "recovered");
+        assert_eq!(resp.headers()[X_LATCHKEY_ERROR], "no_route");
+        assert_eq!(display_chain(&wrapped), display_chain(&*source()));
     }
 }

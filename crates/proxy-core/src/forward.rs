@@ -11,7 +11,7 @@
 //! caller's body is the caller's 408, not a 504 ([`Witnessed`]). `Upgrade` requests (WebSocket) are bridged byte
 //! for byte after the upstream answers 101 ([`crate::tunnel`]).
 
-use crate::body::{BodyFailure, FailureSlot, Witnessed};
+use crate::body::{BodyFailure, FailureSlot, UpstreamBody, Witnessed};
 use crate::config::UpstreamUrl;
 use crate::context::RequestId;
 use crate::error::{
@@ -389,11 +389,15 @@ impl After {
         }
         crate::headers::clean_response(&mut parts.headers, switching);
         let idle = shared.target.response_idle_timeout;
-        let body = if switching || idle.is_zero() || http_body::Body::is_end_stream(&body) {
+        // Its trailers are cleaned as its head was (`UpstreamBody`); an
+        // ended body (a 101's among them) has none.
+        let body = if switching || http_body::Body::is_end_stream(&body) {
             boxed(body)
+        } else if idle.is_zero() {
+            boxed(UpstreamBody::new(body))
         } else {
             boxed(crate::idle::IdleBody::new(
-                body,
+                UpstreamBody::new(body),
                 idle,
                 shared.origin.clone(),
                 request_id,

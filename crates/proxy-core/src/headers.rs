@@ -145,6 +145,67 @@ pub fn clean_response(headers: &mut HeaderMap, switching: bool) {
     remove_hop_by_hop(headers, switching);
 }
 
+/// Names a trailer section may not carry besides the hop-by-hop ones: they
+/// frame (`Content-Length`), route (`Host`) or modify (`TE`) the message,
+/// which a trailer comes too late to do (RFC 9110 6.5.1), or are headers
+/// latchkey writes itself (`X-Forwarded-*`, `x-request-id`): a trailer of
+/// the name would give an upstream a second, unchecked value.
+static NOT_IN_TRAILERS: [HeaderName; 7] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::TE,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    crate::context::RequestId::HEADER,
+];
+
+/// Readies a trailer section to be passed on, either way: hop-by-hop
+/// names go (an h2 peer refuses a message whose trailers carry one, and
+/// the request or the response would never end) with any name a trailer
+/// `Connection` lists, and so do [`NOT_IN_TRAILERS`].
+pub fn clean_trailers(trailers: &mut HeaderMap) {
+    // Most trailer sections (gRPC's status, checksums) carry none.
+    if !trailers
+        .keys()
+        .any(|n| is_hop_by_hop(n) || NOT_IN_TRAILERS.contains(n))
+    {
+        return;
+    }
+    remove_hop_by_hop(trailers, false);
+    for name in &NOT_IN_TRAILERS {
+        trailers.remove(name);
+    }
+}
+
+/// An upstream's trailers as [`clean_trailers`] leaves them, without any
+/// `x-latchkey-*` name either (as [`clean_response`] does for the head).
+pub fn clean_response_trailers(trailers: &mut HeaderMap) {
+    let ours: Vec<HeaderName> = trailers
+        .keys()
+        .filter(|n| is_latchkeys(n))
+        .cloned()
+        .collect();
+    for name in &ours {
+        trailers.remove(name);
+    }
+    clean_trailers(trailers);
+}
+
+/// Whether a request's `Transfer-Encoding` is anything but one `chunked`
+/// (any case): a coding latchkey does not decode (`gzip, chunked`: hyper
+/// takes off the chunking only) would reach the upstream still applied,
+/// with the header that says so removed as hop-by-hop. RFC 9112 6.1 makes
+/// it a 501 (nginx's answer); latchkey refuses it as a `bad_request`.
+pub fn unsupported_transfer_coding(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (values.next(), values.next()) {
+        (None, _) => false,
+        (Some(v), None) => !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => true,
+    }
+}
+
 /// Whether `name` has latchkey's own prefix, `x-latchkey-`.
 fn is_latchkeys(name: &HeaderName) -> bool {
     name.as_str().starts_with("x-latchkey-")
@@ -353,6 +414,67 @@ mod tests {
             let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
             names.sort_unstable();
             assert_eq!(names, ["content-type", "x-latchkey"], "hop-by-hop: {hop}");
+        }
+    }
+
+    /// Trailers lose hop-by-hop names, names a trailer `Connection`
+    /// lists, and framing, routing and latchkey's own request headers;
+    /// an upstream's lose `x-latchkey-*` too. Others stay.
+    #[test]
+    fn trailers_keep_only_what_may_be_passed_on() {
+        let mut t = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("te", "trailers"),
+            ("keep-alive", "5"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-connection", "close"),
+            ("host", "evil.example"),
+            ("content-length", "9"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-request-id", "forged"),
+            ("x-latchkey-error", "no_route"),
+            ("grpc-status", "0"),
+        ] {
+            t.insert(k, v.parse().unwrap());
+        }
+        let mut response = t.clone();
+        clean_trailers(&mut t);
+        let mut names: Vec<&str> = t.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["grpc-status", "x-latchkey-error"]);
+        clean_response_trailers(&mut response);
+        assert_eq!(response.keys().collect::<Vec<_>>(), ["grpc-status"]);
+        let mut plain = HeaderMap::new();
+        plain.insert("x-checksum", "abc".parse().unwrap());
+        let before = plain.clone();
+        clean_response_trailers(&mut plain);
+        assert_eq!(plain, before);
+    }
+
+    /// Only one `chunked` (any case) is a transfer coding latchkey takes.
+    #[test]
+    fn only_chunked_alone_is_a_supported_transfer_coding() {
+        let te = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::TRANSFER_ENCODING, v.parse().unwrap());
+            }
+            unsupported_transfer_coding(&h)
+        };
+        assert!(!te(&[]));
+        assert!(!te(&["chunked"]));
+        assert!(!te(&["Chunked"]));
+        for bad in [
+            &["gzip, chunked"][..],
+            &["chunked, chunked"],
+            &["gzip"],
+            &["chunked", "chunked"],
+            &["gzip", "chunked"],
+        ] {
+            assert!(te(bad), "{bad:?}");
         }
     }
 

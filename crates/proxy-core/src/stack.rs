@@ -444,9 +444,20 @@ impl Service<Request<ProxyBody>> for Dispatch {
             );
             return Either::Right(ready(Err(e.into())));
         }
+        // RFC 9112 3.2: an HTTP/1.1 request names its host (a 400 without,
+        // as nginx and Envoy answer). HTTP/1.0 need not, and h2 may leave
+        // out `:authority` and `Host` (RFC 9113 8.3.1): both are routed
+        // to the routes without a host.
+        let authority = req.uri().authority();
+        if first.is_none() && authority.is_none() && req.version() == http::Version::HTTP_11 {
+            crate::facts::record(&req, |f| f.rejected_by = Some("router"));
+            let e =
+                crate::error::BadRequest("an HTTP/1.1 request must have a Host header".to_owned());
+            return Either::Right(ready(Err(e.into())));
+        }
         let host = first
             .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+            .or_else(|| authority.map(|a| a.as_str()));
         match self.router.route(host, req.uri().path()) {
             Some(route) => Either::Left(call_now_or_wait(route.service.clone(), req)),
             None => {

@@ -17,7 +17,7 @@
 //!
 //! | what happened | the caller gets | `x-latchkey-retry` |
 //! |---|---|---|
-//! | replay succeeded | the replay's response | `recovered` |
+//! | replay succeeded | the replay's response (or the error the replay failed with: unreachable, timeout) | `recovered` |
 //! | forced refresh failed | the upstream's first 401 | `refresh_failed` |
 //! | replay also rejected | the replay's 401 | `still_unauthorized` |
 //! | body over the replay cap, or still arriving when sent | the upstream's 401, the body streamed untouched; the forced refresh still starts, for the requests after it | `not_replayable` |
@@ -67,6 +67,7 @@ use futures_util::future::{BoxFuture, Either};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use proxy_core::context::RequestContext;
 use proxy_core::credential::CredentialUsed;
+use proxy_core::edge::WithHeaders;
 use proxy_core::facts::{Facts, RefreshFact};
 use proxy_core::headers::is_upgrade;
 use proxy_core::{BoxError, CredentialSource, ProxyBody};
@@ -513,12 +514,16 @@ where
             // The credential was replaced; the replay itself failed (the
             // upstream unreachable, a timeout). As for a replay answered
             // with an error status: `recovered`, with the replay's failure
-            // as the record's reason. The caller gets that failure.
+            // as the record's reason. The caller gets that failure, saying
+            // so in `x-latchkey-retry` (the edge renders the header).
             tracing::warn!(credential = %rejected.id, rejected = rejected.generation, error = %e, "the credential was refreshed but the replay failed");
+            let outcome = Outcome::Recovered.as_str();
             if let Some(f) = &facts {
-                f.update(|f| f.retry = Some(Outcome::Recovered.as_str()));
+                f.update(|f| f.retry = Some(outcome));
             }
-            return Err(e);
+            let mut headers = http::HeaderMap::new();
+            headers.insert(X_LATCHKEY_RETRY, HeaderValue::from_static(outcome));
+            return Err(Box::new(WithHeaders::new(e, headers)));
         }
     };
     let replay_generation = second

@@ -363,8 +363,9 @@ async fn settle_polled_after_a_retry_answered_is_an_error_not_a_panic() {
 }
 
 /// A replay that fails on its way (the upstream unreachable after the
-/// refresh) still leaves the retry in the record: the credential was
-/// replaced (`recovered`), and the replay's failure is the caller's.
+/// refresh) still leaves the retry in the record and in the rendered
+/// error's `x-latchkey-retry`: the credential was replaced (`recovered`),
+/// and the replay's failure is the caller's.
 #[tokio::test]
 async fn a_replay_that_fails_on_its_way_is_still_recorded() {
     let source = Arc::new(Source {
@@ -391,6 +392,9 @@ async fn a_replay_that_fails_on_its_way_is_still_recorded() {
     let (facts, req) = get_with_facts();
     let err = svc.oneshot(req).await.unwrap_err();
     assert_eq!(err.to_string(), "upstream unreachable");
+    // Rendered, it says it went through the retry.
+    let rendered = proxy_core::edge::error_response(&*err, None);
+    assert_eq!(rendered.headers()[X_LATCHKEY_RETRY], "recovered");
     assert_eq!(calls.load(Ordering::SeqCst), 2, "one replay");
     let seen = facts.snapshot();
     assert_eq!(seen.retry, Some("recovered"));

@@ -39,6 +39,7 @@ fn dispatch(gate: Arc<Semaphore>, calls: Arc<AtomicUsize>) -> Dispatch {
 
 fn get(path: &str) -> Request<ProxyBody> {
     Request::get(path)
+        .header(header::HOST, "proxy.test")
         .body(crate::boxed(http_body_util::Empty::new()))
         .unwrap_or_else(|e| panic!("{e}"))
 }
@@ -143,4 +144,30 @@ async fn a_route_whose_readiness_fails_answers_with_that_error() {
         err.map(|e| e.to_string()).as_deref(),
         Some("route stack failed")
     );
+}
+
+/// An HTTP/1.1 request names its host (RFC 9112 3.2); HTTP/1.0 and h2
+/// need not, and an absolute-form target names it.
+#[tokio::test]
+async fn an_http11_request_without_a_host_is_refused() {
+    let mut d = dispatch(Arc::new(Semaphore::new(8)), Arc::new(AtomicUsize::new(0)));
+    let bare = |uri: &str, version| {
+        let mut req = get(uri);
+        req.headers_mut().remove(header::HOST);
+        *req.version_mut() = version;
+        req
+    };
+    let err = d.call(bare("/r/x", http::Version::HTTP_11)).await.err();
+    assert_eq!(
+        err.map(|e| e.to_string()).as_deref(),
+        Some("bad request: an HTTP/1.1 request must have a Host header")
+    );
+    for (uri, version) in [
+        ("/r/x", http::Version::HTTP_10),
+        ("/r/x", http::Version::HTTP_2),
+        ("http://proxy.test/r/x", http::Version::HTTP_11),
+    ] {
+        let resp = d.call(bare(uri, version)).await;
+        assert!(resp.is_ok(), "{uri} {version:?}: {:?}", resp.err());
+    }
 }
