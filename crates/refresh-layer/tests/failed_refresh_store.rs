@@ -126,6 +126,34 @@ async fn a_rotation_with_an_expired_token_saves_the_new_refresh_token_beside_the
     );
 }
 
+/// A non-rotating credential on a `file` store whose directory broke
+/// (removed and replaced by a file): it keeps refreshing without the store
+/// (its cache), with a healthy token endpoint, instead of answering 503
+/// once its token expires.
+#[tokio::test(start_paused = true)]
+async fn a_broken_file_store_does_not_stop_a_non_rotating_credential() {
+    let ep = endpoint(120, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = Arc::new(FileStore::new(&store_dir).unwrap());
+    let src = source_with(&cc_cfg(&ep.url), store, RefreshSettings::default());
+    assert_eq!(token(&src).await.unwrap(), "at-1");
+    quiesce(&src).await;
+    std::fs::remove_dir_all(&store_dir).unwrap();
+    std::fs::write(&store_dir, "not a directory").unwrap();
+    // Past the token's expiry, with time for several retries.
+    for _ in 0..200 {
+        tokio::time::advance(S(1)).await;
+        quiesce(&src).await;
+    }
+    let got = token(&src).await;
+    assert!(
+        got.as_ref().is_ok_and(|t| t.starts_with("at-")),
+        "client_credentials with a healthy token endpoint: {got:?} (token calls: {})",
+        ep.calls()
+    );
+}
+
 /// A provider that answers `tok-1` valid 100 s, then fails.
 #[derive(Debug, Default)]
 struct OnceThenFail {

@@ -99,10 +99,13 @@ async fn attempt(
             .map_err(overran)?
         {
             Ok(l) => *lock = Some(l),
-            // A shared store that cannot serve must not stop a grant that
-            // can be repeated safely; a rotating refresh token must never
-            // be used outside the lock (two replicas would fork it).
-            Err(StoreError::Unavailable(e)) if !inner.provider.rotates() => {
+            // A store that cannot serve (Redis down, a lock wait that
+            // timed out, a `file_store.dir` gone or unwritable) must not
+            // stop a grant that can be repeated safely: the store is only
+            // its cache, and still reported down. A rotating refresh token
+            // must never be used outside the lock (two replicas would fork
+            // it).
+            Err(e) if !inner.provider.rotates() => {
                 tracing::warn!(credential = %inner.id, error = %e, "store unavailable; refreshing this non-rotating credential locally");
             }
             Err(e) => return Err(RefreshError::Store(e)),
@@ -136,7 +139,8 @@ async fn attempt(
             unreadable = true;
             None
         }
-        Err(StoreError::Unavailable(_)) if lock.is_none() => None,
+        // Refreshing locally (above): the store is not read either.
+        Err(_) if lock.is_none() => None,
         Err(e) => return Err(RefreshError::Store(e)),
     };
     // The new state's generation exceeds whatever is stored, even another
