@@ -446,14 +446,30 @@ impl Inner {
             }
             let fut = {
                 let mut ctrl = me.lock();
+                let now = Instant::now();
                 if trigger != Trigger::Manual
-                    && let Some(c) = me.valid(Instant::now())
+                    && let Some(c) = me.valid(now)
                 {
                     return Ok(c);
                 }
                 match me.running(&mut ctrl) {
                     Some(f) => f,
-                    None => me.start(&mut ctrl, trigger, invalidated),
+                    None => {
+                        // A refresh that failed since (an operator's, resumed
+                        // first) set a backoff, which only an operator's
+                        // refresh skips.
+                        if trigger != Trigger::Manual
+                            && let Some(err) = me.backing_off(&ctrl, now)
+                        {
+                            // As `invalidate` refused: the token held is
+                            // served again.
+                            if invalidated.is_some() {
+                                me.invalid_gen.store(0, Ordering::Release);
+                            }
+                            return Err(err);
+                        }
+                        me.start(&mut ctrl, trigger, invalidated)
+                    }
                 }
             };
             fut.await
