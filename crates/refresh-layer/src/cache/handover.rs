@@ -42,18 +42,15 @@
 
 use super::persist::{self, SAVE_RETRY_MAX, SAVE_RETRY_MIN};
 use super::refresh::{keep_state, publish, remaining, sendable};
-use super::{Entry, Inflight, Inner, RefreshSettings, RefreshingSource, Trigger, backoff};
+use super::{Entry, Inner, RefreshSettings, RefreshingSource, backoff};
 use crate::provider::TokenProvider;
 use crate::store::{Store, StoreError};
 use crate::token::StoredCredential;
-use futures_util::future::FutureExt as _;
 use proxy_core::Credential;
 use proxy_core::facts::RefreshObserver;
 use secrecy::SecretString;
 use std::fmt;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
-use tokio::time::Instant;
 
 /// A credential's state as a source held it; see the module docs. Its
 /// `Debug` prints no secret.
@@ -128,37 +125,12 @@ impl RefreshingSource {
     pub async fn quiesce(&self, limit: std::time::Duration) {
         let running = {
             let mut ctrl = self.inner.lock();
-            self.inner.running(&mut ctrl)
+            // Not a refresh deferred by a pause: it waits for this reload.
+            self.inner.inflight(&mut ctrl)
         };
         if let Some(f) = running {
             let _ = tokio::time::timeout(limit, f).await;
         }
-    }
-
-    /// Starts no refresh until [`resume`](Self::resume): a reload pauses
-    /// every source of the running config before it waits for their
-    /// running refreshes ([`quiesce`](Self::quiesce)) and takes their
-    /// hand-overs, and resumes them once the new config is in service (the
-    /// sources it replaced are retired by then) or refused. Without it, a
-    /// refresh started meanwhile (a 401 for one credential while the
-    /// reload waits for another's refresh) could rotate the refresh token
-    /// after the hand-over was taken, and a successor on another store
-    /// would send the spent one.
-    ///
-    /// Meanwhile the token held is served; a request that needs a refresh
-    /// (nothing valid held, or its token refused by the upstream) waits
-    /// for the resume, within `refresh.timeout` as always, and then joins
-    /// or starts one (a retired source then refuses, and the token it
-    /// holds is served while valid, as after any failed refresh).
-    pub fn pause(&self) {
-        let _ctrl = self.inner.lock();
-        self.inner.paused.store(true, Ordering::SeqCst);
-    }
-
-    /// Ends a [`pause`](Self::pause).
-    pub fn resume(&self) {
-        self.inner.paused.store(false, Ordering::SeqCst);
-        self.inner.wake.notify_waiters();
     }
 
     /// What this source holds, for the source that replaces it (`None`
@@ -420,63 +392,6 @@ fn renumber(inner: &Inner, from: u64, to: u64) {
         expires: e.expires,
         refresh_at: e.refresh_at,
     })));
-}
-
-impl Inner {
-    /// A refresh asked for while paused: waits for the resume, then serves
-    /// a token valid by then (a refresh done meanwhile, or the one the
-    /// caller waited for), joins the refresh running or starts one. It is
-    /// not the running refresh itself ([`RefreshingSource::quiesce`] does
-    /// not wait for it).
-    pub(super) fn start_when_resumed(
-        self: &Arc<Self>,
-        trigger: Trigger,
-        invalidated: Option<u64>,
-    ) -> Inflight {
-        let me = self.clone();
-        async move {
-            loop {
-                let resumed = me.wake.notified();
-                tokio::pin!(resumed);
-                resumed.as_mut().enable();
-                if !me.paused.load(Ordering::SeqCst) {
-                    break;
-                }
-                resumed.await;
-            }
-            let fut = {
-                let mut ctrl = me.lock();
-                let now = Instant::now();
-                if trigger != Trigger::Manual
-                    && let Some(c) = me.valid(now)
-                {
-                    return Ok(c);
-                }
-                match me.running(&mut ctrl) {
-                    Some(f) => f,
-                    None => {
-                        // A refresh that failed since (an operator's, resumed
-                        // first) set a backoff, which only an operator's
-                        // refresh skips.
-                        if trigger != Trigger::Manual
-                            && let Some(err) = me.backing_off(&ctrl, now)
-                        {
-                            // As `invalidate` refused: the token held is
-                            // served again.
-                            if invalidated.is_some() {
-                                me.invalid_gen.store(0, Ordering::Release);
-                            }
-                            return Err(err);
-                        }
-                        me.start(&mut ctrl, trigger, invalidated)
-                    }
-                }
-            };
-            fut.await
-        }
-        .boxed()
-        .shared()
-    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ mod error;
 mod forced;
 mod handover;
 mod lineage;
+mod pause;
 mod persist;
 mod refresh;
 mod schedule;
@@ -31,12 +32,14 @@ mod settings;
 mod status;
 #[cfg(test)]
 mod tests;
+mod trigger;
 
 pub use settings::RefreshSettings;
 
 pub use error::RefreshError;
 pub use handover::Handover;
 pub use schedule::{backoff, refresh_at};
+pub use trigger::Trigger;
 
 use driver::DriverGuard;
 
@@ -68,31 +71,6 @@ pub const MIN_LIFETIME: Duration = Duration::from_millis(1);
 /// command with a long `timeout`.
 pub const RUN_LIMIT: Duration = Duration::from_secs(300);
 
-/// Why a refresh ran.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Trigger {
-    /// Ahead of expiry, in the background.
-    Proactive,
-    /// No valid token (first use, or expired).
-    Expired,
-    /// A generation was invalidated (an upstream 401).
-    Forced,
-    /// An operator asked for it.
-    Manual,
-}
-
-impl Trigger {
-    /// The name used in logs, metrics and audit records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Proactive => "proactive",
-            Self::Expired => "expired",
-            Self::Forced => "forced",
-            Self::Manual => "manual",
-        }
-    }
-}
-
 /// What is served: the credential plus its schedule.
 struct Entry {
     cred: Arc<Credential>,
@@ -120,6 +98,8 @@ struct Ctrl {
     last_refresh: Option<(SystemTime, bool, Trigger)>,
     /// Spaces out forced refreshes whose tokens are rejected too.
     forced: forced::Spacing,
+    /// Refreshes asked for while paused (see `pause.rs`).
+    deferred: pause::Deferred,
 }
 
 struct Inner {
@@ -258,6 +238,7 @@ impl RefreshingSource {
     pub async fn refresh_now(&self) -> Result<CredentialStatus, RefreshError> {
         let fut = {
             let mut ctrl = self.inner.lock();
+            pause::manual(&self.inner, &mut ctrl);
             match self.inner.running(&mut ctrl) {
                 Some(f) => f,
                 None => self.inner.start(&mut ctrl, Trigger::Manual, None),
@@ -407,8 +388,14 @@ impl Inner {
             .then(|| e.cred.clone())
     }
 
-    /// The running refresh, if any (a finished one is cleared).
+    /// The running refresh, if any (a finished one is cleared), or the
+    /// one deferred by a pause (see `pause.rs`), for callers to join.
     fn running(&self, ctrl: &mut Ctrl) -> Option<Inflight> {
+        self.inflight(ctrl).or_else(|| pause::deferred(ctrl))
+    }
+
+    /// The refresh running now, if any (a finished one is cleared).
+    fn inflight(&self, ctrl: &mut Ctrl) -> Option<Inflight> {
         match &ctrl.inflight {
             Some(f) if f.peek().is_none() => Some(f.clone()),
             Some(_) => {
@@ -457,7 +444,7 @@ impl Inner {
                 .shared();
         }
         if self.paused.load(Ordering::SeqCst) {
-            return self.start_when_resumed(trigger, invalidated);
+            return pause::defer(self, ctrl, trigger, invalidated);
         }
         let me = self.clone();
         self.refreshing.store(true, Ordering::Release);

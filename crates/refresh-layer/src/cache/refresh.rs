@@ -71,7 +71,14 @@ pub(super) async fn run(
         tracing::info!(credential = %inner.id, generation, "the rotated credential is persisted");
         unsaved_gen = None;
     }
-    let result = attempt(inner, trigger, invalidated, &mut lock).await;
+    let result = attempt(
+        inner,
+        trigger,
+        invalidated,
+        unsaved_gen.is_some(),
+        &mut lock,
+    )
+    .await;
     if let Some(generation) = unsaved_gen {
         persist::resume(inner, generation, lock);
     }
@@ -79,11 +86,14 @@ pub(super) async fn run(
 }
 
 /// One refresh; `lock` is the store lock when already held (taken over
-/// from a pending save), and is taken here otherwise.
+/// from a pending save), and is taken here otherwise. `unsaved`: the
+/// state held is a rotated one still to be saved (its retries were taken
+/// over and could not save it first).
 async fn attempt(
     inner: &Arc<Inner>,
     trigger: Trigger,
     invalidated: Option<u64>,
+    unsaved: bool,
     lock: &mut Option<StoreLock>,
 ) -> Result<(Arc<Credential>, bool), RefreshError> {
     // Bounded up to the token call, where nothing has been spent yet: a
@@ -210,8 +220,12 @@ async fn attempt(
                     };
                 }
             }
+            // A failure saves only a refresh token still to be saved: one
+            // it rotated to, or the held one whose save is being retried
+            // (the state replacing it in memory ends those retries, so
+            // this save, and its own retries if it fails, take them on).
             if !unreadable
-                && (failure.is_none() || rotated)
+                && (failure.is_none() || rotated || unsaved)
                 && let Saved::Adopted(cred) = save(inner, &state, lock).await
             {
                 return Ok((cred, true));
