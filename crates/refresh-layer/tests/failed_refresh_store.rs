@@ -10,12 +10,13 @@
 
 mod common;
 
+use common::saves::{Save, Saves};
 use common::{CLIENT_ID, CLIENT_SECRET, ID, S, endpoint, load, quiesce, source_with, token, until};
 use futures_util::future::BoxFuture;
 use proxy_core::CredentialSource as _;
 use proxy_core::config::OAuth2Config;
 use refresh_layer::provider::{ProviderError, TokenProvider};
-use refresh_layer::store::{FileStore, MemoryStore, Store, StoreError, StoreLock};
+use refresh_layer::store::FileStore;
 use refresh_layer::token::{StoredCredential, Token};
 use refresh_layer::{RefreshSettings, RefreshingSource};
 use secrecy::SecretString;
@@ -183,49 +184,13 @@ impl TokenProvider for OnceThenFail {
     }
 }
 
-/// A memory store whose saves take `delay` (a slow disk, a Redis at its
-/// command timeout).
-#[derive(Debug)]
-struct SlowSave {
-    inner: MemoryStore,
-    delay: Duration,
-}
-
-impl Store for SlowSave {
-    fn kind(&self) -> &'static str {
-        "slow"
-    }
-    fn load<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<StoredCredential>, StoreError>> {
-        self.inner.load(id)
-    }
-    fn lock<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoreLock, StoreError>> {
-        self.inner.lock(id)
-    }
-    fn save<'a>(
-        &'a self,
-        id: &'a str,
-        state: &'a StoredCredential,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            tokio::time::sleep(self.delay).await;
-            self.inner.save(id, state).await
-        })
-    }
-}
-
 /// `expires_in` counts from when the response arrived (README), not from
 /// when a slow save (here 30 s) finished: the token is not served past its
 /// real expiry while refreshes fail.
 #[tokio::test(start_paused = true)]
 async fn expiry_counts_from_the_response_not_the_end_of_the_save() {
     let p = Arc::new(OnceThenFail::default());
-    let store = Arc::new(SlowSave {
-        inner: MemoryStore::new(),
-        delay: S(30),
-    });
+    let store = Arc::new(Saves::new(Save::After(S(30))));
     let t0 = tokio::time::Instant::now();
     let src = RefreshingSource::new(ID, p.clone(), store, RefreshSettings::default());
     let settings_timeout = RefreshSettings::default().timeout;
@@ -268,34 +233,6 @@ async fn an_unusable_token_leaves_the_stored_valid_token() {
     );
 }
 
-/// A memory store whose saves never answer (an fsync on a failing disk).
-#[derive(Debug, Default)]
-struct HungSave {
-    inner: MemoryStore,
-}
-
-impl Store for HungSave {
-    fn kind(&self) -> &'static str {
-        "hung"
-    }
-    fn load<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<StoredCredential>, StoreError>> {
-        self.inner.load(id)
-    }
-    fn lock<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoreLock, StoreError>> {
-        self.inner.lock(id)
-    }
-    fn save<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a StoredCredential,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(futures_util::future::pending())
-    }
-}
-
 /// A non-rotating credential whose store save never answers (an fsync on
 /// a failing disk) is served its new token anyway, once the save has had
 /// 5 s, within the 10 s a request waits; and later refreshes still start.
@@ -308,7 +245,7 @@ async fn a_hung_save_does_not_wedge_a_non_rotating_credential() {
     let src = RefreshingSource::new(
         ID,
         Arc::new(provider),
-        Arc::new(HungSave::default()),
+        Arc::new(Saves::new(Save::Hang)),
         RefreshSettings::default(),
     );
     assert_eq!(token(&src).await.unwrap(), "at-1");

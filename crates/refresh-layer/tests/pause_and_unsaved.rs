@@ -4,47 +4,14 @@
 
 mod common;
 
+use common::saves::{Save, Saves};
 use common::{ID, S, endpoint, quiesce, token};
 use futures_util::future::BoxFuture;
 use refresh_layer::RefreshSettings;
-use refresh_layer::store::{MemoryStore, Store, StoreError, StoreLock};
+use refresh_layer::store::{MemoryStore, Store};
 use refresh_layer::token::StoredCredential;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-/// A memory store whose saves fail while `failing` is set (a full disk,
-/// Redis in read-only mode): lock and load still work.
-#[derive(Debug, Default)]
-struct FailingSaves {
-    inner: MemoryStore,
-    failing: AtomicBool,
-}
-
-impl Store for FailingSaves {
-    fn kind(&self) -> &'static str {
-        "failing-saves"
-    }
-    fn load<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<StoredCredential>, StoreError>> {
-        self.inner.load(id)
-    }
-    fn lock<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoreLock, StoreError>> {
-        self.inner.lock(id)
-    }
-    fn save<'a>(
-        &'a self,
-        id: &'a str,
-        s: &'a StoredCredential,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        if self.failing.load(Ordering::SeqCst) {
-            Box::pin(async { Err(StoreError::Unavailable("disk full".into())) })
-        } else {
-            self.inner.save(id, s)
-        }
-    }
-}
+use std::sync::atomic::Ordering;
 
 /// A rotated refresh token whose save failed is saved again in the
 /// background until it is saved. A later refresh that fails without
@@ -55,12 +22,12 @@ impl Store for FailingSaves {
 async fn a_failed_non_rotating_answer_does_not_end_the_rotated_tokens_save_retries() {
     use common::token_endpoint::Failure;
     let ep = endpoint(3600, true).await;
-    let store = Arc::new(FailingSaves::default());
+    let store = Arc::new(Saves::default());
     let src = common::source(&ep, store.clone(), RefreshSettings::default());
     assert_eq!(token(&src).await.unwrap(), "at-1");
     quiesce(&src).await;
     // The disk fills up; a refresh rotates rt-1 -> rt-2 and cannot save it.
-    store.failing.store(true, Ordering::SeqCst);
+    store.set(Save::Fail);
     src.refresh_now().await.unwrap();
     let live = ep.current_refresh_token().unwrap();
     // The endpoint now answers a token expired on arrival, without a
@@ -74,7 +41,7 @@ async fn a_failed_non_rotating_answer_does_not_end_the_rotated_tokens_save_retri
     // The disk is fixed; the endpoint too. Give the background save a
     // minute (its retries are at most 2 s apart).
     ep.set_failure(None);
-    store.failing.store(false, Ordering::SeqCst);
+    store.set(Save::Normal);
     for _ in 0..60 {
         tokio::time::advance(S(1)).await;
         common::settle().await;

@@ -42,6 +42,8 @@
 #[path = "../../../../tests/support/token_endpoint.rs"]
 pub mod token_endpoint;
 
+pub mod saves;
+
 use futures_util::FutureExt as _;
 use proxy_core::CredentialSource as _;
 use proxy_core::config::OAuth2Config;
