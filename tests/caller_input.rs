@@ -177,43 +177,10 @@ async fn trailers_at_an_h2_upstream(
     route_extra: &str,
     trailer_lines: &str,
 ) -> (String, Vec<String>) {
-    use http_body_util::BodyExt as _;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use std::sync::{Arc, Mutex};
     let ca = support::TestCa::new();
     let dir = tempfile::tempdir().unwrap();
     let ca_path = ca.write_ca(dir.path());
-    let acceptor = tokio_rustls::TlsAcceptor::from(ca.server_config(&["127.0.0.1"], &[b"h2"]));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = listener.local_addr().unwrap();
-    let trailers: Arc<Mutex<Vec<String>>> = Arc::default();
-    let seen = trailers.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            let Ok(tls) = acceptor.accept(s).await else {
-                continue;
-            };
-            let seen = seen.clone();
-            let svc =
-                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let seen = seen.clone();
-                    async move {
-                        let collected = req.into_body().collect().await.unwrap();
-                        for (k, v) in collected.trailers().into_iter().flatten() {
-                            let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
-                            seen.lock().unwrap().push(format!("{k}: {v}"));
-                        }
-                        Ok::<_, std::convert::Infallible>(http::Response::new(
-                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
-                        ))
-                    }
-                });
-            tokio::spawn(
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), svc),
-            );
-        }
-    });
+    let (up, trailers) = support::h2_trailers::h2_trailer_upstream(&ca).await;
     let route_extra = format!(
         "    ca_file: \"{}\"\n    retry: {{ enabled: false }}\n{route_extra}",
         ca_path.display()

@@ -22,6 +22,7 @@
 
 pub mod cli;
 pub mod gauges;
+pub mod h2_trailers;
 pub mod harness;
 pub mod pki;
 pub mod proxy_helpers;
