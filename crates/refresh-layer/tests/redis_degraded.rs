@@ -350,3 +350,35 @@ async fn a_rotated_refresh_token_reaches_redis_once_it_is_back() {
     assert_eq!(ep.invalid_grants(), 0);
     assert_eq!(ep.calls(), 2);
 }
+
+/// A store's error says which I/O failure it met: a Redis that refuses
+/// connections (down) reads differently from an address that does not
+/// resolve (a wrong URL), and neither shows the URL's password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_io_failure_says_which() {
+    let at = |url: String| {
+        RedisStore::new(refresh_layer::store::RedisStoreSettings {
+            url,
+            key_prefix: "lk-test".into(),
+            keys: Keyring::from_base64([KEY]).unwrap(),
+            lease: Duration::from_secs(2),
+            timeout: Duration::from_millis(500),
+            tls: None,
+        })
+        .unwrap()
+    };
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let refused = within(at(format!("redis://:hunter2@127.0.0.1:{port}/")).load("crm"))
+        .await
+        .unwrap_err()
+        .to_string();
+    let no_host = within(at("redis://:hunter2@no-such-host.invalid:6379/".into()).load("crm"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(!refused.contains("hunter2") && !no_host.contains("hunter2"));
+    assert!(refused.contains("connection refused"), "{refused}");
+    assert_ne!(refused, no_host, "both read: {refused}");
+}

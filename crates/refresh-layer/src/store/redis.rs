@@ -282,12 +282,24 @@ fn refuses_for_now(e: &redis::RedisError) -> bool {
 }
 
 /// The error's kind, and Redis's error code when Redis answered one
-/// (`READONLY`, `OOM`, ...). Never the message: it may echo a key or an
+/// (`READONLY`, `OOM`, ...), or the kind of I/O failure (`connection
+/// refused`, `timed out`: Redis down, or an address that does not
+/// resolve, tell apart). Never the message: it may echo a key or an
 /// argument.
 fn describe(e: &redis::RedisError) -> String {
-    match e.code() {
-        Some(code) => format!("{:?} (Redis answered {code})", e.kind()),
-        None => format!("{:?}", e.kind()),
+    let io = if e.is_connection_refusal() {
+        Some("connection refused")
+    } else if e.is_timeout() {
+        Some("timed out")
+    } else if e.is_connection_dropped() {
+        Some("connection dropped")
+    } else {
+        None
+    };
+    match (e.code(), io) {
+        (Some(code), _) => format!("{:?} (Redis answered {code})", e.kind()),
+        (None, Some(io)) => format!("{:?} ({io})", e.kind()),
+        (None, None) => format!("{:?}", e.kind()),
     }
 }
 

@@ -1,4 +1,4 @@
-use super::{Health, refuses_for_now};
+use super::{Health, describe, refuses_for_now};
 use redis::{ErrorKind, RedisError, ServerErrorKind, make_extension_error};
 
 /// A Redis that answers but cannot serve now counts as unavailable
@@ -44,4 +44,21 @@ fn health_is_the_outcome_of_the_command_started_last() {
     let next = h.begin();
     h.end(next, Ok(()));
     assert_eq!(h.get(), Ok(()));
+}
+
+/// An I/O failure says which (Redis down, a timeout, an address that does
+/// not resolve), never the error's message.
+#[test]
+fn io_failures_say_which_without_the_message() {
+    let io =
+        |kind, msg: &str| describe(&RedisError::from(std::io::Error::new(kind, msg.to_owned())));
+    let refused = io(std::io::ErrorKind::ConnectionRefused, "redis://:hunter2@h");
+    let timed_out = io(std::io::ErrorKind::TimedOut, "hunter2");
+    let other = io(std::io::ErrorKind::Other, "failed to lookup hunter2");
+    assert!(refused.contains("connection refused"), "{refused}");
+    assert!(timed_out.contains("timed out"), "{timed_out}");
+    assert!(refused != other && timed_out != other, "{other}");
+    for shown in [refused, timed_out, other] {
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
 }
