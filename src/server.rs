@@ -527,7 +527,15 @@ async fn serve_tls(
     acceptor: TlsAcceptor,
     mut svc: ConnService,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let Some(stream) = handshake(&acceptor, stream, svc.conn.remote_addr).await else {
+    // Nothing can be in flight before the handshake ends: a stop drops a
+    // caller still shaking hands (or silent), as `serve_plain` drops one
+    // that has not sent a byte.
+    let shaken = tokio::select! {
+        biased;
+        s = handshake(&acceptor, stream, svc.conn.remote_addr) => s,
+        () = crate::app::stopped(shutdown.clone()) => return Ok(()),
+    };
+    let Some(stream) = shaken else {
         return Ok(());
     };
     let tls = stream.get_ref().1;

@@ -86,6 +86,17 @@ impl Upstream {
         format!("http://127.0.0.1:{}", self.addr.port())
     }
 
+    /// A handle over a server a test spawned itself.
+    pub fn from_parts(addr: SocketAddr, task: JoinHandle<()>) -> Self {
+        Self {
+            addr,
+            hits: Arc::default(),
+            ws_headers: Arc::default(),
+            conns: Arc::default(),
+            task,
+        }
+    }
+
     /// Base URL for TLS servers, using the `localhost` name the leaf certificate carries.
     pub fn https_url(&self) -> String {
         format!("https://localhost:{}", self.addr.port())

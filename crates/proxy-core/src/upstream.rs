@@ -303,15 +303,18 @@ fn connector_with(
     connect_timeout: Duration,
     h2: bool,
 ) -> Result<HttpsConnector<HttpConnector>, ClientBuildError> {
+    let tcp = tcp_connector(connect_timeout);
+    if !h2 {
+        // hyper-rustls' HTTP/1.1-only builder offers no ALPN at all; say
+        // `http/1.1` so an upstream that would pick h2 cannot.
+        let mut config = tls_config(ca, client_cert)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        return Ok(HttpsConnector::from((tcp, config)));
+    }
     let tls = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls_config(ca, client_cert)?)
         .https_or_http();
-    let tcp = tcp_connector(connect_timeout);
-    Ok(if h2 {
-        tls.enable_all_versions().wrap_connector(tcp)
-    } else {
-        tls.enable_http1().wrap_connector(tcp)
-    })
+    Ok(tls.enable_all_versions().wrap_connector(tcp))
 }
 
 /// TCP under the TLS: `TCP_NODELAY`, TCP keepalive, the connect timeout.

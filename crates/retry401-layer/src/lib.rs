@@ -445,7 +445,7 @@ where
         // its expiry. Shared and deduplicated like any invalidation; this
         // request does not wait for it.
         tokio::spawn(source.invalidate(rejected.generation));
-        tracing::info!(credential = %rejected.id, generation = rejected.generation, "credential rejected; the request cannot be replayed (its body is over the replay cap or was still arriving); a forced refresh was started for the requests after it");
+        tracing::info!(credential = %rejected.id, generation = rejected.generation, "credential rejected; the request cannot be replayed (an upgrade such as a WebSocket, which is never replayed, or a body over the replay cap or still arriving); a forced refresh was started for the requests after it");
         mark(
             &mut resp,
             facts.as_ref(),

@@ -390,8 +390,9 @@ fn retries(ev: &Evidence, out: &mut Vec<Finding>) {
                 Severity::Warning,
                 FindingKind::RetryNotReplayable,
                 format!(
-                    "{} not retried because the request body could not be replayed \
-                     (streamed or over the replay cap)",
+                    "{} not retried because the request could not be replayed \
+                     (a WebSocket or other upgrade, never replayed; or a body streamed \
+                     or over the replay cap)",
                     count(*n, "refusal was|refusals were")
                 ),
             ),
