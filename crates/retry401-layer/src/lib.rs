@@ -248,10 +248,10 @@ where
             // Nothing to read before the first attempt: send it now, on the
             // instance that was polled ready. An upgrade is never replayed.
             let (body, again) = if upgrade {
-                (body, None)
+                (body, Err(NotReplayable::Upgrade))
             } else {
                 let again = Again::capture(&parts, Replay::default());
-                (proxy_core::empty(), Some(again))
+                (proxy_core::empty(), Ok(again))
             };
             let first = call(&mut self.inner, Request::from_parts(parts, body));
             return Either::Left(Settle::new(first, again, replayer, source, policy, facts));
@@ -266,7 +266,9 @@ where
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
             let (body, replay) = capture(body, declared, policy.max_replay_body).await?;
-            let again = replay.map(|r| Again::capture(&parts, r));
+            let again = replay
+                .map(|r| Again::capture(&parts, r))
+                .ok_or(NotReplayable::Body);
             let first = call(&mut inner, Request::from_parts(parts, body));
             Settle::new(first, again, replayer, source, policy, facts).await
         }))
@@ -333,17 +335,36 @@ pub struct Settle<S> {
 
 /// What a retry needs besides the rejected response.
 struct Rest<S> {
-    again: Option<Again>,
+    again: Result<Again, NotReplayable>,
     replayer: Arc<S>,
     source: Arc<dyn CredentialSource>,
     policy: Arc<RetryPolicy>,
     facts: Option<Arc<Facts>>,
 }
 
+/// Why a request is not replayed after a 401.
+#[derive(Clone, Copy, Debug)]
+enum NotReplayable {
+    /// An upgrade (WebSocket): never buffered or replayed.
+    Upgrade,
+    /// Its body is over the replay cap, or was still arriving when sent.
+    Body,
+}
+
+impl NotReplayable {
+    /// For the log line.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Upgrade => "an upgrade (WebSocket) is never replayed",
+            Self::Body => "its body is over the replay cap or was still arriving",
+        }
+    }
+}
+
 impl<S> Settle<S> {
     fn new(
         first: Call,
-        again: Option<Again>,
+        again: Result<Again, NotReplayable>,
         replayer: Arc<S>,
         source: Arc<dyn CredentialSource>,
         policy: Arc<RetryPolicy>,
@@ -417,7 +438,7 @@ impl<S> fmt::Debug for Settle<S> {
 /// replay once if it carried our credential; see the crate docs.
 async fn recover<S>(
     mut resp: Response<ProxyBody>,
-    again: Option<Again>,
+    again: Result<Again, NotReplayable>,
     replayer: Arc<S>,
     source: Arc<dyn CredentialSource>,
     policy: Arc<RetryPolicy>,
@@ -438,26 +459,29 @@ where
     if !source.refreshes() && source.generation() == Some(rejected.generation) {
         return Ok(resp);
     }
-    let Some(again) = again else {
-        // This request cannot be replayed, but the credential it carried
-        // was refused: the forced refresh still starts, so the requests
-        // after it get a new credential rather than the refused one until
-        // its expiry. Shared and deduplicated like any invalidation; this
-        // request does not wait for it.
-        tokio::spawn(source.invalidate(rejected.generation));
-        tracing::info!(credential = %rejected.id, generation = rejected.generation, "credential rejected; the request cannot be replayed (an upgrade such as a WebSocket, which is never replayed, or a body over the replay cap or still arriving); a forced refresh was started for the requests after it");
-        mark(
-            &mut resp,
-            facts.as_ref(),
-            RetryOutcome {
-                outcome: Outcome::NotReplayable,
-                rejected,
-                replay_generation: None,
-                first_status,
-                refresh_error: None,
-            },
-        );
-        return Ok(resp);
+    let again = match again {
+        Ok(again) => again,
+        Err(why) => {
+            // This request cannot be replayed, but the credential it carried
+            // was refused: the forced refresh still starts, so the requests
+            // after it get a new credential rather than the refused one until
+            // its expiry. Shared and deduplicated like any invalidation; this
+            // request does not wait for it.
+            tokio::spawn(source.invalidate(rejected.generation));
+            tracing::info!(credential = %rejected.id, generation = rejected.generation, why = why.as_str(), "credential rejected; the request cannot be replayed; a forced refresh was started for the requests after it");
+            mark(
+                &mut resp,
+                facts.as_ref(),
+                RetryOutcome {
+                    outcome: Outcome::NotReplayable,
+                    rejected,
+                    replay_generation: None,
+                    first_status,
+                    refresh_error: None,
+                },
+            );
+            return Ok(resp);
+        }
     };
     // Another request's refresh has already replaced the refused
     // generation: the replay takes the current one, and no refresh runs

@@ -309,7 +309,7 @@ async fn settle_polled_after_completion_answers_an_error_not_a_panic() {
     let first: Call = Box::pin(async { Ok(Response::new(proxy_core::empty())) });
     let mut settle = Settle::new(
         first,
-        None,
+        Err(NotReplayable::Body),
         replayer,
         source,
         Arc::new(RetryPolicy::default()),
@@ -346,7 +346,7 @@ async fn settle_polled_after_a_retry_answered_is_an_error_not_a_panic() {
     let again = Again::capture(&parts, crate::replay::Replay::default());
     let mut settle = Settle::new(
         first,
-        Some(again),
+        Ok(again),
         replayer,
         source.clone(),
         Arc::new(RetryPolicy::default()),
