@@ -11,6 +11,7 @@
 mod common;
 
 use common::saves::{Save, Saves};
+use common::token_endpoint::TokenEndpoint;
 use common::{CLIENT_ID, CLIENT_SECRET, ID, S, endpoint, load, quiesce, source_with, token, until};
 use futures_util::future::BoxFuture;
 use proxy_core::CredentialSource as _;
@@ -21,6 +22,7 @@ use refresh_layer::token::{StoredCredential, Token};
 use refresh_layer::{RefreshSettings, RefreshingSource};
 use secrecy::SecretString;
 use serde_json::json;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
@@ -40,6 +42,35 @@ fn still_valid(s: &StoredCredential) -> bool {
         .is_some_and(|e| e > SystemTime::now() + Duration::from_secs(60))
 }
 
+/// A credential on a `file` store in `dir` (a fresh process on it: a
+/// restart when the directory already holds a state), rotating (the
+/// `refresh_token` grant) or not (`client_credentials`).
+fn on_file_store(
+    ep: &TokenEndpoint,
+    rotating: bool,
+    dir: &Path,
+) -> (Arc<FileStore>, RefreshingSource) {
+    let store = Arc::new(FileStore::new(dir).unwrap());
+    let src = if rotating {
+        common::source(ep, store.clone(), RefreshSettings::default())
+    } else {
+        source_with(&cc_cfg(&ep.url), store.clone(), RefreshSettings::default())
+    };
+    (store, src)
+}
+
+/// [`on_file_store`] once it has fetched, served and saved `at-1`.
+async fn serving_at_1(
+    ep: &TokenEndpoint,
+    rotating: bool,
+    dir: &Path,
+) -> (Arc<FileStore>, RefreshingSource) {
+    let (store, src) = on_file_store(ep, rotating, dir);
+    assert_eq!(token(&src).await.unwrap(), "at-1");
+    quiesce(&src).await;
+    (store, src)
+}
+
 /// A failed refresh (the endpoint's token arrives already expired:
 /// `expires_in: 0`) of a non-rotating credential writes nothing: the
 /// store keeps the valid token it held.
@@ -47,10 +78,7 @@ fn still_valid(s: &StoredCredential) -> bool {
 async fn a_token_expired_on_arrival_leaves_the_stored_valid_token() {
     let ep = endpoint(3600, false).await;
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FileStore::new(dir.path()).unwrap());
-    let src = source_with(&cc_cfg(&ep.url), store.clone(), RefreshSettings::default());
-    assert_eq!(token(&src).await.unwrap(), "at-1");
-    quiesce(&src).await;
+    let (store, src) = serving_at_1(&ep, false, dir.path()).await;
     let before = load(store.as_ref()).await;
     assert_eq!(before.access_token, "at-1");
 
@@ -79,16 +107,12 @@ async fn a_token_expired_on_arrival_leaves_the_stored_valid_token() {
 async fn a_restart_after_an_expired_on_arrival_failure_serves_the_stored_token() {
     let ep = endpoint(3600, false).await;
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FileStore::new(dir.path()).unwrap());
-    let src = source_with(&cc_cfg(&ep.url), store.clone(), RefreshSettings::default());
-    assert_eq!(token(&src).await.unwrap(), "at-1");
-    quiesce(&src).await;
+    let (_, src) = serving_at_1(&ep, false, dir.path()).await;
     ep.set_expires_in(0);
     let _ = src.refresh_now().await;
     drop(src);
     // Restart: a new process, the same store dir, the endpoint still broken.
-    let store2 = Arc::new(FileStore::new(dir.path()).unwrap());
-    let src2 = source_with(&cc_cfg(&ep.url), store2, RefreshSettings::default());
+    let (_, src2) = on_file_store(&ep, false, dir.path());
     let got = token(&src2).await;
     assert_eq!(
         got,
@@ -104,10 +128,7 @@ async fn a_restart_after_an_expired_on_arrival_failure_serves_the_stored_token()
 async fn a_rotation_with_an_expired_token_saves_the_new_refresh_token_beside_the_valid_one() {
     let ep = endpoint(3600, true).await;
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FileStore::new(dir.path()).unwrap());
-    let src = common::source(&ep, store.clone(), RefreshSettings::default());
-    assert_eq!(token(&src).await.unwrap(), "at-1");
-    quiesce(&src).await;
+    let (store, src) = serving_at_1(&ep, true, dir.path()).await;
     ep.set_expires_in(0);
     let _ = src.refresh_now().await;
     let after = load(store.as_ref()).await;
@@ -117,8 +138,7 @@ async fn a_rotation_with_an_expired_token_saves_the_new_refresh_token_beside_the
         "rotation saved"
     );
     drop(src);
-    let store2 = Arc::new(FileStore::new(dir.path()).unwrap());
-    let src2 = common::source(&ep, store2, RefreshSettings::default());
+    let (_, src2) = on_file_store(&ep, true, dir.path());
     assert_eq!(
         token(&src2).await,
         Ok("at-1".to_owned()),
@@ -216,10 +236,7 @@ async fn an_unusable_token_leaves_the_stored_valid_token() {
     use common::token_endpoint::Failure;
     let ep = endpoint(3600, false).await;
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FileStore::new(dir.path()).unwrap());
-    let src = source_with(&cc_cfg(&ep.url), store.clone(), RefreshSettings::default());
-    assert_eq!(token(&src).await.unwrap(), "at-1");
-    quiesce(&src).await;
+    let (store, src) = serving_at_1(&ep, false, dir.path()).await;
     ep.set_failure(Some(Failure::Status(
         200,
         r#"{"access_token":"bad\u0007tok","token_type":"Bearer","expires_in":3600}"#.to_owned(),
@@ -352,10 +369,7 @@ async fn a_flood_while_failing_is_bounded_by_backoff() {
 async fn a_revoked_refresh_token_is_not_hammered_and_the_store_is_kept() {
     let ep = endpoint(3600, true).await;
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FileStore::new(dir.path()).unwrap());
-    let src = common::source(&ep, store.clone(), RefreshSettings::default());
-    assert_eq!(token(&src).await.unwrap(), "at-1");
-    quiesce(&src).await;
+    let (store, src) = serving_at_1(&ep, true, dir.path()).await;
     let before = load(store.as_ref()).await;
     ep.revoke_refresh_token();
     for _ in 0..3600 {

@@ -273,7 +273,7 @@ async fn attempt(
 /// How long a non-rotating grant's save may take before the refreshed
 /// token is served from memory anyway (see [`save`]): below the default
 /// `refresh.timeout` (10 s), above a Redis command's 2 s timeout.
-pub(super) const NON_ROTATING_SAVE_LIMIT: Duration = Duration::from_secs(5);
+const NON_ROTATING_SAVE_LIMIT: Duration = Duration::from_secs(5);
 
 /// What became of the save of a refreshed state.
 enum Saved {
