@@ -10,7 +10,7 @@ mod redis_common;
 
 use proxy_core::CredentialSource;
 use redis_common::redis_server::RedisServer;
-use redis_common::{KEY, OTHER_KEY, endpoint, replica, store_with};
+use redis_common::{KEY, OTHER_KEY, endpoint, flushall, replica, replica_with, store_with};
 use refresh_layer::store::crypto::Keyring;
 use refresh_layer::store::{RedisStore, RedisStoreSettings, Store, StoreError};
 use refresh_layer::token::StoredCredential;
@@ -121,6 +121,46 @@ async fn restarting_redis_loses_no_credential() {
             .generation,
         2
     );
+}
+
+/// Redis loses its data (a restart without persistence, `FLUSHALL`,
+/// eviction) after a rotation: the running replica writes the live state
+/// back within `store_check`, so a replica that starts afterwards adopts
+/// it instead of sending the spent seed (`invalid_grant`, and a revoked
+/// token family at an IdP with reuse detection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_redis_gets_the_live_refresh_token_back() {
+    let redis = RedisServer::start().await;
+    let ep = endpoint().await;
+    let settings = RefreshSettings {
+        store_check: Duration::from_millis(200),
+        ..RefreshSettings::default()
+    };
+    let a = replica_with(&ep, store(&redis, KEY), settings);
+    let first = a.get().await.unwrap();
+    assert_eq!(ep.calls(), 1, "the seed was rotated");
+    flushall(&redis).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let back = loop {
+        if let Some(s) = store(&redis, KEY).load("crm").await.unwrap() {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never written back: {:?}",
+            a.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(back.generation, 1);
+    assert_eq!(back.refresh_token, ep.current_refresh_token());
+    let b = replica(&ep, store(&redis, KEY));
+    assert_eq!(b.get().await.unwrap().expose(), first.expose());
+    assert_eq!(ep.calls(), 1, "b adopted the state written back");
+    // b's next refresh sends the live refresh token.
+    b.refresh_now().await.unwrap();
+    assert_eq!(ep.calls(), 2);
+    assert_eq!(ep.invalid_grants(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

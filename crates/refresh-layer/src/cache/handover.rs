@@ -234,6 +234,11 @@ impl Inner {
     fn pending(&self) -> MutexGuard<'_, Option<Pending>> {
         self.handed.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Whether a handed-over state is still to be reconciled.
+    pub(super) fn handover_pending(&self) -> bool {
+        self.pending().is_some()
+    }
 }
 
 /// Once the source is active: reconciles a pending hand-over with the

@@ -33,6 +33,7 @@ mod status;
 #[cfg(test)]
 mod tests;
 mod trigger;
+mod writeback;
 
 pub use settings::RefreshSettings;
 
@@ -40,6 +41,7 @@ pub use error::RefreshError;
 pub use handover::Handover;
 pub use schedule::{backoff, refresh_at};
 pub use trigger::Trigger;
+pub use writeback::STORE_CHECK;
 
 use driver::DriverGuard;
 
@@ -229,6 +231,7 @@ impl RefreshingSource {
     pub fn activate(&self) {
         self.driver.get_or_init(|| {
             handover::spawn_settle(&self.inner);
+            writeback::spawn(&self.inner);
             driver::spawn(self.inner.clone())
         });
     }

@@ -16,6 +16,11 @@ pub struct RefreshSettings {
     pub backoff_min: Duration,
     /// Backoff cap.
     pub backoff_max: Duration,
+    /// How often a rotating credential checks that its store still holds
+    /// its state, and writes it back if the store lost it (see
+    /// `cache/writeback.rs`). Zero: never. Not configurable: the default
+    /// is [`STORE_CHECK`](super::writeback::STORE_CHECK).
+    pub store_check: Duration,
 }
 
 impl Default for RefreshSettings {
@@ -32,6 +37,7 @@ impl From<&RefreshConfig> for RefreshSettings {
             max_age: c.max_age,
             backoff_min: c.backoff_min,
             backoff_max: c.backoff_max,
+            store_check: super::writeback::STORE_CHECK,
         }
     }
 }

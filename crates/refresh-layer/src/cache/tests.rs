@@ -508,3 +508,4 @@ mod persist;
 mod retry_after;
 mod rotation_kept;
 mod unusable;
+mod writeback;

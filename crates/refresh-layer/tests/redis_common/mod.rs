@@ -56,16 +56,26 @@ pub async fn endpoint() -> TokenEndpoint {
 }
 
 pub fn replica(ep: &TokenEndpoint, store: RedisStore) -> RefreshingSource {
+    replica_with(ep, store, RefreshSettings::default())
+}
+
+pub fn replica_with(
+    ep: &TokenEndpoint,
+    store: RedisStore,
+    settings: RefreshSettings,
+) -> RefreshingSource {
     let cfg = serde_json::from_value(serde_json::json!({
         "grant": "refresh_token", "token_url": ep.url, "client_id": "latchkey",
         "client_secret": {"value": "cs-canary"}, "refresh_token": {"value": "rt-seed-canary"}
     }))
     .unwrap();
     let provider = OAuth2Provider::new(&cfg, Duration::from_secs(1)).unwrap();
-    RefreshingSource::new(
-        "crm",
-        Arc::new(provider),
-        Arc::new(store),
-        RefreshSettings::default(),
-    )
+    RefreshingSource::new("crm", Arc::new(provider), Arc::new(store), settings)
+}
+
+/// Redis loses everything, as after a restart without persistence.
+pub async fn flushall(redis: &RedisServer) {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
 }

@@ -6,7 +6,8 @@ use crate::store::{Store, StoreLock};
 use std::sync::Mutex;
 
 /// Per-call behaviour: 'o' = ok 3600 s, 's' = ok but 120 s, 'z' = expired (0 s),
-/// 'h' = hang for ever, 'e' = HTTP 503. Past the script: 'e'.
+/// 'h' = hang for ever, 'e' = HTTP 503, 'g' = `invalid_grant`. Past the
+/// script: 'e'.
 #[derive(Debug)]
 pub(super) struct Script {
     plan: Vec<u8>,
@@ -50,6 +51,13 @@ impl TokenProvider for Script {
                 b'h' => {
                     futures_util::future::pending::<()>().await;
                     unreachable!()
+                }
+                b'g' => {
+                    return Err(ProviderError::OAuth {
+                        status: 400,
+                        error: "invalid_grant".into(),
+                        description: None,
+                    });
                 }
                 _ => return Err(ProviderError::Http { status: 503 }),
             };

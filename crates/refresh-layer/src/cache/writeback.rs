@@ -1,0 +1,152 @@
+//! A rotating credential's state, written back into a store that lost it.
+//!
+//! After a rotation, the live refresh token is in the store and in the
+//! memory of the processes that hold it; the configured seed is spent.
+//! A store that loses the state (Redis restarted without persistence,
+//! evicted or flushed; a `file` state deleted by mistake) would make the
+//! next process that starts, or refreshes before the holders do, send
+//! that spent seed: `invalid_grant`, and an IdP that revokes the token
+//! family on replay then revokes the live token too.
+//!
+//! So every [`RefreshSettings::store_check`](super::RefreshSettings)
+//! (10 s, jittered) a rotating source reads the store. When the store
+//! holds nothing, or an older generation of this provider's state, it
+//! takes the store lock, reads again, and writes the state it holds back
+//! (compare-and-set where the store has it, as every save). It does not
+//! write back
+//! - while the token endpoint refuses its refreshes with an OAuth error
+//!   (`invalid_grant`, ...): the refresh token it holds may be dead, and
+//!   an operator starting the credential over from a new seed deletes
+//!   the state on purpose (other failures, a store or an endpoint that is
+//!   down, say nothing against the token, and do not stop it);
+//! - a generation older than one it has seen stored: another process
+//!   refreshed since, and this one's refresh token is spent;
+//! - over another provider's state (see `lineage.rs`), or a state it
+//!   cannot read (that may hold the only live refresh token);
+//! - while a refresh, a retried save (`persist.rs`) or a hand-over
+//!   (`handover.rs`) is under way, or while paused or retired: those
+//!   save, or their successor does.
+//!
+//! Non-rotating grants are not watched: a lost state costs them one
+//! token call.
+
+use super::Inner;
+use crate::store::StoreError;
+use crate::token::StoredCredential;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// How often a rotating credential checks its store, by default.
+pub const STORE_CHECK: Duration = Duration::from_secs(10);
+
+/// What a check found in the store.
+enum Found {
+    /// The state held, or something not ours to touch.
+    Fine,
+    /// Nothing, or an older generation of this provider's state.
+    Lost(Option<u64>),
+}
+
+/// Starts the checks of a rotating source; they end with the source.
+pub(super) fn spawn(inner: &Arc<Inner>) {
+    if !inner.provider.rotates() || inner.settings.store_check.is_zero() {
+        return;
+    }
+    tokio::spawn(watch(Arc::downgrade(inner)));
+}
+
+async fn watch(inner: Weak<Inner>) {
+    // The newest generation of this provider's state seen stored.
+    let mut seen = 0u64;
+    loop {
+        let every = inner.upgrade().map(|i| i.settings.store_check);
+        let Some(every) = every else { return };
+        // Jittered (+-10 %), so replicas started together do not check
+        // together.
+        let spread = u64::try_from((every / 5).as_nanos()).unwrap_or(u64::MAX);
+        let jitter = Duration::from_nanos(fastrand::u64(..=spread));
+        tokio::time::sleep(every.saturating_sub(every / 10).saturating_add(jitter)).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.retired.load(Ordering::SeqCst) {
+            return;
+        }
+        check(&inner, &mut seen).await;
+    }
+}
+
+/// The state held, if it is this source's to write back now (see the
+/// module docs).
+fn held(inner: &Inner) -> Option<StoredCredential> {
+    if inner.paused.load(Ordering::SeqCst) || inner.retired.load(Ordering::SeqCst) {
+        return None;
+    }
+    {
+        let mut ctrl = inner.lock();
+        let refused = ctrl.failures > 0 && ctrl.last_oauth_error.is_some();
+        if inner.inflight(&mut ctrl).is_some() || refused {
+            return None;
+        }
+    }
+    if inner.unsaved_generation().is_some() || inner.handover_pending() {
+        return None;
+    }
+    let entry = inner.current.load_full()?;
+    entry.state.refresh_token.as_ref()?;
+    Some(entry.state.clone())
+}
+
+/// Reads the store and compares it with `held`.
+async fn look(inner: &Inner, held: &StoredCredential, seen: &mut u64) -> Found {
+    let limit = inner.settings.store_check.max(Duration::from_secs(1));
+    let stored = match tokio::time::timeout(limit, inner.store.load(&inner.id)).await {
+        Ok(Ok(s)) => s,
+        // Unreadable, unreachable or slow: nothing is touched (the store's
+        // health reports it).
+        Ok(Err(_)) | Err(_) => return Found::Fine,
+    };
+    let Some(stored) = stored else {
+        return Found::Lost(None);
+    };
+    let generation = stored.generation;
+    if inner.own(Some(stored)).is_none() {
+        return Found::Fine;
+    }
+    *seen = (*seen).max(generation);
+    if generation < held.generation {
+        Found::Lost(Some(generation))
+    } else {
+        Found::Fine
+    }
+}
+
+async fn check(inner: &Arc<Inner>, seen: &mut u64) {
+    let Some(state) = held(inner) else { return };
+    if !matches!(look(inner, &state, seen).await, Found::Lost(_)) || state.generation < *seen {
+        return;
+    }
+    // Under the lock, no refresh (here or in another process) runs; the
+    // store and the state held are checked again.
+    let limit = inner.settings.store_check.max(Duration::from_secs(1));
+    let Ok(Ok(_lock)) = tokio::time::timeout(limit, inner.store.lock(&inner.id)).await else {
+        return;
+    };
+    let Some(state) = held(inner) else { return };
+    let Found::Lost(found) = look(inner, &state, seen).await else {
+        return;
+    };
+    if state.generation < *seen {
+        return;
+    }
+    let found = found.map_or_else(|| "nothing".to_owned(), |g| format!("generation {g}"));
+    match inner.save_own(&state).await {
+        Ok(()) => {
+            tracing::warn!(credential = %inner.id, generation = state.generation, found = %found, "the store had lost this credential's state; wrote back the one held (the live refresh token)");
+        }
+        // Another process wrote a newer one meanwhile: nothing was lost.
+        Err(StoreError::Conflict { .. }) => {}
+        Err(e) => {
+            tracing::warn!(credential = %inner.id, generation = state.generation, found = %found, error = %e, "the store had lost this credential's state; writing the one held back failed (retried at the next check)");
+        }
+    }
+}
