@@ -210,10 +210,10 @@ impl Reloader {
             ConfigError::new(&self.file, errors)
         })?;
         // A hand-over (taken while building) must include what a refresh
-        // running now rotates to: no source of the running config starts
-        // a refresh until this reload is applied or refused (the guard
-        // resumes them, after the replaced ones are retired), and the
-        // refreshes already running are waited for, together and briefly
+        // running now rotates to: no rotating source of the running config
+        // starts a refresh until this reload is applied or refused (the
+        // guard resumes them, after the replaced ones are retired), and
+        // their refreshes already running are waited for, together and briefly
         // (a token call is bounded by 10 s; one that hangs is abandoned
         // later anyway).
         let paused = Paused::new(&old.credentials);
@@ -498,10 +498,14 @@ pub fn on_sighup(reloader: Arc<Reloader>) -> std::io::Result<tokio::task::JoinHa
     }))
 }
 
-/// The refreshing sources of the running config, paused while a reload
-/// decides (see [`refresh_layer::RefreshingSource::pause`]); resumed when
-/// dropped, whether the reload was applied (the replaced ones are retired
-/// by then, and stay so) or refused.
+/// The sources of the running config whose grant rotates refresh tokens,
+/// paused while a reload decides (see
+/// [`refresh_layer::RefreshingSource::pause`]); resumed when dropped,
+/// whether the reload was applied (the replaced ones are retired by then,
+/// and stay so) or refused. Only those can fork a refresh token: the
+/// others (client credentials, `exec`, `file`) keep refreshing, and a
+/// reload does not wait for them, so a reload that waits for a slow token
+/// endpoint never holds back their expired or refused tokens.
 struct Paused(Vec<refresh_layer::RefreshingSource>);
 
 impl Paused {
@@ -511,6 +515,7 @@ impl Paused {
             .filter_map(|s| {
                 s.as_any()
                     .and_then(|a| a.downcast_ref::<refresh_layer::RefreshingSource>())
+                    .filter(|s| s.rotates())
                     .cloned()
             })
             .collect();

@@ -1,7 +1,8 @@
-//! A reload pauses every credential source of the running config until it
-//! is applied or refused: a refresh started while the reload waits for
+//! A reload pauses every rotating credential of the running config until
+//! it is applied or refused: a refresh started while the reload waits for
 //! another credential's refresh cannot rotate a refresh token behind the
-//! hand-over's back.
+//! hand-over's back. The others are neither paused nor waited for.
+#![expect(clippy::unwrap_used, reason = "tests")]
 
 mod support;
 
@@ -9,7 +10,10 @@ use std::time::Duration;
 use support::token_endpoint::{self, EndpointOptions};
 use support::{echo_upstream, with_timeout};
 
-fn config(up: &str, a_url: &str, b_url: &str, a_store: &str, dir: &str) -> String {
+/// `a` and `b` rotate their refresh tokens; `c` (client credentials) does
+/// not.
+fn config(up: &str, urls: [&str; 3], a_store: &str, dir: &str) -> String {
+    let [a_url, b_url, c_url] = urls;
     format!(
         r#"proxy: {{ listen: "127.0.0.1:0" }}
 admin: {{ listen: "127.0.0.1:0", management_key: {{ value: mgmt-key }} }}
@@ -27,13 +31,21 @@ credentials:
     store: {a_store}
   - id: b
     oauth2:
-      grant: client_credentials
+      grant: refresh_token
       token_url: {b_url}
+      client_id: latchkey
+      client_secret: {{ value: cs }}
+      refresh_token: {{ value: rt-seed }}
+  - id: c
+    oauth2:
+      grant: client_credentials
+      token_url: {c_url}
       client_id: latchkey
       client_secret: {{ value: cs }}
 routes:
   - {{ id: a, match: {{ path_prefix: /a/ }}, upstream: "{up}", credential: a }}
   - {{ id: b, match: {{ path_prefix: /b/ }}, upstream: "{up}", credential: b }}
+  - {{ id: c, match: {{ path_prefix: /c/ }}, upstream: "{up}", credential: c }}
 "#
     )
 }
@@ -48,50 +60,56 @@ fn opts(rotate: bool) -> EndpointOptions {
     }
 }
 
-/// Credential `a` (rotating) moves from `memory` to `file` in a reload
-/// while credential `b` has a refresh running (a slow token endpoint: the
-/// reload waits for it). Meanwhile an upstream 401 asks for a refresh of
-/// `a`. Before pausing, that refresh could start after `a` was waited for
-/// and still run when the hand-overs were taken: `a`'s successor started
-/// from the refresh token it spent, and its first refresh was an
-/// `invalid_grant` (a person must log in again; an IdP with reuse
-/// detection revokes the family). Now it waits for the reload, and the
-/// retired source refuses it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refresh_asked_for_while_the_reload_waits_does_not_fork_the_refresh_token() {
-    let up = echo_upstream().await;
-    let ea = token_endpoint::start(opts(true)).await;
-    let eb = token_endpoint::start(opts(false)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let path = dir.path().join("latchkey.yaml");
-    let store_s = store.display().to_string();
-    std::fs::write(
-        &path,
-        config(&up.url(), &ea.url, &eb.url, "memory", &store_s),
-    )
-    .unwrap();
+/// Latchkey running `config` (with `a` on `memory`) at `path`, every
+/// credential holding its first token.
+async fn start(path: &std::path::Path, config: &str) -> latchkey::Running {
+    std::fs::write(path, config).unwrap();
     let options = latchkey::StartOptions {
-        config_path: Some(path.clone()),
+        config_path: Some(path.to_path_buf()),
         watch_config: false,
         ..Default::default()
     };
     let running = latchkey::start_with(
-        latchkey::Config::load(&path).unwrap(),
+        latchkey::Config::load(path).unwrap(),
         &path.display().to_string(),
         options,
     )
     .await
     .unwrap();
     let creds = running.proxy().credentials.clone();
-    let (a, b) = (creds[0].clone(), creds[1].clone());
-    assert_eq!((a.id(), b.id()), ("a", "b"));
+    let ids: Vec<_> = creds.iter().map(|c| c.id().to_owned()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
     with_timeout(async {
-        while a.generation().is_none() || b.generation().is_none() {
+        while creds.iter().any(|c| c.generation().is_none()) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
+    running
+}
+
+/// Credential `a` (rotating) moves from `memory` to `file` in a reload
+/// while credential `b` (rotating too) has a refresh running (a slow token
+/// endpoint: the reload waits for it). Meanwhile an upstream 401 asks for
+/// a refresh of `a`. Before pausing, that refresh could start after `a`
+/// was waited for and still run when the hand-overs were taken: `a`'s
+/// successor started from the refresh token it spent, and its first
+/// refresh was an `invalid_grant` (a person must log in again; an IdP with
+/// reuse detection revokes the family). Now it waits for the reload, and
+/// the retired source refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_asked_for_while_the_reload_waits_does_not_fork_the_refresh_token() {
+    let up = echo_upstream().await;
+    let ea = token_endpoint::start(opts(true)).await;
+    let eb = token_endpoint::start(opts(true)).await;
+    let ec = token_endpoint::start(opts(false)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store_s = dir.path().join("store").display().to_string();
+    let path = dir.path().join("latchkey.yaml");
+    let urls = [ea.url.as_str(), eb.url.as_str(), ec.url.as_str()];
+    let running = start(&path, &config(&up.url(), urls, "memory", &store_s)).await;
+    let creds = running.proxy().credentials.clone();
+    let (a, b) = (creds[0].clone(), creds[1].clone());
     assert_eq!(ea.invalid_grants(), 0);
 
     // b: a refresh that takes 1 s, running when the reload starts.
@@ -105,7 +123,7 @@ async fn a_refresh_asked_for_while_the_reload_waits_does_not_fork_the_refresh_to
     })
     .await;
     // The reload: a moves to the file store.
-    std::fs::write(&path, config(&up.url(), &ea.url, &eb.url, "file", &store_s)).unwrap();
+    std::fs::write(&path, config(&up.url(), urls, "file", &store_s)).unwrap();
     let reloader = running.reloader().unwrap();
     let reload = tokio::spawn(async move { reloader.reload("api", false).await });
     // Where the 401 lands does not matter for the outcome: before the
@@ -144,5 +162,60 @@ async fn a_refresh_asked_for_while_the_reload_waits_does_not_fork_the_refresh_to
         ea.last_form_value("refresh_token"),
         ea.current_refresh_token()
     );
+    running.shutdown().await;
+}
+
+/// A reload that waits for a rotating credential's slow refresh (`a`,
+/// 3 s) neither pauses nor waits for a non-rotating one: `c`'s forced
+/// refresh (an upstream 401) runs and ends while the reload still waits.
+/// Before, every refreshing credential was paused, and `c`'s requests
+/// waited for the reload (or 503 after `refresh.timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_holds_back_no_refresh_of_a_non_rotating_credential() {
+    let up = echo_upstream().await;
+    let ea = token_endpoint::start(opts(true)).await;
+    let eb = token_endpoint::start(opts(true)).await;
+    let ec = token_endpoint::start(opts(false)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store_s = dir.path().join("store").display().to_string();
+    let path = dir.path().join("latchkey.yaml");
+    let urls = [ea.url.as_str(), eb.url.as_str(), ec.url.as_str()];
+    let running = start(&path, &config(&up.url(), urls, "memory", &store_s)).await;
+    let creds = running.proxy().credentials.clone();
+    let (a, c) = (creds[0].clone(), creds[2].clone());
+
+    ea.set_delay(Duration::from_secs(3));
+    let a2 = a.clone();
+    let a_refresh = tokio::spawn(async move { a2.refresh_now().await });
+    with_timeout(async {
+        while ea.calls() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let reloader = running.reloader().unwrap();
+    let reload = tokio::spawn(async move { reloader.reload("api", false).await });
+    // Once a is paused, the reload waits for a's refresh (~3 s more).
+    let a_source = a
+        .as_any()
+        .and_then(|x| x.downcast_ref::<refresh_layer::RefreshingSource>())
+        .unwrap()
+        .clone();
+    with_timeout(async {
+        while !a_source.is_paused() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    let g = c.generation().unwrap();
+    with_timeout(c.invalidate(g)).await.expect("c refreshed");
+    assert!(
+        !reload.is_finished(),
+        "c's refresh waited for the reload to end"
+    );
+    assert_eq!(ec.calls(), 2);
+    assert!(c.generation().unwrap() > g);
+    reload.await.unwrap().expect("reload");
+    let _ = a_refresh.await;
     running.shutdown().await;
 }

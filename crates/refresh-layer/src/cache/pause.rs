@@ -25,7 +25,8 @@ pub(super) struct Deferred {
 
 impl RefreshingSource {
     /// Starts no refresh until [`resume`](Self::resume): a reload pauses
-    /// every source of the running config before it waits for their
+    /// every rotating source of the running config (only a rotating
+    /// refresh token can fork) before it waits for their
     /// running refreshes ([`quiesce`](Self::quiesce)) and takes their
     /// hand-overs, and resumes them once the new config is in service (the
     /// sources it replaced are retired by then) or refused. Without it, a
@@ -43,6 +44,17 @@ impl RefreshingSource {
     pub fn pause(&self) {
         let _ctrl = self.inner.lock();
         self.inner.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether its grant rotates refresh tokens: only those are paused
+    /// (only a rotating refresh token can fork).
+    pub fn rotates(&self) -> bool {
+        self.inner.provider.rotates()
+    }
+
+    /// Whether it is paused now.
+    pub fn is_paused(&self) -> bool {
+        self.inner.paused.load(Ordering::SeqCst)
     }
 
     /// Ends a [`pause`](Self::pause).
