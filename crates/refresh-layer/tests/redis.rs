@@ -10,7 +10,9 @@ mod redis_common;
 
 use proxy_core::CredentialSource;
 use redis_common::redis_server::RedisServer;
-use redis_common::{KEY, OTHER_KEY, endpoint, flushall, replica, replica_with, store_with};
+use redis_common::{
+    KEY, OTHER_KEY, command, endpoint, flushall, hgets, replica, replica_with, store_with,
+};
 use refresh_layer::store::crypto::Keyring;
 use refresh_layer::store::{RedisStore, RedisStoreSettings, Store, StoreError};
 use refresh_layer::token::StoredCredential;
@@ -161,6 +163,39 @@ async fn a_flushed_redis_gets_the_live_refresh_token_back() {
     b.refresh_now().await.unwrap();
     assert_eq!(ep.calls(), 2);
     assert_eq!(ep.invalid_grants(), 0);
+}
+
+/// A Redis that answers reads but refuses writes (`min-replicas-to-write`
+/// unmet; READONLY after a failover alike) stays reported down, as the
+/// README says: the write-back checks read it every 200 ms, and their
+/// reads do not count as the store working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_write_back_checks_do_not_report_a_redis_refusing_writes_up() {
+    let redis = RedisServer::start().await;
+    let ep = endpoint().await;
+    let settings = RefreshSettings {
+        store_check: Duration::from_millis(200),
+        ..RefreshSettings::default()
+    };
+    let a = replica_with(&ep, store(&redis, KEY), settings);
+    a.get().await.unwrap();
+    command::<()>(&redis, &["CONFIG", "SET", "min-replicas-to-write", "1"]).await;
+    assert!(a.refresh_now().await.is_err());
+    assert!(a.status().store_error.is_some(), "{:?}", a.status());
+    // Three checks later.
+    let before = hgets(&redis).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while hgets(&redis).await < before + 3 {
+        assert!(tokio::time::Instant::now() < deadline, "no checks ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let st = a.status();
+    assert!(
+        st.store_error
+            .as_deref()
+            .is_some_and(|e| e.contains("NOREPLICAS")),
+        "{st:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -102,6 +102,9 @@ struct Ctrl {
     forced: forced::Spacing,
     /// Refreshes asked for while paused (see `pause.rs`).
     deferred: pause::Deferred,
+    /// The token endpoint answered `invalid_grant` since the last refresh
+    /// that worked: the refresh token held may be dead (`writeback.rs`).
+    refused: bool,
 }
 
 struct Inner {
@@ -473,18 +476,6 @@ impl Inner {
         fut
     }
 
-    /// How long a refresh's lock wait, store read or token call may take
-    /// before the attempt is abandoned: far past every bound of their own
-    /// (the token endpoint's 10 s, a store's lock wait, an `exec`
-    /// command's `timeout`), so only a future that never answers meets
-    /// it. Saves are never abandoned (see `refresh::attempt`).
-    pub(super) fn run_limit(&self) -> Duration {
-        let own = self.provider.time_limit().unwrap_or_default();
-        RUN_LIMIT
-            .max(own + RUN_LIMIT / 5)
-            .max(self.settings.timeout * 2)
-    }
-
     fn finish(
         &self,
         trigger: Trigger,
@@ -499,6 +490,7 @@ impl Inner {
         match result {
             Ok(c) => {
                 ctrl.failures = 0;
+                ctrl.refused = false;
                 ctrl.next_attempt = None;
                 ctrl.forced.refreshed(trigger, c.generation, Instant::now());
                 ctrl.last_refresh = Some((now, true, trigger));
@@ -523,6 +515,7 @@ impl Inner {
                 ctrl.next_attempt = Some(Instant::now() + delay.min(crate::token::MAX_LIFETIME));
                 ctrl.last_error = Some((e.to_string(), now));
                 ctrl.last_oauth_error = e.oauth_error().map(str::to_owned);
+                ctrl.refused |= e.oauth_error() == Some("invalid_grant");
                 ctrl.last_refresh = Some((now, false, trigger));
                 // Serve the old value again: the upstream decides whether it
                 // still works; dropping it would turn a refresh outage into

@@ -199,6 +199,7 @@ pub(super) async fn adopt_stored(inner: &Arc<Inner>) {
         {
             let mut ctrl = inner.lock();
             ctrl.failures = 0;
+            ctrl.refused = false;
             ctrl.next_attempt = None;
         }
         inner.wake.notify_one();

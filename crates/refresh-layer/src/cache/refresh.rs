@@ -27,7 +27,7 @@
 //!
 //! A failure writes nothing.
 
-use super::{Entry, Inner, MIN_LIFETIME, RefreshError, Trigger, persist, refresh_at};
+use super::{Entry, Inner, MIN_LIFETIME, RUN_LIMIT, RefreshError, Trigger, persist, refresh_at};
 use crate::store::{StoreError, StoreLock};
 use crate::token::{StoredCredential, clamp_lifetime};
 use proxy_core::Credential;
@@ -35,6 +35,20 @@ use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
+
+impl Inner {
+    /// How long a refresh's lock wait, store read or token call may take
+    /// before the attempt is abandoned: far past every bound of their own
+    /// (the token endpoint's 10 s, a store's lock wait, an `exec`
+    /// command's `timeout`), so only a future that never answers meets
+    /// it. Saves are never abandoned (see `refresh::attempt`).
+    pub(super) fn run_limit(&self) -> Duration {
+        let own = self.provider.time_limit().unwrap_or_default();
+        RUN_LIMIT
+            .max(own + RUN_LIMIT / 5)
+            .max(self.settings.timeout * 2)
+    }
+}
 
 /// Returns the credential now served and whether it was adopted from the
 /// store (another process refreshed) rather than fetched.

@@ -14,18 +14,29 @@
 //! takes the store lock, reads again, and writes the state it holds back
 //! (compare-and-set where the store has it, as every save). It does not
 //! write back
-//! - while the token endpoint refuses its refreshes with an OAuth error
-//!   (`invalid_grant`, ...): the refresh token it holds may be dead, and
-//!   an operator starting the credential over from a new seed deletes
-//!   the state on purpose (other failures, a store or an endpoint that is
+//! - once the token endpoint answered `invalid_grant` to it, until a
+//!   refresh works again: the refresh token it holds may be dead, and an
+//!   operator starting the credential over from a new seed deletes the
+//!   state on purpose (other failures, a store or an endpoint that is
 //!   down, say nothing against the token, and do not stop it);
 //! - a generation older than one it has seen stored: another process
-//!   refreshed since, and this one's refresh token is spent;
+//!   refreshed since, and this one's refresh token is spent (a process
+//!   that has not checked since another one rotated cannot know that: it
+//!   may write its older state back first, and the process holding the
+//!   newer one replaces it at its next check, compare-and-set letting
+//!   the newer generation in; a process starting in between adopts the
+//!   older state, no worse than the spent seed it would send otherwise);
 //! - over another provider's state (see `lineage.rs`), or a state it
 //!   cannot read (that may hold the only live refresh token);
 //! - while a refresh, a retried save (`persist.rs`) or a hand-over
 //!   (`handover.rs`) is under way, or while paused or retired: those
 //!   save, or their successor does.
+//!
+//! The reads are [`Store::peek`](crate::store::Store::peek)s, which leave
+//! the store's health to the refreshes and saves (a read-only Redis
+//! replica answers reads). Nothing is abandoned on a timeout: each store
+//! bounds its own operations, and a check that hangs (a wedged file
+//! system) holds up only the next check, never a thread per check.
 //!
 //! Non-rotating grants are not watched: a lost state costs them one
 //! token call.
@@ -83,8 +94,7 @@ fn held(inner: &Inner) -> Option<StoredCredential> {
     }
     {
         let mut ctrl = inner.lock();
-        let refused = ctrl.failures > 0 && ctrl.last_oauth_error.is_some();
-        if inner.inflight(&mut ctrl).is_some() || refused {
+        if inner.inflight(&mut ctrl).is_some() || ctrl.refused {
             return None;
         }
     }
@@ -98,12 +108,10 @@ fn held(inner: &Inner) -> Option<StoredCredential> {
 
 /// Reads the store and compares it with `held`.
 async fn look(inner: &Inner, held: &StoredCredential, seen: &mut u64) -> Found {
-    let limit = inner.settings.store_check.max(Duration::from_secs(1));
-    let stored = match tokio::time::timeout(limit, inner.store.load(&inner.id)).await {
-        Ok(Ok(s)) => s,
-        // Unreadable, unreachable or slow: nothing is touched (the store's
-        // health reports it).
-        Ok(Err(_)) | Err(_) => return Found::Fine,
+    // Unreadable or unreachable: nothing is touched (the refreshes and
+    // the store's health report it).
+    let Ok(stored) = inner.store.peek(&inner.id).await else {
+        return Found::Fine;
     };
     let Some(stored) = stored else {
         return Found::Lost(None);
@@ -127,8 +135,7 @@ async fn check(inner: &Arc<Inner>, seen: &mut u64) {
     }
     // Under the lock, no refresh (here or in another process) runs; the
     // store and the state held are checked again.
-    let limit = inner.settings.store_check.max(Duration::from_secs(1));
-    let Ok(Ok(_lock)) = tokio::time::timeout(limit, inner.store.lock(&inner.id)).await else {
+    let Ok(_lock) = inner.store.lock(&inner.id).await else {
         return;
     };
     let Some(state) = held(inner) else { return };
@@ -141,7 +148,7 @@ async fn check(inner: &Arc<Inner>, seen: &mut u64) {
     let found = found.map_or_else(|| "nothing".to_owned(), |g| format!("generation {g}"));
     match inner.save_own(&state).await {
         Ok(()) => {
-            tracing::warn!(credential = %inner.id, generation = state.generation, found = %found, "the store had lost this credential's state; wrote back the one held (the live refresh token)");
+            tracing::warn!(credential = %inner.id, generation = state.generation, found = %found, "the store had lost this credential's state; wrote back the one held");
         }
         // Another process wrote a newer one meanwhile: nothing was lost.
         Err(StoreError::Conflict { .. }) => {}

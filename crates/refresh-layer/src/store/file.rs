@@ -130,6 +130,9 @@ fn io(op: &'static str, path: &Path, e: &std::io::Error) -> StoreError {
 /// default), never this.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How often a lock held by another process is tried again.
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 async fn blocking<T: Send + 'static>(
     op: &'static str,
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
@@ -218,39 +221,48 @@ impl Store for FileStore {
             .boxed()
     }
 
-    /// Waits at most [`FileStore::with_lock_wait`] for the lock. The
-    /// `flock` blocks a thread of the blocking pool; if the wait ends first,
-    /// that thread is left to finish and releases the lock at once when it
-    /// gets it (nobody takes its result).
+    fn peek<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredCredential>, StoreError>> {
+        let path = self.path_of(id);
+        blocking("load", move || read_state(&path)).boxed()
+    }
+
+    /// Waits at most [`FileStore::with_lock_wait`] for the lock, trying
+    /// it (`flock` with `LOCK_NB`) every [`LOCK_POLL`] on a thread of the
+    /// blocking pool that gives up when the wait is over: no thread is
+    /// left blocked in `flock` behind a holder that hangs, however often
+    /// the lock is asked for (each refresh attempt, each write-back check).
     fn lock<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoreLock, StoreError>> {
         let path = self.dir.join(format!("{id}.lock"));
         let wait = self.lock_wait;
-        self.tracked(async move {
-            let locking = blocking("lock", {
-                let path = path.clone();
-                move || {
-                    let f = OpenOptions::new()
-                        .create(true)
-                        .truncate(false)
-                        .write(true)
-                        .mode(0o600)
-                        .open(&path)
-                        .map_err(|e| io("lock", &path, &e))?;
-                    f.lock().map_err(|e| io("lock", &path, &e))?;
-                    // Closing the descriptor (dropping the File) releases it.
-                    Ok(StoreLock::new(f))
+        self.tracked(blocking("lock", move || {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| io("lock", &path, &e))?;
+            let tries = wait.as_millis() / LOCK_POLL.as_millis() + 1;
+            for attempt in 0..tries {
+                if attempt > 0 {
+                    std::thread::sleep(LOCK_POLL);
                 }
-            });
-            tokio::time::timeout(wait, locking)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(StoreError::Unavailable(format!(
-                        "{} is held by another process for {}s",
-                        path.display(),
-                        wait.as_secs_f64()
-                    )))
-                })
-        })
+                match file.try_lock() {
+                    // Closing the descriptor (dropping the File) releases it.
+                    Ok(()) => return Ok(StoreLock::new(file)),
+                    Err(std::fs::TryLockError::WouldBlock) => {}
+                    Err(std::fs::TryLockError::Error(e)) => return Err(io("lock", &path, &e)),
+                }
+            }
+            Err(StoreError::Unavailable(format!(
+                "{} is held by another process for {}s",
+                path.display(),
+                wait.as_secs_f64()
+            )))
+        }))
         .boxed()
     }
 

@@ -84,6 +84,18 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<StoredCredential>, StoreError>>;
 
+    /// As [`load`](Self::load), for a background check (see
+    /// `cache/writeback.rs`): its outcome is not recorded in
+    /// [`health`](Self::health). A read that works says nothing of the
+    /// writes a store may be refusing (a read-only Redis replica), and
+    /// checks every few seconds would report such a store up.
+    fn peek<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredCredential>, StoreError>> {
+        self.load(id)
+    }
+
     /// Takes the refresh lock for `id` (across processes where the store is
     /// shared); released when the returned guard drops.
     fn lock<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoreLock, StoreError>>;

@@ -213,9 +213,24 @@ impl Inner {
         op: &'static str,
         cmd: impl FnOnce(&mut ConnectionManager) -> BoxFuture<'_, redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
         let seq = self.health.begin();
-        let result = match tokio::time::timeout(self.timeout, cmd(&mut conn)).await {
+        let result = self.exec(op, cmd).await;
+        let health = match &result {
+            Err(StoreError::Unavailable(e)) => Err(e.clone()),
+            _ => Ok(()),
+        };
+        self.health.end(seq, health);
+        result
+    }
+
+    /// Runs one command, bounded by the timeout (health not recorded).
+    async fn exec<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        cmd: impl FnOnce(&mut ConnectionManager) -> BoxFuture<'_, redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, cmd(&mut conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e))
                 if e.is_io_error()
@@ -237,13 +252,7 @@ impl Inner {
                 "redis {op}: no answer within {:?}",
                 self.timeout
             ))),
-        };
-        let health = match &result {
-            Err(StoreError::Unavailable(e)) => Err(e.clone()),
-            _ => Ok(()),
-        };
-        self.health.end(seq, health);
-        result
+        }
     }
 }
 
@@ -338,6 +347,46 @@ impl Drop for RedisLockGuard {
     }
 }
 
+fn hget(
+    c: &mut ConnectionManager,
+    key: String,
+) -> BoxFuture<'_, redis::RedisResult<Option<Vec<u8>>>> {
+    async move { redis::cmd("HGET").arg(key).arg("val").query_async(c).await }.boxed()
+}
+
+impl RedisStore {
+    /// The state of `id`; `recorded`: the outcome counts for [`Store::health`].
+    async fn read(&self, id: &str, recorded: bool) -> Result<Option<StoredCredential>, StoreError> {
+        let key = self.credential_key(id);
+        let sealed: Option<Vec<u8>> = if recorded {
+            self.inner.run("load", |c| hget(c, key.clone())).await?
+        } else {
+            self.inner.exec("load", |c| hget(c, key.clone())).await?
+        };
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        let plain = self
+            .inner
+            .keys
+            .open(id, &sealed)
+            .map_err(|e| StoreError::Corrupt {
+                path: key.clone(),
+                problem: e.to_string(),
+            })?;
+        serde_json::from_slice(&plain)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                path: key,
+                problem: format!(
+                    "decrypted state is not a credential (line {} column {})",
+                    e.line(),
+                    e.column()
+                ),
+            })
+    }
+}
+
 impl Store for RedisStore {
     fn kind(&self) -> &'static str {
         "redis"
@@ -354,39 +403,14 @@ impl Store for RedisStore {
         &'a self,
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<StoredCredential>, StoreError>> {
-        async move {
-            let key = self.credential_key(id);
-            let sealed: Option<Vec<u8>> = self
-                .inner
-                .run("load", |c| {
-                    let key = key.clone();
-                    async move { redis::cmd("HGET").arg(key).arg("val").query_async(c).await }
-                        .boxed()
-                })
-                .await?;
-            let Some(sealed) = sealed else {
-                return Ok(None);
-            };
-            let plain = self
-                .inner
-                .keys
-                .open(id, &sealed)
-                .map_err(|e| StoreError::Corrupt {
-                    path: key.clone(),
-                    problem: e.to_string(),
-                })?;
-            serde_json::from_slice(&plain)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt {
-                    path: key,
-                    problem: format!(
-                        "decrypted state is not a credential (line {} column {})",
-                        e.line(),
-                        e.column()
-                    ),
-                })
-        }
-        .boxed()
+        self.read(id, true).boxed()
+    }
+
+    fn peek<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredCredential>, StoreError>> {
+        self.read(id, false).boxed()
     }
 
     fn lock<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoreLock, StoreError>> {

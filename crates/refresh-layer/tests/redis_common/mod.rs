@@ -73,9 +73,27 @@ pub fn replica_with(
     RefreshingSource::new("crm", Arc::new(provider), Arc::new(store), settings)
 }
 
-/// Redis loses everything, as after a restart without persistence.
-pub async fn flushall(redis: &RedisServer) {
+/// Runs one command on `redis`.
+pub async fn command<T: redis::FromRedisValue>(redis: &RedisServer, args: &[&str]) -> T {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
+    redis::cmd(args[0])
+        .arg(&args[1..])
+        .query_async(&mut c)
+        .await
+        .unwrap()
+}
+
+/// Redis loses everything, as after a restart without persistence.
+pub async fn flushall(redis: &RedisServer) {
+    command::<()>(redis, &["FLUSHALL"]).await;
+}
+
+/// How many `HGET`s (state reads) `redis` has served.
+pub async fn hgets(redis: &RedisServer) -> u64 {
+    let info: String = command(redis, &["INFO", "commandstats"]).await;
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_hget:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
 }

@@ -143,6 +143,21 @@ async fn a_credential_refused_by_its_token_endpoint_writes_nothing_back() {
     assert_eq!(token(&src).await, "tok-1");
 }
 
+/// A 503 after an `invalid_grant` does not make the refused refresh
+/// token good again.
+#[tokio::test(start_paused = true)]
+async fn a_refused_refresh_token_stays_refused_after_other_failures() {
+    let store = Arc::new(Loses::default());
+    let src = on(&store, Script::new("oge"));
+    assert_eq!(token(&src).await, "tok-1");
+    assert!(src.refresh_now().await.is_err());
+    assert!(src.refresh_now().await.is_err());
+    store.forget();
+    one_check().await;
+    one_check().await;
+    assert_eq!(store.stored(), None);
+}
+
 /// A token endpoint (or a store) that is down says nothing against the
 /// refresh token held: written back.
 #[tokio::test(start_paused = true)]

@@ -60,7 +60,7 @@ async fn corrupt_file_is_reported_and_kept() {
 
 /// A holder that never lets go (a stopped process): the wait ends after
 /// the lock wait with the store unavailable, and the lock is free again
-/// once the holder lets go (the abandoned `flock` releases what it got).
+/// once the holder lets go.
 #[tokio::test]
 async fn a_lock_held_for_too_long_is_unavailable_not_a_hang() {
     let dir = tempfile::tempdir().unwrap();
@@ -83,6 +83,39 @@ async fn a_lock_held_for_too_long_is_unavailable_not_a_hang() {
         .expect("free again")
         .unwrap();
     assert_eq!(b.health(), Ok(()));
+}
+
+/// Waits for a lock that a hung holder keeps leave no thread blocked in
+/// `flock`: asked for again and again (each refresh attempt, each
+/// write-back check), they would fill tokio's blocking pool, and every
+/// file store of the process (another directory's too) would stop.
+#[test]
+fn waits_for_a_held_lock_leave_no_thread_behind() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let a = FileStore::new(dir.path()).unwrap();
+        let wait = std::time::Duration::from_millis(30);
+        let b = FileStore::new(dir.path()).unwrap().with_lock_wait(wait);
+        let _held = a.lock("crm").await.unwrap();
+        for _ in 0..6 {
+            assert!(matches!(
+                b.lock("crm").await,
+                Err(StoreError::Unavailable(_))
+            ));
+        }
+        let unrelated = FileStore::new(other.path()).unwrap();
+        let loaded = tokio::time::timeout(std::time::Duration::from_secs(10), unrelated.load("x"))
+            .await
+            .expect("the blocking pool is free");
+        assert_eq!(loaded, Ok(None));
+    });
 }
 
 #[tokio::test]
