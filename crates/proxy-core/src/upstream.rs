@@ -216,6 +216,13 @@ impl UpstreamClients {
             // Amortised: a config of 10,000 routes does not scan the map
             // 10,000 times.
             cache.pools.retain(|_, p| p.strong_count() > 0);
+            // And the connectors no live pool uses (a CA bundle, client
+            // certificate or connect timeout no route has any more): a
+            // client certificate's watcher ends with its last connector.
+            let Cache {
+                pools, connectors, ..
+            } = &mut *cache;
+            connectors.retain(|k, _| *k == key || pools.keys().any(|(pk, _)| pk == k));
             cache.prune_at = (cache.pools.len() * 2).max(64);
         }
         cache.pools.insert((key, origin), Arc::downgrade(&pool));
@@ -443,5 +450,29 @@ mod tests {
         }
         let cache = clients.cache.lock().unwrap();
         assert!(cache.pools.len() < 130, "{} entries", cache.pools.len());
+    }
+
+    /// A connector (and a client certificate's watcher with it) no route
+    /// uses any more is dropped at the next prune; one in use is kept.
+    #[test]
+    fn connectors_no_pool_uses_are_pruned() {
+        let clients = UpstreamClients::new();
+        let u = UpstreamUrl::parse("http://127.0.0.1:9").unwrap();
+        let kept = clients
+            .pool(UpstreamTls::default(), Duration::from_millis(5000), &u)
+            .unwrap();
+        for ms in 1..=200u64 {
+            let t = Duration::from_millis(ms);
+            drop(clients.pool(UpstreamTls::default(), t, &u).unwrap());
+        }
+        let cache = clients.cache.lock().unwrap();
+        assert!(
+            cache.connectors.len() < 130,
+            "{} connectors",
+            cache.connectors.len()
+        );
+        let in_use = (None, None, Duration::from_millis(5000));
+        assert!(cache.connectors.contains_key(&in_use));
+        drop(kept);
     }
 }
