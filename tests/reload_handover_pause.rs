@@ -60,8 +60,40 @@ fn opts(rotate: bool) -> EndpointOptions {
     }
 }
 
-/// Latchkey running `config` (with `a` on `memory`) at `path`, every
+/// An upstream, the three token endpoints, and latchkey running
+/// `config` (with `a` on `memory`) from `latchkey.yaml` in `dir`, every
 /// credential holding its first token.
+struct Rig {
+    up: support::Upstream,
+    eps: [token_endpoint::TokenEndpoint; 3],
+    dir: tempfile::TempDir,
+    running: latchkey::Running,
+}
+
+async fn rig() -> Rig {
+    let up = echo_upstream().await;
+    let eps = [
+        token_endpoint::start(opts(true)).await,
+        token_endpoint::start(opts(true)).await,
+        token_endpoint::start(opts(false)).await,
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store").display().to_string();
+    let urls = [
+        eps[0].url.as_str(),
+        eps[1].url.as_str(),
+        eps[2].url.as_str(),
+    ];
+    let path = dir.path().join("latchkey.yaml");
+    let running = start(&path, &config(&up.url(), urls, "memory", &store)).await;
+    Rig {
+        up,
+        eps,
+        dir,
+        running,
+    }
+}
+
 async fn start(path: &std::path::Path, config: &str) -> latchkey::Running {
     std::fs::write(path, config).unwrap();
     let options = latchkey::StartOptions {
@@ -99,15 +131,15 @@ async fn start(path: &std::path::Path, config: &str) -> latchkey::Running {
 /// the retired source refuses it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_asked_for_while_the_reload_waits_does_not_fork_the_refresh_token() {
-    let up = echo_upstream().await;
-    let ea = token_endpoint::start(opts(true)).await;
-    let eb = token_endpoint::start(opts(true)).await;
-    let ec = token_endpoint::start(opts(false)).await;
-    let dir = tempfile::tempdir().unwrap();
+    let Rig {
+        up,
+        eps: [ea, eb, ec],
+        dir,
+        running,
+    } = rig().await;
     let store_s = dir.path().join("store").display().to_string();
     let path = dir.path().join("latchkey.yaml");
     let urls = [ea.url.as_str(), eb.url.as_str(), ec.url.as_str()];
-    let running = start(&path, &config(&up.url(), urls, "memory", &store_s)).await;
     let creds = running.proxy().credentials.clone();
     let (a, b) = (creds[0].clone(), creds[1].clone());
     assert_eq!(ea.invalid_grants(), 0);
@@ -172,15 +204,14 @@ async fn a_refresh_asked_for_while_the_reload_waits_does_not_fork_the_refresh_to
 /// waited for the reload (or 503 after `refresh.timeout`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_holds_back_no_refresh_of_a_non_rotating_credential() {
-    let up = echo_upstream().await;
-    let ea = token_endpoint::start(opts(true)).await;
-    let eb = token_endpoint::start(opts(true)).await;
-    let ec = token_endpoint::start(opts(false)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store_s = dir.path().join("store").display().to_string();
-    let path = dir.path().join("latchkey.yaml");
-    let urls = [ea.url.as_str(), eb.url.as_str(), ec.url.as_str()];
-    let running = start(&path, &config(&up.url(), urls, "memory", &store_s)).await;
+    // All bound: the upstream, b's endpoint and the config's directory
+    // must live to the end.
+    let Rig {
+        up: _up,
+        eps: [ea, _eb, ec],
+        dir: _dir,
+        running,
+    } = rig().await;
     let creds = running.proxy().credentials.clone();
     let (a, c) = (creds[0].clone(), creds[2].clone());
 

@@ -24,6 +24,14 @@ fn store(redis: &RedisServer, key: &str) -> RedisStore {
     store_with(redis, &[key])
 }
 
+/// The write-back checks every 200 ms instead of 10 s.
+fn checking_often() -> RefreshSettings {
+    RefreshSettings {
+        store_check: Duration::from_millis(200),
+        ..RefreshSettings::default()
+    }
+}
+
 fn state(generation: u64, token: &str) -> StoredCredential {
     StoredCredential {
         access_token: token.into(),
@@ -134,11 +142,7 @@ async fn restarting_redis_loses_no_credential() {
 async fn a_flushed_redis_gets_the_live_refresh_token_back() {
     let redis = RedisServer::start().await;
     let ep = endpoint().await;
-    let settings = RefreshSettings {
-        store_check: Duration::from_millis(200),
-        ..RefreshSettings::default()
-    };
-    let a = replica_with(&ep, store(&redis, KEY), settings);
+    let a = replica_with(&ep, store(&redis, KEY), checking_often());
     let first = a.get().await.unwrap();
     assert_eq!(ep.calls(), 1, "the seed was rotated");
     flushall(&redis).await;
@@ -173,11 +177,7 @@ async fn a_flushed_redis_gets_the_live_refresh_token_back() {
 async fn the_write_back_checks_do_not_report_a_redis_refusing_writes_up() {
     let redis = RedisServer::start().await;
     let ep = endpoint().await;
-    let settings = RefreshSettings {
-        store_check: Duration::from_millis(200),
-        ..RefreshSettings::default()
-    };
-    let a = replica_with(&ep, store(&redis, KEY), settings);
+    let a = replica_with(&ep, store(&redis, KEY), checking_often());
     a.get().await.unwrap();
     command::<()>(&redis, &["CONFIG", "SET", "min-replicas-to-write", "1"]).await;
     assert!(a.refresh_now().await.is_err());
