@@ -143,16 +143,7 @@ pub fn credential_sources_with(
                 },
                 // The command does not inherit the secrets latchkey reads
                 // from its own environment.
-                (_, Some(e), _) => Arc::new(
-                    ExecProvider::new(e).without_env(
-                        proxy_core::config::secret_refs(config)
-                            .into_iter()
-                            .filter_map(|(_, s)| match s {
-                                SecretRef::Env(name) => Some(name.clone()),
-                                _ => None,
-                            }),
-                    ),
-                ),
+                (_, Some(e), _) => Arc::new(ExecProvider::new(e).without_env(env_secrets(config))),
                 (_, _, Some(f)) => Arc::new(FileTokenProvider::new(f)),
                 _ => continue,
             };
@@ -282,7 +273,10 @@ fn unchanged_source(
         StoreKind::File => old.file_store == config.file_store,
         StoreKind::Redis => old.redis == config.redis,
     };
-    let same = old_c == c && same_store && old.secrets == config.secrets;
+    // An `exec` command is kept from the variables the config reads as
+    // secrets: a reload that reads another one rebuilds it.
+    let same_env = c.exec.is_none() || env_secrets(old) == env_secrets(config);
+    let same = old_c == c && same_store && old.secrets == config.secrets && same_env;
     same.then(|| {
         previous
             .credentials
@@ -290,6 +284,17 @@ fn unchanged_source(
             .find(|s| s.id() == c.id)
             .cloned()
     })?
+}
+
+/// The environment variables `config` reads secrets from (`{ env: NAME }`).
+fn env_secrets(config: &Config) -> std::collections::BTreeSet<String> {
+    proxy_core::config::secret_refs(config)
+        .into_iter()
+        .filter_map(|(_, s)| match s {
+            SecretRef::Env(name) => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Builds the shared Redis store: URL and keys from their secret
@@ -547,39 +552,4 @@ fn build_proxy_once(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::credential_sources;
-    use proxy_core::config::Config;
-
-    /// An exec credential's command does not see the variables latchkey's
-    /// own config reads with `{ env: NAME }` (here a client token), and
-    /// sees the rest of the environment. `CARGO_PKG_NAME` is set by cargo
-    /// for the test process (setting one would need `unsafe`).
-    #[tokio::test]
-    async fn exec_commands_do_not_inherit_latchkeys_env_secrets() {
-        let config = |client_token: &str| {
-            format!(
-                r#"
-proxy: {{ listen: "127.0.0.1:0" }}
-clients:
-  - {{ id: c, token: {client_token}, routes: ["*"] }}
-credentials:
-  - id: x
-    exec:
-      command: [sh, -c, 'printf "{{\"access_token\":\"seen-%s\"}}" "${{CARGO_PKG_NAME:-absent}}"']
-routes:
-  - {{ id: r, match: {{ path_prefix: / }}, upstream: "http://127.0.0.1:9", credential: x }}
-"#
-            )
-        };
-        for (token, want) in [
-            ("{ env: CARGO_PKG_NAME }", "seen-absent"),
-            ("{ value: a-literal-token }", "seen-latchkey"),
-        ] {
-            let c = Config::from_yaml(&config(token), "t.yaml").unwrap();
-            let sources = credential_sources(&c, "t.yaml").unwrap();
-            let got = sources["x"].get().await.unwrap();
-            assert_eq!(got.expose(), want, "client token {token}");
-        }
-    }
-}
+mod tests;

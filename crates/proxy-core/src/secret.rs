@@ -203,7 +203,7 @@ impl SecretSource {
             // Trimmed as env and file values are (a YAML block scalar ends
             // in a newline).
             SecretRef::Value(v) => usable(v.expose_secret().trim(), "literal value"),
-            SecretRef::File(path) => read_file(path),
+            SecretRef::File(path) => read_file_within(path, watch::READ_TIMEOUT),
         };
         let inner = Arc::new(Inner {
             describe: r.describe(),
@@ -288,6 +288,35 @@ fn usable(v: &str, what: &str) -> Result<SecretString, SecretError> {
 /// smaller; anything larger is the wrong file (a log, `/dev/zero`), read
 /// whole at every poll.
 pub const MAX_FILE_SECRET: u64 = 64 << 10;
+
+/// [`read_file`] on a thread of its own, waited for at most `limit`: the
+/// first read runs where a config is built (startup, a reload, `latchkey
+/// check`), on a runtime thread, and a hung mount would otherwise stop the
+/// proxy (with one worker thread, every request and signal) for as long as
+/// it hangs. A read that does not answer in time is an error (the secret
+/// is unresolved, its watcher keeps trying) and its thread is left to
+/// finish.
+fn read_file_within(path: &Path, limit: Duration) -> Result<SecretString, SecretError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let owned = path.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("latchkey-secret-read".into())
+        .spawn(move || {
+            let _ = tx.send(read_file(&owned));
+        });
+    if spawned.is_err() {
+        return read_file(path);
+    }
+    rx.recv_timeout(limit).unwrap_or_else(|_| {
+        Err(SecretError::File {
+            path: path.to_path_buf(),
+            reason: format!(
+                "not read within {} (a hung mount?)",
+                humantime::format_duration(limit)
+            ),
+        })
+    })
+}
 
 fn read_file(path: &Path) -> Result<SecretString, SecretError> {
     use std::io::Read as _;

@@ -307,6 +307,24 @@ fn a_blocked_read_does_not_stall_the_runtime() {
     assert!(slept < Duration::from_millis(1500), "{slept:?}");
 }
 
+/// The first read (startup, a reload, `latchkey check`) runs where the
+/// config is built, on a runtime thread: one that hangs (a wedged mount;
+/// `/dev/ptmx`, which passes the pipe check and whose read blocks, stands
+/// in) is given up after the limit, with an error naming the file. Before,
+/// it held the thread (with one worker, the whole proxy) for as long as it
+/// hung.
+#[test]
+fn a_first_read_that_hangs_is_given_up() {
+    let ptmx = Path::new("/dev/ptmx");
+    assert!(ptmx.exists(), "this test needs /dev/ptmx");
+    let got = read_file_within(ptmx, Duration::from_millis(200));
+    let err = got.expect_err("a hung read is an error").to_string();
+    assert!(
+        err.contains("not read within 200ms") && err.contains("/dev/ptmx"),
+        "{err}"
+    );
+}
+
 /// A read that never returns times out (the last value is kept, a warning
 /// is logged) and ties up one blocking thread, not one more per poll; once
 /// it returns, polling resumes.

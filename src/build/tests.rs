@@ -1,0 +1,95 @@
+//! Building credential sources: what an `exec` command inherits.
+use super::{Kept, Proxy, build_proxy_with, credential_sources};
+use crate::StartOptions;
+use proxy_core::config::Config;
+
+/// An exec credential's command does not see the variables latchkey's
+/// own config reads with `{ env: NAME }` (here a client token), and
+/// sees the rest of the environment. `CARGO_PKG_NAME` is set by cargo
+/// for the test process (setting one would need `unsafe`).
+#[tokio::test]
+async fn exec_commands_do_not_inherit_latchkeys_env_secrets() {
+    let config = |client_token: &str| {
+        format!(
+            r#"
+proxy: {{ listen: "127.0.0.1:0" }}
+clients:
+  - {{ id: c, token: {client_token}, routes: ["*"] }}
+credentials:
+  - id: x
+    exec:
+      command: [sh, -c, 'printf "{{\"access_token\":\"seen-%s\"}}" "${{CARGO_PKG_NAME:-absent}}"']
+routes:
+  - {{ id: r, match: {{ path_prefix: / }}, upstream: "http://127.0.0.1:9", credential: x }}
+"#
+        )
+    };
+    for (token, want) in [
+        ("{ env: CARGO_PKG_NAME }", "seen-absent"),
+        ("{ value: a-literal-token }", "seen-latchkey"),
+    ] {
+        let c = Config::from_yaml(&config(token), "t.yaml").unwrap();
+        let sources = credential_sources(&c, "t.yaml").unwrap();
+        let got = sources["x"].get().await.unwrap();
+        assert_eq!(got.expose(), want, "client token {token}");
+    }
+}
+
+/// A reload that starts reading a variable as a secret rebuilds an
+/// `exec` credential whose own config did not change: the command's
+/// next run no longer sees it. (It kept the old source, and with it
+/// the variable.)
+#[tokio::test]
+async fn a_reload_that_reads_another_env_secret_rebuilds_exec_credentials() {
+    let config = |client_token: &str| {
+        let yaml = format!(
+            r#"
+proxy: {{ listen: "127.0.0.1:0" }}
+clients:
+  - {{ id: c, token: {client_token}, routes: ["*"] }}
+credentials:
+  - id: x
+    exec:
+      command: [sh, -c, 'printf "{{\"access_token\":\"seen-%s\"}}" "${{CARGO_PKG_NAME:-absent}}"']
+routes:
+  - {{ id: r, match: {{ path_prefix: / }}, upstream: "http://127.0.0.1:9", credential: x }}
+"#
+        );
+        Config::from_yaml(&yaml, "t.yaml").unwrap()
+    };
+    let kept = Kept::default();
+    let options = StartOptions::default();
+    let token = |p: &Proxy| {
+        p.credentials
+            .iter()
+            .find(|c| c.id() == "x")
+            .unwrap()
+            .clone()
+    };
+    let first = build_proxy_with(
+        config("{ value: a-literal-token }"),
+        "t.yaml",
+        &options,
+        None,
+        &kept,
+    )
+    .unwrap();
+    token(&first).activate();
+    assert_eq!(token(&first).get().await.unwrap().expose(), "seen-latchkey");
+    let second = build_proxy_with(
+        config("{ env: CARGO_PKG_NAME }"),
+        "t.yaml",
+        &options,
+        Some(&first),
+        &kept,
+    )
+    .unwrap();
+    let x = token(&second);
+    assert!(!std::sync::Arc::ptr_eq(&x, &token(&first)), "kept");
+    x.activate();
+    // It starts from the token the old source left in the memory store,
+    // and its command's next run no longer sees the variable.
+    assert_eq!(x.get().await.unwrap().expose(), "seen-latchkey");
+    x.refresh_now().await.unwrap();
+    assert_eq!(x.get().await.unwrap().expose(), "seen-absent");
+}
