@@ -123,6 +123,15 @@ pub(super) fn ignored_settings(config: &Config) -> Vec<String> {
                 "credentials[{i}].refresh is ignored: a static credential is never refreshed"
             ));
         }
+        if let Some(f) = &c.file
+            && f.expiry_field.is_none()
+            && c.refresh.max_age.is_none()
+        {
+            out.push(format!(
+                "credentials[{i}] ({}): its token file gives no expiry (no file.expiry_field), so without refresh.max_age it is re-read only after an upstream 401; set refresh.max_age (e.g. 5m) to pick up a rotated file",
+                c.id
+            ));
+        }
     }
     out
 }

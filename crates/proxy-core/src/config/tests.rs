@@ -576,3 +576,21 @@ fn a_duplicate_key_names_the_field() {
 
 mod checks;
 mod secrets;
+
+/// A `file` token with no expiry in it and no `refresh.max_age` is re-read
+/// only after a 401: `check` says so, and not when either gives a limit.
+#[test]
+fn a_file_token_that_never_expires_is_warned_about() {
+    let yaml = |extra: &str| {
+        format!(
+            "proxy: {{ listen: 127.0.0.1:0 }}\ncredentials:\n  - id: sa\n    file: {{ path: /var/run/token{extra} }}\nroutes:\n  - {{ id: r, match: {{ path_prefix: / }}, upstream: https://x, credential: sa, public: true }}\n"
+        )
+    };
+    let warned = |extra: &str| {
+        let c = Config::from_yaml(&yaml(extra), "t.yaml").unwrap();
+        warnings(&c).iter().any(|w| w.contains("refresh.max_age"))
+    };
+    assert!(warned(""));
+    assert!(!warned(", token_field: t, expiry_field: e"));
+    assert!(!warned(" }\n    refresh: { max_age: 5m"));
+}
