@@ -287,7 +287,7 @@ fn unchanged_source(
 }
 
 /// The environment variables `config` reads secrets from (`{ env: NAME }`).
-fn env_secrets(config: &Config) -> std::collections::BTreeSet<String> {
+pub(crate) fn env_secrets(config: &Config) -> std::collections::BTreeSet<String> {
     proxy_core::config::secret_refs(config)
         .into_iter()
         .filter_map(|(_, s)| match s {

@@ -216,7 +216,7 @@ impl Reloader {
         // their refreshes already running are waited for, together and briefly
         // (a token call is bounded by 10 s; one that hangs is abandoned
         // later anyway).
-        let paused = Paused::new(&old.credentials);
+        let paused = Paused::new(&old.credentials, |id| rebuilt(&old.config, &config, id));
         let until = tokio::time::Instant::now() + HANDOVER_WAIT;
         futures_util::future::join_all(
             paused
@@ -498,24 +498,40 @@ pub fn on_sighup(reloader: Arc<Reloader>) -> std::io::Result<tokio::task::JoinHa
     }))
 }
 
-/// The sources of the running config whose grant rotates refresh tokens,
-/// paused while a reload decides (see
-/// [`refresh_layer::RefreshingSource::pause`]); resumed when dropped,
-/// whether the reload was applied (the replaced ones are retired by then,
-/// and stay so) or refused. Only those can fork a refresh token: the
-/// others (client credentials, `exec`, `file`) keep refreshing, and a
-/// reload does not wait for them, so a reload that waits for a slow token
+/// The refreshing sources of the running config that a reload pauses
+/// while it decides (see [`refresh_layer::RefreshingSource::pause`]);
+/// resumed when dropped, whether the reload was applied (the replaced ones
+/// are retired by then, and stay so) or refused: those whose grant rotates
+/// refresh tokens (a refresh meanwhile could fork one), and those the
+/// reload rebuilds (a scope edit's successor must start from what a
+/// refresh running now obtains, and then refresh with the new settings,
+/// not adopt that refresh's result). The others (client credentials,
+/// `exec`, `file` that the reload keeps) keep refreshing, and the reload
+/// does not wait for them, so a reload that waits for a slow token
 /// endpoint never holds back their expired or refused tokens.
 struct Paused(Vec<refresh_layer::RefreshingSource>);
 
+/// Whether a reload from `old` to `new` may rebuild credential `id`'s
+/// source: its config changed or is gone, or settings its source is built
+/// from did (the stores, the secrets' polling, the variables `exec`
+/// commands are kept from). Errs on the side of yes.
+fn rebuilt(old: &Config, new: &Config, id: &str) -> bool {
+    let find = |c: &Config| c.credentials.iter().find(|c| c.id == id).cloned();
+    find(old) != find(new)
+        || old.file_store != new.file_store
+        || old.redis != new.redis
+        || old.secrets != new.secrets
+        || crate::build::env_secrets(old) != crate::build::env_secrets(new)
+}
+
 impl Paused {
-    fn new(sources: &[Arc<dyn CredentialSource>]) -> Self {
+    fn new(sources: &[Arc<dyn CredentialSource>], rebuilt: impl Fn(&str) -> bool) -> Self {
         let paused: Vec<_> = sources
             .iter()
             .filter_map(|s| {
                 s.as_any()
                     .and_then(|a| a.downcast_ref::<refresh_layer::RefreshingSource>())
-                    .filter(|s| s.rotates())
+                    .filter(|s| s.rotates() || rebuilt(s.id()))
                     .cloned()
             })
             .collect();

@@ -447,8 +447,9 @@ fn an_unopenable_audit_file_does_not_stop_a_proxy_with_audit_off() {
 }
 
 /// A file-store lock held by a process that never lets go leaves a lock
-/// wait on tokio's blocking pool; SIGTERM still ends latchkey promptly
-/// (the runtime no longer waits for that thread on the way out).
+/// wait on tokio's blocking pool (trying the lock until the 30 s wait is
+/// over); SIGTERM still ends latchkey promptly (the runtime does not wait
+/// for that thread on the way out).
 #[test]
 fn a_lock_wait_in_progress_does_not_keep_latchkey_alive_after_sigterm() {
     let dir = tempfile::tempdir().unwrap();
@@ -483,12 +484,18 @@ fn a_lock_wait_in_progress_does_not_keep_latchkey_alive_after_sigterm() {
     // Up (not ready: the credential waits for the lock).
     let up = poll_until(|| http_get(admin, "/healthz").is_some_and(|r| r.0 == 200));
     let pid = child.child().id().to_string();
-    // latchkey's refresh is blocked in its lock wait.
-    let waiting = format!(" {pid} ");
+    // latchkey's refresh is in its lock wait: it holds the lock file open
+    // while it tries the lock (every 20 ms, on a blocking-pool thread).
+    let lock_real = std::fs::canonicalize(&lock).unwrap();
+    let holds_lock_file = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == lock_real))
+    };
     assert!(
-        poll_until(|| locks()
-            .lines()
-            .any(|l| l.contains("->") && l.contains(&waiting))),
+        poll_until(holds_lock_file),
         "latchkey never waited for the lock:\n{}",
         locks()
     );

@@ -1,7 +1,9 @@
 //! A reload pauses every rotating credential of the running config until
 //! it is applied or refused: a refresh started while the reload waits for
 //! another credential's refresh cannot rotate a refresh token behind the
-//! hand-over's back. The others are neither paused nor waited for.
+//! hand-over's back; so are the credentials it may rebuild (a scope edit
+//! must not adopt a token the old scopes got). The others are neither
+//! paused nor waited for.
 #![expect(clippy::unwrap_used, reason = "tests")]
 
 mod support;
@@ -12,7 +14,7 @@ use support::{echo_upstream, with_timeout};
 
 /// `a` and `b` rotate their refresh tokens; `c` (client credentials) does
 /// not.
-fn config(up: &str, urls: [&str; 3], a_store: &str, dir: &str) -> String {
+fn config(up: &str, urls: [&str; 3], a_store: &str, dir: &str, c_scopes: &str) -> String {
     let [a_url, b_url, c_url] = urls;
     format!(
         r#"proxy: {{ listen: "127.0.0.1:0" }}
@@ -42,6 +44,7 @@ credentials:
       token_url: {c_url}
       client_id: latchkey
       client_secret: {{ value: cs }}
+      scopes: [{c_scopes}]
 routes:
   - {{ id: a, match: {{ path_prefix: /a/ }}, upstream: "{up}", credential: a }}
   - {{ id: b, match: {{ path_prefix: /b/ }}, upstream: "{up}", credential: b }}
@@ -85,7 +88,7 @@ async fn rig() -> Rig {
         eps[2].url.as_str(),
     ];
     let path = dir.path().join("latchkey.yaml");
-    let running = start(&path, &config(&up.url(), urls, "memory", &store)).await;
+    let running = start(&path, &config(&up.url(), urls, "memory", &store, "read")).await;
     Rig {
         up,
         eps,
@@ -155,7 +158,7 @@ async fn a_refresh_asked_for_while_the_reload_waits_does_not_fork_the_refresh_to
     })
     .await;
     // The reload: a moves to the file store.
-    std::fs::write(&path, config(&up.url(), urls, "file", &store_s)).unwrap();
+    std::fs::write(&path, config(&up.url(), urls, "file", &store_s, "read")).unwrap();
     let reloader = running.reloader().unwrap();
     let reload = tokio::spawn(async move { reloader.reload("api", false).await });
     // Where the 401 lands does not matter for the outcome: before the
@@ -248,5 +251,64 @@ async fn a_reload_holds_back_no_refresh_of_a_non_rotating_credential() {
     assert!(c.generation().unwrap() > g);
     reload.await.unwrap().expect("reload");
     let _ = a_refresh.await;
+    running.shutdown().await;
+}
+
+/// A reload that edits a non-rotating credential's scopes while its
+/// refresh runs (old scopes, a 1 s token call) waits for that refresh and
+/// then has the new source ask for a token with the new scopes, as the
+/// README promises for a scope edit. Not pausing it, the new source
+/// adopted the running refresh's old-scope token from the store instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_edit_during_a_running_refresh_still_fetches_with_the_new_scopes() {
+    let Rig {
+        up,
+        eps: [ea, eb, ec],
+        dir,
+        running,
+    } = rig().await;
+    let store = dir.path().join("store").display().to_string();
+    let path = dir.path().join("latchkey.yaml");
+    let urls = [ea.url.as_str(), eb.url.as_str(), ec.url.as_str()];
+    let c = running.proxy().credentials[2].clone();
+    ec.set_delay(Duration::from_secs(1));
+    let c2 = c.clone();
+    let old_refresh = tokio::spawn(async move { c2.refresh_now().await });
+    with_timeout(async {
+        while ec.calls() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    std::fs::write(
+        &path,
+        config(&up.url(), urls, "memory", &store, "read, write"),
+    )
+    .unwrap();
+    let reloader = running.reloader().unwrap();
+    let outcome = reloader.reload("api", false).await.expect("reload");
+    assert_eq!(outcome.credentials_new, ["c"]);
+    ec.set_delay(Duration::ZERO);
+    let _ = old_refresh.await;
+    // The successor's refresh with the new scopes.
+    with_timeout(async {
+        while ec.calls() < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(ec.last_form_value("scope").as_deref(), Some("read write"));
+    // And its token is the one served.
+    let new_c = running.proxy().credentials[2].clone();
+    with_timeout(async {
+        loop {
+            let served = new_c.get().await.unwrap().expose().to_owned();
+            if ec.issued_access_tokens().get(2) == Some(&served) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
     running.shutdown().await;
 }

@@ -25,8 +25,9 @@ pub(super) struct Deferred {
 
 impl RefreshingSource {
     /// Starts no refresh until [`resume`](Self::resume): a reload pauses
-    /// every rotating source of the running config (only a rotating
-    /// refresh token can fork) before it waits for their
+    /// the rotating sources of the running config (only a rotating
+    /// refresh token can fork), and those it may rebuild, before it waits
+    /// for their
     /// running refreshes ([`quiesce`](Self::quiesce)) and takes their
     /// hand-overs, and resumes them once the new config is in service (the
     /// sources it replaced are retired by then) or refused. Without it, a
@@ -46,8 +47,8 @@ impl RefreshingSource {
         self.inner.paused.store(true, Ordering::SeqCst);
     }
 
-    /// Whether its grant rotates refresh tokens: only those are paused
-    /// (only a rotating refresh token can fork).
+    /// Whether its grant rotates refresh tokens (a reload pauses those,
+    /// and the sources it may rebuild).
     pub fn rotates(&self) -> bool {
         self.inner.provider.rotates()
     }

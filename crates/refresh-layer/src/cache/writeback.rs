@@ -10,7 +10,8 @@
 //!
 //! So every [`RefreshSettings::store_check`](super::RefreshSettings)
 //! (10 s, jittered) a rotating source reads the store. When the store
-//! holds nothing, or an older generation of this provider's state, it
+//! holds nothing, or an older generation of this provider's state with
+//! another refresh token than the one held, it
 //! takes the store lock, reads again, and writes the state it holds back
 //! (compare-and-set where the store has it, as every save). It does not
 //! write back
@@ -116,13 +117,15 @@ async fn look(inner: &Inner, held: &StoredCredential, seen: &mut u64) -> Found {
     let Some(stored) = stored else {
         return Found::Lost(None);
     };
-    let generation = stored.generation;
-    if inner.own(Some(stored)).is_none() {
+    let Some(stored) = inner.own(Some(stored)) else {
         return Found::Fine;
-    }
-    *seen = (*seen).max(generation);
-    if generation < held.generation {
-        Found::Lost(Some(generation))
+    };
+    *seen = (*seen).max(stored.generation);
+    // An older generation that holds the same refresh token lost nothing:
+    // a failed refresh keeps a newer generation in memory without saving
+    // it (see `refresh.rs`), and its refresh token is the stored one.
+    if stored.generation < held.generation && stored.refresh_token != held.refresh_token {
+        Found::Lost(Some(stored.generation))
     } else {
         Found::Fine
     }

@@ -238,3 +238,43 @@ async fn a_retired_source_writes_nothing_back() {
     one_check().await;
     assert_eq!(store.stored(), None);
 }
+
+/// A refresh-token grant whose IdP does not rotate: the first token lives
+/// an hour, later ones arrive already expired (a failed refresh), with no
+/// new refresh token.
+#[derive(Debug, Default)]
+struct ExpiredLater(AtomicUsize);
+
+impl TokenProvider for ExpiredLater {
+    fn kind(&self) -> &'static str {
+        "expired-later"
+    }
+    fn rotates(&self) -> bool {
+        true
+    }
+    fn fetch<'a>(
+        &'a self,
+        _: Option<&'a StoredCredential>,
+    ) -> BoxFuture<'a, Result<Token, ProviderError>> {
+        let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+        Box::pin(ready(Ok(Token {
+            access_token: SecretString::from(format!("tok-{n}")),
+            expires_in: Some(if n == 1 { S(3600) } else { Duration::ZERO }),
+            refresh_token: (n == 1).then(|| SecretString::from("rt-1")),
+        })))
+    }
+}
+
+/// A failed refresh keeps a newer generation in memory, unsaved by design
+/// (it rotated nothing): the store still holds the live refresh token, so
+/// nothing is written back, and no "lost" warning is logged.
+#[tokio::test(start_paused = true)]
+async fn a_failed_refresh_that_rotated_nothing_is_not_written_back() {
+    let store = Arc::new(Loses::default());
+    let src = on(&store, Arc::new(ExpiredLater::default()));
+    assert_eq!(token(&src).await, "tok-1");
+    assert!(src.refresh_now().await.is_err());
+    one_check().await;
+    one_check().await;
+    assert_eq!(store.saved(), vec![1]);
+}
