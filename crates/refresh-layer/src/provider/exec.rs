@@ -10,8 +10,9 @@
 //! Stdout holds the token, so it is never logged and never quoted in an
 //! error. Stderr is for humans and is logged line by line (capped) once the
 //! command has ended, which is how a plugin's "please log in again" reaches
-//! the operator; the token it printed is cut out of it first (a `sh -x`
-//! wrapper or a `--debug` flag echoes it there).
+//! the operator; what stdout printed is cut out of it first, on every path
+//! (success, failure exit, unparsable output, timeout): a `sh -x` wrapper
+//! or a `--debug` flag echoes the token there (see [`redact`]).
 
 use super::oauth2::parse_expires_in;
 use super::timestamp::parse_rfc3339;
@@ -20,12 +21,14 @@ use crate::token::{StoredCredential, Token};
 use futures_util::future::BoxFuture;
 use process::Outcome;
 use proxy_core::config::ExecConfig;
+use redact::Secrets;
 use secrecy::{ExposeSecret as _, SecretString};
 use std::fmt;
 use std::process::ExitStatus;
 use std::time::{Duration, SystemTime};
 
 mod process;
+mod redact;
 
 const UNPARSABLE: &str =
     "printed output that is not an ExecCredential or {access_token, expires_in}";
@@ -102,9 +105,9 @@ impl ExecProvider {
             .await
             .map_err(|e| self.error(format!("could not be started: {e}")))?;
         let (status, stdout, stderr) = match outcome {
-            Outcome::TimedOut { stderr } => {
-                // Nothing parsed, so no token is known to cut out.
-                stderr.log(&self.program, &[]);
+            Outcome::TimedOut { stdout, stderr } => {
+                // It may have printed the token before it hung.
+                stderr.log(&self.program, &Secrets::printed(stdout.printed()));
                 return Err(ProviderError::Timeout(self.timeout));
             }
             Outcome::Exited {
@@ -114,16 +117,18 @@ impl ExecProvider {
             } => (status, stdout, stderr),
         };
         // Parsed even after a failure exit: a token it printed is then known
-        // and cut out of the logged stderr too.
-        let parsed = stdout.and_then(|out| parse_output(&out));
-        match &parsed {
-            Ok(token) => {
-                let mut secrets = vec![token.access_token.expose_secret()];
-                secrets.extend(token.refresh_token.as_ref().map(|t| t.expose_secret()));
-                stderr.log(&self.program, &secrets);
+        // (whatever its length) and cut out of the logged stderr too, with
+        // everything else stdout printed that could be one.
+        let parsed = stdout.whole().and_then(parse_output);
+        let mut secrets = Secrets::printed(stdout.printed());
+        drop(stdout);
+        if let Ok(token) = &parsed {
+            secrets.add(token.access_token.expose_secret());
+            if let Some(refresh) = &token.refresh_token {
+                secrets.add(refresh.expose_secret());
             }
-            Err(_) => stderr.log(&self.program, &[]),
         }
+        stderr.log(&self.program, &secrets);
         let status = status.map_err(|e| self.error(format!("could not be waited for: {e}")))?;
         if !status.success() {
             return Err(self.error(describe_exit(status)));

@@ -8,16 +8,26 @@
 //! Field names may be dotted (`status.token`) to reach into nested objects.
 //!
 //! Errors name the file and the field, never the content.
+//!
+//! The read runs on the blocking pool, bounded by a timeout, at most one
+//! at a time per provider (proxy-core's [`BlockingReads`], as `file`
+//! secrets and client certificates are read): a read that never returns (a
+//! hung NFS or FUSE mount) costs one blocked thread, not one more per
+//! refresh attempt. Only a regular file is read: a named pipe (whose open
+//! would wait for a writer for ever), a device or a directory is refused
+//! by name without being opened.
 
 use super::timestamp::parse_rfc3339;
 use super::{ProviderError, TokenProvider};
 use crate::token::{StoredCredential, Token};
 use futures_util::future::BoxFuture;
 use proxy_core::config::TokenFileConfig;
+use proxy_core::upstream::client_cert::files::BlockingReads;
 use secrecy::SecretString;
-use std::path::PathBuf;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::AsyncReadExt as _;
+use tokio::sync::Mutex;
 
 /// Largest token file read; tokens are at most a few KiB.
 const MAX_FILE: u64 = 1024 * 1024;
@@ -32,6 +42,8 @@ pub struct FileTokenProvider {
     token_field: Option<String>,
     expiry_field: Option<String>,
     read_timeout: Duration,
+    /// The read in progress, or stuck since an earlier attempt.
+    reads: Mutex<BlockingReads<Result<Vec<u8>, String>>>,
 }
 
 impl FileTokenProvider {
@@ -42,6 +54,7 @@ impl FileTokenProvider {
             token_field: cfg.token_field.clone(),
             expiry_field: cfg.expiry_field.clone(),
             read_timeout: READ_TIMEOUT,
+            reads: Mutex::default(),
         }
     }
 
@@ -60,30 +73,27 @@ impl FileTokenProvider {
     }
 
     /// Reads the file within [`Self::with_read_timeout`]: a hung network
-    /// or FUSE mount (or a FIFO nobody writes) fails the fetch, and the
-    /// refresh layer keeps serving the token it holds.
+    /// or FUSE mount fails the fetch, and the refresh layer keeps serving
+    /// the token it holds. While a read that timed out has not returned,
+    /// later fetches fail at once without starting another.
     async fn read(&self) -> Result<String, ProviderError> {
-        match tokio::time::timeout(self.read_timeout, self.read_unbounded()).await {
-            Ok(r) => r,
-            Err(_) => Err(self.error(format!(
-                "could not be read within {} (hung mount, or not a regular file?)",
-                humantime::format_duration(self.read_timeout)
-            ))),
-        }
+        let path = self.path.clone();
+        self.read_with(move || read_file(&path)).await
     }
 
-    async fn read_unbounded(&self) -> Result<String, ProviderError> {
-        let file = tokio::fs::File::open(&self.path)
+    /// [`Self::read`] with `read` doing the blocking part.
+    async fn read_with<F>(&self, read: F) -> Result<String, ProviderError>
+    where
+        F: FnOnce() -> Result<Vec<u8>, String> + Send + 'static,
+    {
+        let buf = self
+            .reads
+            .lock()
             .await
-            .map_err(|e| self.error(format!("cannot be read: {e}")))?;
-        let mut buf = Vec::new();
-        file.take(MAX_FILE + 1)
-            .read_to_end(&mut buf)
+            .run(self.read_timeout, read)
             .await
-            .map_err(|e| self.error(format!("cannot be read: {e}")))?;
-        if buf.len() as u64 > MAX_FILE {
-            return Err(self.error(format!("is larger than {MAX_FILE} bytes")));
-        }
+            .map_err(|e| self.error(format!("could not be read: {e}")))?
+            .map_err(|problem| self.error(problem))?;
         String::from_utf8(buf).map_err(|_| self.error("is not UTF-8"))
     }
 
@@ -175,6 +185,41 @@ impl TokenProvider for FileTokenProvider {
     ) -> BoxFuture<'a, Result<Token, ProviderError>> {
         Box::pin(self.load())
     }
+}
+
+/// The file at `path`, if it is a regular file of at most [`MAX_FILE`]
+/// bytes (blocking). Errors never quote the content.
+fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::FileTypeExt as _;
+    // Checked before the open: a FIFO would block it until a writer comes.
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot be read: {e}"))?;
+    let kind = meta.file_type();
+    let not_regular = if kind.is_fifo() {
+        Some("a named pipe")
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_char_device() || kind.is_block_device() {
+        Some("a device")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else if !kind.is_file() {
+        Some("something else")
+    } else {
+        None
+    };
+    if let Some(what) = not_regular {
+        return Err(format!(
+            "is {what}, not a regular file: refused without reading it"
+        ));
+    }
+    let mut buf = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE + 1).read_to_end(&mut buf))
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    if buf.len() as u64 > MAX_FILE {
+        return Err(format!("is larger than {MAX_FILE} bytes"));
+    }
+    Ok(buf)
 }
 
 /// `field` as a top-level key, or else as a dotted path into nested objects.
@@ -343,6 +388,113 @@ mod tests {
         };
         assert_eq!(path, "/nonexistent/latchkey/token");
         assert!(problem.starts_with("cannot be read"), "{problem}");
+    }
+
+    /// A read that never returns (a hung mount) times out; the attempts
+    /// after it fail at once without starting another read (one blocked
+    /// thread, not one per refresh attempt) until it returns, and then the
+    /// file is read afresh.
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_read_is_not_piled_up() {
+        use std::future::Future as _;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        type Wait = Arc<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>;
+        let p = provider(PathBuf::from("/hung/token"), None, None)
+            .with_read_timeout(Duration::from_secs(10));
+        let started = Arc::new(AtomicUsize::new(0));
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let wait: Wait = Arc::new(std::sync::Mutex::new(wait));
+        let read = |started: &Arc<AtomicUsize>, wait: &Wait| {
+            let (started, wait) = (started.clone(), wait.clone());
+            move || {
+                started.fetch_add(1, Ordering::SeqCst);
+                let _ = wait.lock().unwrap().recv();
+                Ok(b"tok".to_vec())
+            }
+        };
+        let first = {
+            let f = p.read_with(read(&started, &wait));
+            tokio::pin!(f);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(f.as_mut().poll(&mut cx).is_pending());
+            // `advance`, not `sleep`: a running blocking read holds the
+            // auto-advance.
+            tokio::time::advance(Duration::from_secs(10)).await;
+            f.await
+        };
+        let err = first.unwrap_err();
+        let ProviderError::File { path, problem } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(path, "/hung/token");
+        assert!(
+            problem.starts_with("could not be read: the read did not finish within 10s"),
+            "{problem}"
+        );
+        for _ in 0..20 {
+            assert_eq!(p.read_with(read(&started, &wait)).await, Err(err.clone()));
+        }
+        // The first read is on another thread: let it start.
+        for _ in 0..2000 {
+            if started.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(started.load(Ordering::SeqCst), 1, "reads piled up");
+
+        // Once it returns (the first message), the next attempt reads
+        // afresh (the second).
+        release.send(()).unwrap();
+        release.send(()).unwrap();
+        let mut fresh = None;
+        for _ in 0..2000 {
+            if let Ok(content) = p.read_with(read(&started, &wait)).await {
+                fresh = Some(content);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(fresh.as_deref(), Some("tok"));
+        assert_eq!(started.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn only_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        for (path, what) in [
+            (fifo, "a named pipe"),
+            (dir.path().to_path_buf(), "a directory"),
+            (PathBuf::from("/dev/null"), "a device"),
+        ] {
+            let err = provider(path.clone(), None, None)
+                .fetch(None)
+                .await
+                .unwrap_err();
+            assert_eq!(
+                err,
+                ProviderError::File {
+                    path: path.display().to_string(),
+                    problem: format!("is {what}, not a regular file: refused without reading it"),
+                }
+            );
+        }
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'a'; (MAX_FILE + 1) as usize]).unwrap();
+        let err = provider(big, None, None).fetch(None).await.unwrap_err();
+        assert!(
+            err.to_string().ends_with("is larger than 1048576 bytes"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

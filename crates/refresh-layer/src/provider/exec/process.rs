@@ -8,6 +8,7 @@
 //! rest of the group is killed (a credential helper must not leave processes
 //! behind).
 
+use super::redact::Secrets;
 use rustix::process::{Pid, Signal, kill_process_group};
 use std::io;
 use std::process::{ExitStatus, Stdio};
@@ -38,11 +39,12 @@ pub(super) enum Outcome {
     /// for), with what it printed.
     Exited {
         status: io::Result<ExitStatus>,
-        stdout: Result<Vec<u8>, String>,
+        stdout: Stdout,
         stderr: Stderr,
     },
-    /// The command overran its timeout and was killed with its group.
-    TimedOut { stderr: Stderr },
+    /// The command overran its timeout and was killed with its group,
+    /// with what it had printed (stdout may hold a token all the same).
+    TimedOut { stdout: Stdout, stderr: Stderr },
 }
 
 /// The process group of a spawned command, killed (SIGKILL) at most once:
@@ -124,14 +126,14 @@ pub(super) async fn run(cmd: &mut Command, timeout: Duration) -> io::Result<Outc
     match waited {
         Ok(status) => Ok(Outcome::Exited {
             status,
-            stdout: stdout.finish(),
+            stdout,
             stderr,
         }),
         Err(_) => {
             // Reap now rather than leave it to kill_on_drop, so no zombie
             // outlives the fetch.
             let _ = child.kill().await;
-            Ok(Outcome::TimedOut { stderr })
+            Ok(Outcome::TimedOut { stdout, stderr })
         }
     }
 }
@@ -151,7 +153,7 @@ async fn read_chunks(pipe: Option<impl AsyncRead + Unpin>, mut keep: impl FnMut(
 
 /// Stdout up to [`MAX_STDOUT`]; the rest is drained. Never logged.
 #[derive(Default)]
-struct Stdout {
+pub(super) struct Stdout {
     buf: Vec<u8>,
     too_large: bool,
     missing: bool,
@@ -171,15 +173,21 @@ impl Stdout {
         .await;
     }
 
-    /// The output; the error text never includes what was read.
-    fn finish(self) -> Result<Vec<u8>, String> {
+    /// The whole output; the error text never includes what was read.
+    pub(super) fn whole(&self) -> Result<&[u8], String> {
         if self.missing {
             Err("stdout was not captured".into())
         } else if self.too_large {
             Err(format!("printed more than {MAX_STDOUT} bytes"))
         } else {
-            Ok(self.buf)
+            Ok(&self.buf)
         }
+    }
+
+    /// What was read, even when it is not the whole output (the command
+    /// timed out, or printed too much): the secrets to cut out of stderr.
+    pub(super) fn printed(&self) -> &[u8] {
+        &self.buf
     }
 }
 
@@ -206,18 +214,22 @@ impl Stderr {
 
     /// Logs each line at WARN (that is how a plugin's "please log in again"
     /// reaches the operator), with every occurrence of `secrets` replaced by
-    /// `[redacted]`.
-    pub(super) fn log(mut self, program: &str, secrets: &[&str]) {
+    /// `[redacted]`; nothing but a note when there are too many secrets to
+    /// cut out ([`Secrets::too_many`]).
+    pub(super) fn log(mut self, program: &str, secrets: &Secrets) {
         if self.truncated {
             // A secret cut in two by the cap would not be recognised: drop
             // the incomplete last line.
             let end = self.buf.iter().rposition(|&b| b == b'\n').unwrap_or(0);
             self.buf.truncate(end);
         }
-        let mut text = String::from_utf8_lossy(&self.buf).into_owned();
-        for secret in secrets.iter().filter(|s| !s.is_empty()) {
-            text = text.replace(secret, "[redacted]");
+        if secrets.too_many() {
+            if self.buf.iter().any(|b| !b.is_ascii_whitespace()) || self.truncated {
+                tracing::warn!(target: "latchkey::exec", command = %program, "stderr not logged: stdout holds too many words to cut them all out of it");
+            }
+            return;
         }
+        let text = secrets.redact(&String::from_utf8_lossy(&self.buf));
         let mut logged = 0;
         let mut more = self.truncated;
         'lines: for line in text.lines() {
