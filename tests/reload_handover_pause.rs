@@ -73,6 +73,20 @@ struct Rig {
     running: latchkey::Running,
 }
 
+impl Rig {
+    /// Rewrites the config file with `a` on `a_store` and `c`'s scopes.
+    fn rewrite(&self, a_store: &str, c_scopes: &str) {
+        let store = self.dir.path().join("store").display().to_string();
+        let urls = [
+            self.eps[0].url.as_str(),
+            self.eps[1].url.as_str(),
+            self.eps[2].url.as_str(),
+        ];
+        let text = config(&self.up.url(), urls, a_store, &store, c_scopes);
+        std::fs::write(self.dir.path().join("latchkey.yaml"), text).unwrap();
+    }
+}
+
 async fn rig() -> Rig {
     let up = echo_upstream().await;
     let eps = [
@@ -134,15 +148,8 @@ async fn start(path: &std::path::Path, config: &str) -> latchkey::Running {
 /// the retired source refuses it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_asked_for_while_the_reload_waits_does_not_fork_the_refresh_token() {
-    let Rig {
-        up,
-        eps: [ea, eb, ec],
-        dir,
-        running,
-    } = rig().await;
-    let store_s = dir.path().join("store").display().to_string();
-    let path = dir.path().join("latchkey.yaml");
-    let urls = [ea.url.as_str(), eb.url.as_str(), ec.url.as_str()];
+    let rig = rig().await;
+    let ([ea, eb, _], running) = (&rig.eps, &rig.running);
     let creds = running.proxy().credentials.clone();
     let (a, b) = (creds[0].clone(), creds[1].clone());
     assert_eq!(ea.invalid_grants(), 0);
@@ -158,7 +165,7 @@ async fn a_refresh_asked_for_while_the_reload_waits_does_not_fork_the_refresh_to
     })
     .await;
     // The reload: a moves to the file store.
-    std::fs::write(&path, config(&up.url(), urls, "file", &store_s, "read")).unwrap();
+    rig.rewrite("file", "read");
     let reloader = running.reloader().unwrap();
     let reload = tokio::spawn(async move { reloader.reload("api", false).await });
     // Where the 401 lands does not matter for the outcome: before the
@@ -197,7 +204,7 @@ async fn a_refresh_asked_for_while_the_reload_waits_does_not_fork_the_refresh_to
         ea.last_form_value("refresh_token"),
         ea.current_refresh_token()
     );
-    running.shutdown().await;
+    rig.running.shutdown().await;
 }
 
 /// A reload that waits for a rotating credential's slow refresh (`a`,
@@ -261,15 +268,8 @@ async fn a_reload_holds_back_no_refresh_of_a_non_rotating_credential() {
 /// adopted the running refresh's old-scope token from the store instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scope_edit_during_a_running_refresh_still_fetches_with_the_new_scopes() {
-    let Rig {
-        up,
-        eps: [ea, eb, ec],
-        dir,
-        running,
-    } = rig().await;
-    let store = dir.path().join("store").display().to_string();
-    let path = dir.path().join("latchkey.yaml");
-    let urls = [ea.url.as_str(), eb.url.as_str(), ec.url.as_str()];
+    let rig = rig().await;
+    let (ec, running) = (&rig.eps[2], &rig.running);
     let c = running.proxy().credentials[2].clone();
     ec.set_delay(Duration::from_secs(1));
     let c2 = c.clone();
@@ -280,11 +280,7 @@ async fn a_scope_edit_during_a_running_refresh_still_fetches_with_the_new_scopes
         }
     })
     .await;
-    std::fs::write(
-        &path,
-        config(&up.url(), urls, "memory", &store, "read, write"),
-    )
-    .unwrap();
+    rig.rewrite("memory", "read, write");
     let reloader = running.reloader().unwrap();
     let outcome = reloader.reload("api", false).await.expect("reload");
     assert_eq!(outcome.credentials_new, ["c"]);
@@ -310,5 +306,5 @@ async fn a_scope_edit_during_a_running_refresh_still_fetches_with_the_new_scopes
         }
     })
     .await;
-    running.shutdown().await;
+    rig.running.shutdown().await;
 }

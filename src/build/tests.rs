@@ -3,15 +3,12 @@ use super::{Kept, Proxy, build_proxy_with, credential_sources};
 use crate::StartOptions;
 use proxy_core::config::Config;
 
-/// An exec credential's command does not see the variables latchkey's
-/// own config reads with `{ env: NAME }` (here a client token), and
-/// sees the rest of the environment. `CARGO_PKG_NAME` is set by cargo
-/// for the test process (setting one would need `unsafe`).
-#[tokio::test]
-async fn exec_commands_do_not_inherit_latchkeys_env_secrets() {
-    let config = |client_token: &str| {
-        format!(
-            r#"
+/// One `exec` credential whose command prints whether it sees
+/// `CARGO_PKG_NAME` (set by cargo for the test process; setting one would
+/// need `unsafe`), and a client whose token is `client_token`.
+fn config(client_token: &str) -> Config {
+    let yaml = format!(
+        r#"
 proxy: {{ listen: "127.0.0.1:0" }}
 clients:
   - {{ id: c, token: {client_token}, routes: ["*"] }}
@@ -22,13 +19,20 @@ credentials:
 routes:
   - {{ id: r, match: {{ path_prefix: / }}, upstream: "http://127.0.0.1:9", credential: x }}
 "#
-        )
-    };
+    );
+    Config::from_yaml(&yaml, "t.yaml").unwrap()
+}
+
+/// An exec credential's command does not see the variables latchkey's
+/// own config reads with `{ env: NAME }` (here a client token), and
+/// sees the rest of the environment.
+#[tokio::test]
+async fn exec_commands_do_not_inherit_latchkeys_env_secrets() {
     for (token, want) in [
         ("{ env: CARGO_PKG_NAME }", "seen-absent"),
         ("{ value: a-literal-token }", "seen-latchkey"),
     ] {
-        let c = Config::from_yaml(&config(token), "t.yaml").unwrap();
+        let c = config(token);
         let sources = credential_sources(&c, "t.yaml").unwrap();
         let got = sources["x"].get().await.unwrap();
         assert_eq!(got.expose(), want, "client token {token}");
@@ -41,22 +45,6 @@ routes:
 /// the variable.)
 #[tokio::test]
 async fn a_reload_that_reads_another_env_secret_rebuilds_exec_credentials() {
-    let config = |client_token: &str| {
-        let yaml = format!(
-            r#"
-proxy: {{ listen: "127.0.0.1:0" }}
-clients:
-  - {{ id: c, token: {client_token}, routes: ["*"] }}
-credentials:
-  - id: x
-    exec:
-      command: [sh, -c, 'printf "{{\"access_token\":\"seen-%s\"}}" "${{CARGO_PKG_NAME:-absent}}"']
-routes:
-  - {{ id: r, match: {{ path_prefix: / }}, upstream: "http://127.0.0.1:9", credential: x }}
-"#
-        );
-        Config::from_yaml(&yaml, "t.yaml").unwrap()
-    };
     let kept = Kept::default();
     let options = StartOptions::default();
     let token = |p: &Proxy| {
