@@ -210,10 +210,11 @@ impl Reloader {
             ConfigError::new(&self.file, errors)
         })?;
         // A hand-over (taken while building) must include what a refresh
-        // running now rotates to: no rotating source of the running config
-        // starts a refresh until this reload is applied or refused (the
-        // guard resumes them, after the replaced ones are retired), and
-        // their refreshes already running are waited for, together and briefly
+        // running now rotates to: no rotating source of the running config,
+        // nor one this reload may rebuild (see `Paused`), starts a refresh
+        // until this reload is applied or refused (the guard resumes them,
+        // after the replaced ones are retired), and their refreshes
+        // already running are waited for, together and briefly
         // (a token call is bounded by 10 s; one that hangs is abandoned
         // later anyway).
         let paused = Paused::new(&old.credentials, |id| rebuilt(&old.config, &config, id));
