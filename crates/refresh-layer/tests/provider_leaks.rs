@@ -48,12 +48,15 @@ async fn exec_timeout_after_printing_token_does_not_log_it() {
         ("tok-canary-raw", r#"echo "$T""#),
     ] {
         let (logs, _guard) = capture_logs();
+        // Real time (a real process; a paused clock would fire the
+        // timeout while the shell starts): 1.5 s leaves a loaded machine
+        // ample time to print before the kill.
         let script = format!("T=$(echo {token}); {print}; sleep 30");
-        let err = traced(&script, Duration::from_millis(700))
+        let err = traced(&script, Duration::from_millis(1500))
             .fetch(None)
             .await
             .unwrap_err();
-        assert_eq!(err, ProviderError::Timeout(Duration::from_millis(700)));
+        assert_eq!(err, ProviderError::Timeout(Duration::from_millis(1500)));
         let text = logs.text();
         assert!(!text.contains(token), "token in logs:\n{text}");
         assert!(text.contains("+ T=[redacted]"), "{text}");
