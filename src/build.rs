@@ -259,25 +259,14 @@ fn held_by_previous(previous: Option<&Proxy>, c: &CredentialConfig) -> Option<Ha
     })
 }
 
-/// The previous source of `c` if nothing that shapes it changed: its own
-/// config, and the store section it uses.
+/// The previous source of `c` if nothing that shapes it changed (see
+/// [`keeps_source`]).
 fn unchanged_source(
     previous: &Proxy,
     config: &Config,
     c: &CredentialConfig,
 ) -> Option<Arc<dyn CredentialSource>> {
-    let old = &previous.config;
-    let old_c = old.credentials.iter().find(|o| o.id == c.id)?;
-    let same_store = match c.store {
-        StoreKind::Memory => true,
-        StoreKind::File => old.file_store == config.file_store,
-        StoreKind::Redis => old.redis == config.redis,
-    };
-    // An `exec` command is kept from the variables the config reads as
-    // secrets: a reload that reads another one rebuilds it.
-    let same_env = c.exec.is_none() || env_secrets(old) == env_secrets(config);
-    let same = old_c == c && same_store && old.secrets == config.secrets && same_env;
-    same.then(|| {
+    keeps_source(&previous.config, config, c).then(|| {
         previous
             .credentials
             .iter()
@@ -286,8 +275,25 @@ fn unchanged_source(
     })?
 }
 
+/// Whether a reload from `old` to `new` keeps `c`'s source: nothing that
+/// shapes it changed (its own config, the store section it uses, the
+/// secrets' settings, and for an `exec` command the variables it is kept
+/// from, since a reload that reads another one must rebuild it).
+pub(crate) fn keeps_source(old: &Config, new: &Config, c: &CredentialConfig) -> bool {
+    let Some(old_c) = old.credentials.iter().find(|o| o.id == c.id) else {
+        return false;
+    };
+    let same_store = match c.store {
+        StoreKind::Memory => true,
+        StoreKind::File => old.file_store == new.file_store,
+        StoreKind::Redis => old.redis == new.redis,
+    };
+    let same_env = c.exec.is_none() || env_secrets(old) == env_secrets(new);
+    old_c == c && same_store && old.secrets == new.secrets && same_env
+}
+
 /// The environment variables `config` reads secrets from (`{ env: NAME }`).
-pub(crate) fn env_secrets(config: &Config) -> std::collections::BTreeSet<String> {
+fn env_secrets(config: &Config) -> std::collections::BTreeSet<String> {
     proxy_core::config::secret_refs(config)
         .into_iter()
         .filter_map(|(_, s)| match s {

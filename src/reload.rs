@@ -513,16 +513,13 @@ pub fn on_sighup(reloader: Arc<Reloader>) -> std::io::Result<tokio::task::JoinHa
 struct Paused(Vec<refresh_layer::RefreshingSource>);
 
 /// Whether a reload from `old` to `new` may rebuild credential `id`'s
-/// source: its config changed or is gone, or settings its source is built
-/// from did (the stores, the secrets' polling, the variables `exec`
-/// commands are kept from). Errs on the side of yes.
+/// source: it is gone, or the build would not keep it
+/// ([`crate::build::keeps_source`]).
 fn rebuilt(old: &Config, new: &Config, id: &str) -> bool {
-    let find = |c: &Config| c.credentials.iter().find(|c| c.id == id).cloned();
-    find(old) != find(new)
-        || old.file_store != new.file_store
-        || old.redis != new.redis
-        || old.secrets != new.secrets
-        || crate::build::env_secrets(old) != crate::build::env_secrets(new)
+    new.credentials
+        .iter()
+        .find(|c| c.id == id)
+        .is_none_or(|c| !crate::build::keeps_source(old, new, c))
 }
 
 impl Paused {
