@@ -14,7 +14,12 @@
 # response.
 #
 # Knobs: CONNS=8, DURATION=10s, SKIP_BUILD=1, KEEP_TMP=1, BUILD_TIMEOUT=1800,
-# LATCHKEY=path (another build of the binary, e.g. target/profiling/latchkey).
+# LATCHKEY=path (another build of the binary, e.g. target/profiling/latchkey),
+# FLOOR=1 (also counts the `hyper_floor` example under the same load: what
+# hyper and tokio alone cost per request, the floor latchkey's features sit
+# on), WORKERS=N (latchkey's `--workers`; by default one per CPU the
+# machine gives it: tokio's multi-thread runtime on a 2-core machine, where
+# compare.sh, pinning the proxy to one CPU, runs the single event loop).
 # Needs valgrind, wrk, curl (installed from Debian if missing and root).
 set -euo pipefail
 
@@ -44,10 +49,15 @@ if [[ -z ${SKIP_BUILD:-} ]]; then
     # example's dev-dependencies turn on (tokio's test-util), not as shipped.
     timeout "$BUILD_TIMEOUT" cargo build --release --bin latchkey >&2
     timeout "$BUILD_TIMEOUT" cargo build --release --example upstream >&2
+    if [[ -n ${FLOOR:-} ]]; then
+        timeout "$BUILD_TIMEOUT" cargo build --release --example hyper_floor >&2
+    fi
 fi
 LATCHKEY=${LATCHKEY:-$TARGET_DIR/release/latchkey}
 UPSTREAM=$TARGET_DIR/release/examples/upstream
 [[ -x $LATCHKEY && -x $UPSTREAM ]] || die "build the release binary and the upstream example first"
+FLOOR_BIN=$TARGET_DIR/release/examples/hyper_floor
+[[ -z ${FLOOR:-} || -x $FLOOR_BIN ]] || die "FLOOR=1: build the hyper_floor example first (cargo build --release --example hyper_floor)"
 
 TMP=$(mktemp -d /tmp/latchkey-instr.XXXXXX)
 PIDS=()
@@ -84,13 +94,21 @@ config() { # name audit_and_metrics(true|false)
     echo "$port"
 }
 
-measure() { # name audit_and_metrics
+measure() { # name audit_and_metrics(true|false|floor)
     local name=$1 port pid url file ir requests non2xx
-    port=$(config "$name" "$2")
-    url=http://127.0.0.1:$port/bench/x
-    BENCH_API_KEY=bench-token BENCH_PROXY_TOKEN=client-token RUST_LOG=warn \
+    if [[ $2 == floor ]]; then
+        port=$(free_port)
         valgrind --tool=callgrind --callgrind-out-file="$TMP/cg.$name.%p" \
-        "$LATCHKEY" run --config "$TMP/$name.yaml" >/dev/null 2>"$TMP/$name.err" &
+            "$FLOOR_BIN" --listen "127.0.0.1:$port" --upstream "127.0.0.1:$UPSTREAM_PORT" \
+            --client-authorization 'Bearer client-token' --authorization 'Bearer bench-token' \
+            >/dev/null 2>"$TMP/$name.err" &
+    else
+        port=$(config "$name" "$2")
+        BENCH_API_KEY=bench-token BENCH_PROXY_TOKEN=client-token RUST_LOG=warn \
+            valgrind --tool=callgrind --callgrind-out-file="$TMP/cg.$name.%p" \
+            "$LATCHKEY" run ${WORKERS:+--workers "$WORKERS"} --config "$TMP/$name.yaml" >/dev/null 2>"$TMP/$name.err" &
+    fi
+    url=http://127.0.0.1:$port/bench/x
     pid=$!
     PIDS+=("$pid")
     for ((i = 0; i < 300; i++)); do
@@ -101,7 +119,9 @@ measure() { # name audit_and_metrics
     callgrind_control -z "$pid" >/dev/null 2>&1
     wrk -t1 -c"$CONNS" -d"$DURATION" -H 'Authorization: Bearer client-token' "$url" >"$TMP/wrk.$name.txt"
     callgrind_control -d "$pid" >/dev/null 2>&1
-    kill -INT "$pid"
+    # hyper_floor has no signal handler of its own, and a background job of
+    # a script starts with SIGINT ignored: it is stopped with SIGTERM.
+    kill "-$([[ $2 == floor ]] && echo TERM || echo INT)" "$pid"
     wait "$pid" 2>/dev/null || true
     non2xx=$(grep -oP 'Non-2xx or 3xx responses: \K[0-9]+' "$TMP/wrk.$name.txt" || echo 0)
     ((non2xx == 0)) || die "$name: $non2xx non-2xx responses"
@@ -116,3 +136,7 @@ echo "==> callgrind, $CONNS connections, $DURATION per config" >&2
 on=$(measure audit-and-metrics-on true)
 off=$(measure audit-and-metrics-off false)
 python3 -c "print(f'audit + metrics cost: {($on - $off)} instructions/request, {100 * ($on - $off) / $off:.1f}% of the proxy without them')"
+if [[ -n ${FLOOR:-} ]]; then
+    floor=$(measure hyper-floor floor)
+    python3 -c "print(f'hyper-floor: {$floor} instructions/request; latchkey is {$on / $floor:.2f} x that with audit + metrics, {$off / $floor:.2f} x without')"
+fi

@@ -48,6 +48,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown, Watcher};
 use proxy_core::context::ConnInfo;
+use proxy_core::timer::HyperTimer;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -232,7 +233,8 @@ impl Builders {
         h2.max_header_list_size(max_list);
         // Slow and silent callers: hyper's header read timeout needs a timer
         // to run at all. It also bounds an idle keep-alive connection's wait
-        // for its next request.
+        // for its next request. (`serve_h1` gives each HTTP/1.1 connection
+        // a timer of its own, which reuses one tokio timer for every head.)
         let read_timeout = Some(header_timeout).filter(|t| !t.is_zero());
         auto.http1()
             .timer(TokioTimer::new())
@@ -372,6 +374,10 @@ async fn serve_h1<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // hyper's header read timeout reuses one timer on this connection
+    // (see `proxy_core::timer`).
+    let mut builder = builder.clone();
+    builder.timer(HyperTimer::default());
     let conn = builder
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();

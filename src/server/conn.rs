@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 use proxy_core::body::CallerBody;
 use proxy_core::context::{ConnInfo, PeerIdentity, RequestContext, RequestId};
 use proxy_core::stack::{CallNowOrWait, call_now_or_wait};
+use proxy_core::timer::Reuse;
 use proxy_core::tunnel::TunnelScope;
 use proxy_core::{ProxyBody, boxed};
 use std::convert::Infallible;
@@ -28,6 +29,9 @@ pub(super) struct ConnService {
     /// The listener's "close now" channel, handed to the tunnel of a
     /// request that upgrades ([`TunnelScope`]).
     closing: watch::Receiver<bool>,
+    /// The connection's spare timer for the route timeout, handed to each
+    /// request (see [`proxy_core::timer`]).
+    upstream_timer: Reuse,
 }
 
 impl ConnService {
@@ -41,6 +45,7 @@ impl ConnService {
             conn,
             peer: None,
             closing,
+            upstream_timer: Reuse::default(),
         }
     }
 }
@@ -60,6 +65,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let id = RequestId::from_headers(req.headers());
         let ext = req.extensions_mut();
         let mut ctx = RequestContext::new(self.conn, id);
+        ctx.upstream_timer = Some(self.upstream_timer.clone());
         // hyper marks a request that asks to upgrade (nothing else has
         // extensions yet, so for the rest this is a null check).
         if ext.get::<hyper::upgrade::OnUpgrade>().is_some() {

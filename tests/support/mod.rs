@@ -318,6 +318,17 @@ pub async fn slow_upstream(delay: Duration) -> Upstream {
     })
 }
 
+/// As [`slow_upstream`] for paths that contain `/slow`; any other path is
+/// answered at once.
+pub async fn slow_path_upstream(delay: Duration) -> Upstream {
+    spawn_http(None, move |req| async move {
+        if req.uri().path().contains("/slow") {
+            tokio::time::sleep(delay).await;
+        }
+        echo_handler(req).await
+    })
+}
+
 /// Server-sent-events server: sends `data: first\n\n` at once, then holds the
 /// response open until `gate` resolves (fired or sender dropped), then sends
 /// `data: second\n\n` and ends. The gate is shared, so every request waits on

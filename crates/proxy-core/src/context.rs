@@ -43,6 +43,10 @@ pub struct RequestContext {
     /// upgrades (set by the listener on upgrade requests only, taken by
     /// forward).
     pub tunnel: Option<crate::tunnel::TunnelScope>,
+    /// The connection's spare timer for the route timeout (set by the
+    /// listener; see [`crate::timer`]). Without one, forward makes a new
+    /// timer per request.
+    pub upstream_timer: Option<crate::timer::Reuse>,
 }
 
 impl RequestContext {

@@ -18,6 +18,7 @@ use crate::error::{
     BodyTooLarge, BoxError, RequestTimeout, UpstreamTimeout, UpstreamUnreachable, is_caused_by,
 };
 use crate::headers::{add_forwarded, is_upgrade, remove_hop_by_hop};
+use crate::timer::{Reuse, Reused, deadline_after};
 use crate::upstream::{OriginPool, PooledBody, SendError};
 use crate::{ProxyBody, boxed};
 use futures_util::future::BoxFuture;
@@ -225,12 +226,16 @@ impl Service<Request<ProxyBody>> for Forward {
             (boxed(Witnessed::new(body, slot.clone(), strip)), Some(slot))
         };
         let facts = crate::facts::slot(&parts.extensions).cloned();
+        let timer = crate::context::RequestContext::of(&parts.extensions)
+            .and_then(|c| c.upstream_timer.clone());
         let req = Request::from_parts(parts, body);
 
         let shared = self.shared.clone();
         Box::pin(Sending {
-            send: tokio::time::timeout(shared.target.timeout, shared.pool.clone().send(req)),
+            send: shared.pool.clone().send(req),
             started: tokio::time::Instant::now(),
+            timer,
+            sleep: None,
             after: Some(After {
                 shared,
                 facts,
@@ -254,11 +259,18 @@ pin_project! {
     /// request, and this future is boxed for every request).
     struct Sending<F> {
         #[pin]
-        send: tokio::time::Timeout<F>,
+        send: F,
         started: tokio::time::Instant,
+        // The connection's spare timer, if the listener gave one.
+        timer: Option<Reuse>,
+        // The route timeout, armed at the first wait.
+        sleep: Option<Reused>,
         after: Option<After>,
     }
 }
+
+/// The route timeout ran out before the response headers came.
+struct TimedOut;
 
 /// What the response needs once the upstream answered.
 struct After {
@@ -273,7 +285,7 @@ struct After {
     request_id: Option<HeaderValue>,
 }
 
-type SendResult = Result<Result<Response<PooledBody>, SendError>, tokio::time::error::Elapsed>;
+type SendResult = Result<Result<Response<PooledBody>, SendError>, TimedOut>;
 
 impl<F> Future for Sending<F>
 where
@@ -288,7 +300,23 @@ where
             // error rather than a panic.
             return Poll::Ready(Err("forward future polled after completion".into()));
         }
-        let result = ready!(this.send.poll(cx));
+        let had_budget = tokio::task::coop::has_budget_remaining();
+        let result = match this.send.poll(cx) {
+            Poll::Ready(r) => Ok(r),
+            Poll::Pending => {
+                // The route timeout's timer is taken (from the connection's
+                // spare, see `crate::timer`) only once the send has to wait,
+                // and runs from the moment the request was sent.
+                let (timer, started) = (&*this.timer, *this.started);
+                let timeout = this.after.as_ref().map(|a| a.shared.target.timeout);
+                let sleep = this.sleep.get_or_insert_with(|| {
+                    let deadline = deadline_after(started, timeout.unwrap_or_default());
+                    Reused::until(timer.as_ref(), deadline)
+                });
+                ready!(sleep.poll_after(had_budget, cx));
+                Err(TimedOut)
+            }
+        };
         let upstream_time = this.started.elapsed();
         match this.after.take() {
             Some(after) => Poll::Ready(after.finish(result, upstream_time)),

@@ -26,6 +26,8 @@
 //! - [`context`]: what the listener knows about a request (connection,
 //!   request id) and its facts slot, as one request extension.
 //! - [`facts`]: what each layer learned about a request, for the audit.
+//! - [`timer`]: a connection's timers (header read, route timeout),
+//!   reused from one request to the next.
 //!
 //! Each layer is usable on its own around any tower HTTP service.
 
@@ -47,6 +49,7 @@ pub mod path;
 pub mod router;
 pub mod secret;
 pub mod stack;
+pub mod timer;
 pub mod tunnel;
 pub mod upstream;
 
