@@ -28,6 +28,10 @@
 #
 # The rounds alternate which wrk starts first. It prints per round, then the
 # median, range and mean with a 95% confidence interval over the rounds.
+# The pairing is not quite symmetric: one binary on both sides (PAIR=ab,
+# BASELINE_BIN = LATCHKEY) read CPU per request A / B 1.005 (rounds
+# 0.998-1.011) on a 2-core AMD EPYC VM, so read A / B within ~1% of 1 as
+# equal, and subtract ~0.5% from larger ratios.
 # Any non-2xx response or socket error fails the run.
 #
 # Knobs: PAIR=audit, ROUNDS=12, DURATION=5s, CONNS=32, SKIP_BUILD=1,

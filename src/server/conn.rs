@@ -4,7 +4,7 @@
 use crate::build::{AppService, Proxy};
 use arc_swap::ArcSwap;
 use http::{Request, Response};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use proxy_core::body::CallerBody;
 use proxy_core::context::{ConnInfo, PeerIdentity, RequestContext, RequestId};
 use proxy_core::stack::{CallNowOrWait, call_now_or_wait};
@@ -60,8 +60,15 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         // Its errors marked as the caller's, its trailers without
-        // credential headers (see `CallerBody`).
-        let mut req = req.map(|b| boxed(CallerBody::new(b)));
+        // credential headers (see `CallerBody`). A request that has no
+        // body (most: a GET, or h2 headers that end the stream) gets the
+        // empty one, which is not boxed: nothing of the caller's is left
+        // to read, mark or strip.
+        let mut req = if req.body().is_end_stream() {
+            req.map(|_| ProxyBody::default())
+        } else {
+            req.map(|b| boxed(CallerBody::new(b)))
+        };
         let id = RequestId::from_headers(req.headers());
         let ext = req.extensions_mut();
         let mut ctx = RequestContext::new(self.conn, id);

@@ -28,7 +28,7 @@ use crate::context::{ClientIdentity, PeerIdentity, RequestContext};
 use crate::error::{BoxError, ClientForbidden, ClientUnauthenticated};
 use crate::secret::SecretSource;
 use futures_util::future::{Either, Ready, ready};
-use http::{HeaderMap, Request, header};
+use http::{HeaderValue, Request, header};
 use std::collections::{HashMap as StdHashMap, HashSet as StdHashSet};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -114,14 +114,16 @@ impl<S> ClientAuth<S> {
         self.inner
     }
 
+    /// Who sent a request whose `Proxy-Authorization` and `Authorization`
+    /// values (each the header's first, as `HeaderMap::get` gives) are
+    /// `proxy` and `auth`.
     fn identify(
         &self,
-        headers: &HeaderMap,
+        proxy: Option<&HeaderValue>,
+        auth: Option<&HeaderValue>,
         peer: Option<&PeerIdentity>,
     ) -> Result<ClientIdentity, ClientUnauthenticated> {
-        let Some(presented) = bearer(headers, header::PROXY_AUTHORIZATION)
-            .or_else(|| bearer(headers, header::AUTHORIZATION))
-        else {
+        let Some(presented) = bearer(proxy).or_else(|| bearer(auth)) else {
             let by_cert = peer.and_then(|p| {
                 p.uri_sans
                     .iter()
@@ -147,8 +149,9 @@ impl<S> ClientAuth<S> {
     }
 }
 
-fn bearer(headers: &HeaderMap, name: header::HeaderName) -> Option<&[u8]> {
-    let v = headers.get(name)?.as_bytes();
+/// The token of a `Bearer` credential.
+fn bearer(value: Option<&HeaderValue>) -> Option<&[u8]> {
+    let v = value?.as_bytes();
     let (scheme, rest) = v.split_at(v.iter().position(|b| *b == b' ')?);
     if scheme.eq_ignore_ascii_case(b"bearer") {
         let token = rest.trim_ascii();
@@ -181,12 +184,21 @@ where
             );
             return Either::Right(ready(Err(e.into())));
         }
-        let identity = self.identify(req.headers(), req.extensions().get::<PeerIdentity>());
         let upgrade =
             req.version() == http::Version::HTTP_11 && crate::headers::is_upgrade(req.headers());
+        // Taken out first and identified from what was taken: one lookup
+        // per header, where reading them and then removing them took two
+        // (`remove` gives the first value, as `get` does, and drops all).
         let headers = req.headers_mut();
-        headers.remove(header::PROXY_AUTHORIZATION);
-        headers.remove(header::AUTHORIZATION);
+        let proxy = headers.remove(header::PROXY_AUTHORIZATION);
+        let auth = headers.remove(header::AUTHORIZATION);
+        let identity = self.identify(
+            proxy.as_ref(),
+            auth.as_ref(),
+            req.extensions().get::<PeerIdentity>(),
+        );
+        drop((proxy, auth));
+        let headers = req.headers_mut();
         // Hop-by-hop headers are this hop's, and go here, before any route
         // injects a credential: a caller's `Connection: authorization` (or
         // the name of any injected header) would otherwise remove the
@@ -339,6 +351,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
     use tower::{ServiceBuilder, ServiceExt, service_fn};
 
     fn clients() -> Vec<Client> {
@@ -407,6 +420,59 @@ mod tests {
             assert!(headers.get("authorization").is_none());
             assert!(headers.get("proxy-authorization").is_none());
         }
+    }
+
+    /// `Proxy-Authorization` is read first and a non-`Bearer` one falls
+    /// back to `Authorization`; of repeated lines the first is the one
+    /// read, and every line of both headers is gone afterwards.
+    #[tokio::test]
+    async fn which_credential_header_is_read() {
+        let call = |lines: &[(&'static str, &'static str)]| {
+            let mut req = Request::new(());
+            for (k, v) in lines {
+                req.headers_mut().append(*k, HeaderValue::from_static(v));
+            }
+            let svc =
+                ClientAuthLayer::new(clients()).layer(service_fn(|req: Request<()>| async move {
+                    let who = crate::context::client(req.extensions()).and_then(|c| c.0.clone());
+                    Ok::<_, BoxError>((who, req.headers().clone()))
+                }));
+            svc.oneshot(req)
+        };
+        let (who, headers) = call(&[
+            ("authorization", "Bearer tok-billing"),
+            ("proxy-authorization", "Bearer tok-search"),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(who.as_deref(), Some("search"));
+        assert!(headers.is_empty(), "{headers:?}");
+        let (who, _) = call(&[
+            ("proxy-authorization", "Basic dXNlcjpwYXNz"),
+            ("authorization", "Bearer tok-billing"),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(who.as_deref(), Some("billing"));
+        let (who, headers) = call(&[
+            ("authorization", "Bearer tok-search"),
+            ("authorization", "Bearer tok-billing"),
+            ("x-kept", "1"),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(who.as_deref(), Some("search"));
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        let e = call(&[
+            ("authorization", "Bearer nope"),
+            ("authorization", "Bearer tok-billing"),
+        ])
+        .await
+        .unwrap_err();
+        assert!(matches!(
+            e.downcast_ref(),
+            Some(ClientUnauthenticated::Invalid)
+        ));
     }
 
     #[tokio::test]
@@ -479,10 +545,10 @@ mod tests {
 
     #[test]
     fn bearer_parsing() {
-        let mut h = HeaderMap::new();
-        h.insert("authorization", "bearer   abc ".parse().unwrap());
-        assert_eq!(bearer(&h, header::AUTHORIZATION), Some(&b"abc"[..]));
-        h.insert("authorization", "Basic abc".parse().unwrap());
-        assert_eq!(bearer(&h, header::AUTHORIZATION), None);
+        let v = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert_eq!(bearer(Some(&v("bearer   abc "))), Some(&b"abc"[..]));
+        assert_eq!(bearer(Some(&v("Basic abc"))), None);
+        assert_eq!(bearer(Some(&v("Bearer "))), None);
+        assert_eq!(bearer(None), None);
     }
 }

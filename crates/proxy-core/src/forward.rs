@@ -183,13 +183,7 @@ impl Service<Request<ProxyBody>> for Forward {
         // host without a `user:password@` part, copied.
         let caller_host = match parts.headers.get(header::HOST) {
             // Visible ASCII (as `to_str` checks) and no `@`, in one pass.
-            Some(h)
-                if h.as_bytes()
-                    .iter()
-                    .all(|&b| (0x20..0x7f).contains(&b) && b != b'@') =>
-            {
-                Some(h.clone())
-            }
+            Some(h) if crate::router::plain_host(h.as_bytes()) => Some(h.clone()),
             h => crate::router::request_host(h, &parts.uri)
                 .and_then(|host| HeaderValue::from_str(host).ok()),
         };

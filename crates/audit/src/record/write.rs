@@ -23,9 +23,14 @@ use std::time::{Duration, SystemTime};
 pub(super) fn request(out: &mut Vec<u8>, r: &RequestRecord<'_>) {
     // One record is ~600 bytes; the buffer is reused, so this rarely grows.
     out.reserve(768);
-    out.extend_from_slice(b"{\"kind\":");
-    string(out, r.kind);
-    out.extend_from_slice(b",\"ts\":");
+    // `kind` is always `request` (a public field, so checked): one piece.
+    if r.kind == "request" {
+        out.extend_from_slice(b"{\"kind\":\"request\",\"ts\":");
+    } else {
+        out.extend_from_slice(b"{\"kind\":");
+        string(out, r.kind);
+        out.extend_from_slice(b",\"ts\":");
+    }
     ts(out, r.ts);
     out.extend_from_slice(b",\"request_id\":");
     opt_string(out, r.request_id);
@@ -98,9 +103,14 @@ fn credential(out: &mut Vec<u8>, c: &CredentialFields<'_>) {
     opt_string(out, c.id);
     out.extend_from_slice(b",\"generation\":");
     opt_int(out, c.generation);
-    out.extend_from_slice(b",\"outcome\":");
-    string(out, c.outcome);
-    out.extend_from_slice(b",\"token_age_s\":");
+    // Almost always `injected` (compared inline: a short constant).
+    if c.outcome == "injected" {
+        out.extend_from_slice(b",\"outcome\":\"injected\",\"token_age_s\":");
+    } else {
+        out.extend_from_slice(b",\"outcome\":");
+        string(out, c.outcome);
+        out.extend_from_slice(b",\"token_age_s\":");
+    }
     opt_signed(out, c.token_age_s);
     out.extend_from_slice(b",\"token_ttl_s\":");
     opt_signed(out, c.token_ttl_s);
