@@ -15,6 +15,22 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+/// Appends `$head`, the JSON string `$value` and `$tail` to `$out`: as one
+/// literal piece (made at compile time) when `$value` is `$usual`, a plain
+/// word; the comparison with a short constant is a load or two, not a
+/// `memcmp` call.
+macro_rules! between {
+    ($out:expr, $head:literal, $value:expr, $usual:literal, $tail:literal) => {
+        if $value == $usual {
+            $out.extend_from_slice(concat!($head, "\"", $usual, "\"", $tail).as_bytes());
+        } else {
+            $out.extend_from_slice($head.as_bytes());
+            string($out, $value);
+            $out.extend_from_slice($tail.as_bytes());
+        }
+    };
+}
+
 /// Appends `record` as one line of JSON (no newline) to `out`.
 ///
 /// Runs of literal text are written in one piece where a value is `null`
@@ -23,14 +39,8 @@ use std::time::{Duration, SystemTime};
 pub(super) fn request(out: &mut Vec<u8>, r: &RequestRecord<'_>) {
     // One record is ~600 bytes; the buffer is reused, so this rarely grows.
     out.reserve(768);
-    // `kind` is always `request` (a public field, so checked): one piece.
-    if r.kind == "request" {
-        out.extend_from_slice(b"{\"kind\":\"request\",\"ts\":");
-    } else {
-        out.extend_from_slice(b"{\"kind\":");
-        string(out, r.kind);
-        out.extend_from_slice(b",\"ts\":");
-    }
+    // `kind` is always `request` (a public field, so checked).
+    between!(out, "{\"kind\":", r.kind, "request", ",\"ts\":");
     ts(out, r.ts);
     out.extend_from_slice(b",\"request_id\":");
     opt_string(out, r.request_id);
@@ -103,14 +113,14 @@ fn credential(out: &mut Vec<u8>, c: &CredentialFields<'_>) {
     opt_string(out, c.id);
     out.extend_from_slice(b",\"generation\":");
     opt_int(out, c.generation);
-    // Almost always `injected` (compared inline: a short constant).
-    if c.outcome == "injected" {
-        out.extend_from_slice(b",\"outcome\":\"injected\",\"token_age_s\":");
-    } else {
-        out.extend_from_slice(b",\"outcome\":");
-        string(out, c.outcome);
-        out.extend_from_slice(b",\"token_age_s\":");
-    }
+    // Almost always `injected`.
+    between!(
+        out,
+        ",\"outcome\":",
+        c.outcome,
+        "injected",
+        ",\"token_age_s\":"
+    );
     opt_signed(out, c.token_age_s);
     out.extend_from_slice(b",\"token_ttl_s\":");
     opt_signed(out, c.token_ttl_s);
