@@ -463,16 +463,31 @@ mod tests {
         .unwrap();
         assert_eq!(who.as_deref(), Some("search"));
         assert_eq!(headers.len(), 1, "{headers:?}");
-        let e = call(&[
-            ("authorization", "Bearer nope"),
-            ("authorization", "Bearer tok-billing"),
+        let (who, _) = call(&[
+            ("proxy-authorization", "Bearer tok-billing"),
+            ("proxy-authorization", "Bearer tok-search"),
         ])
         .await
-        .unwrap_err();
-        assert!(matches!(
-            e.downcast_ref(),
-            Some(ClientUnauthenticated::Invalid)
-        ));
+        .unwrap();
+        assert_eq!(who.as_deref(), Some("billing"));
+        // A token that matches no client is refused, whatever follows it:
+        // never a fallback to the next value or header.
+        for lines in [
+            &[
+                ("authorization", "Bearer nope"),
+                ("authorization", "Bearer tok-billing"),
+            ],
+            &[
+                ("proxy-authorization", "Bearer nope"),
+                ("authorization", "Bearer tok-billing"),
+            ],
+        ] {
+            let e = call(lines).await.unwrap_err();
+            assert!(matches!(
+                e.downcast_ref(),
+                Some(ClientUnauthenticated::Invalid)
+            ));
+        }
     }
 
     #[tokio::test]
