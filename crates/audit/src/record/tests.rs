@@ -558,13 +558,10 @@ fn hand_written_json_is_exactly_serde_jsons() {
             );
             let expected = serde_json::to_string(&r).unwrap();
             r.with_json(|s| assert_eq!(s, expected));
-            // `kind` and the credential outcome have a fast path for their
-            // usual values; the fields are public, so any other is written
-            // too, escaped.
+            // Fast paths for the usual `kind` and `outcome`; any other still goes out escaped.
             for odd in [odd, "requests", "reques", "inject", "injected ", ""] {
                 let mut r = r.clone();
-                r.kind = odd;
-                r.credential.outcome = odd;
+                (r.kind, r.credential.outcome) = (odd, odd);
                 let expected = serde_json::to_string(&r).unwrap();
                 r.with_json(|s| assert_eq!(s, expected));
             }
