@@ -51,8 +51,8 @@ async fn get(tx: &mut SendRequest<Empty<Bytes>>, path: &str) -> (u16, Duration) 
 
 /// A slow request after a fast one gets its 504 at the route's timeout, a
 /// fast one after it its 200, and the next slow one its 504 again, all on
-/// one caller connection.
-#[tokio::test]
+/// one caller connection. Paused clock.
+#[tokio::test(start_paused = true)]
 async fn the_route_timeout_holds_for_every_request_on_a_keep_alive_connection() {
     let up = slow_path_upstream(Duration::from_secs(2)).await;
     let p = start_proxy(&api_config("", &up.url(), "    timeout: 200ms\n")).await;
