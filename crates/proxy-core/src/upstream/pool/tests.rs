@@ -258,7 +258,11 @@ async fn a_connection_close_answer_is_not_reused() {
 /// request must still succeed: either hyper has seen the close and the
 /// dead connection is skipped, or it had not and hands the request back
 /// unsent, which is then sent on a new connection. (Which of the two
-/// happens is a race this test cannot pick; both must give a 200.)
+/// happens is a race this test cannot pick; both must give a 200.) Each
+/// request waits until the upstream has closed the previous connection:
+/// a request written before the close reached the socket is on the wire,
+/// and one on the wire is never resent (see the module docs), so without
+/// the wait a loaded machine could fail the test on that third path.
 #[tokio::test]
 async fn a_connection_the_upstream_cut_silently_is_not_a_failed_request() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -266,10 +270,12 @@ async fn a_connection_the_upstream_cut_silently_is_not_a_failed_request() {
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let counter = accepted.clone();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
         loop {
             let (mut stream, _) = listener.accept().await.unwrap();
             counter.fetch_add(1, Ordering::SeqCst);
+            let closed_tx = closed_tx.clone();
             tokio::spawn(async move {
                 let mut seen = Vec::new();
                 let mut buf = [0u8; 1024];
@@ -282,7 +288,9 @@ async fn a_connection_the_upstream_cut_silently_is_not_a_failed_request() {
                 let _ = stream
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
                     .await;
-                // Dropped: closed with no `Connection: close`.
+                // Closed with no `Connection: close`.
+                drop(stream);
+                let _ = closed_tx.send(());
             });
         }
     });
@@ -292,6 +300,7 @@ async fn a_connection_the_upstream_cut_silently_is_not_a_failed_request() {
             fetch(&pool, addr).await,
             (StatusCode::OK, Bytes::from_static(b"hello"))
         );
+        closed.recv().await.unwrap();
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 5);
     task.abort();
