@@ -19,6 +19,10 @@
 //! | `latchkey_build_info` | gauge (1) | `version` |
 //! | `latchkey_tls_handshake_failures_total` | counter | `reason` |
 //!
+//! `latchkey_request_duration_seconds` is kept by latchkey itself (one
+//! atomic counter per bucket, [`histogram`]) and rendered after the
+//! recorder's text; everything else goes through the `metrics` facade.
+//!
 //! Labels come only from config ids (routes, credentials) and closed sets:
 //! `route` is `none` when no route matched, `reason` is `none` when the
 //! record's reason is null, `credential` is `none` for routes without one,
@@ -26,15 +30,20 @@
 //! as `status_class="4xx", reason="none"` (status 499, no reason), the only
 //! 4xx without a reason. Durations are the time to the response headers.
 
-use crate::record::{RefreshRecord, RequestRecord};
+use crate::record::RefreshRecord;
 use crate::sink::AuditSink;
 use metrics::{SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use proxy_core::facts::{RefreshEvent, RefreshObserver, RequestFacts};
-use std::cell::RefCell;
+use proxy_core::facts::{RefreshEvent, RefreshObserver};
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
+
+mod histogram;
+mod request;
+
+pub use request::record_request;
 
 /// `latchkey_requests_total{route,status_class,reason}`
 pub const REQUESTS_TOTAL: &str = "latchkey_requests_total";
@@ -79,28 +88,46 @@ pub const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// How often histogram samples are folded into buckets when nobody
-/// scrapes. The exporter keeps every sample until then (8 bytes each, in
-/// blocks): at 15,000 requests/s, one second of them is ~120 KB, five
-/// seconds were ~0.6 MB of peak RSS. Folding is per sample, so doing it
-/// more often costs no more CPU.
+/// How often the recorder's histogram samples (refresh durations; request
+/// durations are kept apart, see [`histogram`]) are folded into buckets
+/// when nobody scrapes. The exporter keeps every sample until then.
 const UPKEEP: Duration = Duration::from_secs(1);
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static HANDLE: OnceLock<MetricsHandle> = OnceLock::new();
+
+/// Renders every latchkey metric in the Prometheus text format (what the
+/// admin listener's `/metrics` serves). Cheap to clone.
+#[derive(Clone)]
+pub struct MetricsHandle {
+    recorder: PrometheusHandle,
+}
+
+impl MetricsHandle {
+    /// The text format: the recorder's metrics, then
+    /// `latchkey_request_duration_seconds`.
+    pub fn render(&self) -> String {
+        let mut text = self.recorder.render();
+        histogram::render(&mut text);
+        text
+    }
+}
+
+impl fmt::Debug for MetricsHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetricsHandle").finish_non_exhaustive()
+    }
+}
 
 /// Installs the Prometheus recorder (first call only; later calls return
 /// the same handle), describes every metric and sets `latchkey_build_info`.
 ///
 /// If another recorder was installed first, the handle renders only the
 /// descriptions; this is logged.
-pub fn install() -> PrometheusHandle {
+pub fn install() -> MetricsHandle {
     HANDLE
         .get_or_init(|| {
-            let builder = [REQUEST_DURATION, REFRESH_DURATION]
-                .into_iter()
-                .try_fold(PrometheusBuilder::new(), |b, name| {
-                    b.set_buckets_for_metric(Matcher::Full(name.to_owned()), BUCKETS)
-                })
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(REFRESH_DURATION.to_owned()), BUCKETS)
                 // Only fails for empty buckets, which BUCKETS is not.
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
@@ -128,13 +155,13 @@ pub fn install() -> PrometheusHandle {
             if let Err(e) = spawned {
                 tracing::warn!(error = %e, "cannot start the metrics upkeep thread; histograms are folded at scrape time only");
             }
-            handle
+            MetricsHandle { recorder: handle }
         })
         .clone()
 }
 
 /// The handle, if [`install`] ran.
-pub fn handle() -> Option<PrometheusHandle> {
+pub fn handle() -> Option<MetricsHandle> {
     HANDLE.get().cloned()
 }
 
@@ -144,11 +171,6 @@ fn describe() {
         REQUESTS_TOTAL,
         Unit::Count,
         "Requests by route, status class (1xx..5xx) and audit reason (none when the request succeeded)."
-    );
-    describe_histogram!(
-        REQUEST_DURATION,
-        Unit::Seconds,
-        "Time from a request's arrival to its response headers, by route."
     );
     describe_counter!(
         UPSTREAM_RESPONSES_TOTAL,
@@ -228,177 +250,6 @@ fn label(v: Option<&Arc<str>>) -> SharedString {
     v.map_or(SharedString::const_str("none"), |v| {
         SharedString::from(v.clone())
     })
-}
-
-/// Counts one finished request. `facts` and `record` describe the same
-/// request; `duration` is the time to its response headers.
-///
-/// Handles are cached per thread, per route: building a metric key and
-/// looking it up in the global registry costs far more than the atomic add
-/// itself, and the label sets are small and closed (config ids, status
-/// classes, reasons). A route's handles are found by the address of its id
-/// (the `Arc<str>` the router hands out), which the cache entry keeps
-/// alive, so the address cannot be reused by another id while it is
-/// cached; a reload makes new ids and so new entries, never stale ones.
-pub fn record_request(facts: &RequestFacts, record: &RequestRecord<'_>, duration: Duration) {
-    let class = status_class(record.audit.status_code);
-    let reason = record.reason.map_or("none", |r| r.as_str());
-    HANDLES.with(|h| {
-        let mut h = h.borrow_mut();
-        h.bound();
-        let (route, len) = h.route(facts.route.as_ref());
-        route.request(class, reason, len).increment(1);
-        route.duration.record(duration.as_secs_f64());
-        if let Some(status) = facts.upstream_status {
-            let credential = facts
-                .credential
-                .as_ref()
-                .map(|c| &c.id)
-                .or(facts.route_credential.as_ref());
-            route.upstream(credential, status, len).increment(1);
-        }
-        if let Some(outcome) = facts.retry {
-            metrics::counter!(RETRY401_TOTAL, "route" => route.label.clone(), "outcome" => outcome)
-                .increment(1);
-        }
-    });
-}
-
-/// Keys are addresses; foldhash, not SipHash.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-/// Per-thread metric handles; see [`record_request`].
-#[derive(Default)]
-struct Handles {
-    /// By the address of the route id.
-    routes: FastMap<usize, RouteHandles>,
-    /// Requests that matched no route.
-    unrouted: Option<RouteHandles>,
-    /// Handles cached, over all routes.
-    len: usize,
-}
-
-/// One route's handles.
-struct RouteHandles {
-    /// Keeps the id, and so the cache key's address, alive.
-    _id: Option<Arc<str>>,
-    label: SharedString,
-    duration: metrics::Histogram,
-    /// By status class and reason; a handful per route.
-    requests: Vec<(&'static str, &'static str, metrics::Counter)>,
-    /// By credential (kept alive, compared by address) and upstream status.
-    upstream: Vec<(Option<Arc<str>>, u16, metrics::Counter)>,
-}
-
-impl Handles {
-    /// Label sets are closed, but reloads make new ids: a cache that
-    /// outgrew any sane config is simply started over.
-    fn bound(&mut self) {
-        if self.len > 50_000 {
-            *self = Self::default();
-        }
-    }
-
-    /// The route's handles, and the count to bump for every handle added.
-    fn route(&mut self, route: Option<&Arc<str>>) -> (&mut RouteHandles, &mut usize) {
-        let len = &mut self.len;
-        let handles = match route {
-            Some(id) => self
-                .routes
-                .entry(Arc::as_ptr(id).cast::<u8>() as usize)
-                .or_insert_with(|| {
-                    *len += 1;
-                    RouteHandles::new(Some(id))
-                }),
-            None => self.unrouted.get_or_insert_with(|| {
-                *len += 1;
-                RouteHandles::new(None)
-            }),
-        };
-        (handles, len)
-    }
-}
-
-impl RouteHandles {
-    fn new(id: Option<&Arc<str>>) -> Self {
-        let label = label(id);
-        Self {
-            _id: id.cloned(),
-            duration: metrics::histogram!(REQUEST_DURATION, "route" => label.clone()),
-            label,
-            requests: Vec::new(),
-            upstream: Vec::new(),
-        }
-    }
-
-    fn request(
-        &mut self,
-        class: &'static str,
-        reason: &'static str,
-        len: &mut usize,
-    ) -> &metrics::Counter {
-        let i = match self
-            .requests
-            .iter()
-            .position(|(c, r, _)| same(c, class) && same(r, reason))
-        {
-            Some(i) => i,
-            None => {
-                let counter = metrics::counter!(
-                    REQUESTS_TOTAL,
-                    "route" => self.label.clone(),
-                    "status_class" => class,
-                    "reason" => reason,
-                );
-                self.requests.push((class, reason, counter));
-                *len += 1;
-                self.requests.len() - 1
-            }
-        };
-        &self.requests[i].2
-    }
-
-    fn upstream(
-        &mut self,
-        credential: Option<&Arc<str>>,
-        status: u16,
-        len: &mut usize,
-    ) -> &metrics::Counter {
-        let same = |c: &Option<Arc<str>>| match (c, credential) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        };
-        let i = match self
-            .upstream
-            .iter()
-            .position(|(c, s, _)| *s == status && same(c))
-        {
-            Some(i) => i,
-            None => {
-                let counter = metrics::counter!(
-                    UPSTREAM_RESPONSES_TOTAL,
-                    "route" => self.label.clone(),
-                    "credential" => label(credential),
-                    "status" => status.to_string(),
-                );
-                self.upstream.push((credential.cloned(), status, counter));
-                *len += 1;
-                self.upstream.len() - 1
-            }
-        };
-        &self.upstream[i].2
-    }
-}
-
-thread_local! {
-    static HANDLES: RefCell<Handles> = RefCell::new(Handles::default());
-}
-
-/// `a == b`, first by address: the labels are the crate's own constants,
-/// almost always the very same ones (a `memcmp` call otherwise).
-fn same(a: &str, b: &str) -> bool {
-    (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
 }
 
 /// Counts one refresh attempt that ended at `now`.

@@ -1,8 +1,8 @@
 use super::*;
-use crate::record::RequestMeta;
+use crate::record::{RequestMeta, RequestRecord};
 use crate::sink::MemorySink;
 use http::{Request, StatusCode};
-use proxy_core::facts::{CredentialFact, CredentialOutcome};
+use proxy_core::facts::{CredentialFact, CredentialOutcome, RequestFacts};
 
 /// The value of the series `name{labels...}` (labels in any order, all
 /// must match, no others) in Prometheus text.
