@@ -119,7 +119,8 @@ impl RedisServer {
         panic!("redis-server on port {} did not answer PING", self.port);
     }
 
-    /// Kills the server (its data is gone: it keeps nothing on disk).
+    /// Kills the server (its data is gone: it writes nothing to disk
+    /// unless told to `SAVE`).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -140,7 +141,9 @@ impl RedisServer {
         assert!(ok.success(), "kill {sig} {pid}");
     }
 
-    /// Starts it again on the same port, empty.
+    /// Starts it again on the same port: empty, unless a `SAVE` left a
+    /// snapshot in its directory, which it loads (a Redis that comes back
+    /// with old data).
     pub async fn restart(&mut self) {
         self.stop();
         self.spawn().await;
