@@ -87,7 +87,7 @@ impl Histogram {
         // Each bucket is read once; the cumulative counts and `_count` are
         // made from those reads, so they always agree with each other. A
         // request counted between the reads may be in `_sum` and not yet
-        // in a bucket, or the reverse: Prometheus clients allow that.
+        // in a bucket, or the reverse, until the next scrape.
         let mut cumulative = 0_u64;
         for (i, bucket) in self.buckets.iter().enumerate() {
             cumulative += bucket.load(Ordering::Relaxed);
