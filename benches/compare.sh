@@ -62,7 +62,11 @@
 # body-1m; not in the defaults): hyper-floor, the `hyper_floor` example, the cheapest
 # header-injecting proxy hyper allows (one upstream connection per caller
 # connection, no features): what latchkey costs above it is its features,
-# what it costs above nginx is hyper and tokio.
+# what it costs above nginx is hyper and tokio. And in SCENARIO=static,
+# latchkey-key-file: latchkey with its static key read from a file (watched,
+# so it can be rotated, and the route keeps its 401 retry) instead of an
+# environment variable (a key that never changes, for which latchkey leaves
+# the 401 retry out: a replay could only resend the refused key).
 #
 # Knobs (environment): SCENARIO, ROUNDS=3, DURATION=8s, CONNS=32, WARMUP=1
 # (seconds per contender before round 1, not recorded), CONTENDERS (a subset of
@@ -157,6 +161,7 @@ CONTENDERS=${CONTENDERS:-$ALL_CONTENDERS}
 # hyper-floor may join the scenarios that compare proxies over HTTP/1.1.
 EXTRA_CONTENDERS=
 [[ $REF == nginx && $LOAD_TOOL == wrk ]] && EXTRA_CONTENDERS=hyper-floor
+[[ $SCENARIO == static ]] && EXTRA_CONTENDERS+=" latchkey-key-file"
 for c in $CONTENDERS; do
     [[ " $ALL_CONTENDERS $EXTRA_CONTENDERS " == *" $c "* ]] ||
         die "contender '$c' is not part of SCENARIO=$SCENARIO ($ALL_CONTENDERS${EXTRA_CONTENDERS:+, or $EXTRA_CONTENDERS})"
@@ -473,6 +478,9 @@ for c in $CONTENDERS; do
         latchkey-audit-off) start_latchkey "$c" --no-audit ;;
         latchkey-routes-*) start_latchkey "$c" --routes "${c#latchkey-routes-}" ;;
         latchkey-oauth2) start_latchkey "$c" --oauth2-url "$TOKEN_URL" ;;
+        latchkey-key-file)
+            printf 'bench-token\n' >"$TMP/bench-api-key"
+            start_latchkey "$c" --key-file "$TMP/bench-api-key" ;;
         nginx) start_nginx ;;
         haproxy) start_haproxy ;;
         hyper-floor) start_floor ;;

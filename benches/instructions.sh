@@ -19,7 +19,10 @@
 # hyper and tokio alone cost per request, the floor latchkey's features sit
 # on), WORKERS=N (latchkey's `--workers`; by default one per CPU the
 # machine gives it: tokio's multi-thread runtime on a 2-core machine, where
-# compare.sh, pinning the proxy to one CPU, runs the single event loop).
+# compare.sh, pinning the proxy to one CPU, runs the single event loop),
+# KEY_FILE=1 (latchkey's static key read from a watched file, which can be
+# rotated, so the route keeps its 401 retry; by default it comes from an
+# environment variable, a key that never changes, and the route has none).
 # Needs valgrind, wrk, curl (installed from Debian if missing and root).
 set -euo pipefail
 
@@ -90,9 +93,11 @@ config() { # name audit_and_metrics(true|false)
     # and metrics at their defaults (on) or both off.
     python3 "$ROOT/benches/compare/latchkey_config.py" --listen "127.0.0.1:$port" \
         --admin "127.0.0.1:$admin" --upstream "http://127.0.0.1:$UPSTREAM_PORT" \
-        $([[ $2 == false ]] && echo --no-audit) -o "$TMP/$1.yaml" >/dev/null
+        $([[ $2 == false ]] && echo --no-audit) ${KEY_FILE:+--key-file "$TMP/bench-api-key"} \
+        -o "$TMP/$1.yaml" >/dev/null
     echo "$port"
 }
+[[ -z ${KEY_FILE:-} ]] || printf 'bench-token\n' >"$TMP/bench-api-key"
 
 measure() { # name audit_and_metrics(true|false|floor)
     local name=$1 port pid url file ir requests non2xx

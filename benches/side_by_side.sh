@@ -25,6 +25,11 @@
 #           worker, upstream keepalive; benches/compare/nginx-proxy.conf.tmpl)
 #   ab      A: latchkey (LATCHKEY); B: BASELINE_BIN (required), same default
 #           config: two builds compared
+#   key-file  A: latchkey, default config but the static key read from a
+#           file (watched: it can be rotated, so the route keeps its 401
+#           retry); B: the default config (the key from an environment
+#           variable: it never changes, and latchkey leaves the 401 retry
+#           out). A / B - 1 is what the 401 retry costs a route.
 #
 # The rounds alternate which wrk starts first. It prints per round, then the
 # median, range and mean with a 95% confidence interval over the rounds.
@@ -60,7 +65,8 @@ ab)
     [[ -x ${BASELINE_BIN:-} ]] || die "PAIR=ab needs BASELINE_BIN=<another latchkey binary>"
     NAME_A="latchkey" NAME_B="latchkey-baseline ($BASELINE_BIN)"
     ;;
-*) die "PAIR must be audit, nginx or ab" ;;
+key-file) NAME_A="latchkey (static key from a file: 401 retry on)" NAME_B="latchkey (static key from env: no 401 retry)" ;;
+*) die "PAIR must be audit, nginx, ab or key-file" ;;
 esac
 
 need=(wrk)
@@ -118,7 +124,7 @@ taskset -c 1 "$UPSTREAM" --listen "127.0.0.1:$UPSTREAM_PORT" --expect-value 'Bea
 PIDS+=($!)
 
 declare -A PORT PID
-start_latchkey() { # side binary audit_and_metrics(true|false)
+start_latchkey() { # side binary audit_and_metrics(true|false) [key_file]
     local port admin
     port=$(free_port)
     admin=$(free_port)
@@ -126,7 +132,7 @@ start_latchkey() { # side binary audit_and_metrics(true|false)
     # and metrics at their defaults (on) or both off.
     python3 "$ROOT/benches/compare/latchkey_config.py" --listen "127.0.0.1:$port" \
         --admin "127.0.0.1:$admin" --upstream "http://127.0.0.1:$UPSTREAM_PORT" \
-        $([[ $3 == false ]] && echo --no-audit) -o "$TMP/$1.yaml" >/dev/null
+        $([[ $3 == false ]] && echo --no-audit) ${4:+--key-file "$4"} -o "$TMP/$1.yaml" >/dev/null
     BENCH_API_KEY=bench-token BENCH_PROXY_TOKEN=client-token RUST_LOG=warn \
         taskset -c 0 "$2" run --config "$TMP/$1.yaml" >/dev/null 2>"$TMP/$1.err" &
     PID[$1]=$!
@@ -162,11 +168,17 @@ load() { # side duration out
         "http://127.0.0.1:${PORT[$1]}/bench/x" >"$3"
 }
 
-start_latchkey a "$LATCHKEY" true
+if [[ $PAIR == key-file ]]; then
+    printf 'bench-token\n' >"$TMP/bench-api-key"
+    start_latchkey a "$LATCHKEY" true "$TMP/bench-api-key"
+else
+    start_latchkey a "$LATCHKEY" true
+fi
 case $PAIR in
 audit) start_latchkey b "$LATCHKEY" false ;;
 nginx) start_nginx b ;;
 ab) start_latchkey b "$BASELINE_BIN" true ;;
+key-file) start_latchkey b "$LATCHKEY" true ;;
 esac
 wait_for "http://127.0.0.1:${PORT[a]}/bench/x"
 wait_for "http://127.0.0.1:${PORT[b]}/bench/x"

@@ -391,7 +391,12 @@ pub(crate) fn redis_tls(r: &RedisSettings, url: &str) -> Result<Option<RedisTls>
 }
 
 /// The layers the `latchkey` crate adds to every route's credential stack:
-/// the 401 retry (outside acquire and inject, see `retry401_layer`).
+/// the 401 retry (outside acquire and inject, see `retry401_layer`), on
+/// routes with `retry.enabled` whose credential can change
+/// ([`CredentialSource::can_change`]): a static key from an environment
+/// variable or a literal value never can, and a replay would only resend
+/// the refused key, so those routes go without the layer (and without
+/// the copy of every request it keeps), as with `retry.enabled: false`.
 #[derive(Debug, Default)]
 pub struct LatchkeyLayers;
 
@@ -402,19 +407,29 @@ impl RouteLayers for LatchkeyLayers {
         source: Option<&Arc<dyn CredentialSource>>,
         inner: RouteService,
     ) -> RouteService {
-        match source {
-            Some(src) if route.retry.enabled => {
-                let mut policy = RetryPolicy::from_config(&route.retry);
-                // No more is read for a replay than the route accepts: a
-                // longer body streams on to the forwarder's 413.
-                if let Some(limit) = route.max_request_body {
-                    policy.max_replay_body = policy.max_replay_body.min(limit);
-                }
+        match source.and_then(|src| Some((src, retry_policy(route, src.as_ref())?))) {
+            Some((src, policy)) => {
                 RouteService::new(Retry401Layer::new(src.clone(), policy).layer(inner))
             }
-            _ => inner,
+            None => inner,
         }
     }
+}
+
+/// The 401 retry's policy for `route` with its credential `source`, or
+/// `None` when the route goes without the layer: `retry.enabled: false`,
+/// or a credential that can never change (see [`LatchkeyLayers`]).
+fn retry_policy(route: &RouteConfig, source: &dyn CredentialSource) -> Option<RetryPolicy> {
+    if !route.retry.enabled || !source.can_change() {
+        return None;
+    }
+    let mut policy = RetryPolicy::from_config(&route.retry);
+    // No more is read for a replay than the route accepts: a longer body
+    // streams on to the forwarder's 413.
+    if let Some(limit) = route.max_request_body {
+        policy.max_replay_body = policy.max_replay_body.min(limit);
+    }
+    Some(policy)
 }
 
 /// How [`start_with`](crate::app::start_with) wires the audit trail and

@@ -10,6 +10,10 @@ Prints the request path wrk should use (the benchmarked route) on stdout.
   --no-audit        audit: {enabled: false} and metrics: {enabled: false}
   --oauth2-url URL  the credential is OAuth2 client_credentials against URL
                     instead of a static env secret
+  --key-file PATH   the static key is read from PATH (a watched file, so it
+                    can be rotated and the route keeps its 401 retry)
+                    instead of the BENCH_API_KEY environment variable (a
+                    key that never changes: the route has no 401 retry)
 """
 
 import argparse
@@ -24,6 +28,7 @@ def main() -> int:
     ap.add_argument("--routes", type=int, default=1)
     ap.add_argument("--no-audit", action="store_true")
     ap.add_argument("--oauth2-url")
+    ap.add_argument("--key-file")
     ap.add_argument("-o", "--output", required=True)
     args = ap.parse_args()
 
@@ -40,6 +45,8 @@ def main() -> int:
         w("      client_id: bench\n")
         w("      client_secret: { env: BENCH_CLIENT_SECRET }\n")
         w("    refresh: { buffer: 60s, timeout: 10s }\n")
+    elif args.key_file:
+        w(f"    static: {{ file: {args.key_file} }}\n")
     else:
         w("    static: { env: BENCH_API_KEY }\n")
     if args.no_audit:

@@ -1,5 +1,6 @@
-//! Building credential sources: what an `exec` command inherits.
-use super::{Kept, Proxy, build_proxy_with, credential_sources};
+//! Building credential sources: what an `exec` command inherits; which
+//! routes get the 401 retry.
+use super::{Kept, Proxy, build_proxy_with, credential_sources, retry_policy};
 use crate::StartOptions;
 use proxy_core::config::Config;
 
@@ -80,4 +81,57 @@ async fn a_reload_that_reads_another_env_secret_rebuilds_exec_credentials() {
     assert_eq!(x.get().await.unwrap().expose(), "seen-latchkey");
     x.refresh_now().await.unwrap();
     assert_eq!(x.get().await.unwrap().expose(), "seen-absent");
+}
+
+/// The 401 retry is wired where a replay could send another credential: a
+/// static key from a watched file (rewritten, it is a new generation) or a
+/// refreshing credential, unless `retry.enabled: false`; never for a
+/// static key from a literal value or an environment variable, which stays
+/// what it was until a reload builds new sources.
+#[tokio::test]
+async fn the_401_retry_is_left_out_where_the_credential_cannot_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "file-key\n").unwrap();
+    let yaml = format!(
+        r#"
+proxy: {{ listen: "127.0.0.1:0" }}
+clients:
+  - {{ id: c, token: {{ value: client-token }}, routes: ["*"] }}
+credentials:
+  - {{ id: from-file, static: {{ file: {key} }} }}
+  - {{ id: from-value, static: {{ value: literal-key }} }}
+  - {{ id: from-env, static: {{ env: CARGO_PKG_NAME }} }}
+  - id: oauth
+    oauth2:
+      grant: client_credentials
+      token_url: http://127.0.0.1:9/token
+      client_id: c
+      client_secret: {{ value: s }}
+routes:
+  - {{ id: file, match: {{ path_prefix: /file/ }}, upstream: "http://127.0.0.1:9", credential: from-file }}
+  - {{ id: file-off, match: {{ path_prefix: /off/ }}, upstream: "http://127.0.0.1:9", credential: from-file, retry: {{ enabled: false }} }}
+  - {{ id: value, match: {{ path_prefix: /value/ }}, upstream: "http://127.0.0.1:9", credential: from-value }}
+  - {{ id: env, match: {{ path_prefix: /env/ }}, upstream: "http://127.0.0.1:9", credential: from-env }}
+  - {{ id: oauth, match: {{ path_prefix: /oauth/ }}, upstream: "http://127.0.0.1:9", credential: oauth }}
+"#,
+        key = key.display()
+    );
+    let c = Config::from_yaml(&yaml, "t.yaml").unwrap();
+    let sources = credential_sources(&c, "t.yaml").unwrap();
+    for (route, want) in [
+        ("file", true),
+        ("file-off", false),
+        ("value", false),
+        ("env", false),
+        ("oauth", true),
+    ] {
+        let r = c.routes.iter().find(|r| r.id == route).unwrap();
+        let source = &sources[r.credential.as_deref().unwrap()];
+        assert_eq!(
+            retry_policy(r, source.as_ref()).is_some(),
+            want,
+            "route {route}"
+        );
+    }
 }

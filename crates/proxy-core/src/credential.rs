@@ -197,6 +197,16 @@ pub trait CredentialSource: fmt::Debug + Send + Sync + 'static {
         false
     }
 
+    /// Whether the credential served can ever be replaced while this
+    /// source lives (a reload builds new sources): by a refresh, or by a
+    /// static secret's file being rewritten. When it cannot, a replay
+    /// after a 401 could only resend the refused value, so latchkey leaves
+    /// the 401 retry out of the route's stack (no copy of every request
+    /// kept for a replay that can never help). `true` by default.
+    fn can_change(&self) -> bool {
+        true
+    }
+
     /// A reload replaced or removed this source; it lives on only while
     /// requests of the old config are in flight. A refreshing source then
     /// starts no refresh (the source now configured refreshes the
@@ -306,6 +316,10 @@ impl CredentialSource for StaticSource {
 
     fn generation(&self) -> Option<u64> {
         self.secret.load().ok().map(|s| s.version())
+    }
+
+    fn can_change(&self) -> bool {
+        self.secret.may_change()
     }
 
     fn status(&self) -> CredentialStatus {

@@ -188,6 +188,8 @@ struct Inner {
     describe: String,
     current: ArcSwap<Loaded>,
     version: AtomicU64,
+    /// A watcher re-reads the file: the value can change.
+    watched: bool,
 }
 
 impl SecretSource {
@@ -205,14 +207,19 @@ impl SecretSource {
             SecretRef::Value(v) => usable(v.expose_secret().trim(), "literal value"),
             SecretRef::File(path) => read_file_within(path, watch::READ_TIMEOUT),
         };
+        let watcher = match r {
+            SecretRef::File(path) => tokio::runtime::Handle::try_current()
+                .ok()
+                .map(|handle| (handle, path)),
+            SecretRef::Env(_) | SecretRef::Value(_) => None,
+        };
         let inner = Arc::new(Inner {
             describe: r.describe(),
             version: AtomicU64::new(1),
             current: ArcSwap::from_pointee(initial.map(|v| Arc::new(SecretValue::new(v, 1)))),
+            watched: watcher.is_some(),
         });
-        if let SecretRef::File(path) = r
-            && let Ok(handle) = tokio::runtime::Handle::try_current()
-        {
+        if let Some((handle, path)) = watcher {
             handle.spawn(watch::watch_file(
                 Arc::downgrade(&inner),
                 path.clone(),
@@ -231,8 +238,18 @@ impl SecretSource {
                 describe: "fixed value".to_string(),
                 version: AtomicU64::new(1),
                 current: ArcSwap::from_pointee(Ok(Arc::new(SecretValue::new(v.into(), 1)))),
+                watched: false,
             }),
         }
+    }
+
+    /// Whether the value can change while this source lives: a `file`
+    /// secret, re-read by its watcher. An environment variable or a
+    /// literal value (or a file read outside a runtime, by `latchkey
+    /// check`) keeps the value it resolved to until a reload resolves the
+    /// config's secrets again, into new sources.
+    pub fn may_change(&self) -> bool {
+        self.inner.watched
     }
 
     /// The current value. Cheap: one atomic load, no I/O.

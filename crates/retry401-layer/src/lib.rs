@@ -24,6 +24,11 @@
 //! | no credential was injected | the upstream's response | (none) |
 //! | the source has no other credential (a static key) | the upstream's response | (none) |
 //!
+//! The `latchkey` binary leaves the layer out of routes whose credential
+//! can never change (`CredentialSource::can_change`: a static key from a
+//! literal value or an environment variable), where that last row is the
+//! only outcome possible.
+//!
 //! It never loops: one replay at most, and never for a request that carried
 //! no injected credential. The outcome is also left in the response
 //! extensions as a [`RetryOutcome`] for the audit layer.

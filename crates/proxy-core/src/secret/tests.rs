@@ -16,6 +16,44 @@ fn debug_never_shows_literal() {
     assert_eq!(v.expose(), "hunter2-canary");
 }
 
+/// Only a watched `file` secret can change while its source lives: a
+/// literal, an environment variable (even one that is not set) and a file
+/// read outside a runtime keep what they resolved to. The 401 retry is
+/// left out of routes whose static key cannot change (`can_change`).
+#[test]
+fn only_a_watched_file_may_change() {
+    let poll = DEFAULT_FILE_POLL_INTERVAL;
+    let value = SecretRef::Value(SecretString::from("literal-key".to_string()));
+    assert!(!SecretSource::resolve(&value, poll).may_change());
+    assert!(!SecretSource::fixed("fixed-key").may_change());
+    // Set in every test environment; and one that is surely not set.
+    let set = SecretRef::Env("PATH".into());
+    assert!(!SecretSource::resolve(&set, poll).may_change());
+    let unset = SecretRef::Env("LATCHKEY_TEST_SURELY_UNSET_VAR".into());
+    assert!(!SecretSource::resolve(&unset, poll).may_change());
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("key");
+    std::fs::write(&path, "file-key\n").unwrap();
+    let file = SecretRef::File(path);
+    // Outside a runtime (`latchkey check`): read once, never again.
+    assert!(!SecretSource::resolve(&file, poll).may_change());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let watched = SecretSource::resolve(&file, poll);
+        assert!(watched.may_change());
+        let static_source = crate::credential::StaticSource::new("k", watched);
+        assert!(crate::credential::CredentialSource::can_change(
+            &static_source
+        ));
+    });
+    let fixed = crate::credential::StaticSource::new("k", SecretSource::fixed("fixed-key"));
+    assert!(!crate::credential::CredentialSource::can_change(&fixed));
+}
+
 #[test]
 fn missing_env_is_an_error_naming_the_variable() {
     let r = SecretRef::Env("LATCHKEY_TEST_SURELY_UNSET_VAR".into());
@@ -336,6 +374,7 @@ async fn a_stuck_read_times_out_and_is_not_piled_up() {
         describe: "file /stuck".into(),
         version: AtomicU64::new(1),
         current: ArcSwap::from_pointee(Ok(Arc::new(SecretValue::new("old".to_string().into(), 1)))),
+        watched: true,
     });
     let started = Arc::new(AtomicUsize::new(0));
     let (release, released) = std::sync::mpsc::channel::<()>();
