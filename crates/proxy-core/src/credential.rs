@@ -255,19 +255,34 @@ pub struct StaticSource {
     id: String,
     secret: SecretSource,
     cached: ArcSwapOption<Credential>,
+    /// What a secret that can never change resolved to, made once: every
+    /// request then takes a reference count, not two `ArcSwap` loads.
+    fixed: Option<Result<Arc<Credential>, CredentialError>>,
 }
 
 impl StaticSource {
     /// A static credential named `id` backed by `secret`.
     pub fn new(id: impl Into<String>, secret: SecretSource) -> Self {
-        Self {
+        let mut source = Self {
             id: id.into(),
             secret,
             cached: ArcSwapOption::empty(),
+            fixed: None,
+        };
+        if !source.secret.may_change() {
+            source.fixed = Some(source.load());
         }
+        source
     }
 
     fn current(&self) -> Result<Arc<Credential>, CredentialError> {
+        match &self.fixed {
+            Some(fixed) => fixed.clone(),
+            None => self.load(),
+        }
+    }
+
+    fn load(&self) -> Result<Arc<Credential>, CredentialError> {
         let secret = self
             .secret
             .load()
