@@ -407,10 +407,11 @@ impl RouteLayers for LatchkeyLayers {
         source: Option<&Arc<dyn CredentialSource>>,
         inner: RouteService,
     ) -> RouteService {
-        match source.and_then(|src| Some((src, retry_policy(route, src.as_ref())?))) {
-            Some((src, policy)) => {
-                RouteService::new(Retry401Layer::new(src.clone(), policy).layer(inner))
-            }
+        let Some(src) = source else {
+            return inner;
+        };
+        match retry_policy(route, src.as_ref()) {
+            Some(policy) => RouteService::new(Retry401Layer::new(src.clone(), policy).layer(inner)),
             None => inner,
         }
     }

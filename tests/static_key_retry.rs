@@ -11,57 +11,17 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http::{Request, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use support::harness::start_proxy;
 use support::retry::retry_header;
-use support::{Upstream, get, json, with_timeout};
-use tokio::net::TcpListener;
+use support::{get, handler_upstream, json, text_response, with_timeout};
 
 const MANAGEMENT_KEY: &str = "static-retry-management-key";
-
-/// Serves `handler` on a fresh loopback port, HTTP/1.1.
-async fn serve<H, F>(handler: H) -> Upstream
-where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    Upstream::from_parts(addr, task)
-}
-
-fn respond(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(body.into()));
-    *resp.status_mut() = status;
-    resp
-}
 
 /// One public route `/api/` to `upstream` with static credential `key`
 /// from `secret` (a secret reference in YAML), files polled every 50 ms,
@@ -111,7 +71,7 @@ async fn a_file_key_rewritten_while_a_request_waits_is_replayed_with_the_new_key
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let up = {
         let (admin, seen, key_file) = (admin.clone(), seen.clone(), key_file.clone());
-        serve(move |req: Request<Incoming>| {
+        handler_upstream(move |req: Request<Incoming>| {
             let (admin, seen, key_file) = (admin.clone(), seen.clone(), key_file.clone());
             async move {
                 let auth = req
@@ -122,19 +82,21 @@ async fn a_file_key_rewritten_while_a_request_waits_is_replayed_with_the_new_key
                     .to_owned();
                 seen.lock().unwrap().push(auth.clone());
                 match auth.as_str() {
-                    "Bearer new-key" => respond(StatusCode::OK, "accepted"),
+                    "Bearer new-key" => text_response(StatusCode::OK, "accepted"),
                     "Bearer old-key" => {
                         // The key is rotated while this request waits for
                         // its answer, and the upstream refuses the old one
                         // only after latchkey has picked the new one up.
                         std::fs::write(&key_file, "new-key\n").unwrap();
+                        // Polled: latchkey announces the new generation
+                        // nowhere else; bounded by the caller's timeout.
                         let admin = admin.get().unwrap().clone();
                         while generation(&admin).await < 2 {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
-                        respond(StatusCode::UNAUTHORIZED, "revoked")
+                        text_response(StatusCode::UNAUTHORIZED, "revoked")
                     }
-                    _ => respond(StatusCode::FORBIDDEN, "unknown key"),
+                    _ => text_response(StatusCode::FORBIDDEN, "unknown key"),
                 }
             }
         })

@@ -302,6 +302,24 @@ pub async fn echo_upstream() -> Upstream {
     spawn_http(None, echo_handler)
 }
 
+/// Plain-HTTP server answering every request with what `handler` makes of
+/// it: for an upstream that does something of its own (see
+/// [`text_response`]).
+pub async fn handler_upstream<H, Fut>(handler: H) -> Upstream
+where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
+    spawn_http(None, handler)
+}
+
+/// A response with `status` and `body` as it is.
+pub fn text_response(status: StatusCode, body: impl Into<Bytes>) -> Response<TestBody> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp
+}
+
 /// Answers every request with `status` and a small JSON body naming it.
 pub async fn status_upstream(status: u16) -> Upstream {
     let status = StatusCode::from_u16(status).expect("valid status code");
