@@ -26,6 +26,7 @@ pub mod h2_trailers;
 pub mod harness;
 pub mod pki;
 pub mod proxy_helpers;
+pub mod raw;
 pub mod redis_server;
 pub mod retry;
 pub mod token_endpoint;

@@ -26,7 +26,9 @@
 //! - **Stale connections**: a request sent on a reused connection that the
 //!   upstream had already closed, and that hyper hands back unsent, is sent
 //!   again on another connection (what hyper-util's `retry_canceled_requests`
-//!   does). A request that reached the wire is never resent. After eight
+//!   does). A request that reached the wire is resent only if it is
+//!   idempotent, has no body and the connection ended before any answer
+//!   (see `resend`): once, on a new connection. After eight
 //!   dead pooled connections (an upstream that restarted leaves all of them
 //!   dead) a request connects afresh, and a fresh connection's failure is
 //!   final.
@@ -60,6 +62,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::time::Instant;
 use tower::Service as _;
 
 /// How long connections stay open and how many are kept.
@@ -163,10 +166,13 @@ struct State {
 struct Idle {
     tx: http1::SendRequest<ProxyBody>,
     since: u64,
+    /// When it went idle (see `resend`).
+    at: Instant,
 }
 
 enum Conn {
-    H1(http1::SendRequest<ProxyBody>),
+    /// With when it went idle, if it is a pooled one.
+    H1(http1::SendRequest<ProxyBody>, Option<Instant>),
     /// With its `State::h2_id`.
     H2(http2::SendRequest<ProxyBody>, u64),
 }
@@ -174,9 +180,11 @@ enum Conn {
 mod connecting;
 mod forms;
 mod h2;
+mod resend;
 pub use h2::{H2_CONNECTION_WINDOW, H2_MAX_HEADER_LIST, H2_STREAM_WINDOW};
 
 use forms::{absolute_form, origin_form};
+use resend::Resend;
 
 /// Dead pooled connections a request skips before it connects instead.
 const MAX_DEAD_CHECKOUTS: u32 = 8;
@@ -264,8 +272,11 @@ impl OriginPool {
                     }
                     conn => (conn, reused),
                 };
+                // The head of a request a reused connection may lose on the
+                // wire (see `resend`).
+                let mut resend = None;
                 let mut unsent = match conn {
-                    Conn::H1(mut tx) => {
+                    Conn::H1(mut tx, idle_since) => {
                         // Pooled connections are ready (see `put`); one closed
                         // since is skipped, and one that is somehow busy is
                         // never waited for: it goes back to waiting on its own.
@@ -279,6 +290,9 @@ impl OriginPool {
                         if req.uri().scheme().is_some() {
                             // Handed back unsent by an h2 connection.
                             origin_form(&mut req);
+                        }
+                        if idle_since.is_some_and(resend::quiet) {
+                            resend = Resend::of(&req);
                         }
                         match tx.try_send_request(req).await {
                             Ok(resp) => return Ok(self.h1_response(resp, tx)),
@@ -310,15 +324,23 @@ impl OriginPool {
                         }
                     }
                 };
-                match unsent.take_message() {
+                match (unsent.take_message(), resend) {
                     // Never written: the connection had closed under us. Only a
                     // reused connection can be stale; a fresh one failing is a
                     // real failure.
-                    Some(r) if reused => {
+                    (Some(r), _) if reused => {
                         dead += 1;
                         // A request hyper hands back is untouched (never written).
                         tracing::debug!(upstream = %self.authority, "pooled connection was closed; sending on another");
                         req = r;
+                    }
+                    // Written, and lost with the connection before any
+                    // answer: an idempotent request without a body goes
+                    // once more, on a new connection.
+                    (None, Some(copy)) if resend::lost_connection(unsent.error()) => {
+                        tracing::debug!(upstream = %self.authority, "pooled connection closed under the request; sending it again on a new connection");
+                        req = copy.into_request();
+                        dead = MAX_DEAD_CHECKOUTS;
                     }
                     _ => return Err(SendError::Http(unsent.into_error())),
                 }
@@ -364,7 +386,7 @@ impl OriginPool {
         }
         while let Some(idle) = state.idle.pop() {
             if !idle.tx.is_closed() {
-                return Some(Conn::H1(idle.tx));
+                return Some(Conn::H1(idle.tx, Some(idle.at)));
             }
         }
         None
@@ -402,7 +424,11 @@ impl OriginPool {
             // Full: this one closes (dropping its sender ends it).
             return;
         }
-        state.idle.push(Idle { tx, since });
+        state.idle.push(Idle {
+            tx,
+            since,
+            at: Instant::now(),
+        });
         self.start_reaper(state);
     }
 
@@ -460,7 +486,7 @@ impl OriginPool {
                     tracing::debug!(error = %e, "upstream connection ended with an error");
                 }
             });
-            Ok(Conn::H1(tx))
+            Ok(Conn::H1(tx, None))
         }
     }
 

@@ -459,3 +459,4 @@ async fn the_request_uri_goes_out_in_origin_form() {
 
 mod h2;
 mod https;
+mod resend;
