@@ -3,7 +3,8 @@
 //! 75 s): the request was written and never answered. An idempotent
 //! request without a body is sent once more on a new connection, with its
 //! credential, and the caller gets the answer; a `POST` is never sent
-//! twice, and its caller gets `502 upstream_unreachable`. (Which requests
+//! twice, and its caller gets `502 upstream_unreachable`. A resend is
+//! counted in `latchkey_upstream_resends_total{route}`. (Which requests
 //! qualify, and the connection that stayed busy: the pool's unit tests in
 //! `proxy-core`, `upstream/pool/tests/resend.rs`.)
 
@@ -21,7 +22,9 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use serde_json::{Value, json};
 use support::harness::{TestProxy, start_proxy_with};
-use support::proxy_helpers::{CLIENT_TOKEN, UPSTREAM_KEY, api_config, assert_proxy_error, bearer};
+use support::proxy_helpers::{
+    CLIENT_TOKEN, UPSTREAM_KEY, assert_proxy_error, bearer, billing_config,
+};
 use support::raw::read_request_head;
 use support::{Upstream, get, send};
 use tokio::io::AsyncWriteExt as _;
@@ -68,14 +71,31 @@ async fn serve(mut stream: TcpStream, conn: usize, seen: Heads) {
     }
 }
 
-async fn start(up: &Upstream) -> (TestProxy, Arc<MemorySink>) {
+/// The proxy with route `id` on `/api/` to `up`. (Each test its own route
+/// id: the metrics recorder is one per process.)
+async fn start(up: &Upstream, id: &str) -> (TestProxy, Arc<MemorySink>) {
     let sink = Arc::new(MemorySink::new());
     let options = latchkey::StartOptions {
         audit_sink: Some(sink.clone()),
         ..Default::default()
     };
-    let yaml = api_config("", &up.url(), "");
+    let route = format!(
+        "  - id: {id}\n    match: {{ path_prefix: /api/ }}\n    upstream: {}\n    credential: upstream-key\n",
+        up.url()
+    );
+    let yaml = billing_config("[\"*\"]", &route);
     (start_proxy_with(&yaml, options).await, sink)
+}
+
+/// The `latchkey_upstream_resends_total` line of route `id`, if any.
+async fn resends(p: &TestProxy, id: &str) -> Option<String> {
+    let (status, _, body) = get(&format!("{}/metrics", p.admin), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let series = format!("latchkey_upstream_resends_total{{route=\"{id}\"}} ");
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find(|l| l.starts_with(&series))
+        .map(str::to_owned)
 }
 
 /// Lets the pooled connection sit idle for a while (the paused clock moved
@@ -98,13 +118,14 @@ fn records(sink: &MemorySink) -> Vec<Value> {
 #[tokio::test]
 async fn a_get_the_upstream_dropped_unanswered_is_answered_from_a_new_connection() {
     let (up, accepted, heads) = upstream_losing_its_second_request().await;
-    let (p, sink) = start(&up).await;
+    let (p, sink) = start(&up, "lost-get").await;
     let auth = bearer(CLIENT_TOKEN);
     let first = get(&p.url("/api/one"), &[("authorization", &auth)]).await;
     assert_eq!(
         (first.0, first.2),
         (StatusCode::OK, Bytes::from_static(b"conn 0"))
     );
+    assert_eq!(resends(&p, "lost-get").await, None);
     idle_a_second().await;
 
     let second = get(&p.url("/api/two?page=2"), &[("authorization", &auth)]).await;
@@ -138,12 +159,16 @@ async fn a_get_the_upstream_dropped_unanswered_is_answered_from_a_new_connection
     assert_eq!(r["reason"], Value::Null);
     assert_eq!(r["denial_source"], Value::Null);
     assert_eq!(r["credential"]["outcome"], "injected");
+    assert_eq!(
+        resends(&p, "lost-get").await.as_deref(),
+        Some("latchkey_upstream_resends_total{route=\"lost-get\"} 1")
+    );
 }
 
 #[tokio::test]
 async fn a_post_the_upstream_dropped_unanswered_is_not_sent_again() {
     let (up, accepted, heads) = upstream_losing_its_second_request().await;
-    let (p, sink) = start(&up).await;
+    let (p, sink) = start(&up, "lost-post").await;
     let auth = bearer(CLIENT_TOKEN);
     let first = get(&p.url("/api/one"), &[("authorization", &auth)]).await;
     assert_eq!(first.0, StatusCode::OK);
@@ -175,4 +200,5 @@ async fn a_post_the_upstream_dropped_unanswered_is_not_sent_again() {
     );
     assert_eq!(r["denial_source"], "local");
     assert_eq!(r["upstream_status"], Value::Null);
+    assert_eq!(resends(&p, "lost-post").await, None);
 }

@@ -11,6 +11,7 @@
 //! | `latchkey_request_duration_seconds` | histogram | `route` |
 //! | `latchkey_upstream_responses_total` | counter | `route`, `credential`, `status` |
 //! | `latchkey_retry401_total` | counter | `route`, `outcome` |
+//! | `latchkey_upstream_resends_total` | counter | `route` |
 //! | `latchkey_credential_refreshes_total` | counter | `credential`, `trigger`, `result` |
 //! | `latchkey_credential_refresh_duration_seconds` | histogram | `credential` |
 //! | `latchkey_credential_expiration_timestamp_seconds` | gauge | `credential` |
@@ -53,6 +54,8 @@ pub const REQUEST_DURATION: &str = "latchkey_request_duration_seconds";
 pub const UPSTREAM_RESPONSES_TOTAL: &str = "latchkey_upstream_responses_total";
 /// `latchkey_retry401_total{route,outcome}`
 pub const RETRY401_TOTAL: &str = "latchkey_retry401_total";
+/// `latchkey_upstream_resends_total{route}`
+pub const UPSTREAM_RESENDS_TOTAL: &str = "latchkey_upstream_resends_total";
 /// `latchkey_credential_refreshes_total{credential,trigger,result}`
 pub const REFRESHES_TOTAL: &str = "latchkey_credential_refreshes_total";
 /// `latchkey_credential_refresh_duration_seconds{credential}`
@@ -181,6 +184,11 @@ fn describe() {
         RETRY401_TOTAL,
         Unit::Count,
         "Upstream credential rejections handled by the 401 retry, by route and outcome."
+    );
+    describe_counter!(
+        UPSTREAM_RESENDS_TOTAL,
+        Unit::Count,
+        "Idempotent requests without a body sent again on a new connection after a reused one closed under them, and answered, by route."
     );
     describe_counter!(
         REFRESHES_TOTAL,

@@ -12,11 +12,12 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 /// Every metric latchkey exports (see `src/metrics.rs`).
-const KNOWN: [&str; 13] = [
+const KNOWN: [&str; 14] = [
     "latchkey_requests_total",
     "latchkey_request_duration_seconds",
     "latchkey_upstream_responses_total",
     "latchkey_retry401_total",
+    "latchkey_upstream_resends_total",
     "latchkey_credential_refreshes_total",
     "latchkey_credential_refresh_duration_seconds",
     "latchkey_credential_expiration_timestamp_seconds",
@@ -270,6 +271,7 @@ fn dashboard_parses_and_has_the_panels() {
         ],
     );
     has("retry", &["by (outcome)", "latchkey_retry401_total"]);
+    has("resent", &["by (route)", "latchkey_upstream_resends_total"]);
     has(
         "refresh success",
         &[

@@ -132,6 +132,9 @@ pub struct RequestFacts {
     pub upstream_time: Option<Duration>,
     /// Requests sent upstream (2 after a replay).
     pub upstream_attempts: u8,
+    /// The upstream's answer came to the request sent again after a
+    /// reused connection lost it ([`crate::upstream::Resent`]).
+    pub upstream_resent: bool,
     /// A refresh the request waited for.
     pub refresh: Option<RefreshFact>,
     /// The 401 retry's outcome, if one was considered.

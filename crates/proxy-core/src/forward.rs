@@ -343,7 +343,12 @@ impl After {
                 f.upstream_attempts = f.upstream_attempts.saturating_add(1);
                 f.upstream_time = Some(upstream_time);
                 f.upstream_status = match &result {
-                    Ok(Ok(r)) => Some(r.status().as_u16()),
+                    Ok(Ok(r)) => {
+                        if r.extensions().get::<crate::upstream::Resent>().is_some() {
+                            f.upstream_resent = true;
+                        }
+                        Some(r.status().as_u16())
+                    }
                     _ => None,
                 };
             });

@@ -24,7 +24,7 @@
 pub mod client_cert;
 pub mod pool;
 
-pub use pool::{OriginPool, PoolSettings, PooledBody, SendError};
+pub use pool::{OriginPool, PoolSettings, PooledBody, Resent, SendError};
 
 use crate::ProxyBody;
 use crate::config::UpstreamUrl;

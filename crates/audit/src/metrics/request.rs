@@ -3,7 +3,8 @@
 
 use super::histogram::{self, Histogram};
 use super::{
-    HANDLE, REQUESTS_TOTAL, RETRY401_TOTAL, UPSTREAM_RESPONSES_TOTAL, label, status_class,
+    HANDLE, REQUESTS_TOTAL, RETRY401_TOTAL, UPSTREAM_RESENDS_TOTAL, UPSTREAM_RESPONSES_TOTAL,
+    label, status_class,
 };
 use crate::record::RequestRecord;
 use metrics::SharedString;
@@ -41,6 +42,9 @@ pub fn record_request(facts: &RequestFacts, record: &RequestRecord<'_>, duration
                 .map(|c| &c.id)
                 .or(facts.route_credential.as_ref());
             route.upstream(credential, status, len).increment(1);
+        }
+        if facts.upstream_resent {
+            metrics::counter!(UPSTREAM_RESENDS_TOTAL, "route" => route.label.clone()).increment(1);
         }
         if let Some(outcome) = facts.retry {
             metrics::counter!(RETRY401_TOTAL, "route" => route.label.clone(), "outcome" => outcome)

@@ -63,6 +63,7 @@ fn requests_upstreams_and_retries_are_counted_with_closed_labels() {
             expires_at: None,
         }),
         upstream_status: Some(401),
+        upstream_resent: true,
         retry: Some("still_unauthorized"),
         ..RequestFacts::default()
     };
@@ -118,6 +119,7 @@ fn requests_upstreams_and_retries_are_counted_with_closed_labels() {
         ),
         Some(2.0)
     );
+    assert_eq!(sample(&text, UPSTREAM_RESENDS_TOTAL, &[r]), Some(2.0));
     assert_eq!(
         sample(
             &text,

@@ -185,6 +185,7 @@ pub use h2::{H2_CONNECTION_WINDOW, H2_MAX_HEADER_LIST, H2_STREAM_WINDOW};
 
 use forms::{absolute_form, origin_form};
 use resend::Resend;
+pub use resend::Resent;
 
 /// Dead pooled connections a request skips before it connects instead.
 const MAX_DEAD_CHECKOUTS: u32 = 8;
@@ -245,6 +246,9 @@ impl OriginPool {
         // Rebound here, outside the block, so the block captures it as is.
         let mut req = req;
         async move {
+            // Whether this is the request again after a reused connection
+            // lost it (see `resend`): its response is marked `Resent`.
+            let mut resent = false;
             // Pooled connections found dead so far: past a few (an upstream
             // that restarted leaves every idle connection dead), connect.
             let mut dead = 0;
@@ -295,7 +299,7 @@ impl OriginPool {
                             resend = Resend::of(&req);
                         }
                         match tx.try_send_request(req).await {
-                            Ok(resp) => return Ok(self.h1_response(resp, tx)),
+                            Ok(resp) => return Ok(self.h1_response(resp, tx, resent)),
                             Err(e) => e,
                         }
                     }
@@ -341,6 +345,7 @@ impl OriginPool {
                         tracing::debug!(upstream = %self.authority, "pooled connection closed under the request; sending it again on a new connection");
                         req = copy.into_request();
                         dead = MAX_DEAD_CHECKOUTS;
+                        resent = true;
                     }
                     _ => return Err(SendError::Http(unsent.into_error())),
                 }
@@ -350,9 +355,13 @@ impl OriginPool {
 
     fn h1_response(
         self: Arc<Self>,
-        resp: Response<Incoming>,
+        mut resp: Response<Incoming>,
         tx: http1::SendRequest<ProxyBody>,
+        resent: bool,
     ) -> Response<PooledBody> {
+        if resent {
+            resp.extensions_mut().insert(Resent);
+        }
         // After a protocol switch the connection belongs to the upgrade.
         let reusable = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
         resp.map(|inner| {

@@ -39,6 +39,12 @@ use std::io;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// Marks (in its extensions) the response to a request that was sent
+/// again after a reused connection lost it, so the proxy can count it
+/// (`latchkey_upstream_resends_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resent;
+
 /// How long a pooled connection must have been idle for its request to
 /// be kept for a resend.
 pub(super) const QUIET: Duration = Duration::from_millis(100);

@@ -111,13 +111,25 @@ fn request(addr: SocketAddr, method: Method, body: ProxyBody) -> Request<ProxyBo
         .unwrap()
 }
 
+/// The status and body, and whether the response is marked [`Resent`].
+async fn send_marked(
+    pool: &Arc<OriginPool>,
+    req: Request<ProxyBody>,
+) -> Result<(StatusCode, Bytes, bool), SendError> {
+    let resp = pool.clone().send(req).await?;
+    let (status, resent) = (resp.status(), resp.extensions().get::<Resent>().is_some());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Ok((status, body, resent))
+}
+
+/// The status and body of a response not marked [`Resent`].
 async fn send(
     pool: &Arc<OriginPool>,
     req: Request<ProxyBody>,
 ) -> Result<(StatusCode, Bytes), SendError> {
-    let resp = pool.clone().send(req).await?;
-    let status = resp.status();
-    Ok((status, resp.into_body().collect().await.unwrap().to_bytes()))
+    let (status, body, resent) = send_marked(pool, req).await?;
+    assert!(!resent, "marked Resent");
+    Ok((status, body))
 }
 
 /// The first request puts connection 0 in the pool, which then stays
@@ -150,13 +162,11 @@ async fn an_idempotent_request_without_a_body_goes_again_on_a_new_connection() {
         Method::OPTIONS,
     ] {
         let (up, pool) = warmed(Later::Answer).await;
-        let got = send(
-            &pool,
-            request(up.addr, method.clone(), crate::body::empty()),
-        )
-        .await;
-        let (status, body) = got.unwrap_or_else(|e| panic!("{method}: {e:?}"));
+        let req = request(up.addr, method.clone(), crate::body::empty());
+        let got = send_marked(&pool, req).await;
+        let (status, body, resent) = got.unwrap_or_else(|e| panic!("{method}: {e:?}"));
         assert_eq!(status, StatusCode::OK, "{method}");
+        assert!(resent, "{method}: the response is marked Resent");
         if method != Method::HEAD {
             assert_eq!(body, Bytes::from_static(b"conn 1"), "{method}");
         }
