@@ -278,7 +278,13 @@ impl OriginPool {
                     Conn::H2(mut tx, id) => {
                         absolute_form(&mut req, &self.scheme, &self.authority);
                         match tx.try_send_request(req).await {
-                            Ok(resp) => return Ok(resp.map(PooledBody::unpooled)),
+                            Ok(mut resp) => {
+                                // A resend's new connection may be h2.
+                                if resent {
+                                    resp.extensions_mut().insert(Resent);
+                                }
+                                return Ok(resp.map(PooledBody::unpooled));
+                            }
                             Err(mut e) => {
                                 // A request handed back unsent means the
                                 // connection is going away: stop sharing it. (A
@@ -399,17 +405,13 @@ impl OriginPool {
 
     /// Puts a ready connection in the pool.
     fn put(self: Arc<Self>, tx: http1::SendRequest<ProxyBody>) {
-        let since = self.tick.load(Ordering::Relaxed);
+        let (since, at) = (self.tick.load(Ordering::Relaxed), Instant::now());
         let mut state = self.lock();
         if state.idle.len() >= self.settings.max_idle {
             // Full: this one closes (dropping its sender ends it).
             return;
         }
-        state.idle.push(Idle {
-            tx,
-            since,
-            at: Instant::now(),
-        });
+        state.idle.push(Idle { tx, since, at });
         self.start_reaper(state);
     }
 
