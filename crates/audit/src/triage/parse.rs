@@ -184,9 +184,17 @@ fn parse_ts(s: &str) -> Option<SystemTime> {
     }
     let shift = std::time::Duration::from_secs(h * 3600 + m * 60);
     let as_utc = humantime::parse_rfc3339(&format!("{local}Z")).ok()?;
-    if sign > 0 {
+    let t = if sign > 0 {
         as_utc.checked_sub(shift)
     } else {
         as_utc.checked_add(shift)
-    }
+    }?;
+    // The offset can move the instant out of the years the report's
+    // formatter takes (1970 to 9999, as the parser): such a line is not
+    // a record latchkey wrote, and is skipped like any other junk.
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    (since < LAST_YEAR_END).then_some(t)
 }
+
+/// 10000-01-01T00:00:00Z, as seconds since the epoch.
+const LAST_YEAR_END: std::time::Duration = std::time::Duration::from_secs(253_402_300_800);

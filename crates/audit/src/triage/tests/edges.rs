@@ -180,6 +180,41 @@ fn timestamps_with_offsets_are_read() {
     assert_eq!(at("2026-11-23T10:00:00+25:00"), None, "not an offset");
 }
 
+/// An offset that moves the instant before 1970 or past 9999 makes the
+/// line junk (skipped and counted), for request and refresh records: the
+/// report's time formatter takes neither, and the report still comes out.
+#[test]
+fn timestamps_offset_out_of_range_are_skipped() {
+    for ts in [
+        "1970-01-01T00:00:00.000+01:00",
+        "1970-01-01T00:59:59Z",
+        "9999-12-31T23:59:59.000-01:00",
+    ] {
+        let request = set(
+            ok("10:00:00", Some("crm"), Some("crm-oauth")),
+            "/ts",
+            json!(ts),
+        );
+        let refresh = set(
+            refresh("10:00:00", "crm-oauth", Some("invalid_grant")),
+            "/ts",
+            json!(ts),
+        );
+        let good = ok("10:00:00", Some("crm"), Some("crm-oauth"));
+        let input: Vec<u8> = [request, refresh, good]
+            .iter()
+            .flat_map(|v| format!("{v}\n").into_bytes())
+            .collect();
+        let r = run_triage(&input, &opts());
+        let bad = usize::from(ts != "1970-01-01T00:59:59Z") * 2;
+        assert_eq!(r.totals.skipped_lines as usize, bad, "{ts}");
+        assert_eq!(r.totals.lines, 3, "{ts}");
+        // Both renderings work.
+        assert!(!render_text(&r).is_empty());
+        assert!(serde_json::to_string(&r).is_ok());
+    }
+}
+
 /// An `invalid_grant` earlier in a failing streak is named, and its advice
 /// given, even when the latest attempt failed with something else.
 #[test]
