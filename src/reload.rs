@@ -60,6 +60,9 @@ pub enum ReloadError {
     /// latchkey was started without a config file.
     #[error("reload is not available: latchkey was started without a config file")]
     NoFile,
+    /// The runtime shut down while the reload ran (latchkey is stopping).
+    #[error("the reload was interrupted: latchkey is shutting down")]
+    Interrupted,
 }
 
 /// Reloads one config file into a running proxy.
@@ -125,7 +128,28 @@ impl Reloader {
 
     /// Reloads now. With `only_if_changed`, identical file content is a
     /// no-op (the watcher sees many events per update).
+    ///
+    /// A reload runs to its end even if the caller stops waiting for it (a
+    /// management API caller that disconnects while the reload waits for a
+    /// refresh, a timeout around this call): cut between reading the file
+    /// and swapping, it would leave the new content recorded as seen but
+    /// never applied, and every later watcher reload would skip it as
+    /// unchanged.
     pub async fn reload(
+        self: &Arc<Self>,
+        trigger: &'static str,
+        only_if_changed: bool,
+    ) -> Result<ReloadOutcome, ReloadError> {
+        let this = self.clone();
+        let task = tokio::spawn(async move { this.reload_to_end(trigger, only_if_changed).await });
+        match task.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(ReloadError::Interrupted),
+        }
+    }
+
+    async fn reload_to_end(
         &self,
         trigger: &'static str,
         only_if_changed: bool,

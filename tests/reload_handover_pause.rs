@@ -308,3 +308,63 @@ async fn a_scope_edit_during_a_running_refresh_still_fetches_with_the_new_scopes
     .await;
     rig.running.shutdown().await;
 }
+
+/// A reload whose caller stops waiting (a management API caller that
+/// disconnects, a timeout around the call) while the reload waits for a
+/// rotating credential's refresh still applies the new config. Cut
+/// there, it left the new file recorded as seen and never applied: every
+/// later watcher reload skipped it as unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_whose_caller_goes_away_still_applies_the_file() {
+    let rig = rig().await;
+    let (ea, running) = (&rig.eps[0], &rig.running);
+    let a = running.proxy().credentials[0].clone();
+    let old_c = running.proxy().credentials[2].clone();
+    ea.set_delay(Duration::from_secs(1));
+    let a2 = a.clone();
+    let a_refresh = tokio::spawn(async move { a2.refresh_now().await });
+    with_timeout(async {
+        while ea.calls() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // c's scopes change: c is built anew.
+    rig.rewrite("memory", "read, write");
+    let a_source = a
+        .as_any()
+        .and_then(|x| x.downcast_ref::<refresh_layer::RefreshingSource>())
+        .unwrap()
+        .clone();
+    let reloader = running.reloader().unwrap();
+    {
+        let reload = reloader.reload("api", false);
+        tokio::pin!(reload);
+        tokio::select! {
+            r = &mut reload => panic!("the reload did not wait for a's refresh: {r:?}"),
+            () = async {
+                while !a_source.is_paused() {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            } => {}
+        }
+        // The caller goes away while the reload waits for a.
+    }
+    with_timeout(async {
+        while running
+            .proxy()
+            .credentials
+            .iter()
+            .any(|c| std::sync::Arc::ptr_eq(c, &old_c))
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // The file is recorded as applied: a watcher reload has nothing to do.
+    let again = reloader.reload("file", true).await.expect("reload");
+    assert!(!again.changed, "{again:?}");
+    ea.set_delay(Duration::ZERO);
+    let _ = a_refresh.await;
+    rig.running.shutdown().await;
+}
