@@ -175,6 +175,11 @@ async fn attempt(
     if let Some(s) = &stored
         && s.generation > our_gen
         && invalidated.is_none_or(|g| s.generation > g)
+        // A newer state that holds the very token served is nothing new:
+        // saved for the refresh token a useless refresh rotated to, with
+        // the access token kept. After a 401 for that token, adopting it
+        // would "refresh" to the token just refused, with no token call.
+        && ours.as_ref().is_none_or(|o| o.cred.expose() != s.access_token)
         && adoptable(s, inner, trigger)
     {
         tracing::info!(credential = %inner.id, generation = s.generation, "adopting a credential refreshed by another process");
@@ -232,6 +237,17 @@ async fn attempt(
                         obtained_at_ms: crate::token::to_ms(cred.obtained_at),
                         ..state
                     };
+                    // Nothing new is held then, unless a refresh token is
+                    // to be saved: the access token is the one served, the
+                    // refresh token the base's. A new generation would say
+                    // otherwise, and the write-back would take a store
+                    // another process has since rotated (a lower
+                    // generation than this one) for a store that lost this
+                    // state, and write the spent refresh token over the
+                    // live one.
+                    if !rotated && !unsaved {
+                        state.generation = base_gen;
+                    }
                 }
             }
             // A failure saves only a refresh token still to be saved: one

@@ -6,18 +6,25 @@ use crate::store::{Store, StoreLock};
 use std::sync::Mutex;
 
 /// Per-call behaviour: 'o' = ok 3600 s, 's' = ok but 120 s, 'z' = expired (0 s),
-/// 'h' = hang for ever, 'e' = HTTP 503, 'g' = `invalid_grant`. Past the
-/// script: 'e'.
+/// 'Z' = expired and no new refresh token, 'h' = hang for ever, 'e' = HTTP
+/// 503, 'g' = `invalid_grant`. Past the script: 'e'. Call n's tokens are
+/// `tok-n` and `rt-n`, after the script's prefix.
 #[derive(Debug)]
 pub(super) struct Script {
     plan: Vec<u8>,
+    prefix: &'static str,
     pub(super) calls: AtomicUsize,
     seen: Mutex<Vec<Option<String>>>,
 }
 impl Script {
     pub(super) fn new(plan: &str) -> Arc<Self> {
+        Self::named(plan, "")
+    }
+    /// Tokens named `{prefix}tok-n` and `{prefix}rt-n`.
+    pub(super) fn named(plan: &str, prefix: &'static str) -> Arc<Self> {
         Arc::new(Self {
             plan: plan.as_bytes().to_vec(),
+            prefix,
             calls: AtomicUsize::new(0),
             seen: Mutex::new(vec![]),
         })
@@ -43,11 +50,12 @@ impl TokenProvider for Script {
             .unwrap()
             .push(current.and_then(|c| c.refresh_token.clone()));
         let what = self.plan.get(n - 1).copied().unwrap_or(b'e');
+        let prefix = self.prefix;
         Box::pin(async move {
             let life = match what {
                 b'o' => S(3600),
                 b's' => S(120),
-                b'z' => Duration::ZERO,
+                b'z' | b'Z' => Duration::ZERO,
                 b'h' => {
                     futures_util::future::pending::<()>().await;
                     unreachable!()
@@ -62,9 +70,10 @@ impl TokenProvider for Script {
                 _ => return Err(ProviderError::Http { status: 503 }),
             };
             Ok(Token {
-                access_token: SecretString::from(format!("tok-{n}")),
+                access_token: SecretString::from(format!("{prefix}tok-{n}")),
                 expires_in: Some(life),
-                refresh_token: Some(SecretString::from(format!("rt-{n}"))),
+                refresh_token: (what != b'Z')
+                    .then(|| SecretString::from(format!("{prefix}rt-{n}"))),
             })
         })
     }

@@ -63,3 +63,64 @@ async fn a_handover_after_a_useless_rotation_carries_the_new_refresh_token() {
         "the replacement refreshed with {seen:?}: rt-1 was already spent"
     );
 }
+
+/// Such a rotation is saved with the access token held (generation 2
+/// holds `tok-1` and `rt-2`). A 401 for `tok-1` then asks for a token
+/// other than `tok-1`: the stored generation 2 is not one (it used to be
+/// adopted as a refresh, with no token call, and the 401 retry replayed
+/// the refused token); the forced refresh fetches one with `rt-2`.
+#[tokio::test(start_paused = true)]
+async fn a_forced_refresh_never_adopts_the_token_it_replaces() {
+    let p = Script::new("ozo");
+    let store = Saves::new("");
+    let src = RefreshingSource::new("crm", p.clone(), store.clone(), RefreshSettings::default());
+    assert_eq!(token(&src).await, "tok-1");
+    assert!(src.invalidate(1).await.is_err(), "tok-2 arrives expired");
+    let saved = store.inner.load("crm").await.unwrap().unwrap();
+    assert_eq!(
+        (saved.generation, saved.access_token.as_str()),
+        (2, "tok-1")
+    );
+    tokio::time::advance(S(2)).await;
+    let _ = src.invalidate(1).await;
+    assert_eq!(p.calls.load(Ordering::SeqCst), 3, "no token call was made");
+    assert_eq!(token(&src).await, "tok-3");
+    assert_eq!(p.seen().last().cloned().flatten().as_deref(), Some("rt-2"));
+}
+
+/// Two processes share a store. B's refreshes twice bring an access token
+/// expired on arrival and no new refresh token: nothing new, so nothing is
+/// saved and B's state keeps its generation (it used to climb, 1 to 3, in
+/// memory). A then rotates the refresh token (generation 2, `a-rt-1`). B's
+/// write-back must not take the store for one that lost B's state: it
+/// used to write the spent `rt-1` over the live `a-rt-1` (generation 3
+/// beat 2), and every refresh after was an `invalid_grant`.
+#[tokio::test(start_paused = true)]
+async fn useless_refreshes_without_rotation_never_overwrite_a_newer_store() {
+    let store = Arc::new(MemoryStore::new());
+    let settings = RefreshSettings {
+        backoff_min: S(60),
+        ..RefreshSettings::default()
+    };
+    let pb = Script::new("oZZ");
+    let b = RefreshingSource::new("crm", pb.clone(), store.clone(), settings.clone());
+    assert_eq!(token(&b).await, "tok-1");
+    let pa = Script::named("o", "a-");
+    let a = RefreshingSource::new("crm", pa.clone(), store.clone(), settings);
+    assert_eq!(token(&a).await, "tok-1", "A adopts the stored token");
+    assert_eq!(pa.calls.load(Ordering::SeqCst), 0);
+    assert!(b.refresh_now().await.is_err());
+    assert!(b.refresh_now().await.is_err());
+    assert_eq!(pb.calls.load(Ordering::SeqCst), 3);
+    assert!(a.refresh_now().await.is_ok());
+    let rotated = store.load("crm").await.unwrap().unwrap();
+    assert_eq!(rotated.refresh_token.as_deref(), Some("a-rt-1"));
+    // Past several of B's store checks.
+    tokio::time::sleep(S(35)).await;
+    let later = store.load("crm").await.unwrap().unwrap();
+    assert_eq!(
+        (later.generation, later.refresh_token.as_deref()),
+        (rotated.generation, Some("a-rt-1")),
+        "the live refresh token was overwritten"
+    );
+}
