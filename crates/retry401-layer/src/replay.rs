@@ -6,7 +6,8 @@
 //! costs only the upload latency of bodies that are small by definition):
 //!
 //! - a body of known length (`Content-Length`, or an exact size hint) up to
-//!   the cap is read whole, waiting for it;
+//!   the cap is read whole, waiting for it while it keeps coming (`STALLED`,
+//!   a pause of 1 s) and for `READ_AHEAD` (10 s) in all;
 //! - a body of unknown length (chunked, or h2 without `Content-Length`) is
 //!   read only as far as it arrives without a pause (`ARRIVING`, 20 ms
 //!   between frames): if it ends there, within
@@ -86,9 +87,11 @@ pub async fn capture(
     let mut body = body;
     let mut buf = BytesMut::new();
     let mut trailers = None;
+    let deadline = tokio::time::Instant::now() + READ_AHEAD;
     loop {
         let pause = if wait { STALLED } else { ARRIVING };
-        let next = match tokio::time::timeout(pause, body.frame()).await {
+        let until = deadline.min(tokio::time::Instant::now() + pause);
+        let next = match tokio::time::timeout_at(until, body.frame()).await {
             Ok(next) => next,
             // Not arrived yet: send what was read and stream the rest (the
             // route's timeout then applies to it, as to any request).
@@ -134,6 +137,13 @@ pub async fn capture(
 /// only once the request goes upstream. Past it the request goes with what
 /// was read, the rest streams behind, and it is not replayable.
 const STALLED: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long reading ahead may take in all: a caller that trickles a body
+/// of declared length (a byte every 0.9 s never pauses for `STALLED`)
+/// would otherwise hold its request and its slot for days. 1 MiB, the
+/// default cap, arrives within it at 1 Mbit/s. Past it the request goes
+/// with what was read, as after a stall.
+const READ_AHEAD: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long a body of unknown length may pause between frames and still
 /// be read ahead. Not a single look: hyper's HTTP/1.1 server hands over
@@ -304,6 +314,31 @@ mod tests {
         let body = boxed(http_body_util::StreamBody::new(frames));
         let (_, replay) = capture(body, Some(6), 1024).await.unwrap();
         assert_eq!(collect(replay.unwrap().body()).await, "ababab");
+    }
+
+    /// A body of declared length that trickles in (a byte every 0.9 s:
+    /// never a 1 s stall) is read ahead for `READ_AHEAD` in all, not until
+    /// it ends: the request then goes with what was read, the rest
+    /// streaming behind, not replayable.
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_body_is_read_ahead_for_a_bounded_time() {
+        let frames = stream::unfold(0u8, |n| async move {
+            if n == 100 {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+            Some((
+                Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"x"))),
+                n + 1,
+            ))
+        });
+        let body = boxed(http_body_util::StreamBody::new(frames));
+        let started = tokio::time::Instant::now();
+        let (first, replay) = capture(body, Some(100), 1024).await.unwrap();
+        assert_eq!(started.elapsed(), READ_AHEAD);
+        assert!(replay.is_none());
+        // Nothing is lost: the 11 bytes read, then the rest.
+        assert_eq!(collect(first).await, "x".repeat(100));
     }
 
     /// What was read plus the rest: the prefix counts in the upper bound
