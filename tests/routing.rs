@@ -362,6 +362,9 @@ async fn paths_that_resolve_elsewhere_upstream_are_refused() {
         "/api/x%2F..%2F..%2Fadmin/users",
         // Decoding `%31` must not complete `%6` into `%61`.
         "/api/%6%31dmin/users",
+        // `/api/admin/users` to a servlet container, which drops `;params`.
+        "/api/admin;x/users",
+        "/api/admin;/users",
     ] {
         let resp = get_as_billing(&p, path, &[]).await;
         let msg = assert_proxy_error(&resp, 400, "bad_request");
@@ -371,9 +374,12 @@ async fn paths_that_resolve_elsewhere_upstream_are_refused() {
         );
     }
     assert_eq!(up.hit_count(), 0);
-    // An ordinary path with an encoded space still goes through.
+    // An ordinary path with an encoded space still goes through, and so
+    // do params in the last segment (Tomcat's `;jsessionid=`).
     let v = echoed(&get_as_billing(&p, "/api/a%20b", &[]).await);
     assert_eq!(v["path"], "/api/a%20b");
+    let v = echoed(&get_as_billing(&p, "/api/a;jsessionid=1", &[]).await);
+    assert_eq!(v["path"], "/api/a;jsessionid=1");
 }
 
 /// An encoded unreserved character is that character (RFC 3986): it is

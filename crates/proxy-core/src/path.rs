@@ -16,6 +16,9 @@
 //!     decoded (`%2e%2e`);
 //!   - an empty segment (`//`, which many servers merge) other than the
 //!     last (`/app/`, Tomcat's `/app/;jsessionid=...`);
+//!   - a literal `;params` in a segment other than the last (servlet
+//!     containers drop them: `/api/admin;x/secret` is `/api/admin/secret`
+//!     to them, which a route on `/api/admin/` would not match here);
 //!   - a backslash (which some servers take for a slash);
 //!   - a `%` that does not start a `%XX` escape (nginx and Go refuse it
 //!     too): kept, it could join hex digits decoded after it into a new
@@ -52,6 +55,9 @@ pub fn normalize(path: &str, slashes: EscapedSlashes) -> Result<Option<String>, 
     // The segment being read: where it starts, where its `;params` start.
     let mut start = 0;
     let mut params = None;
+    // Whether the segment has a literal `;` (servlet containers split
+    // params off before decoding: `%3B` is part of the name to them).
+    let mut literal_params = false;
     // Whether the segment being read is the one before a leading `/`.
     let mut leading = true;
     let mut i = 0;
@@ -61,10 +67,14 @@ pub fn normalize(path: &str, slashes: EscapedSlashes) -> Result<Option<String>, 
         match c {
             b'/' => {
                 check(b, start, params.unwrap_or(i), leading, false)?;
+                if literal_params {
+                    return Err(INNER_PARAMS);
+                }
                 (start, params, leading) = (i + 1, None, false);
             }
             b';' => {
                 params.get_or_insert(i);
+                literal_params = true;
             }
             b'\\' => return Err("a backslash"),
             b'%' => {
@@ -82,6 +92,9 @@ pub fn normalize(path: &str, slashes: EscapedSlashes) -> Result<Option<String>, 
                             }
                             // A slash to whoever decodes it: the same checks.
                             check(b, start, params.unwrap_or(i), leading, false)?;
+                            if literal_params {
+                                return Err(INNER_PARAMS);
+                            }
                             (start, params, leading) = (i + 3, None, false);
                         }
                         // An encoded `;` starts params to whoever decodes
@@ -108,6 +121,14 @@ pub fn normalize(path: &str, slashes: EscapedSlashes) -> Result<Option<String>, 
     check(b, start, params.unwrap_or(b.len()), leading, true)?;
     Ok(out.finish(b))
 }
+
+/// A segment other than the last with `;params`: servlet containers
+/// (Tomcat, Jetty, Spring) drop them before mapping the path, so
+/// `/api/admin;x/secret` is `/api/admin/secret` to them, while a route on
+/// `/api/admin/` does not match it here and a route on `/api/` (and its
+/// client permissions) would. In the last segment (`/app/page;jsessionid=`)
+/// they cannot move the path across a route prefix that ends in `/`.
+const INNER_PARAMS: Problem = "a ;parameter in a path segment other than the last";
 
 /// Checks the segment whose name (the part before any `;params`) is
 /// `b[start..end]`, escapes still in it: `.` and `..` (also encoded, as
@@ -216,7 +237,6 @@ mod tests {
             "/api/..x/y",
             "/api/x../y",
             "/api/.../y",
-            "/api/a;b/c",
             "/a/b%20c",
             "/caf%C3%A9",
             "/100%25",
@@ -290,6 +310,11 @@ mod tests {
                 "a % that does not start a %XX escape",
             ),
             ("/api/..;", "a . or .. path segment"),
+            ("/api/a;b/c", INNER_PARAMS),
+            ("/api/admin;x/secret", INNER_PARAMS),
+            ("/api/admin;/secret", INNER_PARAMS),
+            ("/api/admin;x%2Fsecret", INNER_PARAMS),
+            ("/a;b%2F", INNER_PARAMS),
         ] {
             assert_eq!(keep(bad), Err(problem), "{bad}");
         }
