@@ -338,6 +338,12 @@ fn check_ids<'a>(
                 path,
                 format!("{id:?}: ids use only letters, digits, '_', '-' and '.'"),
             ));
+        } else if id == "none" && section != "clients" {
+            // The metrics' label for no route matched / no credential.
+            errs.push(FieldError::new(
+                path,
+                "\"none\" cannot be a route or credential id: the metrics label requests that matched no route, or used no credential, `none`",
+            ));
         } else if !seen.insert(id) {
             errs.push(FieldError::new(path, format!("duplicate id {id:?}")));
         }

@@ -396,6 +396,25 @@ fn dot_ids_are_refused() {
     );
 }
 
+/// `none` is the metrics' label for "no route" and "no credential": a
+/// route or credential of that id would share their series. A client may
+/// be called `none` (clients label no metric).
+#[test]
+fn none_is_no_route_or_credential_id() {
+    let e = errors(&format!(
+        "{HEAD}clients: [{{ id: none, token: {{ env: T }}, routes: [none] }}]\ncredentials: [{{ id: none, static: {{ env: X }} }}]\nroutes: [{{ id: none, match: {{ path_prefix: /a/ }}, upstream: \"http://127.0.0.1:9\", credential: none }}]\n"
+    ));
+    for field in ["credentials[0].id", "routes[0].id"] {
+        assert!(
+            e.contains(&format!(
+                "t.yaml: {field}: \"none\" cannot be a route or credential id"
+            )),
+            "{e}"
+        );
+    }
+    assert!(!e.contains("clients[0].id"), "{e}");
+}
+
 /// Settings accepted but without effect where they are are warned about:
 /// a CA for a plain-http upstream, `refresh` on a static credential.
 #[test]
