@@ -605,3 +605,5 @@ fn hand_written_ts_and_addresses_are_exactly_serde_jsons() {
         r.with_json(|s| assert_eq!(s, expected));
     }
 }
+
+mod long;
