@@ -137,6 +137,38 @@ async fn start(path: &std::path::Path, config: &str) -> latchkey::Running {
     running
 }
 
+/// Starts a refresh of `cred` whose token call (at `ep`) takes `delay`,
+/// and waits until that call is under way.
+async fn slow_refresh(
+    ep: &token_endpoint::TokenEndpoint,
+    cred: &std::sync::Arc<dyn proxy_core::credential::CredentialSource>,
+    delay: Duration,
+) -> tokio::task::JoinHandle<()> {
+    ep.set_delay(delay);
+    let before = ep.calls();
+    let c = cred.clone();
+    let refresh = tokio::spawn(async move {
+        let _ = c.refresh_now().await;
+    });
+    with_timeout(async {
+        while ep.calls() <= before {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    refresh
+}
+
+/// `cred` as the refreshing source it is.
+fn refreshing(
+    cred: &std::sync::Arc<dyn proxy_core::credential::CredentialSource>,
+) -> refresh_layer::RefreshingSource {
+    cred.as_any()
+        .and_then(|x| x.downcast_ref::<refresh_layer::RefreshingSource>())
+        .unwrap()
+        .clone()
+}
+
 /// Credential `a` (rotating) moves from `memory` to `file` in a reload
 /// while credential `b` (rotating too) has a refresh running (a slow token
 /// endpoint: the reload waits for it). Meanwhile an upstream 401 asks for
@@ -155,15 +187,7 @@ async fn a_refresh_asked_for_while_the_reload_waits_does_not_fork_the_refresh_to
     assert_eq!(ea.invalid_grants(), 0);
 
     // b: a refresh that takes 1 s, running when the reload starts.
-    eb.set_delay(Duration::from_secs(1));
-    let b2 = b.clone();
-    let b_refresh = tokio::spawn(async move { b2.refresh_now().await });
-    with_timeout(async {
-        while eb.calls() < 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let b_refresh = slow_refresh(eb, &b, Duration::from_secs(1)).await;
     // The reload: a moves to the file store.
     rig.rewrite("file", "read");
     let reloader = running.reloader().unwrap();
@@ -225,23 +249,11 @@ async fn a_reload_holds_back_no_refresh_of_a_non_rotating_credential() {
     let creds = running.proxy().credentials.clone();
     let (a, c) = (creds[0].clone(), creds[2].clone());
 
-    ea.set_delay(Duration::from_secs(3));
-    let a2 = a.clone();
-    let a_refresh = tokio::spawn(async move { a2.refresh_now().await });
-    with_timeout(async {
-        while ea.calls() < 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let a_refresh = slow_refresh(&ea, &a, Duration::from_secs(3)).await;
     let reloader = running.reloader().unwrap();
     let reload = tokio::spawn(async move { reloader.reload("api", false).await });
     // Once a is paused, the reload waits for a's refresh (~3 s more).
-    let a_source = a
-        .as_any()
-        .and_then(|x| x.downcast_ref::<refresh_layer::RefreshingSource>())
-        .unwrap()
-        .clone();
+    let a_source = refreshing(&a);
     with_timeout(async {
         while !a_source.is_paused() {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -271,15 +283,7 @@ async fn a_scope_edit_during_a_running_refresh_still_fetches_with_the_new_scopes
     let rig = rig().await;
     let (ec, running) = (&rig.eps[2], &rig.running);
     let c = running.proxy().credentials[2].clone();
-    ec.set_delay(Duration::from_secs(1));
-    let c2 = c.clone();
-    let old_refresh = tokio::spawn(async move { c2.refresh_now().await });
-    with_timeout(async {
-        while ec.calls() < 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let old_refresh = slow_refresh(ec, &c, Duration::from_secs(1)).await;
     rig.rewrite("memory", "read, write");
     let reloader = running.reloader().unwrap();
     let outcome = reloader.reload("api", false).await.expect("reload");
@@ -320,22 +324,10 @@ async fn a_reload_whose_caller_goes_away_still_applies_the_file() {
     let (ea, running) = (&rig.eps[0], &rig.running);
     let a = running.proxy().credentials[0].clone();
     let old_c = running.proxy().credentials[2].clone();
-    ea.set_delay(Duration::from_secs(1));
-    let a2 = a.clone();
-    let a_refresh = tokio::spawn(async move { a2.refresh_now().await });
-    with_timeout(async {
-        while ea.calls() < 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let a_refresh = slow_refresh(ea, &a, Duration::from_secs(1)).await;
     // c's scopes change: c is built anew.
     rig.rewrite("memory", "read, write");
-    let a_source = a
-        .as_any()
-        .and_then(|x| x.downcast_ref::<refresh_layer::RefreshingSource>())
-        .unwrap()
-        .clone();
+    let a_source = refreshing(&a);
     let reloader = running.reloader().unwrap();
     {
         let reload = reloader.reload("api", false);
