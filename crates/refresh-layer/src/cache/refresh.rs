@@ -237,17 +237,17 @@ async fn attempt(
                         obtained_at_ms: crate::token::to_ms(cred.obtained_at),
                         ..state
                     };
-                    // Nothing new is held then, unless a refresh token is
-                    // to be saved: the access token is the one served, the
-                    // refresh token the base's. A new generation would say
-                    // otherwise, and the write-back would take a store
-                    // another process has since rotated (a lower
-                    // generation than this one) for a store that lost this
-                    // state, and write the spent refresh token over the
-                    // live one.
-                    if !rotated && !unsaved {
-                        state.generation = base_gen;
-                    }
+                }
+                // Nothing worth a generation is held then, unless a refresh
+                // token is to be saved: the access token is the one served
+                // (or a useless one), the refresh token the base's. A new
+                // generation would say otherwise, climbing with every
+                // failure, and the write-back would take a store another
+                // process has since rotated (a lower generation) for a
+                // store that lost this state, and write the spent refresh
+                // token over the live one.
+                if !rotated && !unsaved && base.is_some() {
+                    state.generation = base_gen;
                 }
             }
             // A failure saves only a refresh token still to be saved: one

@@ -124,3 +124,47 @@ async fn useless_refreshes_without_rotation_never_overwrite_a_newer_store() {
         "the live refresh token was overwritten"
     );
 }
+
+/// The same with nothing valid held, so the useless token is what B
+/// keeps: B's first token arrives expired (with `rt-1`, saved), then two
+/// more without a new refresh token. B's generation must not climb past
+/// what A saves next.
+#[tokio::test(start_paused = true)]
+async fn useless_refreshes_with_nothing_valid_held_never_overwrite_a_newer_store() {
+    let store = Arc::new(MemoryStore::new());
+    let settings = RefreshSettings {
+        backoff_min: S(60),
+        ..RefreshSettings::default()
+    };
+    let pb = Script::new("zZZ");
+    let b = RefreshingSource::new("crm", pb.clone(), store.clone(), settings.clone());
+    for _ in 0..3 {
+        assert!(b.refresh_now().await.is_err());
+    }
+    assert_eq!(pb.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        store
+            .load("crm")
+            .await
+            .unwrap()
+            .unwrap()
+            .refresh_token
+            .as_deref(),
+        Some("rt-1")
+    );
+    // A starts: the stored token is expired, so it refreshes with `rt-1`.
+    let pa = Script::named("o", "a-");
+    let a = RefreshingSource::new("crm", pa.clone(), store.clone(), settings);
+    assert_eq!(token(&a).await, "a-tok-1");
+    assert_eq!(pa.seen(), [Some("rt-1".to_owned())]);
+    let rotated = store.load("crm").await.unwrap().unwrap();
+    assert_eq!(rotated.refresh_token.as_deref(), Some("a-rt-1"));
+    // Past several of B's store checks (its backoff, 60 s, is not over).
+    tokio::time::sleep(S(35)).await;
+    let later = store.load("crm").await.unwrap().unwrap();
+    assert_eq!(
+        (later.generation, later.refresh_token.as_deref()),
+        (rotated.generation, Some("a-rt-1")),
+        "the live refresh token was overwritten"
+    );
+}
