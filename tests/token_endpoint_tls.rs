@@ -81,6 +81,28 @@ async fn a_token_endpoint_behind_a_private_ca_is_trusted_through_ca_file() {
         Some("Bearer tls-idp-token")
     );
     assert!(idp.hit_count() >= 1);
+
+    // The bundle replaced by a named pipe (whose open would wait for a
+    // writer for ever, on this test's single runtime thread): the next
+    // refresh fails at once, naming the file, and the token held is
+    // still served.
+    std::fs::remove_file(&ca_file).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&ca_file)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let idp_cred = p.running.as_ref().unwrap().proxy().credentials[0].clone();
+    let err = with_timeout(idp_cred.refresh_now())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ca_file") && err.contains("not a regular file"),
+        "{err}"
+    );
+    let (status, _, _) = get(&p.url("/api/x"), &headers).await;
+    assert_eq!(status, 200);
     assert!(p.stop().await);
 }
 

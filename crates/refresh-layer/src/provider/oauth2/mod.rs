@@ -201,6 +201,12 @@ impl OAuth2Provider {
         }
         for (k, v) in &self.params {
             form.append_pair(k, v);
+            // A value may be a secret (a `client_assertion`). Short ones
+            // (`read`, an audience) are not, and redacting them would
+            // garble every message they occur in.
+            if v.len() >= MIN_REDACTED_PARAM {
+                sent.push(SecretString::from(v.clone()));
+            }
         }
 
         let secret = match &self.client_secret {
@@ -264,7 +270,8 @@ impl OAuth2Provider {
     ) -> Result<Token, ProviderError> {
         let response = self
             .trust
-            .client()?
+            .client()
+            .await?
             .request(request)
             .await
             .map_err(|e| ProviderError::Transport(error_chain(&e)))?;
@@ -272,22 +279,24 @@ impl OAuth2Provider {
         let wait = matches!(status, 429 | 503)
             .then(|| retry_after(response.headers(), std::time::SystemTime::now()))
             .flatten();
-        let body = match Limited::new(response.into_body(), MAX_BODY).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(ProviderError::Transport(format!(
-                    "response body larger than {MAX_BODY} bytes"
-                )));
-            }
-            Err(e) => return Err(ProviderError::Transport(error_chain(&*e))),
-        };
-        parse_response(status, &body, sent).map_err(|error| match wait {
+        let with_wait = |error| match wait {
             Some(retry_after) => ProviderError::RetryAfter {
                 error: Box::new(error),
                 retry_after,
             },
             None => error,
-        })
+        };
+        // A 429 or 503 whose body cannot be read still asks for its wait.
+        let body = match Limited::new(response.into_body(), MAX_BODY).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(with_wait(ProviderError::Transport(format!(
+                    "response body larger than {MAX_BODY} bytes"
+                ))));
+            }
+            Err(e) => return Err(with_wait(ProviderError::Transport(error_chain(&*e)))),
+        };
+        parse_response(status, &body, sent).map_err(with_wait)
     }
 }
 
@@ -524,6 +533,10 @@ pub(crate) fn parse_expires_in(
 /// Endpoint-supplied text, made safe to log: anything we sent (a refresh
 /// token, the client secret) is replaced, control characters are dropped and
 /// the length is capped.
+/// `oauth2.params` values this long or longer are redacted from what the
+/// token endpoint answers, as the secrets sent are.
+const MIN_REDACTED_PARAM: usize = 8;
+
 fn scrub(text: &str, sent: &[SecretString]) -> String {
     let mut out = text.to_owned();
     for s in sent {

@@ -605,3 +605,5 @@ async fn a_token_that_is_not_bearer_is_refused_and_bearer_in_any_case_is_not() {
         assert!(got.is_ok(), "{tt:?}: {got:?}");
     }
 }
+
+mod echo;
