@@ -2,8 +2,8 @@
 //!
 //! Typical writers are a Vault agent template, a Kubernetes projected
 //! service-account token or a sidecar. The file is either the token itself
-//! (surrounding whitespace trimmed) or JSON with the token in `token_field`
-//! and, optionally, its expiry in `expiry_field` (RFC 3339, or Unix seconds or
+//! or JSON with the token in `token_field` (surrounding whitespace trimmed
+//! either way) and, optionally, its expiry in `expiry_field` (RFC 3339, or Unix seconds or
 //! milliseconds).
 //! Field names may be dotted (`status.token`) to reach into nested objects.
 //!
@@ -115,7 +115,9 @@ impl FileTokenProvider {
             ))
         })?;
         let access_token = match lookup(&json, token_field) {
-            Some(serde_json::Value::String(t)) => self.check_token(t, Some(token_field))?,
+            // Trimmed as a plain token file is (a template that wrote
+            // `"token": "{{ .Data.token }}\n"`).
+            Some(serde_json::Value::String(t)) => self.check_token(t.trim(), Some(token_field))?,
             Some(_) => return Err(self.error(format!("field {token_field:?} is not a string"))),
             None => return Err(self.error(format!("has no field {token_field:?}"))),
         };
@@ -298,6 +300,20 @@ mod tests {
         assert_eq!(token.access_token.expose_secret(), "tok-canary");
         assert_eq!(token.expires_in, None);
         assert!(token.refresh_token.is_none());
+    }
+
+    /// A JSON token is trimmed as a plain one is: surrounding spaces or a
+    /// newline would otherwise be sent (`Bearer  tok `) or refused.
+    #[tokio::test]
+    async fn a_json_token_is_trimmed_too() {
+        for content in [r#"{"t":" tok-canary "}"#, r#"{"t":"tok-canary\n"}"#] {
+            let token = fetch_from(content, Some("t"), None).await.unwrap();
+            assert_eq!(
+                token.access_token.expose_secret(),
+                "tok-canary",
+                "{content}"
+            );
+        }
     }
 
     #[tokio::test]

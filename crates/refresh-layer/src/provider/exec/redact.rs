@@ -8,7 +8,8 @@
 //! stdout printed is cut out, on every path:
 //!
 //! - stdout that is a JSON object or array: every string value in it, at
-//!   any depth, of at least [`MIN_CANDIDATE`] characters;
+//!   any depth, of at least [`MIN_CANDIDATE`] characters, decoded and, if
+//!   it has escapes (`ab\/cd`), as written;
 //! - any other stdout (a raw token, JSON cut short, a usage text): every
 //!   word of at least [`MIN_CANDIDATE`] characters, split at whitespace,
 //!   and each word again at quotes and JSON punctuation (`{"token":"abc`
@@ -44,6 +45,7 @@ impl Secrets {
         match serde_json::from_slice::<serde_json::Value>(stdout) {
             Ok(json @ (serde_json::Value::Object(_) | serde_json::Value::Array(_))) => {
                 secrets.add_strings(&json);
+                secrets.add_escaped(&String::from_utf8_lossy(stdout));
             }
             // A bare JSON string or number is a raw token as much as JSON.
             _ => secrets.add_words(&String::from_utf8_lossy(stdout)),
@@ -71,6 +73,17 @@ impl Secrets {
             serde_json::Value::Array(items) => items.iter().for_each(|v| self.add_strings(v)),
             serde_json::Value::Object(fields) => fields.values().for_each(|v| self.add_strings(v)),
             serde_json::Value::Null | serde_json::Value::Bool(_) | serde_json::Value::Number(_) => {
+            }
+        }
+    }
+
+    /// The JSON's strings that hold escapes, as written (`ab\/cd`, as PHP
+    /// writes `ab/cd`; `\u002b`): a trace of the command shows them so,
+    /// not decoded.
+    fn add_escaped(&mut self, json: &str) {
+        for piece in json.split(['"', '\'', '{', '}', '[', ']', ',', ':']) {
+            if piece.contains('\\') {
+                self.add_candidate(piece.trim());
             }
         }
     }
@@ -133,6 +146,20 @@ mod tests {
         assert_eq!(
             s.redact(text),
             "+ echo [redacted] [redacted] 12345678 abc [redacted] status"
+        );
+    }
+
+    /// A token whose JSON spelling has escapes (`\/`, as PHP's
+    /// `json_encode` writes `/`; `\u002b`) is cut out as a trace shows it,
+    /// escapes and all, as well as decoded.
+    #[test]
+    fn json_strings_as_written_with_their_escapes() {
+        let s = Secrets::printed(br#"{"access_token":"ab\/cd+ef==","other":"x\u002byz"}"#);
+        assert_eq!(
+            s.redact(
+                r#"+ echo '{"access_token":"ab\/cd+ef==","other":"x\u002byz"}' ab/cd+ef== x+yz"#
+            ),
+            r#"+ echo '{"access_token":"[redacted]","other":"[redacted]"}' [redacted] [redacted]"#
         );
     }
 
