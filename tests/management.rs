@@ -239,6 +239,34 @@ async fn key_is_required_in_either_header() {
     );
 }
 
+/// Several different keys in one request (header lines, or both headers)
+/// are one failed guess, never a guess each: with the right key among
+/// them the request is still 401, and the fifth such request locks the
+/// address out. The same key in both headers is one key.
+#[tokio::test]
+async fn several_keys_in_one_request_are_one_failed_guess() {
+    let s = enabled().await;
+    let p = &s.p;
+    let url = format!("{}{M}/credentials", p.admin);
+    let key = bearer(KEY);
+    let same = [("authorization", key.as_str()), ("x-management-key", KEY)];
+    assert_eq!(get(&url, &same).await.0, 200);
+    let several = [
+        ("x-management-key", "guess-1"),
+        ("x-management-key", "guess-2"),
+        ("authorization", key.as_str()),
+    ];
+    for _ in 0..5 {
+        let (status, _, body) = get(&url, &several).await;
+        assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
+    }
+    assert_error(
+        &authed(p, "GET", "/credentials").await,
+        429,
+        "too_many_failures",
+    );
+}
+
 #[tokio::test]
 async fn five_wrong_keys_lock_the_address_out() {
     let s = enabled().await;

@@ -119,12 +119,20 @@ pub async fn handle(state: &AdminState, req: &Parts, peer: SocketAddr) -> Respon
             );
         }
     };
-    let presented = presented_keys(&req.headers);
+    let mut presented = presented_keys(&req.headers);
+    presented.sort_unstable();
+    presented.dedup();
     // No key is no guess: it is refused without counting towards the
     // lockout, or a few keyless probes (a `curl` without the header, a
-    // `ctl` with an empty key) would lock the operator out.
+    // `ctl` with an empty key) would lock the operator out. Several
+    // different keys in one request (header lines, or both headers) are
+    // one failed attempt, whatever they are: compared, each would be a
+    // guess, and a hundred header lines would make a request a hundred
+    // guesses that the lockout counts as one.
     let verdict = if presented.is_empty() {
         Attempt::Rejected
+    } else if presented.len() > 1 {
+        m.lockout.attempt(peer.ip(), Instant::now(), || false)
     } else {
         m.lockout.attempt(peer.ip(), Instant::now(), || {
             // Every presented key is compared, so timing does not say which
