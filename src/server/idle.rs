@@ -37,8 +37,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub(super) struct Heard<S> {
     inner: S,
     caller: Arc<Caller>,
-    /// No byte read yet.
-    first: bool,
+    /// The caller's first bytes, up to four (`PRI `), and how many came:
+    /// a TLS caller chooses its records, so the preface may come a byte at
+    /// a time.
+    first: [u8; 4],
+    seen: usize,
 }
 
 /// What [`Heard`] learnt of its caller.
@@ -58,7 +61,8 @@ impl<S> Heard<S> {
             Self {
                 inner,
                 caller: caller.clone(),
-                first: true,
+                first: [0; 4],
+                seen: 0,
             },
             caller,
         )
@@ -74,14 +78,21 @@ impl<S: AsyncRead + Unpin> AsyncRead for Heard<S> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         if buf.filled().len() > before {
-            if self.first {
-                self.first = false;
+            if self.seen < self.first.len() {
+                let this = &mut *self;
+                let new = buf.filled().get(before..).unwrap_or_default();
+                for (slot, b) in this.first.iter_mut().skip(this.seen).zip(new) {
+                    *slot = *b;
+                    this.seen += 1;
+                }
                 // `PRI * HTTP/2.0`: no HTTP/1.1 request starts so.
-                let h2 = buf
-                    .filled()
-                    .get(before..)
-                    .is_some_and(|b| b.starts_with(b"PRI "));
-                self.caller.h2.store(h2, Ordering::Relaxed);
+                let h2 = this
+                    .first
+                    .get(..this.seen)
+                    .is_some_and(|f| b"PRI ".starts_with(f));
+                this.caller
+                    .h2
+                    .store(h2 && this.seen == this.first.len(), Ordering::Relaxed);
             }
             self.caller.heard.store(true, Ordering::Relaxed);
         }
@@ -181,6 +192,29 @@ mod tests {
             (Duration::from_secs(230)..=Duration::from_secs(240)).contains(&took),
             "{took:?}"
         );
+    }
+
+    /// The preface marks an h2 caller however it is cut into reads (a TLS
+    /// caller chooses its records: `P`, then the rest).
+    #[tokio::test]
+    async fn the_preface_marks_an_h2_caller_a_byte_at_a_time() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        for (pieces, h2) in [
+            (&[&b"P"[..], b"RI * HTTP/2.0\r\n"][..], true),
+            (&[&b"PR"[..], b"I", b" * HTTP/2.0\r\n"][..], true),
+            (&[&b"P"[..], b"OST / HTTP/1.1\r\n"][..], false),
+            (&[&b"PRI"[..]][..], false),
+        ] {
+            let (mut client, server) = tokio::io::duplex(64);
+            let (mut heard, caller) = Heard::new(server);
+            for piece in pieces {
+                client.write_all(piece).await.unwrap();
+                let mut buf = [0; 64];
+                let n = heard.read(&mut buf).await.unwrap();
+                assert_eq!(n, piece.len());
+            }
+            assert_eq!(caller.h2.load(Ordering::Relaxed), h2, "{pieces:?}");
+        }
     }
 
     /// The first bytes tell an h2 caller (the preface) from HTTP/1.1.
