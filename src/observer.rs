@@ -67,4 +67,10 @@ impl RefreshObserver for CurrentObserver {
             observer.on_refresh(event);
         }
     }
+
+    fn on_adopted(&self, credential: &str, expires_at: Option<std::time::SystemTime>) {
+        if let Some(observer) = self.current.load().as_ref() {
+            observer.on_adopted(credential, expires_at);
+        }
+    }
 }

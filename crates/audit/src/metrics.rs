@@ -424,6 +424,15 @@ impl RefreshObserver for AuditObserver {
             record_refresh(event, now);
         }
     }
+
+    /// The expiry gauge follows the token served: left at the old token's
+    /// expiry, the expiry alert would fire on a credential holding a fresh
+    /// token. Not a refresh: no counter moves, no record is written.
+    fn on_adopted(&self, credential: &str, expires_at: Option<SystemTime>) {
+        if self.metrics {
+            record_credential_state(credential, expires_at, None);
+        }
+    }
 }
 
 #[cfg(test)]

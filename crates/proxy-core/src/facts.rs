@@ -243,4 +243,12 @@ pub struct RefreshEvent {
 pub trait RefreshObserver: std::fmt::Debug + Send + Sync + 'static {
     /// Called once per refresh attempt, after it ended.
     fn on_refresh(&self, event: &RefreshEvent);
+
+    /// Called when credential `credential` took up a newer token that
+    /// another process stored, outside any refresh attempt (after a save
+    /// of its own was refused as stale, or a hand-over): no refresh ran,
+    /// but the token served, and its expiry (`expires_at`), changed.
+    fn on_adopted(&self, credential: &str, expires_at: Option<SystemTime>) {
+        let _ = (credential, expires_at);
+    }
 }

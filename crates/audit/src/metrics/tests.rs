@@ -215,6 +215,24 @@ fn the_observer_writes_records_counts_refreshes_and_sets_gauges() {
     });
     let text = handle.render();
     assert!(sample(&text, EXPIRATION_TIMESTAMP, &[c]).is_some_and(f64::is_nan));
+    // A newer token adopted from a shared store, outside a refresh: the
+    // expiry follows it; no refresh is counted and no record written.
+    let later = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_003_600);
+    obs.on_adopted("unit-cred-obs", Some(later));
+    let text = handle.render();
+    assert_eq!(
+        sample(&text, EXPIRATION_TIMESTAMP, &[c]),
+        Some(2_000_003_600.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            REFRESHES_TOTAL,
+            &[c, ("trigger", "proactive"), ("result", "ok")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(sink.refreshes().len(), 3);
     // A credential a reload removed: both timestamps NaN.
     forget_credential("unit-cred-obs");
     let text = handle.render();

@@ -193,7 +193,14 @@ pub(super) async fn adopt_stored(inner: &Arc<Inner>) {
     {
         tracing::info!(credential = %inner.id, generation = s.generation, "adopting the newer stored credential");
         let lifetime = remaining(&s);
+        let expires_at = s.expires_at();
         publish(inner, s, lifetime);
+        // A retired source's token is not the credential's any more.
+        if let Some(obs) = &inner.observer
+            && !inner.retired.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            obs.on_adopted(&inner.id, expires_at);
+        }
         // A good credential is served: failures before it (and their
         // backoff) are over, as after a refresh that worked.
         {

@@ -210,6 +210,54 @@ async fn a_newer_stored_generation_ends_the_retries_and_is_adopted() {
     assert_eq!(store.inner.load("crm").await.unwrap().unwrap(), newer);
 }
 
+/// That adoption is no refresh, but the token served changed: the
+/// observer hears of it (the expiry gauge follows the adopted token's
+/// expiry, or the expiry alert fires on a credential holding a fresh one).
+#[tokio::test(start_paused = true)]
+async fn an_adoption_outside_a_refresh_is_reported_to_the_observer() {
+    #[derive(Debug, Default)]
+    struct Adoptions(std::sync::Mutex<Vec<(String, Option<SystemTime>)>>);
+    impl proxy_core::facts::RefreshObserver for Adoptions {
+        fn on_refresh(&self, _: &proxy_core::facts::RefreshEvent) {}
+        fn on_adopted(&self, credential: &str, expires_at: Option<SystemTime>) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((credential.to_owned(), expires_at));
+        }
+    }
+    let store = Arc::new(Flaky {
+        inner: MemoryStore::new(),
+        failing: AtomicUsize::new(usize::MAX),
+        saves: AtomicUsize::new(0),
+    });
+    let seen = Arc::new(Adoptions::default());
+    let src = RefreshingSource::with_observer(
+        "crm",
+        Arc::new(Rotating(AtomicUsize::new(0))),
+        store.clone(),
+        RefreshSettings::default(),
+        Some(seen.clone()),
+    );
+    assert_eq!(token(&src).await, "tok-1");
+    assert!(seen.0.lock().unwrap().is_empty());
+    let expires = SystemTime::UNIX_EPOCH
+        + Duration::from_millis(crate::token::to_ms(SystemTime::now() + S(3600)));
+    let newer = StoredCredential {
+        access_token: "theirs".into(),
+        expires_at_ms: Some(crate::token::to_ms(expires)),
+        refresh_token: Some("rt-theirs".into()),
+        generation: 5,
+        obtained_at_ms: crate::token::to_ms(SystemTime::now()),
+        provider: None,
+    };
+    store.inner.save("crm", &newer).await.unwrap();
+    store.failing.store(0, Ordering::SeqCst);
+    tokio::time::sleep(S(30)).await;
+    assert_eq!(token(&src).await, "theirs");
+    assert_eq!(*seen.0.lock().unwrap(), [("crm".to_owned(), Some(expires))]);
+}
+
 /// Rotates, or fails (without consuming anything) while `failing`.
 #[derive(Debug, Default)]
 pub(super) struct RotatingOrFailing {
