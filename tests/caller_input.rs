@@ -59,6 +59,40 @@ async fn a_malformed_body_is_a_bad_request_not_an_upstream_failure() {
     }
 }
 
+/// A GET with a chunked body (an Elasticsearch `_search` streamed by its
+/// client) reaches the upstream with that body, and one over the route's
+/// `max_request_body` is refused: hyper sends a GET of unknown length
+/// bodiless, and the body was dropped unread (a match-all query instead of
+/// the one sent; no 413). With and without the 401 retry's read-ahead (a
+/// body over its replay cap streams behind what it read).
+#[tokio::test]
+async fn a_chunked_get_body_is_forwarded_and_limited() {
+    let up = echo_upstream().await;
+    for extra in [
+        "    retry: { enabled: false }\n",
+        "    retry: { max_replay_body: 4 }\n",
+    ] {
+        let limited = format!("    max_request_body: 1KiB\n{extra}");
+        let p = start_proxy(&one_route(&up.url(), &limited, "")).await;
+        let small = format!(
+            "GET /api/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {CLIENT_TOKEN}\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n9\r\n{{\"q\":\"x\"}}\r\n0\r\n\r\n"
+        );
+        let resp = raw(addr_of(&p), small.as_bytes(), Duration::from_secs(5)).await;
+        assert!(resp.starts_with("HTTP/1.1 200 "), "{extra:?}: {resp}");
+        let json = resp.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(v["body"], "{\"q\":\"x\"}", "{extra:?}: {v}");
+        let big = format!(
+            "GET /api/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {CLIENT_TOKEN}\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n800\r\n{}\r\n0\r\n\r\n",
+            "x".repeat(2048)
+        );
+        let resp = raw(addr_of(&p), big.as_bytes(), Duration::from_secs(5)).await;
+        assert!(resp.starts_with("HTTP/1.1 413 "), "{extra:?}: {resp}");
+    }
+}
+
 /// A body that declares 10 bytes and sends 3 while the 401 retry would
 /// read it for replay: after a second's pause the request goes on, and
 /// the route's timeout answers it as the caller's stall (408

@@ -22,7 +22,7 @@ use crate::timer::{Reuse, Reused, deadline_after};
 use crate::upstream::{OriginPool, PooledBody, SendError};
 use crate::{ProxyBody, boxed};
 use futures_util::future::BoxFuture;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
@@ -208,6 +208,20 @@ impl Service<Request<ProxyBody>> for Forward {
         let (body, body_failure) = if http_body::Body::is_end_stream(&body) {
             (body, None)
         } else {
+            // hyper frames a body of unknown length only for a method that
+            // usually has one: a GET or HEAD with a chunked body (or h2
+            // DATA without `content-length`) went out bodiless, the body
+            // dropped unread, past `max_request_body` too. Saying chunked
+            // makes it send the body (its h2 client drops the header).
+            if matches!(parts.method, Method::GET | Method::HEAD)
+                && http_body::Body::size_hint(&body).exact().is_none()
+                && !parts.headers.contains_key(header::CONTENT_LENGTH)
+            {
+                parts.headers.insert(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+            }
             let body = match limit {
                 Some(l) => boxed(http_body_util::Limited::new(
                     body,
