@@ -5,6 +5,14 @@ use crate::inject::InjectSpec;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+/// Upper bound of `proxy.max_concurrent_requests`: far past what one
+/// process serves, low enough to be a number someone meant.
+const MAX_CONCURRENT: usize = 1_000_000;
+/// Upper bound of `proxy.upstream_max_idle` (connections per origin).
+const MAX_IDLE_PER_ORIGIN: usize = 100_000;
+/// Upper bound of `routes[].retry.max_replay_body` (64 MiB).
+const MAX_REPLAY_BODY: u64 = 64 << 20;
+
 /// Validates a parsed config, returning every problem found.
 pub fn validate(config: &Config) -> Result<(), Vec<FieldError>> {
     let mut errs = Vec::new();
@@ -59,10 +67,16 @@ pub fn validate(config: &Config) -> Result<(), Vec<FieldError>> {
     for (i, c) in config.credentials.iter().enumerate() {
         check_credential(i, c, config, &mut errs);
     }
-    if config.proxy.max_concurrent_requests == 0 {
+    if !(1..=MAX_CONCURRENT).contains(&config.proxy.max_concurrent_requests) {
         errs.push(FieldError::new(
             "proxy.max_concurrent_requests",
-            "must be greater than zero",
+            format!("must be between 1 and {MAX_CONCURRENT}"),
+        ));
+    }
+    if config.proxy.upstream_max_idle > MAX_IDLE_PER_ORIGIN {
+        errs.push(FieldError::new(
+            "proxy.upstream_max_idle",
+            format!("must be at most {MAX_IDLE_PER_ORIGIN}"),
         ));
     }
     let idle = config.proxy.upstream_idle_timeout;
@@ -221,6 +235,16 @@ pub fn validate(config: &Config) -> Result<(), Vec<FieldError>> {
             errs.push(FieldError::new(
                 at("max_request_body"),
                 "must be greater than zero",
+            ));
+        }
+        // Buffered in memory, per request in flight.
+        if r.retry.max_replay_body > MAX_REPLAY_BODY {
+            errs.push(FieldError::new(
+                at("retry.max_replay_body"),
+                format!(
+                    "must be at most {} MiB (each request in flight may hold that much in memory)",
+                    MAX_REPLAY_BODY >> 20
+                ),
             ));
         }
     }

@@ -396,6 +396,38 @@ fn dot_ids_are_refused() {
     );
 }
 
+/// Sizes and counts that would only be typos are refused, naming the
+/// field: a replay buffer of gigabytes per request in flight, a
+/// concurrency limit or an idle pool no process could use.
+#[test]
+fn counts_and_buffers_are_bounded() {
+    let route = "routes: [{ id: r, match: { path_prefix: /a/ }, upstream: \"http://127.0.0.1:9\", public: true, retry: { max_replay_body: 100GiB } }]\n";
+    let e = errors(&format!(
+        "proxy: {{ listen: 127.0.0.1:8080, max_concurrent_requests: 2000000, upstream_max_idle: 200000 }}\n{route}"
+    ));
+    for want in [
+        "t.yaml: routes[0].retry.max_replay_body: must be at most 64 MiB",
+        "t.yaml: proxy.max_concurrent_requests: must be between 1 and 1000000",
+        "t.yaml: proxy.upstream_max_idle: must be at most 100000",
+    ] {
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    let e = errors(&format!(
+        "proxy: {{ listen: 127.0.0.1:8080, max_concurrent_requests: 0 }}\n{route}"
+    ));
+    assert!(
+        e.contains("proxy.max_concurrent_requests: must be between 1"),
+        "{e}"
+    );
+    let ok = route.replace("100GiB", "64MiB");
+    assert_eq!(
+        errors(&format!(
+            "proxy: {{ listen: 127.0.0.1:8080, max_concurrent_requests: 1000000, upstream_max_idle: 100000 }}\n{ok}"
+        )),
+        "<accepted>"
+    );
+}
+
 /// `none` is the metrics' label for "no route" and "no credential": a
 /// route or credential of that id would share their series. A client may
 /// be called `none` (clients label no metric).
