@@ -569,7 +569,7 @@ fn build_proxy_once(
         &kept.upstreams,
         &LatchkeyLayers,
         audit,
-        previous.map(|p| (&*p.config, p.clients.as_slice())),
+        previous.map(|p| (&*p.config, p.clients.as_slice(), p.usernames.as_slice())),
     )
 }
 

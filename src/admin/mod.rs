@@ -233,12 +233,26 @@ pub fn readiness(state: &AdminState) -> (bool, Value) {
         };
         clients.insert(c.id.to_string(), Value::String(status));
     }
+    // A route's basic-auth user name from a secret is as much the route's
+    // credential as its token: a route whose name does not resolve answers
+    // 503 to everything.
+    let mut usernames = serde_json::Map::new();
+    for u in &proxy.usernames {
+        let status = match u.source.load() {
+            Ok(_) => "ok".to_string(),
+            Err(e) => {
+                ready = false;
+                e.to_string()
+            }
+        };
+        usernames.insert(u.route.to_string(), Value::String(status));
+    }
     let resolved = ready;
     if resolved {
         state.resolved_once.store(true, Ordering::Release);
     }
     let ready = serving && (resolved || state.resolved_once.load(Ordering::Acquire));
-    let body = json!({
+    let mut body = json!({
         "ready": ready,
         "serving": serving,
         "all_resolved": resolved,
@@ -247,6 +261,10 @@ pub fn readiness(state: &AdminState) -> (bool, Value) {
         "stores": stores,
         "clients": clients,
     });
+    // Only when there are any: most configs have none.
+    if !usernames.is_empty() {
+        body["usernames"] = Value::Object(usernames);
+    }
     (ready, body)
 }
 

@@ -249,6 +249,18 @@ impl Injection {
         cfg: Option<&InjectConfig>,
         poll: std::time::Duration,
     ) -> Self {
+        Self::from_spec_with(spec, cfg, poll, None)
+    }
+
+    /// As [`from_spec`](Self::from_spec), with the basic-auth user name's
+    /// source given (`username`: one a reload kept, with the last value it
+    /// read) instead of resolved from the config's secret reference.
+    pub fn from_spec_with(
+        spec: InjectSpec,
+        cfg: Option<&InjectConfig>,
+        poll: std::time::Duration,
+        username: Option<SecretSource>,
+    ) -> Self {
         match spec {
             InjectSpec::Header {
                 name,
@@ -262,7 +274,9 @@ impl Injection {
             InjectSpec::Query { param } => Self::Query { param },
             InjectSpec::Basic { .. } => {
                 let username = match cfg.and_then(|c| c.basic.as_ref()).map(|b| &b.username) {
-                    Some(Username::Secret(r)) => SecretSource::resolve(r, poll),
+                    Some(Username::Secret(r)) => {
+                        username.unwrap_or_else(|| SecretSource::resolve(r, poll))
+                    }
                     Some(Username::Plain(u)) => SecretSource::fixed(u.clone()),
                     None => SecretSource::fixed(String::new()),
                 };

@@ -130,6 +130,19 @@ pub struct Proxy<S = ProxyService> {
     pub credentials: Vec<Arc<dyn CredentialSource>>,
     /// The clients and their tokens.
     pub clients: Vec<Client>,
+    /// The basic-auth user names read from secrets, by route.
+    pub usernames: Vec<RouteUsername>,
+}
+
+/// A route's basic-auth user name read from a secret (`inject.basic.username:
+/// { file | env | value }`): kept across reloads like a client's token, and
+/// checked by readiness like one.
+#[derive(Clone, Debug)]
+pub struct RouteUsername {
+    /// The route's id.
+    pub route: Arc<str>,
+    /// Where the name is read from.
+    pub source: SecretSource,
 }
 
 impl<S> std::fmt::Debug for Proxy<S> {
@@ -187,6 +200,7 @@ where
         config: typed.config,
         credentials: typed.credentials,
         clients: typed.clients,
+        usernames: typed.usernames,
     })
 }
 
@@ -196,8 +210,9 @@ where
 /// connection's in-flight future in one allocation it reuses), where an
 /// erased stack's future is a heap allocation per request.
 ///
-/// `previous` (a reload: the running config and its clients) lets a
-/// client whose token reference and `secrets` did not change keep its
+/// `previous` (a reload: the running config, its clients and its routes'
+/// user names) lets a client whose token reference and `secrets` did not
+/// change keep its
 /// token source, and so the last value it read: a `file` token whose file
 /// is gone keeps working across reloads as it does between them.
 pub fn build_typed<L>(
@@ -207,7 +222,7 @@ pub fn build_typed<L>(
     upstreams: &UpstreamClients,
     extra: &dyn RouteLayers,
     outer: L,
-    previous: Option<(&Config, &[Client])>,
+    previous: Option<(&Config, &[Client], &[RouteUsername])>,
 ) -> Result<Proxy<L::Service>, ConfigError>
 where
     L: Layer<EdgeStack>,
@@ -215,7 +230,7 @@ where
     let poll = config.secrets.file_poll_interval;
     let mut errs = Vec::new();
     let kept_token = |c: &crate::config::ClientConfig| {
-        let (old_config, old_clients) = previous?;
+        let (old_config, old_clients, _) = previous?;
         let old = old_config.clients.iter().find(|o| o.id == c.id)?;
         (old.token == c.token && old_config.secrets == config.secrets)
             .then(|| old_clients.iter().find(|o| *o.id == *c.id))??
@@ -235,6 +250,21 @@ where
         })
         .collect();
 
+    // The same for a route's basic-auth user name from a secret.
+    let basic_user = |rc: &crate::config::RouteConfig| {
+        rc.inject
+            .as_ref()
+            .and_then(|i| i.basic.as_ref())
+            .map(|b| b.username.clone())
+    };
+    let kept_username = |rc: &crate::config::RouteConfig| {
+        let (old_config, _, old_names) = previous?;
+        let old = old_config.routes.iter().find(|o| o.id == rc.id)?;
+        let kept = (basic_user(old) == basic_user(rc) && old_config.secrets == config.secrets)
+            .then(|| old_names.iter().find(|u| *u.route == *rc.id))??;
+        Some(kept.source.clone())
+    };
+    let mut usernames = Vec::new();
     let mut router = Router::new();
     for (i, rc) in config.routes.iter().enumerate() {
         let allowed = config
@@ -317,7 +347,19 @@ where
         };
         let inner: RouteService = match (source, spec) {
             (Some(src), Some(spec)) => {
-                let injection = Injection::from_spec(spec, rc.inject.as_ref(), poll);
+                let username = match basic_user(rc) {
+                    Some(crate::config::Username::Secret(r)) => {
+                        let source =
+                            kept_username(rc).unwrap_or_else(|| SecretSource::resolve(&r, poll));
+                        usernames.push(RouteUsername {
+                            route: Arc::from(rc.id.as_str()),
+                            source: source.clone(),
+                        });
+                        Some(source)
+                    }
+                    _ => None,
+                };
+                let injection = Injection::from_spec_with(spec, rc.inject.as_ref(), poll, username);
                 SharedService::new(
                     ServiceBuilder::new()
                         .layer(AcquireLayer::new(src.clone()))
@@ -375,6 +417,7 @@ where
         config,
         credentials,
         clients,
+        usernames,
     })
 }
 
