@@ -77,16 +77,24 @@ impl TokenProvider for Rotating {
 
 /// A rotating credential on a store whose first `failing` saves fail.
 fn rotating_on_flaky(failing: usize) -> (Arc<Flaky>, RefreshingSource) {
+    rotating_on_flaky_observed(failing, None)
+}
+
+fn rotating_on_flaky_observed(
+    failing: usize,
+    observer: Option<Arc<dyn proxy_core::facts::RefreshObserver>>,
+) -> (Arc<Flaky>, RefreshingSource) {
     let store = Arc::new(Flaky {
         inner: MemoryStore::new(),
         failing: AtomicUsize::new(failing),
         saves: AtomicUsize::new(0),
     });
-    let src = RefreshingSource::new(
+    let src = RefreshingSource::with_observer(
         "crm",
         Arc::new(Rotating(AtomicUsize::new(0))),
         store.clone(),
         RefreshSettings::default(),
+        observer,
     );
     (store, src)
 }
@@ -187,34 +195,12 @@ async fn a_refresh_while_the_save_is_retried_takes_the_lock_over() {
 }
 
 /// A newer generation stored meanwhile (the store refuses the save as a
-/// conflict) ends the retries, and the stored credential is adopted.
+/// conflict) ends the retries, and the stored credential is adopted. That
+/// adoption is no refresh, but the token served changed: the observer
+/// hears of it (the expiry gauge follows the adopted token's expiry, or
+/// the expiry alert fires on a credential holding a fresh one).
 #[tokio::test(start_paused = true)]
 async fn a_newer_stored_generation_ends_the_retries_and_is_adopted() {
-    let (store, src) = rotating_on_flaky(usize::MAX);
-    assert_eq!(token(&src).await, "tok-1");
-    let newer = StoredCredential {
-        access_token: "theirs".into(),
-        expires_at_ms: Some(crate::token::to_ms(SystemTime::now() + S(3600))),
-        refresh_token: Some("rt-theirs".into()),
-        generation: 5,
-        obtained_at_ms: crate::token::to_ms(SystemTime::now()),
-        provider: None,
-    };
-    store.inner.save("crm", &newer).await.unwrap();
-    store.failing.store(0, Ordering::SeqCst);
-    tokio::time::sleep(S(30)).await;
-    assert_eq!(token(&src).await, "theirs");
-    let saves = store.saves.load(Ordering::SeqCst);
-    tokio::time::sleep(S(60)).await;
-    assert_eq!(store.saves.load(Ordering::SeqCst), saves, "no more retries");
-    assert_eq!(store.inner.load("crm").await.unwrap().unwrap(), newer);
-}
-
-/// That adoption is no refresh, but the token served changed: the
-/// observer hears of it (the expiry gauge follows the adopted token's
-/// expiry, or the expiry alert fires on a credential holding a fresh one).
-#[tokio::test(start_paused = true)]
-async fn an_adoption_outside_a_refresh_is_reported_to_the_observer() {
     #[derive(Debug, Default)]
     struct Adoptions(std::sync::Mutex<Vec<(String, Option<SystemTime>)>>);
     impl proxy_core::facts::RefreshObserver for Adoptions {
@@ -226,21 +212,11 @@ async fn an_adoption_outside_a_refresh_is_reported_to_the_observer() {
                 .push((credential.to_owned(), expires_at));
         }
     }
-    let store = Arc::new(Flaky {
-        inner: MemoryStore::new(),
-        failing: AtomicUsize::new(usize::MAX),
-        saves: AtomicUsize::new(0),
-    });
     let seen = Arc::new(Adoptions::default());
-    let src = RefreshingSource::with_observer(
-        "crm",
-        Arc::new(Rotating(AtomicUsize::new(0))),
-        store.clone(),
-        RefreshSettings::default(),
-        Some(seen.clone()),
-    );
+    let (store, src) = rotating_on_flaky_observed(usize::MAX, Some(seen.clone()));
     assert_eq!(token(&src).await, "tok-1");
     assert!(seen.0.lock().unwrap().is_empty());
+    // Whole milliseconds, as stored.
     let expires = SystemTime::UNIX_EPOCH
         + Duration::from_millis(crate::token::to_ms(SystemTime::now() + S(3600)));
     let newer = StoredCredential {
@@ -256,6 +232,10 @@ async fn an_adoption_outside_a_refresh_is_reported_to_the_observer() {
     tokio::time::sleep(S(30)).await;
     assert_eq!(token(&src).await, "theirs");
     assert_eq!(*seen.0.lock().unwrap(), [("crm".to_owned(), Some(expires))]);
+    let saves = store.saves.load(Ordering::SeqCst);
+    tokio::time::sleep(S(60)).await;
+    assert_eq!(store.saves.load(Ordering::SeqCst), saves, "no more retries");
+    assert_eq!(store.inner.load("crm").await.unwrap().unwrap(), newer);
 }
 
 /// Rotates, or fails (without consuming anything) while `failing`.

@@ -88,6 +88,32 @@ async fn a_forced_refresh_never_adopts_the_token_it_replaces() {
     assert_eq!(p.seen().last().cloned().flatten().as_deref(), Some("rt-2"));
 }
 
+/// A store two processes share, and their settings: a backoff long enough
+/// that no retry of B's runs in the tests' windows.
+fn shared() -> (Arc<MemoryStore>, RefreshSettings) {
+    let settings = RefreshSettings {
+        backoff_min: S(60),
+        ..RefreshSettings::default()
+    };
+    (Arc::new(MemoryStore::new()), settings)
+}
+
+/// After several of B's store checks (every 10 s), the store still holds
+/// `rotated`, with A's live refresh token `live`.
+async fn still_stored_after_store_checks(
+    store: &MemoryStore,
+    rotated: &StoredCredential,
+    live: &str,
+) {
+    tokio::time::sleep(S(35)).await;
+    let later = store.load("crm").await.unwrap().unwrap();
+    assert_eq!(
+        (later.generation, later.refresh_token.as_deref()),
+        (rotated.generation, Some(live)),
+        "the live refresh token was overwritten"
+    );
+}
+
 /// Two processes share a store. B's refreshes twice bring an access token
 /// expired on arrival and no new refresh token: nothing new, so nothing is
 /// saved and B's state keeps its generation (it used to climb, 1 to 3, in
@@ -97,11 +123,7 @@ async fn a_forced_refresh_never_adopts_the_token_it_replaces() {
 /// beat 2), and every refresh after was an `invalid_grant`.
 #[tokio::test(start_paused = true)]
 async fn useless_refreshes_without_rotation_never_overwrite_a_newer_store() {
-    let store = Arc::new(MemoryStore::new());
-    let settings = RefreshSettings {
-        backoff_min: S(60),
-        ..RefreshSettings::default()
-    };
+    let (store, settings) = shared();
     let pb = Script::new("oZZ");
     let b = RefreshingSource::new("crm", pb.clone(), store.clone(), settings.clone());
     assert_eq!(token(&b).await, "tok-1");
@@ -115,14 +137,7 @@ async fn useless_refreshes_without_rotation_never_overwrite_a_newer_store() {
     assert!(a.refresh_now().await.is_ok());
     let rotated = store.load("crm").await.unwrap().unwrap();
     assert_eq!(rotated.refresh_token.as_deref(), Some("a-rt-1"));
-    // Past several of B's store checks.
-    tokio::time::sleep(S(35)).await;
-    let later = store.load("crm").await.unwrap().unwrap();
-    assert_eq!(
-        (later.generation, later.refresh_token.as_deref()),
-        (rotated.generation, Some("a-rt-1")),
-        "the live refresh token was overwritten"
-    );
+    still_stored_after_store_checks(&store, &rotated, "a-rt-1").await;
 }
 
 /// The same with nothing valid held, so the useless token is what B
@@ -131,11 +146,7 @@ async fn useless_refreshes_without_rotation_never_overwrite_a_newer_store() {
 /// what A saves next.
 #[tokio::test(start_paused = true)]
 async fn useless_refreshes_with_nothing_valid_held_never_overwrite_a_newer_store() {
-    let store = Arc::new(MemoryStore::new());
-    let settings = RefreshSettings {
-        backoff_min: S(60),
-        ..RefreshSettings::default()
-    };
+    let (store, settings) = shared();
     let pb = Script::new("zZZ");
     let b = RefreshingSource::new("crm", pb.clone(), store.clone(), settings.clone());
     for _ in 0..3 {
@@ -159,12 +170,6 @@ async fn useless_refreshes_with_nothing_valid_held_never_overwrite_a_newer_store
     assert_eq!(pa.seen(), [Some("rt-1".to_owned())]);
     let rotated = store.load("crm").await.unwrap().unwrap();
     assert_eq!(rotated.refresh_token.as_deref(), Some("a-rt-1"));
-    // Past several of B's store checks (its backoff, 60 s, is not over).
-    tokio::time::sleep(S(35)).await;
-    let later = store.load("crm").await.unwrap().unwrap();
-    assert_eq!(
-        (later.generation, later.refresh_token.as_deref()),
-        (rotated.generation, Some("a-rt-1")),
-        "the live refresh token was overwritten"
-    );
+    // B's backoff (60 s) is not over meanwhile.
+    still_stored_after_store_checks(&store, &rotated, "a-rt-1").await;
 }
