@@ -250,7 +250,27 @@ impl Reloader {
                 .map(|s| s.quiesce(until.saturating_duration_since(tokio::time::Instant::now()))),
         )
         .await;
-        let new = build_proxy_with(config, &self.file, &self.options, Some(&old), &self.kept)?;
+        // Built on the blocking pool: the build reads files (CA bundles,
+        // client certificates and keys, secrets), and a hung mount must
+        // not stall a runtime that may have one thread.
+        let (file, options, kept, previous) = (
+            self.file.clone(),
+            self.options.clone(),
+            self.kept.clone(),
+            old.clone(),
+        );
+        let new = tokio::task::spawn_blocking(move || {
+            build_proxy_with(config, &file, &options, Some(&previous), &kept)
+        })
+        .await;
+        let new = match new {
+            Ok(built) => built?,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Only when the runtime shuts down.
+                Err(_) => return Err(ReloadError::Interrupted),
+            },
+        };
 
         let (mut kept, mut added) = (Vec::new(), Vec::new());
         for src in &new.credentials {

@@ -270,7 +270,12 @@ fn parse_certs(
     let err = |m: String| FieldError::new(field, format!("{}: {m}", path.display()));
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(format!("not a PEM certificate file ({e})")))?;
+        .map_err(|e| {
+            err(format!(
+                "not a PEM certificate file ({})",
+                cert_files::pem_problem(&e)
+            ))
+        })?;
     if certs.is_empty() {
         return Err(err(
             "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_string(),

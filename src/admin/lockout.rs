@@ -12,9 +12,13 @@
 //! ([`Lockout::attempt`]), so concurrent guesses cannot slip past the limit.
 //! Nothing is awaited while it is held.
 //!
-//! Memory is bounded: expired entries are pruned whenever the map is full,
-//! and if it is still full the entry closest to expiry makes room (a flood
-//! from many addresses can then shorten someone's lockout, never grow memory).
+//! Memory is bounded: at most `capacity` addresses are tracked, and
+//! entries with nothing left to remember are pruned whenever the table is
+//! full. While it is still full, the addresses it does not hold share one
+//! more entry (their guesses count together, and lock them out together):
+//! no tracked address is ever forgotten early, so a flood from many
+//! addresses cannot buy anyone fresh guesses, only lock out newcomers
+//! until the flood's own failures age out.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -46,10 +50,17 @@ pub enum Attempt {
 /// Failure counts and lockouts by IP address.
 #[derive(Debug)]
 pub struct Lockout {
-    entries: Mutex<HashMap<IpAddr, Entry>>,
+    table: Mutex<Table>,
     max_failures: u32,
     window: Duration,
     capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    entries: HashMap<IpAddr, Entry>,
+    /// Shared by the addresses not tracked while `entries` is full.
+    overflow: Entry,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -96,7 +107,7 @@ impl Lockout {
     /// `capacity` addresses are tracked.
     pub fn new(max_failures: u32, window: Duration, capacity: usize) -> Self {
         Self {
-            entries: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table::default()),
             max_failures: max_failures.max(1),
             window,
             capacity: capacity.max(1),
@@ -113,10 +124,21 @@ impl Lockout {
         authenticate: impl FnOnce() -> bool,
     ) -> Attempt {
         let ip = bucket(ip);
+        let window = self.window;
         // A panic while holding this lock leaves plain counters behind.
-        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = map.get_mut(&ip) {
-            e.age(now, self.window);
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let Table { entries, overflow } = &mut *table;
+        if !entries.contains_key(&ip) && entries.len() >= self.capacity {
+            entries.retain(|_, e| e.expires(window).is_some_and(|x| x > now));
+        }
+        let tracked = entries.contains_key(&ip) || entries.len() < self.capacity;
+        let known = if tracked {
+            entries.get_mut(&ip)
+        } else {
+            Some(&mut *overflow)
+        };
+        if let Some(e) = known {
+            e.age(now, window);
             if let Some(until) = e.locked_until {
                 return Attempt::Locked {
                     retry_after: until - now,
@@ -124,13 +146,16 @@ impl Lockout {
             }
         }
         if authenticate() {
-            map.remove(&ip);
+            if tracked {
+                entries.remove(&ip);
+            }
             return Attempt::Accepted;
         }
-        if !map.contains_key(&ip) && map.len() >= self.capacity {
-            self.make_room(&mut map, now);
-        }
-        let e = map.entry(ip).or_default();
+        let e = if tracked {
+            entries.entry(ip).or_default()
+        } else {
+            overflow
+        };
         e.failures.push_back(now);
         if e.failures.len() >= self.max_failures as usize {
             e.failures.clear();
@@ -141,27 +166,13 @@ impl Lockout {
 
     /// Addresses tracked now (for tests and metrics).
     pub fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+        let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        table.entries.len()
     }
 
     /// Whether no address is tracked.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    fn make_room(&self, map: &mut HashMap<IpAddr, Entry>, now: Instant) {
-        let window = self.window;
-        map.retain(|_, e| e.expires(window).is_some_and(|x| x > now));
-        while map.len() >= self.capacity {
-            let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, e)| e.expires(window))
-                .map(|(ip, _)| *ip)
-            else {
-                return;
-            };
-            map.remove(&oldest);
-        }
     }
 }
 
@@ -342,5 +353,46 @@ mod tests {
             fail(&l, IpAddr::from(i.to_be_bytes()));
         }
         assert_eq!(l.len(), CAPACITY);
+    }
+
+    /// A flood from many addresses fills the table: no tracked address is
+    /// forgotten early (a locked one stays locked, one with failures keeps
+    /// them), and the addresses it cannot hold share one budget of guesses.
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_buys_no_guesses() {
+        let l = Lockout::new(5, LOCKOUT, 3);
+        let (locked, counting) = (ip("10.0.0.1"), ip("10.0.0.2"));
+        for _ in 0..5 {
+            fail(&l, locked);
+        }
+        for _ in 0..4 {
+            fail(&l, counting);
+        }
+        tokio::time::advance(MIN).await;
+        // The third slot, then the newcomers, who share one entry.
+        for i in 0..100u32 {
+            assert_eq!(
+                fail(&l, IpAddr::from((0x0b00_0000 + i).to_be_bytes())),
+                if i < 6 {
+                    Attempt::Rejected
+                } else {
+                    Attempt::Locked {
+                        retry_after: LOCKOUT,
+                    }
+                },
+                "newcomer {i}"
+            );
+        }
+        assert_eq!(l.len(), 3);
+        assert!(matches!(ok(&l, locked), Attempt::Locked { .. }));
+        assert_eq!(fail(&l, counting), Attempt::Rejected);
+        assert!(matches!(ok(&l, counting), Attempt::Locked { .. }));
+        // A newcomer with the right key is locked out with the flood...
+        assert!(matches!(ok(&l, ip("10.1.1.1")), Attempt::Locked { .. }));
+        // ...until the flood's failures age out and free the table.
+        tokio::time::advance(LOCKOUT).await;
+        assert_eq!(ok(&l, ip("10.1.1.1")), Attempt::Accepted);
+        assert_eq!(fail(&l, ip("10.1.1.2")), Attempt::Rejected);
+        assert_eq!(l.len(), 1);
     }
 }

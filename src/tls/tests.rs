@@ -84,6 +84,43 @@ fn a_valid_pair_loads_and_bad_ones_name_the_field() {
     assert!(e.message.contains("does not match"), "{}", e.message);
 }
 
+/// A key whose line breaks were lost (pasted on one line, or with literal
+/// `\n`s) is refused without quoting it: the PEM parser's own message
+/// would hold the whole key. The same for a certificate file that holds
+/// such a key (a combined file).
+#[test]
+fn a_key_with_lost_line_breaks_is_refused_without_quoting_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    let (cert, key) = leaf(&["localhost"], &[]);
+    // The key's base64 body, and its first bytes as the parser's `Debug`
+    // of a byte vector would print them.
+    let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    let bytes = format!("{:?}", &body.as_bytes()[..12]);
+    let quoted = bytes.trim_start_matches('[').trim_end_matches(']');
+    let one_line = key.replace('\n', "");
+    let escaped = key.replace('\n', "\\n");
+    for broken in [&one_line, &escaped] {
+        std::fs::write(&s.cert_file, &cert).unwrap();
+        std::fs::write(&s.key_file, broken).unwrap();
+        let e = one_error(&s);
+        assert_eq!(e.path, "proxy.tls.key_file");
+        assert!(e.message.contains("line breaks"), "{}", e.message);
+        for m in [e.message.clone(), format!("{e:?}")] {
+            assert!(!m.contains(&body[..16]) && !m.contains(quoted), "{m}");
+            assert!(m.len() < 300, "{m}");
+        }
+
+        std::fs::write(&s.cert_file, format!("{cert}{broken}")).unwrap();
+        std::fs::write(&s.key_file, &key).unwrap();
+        let e = one_error(&s);
+        assert_eq!(e.path, "proxy.tls.cert_file");
+        assert!(e.message.contains("line breaks"), "{}", e.message);
+        assert!(!e.message.contains(quoted), "{}", e.message);
+        assert!(e.message.len() < 300, "{}", e.message);
+    }
+}
+
 #[test]
 fn client_ca_problems_are_reported_with_the_pair_problems() {
     let dir = tempfile::tempdir().unwrap();

@@ -288,10 +288,14 @@ pub fn check_tls(tls: UpstreamTls<'_>) -> Result<(), PoolError> {
 }
 
 /// The CA bundle at `path`, as read now.
+///
+/// Only a regular file of at most [`MAX_PEM_FILE`](client_cert::files::MAX_PEM_FILE)
+/// bytes is read: a named pipe would block the read until a writer came.
 pub fn read_ca(path: &Path) -> Result<Arc<[u8]>, ClientBuildError> {
-    std::fs::read(path)
+    client_cert::files::read_pem_file(path)
         .map(Arc::from)
-        .map_err(|e| ClientBuildError(format!("cannot read CA file {}: {e}", path.display())))
+        // "cannot read PATH: ..." -> "cannot read CA file PATH: ...".
+        .map_err(|e| ClientBuildError(e.replacen("cannot read ", "cannot read CA file ", 1)))
 }
 
 /// `ca`: the CA bundle's path (for errors) and contents.
@@ -373,7 +377,11 @@ fn tls_config(
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
             .collect::<Result<_, _>>()
             .map_err(|e| {
-                ClientBuildError(format!("CA file {} is not valid PEM: {e}", path.display()))
+                ClientBuildError(format!(
+                    "CA file {} is not valid PEM: {}",
+                    path.display(),
+                    client_cert::files::pem_problem(&e)
+                ))
             })?;
         if certs.is_empty() {
             return Err(ClientBuildError(format!(
@@ -474,5 +482,25 @@ mod tests {
         let in_use = (None, None, Duration::from_millis(5000));
         assert!(cache.connectors.contains_key(&in_use));
         drop(kept);
+    }
+
+    /// A `ca_file` that is a named pipe is refused, not read: the read
+    /// would block until a writer came (startup, or a reload's build).
+    #[test]
+    fn a_ca_file_that_is_a_fifo_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("ca.pem");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success());
+        let e = read_ca(&fifo).unwrap_err().0;
+        assert!(
+            e.starts_with(&format!(
+                "cannot read CA file {}: not a regular file",
+                fifo.display()
+            )),
+            "{e}"
+        );
+        let e = read_ca(&dir.path().join("missing.pem")).unwrap_err().0;
+        assert!(e.starts_with("cannot read CA file "), "{e}");
     }
 }

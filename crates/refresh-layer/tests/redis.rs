@@ -438,3 +438,40 @@ async fn a_redis_that_never_answers_cannot_hang_a_refresh() {
     assert!(got.is_ok(), "no local token: {:?}", got.err());
     redis.pause(false);
 }
+
+/// A holder whose lock went missing (Redis restarted without it, or its
+/// lease ran out while Redis was unreachable) takes it back at its next
+/// renewal: it may still be saving a rotated refresh token, and another
+/// replica that took the lock now would send the spent one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_takes_back_a_lock_redis_lost() {
+    let redis = RedisServer::start().await;
+    let holder = store(&redis, KEY);
+    let guard = holder.lock("crm").await.unwrap();
+    let owner: Option<String> = command(&redis, &["GET", "lk-test:lock:crm"]).await;
+    let owner = owner.expect("the lock is held");
+    flushall(&redis).await;
+    // The lease is 2 s, renewed every 666 ms: the next renewal takes it back.
+    let back = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            let now: Option<String> = command(&redis, &["GET", "lk-test:lock:crm"]).await;
+            if now.is_some() {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the holder takes its lock back");
+    assert_eq!(back.as_deref(), Some(owner.as_str()));
+    let other = store(&redis, KEY);
+    let waiting = tokio::spawn(async move { other.lock("crm").await.map(drop) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "another replica took a held lock");
+    drop(guard);
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the lock is free once released")
+        .unwrap()
+        .unwrap();
+}

@@ -248,7 +248,11 @@ fn parse_pair(
         .map_err(|e| {
             (
                 Cert,
-                format!("{} is not valid PEM: {e}", cert_file.display()),
+                format!(
+                    "{} is not valid PEM: {}",
+                    cert_file.display(),
+                    files::pem_problem(&e)
+                ),
             )
         })?;
     if chain.is_empty() {

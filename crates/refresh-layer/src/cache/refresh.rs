@@ -59,7 +59,15 @@ pub(super) async fn run(
 ) -> Result<(Arc<Credential>, bool), RefreshError> {
     // A handed-over state not yet reconciled with this store is first
     // (see `handover.rs`): the refresh must start from the live lineage.
-    super::handover::settle(inner).await;
+    // Until it is, the store may hold an older lineage's state (a higher
+    // generation, its refresh token spent long ago) that this refresh
+    // would take for the newest: a rotating credential waits (the token
+    // held is served meanwhile, and the hand-over is retried).
+    if super::handover::settle(inner).await && inner.provider.rotates() {
+        return Err(RefreshError::Store(StoreError::Unavailable(
+            "the state handed over by the last reload is not reconciled with this store yet".into(),
+        )));
+    }
     // A rotated state still waiting to be saved holds this credential's
     // lock: this refresh takes it over (see `persist.rs`), and hands the
     // retries back if it leaves that state in place.
@@ -69,34 +77,57 @@ pub(super) async fn run(
         let _gate = inner.save_gate.lock().await;
         inner.take_unsaved()
     };
-    let (mut unsaved_gen, mut lock) = match taken {
-        Some((generation, held)) => (Some(generation), held),
-        None => (None, None),
+    // Handed back however this refresh ends, a panic in the token call
+    // included: the live refresh token would otherwise be left in memory
+    // only, with no retries and the lock released.
+    let mut taken = match taken {
+        Some((generation, lock)) => TakenOver {
+            inner,
+            unsaved: Some(generation),
+            lock,
+        },
+        None => TakenOver {
+            inner,
+            unsaved: None,
+            lock: None,
+        },
     };
     // It saves that state first, once: the retries are paused while this
     // refresh runs, and one whose token call keeps failing (or hanging
     // until abandoned) must not keep the live refresh token out of the
     // store meanwhile.
-    if let Some(generation) = unsaved_gen
+    if let Some(generation) = taken.unsaved
         && let Some(entry) = inner.current.load_full()
         && entry.state.generation == generation
         && inner.save_own(&entry.state).await.is_ok()
     {
         tracing::info!(credential = %inner.id, generation, "the rotated credential is persisted");
-        unsaved_gen = None;
+        taken.unsaved = None;
     }
-    let result = attempt(
-        inner,
-        trigger,
-        invalidated,
-        unsaved_gen.is_some(),
-        &mut lock,
-    )
-    .await;
-    if let Some(generation) = unsaved_gen {
-        persist::resume(inner, generation, lock);
+    let unsaved = taken.unsaved.is_some();
+    attempt(inner, trigger, invalidated, unsaved, &mut taken.lock).await
+}
+
+/// A refresh's store lock, and the generation of the unsaved rotated state
+/// whose save retries it took over, if it did: on drop, the retries
+/// resume under the lock if that state is still the one held (see
+/// `persist::resume`); otherwise the lock is released.
+struct TakenOver<'a> {
+    inner: &'a Arc<Inner>,
+    unsaved: Option<u64>,
+    lock: Option<StoreLock>,
+}
+
+impl Drop for TakenOver<'_> {
+    fn drop(&mut self) {
+        // Not while a runtime drops its tasks from outside (nothing could
+        // run the retries then; the lock is released).
+        if let Some(generation) = self.unsaved
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            persist::resume(self.inner, generation, self.lock.take());
+        }
     }
-    result
 }
 
 /// One refresh; `lock` is the store lock when already held (taken over

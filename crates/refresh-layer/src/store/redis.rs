@@ -12,7 +12,11 @@
 //! - Lock: taken with `SET NX PX lease`; renewed every third of the lease
 //!   while held (only if still the owner); released by compare-and-delete in
 //!   Lua. A holder that dies stops renewing and loses the lock when the lease
-//!   runs out; another replica then takes over.
+//!   runs out; another replica then takes over. A live holder whose lock
+//!   went missing (Redis restarted without it, or the lease ran out while
+//!   Redis was unreachable) takes it back at its next renewal, unless
+//!   another replica took it first: it may still be saving a rotated
+//!   refresh token, which nobody else may send until it is stored.
 //! - A replica that finds the lock taken does not refresh: it waits for the
 //!   holder's event (with a bounded poll as fallback, in case a message is
 //!   missed), retakes the lock, re-reads, and adopts the new generation.
@@ -112,7 +116,11 @@ impl fmt::Debug for RedisStore {
     }
 }
 
-const LOCK_RENEW: &str = r"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
+/// 1: renewed; 2: it was gone, taken back; 0: another owner holds it.
+const LOCK_RENEW: &str = r"local v = redis.call('get', KEYS[1])
+if v == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+if not v then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
+return 0";
 const LOCK_RELEASE: &str = r"if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]); redis.call('publish', KEYS[2], 'released'); return 1 else return 0 end";
 const SAVE_CAS: &str = r"local g = tonumber(redis.call('hget', KEYS[1], 'gen') or '0')
 if tonumber(ARGV[1]) <= g then return g end
@@ -552,8 +560,9 @@ impl Store for RedisStore {
     }
 }
 
-/// Extends the lease every third of it while the lock is held. Stops when
-/// the lock is no longer ours (the write that follows is fenced anyway).
+/// Extends the lease every third of it while the lock is held, taking the
+/// lock back if it went missing (see the module docs). Stops when another
+/// owner holds it (the write that follows is fenced anyway).
 async fn renew_lease(store: RedisStore, lock_key: String, token: String, lease_ms: u64) {
     let every = Duration::from_millis(lease_ms / 3).max(Duration::from_millis(10));
     loop {
@@ -568,6 +577,9 @@ async fn renew_lease(store: RedisStore, lock_key: String, token: String, lease_m
             .await;
         match renewed {
             Ok(1) => {}
+            Ok(2) => {
+                tracing::warn!(lock = %lock_key, "refresh lock had gone (Redis restarted, or the lease ran out while Redis was unreachable); taken back");
+            }
             Ok(_) => {
                 tracing::warn!(lock = %lock_key, "refresh lock lost (lease expired); the refresh's write is fenced by generation");
                 return;

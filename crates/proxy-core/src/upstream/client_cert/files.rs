@@ -11,10 +11,12 @@
 //!
 //! [`private_key`] and [`certified_key`] say why a key does not load:
 //! encrypted, not PEM, not the certificate's, or of a type or size rustls
-//! cannot sign with. Messages name files, never key material.
+//! cannot sign with. Messages name files, never key material: the PEM
+//! parser's own messages quote the file, so [`pem_problem`] says in fixed
+//! words what it found wrong.
 
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::pem::{self, PemObject as _};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use std::io::Read as _;
@@ -62,18 +64,39 @@ pub fn private_key(pem: &[u8], key_file: &Path) -> Result<PrivateKeyDer<'static>
             key_file.display()
         ));
     }
-    // The PEM parser's messages name only markers and offsets, never key
-    // material.
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
         format!(
             "{} holds no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {}",
             key_file.display(),
             match e {
-                rustls::pki_types::pem::Error::NoItemsFound => "none found".to_string(),
-                other => other.to_string(),
+                pem::Error::NoItemsFound => "none found",
+                other => pem_problem(&other),
             }
         )
     })
+}
+
+/// What is wrong with a PEM file, in words that never quote it.
+///
+/// The parser's own messages quote the file: a section start it cannot
+/// read is quoted whole, and the end marker it looked for is made from the
+/// text after `-----BEGIN `. A key whose line breaks were lost (written on
+/// one line, or with literal `\n`s, both common when a key is pasted into
+/// a Secret) is such a line, so the message would hold the whole key.
+pub fn pem_problem(e: &pem::Error) -> &'static str {
+    match e {
+        pem::Error::MissingSectionEnd { .. } => {
+            "a PEM section has no matching END line (were the line breaks lost?)"
+        }
+        pem::Error::IllegalSectionStart { .. } => {
+            "a PEM BEGIN line is malformed (were the line breaks lost?)"
+        }
+        pem::Error::Base64Decode(_) => "a PEM section's body is not valid base64",
+        pem::Error::NoItemsFound => "no PEM section of the expected type",
+        pem::Error::SectionTooLarge => "a PEM section is larger than 256 MB",
+        // Only from the `std::io` readers, which nothing here uses.
+        _ => "not readable as PEM",
+    }
 }
 
 /// An encrypted PKCS#8 key, or a legacy PEM one (`Proc-Type: 4,ENCRYPTED`

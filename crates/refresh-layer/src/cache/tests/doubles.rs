@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 /// Per-call behaviour: 'o' = ok 3600 s, 's' = ok but 120 s, 'z' = expired (0 s),
 /// 'Z' = expired and no new refresh token, 'h' = hang for ever, 'e' = HTTP
-/// 503, 'g' = `invalid_grant`. Past the script: 'e'. Call n's tokens are
+/// 503, 'g' = `invalid_grant`, 'p' = panic (a provider's bug). Past the script: 'e'. Call n's tokens are
 /// `tok-n` and `rt-n`, after the script's prefix.
 #[derive(Debug)]
 pub(super) struct Script {
@@ -60,6 +60,7 @@ impl TokenProvider for Script {
                     futures_util::future::pending::<()>().await;
                     unreachable!()
                 }
+                b'p' => panic!("the provider's bug (a test double)"),
                 b'g' => {
                     return Err(ProviderError::OAuth {
                         status: 400,

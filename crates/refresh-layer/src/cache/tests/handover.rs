@@ -2,7 +2,8 @@
 
 use super::persist::{Flaky, RotatingOrFailing};
 use super::*;
-use crate::store::Store;
+use crate::store::{Store, StoreLock};
+use futures_util::future::BoxFuture;
 
 fn flaky(failing: usize) -> Arc<Flaky> {
     Arc::new(Flaky {
@@ -103,4 +104,100 @@ async fn a_dropped_source_stops_saving() {
         "the dropped source still saves to its old store ({after_drop} -> {later} saves in 10 min)"
     );
     drop(new);
+}
+
+/// A store whose lock fails while `failing_locks` counts down.
+#[derive(Debug)]
+struct LockFails {
+    inner: MemoryStore,
+    failing_locks: AtomicUsize,
+}
+
+impl Store for LockFails {
+    fn kind(&self) -> &'static str {
+        "lock-fails"
+    }
+    fn load<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredCredential>, StoreError>> {
+        self.inner.load(id)
+    }
+    fn lock<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoreLock, StoreError>> {
+        let down = self
+            .failing_locks
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if down {
+            return Box::pin(async { Err(StoreError::Unavailable("lock wait timed out".into())) });
+        }
+        self.inner.lock(id)
+    }
+    fn save<'a>(
+        &'a self,
+        id: &'a str,
+        state: &'a StoredCredential,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner.save(id, state)
+    }
+}
+
+/// The new store holds an older lineage's state (generation 7, its
+/// refresh token spent long ago) and its lock cannot be taken when the
+/// hand-over is reconciled. A refresh before the hand-over is settled
+/// fails rather than send the spent token (the lock may be free by the
+/// time the refresh asks for it); once settled, it sends the live one.
+#[tokio::test(start_paused = true)]
+async fn a_refresh_waits_for_an_unsettled_handover() {
+    let p = super::doubles::Script::new("oo");
+    let old = RefreshingSource::new(
+        "crm",
+        p.clone(),
+        flaky(usize::MAX),
+        RefreshSettings::default(),
+    );
+    assert_eq!(token(&old).await, "tok-1");
+    let h = old.handover().unwrap();
+
+    let store = Arc::new(LockFails {
+        inner: MemoryStore::new(),
+        failing_locks: AtomicUsize::new(1),
+    });
+    let stale = StoredCredential {
+        access_token: "tok-stale".into(),
+        expires_at_ms: Some(2),
+        refresh_token: Some("rt-spent".into()),
+        generation: 7,
+        obtained_at_ms: 1,
+        provider: None,
+    };
+    store.inner.save("crm", &stale).await.unwrap();
+    let new = RefreshingSource::with_handover(
+        "crm",
+        p.clone(),
+        store.clone(),
+        RefreshSettings::default(),
+        None,
+        h,
+    );
+    drop(old);
+    // The background reconciliation fails once and backs off.
+    settle().await;
+    assert_eq!(store.failing_locks.load(Ordering::SeqCst), 0);
+    store.failing_locks.store(1, Ordering::SeqCst);
+    let e = new.refresh_now().await.unwrap_err();
+    assert!(matches!(e, RefreshError::Store(_)), "{e:?}");
+    assert_eq!(
+        p.seen(),
+        vec![None],
+        "a token call ran before the hand-over was settled"
+    );
+    assert_eq!(token(&new).await, "tok-1", "the held token is still served");
+
+    // Settled in the background: the handed state is written over the
+    // stale lineage, and the next refresh sends the live refresh token.
+    tokio::time::sleep(S(120)).await;
+    new.refresh_now().await.unwrap();
+    assert_eq!(p.seen(), vec![None, Some("rt-1".to_string())]);
+    assert_eq!(token(&new).await, "tok-2");
 }

@@ -372,3 +372,36 @@ async fn a_save_in_flight_never_lands_over_the_takeovers_newer_generation() {
         "the spent rt-1 was written over the live rt-2"
     );
 }
+
+/// A refresh that takes the retries over and then panics in the token
+/// call (a provider's bug) hands them back all the same: the live refresh
+/// token is not left in memory only, with its lock released.
+#[tokio::test(start_paused = true)]
+async fn a_refresh_that_panics_hands_the_unsaved_state_back_to_its_retries() {
+    let store = Arc::new(Flaky {
+        inner: MemoryStore::new(),
+        failing: AtomicUsize::new(usize::MAX),
+        saves: AtomicUsize::new(0),
+    });
+    let p = super::doubles::Script::new("op");
+    let src = RefreshingSource::new("crm", p.clone(), store.clone(), RefreshSettings::default());
+    assert_eq!(token(&src).await, "tok-1");
+    tokio::time::sleep(S(2)).await;
+    let e = src.refresh_now().await.unwrap_err();
+    assert!(matches!(e, RefreshError::Panicked), "{e:?}");
+    assert_eq!(p.calls.load(Ordering::SeqCst), 2);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), store.lock("crm"))
+            .await
+            .is_err(),
+        "the lock is held again by the retries"
+    );
+    store.failing.store(0, Ordering::SeqCst);
+    tokio::time::sleep(S(30)).await;
+    let saved = store.inner.load("crm").await.unwrap().unwrap();
+    assert_eq!(
+        (saved.generation, saved.refresh_token.as_deref()),
+        (1, Some("rt-1"))
+    );
+    assert_eq!(token(&src).await, "tok-1");
+}
