@@ -57,6 +57,19 @@ pub enum RefreshError {
         "the provider returned an access token that cannot be sent (empty, or with control characters)"
     )]
     Unusable,
+    /// A forced refresh (after the upstream refused the token) got the
+    /// same access token again: a failed attempt, so the 401 retry does
+    /// not send the refused token twice, and the next forced refresh backs
+    /// off. The token held is still served (the upstream decides).
+    #[error(
+        "the provider returned the very token the upstream just refused (a token file not rewritten yet, or a cached token); not sent again"
+    )]
+    Unchanged,
+    /// The token expired while the refreshed state was being saved (the
+    /// store took longer than the token's lifetime): a failed attempt, so
+    /// retries back off instead of refreshing again at once.
+    #[error("the new token expired while its state was being saved (the save took {} ms)", .0.as_millis())]
+    ExpiredWhileSaving(Duration),
     /// Earlier attempts failed and the next is not due yet.
     #[error("refresh failing ({attempts} attempt(s)); next attempt in {}s; last error: {last}", .retry_in.as_secs())]
     BackingOff {

@@ -247,6 +247,17 @@ async fn attempt(
             );
             let failure = if !sendable(token.access_token.expose_secret()) {
                 Some(RefreshError::Unusable)
+            } else if invalidated.is_some()
+                && ours
+                    .as_ref()
+                    .is_some_and(|o| o.cred.expose() == token.access_token.expose_secret())
+            {
+                // A forced refresh that got the very token the upstream
+                // refused (a token file its writer has not replaced yet, a
+                // command or endpoint that hands out a cached token): sent
+                // again, it would be refused again. A failed attempt: the
+                // 401 retry gives up, and the next forced refresh waits.
+                Some(RefreshError::Unchanged)
             } else {
                 token
                     .expires_in
@@ -299,6 +310,15 @@ async fn attempt(
             let lifetime = token
                 .expires_in
                 .map(|l| l.saturating_sub(arrived.elapsed()));
+            // A token that expired while its state was saved (a store
+            // slower than the token's life) is as useless as one that came
+            // expired: served, it would be refreshed again at once, with
+            // no backoff, for as long as saves are that slow.
+            let failure = failure.or_else(|| {
+                lifetime
+                    .filter(|l| *l < MIN_LIFETIME)
+                    .map(|_| RefreshError::ExpiredWhileSaving(arrived.elapsed()))
+            });
             match failure {
                 // As a short-lived token below, the state is kept; but
                 // never served, even when nothing valid is held.

@@ -109,3 +109,112 @@ async fn a_long_working_forced_token_starts_over() {
     src.invalidate(g).await.unwrap();
     assert_eq!(p.calls(), before + 1);
 }
+
+/// Hands out one cached token, whatever is asked.
+#[derive(Debug, Default)]
+struct Cached(AtomicUsize);
+
+impl TokenProvider for Cached {
+    fn kind(&self) -> &'static str {
+        "cached"
+    }
+    fn fetch<'a>(
+        &'a self,
+        _: Option<&'a StoredCredential>,
+    ) -> BoxFuture<'a, Result<Token, ProviderError>> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async {
+            Ok(Token {
+                access_token: SecretString::from("tok-cached"),
+                expires_in: Some(S(3600)),
+                refresh_token: None,
+            })
+        })
+    }
+}
+
+/// A forced refresh that gets the very token the upstream refused (a
+/// provider that hands out a cached token) fails, rather than make a new
+/// generation of it for the 401 retry to send again; the next forced
+/// refresh backs off, and the token is still served.
+#[tokio::test(start_paused = true)]
+async fn a_forced_refresh_that_gets_the_refused_token_again_fails() {
+    let p = Arc::new(Cached::default());
+    let src = RefreshingSource::new(
+        "crm",
+        p.clone(),
+        Arc::new(MemoryStore::new()),
+        RefreshSettings::default(),
+    );
+    assert_eq!(token(&src).await, "tok-cached");
+    let e = src.invalidate(1).await.unwrap_err();
+    assert!(
+        e.reason
+            .contains("the very token the upstream just refused"),
+        "{}",
+        e.reason
+    );
+    assert!(!e.reason.contains("tok-cached"));
+    assert_eq!(
+        src.generation(),
+        Some(1),
+        "no new generation of the same token"
+    );
+    assert_eq!(p.0.load(Ordering::SeqCst), 2);
+    let e = src.invalidate(1).await.unwrap_err();
+    assert!(e.backing_off, "{}", e.reason);
+    assert_eq!(
+        p.0.load(Ordering::SeqCst),
+        2,
+        "no token call while backing off"
+    );
+    assert_eq!(token(&src).await, "tok-cached");
+    // A refresh that was not forced takes the same token as it comes.
+    tokio::time::advance(S(5)).await;
+    src.refresh_now().await.unwrap();
+    assert_eq!(src.generation(), Some(2));
+}
+
+/// A token that expires while its state is saved (a store slower than the
+/// token's life) is a failed attempt, which backs off, not a success that
+/// is refreshed again at once.
+#[tokio::test(start_paused = true)]
+async fn a_token_that_expires_while_saved_is_a_failed_attempt() {
+    struct Brief;
+    impl fmt::Debug for Brief {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("Brief")
+        }
+    }
+    impl TokenProvider for Brief {
+        fn kind(&self) -> &'static str {
+            "rotating"
+        }
+        fn rotates(&self) -> bool {
+            true
+        }
+        fn fetch<'a>(
+            &'a self,
+            _: Option<&'a StoredCredential>,
+        ) -> BoxFuture<'a, Result<Token, ProviderError>> {
+            Box::pin(async {
+                Ok(Token {
+                    access_token: SecretString::from("tok-brief"),
+                    expires_in: Some(S(2)),
+                    refresh_token: Some(SecretString::from("rt-brief")),
+                })
+            })
+        }
+    }
+    // Every save takes 5 s.
+    let store = super::doubles::Saves::new("ssssssssss");
+    let src = RefreshingSource::new("crm", Arc::new(Brief), store, RefreshSettings::default());
+    let e = src.refresh_now().await.unwrap_err();
+    assert!(matches!(e, RefreshError::ExpiredWhileSaving(_)), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("expired while its state was being saved"),
+        "{e}"
+    );
+    assert_ne!(src.status().consecutive_failures, 0);
+}
