@@ -351,8 +351,21 @@ routes:
         "routes[0].ca_file does not load here (cannot read CA file ",
         "routes[1].client_cert_file does not load here (cannot read ",
         "credentials[0].oauth2.ca_file does not load here (cannot read CA file ",
-        "redis.ca_file does not load here (cannot read CA file ",
     ] {
         assert!(stdout.contains(want), "want {want:?} in:\n{stdout}");
     }
+    // `run` reads Redis's files only for a credential stored there.
+    assert!(!stdout.contains("redis.ca_file"), "{stdout}");
+    let yaml = yaml.replace(
+        "    oauth2: { grant",
+        "    store: redis\n    oauth2: { grant",
+    );
+    let path = write_file(dir.path(), "latchkey.yaml", &yaml);
+    let out = check(&path);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("redis.ca_file does not load here (cannot read CA file "),
+        "{stdout}"
+    );
 }

@@ -233,10 +233,19 @@ pub fn summary(config: &Config, file: &str) -> String {
             .filter(|_| r.upstream.scheme == http::uri::Scheme::HTTPS);
         tls_files(format!("routes[{i}]"), ca, cert.as_ref(), key.as_ref());
     }
-    let redis_tls_loads = config.redis.as_ref().is_none_or(|r| {
-        let (ca, cert, key) = (&r.ca_file, &r.client_cert_file, &r.client_key_file);
-        tls_files("redis".to_owned(), ca.as_ref(), cert.as_ref(), key.as_ref())
-    });
+    // Read by `run` only when a credential is stored in Redis.
+    let uses_redis = config
+        .credentials
+        .iter()
+        .any(|c| c.store == StoreKind::Redis);
+    let redis_tls_loads = config
+        .redis
+        .as_ref()
+        .filter(|_| uses_redis)
+        .is_none_or(|r| {
+            let (ca, cert, key) = (&r.ca_file, &r.client_cert_file, &r.client_key_file);
+            tls_files("redis".to_owned(), ca.as_ref(), cert.as_ref(), key.as_ref())
+        });
     w.extend(store_problems(config, redis_tls_loads));
     for (i, c) in config.credentials.iter().enumerate() {
         if let Some(ca) = c.oauth2.as_ref().and_then(|o| o.ca_file.as_deref())

@@ -34,6 +34,22 @@ pub(super) fn check_duration_bounds(config: &Config, errs: &mut Vec<FieldError>)
             "1h",
         ));
     }
+    // Polls: each is a read per file per interval, on the blocking pool.
+    let mut polls = vec![(
+        "secrets.file_poll_interval",
+        config.secrets.file_poll_interval,
+    )];
+    if let Some(tls) = &config.proxy.tls {
+        polls.push(("proxy.tls.reload_interval", tls.reload_interval));
+    }
+    for (field, every) in polls {
+        if every < Duration::from_millis(10) {
+            errs.push(FieldError::new(
+                field,
+                "must be at least 10ms (each check reads every watched file)",
+            ));
+        }
+    }
     if let Some(r) = &config.redis {
         // Renewed every third of itself: shorter than a second, a network
         // or scheduling pause lets it lapse mid-refresh, and another

@@ -144,6 +144,19 @@ pub fn validate(config: &Config) -> Result<(), Vec<FieldError>> {
                 "must be non-empty without spaces",
             ));
         }
+        // Both or neither, as a route's: a config error whatever the
+        // machine (`latchkey check` must refuse what `run` would).
+        match (&r.client_cert_file, &r.client_key_file) {
+            (Some(_), None) => errs.push(FieldError::new(
+                "redis.client_key_file",
+                "needed with client_cert_file (the certificate's private key)",
+            )),
+            (None, Some(_)) => errs.push(FieldError::new(
+                "redis.client_cert_file",
+                "needed with client_key_file (the certificate the key belongs to)",
+            )),
+            _ => {}
+        }
     }
 
     // (host, prefix) -> first route index, to report ambiguous routes.
@@ -162,6 +175,22 @@ pub fn validate(config: &Config) -> Result<(), Vec<FieldError>> {
             // (crate::path): a prefix in another form would never match.
             let problem = if !p.starts_with('/') {
                 Some(format!("{p:?} must start with /"))
+            } else if let Some(c) = p
+                .chars()
+                .find(|c| matches!(c, '?' | '#') || !c.is_ascii_graphic())
+            {
+                // A request's path never holds these: the query and the
+                // fragment are not part of it, and a space, control or
+                // non-ASCII character is refused (or percent-encoded).
+                Some(format!(
+                    "{p:?} has {c:?}, which no request path holds (match the path only; percent-encode other characters)"
+                ))
+            } else if config.proxy.escaped_slashes == crate::config::EscapedSlashes::Reject
+                && p.to_ascii_uppercase().contains("%2F")
+            {
+                Some(format!(
+                    "{p:?} has an encoded slash, and proxy.escaped_slashes: reject refuses every request with one"
+                ))
             } else {
                 match crate::path::normalize(p, crate::config::EscapedSlashes::Keep) {
                     Ok(None) => None,
@@ -531,6 +560,15 @@ pub fn check_token_url(url: &str) -> Result<(), String> {
     }
     let without_query = url.split_once('?').map_or(url, |(base, _)| base);
     let u = super::UpstreamUrl::parse(without_query)?;
+    // The whole URL is what requests are made to: a query with a byte a
+    // request target cannot carry (a space, `"`, `<`, `>`, `{`) must be
+    // percent-encoded.
+    if url.parse::<http::Uri>().is_err() {
+        return Err(format!(
+            "{} is not a valid URL: percent-encode the query's spaces, quotes, braces and angle brackets",
+            super::types::shown(url)
+        ));
+    }
     if u.scheme == http::uri::Scheme::HTTPS || u.is_loopback() {
         Ok(())
     } else {

@@ -42,8 +42,16 @@ pub fn refresh_at(
 /// from `min` up to `max`, with "equal jitter" (half fixed, half random) so
 /// a fleet does not retry in lockstep.
 pub fn backoff(attempt: u32, min: Duration, max: Duration, jitter: f64) -> Duration {
-    let exp = attempt.saturating_sub(1).min(30);
-    let full = min.saturating_mul(1u32 << exp).min(max);
+    // Doubled until the cap, however small `min` is (a fixed cap on the
+    // exponent would stop a `min` of a few nanoseconds far below `max`).
+    let mut full = min;
+    for _ in 1..attempt {
+        if full >= max || full.is_zero() {
+            break;
+        }
+        full = full.saturating_mul(2);
+    }
+    let full = full.min(max);
     let half = full / 2;
     half + half.mul_f64(jitter.clamp(0.0, 1.0))
 }
@@ -112,5 +120,12 @@ mod tests {
         assert_eq!(backoff(20, min, max, 1.0), S(300));
         assert_eq!(backoff(20, min, max, 0.0), S(150));
         assert_eq!(backoff(u32::MAX, min, max, 1.0), S(300));
+        // A tiny minimum still reaches the cap.
+        assert_eq!(backoff(40, Duration::from_nanos(1), max, 0.0), S(150));
+        assert_eq!(backoff(u32::MAX, Duration::from_nanos(1), max, 1.0), S(300));
+        assert_eq!(
+            backoff(3, Duration::from_nanos(1), max, 1.0),
+            Duration::from_nanos(4)
+        );
     }
 }

@@ -473,3 +473,102 @@ fn settings_without_effect_are_warned_about() {
         "{w:?}"
     );
 }
+
+/// Prefixes no request path can have: matched by nothing, they would
+/// answer 404 `no_route` with nothing pointing at the cause.
+#[test]
+fn path_prefixes_no_request_can_match_are_refused() {
+    for (prefix, says) in [
+        ("\"/search?\"", "'?'"),
+        ("\"/docs#/\"", "'#'"),
+        ("\"/my api/\"", "' '"),
+        ("\"/caf\u{e9}/\"", "'\u{e9}'"),
+    ] {
+        let e = errors(&format!(
+            "{HEAD}routes:\n  - {{ id: r, match: {{ path_prefix: {prefix} }}, upstream: http://127.0.0.1:1, public: true }}\n"
+        ));
+        assert!(
+            e.contains("t.yaml: routes[0].match.path_prefix: ") && e.contains(says),
+            "{prefix}: {e}"
+        );
+        assert!(e.contains("which no request path holds"), "{e}");
+    }
+    // An encoded slash is fine, unless every request with one is refused.
+    let route = "routes:\n  - { id: r, match: { path_prefix: /a%2Fb }, upstream: http://127.0.0.1:1, public: true }\n";
+    assert_eq!(errors(&format!("{HEAD}{route}")), "<accepted>");
+    let e = errors(&format!(
+        "proxy: {{ listen: 127.0.0.1:8080, escaped_slashes: reject }}\n{route}"
+    ));
+    assert!(
+        e.contains("routes[0].match.path_prefix: ") && e.contains("escaped_slashes: reject"),
+        "{e}"
+    );
+}
+
+/// `run` refuses these; `check` must too, whatever the machine.
+#[test]
+fn a_redis_client_certificate_needs_its_key_and_the_reverse() {
+    let redis = |tls: &str| {
+        errors(&format!(
+            "{HEAD}redis: {{ url: {{ env: R }}, encryption_keys: [{{ env: K }}]{tls} }}\n"
+        ))
+    };
+    let e = redis(", client_cert_file: /c.pem");
+    assert!(
+        e.contains("t.yaml: redis.client_key_file: needed with client_cert_file"),
+        "{e}"
+    );
+    let e = redis(", client_key_file: /k.pem");
+    assert!(
+        e.contains("t.yaml: redis.client_cert_file: needed with client_key_file"),
+        "{e}"
+    );
+    assert_eq!(
+        redis(", client_cert_file: /c.pem, client_key_file: /k.pem"),
+        "<accepted>"
+    );
+}
+
+/// The token endpoint is asked at the whole URL, query included: a query
+/// with bytes a request target cannot carry is refused at load, naming
+/// the field, without showing the query.
+#[test]
+fn a_token_url_query_that_is_not_a_valid_target_is_refused() {
+    let yaml = |url: &str| {
+        format!(
+            "{HEAD}credentials:\n  - id: idp\n    oauth2:\n      grant: client_credentials\n      \
+             token_url: '{url}'\n      client_id: x\n      client_secret: {{ env: S }}\n"
+        )
+    };
+    let e = errors(&yaml("https://idp.example.com/token?claims={\"a\":1}"));
+    assert!(
+        e.contains("t.yaml: credentials[0].oauth2.token_url: ") && e.contains("percent-encode"),
+        "{e}"
+    );
+    assert!(!e.contains("claims"), "{e}");
+    assert_eq!(
+        errors(&yaml("https://idp.example.com/token?p=B2C_1_signin")),
+        "<accepted>"
+    );
+}
+
+/// A poll of a millisecond is a read of every watched file a millisecond.
+#[test]
+fn polls_faster_than_ten_milliseconds_are_refused() {
+    let e = errors(&format!("{HEAD}secrets: {{ file_poll_interval: 1ms }}\n"));
+    assert!(
+        e.contains("t.yaml: secrets.file_poll_interval: must be at least 10ms"),
+        "{e}"
+    );
+    assert_eq!(
+        errors(&format!("{HEAD}secrets: {{ file_poll_interval: 10ms }}\n")),
+        "<accepted>"
+    );
+    let e = errors(
+        "proxy: { listen: 127.0.0.1:8080, tls: { cert_file: a, key_file: b, reload_interval: 5ms } }\n",
+    );
+    assert!(
+        e.contains("t.yaml: proxy.tls.reload_interval: must be at least 10ms"),
+        "{e}"
+    );
+}
