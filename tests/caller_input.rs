@@ -14,7 +14,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
-use support::harness::{TestProxy, start_proxy};
+use support::harness::{TestProxy, start_proxy, start_proxy_with};
 use support::proxy_helpers::{CLIENT_TOKEN, api_config};
 use support::{echo_upstream, echoed_header};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,7 +44,12 @@ async fn raw(addr: SocketAddr, raw: &[u8], limit: Duration) -> String {
 async fn a_malformed_body_is_a_bad_request_not_an_upstream_failure() {
     let up = echo_upstream().await;
     for extra in ["", "    retry: { enabled: false }\n"] {
-        let p = start_proxy(&one_route(&up.url(), extra, "")).await;
+        let sink = std::sync::Arc::new(audit::MemorySink::new());
+        let options = latchkey::StartOptions {
+            audit_sink: Some(sink.clone()),
+            ..Default::default()
+        };
+        let p = start_proxy_with(&one_route(&up.url(), extra, ""), options).await;
         let req = format!(
             "POST /api/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {CLIENT_TOKEN}\r\n\
              Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZZ\r\n\r\n"
@@ -56,6 +61,10 @@ async fn a_malformed_body_is_a_bad_request_not_an_upstream_failure() {
             resp.contains("x-latchkey-error: bad_request"),
             "{extra:?}: {resp}"
         );
+        // The record names the stage: the caller's body.
+        let record = sink.requests().pop().unwrap();
+        assert_eq!(record["rejected_by"], "request_body", "{extra:?}: {record}");
+        assert_eq!(record["audit"]["action"], "reject", "{record}");
     }
 }
 

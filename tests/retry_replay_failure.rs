@@ -155,3 +155,61 @@ async fn a_replay_that_cannot_reach_the_upstream_says_it_went_through_the_retry(
     )
     .await;
 }
+
+/// The caller goes away while the replay waits for the upstream: the
+/// record says the retry was under way (`attempted`, no outcome yet) and
+/// does not pair the first attempt's 401 with the new credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_gone_during_the_replay_leaves_no_stale_upstream_status() {
+    let ep = endpoint().await;
+    let (upstream, accepted) = refusing_upstream(Replay::Hangs).await;
+    let sink = Arc::new(MemorySink::new());
+    let p = start_proxy_with(
+        &config(
+            &ep,
+            "",
+            "",
+            &route(
+                "api",
+                "/api/",
+                &format!("http://{upstream}"),
+                "api",
+                "    timeout: 30s\n",
+            ),
+        ),
+        latchkey::StartOptions {
+            audit_sink: Some(sink.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let url = p.url("/api/a");
+    let caller = tokio::spawn(async move { get(&url, &[]).await });
+    with_timeout(async {
+        while accepted.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // The replay's connection is open; give the request a moment to be
+    // written to it, then leave.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    caller.abort();
+    let record = with_timeout(async {
+        loop {
+            if let Some(r) = sink.requests().pop() {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(record["audit"]["action"], "client_cancel", "{record}");
+    assert_eq!(record["retry401"]["attempted"], true, "{record}");
+    assert!(record["retry401"]["outcome"].is_null(), "{record}");
+    assert!(record["upstream_status"].is_null(), "{record}");
+    assert!(record["upstream_ms"].is_null(), "{record}");
+    assert_eq!(record["credential"]["generation"], 2, "{record}");
+    assert_eq!(record["refresh"]["trigger"], "forced", "{record}");
+    p.stop().await;
+}

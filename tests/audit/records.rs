@@ -440,6 +440,28 @@ async fn body_too_large() {
     assert_eq!(up.hit_count(), 0);
 }
 
+/// A path whose rest, after a stripped prefix that does not end in `/`,
+/// starts with a dot segment is refused (it would climb out of the
+/// upstream's base path); the record names the router as the stage.
+#[tokio::test]
+async fn a_dot_segment_after_a_stripped_prefix_is_refused_by_the_router() {
+    let up = echo_upstream().await;
+    let route = format!(
+        "  - id: sp\n    match: {{ path_prefix: /sp }}\n    strip_prefix: true\n    upstream: {}/base\n    credential: sp-key\n",
+        up.url()
+    );
+    let (p, sink) = start(&setup("sp", "[sp]", "", &route)).await;
+    let req = Request::get(p.url("/sp../admin"))
+        .header("authorization", bearer(CLIENT_TOKEN))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(req).await.0, 400);
+    let record = only_request(&sink);
+    assert_eq!(record["rejected_by"], "router", "{record}");
+    assert_eq!(record["reason"], "bad_request", "{record}");
+    assert_eq!(up.hit_count(), 0);
+}
+
 #[tokio::test]
 async fn request_timeout() {
     use http_body_util::StreamBody;
@@ -483,6 +505,7 @@ async fn request_timeout() {
             408,
             json!({
                 "client": "billing", "route": "rt", "upstream_ms": "<ms>",
+                "rejected_by": "request_body",
                 "denial_source": "local", "reason": "request_timeout",
                 "credential": static_injected("rt-key"),
             })

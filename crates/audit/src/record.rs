@@ -398,7 +398,7 @@ impl<'a> RequestRecord<'a> {
                 },
             },
             retry401: Retry401Fields {
-                attempted: facts.retry.is_some(),
+                attempted: facts.retry.is_some() || facts.replaying,
                 outcome: facts.retry,
             },
             reason,

@@ -139,6 +139,13 @@ pub struct RequestFacts {
     pub refresh: Option<RefreshFact>,
     /// The 401 retry's outcome, if one was considered.
     pub retry: Option<&'static str>,
+    /// The 401 retry is sending the request again (its outcome, in
+    /// `retry`, is not known until the replay is answered): the facts of
+    /// the first attempt's answer (`upstream_status`, `upstream_time`) are
+    /// cleared, so a record written before the replay is answered (the
+    /// caller went away, the replay failed before it was sent) does not
+    /// pair the refused answer with the new credential.
+    pub replaying: bool,
 }
 
 /// The shared slot; see the module docs.

@@ -150,6 +150,11 @@ impl Service<Request<ProxyBody>> for Forward {
         let uri = match self.upstream_uri(&parts.uri) {
             Ok(u) => u,
             Err(e) => {
+                // A path the route's prefix strip would take out of the
+                // upstream's base path: refused as the router refuses paths.
+                if let Some(f) = crate::facts::slot(&parts.extensions) {
+                    f.update(|f| f.rejected_by = Some("router"));
+                }
                 let e = crate::error::BadRequest(e);
                 return Box::pin(async move { Err(e.into()) });
             }
@@ -371,6 +376,9 @@ impl After {
             // The upstream was still waiting for the rest of the body
             // from the caller: the caller's stall, not the upstream's.
             Err(_) if body_failure.as_ref().is_some_and(|w| w.waiting_on_caller()) => {
+                if let Some(f) = &facts {
+                    f.update(|f| f.rejected_by = Some("request_body"));
+                }
                 return Err(RequestTimeout { after: timeout }.into());
             }
             Err(_) => {
@@ -394,8 +402,16 @@ impl After {
                     }
                     None => map_client_error(e, origin, limit, connect_timeout),
                 };
-                if let Some(f) = facts.as_ref().filter(|_| e.is::<BodyTooLarge>()) {
-                    f.update(|f| f.rejected_by = Some("limits"));
+                let stage = if e.is::<BodyTooLarge>() {
+                    Some("limits")
+                } else if e.is::<crate::error::BadRequest>() {
+                    // The caller's body broke off or was malformed.
+                    Some("request_body")
+                } else {
+                    None
+                };
+                if let Some((f, stage)) = facts.as_ref().zip(stage) {
+                    f.update(|f| f.rejected_by = Some(stage));
                 }
                 return Err(e);
             }

@@ -270,7 +270,14 @@ where
                 .headers
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            let (body, replay) = capture(body, declared, policy.max_replay_body).await?;
+            let (body, replay) = capture(body, declared, policy.max_replay_body)
+                .await
+                .inspect_err(|_| {
+                    // The caller's body broke off or was malformed.
+                    if let Some(f) = &facts {
+                        f.update(|f| f.rejected_by = Some("request_body"));
+                    }
+                })?;
             let again = replay
                 .map(|r| Again::capture(&parts, r))
                 .ok_or(NotReplayable::Body);
@@ -533,6 +540,13 @@ where
     // A successful replay's response carries the record too: its
     // generation goes into the outcome.
     RequestContext::of_mut(replay.extensions_mut()).report_credential_used = true;
+    if let Some(f) = &facts {
+        f.update(|f| {
+            f.upstream_status = None;
+            f.upstream_time = None;
+            f.replaying = true;
+        });
+    }
     let replayed = match ready(&mut inner).await {
         Ok(()) => call(&mut inner, replay).await,
         Err(e) => Err(e),
