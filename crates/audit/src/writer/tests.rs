@@ -304,14 +304,12 @@ fn closing_is_bounded_and_late_records_are_not_kept() {
     };
     let (w, guard) = BatchWriter::spawn(Stuck(blocked), "t", opts).unwrap();
     w.append_line(b"one");
-    let started = std::time::Instant::now();
+    // Returns although the writer is still stuck in its `write`.
     drop(guard);
-    let took = started.elapsed();
-    assert!(took >= Duration::from_millis(200), "{took:?}");
-    assert!(took < Duration::from_secs(5), "{took:?}");
+    let shared = w.shared.clone();
+    assert!(!shared.lock().finished, "the drop waited for the writer");
     // Let the writer go: its write fails, it sees `closed` and ends.
     drop(unblock);
-    let shared = w.shared.clone();
     let mut state = shared.lock();
     while !state.finished {
         state = shared.done.wait(state).unwrap();
