@@ -91,6 +91,7 @@ pub async fn start_with(
             max_idle: config.proxy.upstream_max_idle,
             idle_timeout: config.proxy.upstream_idle_timeout,
             h2_keepalive: Some(config.proxy.upstream_h2_keepalive).filter(|d| !d.is_zero()),
+            ..PoolSettings::default()
         }),
         memory: Arc::default(),
         observer: Arc::default(),

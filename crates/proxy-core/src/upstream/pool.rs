@@ -19,10 +19,14 @@
 //!   connection belongs to the upgrade and is never pooled.
 //! - **h2**: when ALPN picks h2 the connection is shared by every request
 //!   to the origin (one stream each) until it closes, refuses a request
-//!   unsent (it is going away) or has carried no request for the idle
-//!   timeout. Requests that find no connection to an origin that may speak
-//!   h2 wait for one connect instead of each opening their own (see
-//!   `connecting`).
+//!   unsent (it is going away) or has carried no request, and carries
+//!   none, for the idle timeout. A connection carrying
+//!   [`PoolSettings::h2_max_streams`] streams (100) takes no more: the
+//!   next request opens another (hyper would queue it until a stream ends,
+//!   for ever behind long-lived streams), and later ones go to the first
+//!   with room. Requests that find no connection with room to an origin
+//!   that may speak h2 wait for one connect instead of each opening their
+//!   own (see `connecting`).
 //! - **Stale connections**: a request sent on a reused connection that the
 //!   upstream had already closed, and that hyper hands back unsent, is sent
 //!   again on another connection (what hyper-util's `retry_canceled_requests`
@@ -48,19 +52,16 @@
 //! and `upstream_unreachable`.
 
 use crate::{BoxError, ProxyBody};
-use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, StatusCode, Uri};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::TokioExecutor;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 use tower::Service as _;
@@ -99,7 +100,7 @@ impl std::fmt::Debug for OriginPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (idle, h2) = {
             let s = self.lock();
-            (s.idle.len(), s.h2.is_some())
+            (s.idle.len(), s.h2.len())
         };
         f.debug_struct("OriginPool")
             .field(
@@ -116,14 +117,12 @@ impl std::fmt::Debug for OriginPool {
 struct State {
     /// Idle HTTP/1.1 connections, the most recently used last.
     idle: Vec<Idle>,
-    /// The shared h2 connection, once there is one.
-    h2: Option<http2::SendRequest<ProxyBody>>,
-    /// Which connection `h2` is (counts the h2 connections made), so a
-    /// request that finds its connection going away unshares only that
-    /// one, never a newer one another request has made since.
-    h2_id: u64,
-    /// The reaper tick when the h2 connection last took a request.
-    h2_since: u64,
+    /// The shared h2 connections, oldest first.
+    h2: Vec<H2Conn>,
+    /// h2 connections made so far (the last one's id), so a request that
+    /// finds its connection going away unshares only that one, never a
+    /// newer one another request has made since.
+    h2_made: u64,
     /// Whether the reaper task runs.
     reaping: bool,
     /// The connect in progress that others wait for (`https` only).
@@ -143,17 +142,23 @@ struct Idle {
 enum Conn {
     /// With when it went idle, if it is a pooled one.
     H1(http1::SendRequest<ProxyBody>, Option<Instant>),
-    /// With its `State::h2_id`.
-    H2(http2::SendRequest<ProxyBody>, u64),
+    /// With its id ([`H2Conn`]) and the stream it counts.
+    H2(http2::SendRequest<ProxyBody>, u64, StreamSlot),
 }
 
+mod body;
 mod connecting;
 mod forms;
 mod h2;
 mod resend;
 mod settings;
-pub use h2::{H2_CONNECTION_WINDOW, H2_MAX_HEADER_LIST, H2_STREAM_WINDOW};
+use h2::H2Conn;
+pub use h2::{
+    H2_CONNECTION_WINDOW, H2_MAX_HEADER_LIST, H2_MAX_STREAMS, H2_STREAM_WINDOW, StreamSlot,
+};
 
+pub use body::PooledBody;
+use body::Slot;
 use forms::{absolute_form, origin_form};
 use resend::Resend;
 pub use resend::Resent;
@@ -275,7 +280,7 @@ impl OriginPool {
                             Err(e) => e,
                         }
                     }
-                    Conn::H2(mut tx, id) => {
+                    Conn::H2(mut tx, id, stream) => {
                         absolute_form(&mut req, &self.scheme, &self.authority);
                         match tx.try_send_request(req).await {
                             Ok(mut resp) => {
@@ -283,7 +288,7 @@ impl OriginPool {
                                 if resent {
                                     resp.extensions_mut().insert(Resent);
                                 }
-                                return Ok(resp.map(PooledBody::unpooled));
+                                return Ok(resp.map(|b| PooledBody::on_stream(b, stream)));
                             }
                             Err(mut e) => {
                                 // A request handed back unsent means the
@@ -346,6 +351,7 @@ impl OriginPool {
             let mut body = PooledBody {
                 inner,
                 slot: reusable.then_some(Slot { tx, pool: self }),
+                stream: None,
             };
             if body.inner.is_end_stream() {
                 body.release();
@@ -360,16 +366,12 @@ impl OriginPool {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A live h2 connection or the most recently used idle HTTP/1.1 one.
+    /// A live h2 connection with room or the most recently used idle
+    /// HTTP/1.1 one.
     fn checkout(&self) -> Option<Conn> {
         let mut state = self.lock();
-        if let Some(h2) = &state.h2 {
-            if !h2.is_closed() {
-                let h2 = h2.clone();
-                state.h2_since = self.tick.load(Ordering::Relaxed);
-                return Some(Conn::H2(h2, state.h2_id));
-            }
-            state.h2 = None;
+        if let Some(h2) = self.h2_with_room(&mut state) {
+            return Some(h2);
         }
         while let Some(idle) = state.idle.pop() {
             if !idle.tx.is_closed() {
@@ -379,12 +381,28 @@ impl OriginPool {
         None
     }
 
-    /// Stops sharing h2 connection `id`, if it is still the shared one.
-    fn unshare_h2(&self, id: u64) {
-        let mut state = self.lock();
-        if state.h2_id == id {
-            state.h2 = None;
+    /// A stream on the first open h2 connection with room; closed ones
+    /// are forgotten on the way.
+    fn h2_with_room(&self, state: &mut State) -> Option<Conn> {
+        if state.h2.is_empty() {
+            return None;
         }
+        state.h2.retain(|c| !c.tx.is_closed());
+        let (max, now) = (
+            self.settings.h2_max_streams,
+            self.tick.load(Ordering::Relaxed),
+        );
+        state.h2.iter_mut().find_map(|c| {
+            let id = c.id;
+            c.take(max, now)
+                .map(|(tx, stream)| Conn::H2(tx, id, stream))
+        })
+    }
+
+    /// Stops sharing h2 connection `id` (requests on it keep their
+    /// streams).
+    fn unshare_h2(&self, id: u64) {
+        self.lock().h2.retain(|c| c.id != id);
     }
 
     /// Pools a connection whose response has ended once hyper is ready
@@ -452,13 +470,14 @@ impl OriginPool {
             });
             tx.ready().await.map_err(SendError::Http)?;
             let mut state = self.lock();
-            state.h2 = Some(tx.clone());
-            state.h2_id += 1;
-            let id = state.h2_id;
-            state.h2_since = self.tick.load(Ordering::Relaxed);
+            state.h2_made += 1;
+            let id = state.h2_made;
+            let conn = H2Conn::new(tx.clone(), id, self.tick.load(Ordering::Relaxed));
+            let stream = conn.claim();
+            state.h2.push(conn);
             state.alpn_h1 = false;
             self.start_reaper(state);
-            Ok(Conn::H2(tx, id))
+            Ok(Conn::H2(tx, id, stream))
         } else {
             if main && self.scheme == Scheme::HTTPS {
                 self.lock().alpn_h1 = true;
@@ -483,17 +502,13 @@ impl OriginPool {
         state
             .idle
             .retain(|i| now - i.since <= TICKS_PER_TIMEOUT && !i.tx.is_closed());
-        let h2_idle = now - state.h2_since > TICKS_PER_TIMEOUT;
-        if state
-            .h2
-            .as_ref()
-            .is_some_and(|h2| h2_idle || h2.is_closed())
-        {
-            // Requests still using it hold their own handles; the
-            // connection closes when the last one is done.
-            state.h2 = None;
-        }
-        state.reaping = !state.idle.is_empty() || state.h2.is_some();
+        // One that carries streams is in use, however long ago it took
+        // one. Requests still using an unshared one hold their own
+        // handles; the connection closes when the last one is done.
+        state.h2.retain(|c| {
+            !c.tx.is_closed() && (now - c.since <= TICKS_PER_TIMEOUT || c.in_flight() > 0)
+        });
+        state.reaping = !state.idle.is_empty() || !state.h2.is_empty();
         state.reaping
     }
 }
@@ -510,76 +525,6 @@ async fn reap(pool: Weak<OriginPool>, timeout: Duration) {
             Some(pool) if pool.reap_once() => {}
             _ => return,
         }
-    }
-}
-
-/// A response body from the pool: hyper's body, plus the HTTP/1.1
-/// connection it came on, returned to the pool when the body ends.
-#[derive(Debug)]
-pub struct PooledBody {
-    inner: Incoming,
-    slot: Option<Slot>,
-}
-
-struct Slot {
-    tx: http1::SendRequest<ProxyBody>,
-    pool: Arc<OriginPool>,
-}
-
-impl std::fmt::Debug for Slot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Slot").finish_non_exhaustive()
-    }
-}
-
-impl PooledBody {
-    fn unpooled(inner: Incoming) -> Self {
-        Self { inner, slot: None }
-    }
-
-    fn release(&mut self) {
-        if let Some(Slot { tx, pool }) = self.slot.take() {
-            pool.put_when_ready(tx);
-        }
-    }
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
-            // A broken body means a broken connection.
-            Poll::Ready(Some(Err(_))) => this.slot = None,
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // Dropped at its end (a server that stops polling once
-        // `is_end_stream` says so) the connection is ready; dropped
-        // half-read (a 401 about to be retried, a caller gone), hyper
-        // drains a short rest and then it is ready, or closes it.
-        self.release();
     }
 }
 

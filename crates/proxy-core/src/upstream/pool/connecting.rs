@@ -93,15 +93,16 @@ impl Drop for Leader<'_> {
 }
 
 impl OriginPool {
-    /// A new connection, or the shared h2 connection another request's
-    /// connect just made (then `true`: like a pooled one, it may already
-    /// be going away); see the module docs.
+    /// A new connection, or a shared h2 connection with room (another
+    /// request's connect just made it, or a stream ended meanwhile; then
+    /// `true`: like a pooled one, it may already be going away); see the
+    /// module docs.
     pub(super) async fn connect_once(self: &Arc<Self>) -> Result<(Conn, bool), SendError> {
         loop {
             let next = {
                 let mut state = self.lock();
-                if let Some(h2) = state.h2.as_ref().filter(|h2| !h2.is_closed()) {
-                    return Ok((Conn::H2(h2.clone(), state.h2_id), true));
+                if let Some(h2) = self.h2_with_room(&mut state) {
+                    return Ok((h2, true));
                 }
                 if !self.may_be_h2(state.alpn_h1) {
                     Next::Connect

@@ -1,7 +1,11 @@
-//! The h2 client settings of an origin's shared connection.
+//! The h2 client settings of an origin's shared connections, and how
+//! many streams each carries.
 
+use crate::ProxyBody;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// The h2 flow-control window of one upstream stream (1 MiB).
@@ -41,4 +45,70 @@ pub(super) fn builder(keepalive: Option<Duration>) -> http2::Builder<TokioExecut
             .keep_alive_timeout(Duration::from_secs(20));
     }
     h2
+}
+
+/// Streams one shared h2 connection carries at once, by default
+/// ([`PoolSettings::h2_max_streams`](super::PoolSettings::h2_max_streams)):
+/// RFC 9113 asks servers to allow at least 100 (nginx allows 128, Go 250,
+/// hyper 200). hyper queues a request past the server's limit until a
+/// stream ends, which behind long-lived streams (SSE, long polls, gRPC
+/// streams) is never: past this many, another connection is opened.
+pub const H2_MAX_STREAMS: usize = 100;
+
+/// One shared h2 connection, and the streams it carries now.
+pub(super) struct H2Conn {
+    pub(super) tx: http2::SendRequest<ProxyBody>,
+    /// Counts the h2 connections the pool made, so a request that finds
+    /// its connection going away unshares that one only.
+    pub(super) id: u64,
+    /// The reaper tick when it last took a request.
+    pub(super) since: u64,
+    streams: Arc<AtomicUsize>,
+}
+
+impl H2Conn {
+    pub(super) fn new(tx: http2::SendRequest<ProxyBody>, id: u64, since: u64) -> Self {
+        Self {
+            tx,
+            id,
+            since,
+            streams: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// A stream on it, if it is open and carries fewer than `max`; `now`
+    /// is the reaper tick.
+    pub(super) fn take(
+        &mut self,
+        max: usize,
+        now: u64,
+    ) -> Option<(http2::SendRequest<ProxyBody>, StreamSlot)> {
+        if self.tx.is_closed() || self.in_flight() >= max {
+            return None;
+        }
+        self.since = now;
+        Some((self.tx.clone(), self.claim()))
+    }
+
+    /// A stream on it, whatever it carries (the request that made it).
+    pub(super) fn claim(&self) -> StreamSlot {
+        self.streams.fetch_add(1, Ordering::AcqRel);
+        StreamSlot(self.streams.clone())
+    }
+
+    /// Streams it carries now.
+    pub(super) fn in_flight(&self) -> usize {
+        self.streams.load(Ordering::Acquire)
+    }
+}
+
+/// One stream on a shared h2 connection, counted until dropped: with the
+/// response body (ended or dropped), or with the send that failed.
+#[derive(Debug)]
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }

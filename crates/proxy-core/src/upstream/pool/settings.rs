@@ -16,6 +16,10 @@ pub struct PoolSettings {
     /// requests fail, the next ones connect afresh). None (the default):
     /// off.
     pub h2_keepalive: Option<Duration>,
+    /// Streams one h2 connection carries at once; past them, requests go
+    /// on another connection ([`H2_MAX_STREAMS`](super::h2::H2_MAX_STREAMS)
+    /// by default).
+    pub h2_max_streams: usize,
 }
 
 impl Default for PoolSettings {
@@ -29,6 +33,7 @@ impl Default for PoolSettings {
             max_idle: 256,
             idle_timeout: Duration::from_secs(90),
             h2_keepalive: None,
+            h2_max_streams: super::h2::H2_MAX_STREAMS,
         }
     }
 }

@@ -2,7 +2,9 @@
 
 use super::*;
 use crate::boxed;
+use bytes::Bytes;
 use futures_util::StreamExt as _;
+use http_body::Frame;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;

@@ -27,8 +27,9 @@ where
     tokio::spawn(conn);
     tx.ready().await.unwrap();
     let mut state = pool.lock();
-    state.h2 = Some(tx);
-    state.h2_id = 1;
+    state.h2_made += 1;
+    let id = state.h2_made;
+    state.h2.push(H2Conn::new(tx, id, 0));
 }
 
 fn request(path: &str) -> Request<ProxyBody> {

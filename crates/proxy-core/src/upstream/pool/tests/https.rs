@@ -164,27 +164,69 @@ async fn h2_sender() -> http2::SendRequest<ProxyBody> {
 async fn a_stale_h2_connection_is_unshared_but_never_a_newer_one() {
     let pool = https_pool("127.0.0.1:9".parse().unwrap());
     let (old, new) = (h2_sender().await, h2_sender().await);
-    {
-        let mut state = pool.lock();
-        state.h2 = Some(old);
-        state.h2_id = 1;
-    }
-    let Some(Conn::H2(_, old_id)) = pool.checkout() else {
+    pool.lock().h2.push(H2Conn::new(old, 1, 0));
+    let Some(Conn::H2(_, old_id, _)) = pool.checkout() else {
         panic!("the shared h2 connection is checked out");
     };
     assert_eq!(old_id, 1);
     // Another request has since connected afresh and shared its connection.
-    {
-        let mut state = pool.lock();
-        state.h2 = Some(new);
-        state.h2_id = 2;
-    }
+    pool.lock().h2.push(H2Conn::new(new, 2, 0));
     pool.unshare_h2(old_id);
-    let Some(Conn::H2(_, id)) = pool.checkout() else {
+    let Some(Conn::H2(_, id, _)) = pool.checkout() else {
         panic!("the newer h2 connection is still shared");
     };
     assert_eq!(id, 2);
     pool.unshare_h2(id);
-    assert!(pool.lock().h2.is_none(), "the current one is unshared");
+    assert!(pool.lock().h2.is_empty(), "the current one is unshared");
     assert!(pool.checkout().is_none());
+}
+
+/// A shared h2 connection carrying `h2_max_streams` streams takes no
+/// more: a request then connects afresh instead of waiting behind them
+/// (hyper would queue it until a stream ends, for ever behind long-lived
+/// streams); a stream that ends makes room again.
+#[tokio::test]
+async fn a_full_h2_connection_takes_no_more_streams() {
+    let connector = crate::upstream::build_connector(None, Duration::from_secs(5)).unwrap();
+    let pool = Arc::new(OriginPool::new(
+        connector,
+        Scheme::HTTPS,
+        Authority::from_static("127.0.0.1:9"),
+        PoolSettings {
+            h2_max_streams: 2,
+            ..PoolSettings::default()
+        },
+        Duration::from_secs(5),
+    ));
+    let tx = h2_sender().await;
+    pool.lock().h2.push(H2Conn::new(tx, 1, 0));
+    let (a, b) = (pool.checkout(), pool.checkout());
+    assert!(matches!(a, Some(Conn::H2(_, 1, _))));
+    assert!(matches!(b, Some(Conn::H2(_, 1, _))));
+    assert!(pool.checkout().is_none(), "full: no third stream");
+    drop(a);
+    assert!(matches!(pool.checkout(), Some(Conn::H2(_, 1, _))));
+    assert_eq!(
+        pool.lock().h2[0].in_flight(),
+        1,
+        "the checkout dropped at once"
+    );
+    drop(b);
+    // Through `send`: two responses whose bodies are still open hold both
+    // streams; a third request does not queue on the connection, it
+    // connects (here the connect is refused, which shows it tried).
+    let first = pool.clone().send(get("127.0.0.1:9".parse().unwrap())).await;
+    let second = pool.clone().send(get("127.0.0.1:9".parse().unwrap())).await;
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(pool.lock().h2[0].in_flight(), 2);
+    let third = pool.clone().send(get("127.0.0.1:9".parse().unwrap())).await;
+    assert!(matches!(third, Err(SendError::Connect(_))), "{third:?}");
+    // A body read to its end gives its stream back.
+    let body = first.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "hello");
+    assert_eq!(pool.lock().h2[0].in_flight(), 1);
+    let fourth = pool.clone().send(get("127.0.0.1:9".parse().unwrap())).await;
+    assert_eq!(fourth.unwrap().status(), StatusCode::OK);
+    drop(second);
+    assert_eq!(pool.lock().h2[0].in_flight(), 0);
 }
