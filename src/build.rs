@@ -76,13 +76,20 @@ pub fn credential_sources_with(
 ) -> Result<HashMap<String, Arc<dyn CredentialSource>>, ConfigError> {
     let poll = config.secrets.file_poll_interval;
     let mut errs = Vec::new();
-    let file_store = match (
-        &config.file_store,
-        config
-            .credentials
-            .iter()
-            .any(|c| c.store == StoreKind::File),
-    ) {
+    // A store is built (its directory checked, Redis's URL, keys and TLS
+    // files read) only for the credentials this build makes anew: a reload
+    // that keeps every credential of a store, its section unchanged, does
+    // not read its files again (a URL or key file mid-rotation must not
+    // refuse an unrelated edit).
+    let builds = |kind: StoreKind| {
+        config.credentials.iter().any(|c| {
+            c.store == kind
+                && previous
+                    .and_then(|p| unchanged_source(p, config, c))
+                    .is_none()
+        })
+    };
+    let file_store = match (&config.file_store, builds(StoreKind::File)) {
         (Some(fs), true) => match FileStore::new(&fs.dir) {
             Ok(s) => Some(Arc::new(s)),
             Err(e) => {
@@ -92,11 +99,7 @@ pub fn credential_sources_with(
         },
         _ => None,
     };
-    let redis_store = if config
-        .credentials
-        .iter()
-        .any(|c| c.store == StoreKind::Redis)
-    {
+    let redis_store = if builds(StoreKind::Redis) {
         config
             .redis
             .as_ref()

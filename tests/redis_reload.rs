@@ -87,3 +87,64 @@ async fn a_reload_during_a_redis_outage_keeps_the_held_credential() {
     assert_eq!(got.unwrap().expose(), "at-1");
     assert_eq!(ep.calls(), 1, "the held token was fetched again");
 }
+
+/// A reload that keeps every Redis-stored credential (an unrelated edit:
+/// a route added) builds no Redis store, so it does not read `redis.url`
+/// again: a URL file mid-rotation (gone for a moment) does not refuse it.
+/// A reload that rebuilds such a credential does read it, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_keeps_the_redis_credentials_does_not_read_the_url() {
+    let redis = RedisServer::start().await;
+    let ep = token_endpoint::start(EndpointOptions {
+        expires_in: 3600,
+        rotate: true,
+        initial_refresh_token: "rt-seed".into(),
+        client_id: Some("latchkey".into()),
+        client_secret: Some("cs-canary".into()),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let url_file = dir.path().join("redis-url");
+    std::fs::write(&url_file, redis.url()).unwrap();
+    let keys = format!("{{ value: \"{KEY}\" }}");
+    let with_url_file = |yaml: String| {
+        yaml.replace(
+            &format!("url: {{ value: \"{}\" }}", redis.url()),
+            &format!("url: {{ file: {:?} }}", url_file.display().to_string()),
+        )
+    };
+    let base = with_url_file(yaml(&redis.url(), &ep.url, &keys));
+    assert!(base.contains("url: { file:"), "{base}");
+    let kept = Kept::default();
+    let cfg = Config::from_yaml(&base, "lk.yaml").unwrap();
+    let p1 = build_proxy_with(cfg, "lk.yaml", &StartOptions::default(), None, &kept).unwrap();
+    std::fs::remove_file(&url_file).unwrap();
+
+    let added = format!(
+        "{base}  - id: other\n    match: {{ path_prefix: /other/ }}\n    upstream: http://127.0.0.1:9\n    public: true\n"
+    );
+    let cfg = Config::from_yaml(&added, "lk.yaml").unwrap();
+    let p2 = build_proxy_with(cfg, "lk.yaml", &StartOptions::default(), Some(&p1), &kept)
+        .expect("an unrelated edit does not read redis.url");
+    let same = |a: &latchkey::build::Proxy, b: &latchkey::build::Proxy| {
+        let find = |p: &latchkey::build::Proxy| {
+            p.credentials
+                .iter()
+                .find(|c| c.id() == "crm")
+                .unwrap()
+                .clone()
+        };
+        std::sync::Arc::ptr_eq(&find(a), &find(b))
+    };
+    assert!(same(&p1, &p2), "the credential is kept");
+
+    // Rebuilding the credential (a new client id) needs the store: the
+    // missing URL file is reported, naming the field.
+    let changed = added.replace("client_id: latchkey", "client_id: latchkey-2");
+    let cfg = Config::from_yaml(&changed, "lk.yaml").unwrap();
+    let e = build_proxy_with(cfg, "lk.yaml", &StartOptions::default(), Some(&p2), &kept)
+        .err()
+        .expect("the store needs its URL")
+        .to_string();
+    assert!(e.contains("redis.url"), "{e}");
+}
