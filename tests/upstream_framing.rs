@@ -154,3 +154,31 @@ async fn a_response_head_of_too_many_lines_is_a_502_that_says_so() {
         )
     );
 }
+
+/// An upstream's response in a transfer coding other than chunked (`gzip,
+/// chunked`): hyper takes off the chunking only, and the header that says
+/// the rest is gzip is hop-by-hop, so the caller would get gzip bytes it
+/// was never told about. A 502 that says so, as nginx answers.
+#[tokio::test]
+async fn a_response_transfer_coding_other_than_chunked_is_a_502() {
+    let addr = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let proxy = start_proxy(&config(&route("raw", &format!("http://{addr}"), ""))).await;
+    let (status, _, body) = get(
+        &proxy.url("/raw/x"),
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let v = json(&body);
+    assert_eq!(v["error"]["code"], "upstream_unreachable");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("transfer coding other than chunked"),
+        "{v}"
+    );
+}

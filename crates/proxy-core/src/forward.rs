@@ -444,7 +444,13 @@ impl After {
                 }
             }
         }
-        crate::headers::clean_response(&mut parts.headers, switching);
+        if !crate::headers::clean_response(&mut parts.headers, switching) {
+            return Err(UpstreamUnreachable {
+                upstream: origin.to_string(),
+                source: "the upstream's response has a transfer coding other than chunked, which latchkey does not decode".into(),
+            }
+            .into());
+        }
         let idle = shared.target.response_idle_timeout;
         // Its trailers are cleaned as its head was (`UpstreamBody`); an
         // ended body (a 101's among them) has none.

@@ -122,10 +122,20 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// That prefix is latchkey's own (`x-latchkey-error` marks the proxy's
 /// errors, `x-latchkey-retry` the 401 retry's outcome), so a caller can
 /// trust it never comes from an upstream.
-pub fn clean_response(headers: &mut HeaderMap, switching: bool) {
+///
+/// Returns false, and changes nothing, when the upstream's
+/// `Transfer-Encoding` is anything but one `chunked` (`gzip, chunked`):
+/// hyper takes off the chunking only, and the body would reach the caller
+/// still gzipped, with the header that says so removed as hop-by-hop. The
+/// response cannot be passed on (nginx answers 502 too).
+#[must_use]
+pub fn clean_response(headers: &mut HeaderMap, switching: bool) -> bool {
     // One pass over the names, as in `remove_hop_by_hop`.
     if !headers.keys().any(|n| is_hop_by_hop(n) || is_latchkeys(n)) {
-        return;
+        return true;
+    }
+    if unsupported_transfer_coding(headers) {
+        return false;
     }
     let ours: Vec<HeaderName> = headers
         .keys()
@@ -143,6 +153,7 @@ pub fn clean_response(headers: &mut HeaderMap, switching: bool) {
         headers.remove(http::header::CONTENT_LENGTH);
     }
     remove_hop_by_hop(headers, switching);
+    true
 }
 
 /// Names a trailer section may not carry besides the hop-by-hop ones: they
@@ -410,7 +421,7 @@ mod tests {
             if hop {
                 h.insert("keep-alive", "timeout=5".parse().unwrap());
             }
-            clean_response(&mut h, false);
+            assert!(clean_response(&mut h, false));
             let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
             names.sort_unstable();
             assert_eq!(names, ["content-type", "x-latchkey"], "hop-by-hop: {hop}");
