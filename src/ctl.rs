@@ -14,6 +14,7 @@ use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use proxy_core::config::shown_url;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -125,10 +126,12 @@ async fn call(
     path: &str,
 ) -> Result<(StatusCode, Bytes), CallError> {
     let url = format!("{}{path}", base.trim_end_matches('/'));
-    let uri: Uri = url.parse().map_err(|_| CallError::Url(base.to_string()))?;
+    let uri: Uri = url.parse().map_err(|_| CallError::Url(shown_url(base)))?;
     if uri.scheme_str() != Some("http") || uri.host().is_none() {
-        return Err(CallError::Url(base.to_string()));
+        return Err(CallError::Url(shown_url(base)));
     }
+    // Errors name the URL without a `user:password@` part or a query.
+    let url = shown_url(&url);
     let mut auth =
         HeaderValue::try_from(format!("Bearer {}", key.expose_secret())).map_err(|_| {
             CallError::Connect {
@@ -329,6 +332,29 @@ fn shorten(s: &str, max: usize) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A `user:password@` in `--admin-url` (or a query) never reaches an
+    /// error message.
+    #[test]
+    fn errors_never_show_the_admin_urls_userinfo() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let key = SecretString::from("k");
+        for base in [
+            "http://admin:hunter2pass@127.0.0.1:9",
+            "https://admin:hunter2pass@127.0.0.1:9",
+            "http://admin:hunter2pass@127.0.0.1:9/?token=hunter2pass",
+        ] {
+            let e = rt
+                .block_on(call(base, &key, Method::GET, "/v0/x"))
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains("hunter2pass"), "{e}");
+            assert!(e.contains("127.0.0.1:9"), "{e}");
+        }
+    }
 
     #[test]
     fn escape_sequences_never_reach_the_terminal() {
