@@ -125,9 +125,15 @@ async fn max_age_counts_from_when_an_adopted_token_was_obtained() {
     assert_eq!(token(&src).await, "tok-1");
 }
 
-/// Always answers with its own token, after 100 ms.
+/// Answers call n with `{name}-{n}` and `rt-of-{name}-{n}`, after 100 ms.
 #[derive(Debug)]
-struct Named(&'static str);
+struct Named(&'static str, AtomicUsize);
+
+impl Named {
+    fn new(name: &'static str) -> Arc<Self> {
+        Arc::new(Self(name, AtomicUsize::new(0)))
+    }
+}
 
 impl TokenProvider for Named {
     fn kind(&self) -> &'static str {
@@ -137,12 +143,13 @@ impl TokenProvider for Named {
         &'a self,
         _: Option<&'a StoredCredential>,
     ) -> BoxFuture<'a, Result<Token, ProviderError>> {
+        let n = self.1.fetch_add(1, Ordering::SeqCst) + 1;
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(100)).await;
             Ok(Token {
-                access_token: SecretString::from(self.0.to_owned()),
+                access_token: SecretString::from(format!("{}-{n}", self.0)),
                 expires_in: Some(S(3600)),
-                refresh_token: Some(SecretString::from(format!("rt-of-{}", self.0))),
+                refresh_token: Some(SecretString::from(format!("rt-of-{}-{n}", self.0))),
             })
         })
     }
@@ -158,11 +165,11 @@ async fn a_refresh_of_a_replaced_provider_cannot_hand_its_state_to_the_new_one()
     let memory = Arc::new(MemoryStore::new());
     let old = RefreshingSource::new(
         "crm",
-        Arc::new(Named("old-provider-token")),
+        Named::new("old-provider-token"),
         memory.scoped("crm"),
         RefreshSettings::default(),
     );
-    assert_eq!(token(&old).await, "old-provider-token");
+    assert_eq!(token(&old).await, "old-provider-token-1");
     let g = old.generation().unwrap();
     let inflight = tokio::spawn(old.invalidate(g));
     settle().await;
@@ -170,16 +177,16 @@ async fn a_refresh_of_a_replaced_provider_cannot_hand_its_state_to_the_new_one()
     drop(old);
     let new = RefreshingSource::new(
         "crm",
-        Arc::new(Named("new-provider-token")),
+        Named::new("new-provider-token"),
         memory.scoped("crm"),
         RefreshSettings::default(),
     );
-    assert_eq!(token(&new).await, "new-provider-token");
+    assert_eq!(token(&new).await, "new-provider-token-1");
     inflight.await.unwrap().unwrap();
     let stored = memory.load("crm").await.unwrap().unwrap();
-    assert_eq!(stored.access_token, "new-provider-token");
+    assert_eq!(stored.access_token, "new-provider-token-1");
     assert_eq!(
         stored.refresh_token.as_deref(),
-        Some("rt-of-new-provider-token")
+        Some("rt-of-new-provider-token-1")
     );
 }
