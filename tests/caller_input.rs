@@ -185,8 +185,8 @@ async fn an_ambiguous_host_is_a_bad_request() {
 
 /// The caller's `Authorization` and `Proxy-Authorization` are removed
 /// from its trailers as from its headers: sent as trailers of a chunked
-/// body, they do not reach an h2 upstream (which, unlike an HTTP/1.1 one,
-/// is sent trailers). Its other trailers are.
+/// body, they do not reach the upstream (here an h2 one). Its other
+/// trailers are.
 #[tokio::test]
 async fn the_callers_token_in_a_trailer_does_not_reach_the_upstream() {
     let trailers = format!(

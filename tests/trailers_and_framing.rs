@@ -157,6 +157,27 @@ async fn an_upstreams_hop_by_hop_trailers_do_not_break_an_h2_callers_response() 
     }
 }
 
+/// An HTTP/1.1 upstream's trailers reach an HTTP/1.1 caller: the
+/// `Trailer` header that announces them is passed on (hyper sends only
+/// announced trailers; removed as hop-by-hop, it dropped them all).
+#[tokio::test]
+async fn an_upstreams_announced_trailers_reach_an_http11_caller() {
+    let up = chunked_trailer_upstream("").await;
+    let p = start_proxy(&api_config("", &format!("http://{up}"), "")).await;
+    let resp = raw(
+        addr_of(&p),
+        &format!(
+            "GET /api/a HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {CLIENT_TOKEN}\r\n\
+             TE: trailers\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    let lower = resp.to_ascii_lowercase();
+    assert!(lower.contains("\r\ntrailer: x-sum\r\n"), "{resp}");
+    assert!(lower.contains("\r\n0\r\nx-sum: 1\r\n\r\n"), "{resp}");
+}
+
 /// README "Errors": any `x-latchkey-*` an upstream sets is removed, as a
 /// trailer too (gRPC clients read trailers).
 #[tokio::test]

@@ -6,14 +6,18 @@ use http::{HeaderMap, HeaderName, HeaderValue, header};
 use std::net::IpAddr;
 
 /// Headers that describe one connection and must not be forwarded.
-static HOP_BY_HOP: [HeaderName; 9] = [
+///
+/// Not `Trailer` (RFC 9110 6.6.2: it announces the message's trailer
+/// fields, end to end): hyper's HTTP/1.1 side sends only the trailers a
+/// `Trailer` header names, so removing it dropped every trailer on the
+/// way to or from an HTTP/1.1 peer (gRPC-Web's status, checksums).
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
@@ -161,10 +165,11 @@ pub fn clean_response(headers: &mut HeaderMap, switching: bool) -> bool {
 /// which a trailer comes too late to do (RFC 9110 6.5.1), or are headers
 /// latchkey writes itself (`X-Forwarded-*`, `x-request-id`): a trailer of
 /// the name would give an upstream a second, unchecked value.
-static NOT_IN_TRAILERS: [HeaderName; 7] = [
+static NOT_IN_TRAILERS: [HeaderName; 8] = [
     header::HOST,
     header::CONTENT_LENGTH,
     header::TE,
+    header::TRAILER,
     X_FORWARDED_FOR,
     X_FORWARDED_PROTO,
     X_FORWARDED_HOST,
@@ -224,7 +229,7 @@ fn is_latchkeys(name: &HeaderName) -> bool {
 
 /// Whether `name` is hop-by-hop by itself (names listed in `Connection`
 /// aside). The length test first: few common names have one of these
-/// lengths, and it spares comparing each name with all nine.
+/// lengths, and it spares comparing each name with all eight.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(name.as_str().len(), 2 | 7 | 10 | 16..=19) && HOP_BY_HOP.contains(name)
 }
