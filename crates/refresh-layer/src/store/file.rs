@@ -197,14 +197,30 @@ fn write_state(dir: &Path, path: &Path, state: &StoredCredential) -> Result<(), 
         f.write_all(&bytes)?;
         f.sync_all()?;
         drop(f);
+        // Checked after the slow part, just before the rename: a save
+        // that took long enough to be abandoned (a stuck fsync: the
+        // refresh went on and released the lock) must not land over a
+        // newer state another process has written since. Not atomic (no
+        // compare-and-set on a file), but the window is the rename's.
+        if let Ok(Some(current)) = read_state(path)
+            && current.generation > state.generation
+        {
+            return Ok(Some(current.generation));
+        }
         std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        File::open(dir)?.sync_all().map(|()| None)
     })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io("save", path, &e));
+    match result {
+        Ok(None) => Ok(()),
+        Ok(Some(stored)) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(StoreError::Conflict { stored })
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(io("save", path, &e))
+        }
     }
-    Ok(())
 }
 
 impl Store for FileStore {

@@ -37,6 +37,30 @@ async fn round_trip_with_mode_0600() {
     assert_eq!(names.len(), 1, "{names:?}");
 }
 
+/// A save of an older generation than the one stored (a save abandoned
+/// while its fsync hung, finishing after another process wrote a newer
+/// state) does not land; one of the same generation does (a state
+/// renumbered or written again in place).
+#[tokio::test]
+async fn an_older_generation_never_lands_over_a_newer_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path().join("creds")).unwrap();
+    store.save("crm", &state(5)).await.unwrap();
+    let e = store.save("crm", &state(3)).await.unwrap_err();
+    assert!(matches!(e, StoreError::Conflict { stored: 5 }), "{e:?}");
+    assert_eq!(store.load("crm").await.unwrap(), Some(state(5)));
+    let mut again = state(5);
+    again.access_token = "at-5-again".into();
+    store.save("crm", &again).await.unwrap();
+    assert_eq!(store.load("crm").await.unwrap(), Some(again));
+    store.save("crm", &state(6)).await.unwrap();
+    let names: Vec<_> = std::fs::read_dir(dir.path().join("creds"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "no temp file left behind: {names:?}");
+}
+
 #[tokio::test]
 async fn corrupt_file_is_reported_and_kept() {
     let dir = tempfile::tempdir().unwrap();
