@@ -475,3 +475,29 @@ async fn a_holder_takes_back_a_lock_redis_lost() {
         .unwrap()
         .unwrap();
 }
+
+/// A lock another owner took (the lease lapsed while Redis was
+/// unreachable, and another replica took it) is reported lost by the next
+/// renewal: the holder's next refresh then takes the lock again instead of
+/// going on as if it held it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_taken_by_another_owner_is_reported_lost() {
+    let redis = RedisServer::start().await;
+    let holder = store(&redis, KEY);
+    let guard = holder.lock("crm").await.unwrap();
+    assert!(!guard.is_lost());
+    command::<()>(&redis, &["SET", "lk-test:lock:crm", "another-replica"]).await;
+    // Renewed every 666 ms (a 2 s lease).
+    tokio::time::timeout(Duration::from_secs(3), async {
+        while !guard.is_lost() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the renewal reports the lock lost");
+    drop(guard);
+    // Released by compare-and-delete: the other owner's lock stays.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let owner: Option<String> = command(&redis, &["GET", "lk-test:lock:crm"]).await;
+    assert_eq!(owner.as_deref(), Some("another-replica"));
+}

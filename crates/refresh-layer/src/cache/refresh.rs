@@ -84,7 +84,10 @@ pub(super) async fn run(
         Some((generation, lock)) => TakenOver {
             inner,
             unsaved: Some(generation),
-            lock,
+            // A lease that lapsed and went to another process while the
+            // save was retried is not held: this refresh takes the lock
+            // again (waiting for that process's refresh, and adopting it).
+            lock: lock.filter(|l| !l.is_lost()),
         },
         None => TakenOver {
             inner,

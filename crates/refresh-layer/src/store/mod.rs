@@ -22,6 +22,8 @@ pub use redis::{RedisStore, RedisStoreSettings, RedisTls, check_client as check_
 use crate::token::StoredCredential;
 use futures_util::future::BoxFuture;
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Why a store operation failed. Never contains a secret.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -58,12 +60,37 @@ pub enum StoreError {
 }
 
 /// Held while refreshing; dropping it releases the lock.
-pub struct StoreLock(#[expect(dead_code, reason = "held only for its Drop")] Box<dyn Send + Sync>);
+pub struct StoreLock {
+    _guard: Box<dyn Send + Sync>,
+    /// Set when the lock is known to be someone else's now (a lease that
+    /// lapsed and was taken by another process).
+    lost: Option<Arc<AtomicBool>>,
+}
 
 impl StoreLock {
     /// A lock that holds `guard` until dropped.
     pub fn new(guard: impl Send + Sync + 'static) -> Self {
-        Self(Box::new(guard))
+        Self {
+            _guard: Box::new(guard),
+            lost: None,
+        }
+    }
+
+    /// A lock that may be lost while held (a lease): `lost` is set when it
+    /// is known to be someone else's now.
+    pub fn with_loss(guard: impl Send + Sync + 'static, lost: Arc<AtomicBool>) -> Self {
+        Self {
+            _guard: Box::new(guard),
+            lost: Some(lost),
+        }
+    }
+
+    /// Whether the lock is known to be someone else's now: a refresh must
+    /// not go on as if it held it (another process may be refreshing).
+    pub fn is_lost(&self) -> bool {
+        self.lost
+            .as_ref()
+            .is_some_and(|l| l.load(Ordering::Acquire))
     }
 }
 

@@ -35,6 +35,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 use redis::aio::ConnectionManager;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// How to reach and use Redis.
@@ -469,20 +470,23 @@ impl Store for RedisStore {
                             "refresh lock acquired after waiting for another replica"
                         );
                     }
+                    let lost = Arc::new(AtomicBool::new(false));
                     let renew = tokio::spawn(renew_lease(
                         self.clone(),
                         lock_key.clone(),
                         token.clone(),
                         lease_ms,
+                        lost.clone(),
                     ))
                     .abort_handle();
-                    return Ok(StoreLock::new(RedisLockGuard {
+                    let guard = RedisLockGuard {
                         renew,
                         store: self.clone(),
                         lock_key,
                         channel,
                         token,
-                    }));
+                    };
+                    return Ok(StoreLock::with_loss(guard, lost));
                 }
                 waited = true;
                 let lost = match events.as_mut() {
@@ -563,7 +567,13 @@ impl Store for RedisStore {
 /// Extends the lease every third of it while the lock is held, taking the
 /// lock back if it went missing (see the module docs). Stops when another
 /// owner holds it (the write that follows is fenced anyway).
-async fn renew_lease(store: RedisStore, lock_key: String, token: String, lease_ms: u64) {
+async fn renew_lease(
+    store: RedisStore,
+    lock_key: String,
+    token: String,
+    lease_ms: u64,
+    lost: Arc<AtomicBool>,
+) {
     let every = Duration::from_millis(lease_ms / 3).max(Duration::from_millis(10));
     loop {
         tokio::time::sleep(every).await;
@@ -582,6 +592,7 @@ async fn renew_lease(store: RedisStore, lock_key: String, token: String, lease_m
             }
             Ok(_) => {
                 tracing::warn!(lock = %lock_key, "refresh lock lost (lease expired); the refresh's write is fenced by generation");
+                lost.store(true, Ordering::Release);
                 return;
             }
             Err(e) => {

@@ -405,3 +405,71 @@ async fn a_refresh_that_panics_hands_the_unsaved_state_back_to_its_retries() {
     );
     assert_eq!(token(&src).await, "tok-1");
 }
+
+/// A store whose lock is a lease the test can mark lost, and whose saves
+/// fail while `failing` counts down.
+#[derive(Debug, Default)]
+struct Leased {
+    inner: MemoryStore,
+    failing: AtomicUsize,
+    locks: AtomicUsize,
+    lost: Arc<AtomicBool>,
+}
+
+impl Store for Leased {
+    fn kind(&self) -> &'static str {
+        "leased"
+    }
+    fn load<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredCredential>, StoreError>> {
+        self.inner.load(id)
+    }
+    fn lock<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoreLock, StoreError>> {
+        self.locks.fetch_add(1, Ordering::SeqCst);
+        let lost = self.lost.clone();
+        Box::pin(async move {
+            let held = self.inner.lock(id).await?;
+            Ok(StoreLock::with_loss(held, lost))
+        })
+    }
+    fn save<'a>(
+        &'a self,
+        id: &'a str,
+        state: &'a StoredCredential,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let down = self
+            .failing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if down {
+            return Box::pin(async { Err(StoreError::Unavailable("down".into())) });
+        }
+        self.inner.save(id, state)
+    }
+}
+
+/// The lock an unsaved rotated state's retries hold is a lease that went
+/// to another process (it lapsed while the store was unreachable): the
+/// next refresh does not go on as if it held it, it takes the lock again.
+#[tokio::test(start_paused = true)]
+async fn a_refresh_does_not_take_over_a_lost_lock() {
+    let store = Arc::new(Leased {
+        failing: AtomicUsize::new(usize::MAX),
+        ..Leased::default()
+    });
+    let p = Arc::new(RotatingOrFailing::default());
+    let src = RefreshingSource::new("crm", p.clone(), store.clone(), RefreshSettings::default());
+    assert_eq!(token(&src).await, "tok-1");
+    tokio::time::sleep(S(2)).await;
+    assert_eq!(store.locks.load(Ordering::SeqCst), 1);
+    store.lost.store(true, Ordering::SeqCst);
+    store.failing.store(0, Ordering::SeqCst);
+    src.refresh_now().await.unwrap();
+    assert_eq!(
+        store.locks.load(Ordering::SeqCst),
+        2,
+        "the refresh took the lock again instead of the lost one"
+    );
+}
