@@ -40,6 +40,19 @@ routes:
     )
 }
 
+/// The token endpoint the config names: rotating refresh tokens from
+/// `rt-seed`, for client `latchkey`.
+async fn rotating_endpoint() -> token_endpoint::TokenEndpoint {
+    token_endpoint::start(EndpointOptions {
+        expires_in: 3600,
+        rotate: true,
+        initial_refresh_token: "rt-seed".into(),
+        client_id: Some("latchkey".into()),
+        client_secret: Some("cs-canary".into()),
+    })
+    .await
+}
+
 /// Redis is down and the running source serves the token it holds; a
 /// reload adds an encryption key, which rebuilds the credential. The new
 /// source serves the same token, without a token call (it could not save
@@ -47,14 +60,7 @@ routes:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_during_a_redis_outage_keeps_the_held_credential() {
     let mut redis = RedisServer::start().await;
-    let ep = token_endpoint::start(EndpointOptions {
-        expires_in: 3600,
-        rotate: true,
-        initial_refresh_token: "rt-seed".into(),
-        client_id: Some("latchkey".into()),
-        client_secret: Some("cs-canary".into()),
-    })
-    .await;
+    let ep = rotating_endpoint().await;
     let kept = Kept::default();
     let old_keys = format!("{{ value: \"{KEY}\" }}");
     let cfg = Config::from_yaml(&yaml(&redis.url(), &ep.url, &old_keys), "lk.yaml").unwrap();
@@ -95,14 +101,7 @@ async fn a_reload_during_a_redis_outage_keeps_the_held_credential() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_keeps_the_redis_credentials_does_not_read_the_url() {
     let redis = RedisServer::start().await;
-    let ep = token_endpoint::start(EndpointOptions {
-        expires_in: 3600,
-        rotate: true,
-        initial_refresh_token: "rt-seed".into(),
-        client_id: Some("latchkey".into()),
-        client_secret: Some("cs-canary".into()),
-    })
-    .await;
+    let ep = rotating_endpoint().await;
     let dir = tempfile::tempdir().unwrap();
     let url_file = dir.path().join("redis-url");
     std::fs::write(&url_file, redis.url()).unwrap();

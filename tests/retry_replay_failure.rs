@@ -80,10 +80,19 @@ async fn refusing_upstream(replay: Replay) -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, accepted)
 }
 
-/// Sends one GET through a proxy to an upstream that refuses the first
-/// attempt and fails the replay as `replay` says; checks what the caller
-/// got against `status` and `code`, and that the audit record agrees.
-async fn replay_fails(replay: Replay, status: StatusCode, code: &str) {
+/// A proxy with its audit records in a sink, its token endpoint, and a
+/// route (`timeout` as given) to an upstream that refuses the first
+/// attempt and treats the replay as `replay` says (its connections
+/// counted).
+async fn proxy_before(
+    replay: Replay,
+    timeout: &str,
+) -> (
+    Arc<support::token_endpoint::TokenEndpoint>,
+    Arc<AtomicUsize>,
+    support::harness::TestProxy,
+    Arc<MemorySink>,
+) {
     let ep = endpoint().await;
     let (upstream, accepted) = refusing_upstream(replay).await;
     let sink = Arc::new(MemorySink::new());
@@ -97,7 +106,7 @@ async fn replay_fails(replay: Replay, status: StatusCode, code: &str) {
                 "/api/",
                 &format!("http://{upstream}"),
                 "api",
-                "    timeout: 300ms\n",
+                &format!("    timeout: {timeout}\n"),
             ),
         ),
         latchkey::StartOptions {
@@ -106,6 +115,14 @@ async fn replay_fails(replay: Replay, status: StatusCode, code: &str) {
         },
     )
     .await;
+    (ep, accepted, p, sink)
+}
+
+/// Sends one GET through a proxy to an upstream that refuses the first
+/// attempt and fails the replay as `replay` says; checks what the caller
+/// got against `status` and `code`, and that the audit record agrees.
+async fn replay_fails(replay: Replay, status: StatusCode, code: &str) {
+    let (ep, accepted, p, sink) = proxy_before(replay, "300ms").await;
     let (got, headers, body) = get(&p.url("/api/a"), &[]).await;
     assert_eq!(got, status, "{}", String::from_utf8_lossy(&body));
     assert_eq!(json(&body)["error"]["code"], code);
@@ -161,28 +178,7 @@ async fn a_replay_that_cannot_reach_the_upstream_says_it_went_through_the_retry(
 /// does not pair the first attempt's 401 with the new credential.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_gone_during_the_replay_leaves_no_stale_upstream_status() {
-    let ep = endpoint().await;
-    let (upstream, accepted) = refusing_upstream(Replay::Hangs).await;
-    let sink = Arc::new(MemorySink::new());
-    let p = start_proxy_with(
-        &config(
-            &ep,
-            "",
-            "",
-            &route(
-                "api",
-                "/api/",
-                &format!("http://{upstream}"),
-                "api",
-                "    timeout: 30s\n",
-            ),
-        ),
-        latchkey::StartOptions {
-            audit_sink: Some(sink.clone()),
-            ..Default::default()
-        },
-    )
-    .await;
+    let (_ep, accepted, p, sink) = proxy_before(Replay::Hangs, "30s").await;
     let url = p.url("/api/a");
     let caller = tokio::spawn(async move { get(&url, &[]).await });
     with_timeout(async {
