@@ -127,6 +127,21 @@ async fn a_response_with_both_framings_reaches_the_caller_whole() {
     }
 }
 
+/// GETs through a route to the raw upstream at `addr`, which must answer
+/// with a 502 `upstream_unreachable`; returns the error body.
+async fn bad_gateway_from(addr: SocketAddr) -> serde_json::Value {
+    let proxy = start_proxy(&config(&route("raw", &format!("http://{addr}"), ""))).await;
+    let (status, _, body) = get(
+        &proxy.url("/raw/x"),
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let v = json(&body);
+    assert_eq!(v["error"]["code"], "upstream_unreachable");
+    v
+}
+
 /// hyper takes at most 100 header lines in an upstream's response head (as
 /// Envoy's `max_headers_count`): more is a 502 that says so, not a
 /// connection failure.
@@ -138,15 +153,7 @@ async fn a_response_head_of_too_many_lines_is_a_502_that_says_so() {
     }
     answer.push_str("\r\nok");
     let addr = raw_upstream(answer.leak().as_bytes()).await;
-    let proxy = start_proxy(&config(&route("raw", &format!("http://{addr}"), ""))).await;
-    let (status, _, body) = get(
-        &proxy.url("/raw/x"),
-        &[("authorization", &format!("Bearer {TOKEN}"))],
-    )
-    .await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY);
-    let v = json(&body);
-    assert_eq!(v["error"]["code"], "upstream_unreachable");
+    let v = bad_gateway_from(addr).await;
     assert_eq!(
         v["error"]["message"],
         format!(
@@ -165,15 +172,7 @@ async fn a_response_transfer_coding_other_than_chunked_is_a_502() {
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     )
     .await;
-    let proxy = start_proxy(&config(&route("raw", &format!("http://{addr}"), ""))).await;
-    let (status, _, body) = get(
-        &proxy.url("/raw/x"),
-        &[("authorization", &format!("Bearer {TOKEN}"))],
-    )
-    .await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY);
-    let v = json(&body);
-    assert_eq!(v["error"]["code"], "upstream_unreachable");
+    let v = bad_gateway_from(addr).await;
     assert!(
         v["error"]["message"]
             .as_str()
