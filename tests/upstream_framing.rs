@@ -181,3 +181,22 @@ async fn a_response_transfer_coding_other_than_chunked_is_a_502() {
         "{v}"
     );
 }
+
+/// Without a body (the answer to a HEAD), such a coding changes nothing
+/// the caller gets: the response passes (the header goes, as hop-by-hop).
+#[tokio::test]
+async fn a_bodiless_response_in_such_a_coding_passes() {
+    let addr =
+        raw_upstream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nx-seen: 1\r\n\r\n")
+            .await;
+    let proxy = start_proxy(&config(&route("raw", &format!("http://{addr}"), ""))).await;
+    let req = Request::head(proxy.url("/raw/x"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let (status, headers, body) = send(req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(header(&headers, "x-seen"), Some("1"));
+    assert_eq!(header(&headers, "transfer-encoding"), None);
+    assert!(body.is_empty());
+}

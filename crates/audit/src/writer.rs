@@ -85,8 +85,8 @@ struct State {
     /// The writer thread waits with no deadline (nothing was pending).
     idle: bool,
     closed: bool,
-    /// The writer thread has ended: a record appended now is never
-    /// written.
+    /// The writer thread has ended, or the guard stopped waiting for it
+    /// (`close_timeout`): a record appended now is not written.
     finished: bool,
     /// Records appended after the writer thread ended.
     lost: u64,
@@ -321,7 +321,10 @@ impl Drop for BatchGuard {
             .done
             .wait_timeout_while(state, shared.opts.close_timeout, |s| !s.finished)
             .unwrap_or_else(|p| p.into_inner());
+        let mut state = state;
         if waited.timed_out() && !state.finished {
+            // What comes now would never be written either.
+            state.finished = true;
             eprintln!(
                 "latchkey: the audit output took no records for {}s (a pipe nobody reads? a hung disk?); exiting without the last ones ({} bytes pending, and the batch being written)",
                 shared.opts.close_timeout.as_secs(),

@@ -419,15 +419,26 @@ impl After {
         };
         let (mut parts, body) = resp.into_parts();
         let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-        if switching {
-            // The upstream may only switch to what was offered: WebSocket.
-            if !crate::headers::offers_websocket(&parts.headers) {
-                return Err(UpstreamUnreachable {
-                    upstream: origin.to_string(),
-                    source: "upstream switched to a protocol other than websocket".into(),
-                }
-                .into());
+        // The upstream may only switch to what was offered: WebSocket
+        // (checked before the cleaning, which sets `Upgrade: websocket`).
+        if switching && !crate::headers::offers_websocket(&parts.headers) {
+            return Err(UpstreamUnreachable {
+                upstream: origin.to_string(),
+                source: "upstream switched to a protocol other than websocket".into(),
             }
+            .into());
+        }
+        // Before any tunnel starts: a refused response must leave none.
+        if !crate::headers::clean_response(&mut parts.headers, switching)
+            && !http_body::Body::is_end_stream(&body)
+        {
+            return Err(UpstreamUnreachable {
+                upstream: origin.to_string(),
+                source: "the upstream's response has a transfer coding other than chunked, which latchkey does not decode".into(),
+            }
+            .into());
+        }
+        if switching {
             match client_upgrade {
                 Some(client_side) => crate::tunnel::bridge(
                     client_side,
@@ -443,13 +454,6 @@ impl After {
                     .into());
                 }
             }
-        }
-        if !crate::headers::clean_response(&mut parts.headers, switching) {
-            return Err(UpstreamUnreachable {
-                upstream: origin.to_string(),
-                source: "the upstream's response has a transfer coding other than chunked, which latchkey does not decode".into(),
-            }
-            .into());
         }
         let idle = shared.target.response_idle_timeout;
         // Its trailers are cleaned as its head was (`UpstreamBody`); an

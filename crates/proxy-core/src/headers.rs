@@ -127,20 +127,19 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// errors, `x-latchkey-retry` the 401 retry's outcome), so a caller can
 /// trust it never comes from an upstream.
 ///
-/// Returns false, and changes nothing, when the upstream's
-/// `Transfer-Encoding` is anything but one `chunked` (`gzip, chunked`):
-/// hyper takes off the chunking only, and the body would reach the caller
-/// still gzipped, with the header that says so removed as hop-by-hop. The
-/// response cannot be passed on (nginx answers 502 too).
+/// Returns false when the upstream's `Transfer-Encoding` was anything but
+/// one `chunked` (`gzip, chunked`): hyper takes off the chunking only, so
+/// a body would reach the caller still gzipped, with the header that says
+/// so removed as hop-by-hop. A response with a body in such a coding
+/// cannot be passed on (nginx answers 502 too); one without (a HEAD's, a
+/// 304) can.
 #[must_use]
 pub fn clean_response(headers: &mut HeaderMap, switching: bool) -> bool {
     // One pass over the names, as in `remove_hop_by_hop`.
     if !headers.keys().any(|n| is_hop_by_hop(n) || is_latchkeys(n)) {
         return true;
     }
-    if unsupported_transfer_coding(headers) {
-        return false;
-    }
+    let plain = !unsupported_transfer_coding(headers);
     let ours: Vec<HeaderName> = headers
         .keys()
         .filter(|n| is_latchkeys(n))
@@ -157,7 +156,7 @@ pub fn clean_response(headers: &mut HeaderMap, switching: bool) -> bool {
         headers.remove(http::header::CONTENT_LENGTH);
     }
     remove_hop_by_hop(headers, switching);
-    true
+    plain
 }
 
 /// Names a trailer section may not carry besides the hop-by-hop ones: they

@@ -177,13 +177,14 @@ pub fn validate(config: &Config) -> Result<(), Vec<FieldError>> {
                 Some(format!("{p:?} must start with /"))
             } else if let Some(c) = p
                 .chars()
-                .find(|c| matches!(c, '?' | '#') || !c.is_ascii_graphic())
+                .find(|c| matches!(c, '?' | '#' | ' ') || c.is_control())
             {
                 // A request's path never holds these: the query and the
-                // fragment are not part of it, and a space, control or
-                // non-ASCII character is refused (or percent-encoded).
+                // fragment are not part of it, and a space or a control
+                // character is refused in a request line (non-ASCII
+                // characters are not: they match as sent).
                 Some(format!(
-                    "{p:?} has {c:?}, which no request path holds (match the path only; percent-encode other characters)"
+                    "{p:?} has {c:?}, which no request path holds (match the path only, without its query)"
                 ))
             } else if config.proxy.escaped_slashes == crate::config::EscapedSlashes::Reject
                 && p.to_ascii_uppercase().contains("%2F")

@@ -503,10 +503,14 @@ impl OriginPool {
             .idle
             .retain(|i| now - i.since <= TICKS_PER_TIMEOUT && !i.tx.is_closed());
         // One that carries streams is in use, however long ago it took
-        // one. Requests still using an unshared one hold their own
+        // one: its idle time counts from when the last of them ended (to
+        // a tick). Requests still using an unshared one hold their own
         // handles; the connection closes when the last one is done.
-        state.h2.retain(|c| {
-            !c.tx.is_closed() && (now - c.since <= TICKS_PER_TIMEOUT || c.in_flight() > 0)
+        state.h2.retain_mut(|c| {
+            if c.in_flight() > 0 {
+                c.since = now;
+            }
+            !c.tx.is_closed() && now - c.since <= TICKS_PER_TIMEOUT
         });
         state.reaping = !state.idle.is_empty() || !state.h2.is_empty();
         state.reaping

@@ -255,7 +255,7 @@ pub(super) fn spawn_settle(inner: &Arc<Inner>) {
             let Some(inner) = weak.upgrade() else {
                 return;
             };
-            if !settle(&inner).await {
+            if settle(&inner).await.is_none() {
                 return;
             }
             drop(inner);
@@ -267,25 +267,25 @@ pub(super) fn spawn_settle(inner: &Arc<Inner>) {
 }
 
 /// Reconciles the pending hand-over, if any, with the store under its
-/// lock (see the module docs for the rule). Returns whether it is still
-/// pending (the store could not be locked or read).
-pub(super) async fn settle(inner: &Arc<Inner>) -> bool {
+/// lock (see the module docs for the rule). Returns why it is still
+/// pending (the store could not be locked or read), if it is.
+pub(super) async fn settle(inner: &Arc<Inner>) -> Option<StoreError> {
     let _gate = inner.save_gate.lock().await;
     // Cleared only once reconciled: a hand-over made while this waits for
     // the store (a second reload) still carries it.
     let Some(p) = inner.pending().clone() else {
-        return false;
+        return None;
     };
     let pending = settle_once(inner, p).await;
-    if !pending {
+    if pending.is_none() {
         *inner.pending() = None;
     }
     pending
 }
 
-/// [`settle`]'s work on the pending hand-over `p`: whether it is still
-/// pending.
-async fn settle_once(inner: &Arc<Inner>, p: Pending) -> bool {
+/// [`settle`]'s work on the pending hand-over `p`: why it is still
+/// pending, if it is.
+async fn settle_once(inner: &Arc<Inner>, p: Pending) -> Option<StoreError> {
     // A refresh since (or an adoption) superseded the handed state.
     if inner
         .current
@@ -293,7 +293,7 @@ async fn settle_once(inner: &Arc<Inner>, p: Pending) -> bool {
         .as_ref()
         .is_none_or(|e| e.state.generation != p.state.generation)
     {
-        return false;
+        return None;
     }
     let limit = inner.run_limit();
     let read = async {
@@ -306,7 +306,7 @@ async fn settle_once(inner: &Arc<Inner>, p: Pending) -> bool {
         // It may hold the only live refresh token: never written over.
         Ok(Err(e @ StoreError::Corrupt { .. })) => {
             tracing::error!(credential = %inner.id, error = %e, "the handed-over credential is not saved over a stored state that cannot be read");
-            return false;
+            return None;
         }
         failed => {
             let e = match failed {
@@ -317,7 +317,7 @@ async fn settle_once(inner: &Arc<Inner>, p: Pending) -> bool {
             if p.unsaved {
                 inner.note_unsaved(p.state.generation, &e);
             }
-            return true;
+            return Some(e);
         }
     };
     let floor = stored.as_ref().map_or(0, |s| s.generation);
@@ -327,7 +327,7 @@ async fn settle_once(inner: &Arc<Inner>, p: Pending) -> bool {
         if stored.is_some_and(|s| s.generation > p.state.generation) {
             persist::adopt_stored(inner).await;
         }
-        return false;
+        return None;
     };
     let mut state = p.state;
     if generation != state.generation {
@@ -346,7 +346,7 @@ async fn settle_once(inner: &Arc<Inner>, p: Pending) -> bool {
         // Saved again in the background until it is, with the lock.
         Err(e) => persist::spawn(inner.clone(), state, Some(lock), &e),
     }
-    false
+    None
 }
 
 /// The generation to write the handed state `p` as, over `stored` (this

@@ -342,25 +342,25 @@ impl CredentialSource for RefreshingSource {
 
     fn invalidate(&self, generation: u64) -> BoxFuture<'static, Result<(), CredentialError>> {
         let inner = &self.inner;
-        let fut = {
+        let (fut, refused) = {
             let mut ctrl = inner.lock();
-            let current = inner.current.load().as_ref().map(|e| e.cred.generation);
-            if current != Some(generation) {
+            let refused = match inner.current.load_full() {
+                Some(e) if e.cred.generation == generation => e.cred.clone(),
                 // Already replaced (or never served): nothing to do.
-                return ready(Ok(())).boxed();
-            }
+                _ => return ready(Ok(())).boxed(),
+            };
             inner.invalid_gen.store(generation, Ordering::Release);
-            match inner.running(&mut ctrl) {
+            let fut = match inner.running(&mut ctrl) {
                 Some(f) => f,
                 None => {
                     let now = Instant::now();
-                    let refused = match inner.backing_off(&ctrl, now) {
+                    let admitted = match inner.backing_off(&ctrl, now) {
                         Some(err) => Err(err),
                         None => ctrl
                             .forced
                             .admit(&inner.id, generation, now, &inner.settings),
                     };
-                    match refused {
+                    match admitted {
                         Err(err) => {
                             inner.invalid_gen.store(0, Ordering::Release);
                             return ready(Err(CredentialError::from(err))).boxed();
@@ -368,15 +368,20 @@ impl CredentialSource for RefreshingSource {
                         Ok(()) => inner.start(&mut ctrl, Trigger::Forced, Some(generation)),
                     }
                 }
-            }
+            };
+            (fut, refused)
         };
         let inner = inner.clone();
         async move {
-            inner
-                .wait(fut)
-                .await
-                .map(|_| ())
-                .map_err(CredentialError::from)
+            let got = inner.wait(fut).await.map_err(CredentialError::from)?;
+            // A refresh already running when the upstream refused the token
+            // (one ahead of expiry) ran as no forced refresh does: it may
+            // have got the very token refused, as a new generation. The
+            // caller (the 401 retry) must not send it again.
+            if got.expose() == refused.expose() {
+                return Err(CredentialError::from(RefreshError::Unchanged));
+            }
+            Ok(())
         }
         .boxed()
     }

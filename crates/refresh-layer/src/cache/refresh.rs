@@ -63,10 +63,11 @@ pub(super) async fn run(
     // generation, its refresh token spent long ago) that this refresh
     // would take for the newest: a rotating credential waits (the token
     // held is served meanwhile, and the hand-over is retried).
-    if super::handover::settle(inner).await && inner.provider.rotates() {
-        return Err(RefreshError::Store(StoreError::Unavailable(
-            "the state handed over by the last reload is not reconciled with this store yet".into(),
-        )));
+    // The error is the store's own: it says what is wrong with it.
+    if let Some(e) = super::handover::settle(inner).await
+        && inner.provider.rotates()
+    {
+        return Err(RefreshError::Store(e));
     }
     // A rotated state still waiting to be saved holds this credential's
     // lock: this refresh takes it over (see `persist.rs`), and hands the

@@ -482,7 +482,7 @@ fn path_prefixes_no_request_can_match_are_refused() {
         ("\"/search?\"", "'?'"),
         ("\"/docs#/\"", "'#'"),
         ("\"/my api/\"", "' '"),
-        ("\"/caf\u{e9}/\"", "'\u{e9}'"),
+        ("\"/a\\tb/\"", "'\\t'"),
     ] {
         let e = errors(&format!(
             "{HEAD}routes:\n  - {{ id: r, match: {{ path_prefix: {prefix} }}, upstream: http://127.0.0.1:1, public: true }}\n"
@@ -493,6 +493,9 @@ fn path_prefixes_no_request_can_match_are_refused() {
         );
         assert!(e.contains("which no request path holds"), "{e}");
     }
+    // Non-ASCII is matched as sent.
+    let route = "routes:\n  - { id: r, match: { path_prefix: /caf\u{e9}/ }, upstream: http://127.0.0.1:1, public: true }\n";
+    assert_eq!(errors(&format!("{HEAD}{route}")), "<accepted>");
     // An encoded slash is fine, unless every request with one is refused.
     let route = "routes:\n  - { id: r, match: { path_prefix: /a%2Fb }, upstream: http://127.0.0.1:1, public: true }\n";
     assert_eq!(errors(&format!("{HEAD}{route}")), "<accepted>");

@@ -124,6 +124,7 @@ impl TokenProvider for Cached {
     ) -> BoxFuture<'a, Result<Token, ProviderError>> {
         self.0.fetch_add(1, Ordering::SeqCst);
         Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
             Ok(Token {
                 access_token: SecretString::from("tok-cached"),
                 expires_in: Some(S(3600)),
@@ -173,6 +174,41 @@ async fn a_forced_refresh_that_gets_the_refused_token_again_fails() {
     tokio::time::advance(S(5)).await;
     src.refresh_now().await.unwrap();
     assert_eq!(src.generation(), Some(2));
+}
+
+/// The same when the upstream's refusal comes while a refresh that was
+/// not forced (here an operator's; ahead of expiry alike) is running: the
+/// invalidation joins it, and that refresh getting the refused token
+/// again (as a new generation) is no recovery either.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_that_joins_a_running_refresh_of_the_same_token_fails() {
+    let p = Arc::new(Cached::default());
+    let src = RefreshingSource::new(
+        "crm",
+        p.clone(),
+        Arc::new(MemoryStore::new()),
+        RefreshSettings::default(),
+    );
+    assert_eq!(token(&src).await, "tok-cached");
+    let running = tokio::spawn({
+        let src = src.clone();
+        async move { src.refresh_now().await }
+    });
+    settle().await;
+    assert_eq!(p.0.load(Ordering::SeqCst), 2, "the refresh is running");
+    let e = src.invalidate(1).await.unwrap_err();
+    assert!(
+        e.reason
+            .contains("the very token the upstream just refused"),
+        "{}",
+        e.reason
+    );
+    assert_eq!(
+        p.0.load(Ordering::SeqCst),
+        2,
+        "joined, no token call of its own"
+    );
+    running.await.unwrap().unwrap();
 }
 
 /// A token that expires while its state is saved (a store slower than the

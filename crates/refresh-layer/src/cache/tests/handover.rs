@@ -187,6 +187,10 @@ async fn a_refresh_waits_for_an_unsettled_handover() {
     store.failing_locks.store(1, Ordering::SeqCst);
     let e = new.refresh_now().await.unwrap_err();
     assert!(matches!(e, RefreshError::Store(_)), "{e:?}");
+    assert!(
+        e.to_string().contains("lock wait timed out"),
+        "the store's own error: {e}"
+    );
     assert_eq!(
         p.seen(),
         vec![None],

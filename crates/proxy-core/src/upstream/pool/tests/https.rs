@@ -230,3 +230,31 @@ async fn a_full_h2_connection_takes_no_more_streams() {
     drop(second);
     assert_eq!(pool.lock().h2[0].in_flight(), 0);
 }
+
+/// An h2 connection's idle time counts from when its last stream ended,
+/// not from when that stream began: one that carried a download longer
+/// than the idle timeout is not closed the moment the download ends.
+#[tokio::test(start_paused = true)]
+async fn an_h2_connection_is_idle_from_its_last_streams_end() {
+    let pool = https_pool("127.0.0.1:9".parse().unwrap());
+    let tx = h2_sender().await;
+    pool.lock().h2.push(H2Conn::new(tx, 1, 0));
+    let stream = pool.checkout();
+    assert!(matches!(stream, Some(Conn::H2(_, 1, _))));
+    // A long stream: many reaper ticks, more than an idle timeout.
+    for _ in 0..3 * TICKS_PER_TIMEOUT {
+        assert!(pool.reap_once());
+    }
+    assert_eq!(pool.lock().h2.len(), 1, "in use: kept");
+    drop(stream);
+    for _ in 0..TICKS_PER_TIMEOUT {
+        pool.reap_once();
+    }
+    assert_eq!(
+        pool.lock().h2.len(),
+        1,
+        "idle for less than the timeout: kept"
+    );
+    pool.reap_once();
+    assert!(pool.lock().h2.is_empty(), "idle for the timeout: closed");
+}
