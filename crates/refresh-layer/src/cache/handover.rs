@@ -273,9 +273,7 @@ pub(super) async fn settle(inner: &Arc<Inner>) -> Option<StoreError> {
     let _gate = inner.save_gate.lock().await;
     // Cleared only once reconciled: a hand-over made while this waits for
     // the store (a second reload) still carries it.
-    let Some(p) = inner.pending().clone() else {
-        return None;
-    };
+    let p = inner.pending().clone()?;
     let pending = settle_once(inner, p).await;
     if pending.is_none() {
         *inner.pending() = None;
