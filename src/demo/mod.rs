@@ -243,9 +243,11 @@ async fn revocation(
     let calls = tokens.calls.load(Ordering::SeqCst) - calls_before;
     Ok(report(
         "workload -> /oauth/reports right after the revocation",
-        status == StatusCode::OK && retry == "recovered" && calls == 1,
+        // One forced refresh; a refresh ahead of expiry due at the same
+        // moment (tokens live 4 s) may add one on a slow machine.
+        status == StatusCode::OK && retry == "recovered" && (1..=2).contains(&calls),
         &format!(
-            "{status}; the upstream's 401 was absorbed: x-latchkey-retry: {retry}, {calls} token endpoint call, \
+            "{status}; the upstream's 401 was absorbed: x-latchkey-retry: {retry}, {calls} token endpoint call(s), \
              one replay with {} (the workload never saw the 401)",
             body["oauth_token"].as_str().unwrap_or("?")
         ),
