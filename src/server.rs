@@ -61,6 +61,7 @@ mod conn;
 mod idle;
 mod linger;
 mod send;
+mod stall;
 mod stop;
 
 use conn::ConnService;
@@ -116,7 +117,8 @@ pub async fn serve(
                 // The task wakes for every request; this is polled only
                 // when its own waker fired.
                 let force = stop::stopped(force_rx.clone());
-                let svc = ConnService::new(proxy.clone(), conn, force_rx.clone());
+                let svc = ConnService::new(proxy.clone(), conn, force_rx.clone())
+                    .with_stalls(stall::Stalls::new(builders.send_timeout, remote_addr));
                 let (builders, tls) = (builders.clone(), tls.clone());
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {

@@ -1,6 +1,7 @@
 //! The per-connection hyper service: attaches what the listener knows to
 //! each request and hands it to the current proxy.
 
+use super::stall::{MaybeWatched, Stalls};
 use crate::build::{AppService, Proxy};
 use arc_swap::ArcSwap;
 use http::{Request, Response};
@@ -32,6 +33,9 @@ pub(super) struct ConnService {
     /// The connection's spare timer for the route timeout, handed to each
     /// request (see [`proxy_core::timer`]).
     upstream_timer: Reuse,
+    /// Watches h2 response bodies for a caller that takes none of them
+    /// (`proxy.send_timeout`; see [`super::stall`]).
+    stalls: Option<Arc<Stalls>>,
 }
 
 impl ConnService {
@@ -46,7 +50,14 @@ impl ConnService {
             peer: None,
             closing,
             upstream_timer: Reuse::default(),
+            stalls: None,
         }
+    }
+
+    /// h2 response bodies watched by `stalls` (none: not watched).
+    pub(super) fn with_stalls(mut self, stalls: Option<Arc<Stalls>>) -> Self {
+        self.stalls = stalls;
+        self
     }
 }
 
@@ -56,7 +67,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     /// The stack's own future, not boxed: hyper holds it in the
     /// connection's in-flight slot, one allocation reused by every request
     /// on the connection (HTTP/1.1), or in the stream's task (h2).
-    type Future = CallNowOrWait<AppService, Request<ProxyBody>>;
+    type Future = MaybeWatched<CallNowOrWait<AppService, Request<ProxyBody>>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         // Its errors marked as the caller's, its trailers without
@@ -68,6 +79,12 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             req.map(|_| ProxyBody::default())
         } else {
             req.map(|b| boxed(CallerBody::new(b)))
+        };
+        // HTTP/1.1 has `send_timeout` on the socket (`super::send`).
+        let stalls = if req.version() == http::Version::HTTP_2 {
+            self.stalls.clone()
+        } else {
+            None
         };
         let id = RequestId::from_headers(req.headers());
         let ext = req.extensions_mut();
@@ -84,6 +101,6 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         }
         // The stack's clone is `Arc` counts.
         let service = self.proxy.load().service.clone();
-        call_now_or_wait(service, req)
+        MaybeWatched::new(call_now_or_wait(service, req), stalls)
     }
 }

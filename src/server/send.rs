@@ -21,9 +21,8 @@
 //! does not fill the socket: each stream may be sent only its flow-control
 //! window, which the socket buffers take whole, and hyper then stops
 //! polling the stream's body (so `routes[].response_idle_timeout` does not
-//! see it either). Such a connection is closed by
-//! `proxy.client_idle_timeout` (see [`super::idle`]): the caller sends
-//! nothing either.
+//! see it either). For h2 the same timeout is applied to each response
+//! body instead (see [`super::stall`]).
 //!
 //! The timer is armed only when a write finds the socket full, so a caller
 //! that keeps up costs one branch per write.
