@@ -46,11 +46,10 @@ use arc_swap::ArcSwap;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown, Watcher};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use proxy_core::context::ConnInfo;
 use proxy_core::timer::HyperTimer;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -58,6 +57,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 mod conn;
+mod graceful;
 mod idle;
 mod linger;
 mod send;
@@ -65,6 +65,7 @@ mod stall;
 mod stop;
 
 use conn::ConnService;
+use graceful::serve_graceful;
 use linger::Lingering;
 
 /// Longest a TLS handshake may take before the connection is dropped.
@@ -350,9 +351,10 @@ async fn serve_plain(
         // only one inline in every connection's task.
         Sniffed::H2 => {
             let (io, heard) = idle::Heard::new(stream);
+            let stalls = svc.stalls();
             let conn = builders.h2.serve_connection(TokioIo::new(io), svc);
             let idle = (heard, builders.idle_timeout);
-            Box::pin(serve_graceful(conn, Some(watcher), shutdown, idle)).await
+            Box::pin(serve_graceful(conn, Some(watcher), shutdown, idle, stalls)).await
         }
         // Not from `sniff_until_sure`; served as the auto builder would.
         Sniffed::Unsure => Box::pin(serve_conn(builders, watcher, shutdown, stream, svc)).await,
@@ -412,6 +414,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (io, heard) = idle::Heard::new(io);
+    let stalls = svc.stalls();
     let conn = builders
         .auto
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
@@ -421,6 +424,7 @@ where
         Some(watcher),
         shutdown,
         (heard, builders.idle_timeout),
+        stalls,
     )
     .await
 }
@@ -448,80 +452,7 @@ where
 {
     let (io, heard) = idle::Heard::new(stream);
     let conn = builder.serve_connection(TokioIo::new(io), svc);
-    serve_graceful(conn, None, shutdown, (heard, idle_timeout)).await
-}
-
-/// Serves `conn` to its end. It is shut down gracefully (requests in
-/// flight finish; HTTP/1.1 keep-alive off, h2 GOAWAY) once `shutdown`
-/// turns true or its caller was not heard from (`idle`: what its
-/// [`idle::Heard`] stream read, and `proxy.client_idle_timeout`).
-/// `watcher` (if any) is held to the end, so the drain waits for it.
-///
-/// An h2 graceful shutdown waits for the caller to answer the PING sent
-/// with the first GOAWAY, with no limit of its own: a caller that sends
-/// nothing at all (hung, gone, or a slowloris after its SETTINGS) would
-/// hold the connection forever. So after an idle shutdown an h2 caller has
-/// [`idle::grace`] (after a stop, [`stop::STOP_GRACE`]) to show any sign of
-/// life; without one the connection is dropped. A live caller answers within a round trip, and its
-/// requests in flight then finish as usual. (An HTTP/1.1 caller on the
-/// auto builder, e.g. TLS without ALPN, has no PING to answer and may be
-/// waiting for a long poll: its connection just closes after the response.)
-async fn serve_graceful<C>(
-    conn: C,
-    watcher: Option<Watcher>,
-    shutdown: watch::Receiver<bool>,
-    (caller, idle_timeout): (Arc<idle::Caller>, Duration),
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
-where
-    C: GracefulConnection,
-    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    tokio::pin!(conn);
-    // Both polled only when their own wakers fired (the task wakes for
-    // every request and every frame).
-    let mut stop = stop::stopped(shutdown);
-    let mut idle = stop::OnWake::new(idle::quiet_for(caller.clone(), idle_timeout));
-    let idled = tokio::select! {
-        // The connection first: what is already in the socket is served.
-        biased;
-        r = conn.as_mut() => return r.map_err(Into::into),
-        () = &mut stop => false,
-        () = &mut idle => true,
-    };
-    conn.as_mut().graceful_shutdown();
-    if idled {
-        tracing::debug!(
-            "no byte from the caller for proxy.client_idle_timeout; closing its connection gracefully"
-        );
-    }
-    // Only h2 waits for an answer (to the GOAWAY's PING); HTTP/1.1 closes
-    // once its response in flight is written, and a caller of a long poll
-    // sends nothing meanwhile.
-    // After a stop too, or a gone peer would hold the drain.
-    if caller.h2.load(Ordering::Relaxed) {
-        caller.heard.store(false, Ordering::Relaxed);
-        let grace = if idled {
-            idle::grace(idle_timeout)
-        } else {
-            stop::STOP_GRACE
-        };
-        let r = tokio::select! {
-            biased;
-            r = conn.as_mut() => Some(r),
-            () = tokio::time::sleep(grace) => None,
-        };
-        match r {
-            Some(r) => return r.map_err(Into::into),
-            None if !caller.heard.load(Ordering::Relaxed) => {
-                tracing::debug!("the quiet caller did not answer the GOAWAY; connection dropped");
-                return Ok(());
-            }
-            None => {}
-        }
-    }
-    let r = conn.await;
-    drop(watcher);
-    r.map_err(Into::into)
+    serve_graceful(conn, None, shutdown, (heard, idle_timeout), None).await
 }
 
 /// Serves one TLS connection: the handshake, then HTTP/1.1 on hyper's own

@@ -59,6 +59,12 @@ impl ConnService {
         self.stalls = stalls;
         self
     }
+
+    /// What watches its h2 response bodies, for the connection's serving
+    /// loop (a cut closes the connection).
+    pub(super) fn stalls(&self) -> Option<Arc<Stalls>> {
+        self.stalls.clone()
+    }
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {

@@ -40,6 +40,8 @@ pub(super) struct Stalls {
     timeout: Duration,
     peer: SocketAddr,
     registry: Mutex<Registry>,
+    /// Told when a body is cut: the connection is closed.
+    cut: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -75,8 +77,15 @@ impl Stalls {
                 timeout,
                 peer,
                 registry: Mutex::new(Registry::default()),
+                cut: tokio::sync::Notify::new(),
             })
         })
+    }
+
+    /// How long the other requests on a connection closed for a cut
+    /// response get to finish: a third of the timeout, 1 to 30 s.
+    pub(super) fn grace(&self) -> Duration {
+        (self.timeout / 3).clamp(Duration::from_secs(1), Duration::from_secs(30))
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -134,11 +143,21 @@ impl Stalls {
                 tracing::warn!(
                     peer = %self.peer,
                     timeout = ?self.timeout,
-                    "an h2 caller took none of a response for send_timeout; the response is cut and its stream reset"
+                    "an h2 caller took none of a response for send_timeout; the response is cut and the connection closed"
                 );
+                // A permit if the loop is not waiting yet.
+                self.cut.notify_one();
             }
         }
         true
+    }
+}
+
+/// Resolves once `stalls` cut a body (never without `stalls`).
+pub(super) async fn cut(stalls: Option<Arc<Stalls>>) {
+    match stalls {
+        Some(s) => s.cut.notified().await,
+        None => std::future::pending().await,
     }
 }
 
