@@ -32,7 +32,7 @@ use tokio::sync::watch;
 /// send timeout closes an HTTP/1.1 one: hyper does not poll the cut body
 /// again while its stream has no window, so the stream would never be
 /// reset, and its buffers stay with the connection. A GOAWAY first, and
-/// the requests in flight get [`stall::grace`] to finish; then it is
+/// the requests in flight get [`Stalls::grace`] to finish; then it is
 /// dropped.
 pub(super) async fn serve_graceful<C>(
     conn: C,
@@ -46,8 +46,8 @@ where
     C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     tokio::pin!(conn);
-    // Both polled only when their own wakers fired (the task wakes for
-    // every request and every frame).
+    // All three polled only when their own wakers fired (the task wakes
+    // for every request and every frame).
     let mut stop = stop::stopped(shutdown);
     let mut idle = stop::OnWake::new(idle::quiet_for(caller.clone(), idle_timeout));
     let mut cut = stop::OnWake::new(stall::cut(stalls.clone()));
