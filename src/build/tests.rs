@@ -40,6 +40,23 @@ async fn exec_commands_do_not_inherit_latchkeys_env_secrets() {
     }
 }
 
+/// The same for a basic-auth user name read from the environment.
+#[tokio::test]
+async fn exec_commands_do_not_inherit_a_basic_username_from_env() {
+    let yaml = r#"
+proxy: { listen: "127.0.0.1:0" }
+credentials:
+  - id: x
+    exec:
+      command: [sh, -c, 'printf "{\"access_token\":\"seen-%s\"}" "${CARGO_PKG_NAME:-absent}"']
+routes:
+  - { id: r, match: { path_prefix: / }, upstream: "http://127.0.0.1:9", credential: x, public: true, inject: { basic: { username: { env: CARGO_PKG_NAME } } } }
+"#;
+    let c = Config::from_yaml(yaml, "t.yaml").unwrap();
+    let sources = credential_sources(&c, "t.yaml").unwrap();
+    assert_eq!(sources["x"].get().await.unwrap().expose(), "seen-absent");
+}
+
 /// A reload that starts reading a variable as a secret rebuilds an
 /// `exec` credential whose own config did not change: the command's
 /// next run no longer sees it. (It kept the old source, and with it

@@ -221,8 +221,9 @@ pub enum ClientAuthMethod {
     Post,
 }
 
-/// `credentials[].exec`
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+/// `credentials[].exec`. Its `Debug` shows the program and how many
+/// arguments follow, not the arguments (a `--client-secret=...` flag).
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ExecConfig {
     /// Program and arguments (no shell).
@@ -237,6 +238,22 @@ pub struct ExecConfig {
         serialize_with = "ser_duration"
     )]
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for ExecConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            command,
+            env,
+            timeout,
+        } = self;
+        f.debug_struct("ExecConfig")
+            .field("program", &command.first())
+            .field("args", &command.len().saturating_sub(1))
+            .field("env", env)
+            .field("timeout", timeout)
+            .finish()
+    }
 }
 
 /// `credentials[].file`

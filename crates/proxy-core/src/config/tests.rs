@@ -191,6 +191,21 @@ fn debug_of_config_hides_literals() {
     )
     .unwrap();
     assert!(!format!("{c:?}").contains("lit-canary-9f3"));
+    // An `exec` command's arguments and environment values may be secrets.
+    let c = Config::from_yaml(
+        "proxy: { listen: 127.0.0.1:0 }\ncredentials:\n  - id: e\n    exec: { command: [get-token, --secret=arg-canary-1], env: { KEY: env-canary-2 } }\n",
+        "f",
+    )
+    .unwrap();
+    let shown = format!("{c:?}");
+    assert!(
+        shown.contains("get-token") && shown.contains("KEY"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("arg-canary-1") && !shown.contains("env-canary-2"),
+        "{shown}"
+    );
 }
 
 #[test]

@@ -428,6 +428,16 @@ pub fn secret_refs(config: &Config) -> Vec<(String, &crate::secret::SecretRef)> 
             }
         }
     }
+    for (i, r) in config.routes.iter().enumerate() {
+        if let Some(super::Username::Secret(s)) = r
+            .inject
+            .as_ref()
+            .and_then(|j| j.basic.as_ref())
+            .map(|b| &b.username)
+        {
+            out.push((format!("routes[{i}].inject.basic.username"), s));
+        }
+    }
     if let Some(k) = config
         .admin
         .as_ref()

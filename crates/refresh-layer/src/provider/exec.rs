@@ -142,12 +142,24 @@ impl TokenProvider for ExecProvider {
         "exec"
     }
 
-    /// The command (program and arguments, hashed: an argument may be a
-    /// secret).
+    /// The command (program and arguments) and its environment, hashed:
+    /// an argument or a value may be a secret. The environment is part of
+    /// it: the same command with another `AWS_PROFILE` gets another
+    /// account's token, which a stored state of the first must not stand
+    /// in for.
+    /// (Without an environment, the same as before it counted: a stored
+    /// state keeps its owner across the upgrade.)
     fn identity(&self) -> Option<String> {
+        let env = (!self.env.is_empty()).then_some(b"\0env".as_slice());
         let parts = std::iter::once(b"exec".as_slice())
             .chain(std::iter::once(self.program.as_bytes()))
-            .chain(self.args.iter().map(String::as_bytes));
+            .chain(self.args.iter().map(String::as_bytes))
+            .chain(env)
+            .chain(
+                self.env
+                    .iter()
+                    .flat_map(|(k, v)| [k.as_bytes(), v.as_bytes()]),
+            );
         Some(super::fingerprint(parts))
     }
 
@@ -247,6 +259,36 @@ mod tests {
 
     async fn run(script: &str) -> Result<Token, ProviderError> {
         sh(script, Duration::from_secs(10)).fetch(None).await
+    }
+
+    /// Another environment is another provider: a stored state of one
+    /// (another account's token) is not the other's. Without an
+    /// environment the identity is the command's alone, as before.
+    #[test]
+    fn the_environment_is_part_of_the_identity() {
+        let with = |env: &[(&str, &str)]| {
+            ExecProvider::new(&ExecConfig {
+                command: vec!["get-token".into(), "--json".into()],
+                env: proxy_core::config::PlainValues(
+                    env.iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                ),
+                timeout: Duration::from_secs(10),
+            })
+            .identity()
+        };
+        let staging = with(&[("AWS_PROFILE", "staging")]);
+        assert_ne!(staging, with(&[("AWS_PROFILE", "prod")]));
+        assert_eq!(staging, with(&[("AWS_PROFILE", "staging")]));
+        assert_eq!(
+            with(&[]),
+            Some(super::super::fingerprint([
+                b"exec".as_slice(),
+                b"get-token",
+                b"--json"
+            ]))
+        );
     }
 
     #[tokio::test]

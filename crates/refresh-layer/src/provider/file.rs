@@ -173,12 +173,21 @@ impl TokenProvider for FileTokenProvider {
         "file"
     }
 
-    /// The token file's path.
+    /// The token file's path and how it is read (a JSON field names
+    /// another token in the same file). A plain-text file's is the same as
+    /// before the fields counted: a stored state keeps its owner across the
+    /// upgrade.
     fn identity(&self) -> Option<String> {
-        Some(super::fingerprint([
-            b"file".as_slice(),
-            self.path.as_os_str().as_encoded_bytes(),
-        ]))
+        let path = self.path.as_os_str().as_encoded_bytes();
+        Some(match (&self.token_field, &self.expiry_field) {
+            (None, None) => super::fingerprint([b"file".as_slice(), path]),
+            (token, expiry) => {
+                fn field(f: &Option<String>) -> &[u8] {
+                    f.as_deref().map_or(b"\0", str::as_bytes)
+                }
+                super::fingerprint([b"file".as_slice(), path, field(token), field(expiry)])
+            }
+        })
     }
 
     fn fetch<'a>(
@@ -271,6 +280,25 @@ mod tests {
             token_field: token_field.map(str::to_owned),
             expiry_field: expiry_field.map(str::to_owned),
         })
+    }
+
+    /// Another JSON field of the same file is another token; a plain
+    /// file's identity is its path's, as before.
+    #[test]
+    fn the_fields_read_are_part_of_the_identity() {
+        let p = |t: Option<&str>, e: Option<&str>| {
+            provider(PathBuf::from("/run/t.json"), t, e).identity()
+        };
+        assert_ne!(p(Some("access"), None), p(Some("id"), None));
+        assert_ne!(p(Some("access"), None), p(Some("access"), Some("exp")));
+        assert_ne!(p(None, None), p(Some("access"), None));
+        assert_eq!(
+            p(None, None),
+            Some(super::super::fingerprint([
+                b"file".as_slice(),
+                b"/run/t.json"
+            ]))
+        );
     }
 
     fn now_secs() -> u64 {
