@@ -315,13 +315,13 @@ async fn stop_returns_true_and_closes_the_ports() {
 
 /// An idle h2 caller that does not answer the GOAWAY's PING (a peer that is
 /// gone, a NAT that dropped the flow, a suspended client) has nothing in
-/// flight: it does not hold the drain to `drain_timeout` (3 s here) nor
+/// flight: it does not hold the drain to `drain_timeout` (8 s here) nor
 /// make the stop unclean; it is dropped after the 2 s stop grace.
 #[tokio::test]
 async fn stop_does_not_wait_for_an_idle_h2_caller_that_does_not_answer() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let p = start_proxy(
-        "proxy: { listen: 127.0.0.1:0, drain_timeout: 3s }\nadmin: { listen: 127.0.0.1:0 }\n",
+        "proxy: { listen: 127.0.0.1:0, drain_timeout: 8s }\nadmin: { listen: 127.0.0.1:0 }\n",
     )
     .await;
     let (proxy_addr, _) = addrs(&p);
@@ -345,8 +345,10 @@ async fn stop_does_not_wait_for_an_idle_h2_caller_that_does_not_answer() {
     let clean = with_timeout(p.stop()).await;
     let took = started.elapsed();
     assert!(clean, "a clean stop (took {took:?})");
+    // The 2 s grace, with room for a loaded machine, well short of the
+    // 8 s drain.
     assert!(
-        took < Duration::from_millis(2900),
+        took < Duration::from_secs(6),
         "the silent h2 caller held the drain for {took:?}"
     );
     drop(c);

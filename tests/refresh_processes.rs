@@ -83,6 +83,8 @@ async fn three_processes_share_a_file_store_with_one_token_call_per_expiry() {
     let store = dir.path().join("store");
 
     let mut procs = Vec::new();
+    // Token calls can only happen from here until the processes stop.
+    let started = tokio::time::Instant::now();
     let mut proxies = Vec::new();
     for i in 0..3 {
         let (port, admin) = (free_port(), free_port());
@@ -154,6 +156,7 @@ routes:
 
     // Stop them before reading the store, so no refresh is half-done.
     drop(procs);
+    let ran = started.elapsed().as_secs_f64();
     let stored: serde_json::Value =
         serde_json::from_slice(&std::fs::read(store.join("crm.json")).expect("state file"))
             .expect("state json");
@@ -170,8 +173,14 @@ routes:
         Some(calls as u64),
         "calls {calls}, state {stored}"
     );
-    // About one refresh per second of a 2 s token with a 1 s buffer.
-    assert!((3..=8).contains(&calls), "{calls} token calls in ~5 s");
+    // About one refresh per second of a 2 s token with a 1 s buffer,
+    // however long the processes took to start on a loaded machine:
+    // three processes refreshing each expiry on their own would make
+    // about three a second.
+    assert!(
+        calls >= 3 && (calls as f64) <= ran * 1.5 + 2.0,
+        "{calls} token calls in {ran:.1} s"
+    );
     assert_eq!(
         stored["refresh_token"].as_str().map(str::to_owned),
         endpoint.current_refresh_token()

@@ -61,8 +61,11 @@ async fn a_response_the_upstream_stops_sending_is_cut_and_frees_its_slot() {
         matches!(end, Some(Err(_))),
         "the caller sees the response break off, not end: {end:?}"
     );
+    // The proxy's timer started when it sent the first event, a moment
+    // before the test read it: a loose lower bound, never one that a
+    // slow read could fail.
     assert!(
-        waited >= Duration::from_millis(900),
+        waited >= Duration::from_millis(500),
         "cut after the limit, not before: {waited:?}"
     );
 

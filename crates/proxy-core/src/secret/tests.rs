@@ -328,7 +328,7 @@ fn a_blocked_read_does_not_stall_the_runtime() {
             assert_eq!(src.load().unwrap().expose(), "one");
         });
     });
-    let slept = rx.recv_timeout(Duration::from_secs(3));
+    let slept = rx.recv_timeout(Duration::from_secs(10));
     // Unstick the blocked open: a regular file for any later read, then a
     // read-write open of the FIFO (never blocks on Linux) as the writer.
     std::fs::write(dir.path().join("regular"), "one").unwrap();
@@ -341,8 +341,10 @@ fn a_blocked_read_does_not_stall_the_runtime() {
             .unwrap(),
     );
     worker.join().unwrap();
-    let slept = slept.expect("a 500 ms sleep on the runtime did not finish in 3 s");
-    assert!(slept < Duration::from_millis(1500), "{slept:?}");
+    let slept = slept.expect("a 500 ms sleep on the runtime did not finish in 10 s");
+    // (The stall this guards against never ends: the timeout above
+    // catches it; no bound on how fast a loaded machine wakes.)
+    let _ = slept;
 }
 
 /// The first read (startup, a reload, `latchkey check`) runs where the
