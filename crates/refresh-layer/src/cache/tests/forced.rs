@@ -134,12 +134,8 @@ impl TokenProvider for Cached {
     }
 }
 
-/// A forced refresh that gets the very token the upstream refused (a
-/// provider that hands out a cached token) fails, rather than make a new
-/// generation of it for the 401 retry to send again; the next forced
-/// refresh backs off, and the token is still served.
-#[tokio::test(start_paused = true)]
-async fn a_forced_refresh_that_gets_the_refused_token_again_fails() {
+/// A source on [`Cached`], serving its token (generation 1).
+async fn serving_cached() -> (Arc<Cached>, RefreshingSource) {
     let p = Arc::new(Cached::default());
     let src = RefreshingSource::new(
         "crm",
@@ -148,6 +144,16 @@ async fn a_forced_refresh_that_gets_the_refused_token_again_fails() {
         RefreshSettings::default(),
     );
     assert_eq!(token(&src).await, "tok-cached");
+    (p, src)
+}
+
+/// A forced refresh that gets the very token the upstream refused (a
+/// provider that hands out a cached token) fails, rather than make a new
+/// generation of it for the 401 retry to send again; the next forced
+/// refresh backs off, and the token is still served.
+#[tokio::test(start_paused = true)]
+async fn a_forced_refresh_that_gets_the_refused_token_again_fails() {
+    let (p, src) = serving_cached().await;
     let e = src.invalidate(1).await.unwrap_err();
     assert!(
         e.reason
@@ -182,14 +188,7 @@ async fn a_forced_refresh_that_gets_the_refused_token_again_fails() {
 /// again (as a new generation) is no recovery either.
 #[tokio::test(start_paused = true)]
 async fn a_refusal_that_joins_a_running_refresh_of_the_same_token_fails() {
-    let p = Arc::new(Cached::default());
-    let src = RefreshingSource::new(
-        "crm",
-        p.clone(),
-        Arc::new(MemoryStore::new()),
-        RefreshSettings::default(),
-    );
-    assert_eq!(token(&src).await, "tok-cached");
+    let (p, src) = serving_cached().await;
     let running = tokio::spawn({
         let src = src.clone();
         async move { src.refresh_now().await }
