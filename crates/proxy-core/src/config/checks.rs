@@ -1,5 +1,5 @@
 //! Checks split out of `validate.rs`: host matchers, the two listeners,
-//! clients sharing a token, and the upper bounds of durations.
+//! clients sharing a token, the bounds of durations, token endpoint URLs.
 
 use super::{Config, FieldError};
 use std::time::Duration;
@@ -249,4 +249,32 @@ pub(super) fn check_host(h: &str) -> Result<(), String> {
 /// at most 65535.
 fn is_port(p: &str) -> bool {
     p.is_empty() || (p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok())
+}
+
+/// Token endpoints must use https, except on loopback (tests and dev).
+/// A query is allowed (RFC 6749 3.2: the endpoint URI may have one, and it
+/// is kept: Azure AD B2C's `?p=<policy>`); a fragment is not.
+pub fn check_token_url(url: &str) -> Result<(), String> {
+    if url.contains('#') {
+        return Err("a token URL cannot have a fragment".to_owned());
+    }
+    let without_query = url.split_once('?').map_or(url, |(base, _)| base);
+    let u = super::UpstreamUrl::parse(without_query)?;
+    // The whole URL is what requests are made to: a query with a byte a
+    // request target cannot carry (a space, `"`, `<`, `>`, `{`) must be
+    // percent-encoded.
+    if url.parse::<http::Uri>().is_err() {
+        return Err(format!(
+            "{} is not a valid URL: percent-encode the query's spaces, quotes, braces and angle brackets",
+            super::types::shown(url)
+        ));
+    }
+    if u.scheme == http::uri::Scheme::HTTPS || u.is_loopback() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} must use https (plain http is allowed only on loopback)",
+            super::types::shown(url)
+        ))
+    }
 }

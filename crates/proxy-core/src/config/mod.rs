@@ -13,15 +13,18 @@
 mod checks;
 mod credentials;
 mod error;
+mod refs;
 mod serde_util;
 mod types;
 mod validate;
 
+pub use checks::check_token_url;
 pub use credentials::*;
 pub use error::{ConfigError, FieldError};
+pub use refs::{secret_refs, warnings};
 pub use serde_util::{parse_duration, parse_size};
 pub use types::*;
-pub use validate::{check_token_url, is_valid_id, secret_refs, validate, warnings};
+pub use validate::{is_valid_id, validate};
 
 use std::path::Path;
 

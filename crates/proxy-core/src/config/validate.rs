@@ -405,77 +405,6 @@ fn check_ids<'a>(
     seen
 }
 
-/// Every secret reference in `config`, with the field it is in: client
-/// tokens, static keys, OAuth2 client secrets and refresh tokens, the
-/// management key, the Redis URL and encryption keys.
-pub fn secret_refs(config: &Config) -> Vec<(String, &crate::secret::SecretRef)> {
-    let mut out = Vec::new();
-    for (i, c) in config.clients.iter().enumerate() {
-        if let Some(t) = &c.token {
-            out.push((format!("clients[{i}].token"), t));
-        }
-    }
-    for (i, c) in config.credentials.iter().enumerate() {
-        if let Some(s) = &c.static_ {
-            out.push((format!("credentials[{i}].static"), s));
-        }
-        if let Some(o) = &c.oauth2 {
-            if let Some(s) = &o.client_secret {
-                out.push((format!("credentials[{i}].oauth2.client_secret"), s));
-            }
-            if let Some(s) = &o.refresh_token {
-                out.push((format!("credentials[{i}].oauth2.refresh_token"), s));
-            }
-        }
-    }
-    for (i, r) in config.routes.iter().enumerate() {
-        if let Some(super::Username::Secret(s)) = r
-            .inject
-            .as_ref()
-            .and_then(|j| j.basic.as_ref())
-            .map(|b| &b.username)
-        {
-            out.push((format!("routes[{i}].inject.basic.username"), s));
-        }
-    }
-    if let Some(k) = config
-        .admin
-        .as_ref()
-        .and_then(|a| a.management_key.as_ref())
-    {
-        out.push(("admin.management_key".to_owned(), k));
-    }
-    if let Some(r) = &config.redis {
-        out.push(("redis.url".to_owned(), &r.url));
-        for (k, key) in r.encryption_keys.iter().enumerate() {
-            out.push((format!("redis.encryption_keys[{k}]"), key));
-        }
-    }
-    out
-}
-
-/// Things that are allowed but worth a warning at startup.
-pub fn warnings(config: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    for (i, r) in config.routes.iter().enumerate() {
-        if r.public {
-            out.push(format!(
-                "routes[{i}] ({}) is public: any caller that can reach the proxy uses its credential",
-                r.id
-            ));
-        }
-    }
-    out.extend(super::checks::ignored_settings(config));
-    for (field, secret) in secret_refs(config) {
-        if secret.is_literal() {
-            out.push(format!(
-                "{field} is a literal value in the config file; prefer env or file"
-            ));
-        }
-    }
-    out
-}
-
 fn check_credential(i: usize, c: &CredentialConfig, config: &Config, errs: &mut Vec<FieldError>) {
     let at = |f: &str| format!("credentials[{i}].{f}");
     if c.provider_count() != 1 {
@@ -511,7 +440,7 @@ fn check_credential(i: usize, c: &CredentialConfig, config: &Config, errs: &mut 
         ));
     }
     if let Some(o) = &c.oauth2 {
-        if let Err(e) = check_token_url(&o.token_url) {
+        if let Err(e) = super::checks::check_token_url(&o.token_url) {
             errs.push(FieldError::new(at("oauth2.token_url"), e));
         }
         for k in o.params.keys() {
@@ -559,34 +488,6 @@ fn check_credential(i: usize, c: &CredentialConfig, config: &Config, errs: &mut 
             at("file.expiry_field"),
             "needs file.token_field (the file must be JSON to carry an expiry)",
         ));
-    }
-}
-
-/// Token endpoints must use https, except on loopback (tests and dev).
-/// A query is allowed (RFC 6749 3.2: the endpoint URI may have one, and it
-/// is kept: Azure AD B2C's `?p=<policy>`); a fragment is not.
-pub fn check_token_url(url: &str) -> Result<(), String> {
-    if url.contains('#') {
-        return Err("a token URL cannot have a fragment".to_owned());
-    }
-    let without_query = url.split_once('?').map_or(url, |(base, _)| base);
-    let u = super::UpstreamUrl::parse(without_query)?;
-    // The whole URL is what requests are made to: a query with a byte a
-    // request target cannot carry (a space, `"`, `<`, `>`, `{`) must be
-    // percent-encoded.
-    if url.parse::<http::Uri>().is_err() {
-        return Err(format!(
-            "{} is not a valid URL: percent-encode the query's spaces, quotes, braces and angle brackets",
-            super::types::shown(url)
-        ));
-    }
-    if u.scheme == http::uri::Scheme::HTTPS || u.is_loopback() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} must use https (plain http is allowed only on loopback)",
-            super::types::shown(url)
-        ))
     }
 }
 
