@@ -187,9 +187,8 @@ async fn a_caller_gone_during_the_replay_leaves_no_stale_upstream_status() {
         }
     })
     .await;
-    // The replay's connection is open; give the request a moment to be
-    // written to it, then leave.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The replay's connection is open: the replay got its credential and
+    // its facts were cleared before it connected. The caller leaves.
     caller.abort();
     let record = with_timeout(async {
         loop {
